@@ -1,0 +1,231 @@
+"""Integration-test fixtures: one real broker per worker count, or an external one.
+
+Owns: the ``broker`` fixture and the ``broker_factory`` fixture (for tests that must own
+the broker process, e.g. SIGTERM). With ``SHARDMQ_TEST_URI`` set (say
+``amqp://guest:guest@127.0.0.1:5672/``), every test talks to that broker instead, which is
+how the suite is validated against RabbitMQ, the reference for correct behaviour.
+
+Invariants: a started broker is ``python -m shardmq serve`` on a free 127.0.0.1 port with
+its own temporary data dir; it is considered up only once a TCP connect succeeds (15 s
+limit, its stderr is included in the error otherwise); teardown is SIGTERM, then SIGKILL
+if it hangs. Tests never share queue or exchange names (see ``helpers.unique``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import pika
+import pytest
+
+from .helpers import Env
+
+# Every test runs once per worker count (becomes [1, 3] with the sharding work).
+WORKER_COUNTS: list[int] = [1]
+
+EXTERNAL_URI: str | None = os.environ.get("SHARDMQ_TEST_URI") or None
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class Broker:
+    """Where a broker listens and how to reach it; ``process`` is None when external."""
+
+    host: str
+    port: int
+    user: str = "guest"
+    password: str = "guest"
+    vhost: str = "/"
+    process: subprocess.Popen[bytes] | None = None
+    workers: int | None = None
+    data_dir: Path | None = None
+    log_path: Path | None = None
+    startup_seconds: float | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return (
+            f"amqp://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+            f"@{self.host}:{self.port}/{quote(self.vhost, safe='')}"
+        )
+
+    @property
+    def external(self) -> bool:
+        return self.process is None
+
+    def pika_params(self, **kw: object) -> pika.ConnectionParameters:
+        kw.setdefault("credentials", pika.PlainCredentials(self.user, self.password))
+        kw.setdefault("virtual_host", self.vhost)
+        kw.setdefault("connection_attempts", 1)
+        kw.setdefault("socket_timeout", 5)
+        kw.setdefault("blocked_connection_timeout", 10)
+        return pika.ConnectionParameters(host=self.host, port=self.port, **kw)  # type: ignore[arg-type]
+
+    def blocking(self, **kw: object) -> pika.BlockingConnection:
+        return pika.BlockingConnection(self.pika_params(**kw))
+
+    def log_text(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+
+def _parse_external(uri: str) -> Broker:
+    parts = urlsplit(uri)
+    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise pytest.UsageError("SHARDMQ_TEST_URI must point at 127.0.0.1")
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return Broker(
+        host="127.0.0.1",
+        port=parts.port or 5672,
+        user=unquote(parts.username or "guest"),
+        password=unquote(parts.password or "guest"),
+        vhost=vhost,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_broker(workers: int, data_dir: Path) -> Broker:
+    """Start ``shardmq serve`` and return once it accepts TCP connections."""
+    port = _free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir.parent / f"{data_dir.name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below / when the process ends
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    cmd = [
+        sys.executable,
+        "-m",
+        "shardmq",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--data-dir",
+        str(data_dir),
+    ]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    log.close()
+    broker = Broker(
+        host="127.0.0.1",
+        port=port,
+        process=proc,
+        workers=workers,
+        data_dir=data_dir,
+        log_path=log_path,
+    )
+    deadline = started + START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"shardmq serve exited with {proc.returncode} before accepting connections:\n"
+                f"{broker.log_text()}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                stop_broker(broker)
+                raise RuntimeError(
+                    f"shardmq serve did not accept connections within {START_TIMEOUT} s:\n"
+                    f"{broker.log_text()}"
+                ) from None
+            time.sleep(0.02)
+    broker.startup_seconds = time.monotonic() - started
+    return broker
+
+
+def stop_broker(broker: Broker) -> int | None:
+    """SIGTERM, wait, SIGKILL if it hangs; returns the exit code."""
+    proc = broker.process
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT)
+    return proc.returncode
+
+
+def _broker_params() -> list[object]:
+    if EXTERNAL_URI:
+        return [pytest.param(None, id="external")]
+    return [pytest.param(n, id=f"workers{n}") for n in WORKER_COUNTS]
+
+
+@pytest.fixture(scope="session", params=_broker_params())
+def broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Broker]:
+    """A running broker shared by the session, one per worker count."""
+    if EXTERNAL_URI:
+        yield _parse_external(EXTERNAL_URI)
+        return
+    workers: int = request.param
+    b = start_broker(workers, tmp_path_factory.mktemp(f"shardmq-w{workers}") / "data")
+    try:
+        yield b
+    finally:
+        stop_broker(b)
+
+
+@pytest.fixture(params=_broker_params())
+def broker_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[], Broker]]:
+    """Start private broker processes for tests that signal or kill them.
+
+    Skipped only when an external broker is used (we must not touch its process).
+    """
+    if EXTERNAL_URI:
+        pytest.skip("needs control of the broker process; SHARDMQ_TEST_URI is set")
+    workers: int = request.param
+    started: list[Broker] = []
+
+    def make() -> Broker:
+        b = start_broker(workers, tmp_path_factory.mktemp(f"shardmq-own-w{workers}") / "data")
+        started.append(b)
+        return b
+
+    try:
+        yield make
+    finally:
+        for b in started:
+            stop_broker(b)
+
+
+@pytest.fixture
+def env(broker: Broker) -> Iterator[Env]:
+    """Unique names, tracked clients, and cleanup of everything the test declared."""
+    e = Env(broker)
+    try:
+        yield e
+    finally:
+        e.cleanup()

@@ -1,0 +1,163 @@
+"""Shared helpers for integration tests: unique names, cleanup, bounded waits.
+
+Owns: ``Env`` (per-test unique names plus cleanup of what the test declared and of the
+connections it opened) and small wait/consume helpers over pika's BlockingConnection.
+
+Invariants: every wait has a deadline of a few seconds and fails with an AssertionError
+naming what it waited for; nothing sleeps where an event can be awaited; cleanup never
+raises (a test's own failure is the interesting one).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from .rawamqp import RawConnection
+
+if TYPE_CHECKING:
+    from .conftest import Broker
+
+WAIT = 5.0  # default upper bound for any single wait
+
+
+def unique(prefix: str = "t") -> str:
+    return f"shardmq-test.{prefix}.{uuid.uuid4().hex[:12]}"
+
+
+class Env:
+    """Per-test resources; ``cleanup()`` deletes declared entities and closes clients."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.queues: list[str] = []
+        self.exchanges: list[str] = []
+        self._conns: list[pika.BlockingConnection] = []
+        self._raws: list[RawConnection] = []
+        self._closers: list[Callable[[], Any]] = []
+
+    # names -------------------------------------------------------------------------
+    def queue(self, prefix: str = "q") -> str:
+        name = unique(prefix)
+        self.queues.append(name)
+        return name
+
+    def exchange(self, prefix: str = "x") -> str:
+        name = unique(prefix)
+        self.exchanges.append(name)
+        return name
+
+    # clients -----------------------------------------------------------------------
+    def conn(self, **kw: Any) -> pika.BlockingConnection:
+        c = self.broker.blocking(**kw)
+        self._conns.append(c)
+        return c
+
+    def channel(self, **kw: Any) -> BlockingChannel:
+        return self.conn(**kw).channel()
+
+    def raw(self, timeout: float = WAIT) -> RawConnection:
+        r = RawConnection(self.broker.host, self.broker.port, timeout=timeout)
+        self._raws.append(r)
+        return r
+
+    def on_cleanup(self, fn: Callable[[], Any]) -> None:
+        self._closers.append(fn)
+
+    def cleanup(self) -> None:
+        for fn in reversed(self._closers):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - cleanup must not mask the test's outcome
+                pass
+        for c in self._conns:
+            try:
+                if c.is_open:
+                    c.close()
+            except Exception:  # noqa: BLE001
+                pass
+        for r in self._raws:
+            r.close()
+        if not (self.queues or self.exchanges):
+            return
+        try:
+            conn = self.broker.blocking()
+        except Exception:  # noqa: BLE001
+            return
+        try:
+            ch = conn.channel()
+            for q in self.queues:
+                try:
+                    ch.queue_delete(q)
+                except pika.exceptions.AMQPError:
+                    ch = conn.channel()
+            for x in self.exchanges:
+                try:
+                    ch.exchange_delete(x)
+                except pika.exceptions.AMQPError:
+                    ch = conn.channel()
+        finally:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def wait_until(
+    conn: pika.BlockingConnection, predicate: Callable[[], bool], what: str, timeout: float = WAIT
+) -> None:
+    """Pump ``conn``'s I/O until ``predicate()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        conn.process_data_events(time_limit=0.05)
+
+
+def publish_confirmed(
+    conn: pika.BlockingConnection,
+    exchange: str,
+    routing_key: str,
+    bodies: list[bytes],
+    properties: pika.BasicProperties | None = None,
+) -> None:
+    """Publish on a fresh confirm-mode channel so the messages are enqueued on return."""
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for b in bodies:
+        ch.basic_publish(exchange, routing_key, b, properties)
+    ch.close()
+
+
+def get_bodies(ch: BlockingChannel, queue: str, n: int, timeout: float = WAIT) -> list[bytes]:
+    """Consume exactly ``n`` messages (auto-ack) via basic.consume, with a deadline."""
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    for method, _props, body in ch.consume(queue, auto_ack=True, inactivity_timeout=0.1):
+        if method is not None:
+            out.append(body)
+            if len(out) == n:
+                break
+        if time.monotonic() > deadline:
+            break
+    ch.cancel()
+    assert len(out) == n, f"expected {n} messages from {queue}, got {len(out)}: {out!r}"
+    return out
+
+
+def queue_counts(ch: BlockingChannel, queue: str) -> tuple[int, int]:
+    """(message_count, consumer_count) from a passive declare."""
+    ok = ch.queue_declare(queue, passive=True).method
+    return ok.message_count, ok.consumer_count
+
+
+def drain_empty(ch: BlockingChannel, queue: str) -> None:
+    """Assert the queue holds no ready message right now."""
+    method, _props, _body = ch.basic_get(queue, auto_ack=True)
+    assert method is None, f"expected {queue} to be empty"
