@@ -1,0 +1,233 @@
+"""A broker channel: delivery tags, unacked messages, prefetch, confirms, transactions.
+
+Owns: ``Channel`` — everything whose scope is one AMQP channel.
+
+Invariants:
+- Delivery tags start at 1 and grow by one per delivery or get-ok on this channel.
+- ``unacked`` maps tag -> (consumer or None, queue, message) in tag order; every entry
+  is settled exactly once: ack, reject/nack, or requeue when the channel closes.
+- ``consumer_unacked`` counts unacked deliveries made to consumers (not basic.get), the
+  figure ``global`` qos limits; each consumer counts its own for per-consumer qos.
+- Publisher confirms: ``confirm_seq`` numbers publishes from 1; confirms are coalesced
+  and written once per loop turn (``multiple`` when that saves frames), in order.
+- In tx mode, publishes and acks are buffered until commit and dropped on rollback.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from shardmq.amqp.codec import write_confirm, write_deliver
+from shardmq.amqp.connection import ChannelBase
+from shardmq.amqp.errors import PRECONDITION_FAILED, SoftError
+from shardmq.broker.message import Message
+from shardmq.broker.queue import Consumer, Queue
+
+if TYPE_CHECKING:
+    from shardmq.broker.connection import BrokerConnection
+
+Unacked = tuple["Consumer | None", Queue, Message]
+
+
+class Channel(ChannelBase):
+    __slots__ = (
+        "conn",
+        "flow",
+        "active",
+        "next_tag",
+        "unacked",
+        "consumer_unacked",
+        "consumers",
+        "prefetch",
+        "global_prefetch",
+        "confirm",
+        "confirm_seq",
+        "confirm_done",
+        "confirm_nacks",
+        "tx",
+        "tx_publishes",
+        "tx_acks",
+        "last_queue",
+    )
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.conn: BrokerConnection = None  # type: ignore[assignment]  # set on open
+        self.flow = True
+        self.active = True  # flow on and the socket is writable
+        self.next_tag = 0
+        self.unacked: OrderedDict[int, Unacked] = OrderedDict()
+        self.consumer_unacked = 0
+        self.consumers: dict[str, Consumer] = {}
+        self.prefetch = 0  # for consumers created from now on (global=false)
+        self.global_prefetch = 0  # channel-wide limit (global=true)
+        self.confirm = False
+        self.confirm_seq = 0
+        self.confirm_done = 0  # highest seq confirmed to the client
+        self.confirm_nacks: list[int] = []
+        self.tx = False
+        self.tx_publishes: list[tuple[bytes, int, int, bytes, bytes]] = []
+        self.tx_acks: list[tuple[int, int, int, bool]] = []  # (kind, tag, multiple, requeue)
+        self.last_queue = ""  # for the spec's "empty queue name = last declared queue"
+
+    # ------------------------------------------------------------ delivery
+    def deliver(self, consumer: Consumer, queue: Queue, msg: Message, redelivered: bool) -> None:
+        tag = self.next_tag + 1
+        self.next_tag = tag
+        conn = self.conn
+        if consumer.no_ack:
+            queue.settle(msg)
+        else:
+            self.unacked[tag] = (consumer, queue, msg)
+            consumer.unacked += 1
+            self.consumer_unacked += 1
+        write_deliver(
+            conn.out,
+            self.number,
+            consumer.ctag,
+            tag,
+            redelivered,
+            msg.exrk,
+            msg.header,
+            msg.body,
+            conn.frame_max,
+        )
+        conn.wake_once()
+
+    def take_get(self, queue: Queue, msg: Message, no_ack: bool) -> int:
+        tag = self.next_tag + 1
+        self.next_tag = tag
+        if no_ack:
+            queue.settle(msg)
+        else:
+            self.unacked[tag] = (None, queue, msg)
+        return tag
+
+    def update_active(self) -> None:
+        was = self.active
+        self.active = self.flow and not self.conn.write_paused
+        if self.active and not was:
+            self.kick()
+
+    def kick(self) -> None:
+        """Readiness may have grown: let every queue we consume from dispatch."""
+        for q in {c.queue for c in self.consumers.values()}:
+            q.dispatch()
+
+    # ------------------------------------------------------------ settlement
+    def _collect(self, tag: int, multiple: int) -> list[Unacked]:
+        unacked = self.unacked
+        if multiple:
+            if tag == 0:
+                items = list(unacked.values())
+                unacked.clear()
+                return items
+            if tag not in unacked:
+                raise SoftError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
+            items = []
+            while unacked:
+                t, entry = unacked.popitem(last=False)
+                items.append(entry)
+                if t == tag:
+                    break
+            return items
+        entry = unacked.pop(tag, None)
+        if entry is None:
+            raise SoftError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
+        return [entry]
+
+    def ack(self, tag: int, multiple: int) -> None:
+        if self.tx:
+            self._check_tag(tag, multiple)
+            self.tx_acks.append((0, tag, multiple, False))
+            return
+        if not multiple:
+            entry = self.unacked.pop(tag, None)
+            if entry is None:
+                raise SoftError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
+            consumer, queue, msg = entry
+            queue.settle(msg)
+            if consumer is not None:
+                consumer.unacked -= 1
+                self.consumer_unacked -= 1
+                if consumer.queue.consumers:
+                    queue.dispatch()
+            return
+        self._settle(self._collect(tag, multiple), requeue=None)
+
+    def reject(self, tag: int, multiple: int, requeue: bool) -> None:
+        if self.tx:
+            self._check_tag(tag, multiple)
+            self.tx_acks.append((1, tag, multiple, requeue))
+            return
+        self._settle(self._collect(tag, multiple), requeue=requeue)
+
+    def _check_tag(self, tag: int, multiple: int) -> None:
+        if (tag or not multiple) and tag not in self.unacked:
+            raise SoftError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
+
+    def _settle(self, entries: list[Unacked], requeue: bool | None) -> None:
+        """requeue None: ack; False: drop; True: back to the queue as redelivered."""
+        touched: dict[Queue, list[Message]] = {}
+        for consumer, queue, msg in entries:
+            if consumer is not None:
+                consumer.unacked -= 1
+                self.consumer_unacked -= 1
+            if requeue:
+                touched.setdefault(queue, []).append(msg)
+            else:
+                queue.settle(msg)
+                touched.setdefault(queue, [])
+        for queue, msgs in touched.items():
+            if msgs:
+                queue.requeue(msgs)
+            else:
+                queue.dispatch()
+
+    def requeue_all(self) -> None:
+        entries = list(self.unacked.values())
+        self.unacked.clear()
+        self._settle(entries, requeue=True)
+
+    def recover(self) -> None:
+        self.requeue_all()
+
+    # ------------------------------------------------------------ confirms
+    def confirm_published(self) -> None:
+        self.confirm_seq += 1
+        self.conn.confirms_pending(self)
+
+    def confirm_failed(self) -> None:
+        self.confirm_seq += 1
+        self.confirm_nacks.append(self.confirm_seq)
+        self.conn.confirms_pending(self)
+
+    def flush_confirms(self) -> None:
+        """Write acks (and nacks) for everything published so far, coalesced."""
+        out = self.conn.out
+        done = self.confirm_done
+        upto = self.confirm_seq
+        if upto <= done:
+            return
+        nacks = self.confirm_nacks
+        if nacks:
+            self.confirm_nacks = []
+            for n in nacks:
+                if n - 1 > done:
+                    write_confirm(out, self.number, n - 1, n - 1 > done + 1, True)
+                write_confirm(out, self.number, n, False, False)
+                done = n
+        if upto > done:
+            write_confirm(out, self.number, upto, upto > done + 1, True)
+        self.confirm_done = upto
+
+    # ------------------------------------------------------------ teardown
+    def release(self) -> None:
+        """The channel is gone: cancel its consumers and requeue what it held."""
+        for c in list(self.consumers.values()):
+            self.conn.remove_consumer(c, notify=False)
+        self.consumers.clear()
+        self.tx_publishes.clear()
+        self.tx_acks.clear()
+        self.requeue_all()

@@ -1,0 +1,483 @@
+"""The broker's side of an AMQP connection: every method a client can send, handled.
+
+Owns: ``BrokerConnection`` — authentication, vhost, exclusive queues of this
+connection, and the method handlers of the exchange, queue, basic, tx and confirm
+classes (a table keyed by method index, no if-chains).
+
+Invariants:
+- Handlers raise ``SoftError`` / ``HardError``; the protocol layer turns them into
+  channel.close / connection.close. Nothing here touches a socket.
+- Replies to synchronous methods are written before any delivery they enable
+  (consume-ok before the first basic.deliver).
+- Exclusive queues die with the connection; consumers die with their channel.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from shardmq.amqp import methods as M
+from shardmq.amqp.codec import shortstr, write_get_ok, write_return
+from shardmq.amqp.connection import AMQPConnection, ChannelBase
+from shardmq.amqp.errors import (
+    ACCESS_REFUSED,
+    COMMAND_INVALID,
+    NO_ROUTE,
+    NOT_ALLOWED,
+    NOT_IMPLEMENTED,
+    PRECONDITION_FAILED,
+    HardError,
+    SoftError,
+)
+from shardmq.amqp.fieldtable import decode_table
+from shardmq.broker.channel import Channel
+from shardmq.broker.message import Message
+from shardmq.broker.queue import Consumer, Queue
+from shardmq.broker.vhost import VHost
+
+if TYPE_CHECKING:
+    from shardmq.broker.broker import Broker
+
+log = logging.getLogger("shardmq.connection")
+_seq = itertools.count(1)
+
+Handler = Callable[["BrokerConnection", Channel, M.Method], None]
+_HANDLERS: dict[int, Handler] = {}
+
+
+def handles(method_cls: type[M.Method]) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _HANDLERS[method_cls.INDEX] = fn
+        return fn
+
+    return register
+
+
+class BrokerConnection(AMQPConnection):
+    channel_class = Channel
+
+    def __init__(self, broker: Broker, wake: Callable[[AMQPConnection], None], peer: str):
+        cfg = broker.config.amqp
+        super().__init__(
+            wake,
+            frame_max=cfg.frame_max,
+            channel_max=cfg.channel_max,
+            heartbeat=cfg.heartbeat,
+            max_message_size=cfg.max_message_size,
+            server_properties=broker.server_properties,
+            peer=peer,
+        )
+        self.broker = broker
+        self.user = ""
+        self.vhost: VHost = None  # type: ignore[assignment]  # set by connection.open
+        self.write_paused = False
+        self.exclusive_queues: list[Queue] = []
+        self._confirm_channels: list[Channel] = []
+
+    # ------------------------------------------------------------ handshake hooks
+    def authenticate(self, mechanism: str, response: bytes) -> bool:
+        if mechanism == "PLAIN":
+            parts = response.split(b"\x00")
+            if len(parts) != 3:
+                return False
+            user, password = parts[1], parts[2]
+        else:  # AMQPLAIN: a field table without its length prefix
+            try:
+                table, _ = decode_table(len(response).to_bytes(4, "big") + response, 0)
+            except Exception:
+                return False
+            user = _as_bytes(table.get("LOGIN"))
+            password = _as_bytes(table.get("PASSWORD"))
+        name = user.decode("utf-8", "replace")
+        ok = self.broker.check_password(name, password.decode("utf-8", "replace"))
+        if ok:
+            self.user = name
+        else:
+            log.warning("connection %s: authentication failed for user '%s'", self.peer, name)
+        return ok
+
+    def open_vhost(self, vhost: str) -> None:
+        vh = self.broker.vhosts.get(vhost)
+        if vh is None:
+            raise HardError(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)
+        self.vhost = vh
+        self.broker.connections.add(self)
+
+    def on_channel_open(self, ch: ChannelBase) -> None:
+        ch.conn = self  # type: ignore[attr-defined]
+        ch.active = not self.write_paused  # type: ignore[attr-defined]
+
+    def on_channel_closed(self, ch: ChannelBase) -> None:
+        assert isinstance(ch, Channel)
+        if ch in self._confirm_channels:
+            self._confirm_channels.remove(ch)
+        ch.release()
+
+    def on_connection_closed(self) -> None:
+        self.broker.connections.discard(self)
+        queues, self.exclusive_queues = self.exclusive_queues, []
+        for q in queues:
+            if not q.deleted:
+                self.vhost.remove_queue(q)
+
+    # ------------------------------------------------------------ output
+    def confirms_pending(self, ch: Channel) -> None:
+        if ch not in self._confirm_channels:
+            self._confirm_channels.append(ch)
+        self._wake()
+
+    def take_output(self) -> bytearray | None:
+        if self._confirm_channels:
+            for ch in self._confirm_channels:
+                ch.flush_confirms()
+            self._confirm_channels.clear()
+        return super().take_output()
+
+    def set_write_paused(self, paused: bool) -> None:
+        self.write_paused = paused
+        for ch in list(self.channels.values()):
+            ch.update_active()  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------ dispatch
+    def on_method(self, ch: ChannelBase, method: M.Method) -> None:
+        handler = _HANDLERS.get(method.INDEX)
+        if handler is None:
+            raise HardError(
+                COMMAND_INVALID,
+                f"method {method.NAME} is not valid from a client here",
+                method.CLASS_ID,
+                method.METHOD_ID,
+            )
+        handler(self, ch, method)  # type: ignore[arg-type]
+
+    def on_ack(self, ch: ChannelBase, delivery_tag: int, multiple: int) -> None:
+        ch.ack(delivery_tag, multiple)  # type: ignore[attr-defined]
+
+    def on_publish(
+        self, ch: ChannelBase, exrk: bytes, exlen: int, flags: int, header: bytes, body: bytes
+    ) -> None:
+        assert isinstance(ch, Channel)
+        if flags & 2:
+            raise HardError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
+        msg = Message(exrk, header, body, next(_seq))
+        if ch.tx:
+            self.vhost.route(msg, exlen)  # 404 / 403 now, like RabbitMQ
+            ch.tx_publishes.append((exrk, exlen, flags, header, body))
+            return
+        self._route_publish(ch, msg, exlen, flags)
+
+    def _route_publish(self, ch: Channel, msg: Message, exlen: int, flags: int) -> None:
+        queues = self.vhost.route(msg, exlen)
+        if queues:
+            for q in queues:
+                q.publish(msg)
+        elif flags & 1:
+            write_return(
+                self.out,
+                ch.number,
+                NO_ROUTE,
+                "NO_ROUTE",
+                msg.exrk,
+                msg.header,
+                msg.body,
+                self.frame_max,
+            )
+            self._wake()
+        if ch.confirm:
+            ch.confirm_published()
+
+    def remove_consumer(self, c: Consumer, *, notify: bool) -> None:
+        """Detach a consumer from its queue (auto-deleting the queue if it was the last)."""
+        c.channel.consumers.pop(c.tag, None)
+        q = c.queue
+        if q.remove_consumer(c) and not q.deleted:
+            self.vhost.remove_queue(q)
+        if notify and self.client_capabilities.get("consumer_cancel_notify"):
+            self.send_method(c.channel.number, M.BasicCancel(consumer_tag=c.tag, no_wait=True))
+
+    def queue_for(self, ch: Channel, name: str) -> Queue:
+        if not name:
+            name = ch.last_queue
+            if not name:
+                raise SoftError(404, "no previously declared queue", 50, 0)
+        return self.vhost.queue(name, self)
+
+
+def _as_bytes(v: object) -> bytes:
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, str):
+        return v.encode("utf-8")
+    return b""
+
+
+# ---------------------------------------------------------------- exchange class
+@handles(M.ExchangeDeclare)
+def _exchange_declare(conn: BrokerConnection, ch: Channel, m: M.ExchangeDeclare) -> None:
+    conn.vhost.declare_exchange(
+        m.exchange,
+        m.type,
+        passive=m.passive,
+        durable=m.durable,
+        auto_delete=m.auto_delete,
+        internal=m.internal,
+        arguments=m.arguments or {},
+    )
+    if not m.no_wait:
+        conn.send_method(ch.number, M.ExchangeDeclareOk())
+
+
+@handles(M.ExchangeDelete)
+def _exchange_delete(conn: BrokerConnection, ch: Channel, m: M.ExchangeDelete) -> None:
+    conn.vhost.delete_exchange(m.exchange, if_unused=m.if_unused)
+    if not m.no_wait:
+        conn.send_method(ch.number, M.ExchangeDeleteOk())
+
+
+@handles(M.ExchangeBind)
+def _exchange_bind(conn: BrokerConnection, ch: Channel, m: M.ExchangeBind) -> None:
+    vh = conn.vhost
+    dest = vh.exchange(m.destination)
+    vh.bind(dest, m.source, m.routing_key, m.arguments or {})
+    if not m.no_wait:
+        conn.send_method(ch.number, M.ExchangeBindOk())
+
+
+@handles(M.ExchangeUnbind)
+def _exchange_unbind(conn: BrokerConnection, ch: Channel, m: M.ExchangeUnbind) -> None:
+    vh = conn.vhost
+    dest = vh.exchanges.get(m.destination)
+    if dest is not None:
+        vh.unbind(dest, m.source, m.routing_key, m.arguments or {})
+    if not m.no_wait:
+        conn.send_method(ch.number, M.ExchangeUnbindOk())
+
+
+# ---------------------------------------------------------------- queue class
+@handles(M.QueueDeclare)
+def _queue_declare(conn: BrokerConnection, ch: Channel, m: M.QueueDeclare) -> None:
+    vh = conn.vhost
+    existed = m.queue in vh.queues
+    q = vh.declare_queue(
+        m.queue,
+        conn,
+        passive=m.passive,
+        durable=m.durable,
+        exclusive=m.exclusive,
+        auto_delete=m.auto_delete,
+        arguments=m.arguments or {},
+    )
+    if q.exclusive and not existed and not m.passive:
+        conn.exclusive_queues.append(q)
+    ch.last_queue = q.name
+    if not m.no_wait:
+        conn.send_method(
+            ch.number,
+            M.QueueDeclareOk(
+                queue=q.name, message_count=q.message_count, consumer_count=len(q.consumers)
+            ),
+        )
+
+
+@handles(M.QueueBind)
+def _queue_bind(conn: BrokerConnection, ch: Channel, m: M.QueueBind) -> None:
+    q = conn.queue_for(ch, m.queue)
+    conn.vhost.bind(q, m.exchange, m.routing_key, m.arguments or {})
+    if not m.no_wait:
+        conn.send_method(ch.number, M.QueueBindOk())
+
+
+@handles(M.QueueUnbind)
+def _queue_unbind(conn: BrokerConnection, ch: Channel, m: M.QueueUnbind) -> None:
+    q = conn.queue_for(ch, m.queue)
+    conn.vhost.unbind(q, m.exchange, m.routing_key, m.arguments or {})
+    conn.send_method(ch.number, M.QueueUnbindOk())
+
+
+@handles(M.QueuePurge)
+def _queue_purge(conn: BrokerConnection, ch: Channel, m: M.QueuePurge) -> None:
+    q = conn.queue_for(ch, m.queue)
+    n = q.purge()
+    if not m.no_wait:
+        conn.send_method(ch.number, M.QueuePurgeOk(message_count=n))
+
+
+@handles(M.QueueDelete)
+def _queue_delete(conn: BrokerConnection, ch: Channel, m: M.QueueDelete) -> None:
+    vh = conn.vhost
+    name = m.queue or ch.last_queue
+    q = vh.queues.get(name)
+    n = 0
+    if q is not None:
+        vh.check_exclusive(q, conn)
+        n = vh.delete_queue(q, if_unused=m.if_unused, if_empty=m.if_empty)
+    if not m.no_wait:
+        conn.send_method(ch.number, M.QueueDeleteOk(message_count=n))
+
+
+# ---------------------------------------------------------------- basic class
+@handles(M.BasicQos)
+def _basic_qos(conn: BrokerConnection, ch: Channel, m: M.BasicQos) -> None:
+    if m.prefetch_size:
+        raise HardError(NOT_IMPLEMENTED, f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
+    if m.global_:
+        ch.global_prefetch = m.prefetch_count
+    else:
+        ch.prefetch = m.prefetch_count
+    conn.send_method(ch.number, M.BasicQosOk())
+    ch.kick()
+
+
+@handles(M.BasicConsume)
+def _basic_consume(conn: BrokerConnection, ch: Channel, m: M.BasicConsume) -> None:
+    q = conn.queue_for(ch, m.queue)
+    if q.consumers and (m.exclusive or q.exclusive_consumer()):
+        raise SoftError(
+            ACCESS_REFUSED, f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use", 60, 20
+        )
+    tag = m.consumer_tag
+    if not tag:
+        tag = "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    elif tag in ch.consumers:
+        raise HardError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+    c = Consumer(tag, shortstr(tag), ch, q, m.no_ack, m.exclusive, ch.prefetch, m.arguments or {})
+    ch.consumers[tag] = c
+    if not m.no_wait:
+        conn.send_method(ch.number, M.BasicConsumeOk(consumer_tag=tag))
+    q.add_consumer(c)
+
+
+@handles(M.BasicCancel)
+def _basic_cancel(conn: BrokerConnection, ch: Channel, m: M.BasicCancel) -> None:
+    c = ch.consumers.get(m.consumer_tag)
+    if not m.no_wait:
+        conn.send_method(ch.number, M.BasicCancelOk(consumer_tag=m.consumer_tag))
+    if c is not None:
+        conn.remove_consumer(c, notify=False)
+
+
+@handles(M.BasicGet)
+def _basic_get(conn: BrokerConnection, ch: Channel, m: M.BasicGet) -> None:
+    q = conn.queue_for(ch, m.queue)
+    got = q.get()
+    if got is None:
+        conn.send_method(ch.number, M.BasicGetEmpty())
+        return
+    msg, redelivered = got
+    tag = ch.take_get(q, msg, m.no_ack)
+    write_get_ok(
+        conn.out,
+        ch.number,
+        tag,
+        redelivered,
+        msg.exrk,
+        q.message_count,
+        msg.header,
+        msg.body,
+        conn.frame_max,
+    )
+    conn.wake_once()
+
+
+@handles(M.BasicReject)
+def _basic_reject(conn: BrokerConnection, ch: Channel, m: M.BasicReject) -> None:
+    ch.reject(m.delivery_tag, 0, m.requeue)
+
+
+@handles(M.BasicNack)
+def _basic_nack(conn: BrokerConnection, ch: Channel, m: M.BasicNack) -> None:
+    ch.reject(m.delivery_tag, m.multiple, m.requeue)
+
+
+@handles(M.BasicAck)
+def _basic_ack(conn: BrokerConnection, ch: Channel, m: M.BasicAck) -> None:
+    ch.ack(m.delivery_tag, m.multiple)
+
+
+def _recover(ch: Channel, requeue: bool, method: type[M.Method]) -> None:
+    if not requeue:
+        raise HardError(NOT_IMPLEMENTED, "requeue=false", method.CLASS_ID, method.METHOD_ID)
+    ch.recover()
+
+
+@handles(M.BasicRecover)
+def _basic_recover(conn: BrokerConnection, ch: Channel, m: M.BasicRecover) -> None:
+    _recover(ch, m.requeue, M.BasicRecover)
+    conn.send_method(ch.number, M.BasicRecoverOk())
+
+
+@handles(M.BasicRecoverAsync)
+def _basic_recover_async(conn: BrokerConnection, ch: Channel, m: M.BasicRecoverAsync) -> None:
+    _recover(ch, m.requeue, M.BasicRecoverAsync)
+
+
+# ---------------------------------------------------------------- channel class
+@handles(M.ChannelFlow)
+def _channel_flow(conn: BrokerConnection, ch: Channel, m: M.ChannelFlow) -> None:
+    if not m.active:  # as RabbitMQ: consumers use prefetch instead
+        raise HardError(NOT_IMPLEMENTED, "active=false", 20, 20)
+    ch.flow = m.active
+    conn.send_method(ch.number, M.ChannelFlowOk(active=m.active))
+    ch.update_active()
+
+
+@handles(M.ChannelFlowOk)
+def _channel_flow_ok(conn: BrokerConnection, ch: Channel, m: M.ChannelFlowOk) -> None:
+    return None
+
+
+@handles(M.AccessRequest)
+def _access_request(conn: BrokerConnection, ch: Channel, m: M.AccessRequest) -> None:
+    conn.send_method(ch.number, M.AccessRequestOk(reserved_1=1))
+
+
+# ---------------------------------------------------------------- tx / confirm
+@handles(M.TxSelect)
+def _tx_select(conn: BrokerConnection, ch: Channel, m: M.TxSelect) -> None:
+    if ch.confirm:
+        raise SoftError(PRECONDITION_FAILED, "cannot switch from confirm to tx mode", 90, 10)
+    ch.tx = True
+    conn.send_method(ch.number, M.TxSelectOk())
+
+
+@handles(M.TxCommit)
+def _tx_commit(conn: BrokerConnection, ch: Channel, m: M.TxCommit) -> None:
+    if not ch.tx:
+        raise SoftError(PRECONDITION_FAILED, "channel is not transactional", 90, 20)
+    publishes, ch.tx_publishes = ch.tx_publishes, []
+    acks, ch.tx_acks = ch.tx_acks, []
+    for exrk, exlen, flags, header, body in publishes:
+        conn._route_publish(ch, Message(exrk, header, body, next(_seq)), exlen, flags)
+    ch.tx = False
+    try:
+        for kind, tag, multiple, requeue in acks:
+            if kind == 0:
+                ch.ack(tag, multiple)
+            else:
+                ch.reject(tag, multiple, requeue)
+    finally:
+        ch.tx = True
+    conn.send_method(ch.number, M.TxCommitOk())
+
+
+@handles(M.TxRollback)
+def _tx_rollback(conn: BrokerConnection, ch: Channel, m: M.TxRollback) -> None:
+    if not ch.tx:
+        raise SoftError(PRECONDITION_FAILED, "channel is not transactional", 90, 30)
+    ch.tx_publishes.clear()
+    ch.tx_acks.clear()
+    conn.send_method(ch.number, M.TxRollbackOk())
+
+
+@handles(M.ConfirmSelect)
+def _confirm_select(conn: BrokerConnection, ch: Channel, m: M.ConfirmSelect) -> None:
+    if ch.tx:
+        raise SoftError(PRECONDITION_FAILED, "cannot switch from tx to confirm mode", 85, 10)
+    ch.confirm = True
+    if not m.nowait:
+        conn.send_method(ch.number, M.ConfirmSelectOk())

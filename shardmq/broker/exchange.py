@@ -1,0 +1,56 @@
+"""An exchange: its declared attributes plus its routing table.
+
+Owns: ``Exchange``. The routing table itself (direct / fanout / topic trie / headers)
+lives in ``shardmq.broker.routing``; destinations are ``Queue`` or ``Exchange`` objects.
+
+Invariants:
+- ``sources`` on a destination mirrors the bindings: an exchange is in ``dest.sources``
+  exactly while it has at least one binding to ``dest``.
+- An auto-delete exchange goes away when its last binding as a source is removed, and
+  only after it had one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shardmq.broker.routing import Router, make_router
+
+
+class Exchange:
+    __slots__ = (
+        "name",
+        "type",
+        "durable",
+        "auto_delete",
+        "internal",
+        "arguments",
+        "router",
+        "had_bindings",
+        "sources",
+        "deleted",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        type: str,
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.type = type
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.internal = internal
+        self.arguments = arguments or {}
+        self.router: Router = make_router(type)
+        self.had_bindings = False
+        self.sources: set[Exchange] = set()
+        self.deleted = False
+
+    def __repr__(self) -> str:
+        return f"Exchange({self.name!r}, {self.type!r})"

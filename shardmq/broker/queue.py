@@ -1,0 +1,220 @@
+"""A queue: ready messages, consumers, round-robin dispatch.
+
+Owns: ``Queue`` and ``Consumer``. Delivery itself (delivery tags, frames) belongs to
+the consumer's channel; the queue only picks who gets the next message.
+
+Invariants:
+- A message is either in ``store`` (ready) or held by exactly one channel as unacked
+  (or was delivered no-ack and is gone). ``redelivered`` flags messages that went back
+  to ``store`` after a delivery.
+- Dispatch happens whenever readiness can have changed: a publish, an ack that returned
+  credit, a new consumer, a qos change, a writable socket, channel.flow on.
+- Round robin: consumers are tried in turn starting after the last one served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from shardmq.broker.message import Message
+from shardmq.broker.store import MemoryStore, MessageStore
+
+if TYPE_CHECKING:
+    from shardmq.broker.channel import Channel
+    from shardmq.broker.exchange import Exchange
+
+
+class Consumer:
+    __slots__ = (
+        "tag",
+        "ctag",
+        "channel",
+        "queue",
+        "no_ack",
+        "exclusive",
+        "prefetch",
+        "unacked",
+        "arguments",
+    )
+
+    def __init__(
+        self,
+        tag: str,
+        ctag: bytes,
+        channel: Channel,
+        queue: Queue,
+        no_ack: bool,
+        exclusive: bool,
+        prefetch: int,
+        arguments: dict[str, Any],
+    ) -> None:
+        self.tag = tag
+        self.ctag = ctag
+        self.channel = channel
+        self.queue = queue
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.prefetch = prefetch
+        self.unacked = 0
+        self.arguments = arguments
+
+    def ready(self) -> bool:
+        ch = self.channel
+        if not ch.active:
+            return False
+        if self.no_ack:
+            return True
+        if self.prefetch and self.unacked >= self.prefetch:
+            return False
+        limit = ch.global_prefetch
+        return not limit or ch.consumer_unacked < limit
+
+
+class Queue:
+    __slots__ = (
+        "name",
+        "vhost",
+        "durable",
+        "exclusive",
+        "owner",
+        "auto_delete",
+        "arguments",
+        "store",
+        "consumers",
+        "rr",
+        "had_consumers",
+        "deleted",
+        "redelivered",
+        "sources",
+        "_dispatching",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        vhost: str,
+        *,
+        durable: bool = False,
+        exclusive: bool = False,
+        owner: object | None = None,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+        store: MessageStore | None = None,
+    ) -> None:
+        self.name = name
+        self.vhost = vhost
+        self.durable = durable
+        self.exclusive = exclusive
+        self.owner = owner
+        self.auto_delete = auto_delete
+        self.arguments = arguments or {}
+        self.store: MessageStore = store if store is not None else MemoryStore()
+        self.consumers: list[Consumer] = []
+        self.rr = 0
+        self.had_consumers = False
+        self.deleted = False
+        self.redelivered: set[Message] = set()
+        self.sources: set[Exchange] = set()
+        self._dispatching = False
+
+    # ------------------------------------------------------------ messages
+    def publish(self, msg: Message) -> None:
+        if self.consumers and not len(self.store):
+            c = self._next_consumer()
+            if c is not None:
+                c.channel.deliver(c, self, msg, False)
+                return
+        self.store.push(msg)
+        if self.consumers:
+            self.dispatch()
+
+    def dispatch(self) -> None:
+        """Deliver ready messages while some consumer has credit."""
+        if self._dispatching or self.deleted:
+            return
+        self._dispatching = True
+        try:
+            store = self.store
+            redelivered = self.redelivered
+            while len(store):
+                c = self._next_consumer()
+                if c is None:
+                    return
+                msg = store.pop()
+                if msg is None:
+                    return
+                if redelivered and msg in redelivered:
+                    redelivered.discard(msg)
+                    c.channel.deliver(c, self, msg, True)
+                else:
+                    c.channel.deliver(c, self, msg, False)
+        finally:
+            self._dispatching = False
+
+    def _next_consumer(self) -> Consumer | None:
+        cs = self.consumers
+        n = len(cs)
+        if n == 1:
+            c = cs[0]
+            return c if c.ready() else None
+        rr = self.rr
+        for i in range(n):
+            j = (rr + i) % n
+            c = cs[j]
+            if c.ready():
+                self.rr = (j + 1) % n
+                return c
+        return None
+
+    def get(self) -> tuple[Message, bool] | None:
+        msg = self.store.pop()
+        if msg is None:
+            return None
+        redelivered = self.redelivered
+        if redelivered and msg in redelivered:
+            redelivered.discard(msg)
+            return msg, True
+        return msg, False
+
+    def settle(self, msg: Message) -> None:
+        """The message is done with (acked, or rejected without requeue)."""
+        self.store.ack(msg)
+
+    def requeue(self, msgs: Iterable[Message]) -> None:
+        if self.deleted:
+            return
+        msgs = list(msgs)
+        self.redelivered.update(msgs)
+        self.store.requeue(msgs)
+        self.dispatch()
+
+    def purge(self) -> int:
+        self.redelivered.clear()
+        return self.store.purge()
+
+    @property
+    def message_count(self) -> int:
+        return len(self.store)
+
+    # ------------------------------------------------------------ consumers
+    def add_consumer(self, c: Consumer) -> None:
+        self.consumers.append(c)
+        self.had_consumers = True
+        self.dispatch()
+
+    def remove_consumer(self, c: Consumer) -> bool:
+        """Returns True when the queue should now be auto-deleted."""
+        try:
+            self.consumers.remove(c)
+        except ValueError:
+            return False
+        if self.rr >= len(self.consumers):
+            self.rr = 0
+        return self.auto_delete and not self.consumers and self.had_consumers
+
+    def exclusive_consumer(self) -> bool:
+        return any(c.exclusive for c in self.consumers)
+
+    def __repr__(self) -> str:
+        return f"Queue({self.vhost!r}, {self.name!r})"

@@ -1,0 +1,82 @@
+"""Command line: ``shardmq serve``, ``shardmq bench``.
+
+Owns: argument parsing and turning flags into a validated ``Config``; it delegates the
+process work to ``workers`` and the load generator to ``loadtest``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from shardmq.config import ConfigError, load_config
+
+
+@click.group()
+@click.version_option(package_name="shardmq")
+def cli() -> None:
+    """shardmq: an AMQP 0-9-1 message broker that uses every core."""
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML config file (see config/shardmq.toml).",
+)
+@click.option("--host", default=None, help="Listen address [default: 0.0.0.0].")
+@click.option("--port", type=int, default=None, help="AMQP port [default: 5672].")
+@click.option("--workers", type=int, default=None, help="Worker processes [default: 1].")
+@click.option("--data-dir", default=None, help="Data directory [default: ./shardmq-data].")
+@click.option("--log-level", default=None, help="debug, info, warning, error.")
+def serve(
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    data_dir: str | None,
+    log_level: str | None,
+) -> None:
+    """Start the broker in the foreground."""
+    try:
+        config = load_config(
+            config_path,
+            host=host,
+            port=port,
+            workers=workers,
+            data_dir=data_dir,
+            log_level=log_level,
+        )
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if config.server.workers != 1:
+        raise click.ClickException(
+            f"--workers {config.server.workers}: this build runs one worker only "
+            "(multi-worker sharding is not implemented yet); use --workers 1"
+        )
+    from workers.supervisor import run
+
+    sys.exit(run(config))
+
+
+@cli.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    },
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Load generator (see loadtest/README.md; `shardmq bench --help`)."""
+    from loadtest.bench import main as bench_main
+
+    sys.exit(bench_main(list(args)))
+
+
+def main() -> int:
+    cli(prog_name="shardmq")
+    return 0

@@ -1,0 +1,85 @@
+"""Broker configuration: one msgspec Struct field per setting, loaded from TOML.
+
+Owns: the settings, their defaults and their validation. ``config/shardmq.toml``
+documents every field with its default; keep the two in step.
+
+Invariants: ``load_config`` either returns a fully validated ``Config`` or raises
+``ConfigError`` whose message names the file and the offending setting.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+
+
+class ConfigError(Exception):
+    pass
+
+
+class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    host: str = "0.0.0.0"
+    port: Port = 5672
+    workers: Annotated[int, Meta(ge=0, le=1024)] = 1
+    data_dir: str = "./shardmq-data"
+    log_level: str = "info"
+    shutdown_timeout: Annotated[float, Meta(ge=0)] = 5.0
+
+    def __post_init__(self) -> None:
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ValueError(f"unknown log_level {self.log_level!r}")
+
+
+class AMQPConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    frame_max: Annotated[int, Meta(ge=4096, le=2**31 - 1)] = 131072
+    channel_max: Annotated[int, Meta(ge=1, le=65535)] = 2047
+    heartbeat: Annotated[int, Meta(ge=0, le=65535)] = 60
+    max_message_size: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 128 * 1024 * 1024
+    handshake_timeout: Annotated[float, Meta(gt=0)] = 10.0
+
+
+class UserConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    password: str
+    tags: list[str] = msgspec.field(default_factory=list)
+
+
+def _default_users() -> list[UserConfig]:
+    return [UserConfig(name="guest", password="guest", tags=["administrator"])]
+
+
+class Config(Struct, forbid_unknown_fields=True, kw_only=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    amqp: AMQPConfig = msgspec.field(default_factory=AMQPConfig)
+    users: list[UserConfig] = msgspec.field(default_factory=_default_users)
+    vhosts: list[str] = msgspec.field(default_factory=lambda: ["/"])
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
+    """Load ``path`` (or defaults) and apply ``overrides`` of the server section
+    (None values are ignored)."""
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{where}: file not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{where}: invalid TOML: {exc}") from exc
+    server = dict(data.get("server", {}))
+    server.update({k: v for k, v in overrides.items() if v is not None})
+    if server:
+        data["server"] = server
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc

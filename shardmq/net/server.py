@@ -1,0 +1,207 @@
+"""The only code that touches sockets: the asyncio protocol and the listener.
+
+Owns: ``AMQPProtocol`` (one per TCP connection), ``IOHub`` (writes every dirty
+connection once per loop turn, runs heartbeat and handshake timers) and ``serve``.
+
+Invariants:
+- One ``transport.write`` per connection per loop turn: connections call ``wake`` when
+  their output turns non-empty; ``IOHub.flush`` runs once via ``call_soon``.
+- A socket whose write buffer is above the high-water mark pauses deliveries to its
+  consumers (credit returns when it drains); nothing is dropped.
+- After connection.close was sent by the server, the socket is closed when the peer
+  answers close-ok or after ``CLOSE_GRACE`` seconds, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable
+
+from shardmq.amqp.connection import CLOSING, OPEN, AMQPConnection
+from shardmq.amqp.errors import CONNECTION_FORCED
+from shardmq.broker.broker import Broker
+from shardmq.config import Config
+
+log = logging.getLogger("shardmq.net")
+
+CLOSE_GRACE = 3.0
+WRITE_HIGH_WATER = 1024 * 1024
+WRITE_LOW_WATER = 256 * 1024
+SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+
+
+class IOHub:
+    """Collects connections with pending output and flushes them once per loop turn."""
+
+    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
+        self.broker = broker
+        self.loop = loop
+        self._dirty: list[AMQPConnection] = []
+        self._scheduled = False
+        self.protocols: set[AMQPProtocol] = set()
+
+    def wake(self, conn: AMQPConnection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        while self._dirty:
+            dirty, self._dirty = self._dirty, []
+            for conn in dirty:
+                proto: AMQPProtocol = conn.io  # type: ignore[attr-defined]
+                proto.flush()
+
+
+class AMQPProtocol(asyncio.Protocol):
+    def __init__(self, hub: IOHub) -> None:
+        self.hub = hub
+        self.transport: asyncio.Transport | None = None
+        self.conn: AMQPConnection | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------ transport events
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername")
+        peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        conn = self.hub.broker.new_connection(self.hub.wake, peer_s)
+        conn.io = self  # type: ignore[attr-defined]
+        conn.on_tuned = self._start_heartbeat  # type: ignore[method-assign]
+        self.conn = conn
+        self.hub.protocols.add(self)
+        timeout = self.hub.broker.config.amqp.handshake_timeout
+        self._timer = self.hub.loop.call_later(timeout, self._handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.feed(data)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.hub.protocols.discard(self)
+        for t in (self._timer, self._close_timer):
+            if t is not None:
+                t.cancel()
+        conn = self.conn
+        if conn is not None:
+            try:
+                conn.connection_lost()
+            except Exception:
+                log.exception("connection %s: error while releasing", conn.peer)
+
+    def pause_writing(self) -> None:
+        self.conn.set_write_paused(True)  # type: ignore[union-attr]
+
+    def resume_writing(self) -> None:
+        self.conn.set_write_paused(False)  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------ output
+    def flush(self) -> None:
+        conn = self.conn
+        transport = self.transport
+        if conn is None or transport is None:
+            return
+        data = conn.take_output()
+        if transport.is_closing():
+            return
+        if data:
+            transport.write(data)
+        if conn.want_close:
+            transport.close()
+        elif conn.state == CLOSING and self._close_timer is None:
+            self._close_timer = self.hub.loop.call_later(CLOSE_GRACE, transport.abort)
+
+    # ------------------------------------------------------------ timers
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        conn = self.conn
+        if conn is not None and conn.state < OPEN and conn.heartbeat == 0:
+            log.warning("connection %s: handshake timeout", conn.peer)
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _start_heartbeat(self) -> None:
+        conn = self.conn
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if conn is not None and conn.heartbeat:
+            self._timer = self.hub.loop.call_later(conn.heartbeat / 2, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        conn = self.conn
+        if conn is None or self.transport is None or self.transport.is_closing():
+            return
+        if not conn.heartbeat_tick():
+            log.warning(
+                "connection %s: missed heartbeats from client, timeout: %ds",
+                conn.peer,
+                conn.heartbeat,
+            )
+            self.transport.abort()
+            return
+        self._timer = self.hub.loop.call_later(conn.heartbeat / 2, self._heartbeat)
+
+
+async def serve(
+    config: Config,
+    *,
+    sock: socket.socket | None = None,
+    ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run one worker's AMQP listener until SIGTERM/SIGINT (or ``stop`` is set)."""
+    loop = asyncio.get_running_loop()
+    broker = Broker(config)
+    hub = IOHub(broker, loop)
+    if sock is not None:
+        server = await loop.create_server(lambda: AMQPProtocol(hub), sock=sock, backlog=1024)
+    else:
+        server = await loop.create_server(
+            lambda: AMQPProtocol(hub),
+            host=config.server.host,
+            port=config.server.port,
+            backlog=1024,
+            reuse_address=True,
+        )
+    addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets or ())
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    log.info("shardmq ready: AMQP 0-9-1 on %s", addrs)
+    if ready is not None:
+        ready(addrs)
+    await stop.wait()
+    log.info("shutting down: closing %d connection(s)", len(hub.protocols))
+    server.close()
+    broker.close_all(CONNECTION_FORCED, SHUTDOWN_TEXT)
+    for conn in [p.conn for p in hub.protocols if p.conn is not None and p.conn.state < OPEN]:
+        conn.want_close = True
+        hub.wake(conn)
+    hub.flush()
+    deadline = loop.time() + config.server.shutdown_timeout
+    while hub.protocols and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    for proto in list(hub.protocols):
+        if proto.transport is not None:
+            proto.transport.abort()
+    await asyncio.sleep(0)
+    log.info("shardmq stopped")
