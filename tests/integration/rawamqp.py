@@ -453,7 +453,11 @@ class RawConnection:
         return f
 
     def start_ok(
-        self, user: str = "guest", password: str = "guest", mechanism: str = "PLAIN"
+        self,
+        user: str = "guest",
+        password: str = "guest",
+        mechanism: str = "PLAIN",
+        capabilities: dict[str, bool] | None = None,
     ) -> None:
         if mechanism == "PLAIN":
             response = b"\x00" + user.encode() + b"\x00" + password.encode()
@@ -461,9 +465,9 @@ class RawConnection:
             response = table({"LOGIN": user, "PASSWORD": password})[4:]
         else:
             raise ValueError(mechanism)
-        client_props = table(
-            {"product": "shardmq-raw-test", "capabilities": {"authentication_failure_close": True}}
-        )
+        if capabilities is None:
+            capabilities = {"authentication_failure_close": True, "consumer_cancel_notify": True}
+        client_props = table({"product": "shardmq-raw-test", "capabilities": capabilities})
         args = client_props + shortstr(mechanism) + longstr(response) + shortstr("en_US")
         self.send(method(0, CONNECTION_START_OK, args))
 
@@ -477,10 +481,11 @@ class RawConnection:
         frame_max: int | None = None,
         heartbeat: int = 0,
         mechanism: str = "PLAIN",
+        capabilities: dict[str, bool] | None = None,
     ) -> tuple[int, int, int]:
         """Full handshake; returns the negotiated (channel_max, frame_max, heartbeat)."""
         self.start()
-        self.start_ok(user, password, mechanism)
+        self.start_ok(user, password, mechanism, capabilities)
         tune = self.expect(CONNECTION_TUNE, channel=0)
         self.tune = _TUNE.unpack_from(tune.payload, 4)
         srv_channel_max, srv_frame_max, _srv_heartbeat = self.tune
