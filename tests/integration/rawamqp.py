@@ -166,9 +166,14 @@ def publish(
 
 
 def queue_declare(
-    channel: int, name: str, *, exclusive: bool = False, auto_delete: bool = False
+    channel: int,
+    name: str,
+    *,
+    passive: bool = False,
+    exclusive: bool = False,
+    auto_delete: bool = False,
 ) -> bytes:
-    args = _SHORT.pack(0) + shortstr(name) + bits(False, False, exclusive, auto_delete, False)
+    args = _SHORT.pack(0) + shortstr(name) + bits(passive, False, exclusive, auto_delete, False)
     return method(channel, QUEUE_DECLARE, args + table())
 
 
