@@ -4,7 +4,7 @@ Owns: the wire codec for ``table`` values, with the type tags as RabbitMQ speaks
 (the 0-9-1 errata, not the original spec)::
 
     t bool      b int8      B uint8     s int16 (not shortstr)   u uint16
-    I int32     i uint32    l int64     L uint64                 f float32
+    I int32     i uint32    l int64     L int64 (signed!)        f float32
     d float64   D Decimal (scale octet + int32)                  S longstr
     x ByteArray A list      T Timestamp (uint64 seconds)         F dict     V None
 
@@ -12,6 +12,10 @@ Decoding: ``S`` gives ``str`` when the bytes are valid UTF-8, else ``bytes``; ``
 :class:`ByteArray`; ``T`` gives :class:`Timestamp`. Encoding picks the tag from the Python
 type: bool->t, int->I (fits int32) else l, float->d, Decimal->D, str->S, bytes->S,
 ByteArray->x, list/tuple->A, dict->F, Timestamp/datetime->T, None->V.
+
+'L' is *signed* like 'l': that is what RabbitMQ 3.10 does (checked against it: an
+x-message-ttl of L 0xFFFFFFFFFFFFFFFE is refused as ``{value_negative,-2}``), whatever
+the 0-9-1 spec says; we never emit 'L'.
 
 Invariants:
 - the public decoders accept bytes, bytearray or (byte) memoryview and never raise
@@ -77,6 +81,8 @@ _f64 = struct.Struct("!d")
 _dec = struct.Struct("!Bi")
 
 _u32_unpack = _u32.unpack_from
+_i32_unpack = _i32.unpack_from
+_i64_unpack = _i64.unpack_from
 
 # Low-level errors that mean "malformed input" when raised while decoding.
 _DECODE_ERRORS = (
@@ -130,10 +136,6 @@ def _d_int64(buf: Any, o: int) -> tuple[Any, int]:
     return _i64.unpack_from(buf, o)[0], o + 8
 
 
-def _d_uint64(buf: Any, o: int) -> tuple[Any, int]:
-    return _u64.unpack_from(buf, o)[0], o + 8
-
-
 def _d_float(buf: Any, o: int) -> tuple[Any, int]:
     return _f32.unpack_from(buf, o)[0], o + 4
 
@@ -155,7 +157,7 @@ def _d_longstr(buf: Any, o: int) -> tuple[Any, int]:
         raise IndexError("longstr truncated")
     raw = buf[o:end]
     try:
-        return str(raw, "utf-8"), end
+        return raw.decode(), end
     except UnicodeDecodeError:
         return bytes(raw), end
 
@@ -190,9 +192,30 @@ def _table(buf: Any, o: int) -> tuple[dict[str, Any], int]:
     while o < end:
         k = buf[o]
         o += 1
-        key = str(buf[o : o + k], "utf-8")
+        key = buf[o : o + k].decode()
         o += k
-        result[key], o = dec[buf[o]](buf, o + 1)
+        tag = buf[o]
+        # the usual x-arguments and headers inline; everything else via the table
+        if tag == 83:  # S
+            ln = _u32_unpack(buf, o + 1)[0]
+            o += 5
+            raw = buf[o : o + ln]
+            o += ln
+            try:
+                result[key] = raw.decode()
+            except UnicodeDecodeError:
+                result[key] = bytes(raw)
+        elif tag == 73:  # I
+            result[key] = _i32_unpack(buf, o + 1)[0]
+            o += 5
+        elif tag == 116:  # t
+            result[key] = buf[o + 1] != 0
+            o += 2
+        elif tag == 108:  # l
+            result[key] = _i64_unpack(buf, o + 1)[0]
+            o += 9
+        else:
+            result[key], o = dec[tag](buf, o + 1)
     if o != end:
         raise IndexError("table content overruns its length")
     return result, end
@@ -232,7 +255,7 @@ for _tag, _fn in {
     "I": _d_int32,
     "i": _d_uint32,
     "l": _d_int64,
-    "L": _d_uint64,
+    "L": _d_int64,  # RabbitMQ reads 'L' as signed
     "f": _d_float,
     "d": _d_double,
     "D": _d_decimal,
@@ -251,10 +274,20 @@ def _malformed(what: str, exc: BaseException) -> HardError:
     return HardError(FRAME_ERROR, f"malformed {what}: {type(exc).__name__}")
 
 
+def _copy_of_item(buf: memoryview, offset: int) -> bytes:
+    """The length-prefixed item at ``offset`` as bytes: the decoders use bytes.decode(),
+    which a memoryview lacks, and this bounds the copy to the item itself."""
+    n = _u32_unpack(buf, offset)[0]
+    return buf[offset : offset + 4 + n].tobytes()
+
+
 def decode_table(buf: Any, offset: int = 0) -> tuple[dict[str, Any], int]:
     """Decode a length-prefixed field table at ``offset``; return (table, offset after it)."""
     try:
-        return _table(buf, offset)
+        if type(buf) is not memoryview:
+            return _table(buf, offset)
+        table, end = _table(_copy_of_item(buf, offset), 0)
+        return table, offset + end
     except _DECODE_ERRORS as exc:
         raise _malformed("field table", exc) from None
 
@@ -262,7 +295,10 @@ def decode_table(buf: Any, offset: int = 0) -> tuple[dict[str, Any], int]:
 def decode_array(buf: Any, offset: int = 0) -> tuple[list[Any], int]:
     """Decode a length-prefixed field array at ``offset``; return (list, offset after it)."""
     try:
-        return _array(buf, offset)
+        if type(buf) is not memoryview:
+            return _array(buf, offset)
+        items, end = _array(_copy_of_item(buf, offset), 0)
+        return items, offset + end
     except _DECODE_ERRORS as exc:
         raise _malformed("field array", exc) from None
 
@@ -270,6 +306,9 @@ def decode_array(buf: Any, offset: int = 0) -> tuple[list[Any], int]:
 def decode_value(buf: Any, offset: int = 0) -> tuple[Any, int]:
     """Decode one field value (type tag + value) at ``offset``; return (value, new offset)."""
     try:
+        if type(buf) is memoryview:
+            value, end = decode_value(buf[offset:].tobytes(), 0)
+            return value, end + offset
         return _DECODERS[buf[offset]](buf, offset + 1)
     except _DECODE_ERRORS as exc:
         raise _malformed("field value", exc) from None

@@ -260,13 +260,19 @@ def gen_decode(m: MethodSpec, structs: StructRegistry) -> list[str]:
         f"    def decode(cls, buf: Buffer, offset: int = 0) -> {m.py_class}:",
     ]
     if not m.fields:
-        out.append("        return cls()")
+        out.append("        return _new(cls)")
         return out
     ops = _decode_ops(m.fields)
+    fields = {f.attr for f in m.fields}
+
+    def target(name: str) -> str:
+        return f"self.{name}" if name in fields else name
+
     body: list[str] = ["o = offset"]
     pending_bits: list[tuple[str, list[str]]] = []
     i = 0
     last_is_slice = False
+    has_shortstr = False
     while i < len(ops):
         op = ops[i]
         if op[0] == "fix":
@@ -274,7 +280,7 @@ def gen_decode(m: MethodSpec, structs: StructRegistry) -> list[str]:
             while i < len(ops) and ops[i][0] in ("fix", "bits"):
                 if ops[i][0] == "fix":
                     fmt += ops[i][1]
-                    targets.append(ops[i][2])
+                    targets.append(target(ops[i][2]))
                 else:
                     pending_bits.append((ops[i][1], ops[i][2]))
                 i += 1
@@ -287,15 +293,16 @@ def gen_decode(m: MethodSpec, structs: StructRegistry) -> list[str]:
             last_is_slice = False
             continue
         if op[0] == "sstr":
-            body.append(f'{op[1]} = str(buf[o : o + {op[2]}], "utf-8")')
+            body.append(f"self.{op[1]} = buf[o : o + {op[2]}].decode()")
             body.append(f"o += {op[2]}")
             last_is_slice = True
+            has_shortstr = True
         elif op[0] == "lstr":
-            body.append(f"{op[1]} = bytes(buf[o : o + {op[2]}])")
+            body.append(f"self.{op[1]} = bytes(buf[o : o + {op[2]}])")
             body.append(f"o += {op[2]}")
             last_is_slice = True
         elif op[0] == "table":
-            body.append(f"{op[1]}, o = decode_table(buf, o)")
+            body.append(f"self.{op[1]}, o = decode_table(buf, o)")
             last_is_slice = False
         i += 1
     if not last_is_slice and body[-1].startswith("o += "):
@@ -303,23 +310,18 @@ def gen_decode(m: MethodSpec, structs: StructRegistry) -> list[str]:
     if last_is_slice:
         body.append("if o > len(buf):")
         body.append('    raise IndexError("truncated")')
-    bit_lines = []
-    for var, attrs in pending_bits:
-        for bit, attr in enumerate(attrs):
-            bit_lines.append(f"{attr} = ({var} & {1 << bit}) != 0")
+    out.append("        self = _new(cls)")
     out.append("        try:")
     out.extend("            " + line for line in body)
     out.append("        except _DECODE_ERRORS as exc:")
     out.append("            raise _malformed(cls, exc) from None")
-    out.extend("        " + line for line in bit_lines)
-    args = ", ".join(f.attr for f in m.fields)
-    ret = f"        return cls({args})"
-    if len(ret) <= 100:
-        out.append(ret)
-    else:
-        out.append("        return cls(")
-        out.extend(f"            {f.attr}," for f in m.fields)
-        out.append("        )")
+    if has_shortstr:
+        out.append("        except AttributeError:  # a memoryview has no .decode(): use a copy")
+        out.append("            return cls.decode(_as_bytes(buf, offset))")
+    for var, attrs in pending_bits:
+        for bit, attr in enumerate(attrs):
+            out.append(f"        self.{attr} = ({var} & {1 << bit}) != 0")
+    out.append("        return self")
     return out
 
 
@@ -538,7 +540,7 @@ def gen_properties(c: ClassSpec, structs: StructRegistry) -> list[str]:
     # decode
     out.append("    @classmethod")
     out.append(f"    def decode(cls, buf: Buffer, offset: int = 0) -> {cls_name}:")
-    out.append("        self = cls()")
+    out.append("        self = _new(cls)")
     out.append("        try:")
     body = [
         f"({'flags'},) = {structs.name('H')}.unpack_from(buf, offset)",
@@ -554,7 +556,7 @@ def gen_properties(c: ClassSpec, structs: StructRegistry) -> list[str]:
         if p.type == "shortstr":
             body += [
                 "    n = buf[o]",
-                f'    self.{p.attr} = str(buf[o + 1 : o + 1 + n], "utf-8")',
+                f"    self.{p.attr} = buf[o + 1 : o + 1 + n].decode()",
                 "    o += 1 + n",
             ]
             last_slice_possible = True
@@ -577,11 +579,14 @@ def gen_properties(c: ClassSpec, structs: StructRegistry) -> list[str]:
             ]
         else:  # pragma: no cover - no bit properties in 0-9-1 basic
             raise ValueError(f"unsupported property type {p.type}")
+        body += ["else:", f"    self.{p.attr} = None"]
     if last_slice_possible:
         body += ["if o > len(buf):", '    raise IndexError("truncated")']
     out.extend("            " + line for line in body)
     out.append("        except _DECODE_ERRORS as exc:")
     out.append("            raise _malformed(cls, exc) from None")
+    out.append("        except AttributeError:  # a memoryview has no .decode(): use a copy")
+    out.append("            return cls.decode(_as_bytes(buf, offset))")
     out.append("        return self")
     out.append("")
     # encode
@@ -669,6 +674,15 @@ def _malformed(cls: type, exc: BaseException) -> HardError:
         getattr(cls, "CLASS_ID", 0),
         getattr(cls, "METHOD_ID", 0),
     )
+
+
+_new = object.__new__
+
+
+def _as_bytes(buf: Buffer, offset: int) -> bytes:
+    if type(buf) is not memoryview:
+        raise TypeError(f"cannot decode from {type(buf).__name__}")
+    return buf[offset:].tobytes()
 
 
 def _shortstr_too_long(what: str) -> ValueError:

@@ -128,6 +128,15 @@ def _malformed(cls: type, exc: BaseException) -> HardError:
     )
 
 
+_new = object.__new__
+
+
+def _as_bytes(buf: Buffer, offset: int) -> bytes:
+    if type(buf) is not memoryview:
+        raise TypeError(f"cannot decode from {type(buf).__name__}")
+    return buf[offset:].tobytes()
+
+
 def _shortstr_too_long(what: str) -> ValueError:
     return ValueError(f"{what}: shortstr longer than 255 bytes")
 
@@ -209,24 +218,25 @@ class ConnectionStart(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionStart:
+        self = _new(cls)
         try:
             o = offset
-            version_major, version_minor = _S_BB.unpack_from(buf, o)
+            self.version_major, self.version_minor = _S_BB.unpack_from(buf, o)
             o += 2
-            server_properties, o = decode_table(buf, o)
+            self.server_properties, o = decode_table(buf, o)
             (n1,) = _S_I.unpack_from(buf, o)
             o += 4
-            mechanisms = bytes(buf[o : o + n1])
+            self.mechanisms = bytes(buf[o : o + n1])
             o += n1
             (n2,) = _S_I.unpack_from(buf, o)
             o += 4
-            locales = bytes(buf[o : o + n2])
+            self.locales = bytes(buf[o : o + n2])
             o += n2
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(version_major, version_minor, server_properties, mechanisms, locales)
+        return self
 
     def encode(self) -> bytes:
         mechanisms_b = self.mechanisms
@@ -277,26 +287,29 @@ class ConnectionStartOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionStartOk:
+        self = _new(cls)
         try:
             o = offset
-            client_properties, o = decode_table(buf, o)
+            self.client_properties, o = decode_table(buf, o)
             n1 = buf[o]
             o += 1
-            mechanism = str(buf[o : o + n1], "utf-8")
+            self.mechanism = buf[o : o + n1].decode()
             o += n1
             (n2,) = _S_I.unpack_from(buf, o)
             o += 4
-            response = bytes(buf[o : o + n2])
+            self.response = bytes(buf[o : o + n2])
             o += n2
             n3 = buf[o]
             o += 1
-            locale = str(buf[o : o + n3], "utf-8")
+            self.locale = buf[o : o + n3].decode()
             o += n3
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(client_properties, mechanism, response, locale)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        return self
 
     def encode(self) -> bytes:
         mechanism_b = self.mechanism.encode("utf-8")
@@ -344,17 +357,18 @@ class ConnectionSecure(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionSecure:
+        self = _new(cls)
         try:
             o = offset
             (n1,) = _S_I.unpack_from(buf, o)
             o += 4
-            challenge = bytes(buf[o : o + n1])
+            self.challenge = bytes(buf[o : o + n1])
             o += n1
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(challenge)
+        return self
 
     def encode(self) -> bytes:
         challenge_b = self.challenge
@@ -384,17 +398,18 @@ class ConnectionSecureOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionSecureOk:
+        self = _new(cls)
         try:
             o = offset
             (n1,) = _S_I.unpack_from(buf, o)
             o += 4
-            response = bytes(buf[o : o + n1])
+            self.response = bytes(buf[o : o + n1])
             o += n1
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(response)
+        return self
 
     def encode(self) -> bytes:
         response_b = self.response
@@ -427,12 +442,13 @@ class ConnectionTune(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionTune:
+        self = _new(cls)
         try:
             o = offset
-            channel_max, frame_max, heartbeat = _S_HIH.unpack_from(buf, o)
+            self.channel_max, self.frame_max, self.heartbeat = _S_HIH.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(channel_max, frame_max, heartbeat)
+        return self
 
     def encode(self) -> bytes:
         return _S_HHHIH.pack(10, 30, self.channel_max, self.frame_max, self.heartbeat)
@@ -461,12 +477,13 @@ class ConnectionTuneOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionTuneOk:
+        self = _new(cls)
         try:
             o = offset
-            channel_max, frame_max, heartbeat = _S_HIH.unpack_from(buf, o)
+            self.channel_max, self.frame_max, self.heartbeat = _S_HIH.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(channel_max, frame_max, heartbeat)
+        return self
 
     def encode(self) -> bytes:
         return _S_HHHIH.pack(10, 31, self.channel_max, self.frame_max, self.heartbeat)
@@ -501,21 +518,24 @@ class ConnectionOpen(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionOpen:
+        self = _new(cls)
         try:
             o = offset
             n1 = buf[o]
             o += 1
-            virtual_host = str(buf[o : o + n1], "utf-8")
+            self.virtual_host = buf[o : o + n1].decode()
             o += n1
             n2 = buf[o]
             o += 1
-            reserved_1 = str(buf[o : o + n2], "utf-8")
+            self.reserved_1 = buf[o : o + n2].decode()
             o += n2
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        reserved_2 = (bits0 & 1) != 0
-        return cls(virtual_host, reserved_1, reserved_2)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.reserved_2 = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         virtual_host_b = self.virtual_host.encode("utf-8")
@@ -557,17 +577,20 @@ class ConnectionOpenOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionOpenOk:
+        self = _new(cls)
         try:
             o = offset
             n1 = buf[o]
             o += 1
-            reserved_1 = str(buf[o : o + n1], "utf-8")
+            self.reserved_1 = buf[o : o + n1].decode()
             o += n1
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(reserved_1)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        return self
 
     def encode(self) -> bytes:
         reserved_1_b = self.reserved_1.encode("utf-8")
@@ -607,16 +630,19 @@ class ConnectionClose(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionClose:
+        self = _new(cls)
         try:
             o = offset
-            reply_code, n1 = _S_HB.unpack_from(buf, o)
+            self.reply_code, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            reply_text = str(buf[o : o + n1], "utf-8")
+            self.reply_text = buf[o : o + n1].decode()
             o += n1
-            class_id, method_id = _S_HH.unpack_from(buf, o)
+            self.class_id, self.method_id = _S_HH.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(reply_code, reply_text, class_id, method_id)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        return self
 
     def encode(self) -> bytes:
         reply_text_b = self.reply_text.encode("utf-8")
@@ -649,7 +675,7 @@ class ConnectionCloseOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionCloseOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00\x0a\x003"
@@ -676,17 +702,20 @@ class ConnectionBlocked(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionBlocked:
+        self = _new(cls)
         try:
             o = offset
             n1 = buf[o]
             o += 1
-            reason = str(buf[o : o + n1], "utf-8")
+            self.reason = buf[o : o + n1].decode()
             o += n1
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(reason)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        return self
 
     def encode(self) -> bytes:
         reason_b = self.reason.encode("utf-8")
@@ -713,7 +742,7 @@ class ConnectionUnblocked(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionUnblocked:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00\x0a\x00\x3d"
@@ -742,21 +771,24 @@ class ConnectionUpdateSecret(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionUpdateSecret:
+        self = _new(cls)
         try:
             o = offset
             (n1,) = _S_I.unpack_from(buf, o)
             o += 4
-            new_secret = bytes(buf[o : o + n1])
+            self.new_secret = bytes(buf[o : o + n1])
             o += n1
             n2 = buf[o]
             o += 1
-            reason = str(buf[o : o + n2], "utf-8")
+            self.reason = buf[o : o + n2].decode()
             o += n2
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(new_secret, reason)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        return self
 
     def encode(self) -> bytes:
         new_secret_b = self.new_secret
@@ -793,7 +825,7 @@ class ConnectionUpdateSecretOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionUpdateSecretOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00\x0a\x00G"
@@ -821,17 +853,20 @@ class ChannelOpen(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ChannelOpen:
+        self = _new(cls)
         try:
             o = offset
             n1 = buf[o]
             o += 1
-            reserved_1 = str(buf[o : o + n1], "utf-8")
+            self.reserved_1 = buf[o : o + n1].decode()
             o += n1
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(reserved_1)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        return self
 
     def encode(self) -> bytes:
         reserved_1_b = self.reserved_1.encode("utf-8")
@@ -861,17 +896,18 @@ class ChannelOpenOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ChannelOpenOk:
+        self = _new(cls)
         try:
             o = offset
             (n1,) = _S_I.unpack_from(buf, o)
             o += 4
-            reserved_1 = bytes(buf[o : o + n1])
+            self.reserved_1 = bytes(buf[o : o + n1])
             o += n1
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(reserved_1)
+        return self
 
     def encode(self) -> bytes:
         reserved_1_b = self.reserved_1
@@ -902,13 +938,14 @@ class ChannelFlow(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ChannelFlow:
+        self = _new(cls)
         try:
             o = offset
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        active = (bits0 & 1) != 0
-        return cls(active)
+        self.active = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         bits0 = 1 if self.active else 0
@@ -936,13 +973,14 @@ class ChannelFlowOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ChannelFlowOk:
+        self = _new(cls)
         try:
             o = offset
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        active = (bits0 & 1) != 0
-        return cls(active)
+        self.active = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         bits0 = 1 if self.active else 0
@@ -980,16 +1018,19 @@ class ChannelClose(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ChannelClose:
+        self = _new(cls)
         try:
             o = offset
-            reply_code, n1 = _S_HB.unpack_from(buf, o)
+            self.reply_code, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            reply_text = str(buf[o : o + n1], "utf-8")
+            self.reply_text = buf[o : o + n1].decode()
             o += n1
-            class_id, method_id = _S_HH.unpack_from(buf, o)
+            self.class_id, self.method_id = _S_HH.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(reply_code, reply_text, class_id, method_id)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        return self
 
     def encode(self) -> bytes:
         reply_text_b = self.reply_text.encode("utf-8")
@@ -1022,7 +1063,7 @@ class ChannelCloseOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ChannelCloseOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00\x14\x00\x29"
@@ -1063,21 +1104,24 @@ class AccessRequest(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> AccessRequest:
+        self = _new(cls)
         try:
             o = offset
             n1 = buf[o]
             o += 1
-            realm = str(buf[o : o + n1], "utf-8")
+            self.realm = buf[o : o + n1].decode()
             o += n1
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        exclusive = (bits0 & 1) != 0
-        passive = (bits0 & 2) != 0
-        active = (bits0 & 4) != 0
-        write = (bits0 & 8) != 0
-        read = (bits0 & 16) != 0
-        return cls(realm, exclusive, passive, active, write, read)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.exclusive = (bits0 & 1) != 0
+        self.passive = (bits0 & 2) != 0
+        self.active = (bits0 & 4) != 0
+        self.write = (bits0 & 8) != 0
+        self.read = (bits0 & 16) != 0
+        return self
 
     def encode(self) -> bytes:
         realm_b = self.realm.encode("utf-8")
@@ -1120,12 +1164,13 @@ class AccessRequestOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> AccessRequestOk:
+        self = _new(cls)
         try:
             o = offset
-            (ticket,) = _S_H.unpack_from(buf, o)
+            (self.ticket,) = _S_H.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(ticket)
+        return self
 
     def encode(self) -> bytes:
         return _S_HHH.pack(30, 11, self.ticket)
@@ -1183,37 +1228,30 @@ class ExchangeDeclare(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeDeclare:
+        self = _new(cls)
         try:
             o = offset
-            reserved_1, n1 = _S_HB.unpack_from(buf, o)
+            self.reserved_1, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            exchange = str(buf[o : o + n1], "utf-8")
+            self.exchange = buf[o : o + n1].decode()
             o += n1
             n2 = buf[o]
             o += 1
-            type = str(buf[o : o + n2], "utf-8")
+            self.type = buf[o : o + n2].decode()
             o += n2
             bits0 = buf[o]
             o += 1
-            arguments, o = decode_table(buf, o)
+            self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        passive = (bits0 & 1) != 0
-        durable = (bits0 & 2) != 0
-        auto_delete = (bits0 & 4) != 0
-        internal = (bits0 & 8) != 0
-        no_wait = (bits0 & 16) != 0
-        return cls(
-            reserved_1,
-            exchange,
-            type,
-            passive,
-            durable,
-            auto_delete,
-            internal,
-            no_wait,
-            arguments,
-        )
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.passive = (bits0 & 1) != 0
+        self.durable = (bits0 & 2) != 0
+        self.auto_delete = (bits0 & 4) != 0
+        self.internal = (bits0 & 8) != 0
+        self.no_wait = (bits0 & 16) != 0
+        return self
 
     def encode(self) -> bytes:
         exchange_b = self.exchange.encode("utf-8")
@@ -1259,7 +1297,7 @@ class ExchangeDeclareOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeDeclareOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00\x28\x00\x0b"
@@ -1296,18 +1334,21 @@ class ExchangeDelete(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeDelete:
+        self = _new(cls)
         try:
             o = offset
-            reserved_1, n1 = _S_HB.unpack_from(buf, o)
+            self.reserved_1, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            exchange = str(buf[o : o + n1], "utf-8")
+            self.exchange = buf[o : o + n1].decode()
             o += n1
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        if_unused = (bits0 & 1) != 0
-        no_wait = (bits0 & 2) != 0
-        return cls(reserved_1, exchange, if_unused, no_wait)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.if_unused = (bits0 & 1) != 0
+        self.no_wait = (bits0 & 2) != 0
+        return self
 
     def encode(self) -> bytes:
         exchange_b = self.exchange.encode("utf-8")
@@ -1341,7 +1382,7 @@ class ExchangeDeleteOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeDeleteOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00\x28\x00\x15"
@@ -1390,27 +1431,30 @@ class ExchangeBind(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeBind:
+        self = _new(cls)
         try:
             o = offset
-            reserved_1, n1 = _S_HB.unpack_from(buf, o)
+            self.reserved_1, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            destination = str(buf[o : o + n1], "utf-8")
+            self.destination = buf[o : o + n1].decode()
             o += n1
             n2 = buf[o]
             o += 1
-            source = str(buf[o : o + n2], "utf-8")
+            self.source = buf[o : o + n2].decode()
             o += n2
             n3 = buf[o]
             o += 1
-            routing_key = str(buf[o : o + n3], "utf-8")
+            self.routing_key = buf[o : o + n3].decode()
             o += n3
             bits0 = buf[o]
             o += 1
-            arguments, o = decode_table(buf, o)
+            self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        no_wait = (bits0 & 1) != 0
-        return cls(reserved_1, destination, source, routing_key, no_wait, arguments)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.no_wait = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         destination_b = self.destination.encode("utf-8")
@@ -1455,7 +1499,7 @@ class ExchangeBindOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeBindOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00\x28\x00\x1f"
@@ -1504,27 +1548,30 @@ class ExchangeUnbind(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeUnbind:
+        self = _new(cls)
         try:
             o = offset
-            reserved_1, n1 = _S_HB.unpack_from(buf, o)
+            self.reserved_1, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            destination = str(buf[o : o + n1], "utf-8")
+            self.destination = buf[o : o + n1].decode()
             o += n1
             n2 = buf[o]
             o += 1
-            source = str(buf[o : o + n2], "utf-8")
+            self.source = buf[o : o + n2].decode()
             o += n2
             n3 = buf[o]
             o += 1
-            routing_key = str(buf[o : o + n3], "utf-8")
+            self.routing_key = buf[o : o + n3].decode()
             o += n3
             bits0 = buf[o]
             o += 1
-            arguments, o = decode_table(buf, o)
+            self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        no_wait = (bits0 & 1) != 0
-        return cls(reserved_1, destination, source, routing_key, no_wait, arguments)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.no_wait = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         destination_b = self.destination.encode("utf-8")
@@ -1569,7 +1616,7 @@ class ExchangeUnbindOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeUnbindOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00\x28\x003"
@@ -1624,23 +1671,26 @@ class QueueDeclare(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueDeclare:
+        self = _new(cls)
         try:
             o = offset
-            reserved_1, n1 = _S_HB.unpack_from(buf, o)
+            self.reserved_1, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            queue = str(buf[o : o + n1], "utf-8")
+            self.queue = buf[o : o + n1].decode()
             o += n1
             bits0 = buf[o]
             o += 1
-            arguments, o = decode_table(buf, o)
+            self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        passive = (bits0 & 1) != 0
-        durable = (bits0 & 2) != 0
-        exclusive = (bits0 & 4) != 0
-        auto_delete = (bits0 & 8) != 0
-        no_wait = (bits0 & 16) != 0
-        return cls(reserved_1, queue, passive, durable, exclusive, auto_delete, no_wait, arguments)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.passive = (bits0 & 1) != 0
+        self.durable = (bits0 & 2) != 0
+        self.exclusive = (bits0 & 4) != 0
+        self.auto_delete = (bits0 & 8) != 0
+        self.no_wait = (bits0 & 16) != 0
+        return self
 
     def encode(self) -> bytes:
         queue_b = self.queue.encode("utf-8")
@@ -1686,16 +1736,19 @@ class QueueDeclareOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueDeclareOk:
+        self = _new(cls)
         try:
             o = offset
             n1 = buf[o]
             o += 1
-            queue = str(buf[o : o + n1], "utf-8")
+            self.queue = buf[o : o + n1].decode()
             o += n1
-            message_count, consumer_count = _S_II.unpack_from(buf, o)
+            self.message_count, self.consumer_count = _S_II.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(queue, message_count, consumer_count)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        return self
 
     def encode(self) -> bytes:
         queue_b = self.queue.encode("utf-8")
@@ -1746,27 +1799,30 @@ class QueueBind(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueBind:
+        self = _new(cls)
         try:
             o = offset
-            reserved_1, n1 = _S_HB.unpack_from(buf, o)
+            self.reserved_1, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            queue = str(buf[o : o + n1], "utf-8")
+            self.queue = buf[o : o + n1].decode()
             o += n1
             n2 = buf[o]
             o += 1
-            exchange = str(buf[o : o + n2], "utf-8")
+            self.exchange = buf[o : o + n2].decode()
             o += n2
             n3 = buf[o]
             o += 1
-            routing_key = str(buf[o : o + n3], "utf-8")
+            self.routing_key = buf[o : o + n3].decode()
             o += n3
             bits0 = buf[o]
             o += 1
-            arguments, o = decode_table(buf, o)
+            self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        no_wait = (bits0 & 1) != 0
-        return cls(reserved_1, queue, exchange, routing_key, no_wait, arguments)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.no_wait = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         queue_b = self.queue.encode("utf-8")
@@ -1811,7 +1867,7 @@ class QueueBindOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueBindOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x002\x00\x15"
@@ -1841,17 +1897,20 @@ class QueuePurge(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueuePurge:
+        self = _new(cls)
         try:
             o = offset
-            reserved_1, n1 = _S_HB.unpack_from(buf, o)
+            self.reserved_1, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            queue = str(buf[o : o + n1], "utf-8")
+            self.queue = buf[o : o + n1].decode()
             o += n1
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        no_wait = (bits0 & 1) != 0
-        return cls(reserved_1, queue, no_wait)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.no_wait = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         queue_b = self.queue.encode("utf-8")
@@ -1888,12 +1947,13 @@ class QueuePurgeOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueuePurgeOk:
+        self = _new(cls)
         try:
             o = offset
-            (message_count,) = _S_I.unpack_from(buf, o)
+            (self.message_count,) = _S_I.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(message_count)
+        return self
 
     def encode(self) -> bytes:
         return _S_HHI.pack(50, 31, self.message_count)
@@ -1932,19 +1992,22 @@ class QueueDelete(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueDelete:
+        self = _new(cls)
         try:
             o = offset
-            reserved_1, n1 = _S_HB.unpack_from(buf, o)
+            self.reserved_1, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            queue = str(buf[o : o + n1], "utf-8")
+            self.queue = buf[o : o + n1].decode()
             o += n1
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        if_unused = (bits0 & 1) != 0
-        if_empty = (bits0 & 2) != 0
-        no_wait = (bits0 & 4) != 0
-        return cls(reserved_1, queue, if_unused, if_empty, no_wait)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.if_unused = (bits0 & 1) != 0
+        self.if_empty = (bits0 & 2) != 0
+        self.no_wait = (bits0 & 4) != 0
+        return self
 
     def encode(self) -> bytes:
         queue_b = self.queue.encode("utf-8")
@@ -1985,12 +2048,13 @@ class QueueDeleteOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueDeleteOk:
+        self = _new(cls)
         try:
             o = offset
-            (message_count,) = _S_I.unpack_from(buf, o)
+            (self.message_count,) = _S_I.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(message_count)
+        return self
 
     def encode(self) -> bytes:
         return _S_HHI.pack(50, 41, self.message_count)
@@ -2030,24 +2094,27 @@ class QueueUnbind(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueUnbind:
+        self = _new(cls)
         try:
             o = offset
-            reserved_1, n1 = _S_HB.unpack_from(buf, o)
+            self.reserved_1, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            queue = str(buf[o : o + n1], "utf-8")
+            self.queue = buf[o : o + n1].decode()
             o += n1
             n2 = buf[o]
             o += 1
-            exchange = str(buf[o : o + n2], "utf-8")
+            self.exchange = buf[o : o + n2].decode()
             o += n2
             n3 = buf[o]
             o += 1
-            routing_key = str(buf[o : o + n3], "utf-8")
+            self.routing_key = buf[o : o + n3].decode()
             o += n3
-            arguments, o = decode_table(buf, o)
+            self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(reserved_1, queue, exchange, routing_key, arguments)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        return self
 
     def encode(self) -> bytes:
         queue_b = self.queue.encode("utf-8")
@@ -2090,7 +2157,7 @@ class QueueUnbindOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueUnbindOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x002\x003"
@@ -2125,13 +2192,14 @@ class BasicQos(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicQos:
+        self = _new(cls)
         try:
             o = offset
-            prefetch_size, prefetch_count, bits0 = _S_IHB.unpack_from(buf, o)
+            self.prefetch_size, self.prefetch_count, bits0 = _S_IHB.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        global_ = (bits0 & 1) != 0
-        return cls(prefetch_size, prefetch_count, global_)
+        self.global_ = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         bits0 = 1 if self.global_ else 0
@@ -2156,7 +2224,7 @@ class BasicQosOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicQosOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00\x3c\x00\x0b"
@@ -2211,26 +2279,29 @@ class BasicConsume(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicConsume:
+        self = _new(cls)
         try:
             o = offset
-            reserved_1, n1 = _S_HB.unpack_from(buf, o)
+            self.reserved_1, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            queue = str(buf[o : o + n1], "utf-8")
+            self.queue = buf[o : o + n1].decode()
             o += n1
             n2 = buf[o]
             o += 1
-            consumer_tag = str(buf[o : o + n2], "utf-8")
+            self.consumer_tag = buf[o : o + n2].decode()
             o += n2
             bits0 = buf[o]
             o += 1
-            arguments, o = decode_table(buf, o)
+            self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        no_local = (bits0 & 1) != 0
-        no_ack = (bits0 & 2) != 0
-        exclusive = (bits0 & 4) != 0
-        no_wait = (bits0 & 8) != 0
-        return cls(reserved_1, queue, consumer_tag, no_local, no_ack, exclusive, no_wait, arguments)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.no_local = (bits0 & 1) != 0
+        self.no_ack = (bits0 & 2) != 0
+        self.exclusive = (bits0 & 4) != 0
+        self.no_wait = (bits0 & 8) != 0
+        return self
 
     def encode(self) -> bytes:
         queue_b = self.queue.encode("utf-8")
@@ -2278,17 +2349,20 @@ class BasicConsumeOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicConsumeOk:
+        self = _new(cls)
         try:
             o = offset
             n1 = buf[o]
             o += 1
-            consumer_tag = str(buf[o : o + n1], "utf-8")
+            self.consumer_tag = buf[o : o + n1].decode()
             o += n1
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(consumer_tag)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        return self
 
     def encode(self) -> bytes:
         consumer_tag_b = self.consumer_tag.encode("utf-8")
@@ -2320,17 +2394,20 @@ class BasicCancel(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicCancel:
+        self = _new(cls)
         try:
             o = offset
             n1 = buf[o]
             o += 1
-            consumer_tag = str(buf[o : o + n1], "utf-8")
+            self.consumer_tag = buf[o : o + n1].decode()
             o += n1
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        no_wait = (bits0 & 1) != 0
-        return cls(consumer_tag, no_wait)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.no_wait = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         consumer_tag_b = self.consumer_tag.encode("utf-8")
@@ -2367,17 +2444,20 @@ class BasicCancelOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicCancelOk:
+        self = _new(cls)
         try:
             o = offset
             n1 = buf[o]
             o += 1
-            consumer_tag = str(buf[o : o + n1], "utf-8")
+            self.consumer_tag = buf[o : o + n1].decode()
             o += n1
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(consumer_tag)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        return self
 
     def encode(self) -> bytes:
         consumer_tag_b = self.consumer_tag.encode("utf-8")
@@ -2419,22 +2499,25 @@ class BasicPublish(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicPublish:
+        self = _new(cls)
         try:
             o = offset
-            reserved_1, n1 = _S_HB.unpack_from(buf, o)
+            self.reserved_1, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            exchange = str(buf[o : o + n1], "utf-8")
+            self.exchange = buf[o : o + n1].decode()
             o += n1
             n2 = buf[o]
             o += 1
-            routing_key = str(buf[o : o + n2], "utf-8")
+            self.routing_key = buf[o : o + n2].decode()
             o += n2
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        mandatory = (bits0 & 1) != 0
-        immediate = (bits0 & 2) != 0
-        return cls(reserved_1, exchange, routing_key, mandatory, immediate)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.mandatory = (bits0 & 1) != 0
+        self.immediate = (bits0 & 2) != 0
+        return self
 
     def encode(self) -> bytes:
         exchange_b = self.exchange.encode("utf-8")
@@ -2485,25 +2568,28 @@ class BasicReturn(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicReturn:
+        self = _new(cls)
         try:
             o = offset
-            reply_code, n1 = _S_HB.unpack_from(buf, o)
+            self.reply_code, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            reply_text = str(buf[o : o + n1], "utf-8")
+            self.reply_text = buf[o : o + n1].decode()
             o += n1
             n2 = buf[o]
             o += 1
-            exchange = str(buf[o : o + n2], "utf-8")
+            self.exchange = buf[o : o + n2].decode()
             o += n2
             n3 = buf[o]
             o += 1
-            routing_key = str(buf[o : o + n3], "utf-8")
+            self.routing_key = buf[o : o + n3].decode()
             o += n3
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(reply_code, reply_text, exchange, routing_key)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        return self
 
     def encode(self) -> bytes:
         reply_text_b = self.reply_text.encode("utf-8")
@@ -2560,26 +2646,29 @@ class BasicDeliver(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicDeliver:
+        self = _new(cls)
         try:
             o = offset
             n1 = buf[o]
             o += 1
-            consumer_tag = str(buf[o : o + n1], "utf-8")
+            self.consumer_tag = buf[o : o + n1].decode()
             o += n1
-            delivery_tag, bits0, n2 = _S_QBB.unpack_from(buf, o)
+            self.delivery_tag, bits0, n2 = _S_QBB.unpack_from(buf, o)
             o += 10
-            exchange = str(buf[o : o + n2], "utf-8")
+            self.exchange = buf[o : o + n2].decode()
             o += n2
             n3 = buf[o]
             o += 1
-            routing_key = str(buf[o : o + n3], "utf-8")
+            self.routing_key = buf[o : o + n3].decode()
             o += n3
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        redelivered = (bits0 & 1) != 0
-        return cls(consumer_tag, delivery_tag, redelivered, exchange, routing_key)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.redelivered = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         consumer_tag_b = self.consumer_tag.encode("utf-8")
@@ -2628,17 +2717,20 @@ class BasicGet(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicGet:
+        self = _new(cls)
         try:
             o = offset
-            reserved_1, n1 = _S_HB.unpack_from(buf, o)
+            self.reserved_1, n1 = _S_HB.unpack_from(buf, o)
             o += 3
-            queue = str(buf[o : o + n1], "utf-8")
+            self.queue = buf[o : o + n1].decode()
             o += n1
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        no_ack = (bits0 & 1) != 0
-        return cls(reserved_1, queue, no_ack)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.no_ack = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         queue_b = self.queue.encode("utf-8")
@@ -2687,21 +2779,24 @@ class BasicGetOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicGetOk:
+        self = _new(cls)
         try:
             o = offset
-            delivery_tag, bits0, n1 = _S_QBB.unpack_from(buf, o)
+            self.delivery_tag, bits0, n1 = _S_QBB.unpack_from(buf, o)
             o += 10
-            exchange = str(buf[o : o + n1], "utf-8")
+            self.exchange = buf[o : o + n1].decode()
             o += n1
             n2 = buf[o]
             o += 1
-            routing_key = str(buf[o : o + n2], "utf-8")
+            self.routing_key = buf[o : o + n2].decode()
             o += n2
-            (message_count,) = _S_I.unpack_from(buf, o)
+            (self.message_count,) = _S_I.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        redelivered = (bits0 & 1) != 0
-        return cls(delivery_tag, redelivered, exchange, routing_key, message_count)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        self.redelivered = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         exchange_b = self.exchange.encode("utf-8")
@@ -2743,17 +2838,20 @@ class BasicGetEmpty(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicGetEmpty:
+        self = _new(cls)
         try:
             o = offset
             n1 = buf[o]
             o += 1
-            reserved_1 = str(buf[o : o + n1], "utf-8")
+            self.reserved_1 = buf[o : o + n1].decode()
             o += n1
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        return cls(reserved_1)
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
+        return self
 
     def encode(self) -> bytes:
         reserved_1_b = self.reserved_1.encode("utf-8")
@@ -2784,13 +2882,14 @@ class BasicAck(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicAck:
+        self = _new(cls)
         try:
             o = offset
-            delivery_tag, bits0 = _S_QB.unpack_from(buf, o)
+            self.delivery_tag, bits0 = _S_QB.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        multiple = (bits0 & 1) != 0
-        return cls(delivery_tag, multiple)
+        self.multiple = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         bits0 = 1 if self.multiple else 0
@@ -2819,13 +2918,14 @@ class BasicReject(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicReject:
+        self = _new(cls)
         try:
             o = offset
-            delivery_tag, bits0 = _S_QB.unpack_from(buf, o)
+            self.delivery_tag, bits0 = _S_QB.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        requeue = (bits0 & 1) != 0
-        return cls(delivery_tag, requeue)
+        self.requeue = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         bits0 = 1 if self.requeue else 0
@@ -2853,13 +2953,14 @@ class BasicRecoverAsync(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicRecoverAsync:
+        self = _new(cls)
         try:
             o = offset
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        requeue = (bits0 & 1) != 0
-        return cls(requeue)
+        self.requeue = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         bits0 = 1 if self.requeue else 0
@@ -2887,13 +2988,14 @@ class BasicRecover(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicRecover:
+        self = _new(cls)
         try:
             o = offset
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        requeue = (bits0 & 1) != 0
-        return cls(requeue)
+        self.requeue = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         bits0 = 1 if self.requeue else 0
@@ -2918,7 +3020,7 @@ class BasicRecoverOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicRecoverOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00\x3c\x00o"
@@ -2952,14 +3054,15 @@ class BasicNack(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicNack:
+        self = _new(cls)
         try:
             o = offset
-            delivery_tag, bits0 = _S_QB.unpack_from(buf, o)
+            self.delivery_tag, bits0 = _S_QB.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        multiple = (bits0 & 1) != 0
-        requeue = (bits0 & 2) != 0
-        return cls(delivery_tag, multiple, requeue)
+        self.multiple = (bits0 & 1) != 0
+        self.requeue = (bits0 & 2) != 0
+        return self
 
     def encode(self) -> bytes:
         bits0 = (1 if self.multiple else 0) | (2 if self.requeue else 0)
@@ -2988,13 +3091,14 @@ class ConfirmSelect(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConfirmSelect:
+        self = _new(cls)
         try:
             o = offset
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        nowait = (bits0 & 1) != 0
-        return cls(nowait)
+        self.nowait = (bits0 & 1) != 0
+        return self
 
     def encode(self) -> bytes:
         bits0 = 1 if self.nowait else 0
@@ -3019,7 +3123,7 @@ class ConfirmSelectOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConfirmSelectOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00U\x00\x0b"
@@ -3044,7 +3148,7 @@ class TxSelect(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> TxSelect:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00Z\x00\x0a"
@@ -3068,7 +3172,7 @@ class TxSelectOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> TxSelectOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00Z\x00\x0b"
@@ -3093,7 +3197,7 @@ class TxCommit(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> TxCommit:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00Z\x00\x14"
@@ -3117,7 +3221,7 @@ class TxCommitOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> TxCommitOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00Z\x00\x15"
@@ -3142,7 +3246,7 @@ class TxRollback(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> TxRollback:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00Z\x00\x1e"
@@ -3166,7 +3270,7 @@ class TxRollbackOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> TxRollbackOk:
-        return cls()
+        return _new(cls)
 
     def encode(self) -> bytes:
         return b"\x00Z\x00\x1f"
@@ -3249,7 +3353,7 @@ class BasicProperties:
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicProperties:
-        self = cls()
+        self = _new(cls)
         try:
             (flags,) = _S_H.unpack_from(buf, offset)
             o = offset + 2
@@ -3259,59 +3363,89 @@ class BasicProperties:
                 o += 2
             if flags & 0x8000:
                 n = buf[o]
-                self.content_type = str(buf[o + 1 : o + 1 + n], "utf-8")
+                self.content_type = buf[o + 1 : o + 1 + n].decode()
                 o += 1 + n
+            else:
+                self.content_type = None
             if flags & 0x4000:
                 n = buf[o]
-                self.content_encoding = str(buf[o + 1 : o + 1 + n], "utf-8")
+                self.content_encoding = buf[o + 1 : o + 1 + n].decode()
                 o += 1 + n
+            else:
+                self.content_encoding = None
             if flags & 0x2000:
                 self.headers, o = decode_table(buf, o)
+            else:
+                self.headers = None
             if flags & 0x1000:
                 self.delivery_mode = buf[o]
                 o += 1
+            else:
+                self.delivery_mode = None
             if flags & 0x0800:
                 self.priority = buf[o]
                 o += 1
+            else:
+                self.priority = None
             if flags & 0x0400:
                 n = buf[o]
-                self.correlation_id = str(buf[o + 1 : o + 1 + n], "utf-8")
+                self.correlation_id = buf[o + 1 : o + 1 + n].decode()
                 o += 1 + n
+            else:
+                self.correlation_id = None
             if flags & 0x0200:
                 n = buf[o]
-                self.reply_to = str(buf[o + 1 : o + 1 + n], "utf-8")
+                self.reply_to = buf[o + 1 : o + 1 + n].decode()
                 o += 1 + n
+            else:
+                self.reply_to = None
             if flags & 0x0100:
                 n = buf[o]
-                self.expiration = str(buf[o + 1 : o + 1 + n], "utf-8")
+                self.expiration = buf[o + 1 : o + 1 + n].decode()
                 o += 1 + n
+            else:
+                self.expiration = None
             if flags & 0x0080:
                 n = buf[o]
-                self.message_id = str(buf[o + 1 : o + 1 + n], "utf-8")
+                self.message_id = buf[o + 1 : o + 1 + n].decode()
                 o += 1 + n
+            else:
+                self.message_id = None
             if flags & 0x0040:
                 (self.timestamp,) = _S_Q.unpack_from(buf, o)
                 o += 8
+            else:
+                self.timestamp = None
             if flags & 0x0020:
                 n = buf[o]
-                self.type = str(buf[o + 1 : o + 1 + n], "utf-8")
+                self.type = buf[o + 1 : o + 1 + n].decode()
                 o += 1 + n
+            else:
+                self.type = None
             if flags & 0x0010:
                 n = buf[o]
-                self.user_id = str(buf[o + 1 : o + 1 + n], "utf-8")
+                self.user_id = buf[o + 1 : o + 1 + n].decode()
                 o += 1 + n
+            else:
+                self.user_id = None
             if flags & 0x0008:
                 n = buf[o]
-                self.app_id = str(buf[o + 1 : o + 1 + n], "utf-8")
+                self.app_id = buf[o + 1 : o + 1 + n].decode()
                 o += 1 + n
+            else:
+                self.app_id = None
             if flags & 0x0004:
                 n = buf[o]
-                self.cluster_id = str(buf[o + 1 : o + 1 + n], "utf-8")
+                self.cluster_id = buf[o + 1 : o + 1 + n].decode()
                 o += 1 + n
+            else:
+                self.cluster_id = None
             if o > len(buf):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
+        except AttributeError:  # a memoryview has no .decode(): use a copy
+            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:

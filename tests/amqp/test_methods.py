@@ -131,8 +131,11 @@ def test_golden_decode(method: M.Method, raw: bytes) -> None:
         decoded = M.decode_method(buf)
         assert type(decoded) is type(method)
         assert decoded == method
-    # class decode with an offset into a larger buffer
-    assert type(method).decode(b"\xff" * 3 + raw, 7) == method
+    # class decode with an offset into a larger buffer, also through a memoryview
+    padded = b"\xff" * 3 + raw + b"\xff"
+    assert type(method).decode(padded, 7) == method
+    assert type(method).decode(memoryview(padded), 7) == method
+    assert type(method).decode(bytearray(padded), 7) == method
 
 
 def pika_encode(method: M.Method) -> bytes:
@@ -359,12 +362,13 @@ KNOWN_IDS = st.sampled_from(sorted(M.METHODS)).map(lambda i: struct.pack("!I", i
     st.one_of(st.binary(max_size=40), st.tuples(KNOWN_IDS, st.binary(max_size=60)).map(b"".join))
 )
 def test_fuzz_decode_method_only_amqp_errors(payload: bytes) -> None:
-    try:
-        decoded = M.decode_method(payload)
-    except AMQPError as exc:
-        assert exc.reply_code in (FRAME_ERROR, COMMAND_INVALID)
-    else:
-        assert isinstance(decoded, M.Method)
+    for buf in (payload, memoryview(payload)):
+        try:
+            decoded = M.decode_method(buf)
+        except AMQPError as exc:
+            assert exc.reply_code in (FRAME_ERROR, COMMAND_INVALID)
+        else:
+            assert isinstance(decoded, M.Method)
 
 
 @settings(max_examples=300, deadline=None)
@@ -486,10 +490,11 @@ def test_properties_round_trip(values: dict[str, Any]) -> None:
 @settings(max_examples=400, deadline=None)
 @given(st.binary(max_size=60), st.integers(0, 4))
 def test_fuzz_properties_only_amqp_errors(data: bytes, offset: int) -> None:
-    try:
-        M.BasicProperties.decode(data, offset)
-    except AMQPError as exc:
-        assert exc.reply_code == FRAME_ERROR
+    for buf in (data, memoryview(data)):
+        try:
+            M.BasicProperties.decode(buf, offset)
+        except AMQPError as exc:
+            assert exc.reply_code == FRAME_ERROR
 
 
 # --------------------------------------------------------------------------- generator
