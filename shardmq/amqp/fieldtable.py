@@ -20,7 +20,7 @@ the 0-9-1 spec says; we never emit 'L'.
 Invariants:
 - the public decoders accept bytes, bytearray or (byte) memoryview and never raise
   anything but :class:`HardError` (FRAME_ERROR) for malformed or truncated input;
-- a table or array never reads past its own length prefix;
+- a table or array whose content does not end exactly at its length prefix is malformed;
 - encoding errors (value out of range, unsupported type, key > 255 bytes) are programmer
   errors and raise ``ValueError`` / ``TypeError``.
 """
@@ -146,7 +146,7 @@ def _d_double(buf: Any, o: int) -> tuple[Any, int]:
 
 def _d_decimal(buf: Any, o: int) -> tuple[Any, int]:
     scale, raw = _dec.unpack_from(buf, o)
-    return Decimal(raw).scaleb(-scale), o + 5
+    return Decimal(f"{raw}E-{scale}"), o + 5  # exact, whatever the decimal context
 
 
 def _d_longstr(buf: Any, o: int) -> tuple[Any, int]:
@@ -367,7 +367,7 @@ def _e_longstr_bytes(out: bytearray, v: Any) -> None:
 
 
 def _e_str(out: bytearray, v: Any) -> None:
-    _e_longstr_bytes(out, v.encode("utf-8"))
+    _e_longstr_bytes(out, v.encode())
 
 
 def _e_bytes(out: bytearray, v: Any) -> None:
@@ -458,7 +458,7 @@ def _table_into(out: bytearray, table: Mapping[str, Any] | None) -> None:
     out += EMPTY_TABLE
     if table:
         for key, v in table.items():
-            k = key.encode("utf-8")
+            k = key.encode()
             if len(k) > 255:
                 raise ValueError(f"field table key longer than 255 bytes: {key[:40]!r}...")
             out.append(len(k))

@@ -351,7 +351,7 @@ def gen_encode(m: MethodSpec, structs: StructRegistry) -> list[str]:
             items.append(("fmt", FIXED[f.type], f"self.{f.attr}"))
         elif f.type == "shortstr":
             var = f"{f.attr}_b"
-            pre.append(f'{var} = self.{f.attr}.encode("utf-8")')
+            pre.append(f"{var} = self.{f.attr}.encode()")
             pre.append(f"if len({var}) > 255:")
             pre.append(f'    raise _shortstr_too_long("{m.full_name}.{f.attr}")')
             items.append(("fmt", "B", f"len({var})"))
@@ -360,7 +360,7 @@ def gen_encode(m: MethodSpec, structs: StructRegistry) -> list[str]:
             var = f"{f.attr}_b"
             pre.append(f"{var} = self.{f.attr}")
             pre.append(f"if isinstance({var}, str):")
-            pre.append(f'    {var} = {var}.encode("utf-8")')
+            pre.append(f"    {var} = {var}.encode()")
             items.append(("fmt", "I", f"len({var})"))
             items.append(("raw", var))
         elif f.type == "table":
@@ -599,7 +599,7 @@ def gen_properties(c: ClassSpec, structs: StructRegistry) -> list[str]:
         out.append(f"            flags |= 0x{bits[p.attr]:04X}")
         if p.type == "shortstr":
             out += [
-                '            b = v.encode("utf-8")',
+                "            b = v.encode()",
                 "            if len(b) > 255:",
                 f'                raise _shortstr_too_long("{cls_name}.{p.attr}")',
                 f"            parts.append({structs.name('B')}.pack(len(b)))",
@@ -607,7 +607,7 @@ def gen_properties(c: ClassSpec, structs: StructRegistry) -> list[str]:
             ]
         elif p.type == "longstr":
             out += [
-                '            b = v.encode("utf-8") if isinstance(v, str) else bytes(v)',
+                "            b = v.encode() if isinstance(v, str) else bytes(v)",
                 f"            parts.append({structs.name('I')}.pack(len(b)))",
                 "            parts.append(b)",
             ]

@@ -241,10 +241,10 @@ class ConnectionStart(Method):
     def encode(self) -> bytes:
         mechanisms_b = self.mechanisms
         if isinstance(mechanisms_b, str):
-            mechanisms_b = mechanisms_b.encode("utf-8")
+            mechanisms_b = mechanisms_b.encode()
         locales_b = self.locales
         if isinstance(locales_b, str):
-            locales_b = locales_b.encode("utf-8")
+            locales_b = locales_b.encode()
         return b"".join(
             (
                 _S_HHBB.pack(10, 10, self.version_major, self.version_minor),
@@ -312,13 +312,13 @@ class ConnectionStartOk(Method):
         return self
 
     def encode(self) -> bytes:
-        mechanism_b = self.mechanism.encode("utf-8")
+        mechanism_b = self.mechanism.encode()
         if len(mechanism_b) > 255:
             raise _shortstr_too_long("connection.start-ok.mechanism")
         response_b = self.response
         if isinstance(response_b, str):
-            response_b = response_b.encode("utf-8")
-        locale_b = self.locale.encode("utf-8")
+            response_b = response_b.encode()
+        locale_b = self.locale.encode()
         if len(locale_b) > 255:
             raise _shortstr_too_long("connection.start-ok.locale")
         return b"".join(
@@ -373,7 +373,7 @@ class ConnectionSecure(Method):
     def encode(self) -> bytes:
         challenge_b = self.challenge
         if isinstance(challenge_b, str):
-            challenge_b = challenge_b.encode("utf-8")
+            challenge_b = challenge_b.encode()
         return _S_HHI.pack(10, 20, len(challenge_b)) + challenge_b
 
 
@@ -414,7 +414,7 @@ class ConnectionSecureOk(Method):
     def encode(self) -> bytes:
         response_b = self.response
         if isinstance(response_b, str):
-            response_b = response_b.encode("utf-8")
+            response_b = response_b.encode()
         return _S_HHI.pack(10, 21, len(response_b)) + response_b
 
 
@@ -538,10 +538,10 @@ class ConnectionOpen(Method):
         return self
 
     def encode(self) -> bytes:
-        virtual_host_b = self.virtual_host.encode("utf-8")
+        virtual_host_b = self.virtual_host.encode()
         if len(virtual_host_b) > 255:
             raise _shortstr_too_long("connection.open.virtual_host")
-        reserved_1_b = self.reserved_1.encode("utf-8")
+        reserved_1_b = self.reserved_1.encode()
         if len(reserved_1_b) > 255:
             raise _shortstr_too_long("connection.open.reserved_1")
         bits0 = 1 if self.reserved_2 else 0
@@ -593,7 +593,7 @@ class ConnectionOpenOk(Method):
         return self
 
     def encode(self) -> bytes:
-        reserved_1_b = self.reserved_1.encode("utf-8")
+        reserved_1_b = self.reserved_1.encode()
         if len(reserved_1_b) > 255:
             raise _shortstr_too_long("connection.open-ok.reserved_1")
         return _S_HHB.pack(10, 41, len(reserved_1_b)) + reserved_1_b
@@ -645,7 +645,7 @@ class ConnectionClose(Method):
         return self
 
     def encode(self) -> bytes:
-        reply_text_b = self.reply_text.encode("utf-8")
+        reply_text_b = self.reply_text.encode()
         if len(reply_text_b) > 255:
             raise _shortstr_too_long("connection.close.reply_text")
         return b"".join(
@@ -718,7 +718,7 @@ class ConnectionBlocked(Method):
         return self
 
     def encode(self) -> bytes:
-        reason_b = self.reason.encode("utf-8")
+        reason_b = self.reason.encode()
         if len(reason_b) > 255:
             raise _shortstr_too_long("connection.blocked.reason")
         return _S_HHB.pack(10, 60, len(reason_b)) + reason_b
@@ -793,8 +793,8 @@ class ConnectionUpdateSecret(Method):
     def encode(self) -> bytes:
         new_secret_b = self.new_secret
         if isinstance(new_secret_b, str):
-            new_secret_b = new_secret_b.encode("utf-8")
-        reason_b = self.reason.encode("utf-8")
+            new_secret_b = new_secret_b.encode()
+        reason_b = self.reason.encode()
         if len(reason_b) > 255:
             raise _shortstr_too_long("connection.update-secret.reason")
         return b"".join(
@@ -869,7 +869,7 @@ class ChannelOpen(Method):
         return self
 
     def encode(self) -> bytes:
-        reserved_1_b = self.reserved_1.encode("utf-8")
+        reserved_1_b = self.reserved_1.encode()
         if len(reserved_1_b) > 255:
             raise _shortstr_too_long("channel.open.reserved_1")
         return _S_HHB.pack(20, 10, len(reserved_1_b)) + reserved_1_b
@@ -912,7 +912,7 @@ class ChannelOpenOk(Method):
     def encode(self) -> bytes:
         reserved_1_b = self.reserved_1
         if isinstance(reserved_1_b, str):
-            reserved_1_b = reserved_1_b.encode("utf-8")
+            reserved_1_b = reserved_1_b.encode()
         return _S_HHI.pack(20, 11, len(reserved_1_b)) + reserved_1_b
 
 
@@ -1033,7 +1033,7 @@ class ChannelClose(Method):
         return self
 
     def encode(self) -> bytes:
-        reply_text_b = self.reply_text.encode("utf-8")
+        reply_text_b = self.reply_text.encode()
         if len(reply_text_b) > 255:
             raise _shortstr_too_long("channel.close.reply_text")
         return b"".join(
@@ -1124,7 +1124,7 @@ class AccessRequest(Method):
         return self
 
     def encode(self) -> bytes:
-        realm_b = self.realm.encode("utf-8")
+        realm_b = self.realm.encode()
         if len(realm_b) > 255:
             raise _shortstr_too_long("access.request.realm")
         bits0 = (
@@ -1254,10 +1254,10 @@ class ExchangeDeclare(Method):
         return self
 
     def encode(self) -> bytes:
-        exchange_b = self.exchange.encode("utf-8")
+        exchange_b = self.exchange.encode()
         if len(exchange_b) > 255:
             raise _shortstr_too_long("exchange.declare.exchange")
-        type_b = self.type.encode("utf-8")
+        type_b = self.type.encode()
         if len(type_b) > 255:
             raise _shortstr_too_long("exchange.declare.type")
         bits0 = (
@@ -1351,7 +1351,7 @@ class ExchangeDelete(Method):
         return self
 
     def encode(self) -> bytes:
-        exchange_b = self.exchange.encode("utf-8")
+        exchange_b = self.exchange.encode()
         if len(exchange_b) > 255:
             raise _shortstr_too_long("exchange.delete.exchange")
         bits0 = (1 if self.if_unused else 0) | (2 if self.no_wait else 0)
@@ -1457,13 +1457,13 @@ class ExchangeBind(Method):
         return self
 
     def encode(self) -> bytes:
-        destination_b = self.destination.encode("utf-8")
+        destination_b = self.destination.encode()
         if len(destination_b) > 255:
             raise _shortstr_too_long("exchange.bind.destination")
-        source_b = self.source.encode("utf-8")
+        source_b = self.source.encode()
         if len(source_b) > 255:
             raise _shortstr_too_long("exchange.bind.source")
-        routing_key_b = self.routing_key.encode("utf-8")
+        routing_key_b = self.routing_key.encode()
         if len(routing_key_b) > 255:
             raise _shortstr_too_long("exchange.bind.routing_key")
         bits0 = 1 if self.no_wait else 0
@@ -1574,13 +1574,13 @@ class ExchangeUnbind(Method):
         return self
 
     def encode(self) -> bytes:
-        destination_b = self.destination.encode("utf-8")
+        destination_b = self.destination.encode()
         if len(destination_b) > 255:
             raise _shortstr_too_long("exchange.unbind.destination")
-        source_b = self.source.encode("utf-8")
+        source_b = self.source.encode()
         if len(source_b) > 255:
             raise _shortstr_too_long("exchange.unbind.source")
-        routing_key_b = self.routing_key.encode("utf-8")
+        routing_key_b = self.routing_key.encode()
         if len(routing_key_b) > 255:
             raise _shortstr_too_long("exchange.unbind.routing_key")
         bits0 = 1 if self.no_wait else 0
@@ -1693,7 +1693,7 @@ class QueueDeclare(Method):
         return self
 
     def encode(self) -> bytes:
-        queue_b = self.queue.encode("utf-8")
+        queue_b = self.queue.encode()
         if len(queue_b) > 255:
             raise _shortstr_too_long("queue.declare.queue")
         bits0 = (
@@ -1751,7 +1751,7 @@ class QueueDeclareOk(Method):
         return self
 
     def encode(self) -> bytes:
-        queue_b = self.queue.encode("utf-8")
+        queue_b = self.queue.encode()
         if len(queue_b) > 255:
             raise _shortstr_too_long("queue.declare-ok.queue")
         return b"".join(
@@ -1825,13 +1825,13 @@ class QueueBind(Method):
         return self
 
     def encode(self) -> bytes:
-        queue_b = self.queue.encode("utf-8")
+        queue_b = self.queue.encode()
         if len(queue_b) > 255:
             raise _shortstr_too_long("queue.bind.queue")
-        exchange_b = self.exchange.encode("utf-8")
+        exchange_b = self.exchange.encode()
         if len(exchange_b) > 255:
             raise _shortstr_too_long("queue.bind.exchange")
-        routing_key_b = self.routing_key.encode("utf-8")
+        routing_key_b = self.routing_key.encode()
         if len(routing_key_b) > 255:
             raise _shortstr_too_long("queue.bind.routing_key")
         bits0 = 1 if self.no_wait else 0
@@ -1913,7 +1913,7 @@ class QueuePurge(Method):
         return self
 
     def encode(self) -> bytes:
-        queue_b = self.queue.encode("utf-8")
+        queue_b = self.queue.encode()
         if len(queue_b) > 255:
             raise _shortstr_too_long("queue.purge.queue")
         bits0 = 1 if self.no_wait else 0
@@ -2010,7 +2010,7 @@ class QueueDelete(Method):
         return self
 
     def encode(self) -> bytes:
-        queue_b = self.queue.encode("utf-8")
+        queue_b = self.queue.encode()
         if len(queue_b) > 255:
             raise _shortstr_too_long("queue.delete.queue")
         bits0 = (
@@ -2117,13 +2117,13 @@ class QueueUnbind(Method):
         return self
 
     def encode(self) -> bytes:
-        queue_b = self.queue.encode("utf-8")
+        queue_b = self.queue.encode()
         if len(queue_b) > 255:
             raise _shortstr_too_long("queue.unbind.queue")
-        exchange_b = self.exchange.encode("utf-8")
+        exchange_b = self.exchange.encode()
         if len(exchange_b) > 255:
             raise _shortstr_too_long("queue.unbind.exchange")
-        routing_key_b = self.routing_key.encode("utf-8")
+        routing_key_b = self.routing_key.encode()
         if len(routing_key_b) > 255:
             raise _shortstr_too_long("queue.unbind.routing_key")
         return b"".join(
@@ -2304,10 +2304,10 @@ class BasicConsume(Method):
         return self
 
     def encode(self) -> bytes:
-        queue_b = self.queue.encode("utf-8")
+        queue_b = self.queue.encode()
         if len(queue_b) > 255:
             raise _shortstr_too_long("basic.consume.queue")
-        consumer_tag_b = self.consumer_tag.encode("utf-8")
+        consumer_tag_b = self.consumer_tag.encode()
         if len(consumer_tag_b) > 255:
             raise _shortstr_too_long("basic.consume.consumer_tag")
         bits0 = (
@@ -2365,7 +2365,7 @@ class BasicConsumeOk(Method):
         return self
 
     def encode(self) -> bytes:
-        consumer_tag_b = self.consumer_tag.encode("utf-8")
+        consumer_tag_b = self.consumer_tag.encode()
         if len(consumer_tag_b) > 255:
             raise _shortstr_too_long("basic.consume-ok.consumer_tag")
         return _S_HHB.pack(60, 21, len(consumer_tag_b)) + consumer_tag_b
@@ -2410,7 +2410,7 @@ class BasicCancel(Method):
         return self
 
     def encode(self) -> bytes:
-        consumer_tag_b = self.consumer_tag.encode("utf-8")
+        consumer_tag_b = self.consumer_tag.encode()
         if len(consumer_tag_b) > 255:
             raise _shortstr_too_long("basic.cancel.consumer_tag")
         bits0 = 1 if self.no_wait else 0
@@ -2460,7 +2460,7 @@ class BasicCancelOk(Method):
         return self
 
     def encode(self) -> bytes:
-        consumer_tag_b = self.consumer_tag.encode("utf-8")
+        consumer_tag_b = self.consumer_tag.encode()
         if len(consumer_tag_b) > 255:
             raise _shortstr_too_long("basic.cancel-ok.consumer_tag")
         return _S_HHB.pack(60, 31, len(consumer_tag_b)) + consumer_tag_b
@@ -2520,10 +2520,10 @@ class BasicPublish(Method):
         return self
 
     def encode(self) -> bytes:
-        exchange_b = self.exchange.encode("utf-8")
+        exchange_b = self.exchange.encode()
         if len(exchange_b) > 255:
             raise _shortstr_too_long("basic.publish.exchange")
-        routing_key_b = self.routing_key.encode("utf-8")
+        routing_key_b = self.routing_key.encode()
         if len(routing_key_b) > 255:
             raise _shortstr_too_long("basic.publish.routing_key")
         bits0 = (1 if self.mandatory else 0) | (2 if self.immediate else 0)
@@ -2592,13 +2592,13 @@ class BasicReturn(Method):
         return self
 
     def encode(self) -> bytes:
-        reply_text_b = self.reply_text.encode("utf-8")
+        reply_text_b = self.reply_text.encode()
         if len(reply_text_b) > 255:
             raise _shortstr_too_long("basic.return.reply_text")
-        exchange_b = self.exchange.encode("utf-8")
+        exchange_b = self.exchange.encode()
         if len(exchange_b) > 255:
             raise _shortstr_too_long("basic.return.exchange")
-        routing_key_b = self.routing_key.encode("utf-8")
+        routing_key_b = self.routing_key.encode()
         if len(routing_key_b) > 255:
             raise _shortstr_too_long("basic.return.routing_key")
         return b"".join(
@@ -2671,13 +2671,13 @@ class BasicDeliver(Method):
         return self
 
     def encode(self) -> bytes:
-        consumer_tag_b = self.consumer_tag.encode("utf-8")
+        consumer_tag_b = self.consumer_tag.encode()
         if len(consumer_tag_b) > 255:
             raise _shortstr_too_long("basic.deliver.consumer_tag")
-        exchange_b = self.exchange.encode("utf-8")
+        exchange_b = self.exchange.encode()
         if len(exchange_b) > 255:
             raise _shortstr_too_long("basic.deliver.exchange")
-        routing_key_b = self.routing_key.encode("utf-8")
+        routing_key_b = self.routing_key.encode()
         if len(routing_key_b) > 255:
             raise _shortstr_too_long("basic.deliver.routing_key")
         bits0 = 1 if self.redelivered else 0
@@ -2733,7 +2733,7 @@ class BasicGet(Method):
         return self
 
     def encode(self) -> bytes:
-        queue_b = self.queue.encode("utf-8")
+        queue_b = self.queue.encode()
         if len(queue_b) > 255:
             raise _shortstr_too_long("basic.get.queue")
         bits0 = 1 if self.no_ack else 0
@@ -2799,10 +2799,10 @@ class BasicGetOk(Method):
         return self
 
     def encode(self) -> bytes:
-        exchange_b = self.exchange.encode("utf-8")
+        exchange_b = self.exchange.encode()
         if len(exchange_b) > 255:
             raise _shortstr_too_long("basic.get-ok.exchange")
-        routing_key_b = self.routing_key.encode("utf-8")
+        routing_key_b = self.routing_key.encode()
         if len(routing_key_b) > 255:
             raise _shortstr_too_long("basic.get-ok.routing_key")
         bits0 = 1 if self.redelivered else 0
@@ -2854,7 +2854,7 @@ class BasicGetEmpty(Method):
         return self
 
     def encode(self) -> bytes:
-        reserved_1_b = self.reserved_1.encode("utf-8")
+        reserved_1_b = self.reserved_1.encode()
         if len(reserved_1_b) > 255:
             raise _shortstr_too_long("basic.get-empty.reserved_1")
         return _S_HHB.pack(60, 72, len(reserved_1_b)) + reserved_1_b
@@ -3454,7 +3454,7 @@ class BasicProperties:
         v = self.content_type
         if v is not None:
             flags |= 0x8000
-            b = v.encode("utf-8")
+            b = v.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.content_type")
             parts.append(_S_B.pack(len(b)))
@@ -3462,7 +3462,7 @@ class BasicProperties:
         v = self.content_encoding
         if v is not None:
             flags |= 0x4000
-            b = v.encode("utf-8")
+            b = v.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.content_encoding")
             parts.append(_S_B.pack(len(b)))
@@ -3482,7 +3482,7 @@ class BasicProperties:
         v = self.correlation_id
         if v is not None:
             flags |= 0x0400
-            b = v.encode("utf-8")
+            b = v.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.correlation_id")
             parts.append(_S_B.pack(len(b)))
@@ -3490,7 +3490,7 @@ class BasicProperties:
         v = self.reply_to
         if v is not None:
             flags |= 0x0200
-            b = v.encode("utf-8")
+            b = v.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.reply_to")
             parts.append(_S_B.pack(len(b)))
@@ -3498,7 +3498,7 @@ class BasicProperties:
         v = self.expiration
         if v is not None:
             flags |= 0x0100
-            b = v.encode("utf-8")
+            b = v.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.expiration")
             parts.append(_S_B.pack(len(b)))
@@ -3506,7 +3506,7 @@ class BasicProperties:
         v = self.message_id
         if v is not None:
             flags |= 0x0080
-            b = v.encode("utf-8")
+            b = v.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.message_id")
             parts.append(_S_B.pack(len(b)))
@@ -3518,7 +3518,7 @@ class BasicProperties:
         v = self.type
         if v is not None:
             flags |= 0x0020
-            b = v.encode("utf-8")
+            b = v.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.type")
             parts.append(_S_B.pack(len(b)))
@@ -3526,7 +3526,7 @@ class BasicProperties:
         v = self.user_id
         if v is not None:
             flags |= 0x0010
-            b = v.encode("utf-8")
+            b = v.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.user_id")
             parts.append(_S_B.pack(len(b)))
@@ -3534,7 +3534,7 @@ class BasicProperties:
         v = self.app_id
         if v is not None:
             flags |= 0x0008
-            b = v.encode("utf-8")
+            b = v.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.app_id")
             parts.append(_S_B.pack(len(b)))
@@ -3542,7 +3542,7 @@ class BasicProperties:
         v = self.cluster_id
         if v is not None:
             flags |= 0x0004
-            b = v.encode("utf-8")
+            b = v.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.cluster_id")
             parts.append(_S_B.pack(len(b)))
