@@ -5,6 +5,8 @@ and the generated file being up to date with its generator."""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -505,6 +507,18 @@ def test_generated_file_is_up_to_date() -> None:
     expected = gen_methods.generate(gen_methods.load_spec())
     assert Path(M.__file__).read_text(encoding="utf-8") == expected
     assert "do not edit" in expected[:400]
+
+
+def test_gen_methods_check_command_line() -> None:
+    root = Path(gen_methods.__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "shardmq.amqp.gen_methods", "--check"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_check_detects_stale_file(tmp_path: Path) -> None:
