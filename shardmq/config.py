@@ -31,6 +31,7 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = "./shardmq-data"
     log_level: str = "info"
     shutdown_timeout: Annotated[float, Meta(ge=0)] = 5.0
+    memory_high_watermark: Annotated[float, Meta(gt=0, le=1.0)] = 0.4
 
     def __post_init__(self) -> None:
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):

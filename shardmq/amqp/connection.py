@@ -633,6 +633,12 @@ class AMQPConnection:
         return self._silent_ticks < 4
 
     # ------------------------------------------------------------ hooks
+    def after_flush(self) -> None:
+        """The I/O layer wrote the output taken by ``take_output``."""
+
+    def set_write_paused(self, paused: bool) -> None:
+        """The socket's write buffer passed its high (True) or low (False) water mark."""
+
     def mechanisms(self) -> tuple[str, ...]:
         return ("PLAIN", "AMQPLAIN")
 

@@ -41,6 +41,7 @@ class Broker:
         for name in config.vhosts or ["/"]:
             self.add_vhost(name)
         self.connections: set[BrokerConnection] = set()
+        self.alarm = False  # memory high watermark passed
         self.server_properties = {
             "product": "shardmq",
             "version": __version__,
@@ -76,6 +77,15 @@ class Broker:
                 conn.channels
             ):
                 conn.send_method(c.channel.number, M.BasicCancel(consumer_tag=c.tag, no_wait=True))
+
+    def set_memory_alarm(self, on: bool) -> None:
+        """Block (or unblock) every connection that publishes."""
+        if on == self.alarm:
+            return
+        self.alarm = on
+        for conn in list(self.connections):
+            if conn.published:
+                conn.memory_alarm(on)
 
     def close_all(self, code: int, text: str) -> None:
         for conn in list(self.connections):

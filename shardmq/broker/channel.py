@@ -27,6 +27,10 @@ from shardmq.broker.queue import Consumer, Queue
 if TYPE_CHECKING:
     from shardmq.broker.connection import BrokerConnection
 
+# Deliveries written to one connection in one loop turn stop past this many bytes and
+# resume after the I/O layer wrote them (bounded memory, fair turns between sockets).
+OUT_LIMIT = 256 * 1024
+
 Unacked = tuple["Consumer | None", Queue, Message]
 
 
@@ -93,6 +97,8 @@ class Channel(ChannelBase):
             msg.body,
             conn.frame_max,
         )
+        if len(conn.out) > OUT_LIMIT:
+            conn.out_full()
         conn.wake_once()
 
     def take_get(self, queue: Queue, msg: Message, no_ack: bool) -> int:
@@ -106,7 +112,8 @@ class Channel(ChannelBase):
 
     def update_active(self) -> None:
         was = self.active
-        self.active = self.flow and not self.conn.write_paused
+        conn = self.conn
+        self.active = self.flow and not conn.write_paused and not conn.out_blocked
         if self.active and not was:
             self.kick()
 

@@ -19,11 +19,11 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from shardmq.amqp import methods as M
 from shardmq.amqp.codec import shortstr, write_get_ok, write_return
-from shardmq.amqp.connection import AMQPConnection, ChannelBase
+from shardmq.amqp.connection import OPEN, AMQPConnection, ChannelBase
 from shardmq.amqp.errors import (
     ACCESS_REFUSED,
     COMMAND_INVALID,
@@ -45,6 +45,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shardmq.connection")
 _seq = itertools.count(1)
+
+
+class IOHooks(Protocol):
+    def set_reading(self, active: bool) -> None: ...
+
 
 Handler = Callable[["BrokerConnection", Channel, M.Method], None]
 _HANDLERS: dict[int, Handler] = {}
@@ -75,7 +80,13 @@ class BrokerConnection(AMQPConnection):
         self.broker = broker
         self.user = ""
         self.vhost: VHost = None  # type: ignore[assignment]  # set by connection.open
-        self.write_paused = False
+        self.write_paused = False  # the socket's write buffer is above high water
+        self.out_blocked = False  # this turn's output passed OUT_LIMIT
+        self.throttled_by: set[Queue] = set()  # backed-up queues we publish to
+        self.alarm_blocked = False  # blocked by the broker's memory alarm
+        self.reading_paused = False
+        self.published = False  # has published at least once (memory alarm target)
+        self.io: IOHooks | None = None
         self.exclusive_queues: list[Queue] = []
         self._confirm_channels: list[Channel] = []
 
@@ -120,6 +131,9 @@ class BrokerConnection(AMQPConnection):
 
     def on_connection_closed(self) -> None:
         self.broker.connections.discard(self)
+        for q in list(self.throttled_by):
+            q.throttled.discard(self)
+        self.throttled_by.clear()
         queues, self.exclusive_queues = self.exclusive_queues, []
         for q in queues:
             if not q.deleted:
@@ -140,8 +154,55 @@ class BrokerConnection(AMQPConnection):
 
     def set_write_paused(self, paused: bool) -> None:
         self.write_paused = paused
+        self._update_channels()
+
+    def out_full(self) -> None:
+        """Deliveries stop for this loop turn once the output buffer passes OUT_LIMIT."""
+        if not self.out_blocked:
+            self.out_blocked = True
+            self._update_channels()
+
+    def after_flush(self) -> None:
+        """The I/O layer wrote our output: deliveries may resume."""
+        if self.out_blocked:
+            self.out_blocked = False
+            self._update_channels()
+
+    def _update_channels(self) -> None:
         for ch in list(self.channels.values()):
             ch.update_active()  # type: ignore[attr-defined]
+
+    def throttle(self, queue: Queue, on: bool) -> None:
+        """Flow control: stop reading from this connection while a queue it publishes to
+        is backed up (``on``), resume when every such queue has drained."""
+        if on:
+            self.throttled_by.add(queue)
+        else:
+            self.throttled_by.discard(queue)
+        self._update_reading()
+
+    def consumes(self) -> bool:
+        return any(ch.consumers for ch in self.channels.values())  # type: ignore[attr-defined]
+
+    def memory_alarm(self, on: bool) -> None:
+        """Global memory alarm: block this (publishing) connection, telling the client
+        with connection.blocked / unblocked when it understands them."""
+        if on == self.alarm_blocked:
+            return
+        self.alarm_blocked = on
+        if self.state == OPEN and self.client_capabilities.get("connection.blocked"):
+            if on:
+                self.send_method(0, M.ConnectionBlocked(reason="low on memory"))
+            else:
+                self.send_method(0, M.ConnectionUnblocked())
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        paused = bool(self.throttled_by) or self.alarm_blocked
+        if paused != self.reading_paused:
+            self.reading_paused = paused
+            if self.io is not None:
+                self.io.set_reading(not paused)
 
     # ------------------------------------------------------------ dispatch
     def on_method(self, ch: ChannelBase, method: M.Method) -> None:
@@ -165,6 +226,10 @@ class BrokerConnection(AMQPConnection):
         if flags & 2:
             raise HardError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
         msg = Message(exrk, header, body, next(_seq))
+        if not self.published:
+            self.published = True
+            if self.broker.alarm:
+                self.memory_alarm(True)
         if ch.tx:
             self.vhost.route(msg, exlen)  # 404 / 403 now, like RabbitMQ
             ch.tx_publishes.append((exrk, exlen, flags, header, body))
@@ -176,6 +241,10 @@ class BrokerConnection(AMQPConnection):
         if queues:
             for q in queues:
                 q.publish(msg)
+                if q.consumers and q.backed_up(len(msg.body)) and not self.consumes():
+                    # Connections that also consume are never throttled: their acks
+                    # must keep flowing (the memory alarm still bounds them).
+                    q.throttle(self)
         elif flags & 1:
             write_return(
                 self.out,

@@ -10,12 +10,14 @@ Invariants:
 - Dispatch happens whenever readiness can have changed: a publish, an ack that returned
   credit, a new consumer, a qos change, a writable socket, channel.flow on.
 - Round robin: consumers are tried in turn starting after the last one served.
+- Publishers throttled by this queue are released when the backlog drains, the queue
+  is purged or deleted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shardmq.broker.message import Message
 from shardmq.broker.store import MemoryStore, MessageStore
@@ -23,6 +25,19 @@ from shardmq.broker.store import MemoryStore, MessageStore
 if TYPE_CHECKING:
     from shardmq.broker.channel import Channel
     from shardmq.broker.exchange import Exchange
+
+
+# A queue with consumers whose backlog passes QUEUE_HIGH_WATER messages (or QUEUE_HIGH_BYTES) stops reading from the
+# connections publishing to it until the backlog has halved
+# (end-to-end flow control: publishers go at the consumers' pace, memory stays bounded).
+# The byte limit is estimated as backlog x size of the message just published, which
+# costs nothing per message and is exact for uniform workloads.
+QUEUE_HIGH_WATER = 20000
+QUEUE_HIGH_BYTES = 64 * 1024 * 1024
+
+
+class Throttleable(Protocol):
+    def throttle(self, queue: Queue, on: bool) -> None: ...
 
 
 class Consumer:
@@ -87,6 +102,8 @@ class Queue:
         "deleted",
         "redelivered",
         "sources",
+        "throttled",
+        "release_at",
         "_dispatching",
     )
 
@@ -116,16 +133,19 @@ class Queue:
         self.deleted = False
         self.redelivered: set[Message] = set()
         self.sources: set[Exchange] = set()
+        self.throttled: set[Throttleable] = set()
+        self.release_at = 0
         self._dispatching = False
 
     # ------------------------------------------------------------ messages
     def publish(self, msg: Message) -> None:
-        if self.consumers and not len(self.store):
+        store = self.store
+        if self.consumers and not store:
             c = self._next_consumer()
             if c is not None:
                 c.channel.deliver(c, self, msg, False)
                 return
-        self.store.push(msg)
+        store.push(msg)
         if self.consumers:
             self.dispatch()
 
@@ -137,13 +157,11 @@ class Queue:
         try:
             store = self.store
             redelivered = self.redelivered
-            while len(store):
+            while store:
                 c = self._next_consumer()
                 if c is None:
-                    return
-                msg = store.pop()
-                if msg is None:
-                    return
+                    break
+                msg = store.take()
                 if redelivered and msg in redelivered:
                     redelivered.discard(msg)
                     c.channel.deliver(c, self, msg, True)
@@ -151,6 +169,25 @@ class Queue:
                     c.channel.deliver(c, self, msg, False)
         finally:
             self._dispatching = False
+        if self.throttled and len(self.store) <= self.release_at:
+            self.release_publishers()
+
+    def backed_up(self, msg_size: int) -> bool:
+        n = len(self.store)
+        return n > QUEUE_HIGH_WATER or n * msg_size > QUEUE_HIGH_BYTES
+
+    def throttle(self, conn: Throttleable) -> None:
+        """The queue is backed up while it has consumers: stop reading ``conn`` until
+        the backlog halves."""
+        if conn not in self.throttled:
+            self.release_at = len(self.store) // 2
+            self.throttled.add(conn)
+            conn.throttle(self, True)
+
+    def release_publishers(self) -> None:
+        conns, self.throttled = self.throttled, set()
+        for conn in conns:
+            conn.throttle(self, False)
 
     def _next_consumer(self) -> Consumer | None:
         cs = self.consumers
@@ -168,9 +205,9 @@ class Queue:
         return None
 
     def get(self) -> tuple[Message, bool] | None:
-        msg = self.store.pop()
-        if msg is None:
+        if not self.store:
             return None
+        msg = self.store.take()
         redelivered = self.redelivered
         if redelivered and msg in redelivered:
             redelivered.discard(msg)
@@ -191,7 +228,10 @@ class Queue:
 
     def purge(self) -> int:
         self.redelivered.clear()
-        return self.store.purge()
+        n = self.store.purge()
+        if self.throttled:
+            self.release_publishers()
+        return n
 
     @property
     def message_count(self) -> int:

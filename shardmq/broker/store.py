@@ -3,8 +3,10 @@
 Owns: ``MessageStore`` (the interface) and ``MemoryStore`` (transient messages).
 
 Invariants:
-- A store holds the *ready* messages of one queue in delivery order; messages handed
-  out by ``pop`` are the queue's (unacked) until ``ack`` or ``requeue`` gives them back.
+- A store holds the *ready* messages of one queue in delivery order; ``len(store)``
+  and ``bool(store)`` count them and must be O(1) (the hot path asks per message).
+- ``take`` is only called on a non-empty store; the message taken belongs to the
+  queue's consumers (unacked) until ``ack`` or ``requeue`` hands it back.
 - ``requeue`` puts messages back at their original position relative to each other
   (ordered by ``seq``) and ahead of messages that were never delivered.
 """
@@ -20,56 +22,40 @@ from shardmq.broker.message import Message
 
 class MessageStore(Protocol):
     def push(self, msg: Message) -> None: ...
-    def pop(self) -> Message | None: ...
+    def take(self) -> Message: ...
     def requeue(self, msgs: Iterable[Message]) -> None: ...
     def ack(self, msg: Message) -> None: ...
     def purge(self) -> int: ...
     def __len__(self) -> int: ...
 
 
-class MemoryStore:
-    """Transient messages in a deque. ``ack`` has nothing to forget."""
+class MemoryStore(deque[Message]):
+    """Transient messages in a deque (C-speed len/push/take). ``ack`` forgets nothing."""
 
-    __slots__ = ("_ready", "pop", "push")
+    __slots__ = ()
 
-    def __init__(self) -> None:
-        self._ready: deque[Message] = deque()
-        self.push = self._ready.append
-
-        popleft = self._ready.popleft
-
-        def pop() -> Message | None:
-            try:
-                return popleft()
-            except IndexError:
-                return None
-
-        self.pop = pop
+    push = deque.append
+    take = deque.popleft
 
     def requeue(self, msgs: Iterable[Message]) -> None:
         ordered = sorted(msgs, key=_seq, reverse=True)
-        ready = self._ready
-        if ready and ordered and ordered[0].seq > ready[0].seq:
-            # Interleave with messages already requeued: rebuild in seq order.
-            merged = sorted([*ready, *ordered], key=_seq)
-            ready.clear()
-            ready.extend(merged)
+        if not ordered:
             return
-        ready.extendleft(ordered)
+        if self and ordered[0].seq > self[0].seq:
+            # Interleave with messages already back in the queue: rebuild in seq order.
+            merged = sorted([*self, *ordered], key=_seq)
+            self.clear()
+            self.extend(merged)
+            return
+        self.extendleft(ordered)
 
     def ack(self, msg: Message) -> None:
         return None
 
     def purge(self) -> int:
-        n = len(self._ready)
-        self._ready.clear()
+        n = len(self)
+        self.clear()
         return n
-
-    def __len__(self) -> int:
-        return len(self._ready)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._ready)
 
 
 def _seq(msg: Message) -> int:

@@ -302,7 +302,7 @@ class VHost:
         if src is None:
             return  # RabbitMQ 3.10: unbinding from a missing exchange succeeds
         if src.router.remove_binding(dest, routing_key, arguments):
-            if not any(d is dest for d, _rk, _a in src.router.bindings()):
+            if not src.router.has_destination(dest):
                 dest.sources.discard(src)
             self._changed()
             self._maybe_auto_delete(src)

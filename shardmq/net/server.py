@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from shardmq.config import Config
 log = logging.getLogger("shardmq.net")
 
 CLOSE_GRACE = 3.0
+MEMORY_CHECK_INTERVAL = 0.5
 WRITE_HIGH_WATER = 1024 * 1024
 WRITE_LOW_WATER = 256 * 1024
 SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
@@ -50,12 +52,13 @@ class IOHub:
             self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        """Write every dirty connection once. Output produced while flushing (deliveries
+        resumed by a drained buffer) waits for the next loop turn, after socket reads."""
         self._scheduled = False
-        while self._dirty:
-            dirty, self._dirty = self._dirty, []
-            for conn in dirty:
-                proto: AMQPProtocol = conn.io  # type: ignore[attr-defined]
-                proto.flush()
+        dirty, self._dirty = self._dirty, []
+        for conn in dirty:
+            proto: AMQPProtocol = conn.io  # type: ignore[attr-defined]
+            proto.flush()
 
 
 class AMQPProtocol(asyncio.Protocol):
@@ -104,6 +107,15 @@ class AMQPProtocol(asyncio.Protocol):
             except Exception:
                 log.exception("connection %s: error while releasing", conn.peer)
 
+    def set_reading(self, active: bool) -> None:
+        """Flow control from the broker: stop or resume reading this socket."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if active:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
     def pause_writing(self) -> None:
         self.conn.set_write_paused(True)  # type: ignore[union-attr]
 
@@ -121,6 +133,7 @@ class AMQPProtocol(asyncio.Protocol):
             return
         if data:
             transport.write(data)
+            conn.after_flush()
         if conn.want_close:
             transport.close()
         elif conn.state == CLOSING and self._close_timer is None:
@@ -158,6 +171,38 @@ class AMQPProtocol(asyncio.Protocol):
         self._timer = self.hub.loop.call_later(conn.heartbeat / 2, self._heartbeat)
 
 
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def memory_limit(fraction: float) -> int:
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+    return int(total * fraction)
+
+
+def _watch_memory(broker: Broker, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+    rss = rss_bytes()
+    if rss and limit:
+        on = rss > limit
+        if on != broker.alarm:
+            log.warning(
+                "memory alarm %s: RSS %d MiB, limit %d MiB",
+                "set" if on else "cleared",
+                rss >> 20,
+                limit >> 20,
+            )
+            broker.set_memory_alarm(on)
+    loop.call_later(MEMORY_CHECK_INTERVAL, _watch_memory, broker, loop, limit)
+
+
 async def serve(
     config: Config,
     *,
@@ -186,6 +231,7 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    _watch_memory(broker, loop, memory_limit(config.server.memory_high_watermark))
     log.info("shardmq ready: AMQP 0-9-1 on %s", addrs)
     if ready is not None:
         ready(addrs)
