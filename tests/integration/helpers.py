@@ -157,6 +157,26 @@ def queue_counts(ch: BlockingChannel, queue: str) -> tuple[int, int]:
     return ok.message_count, ok.consumer_count
 
 
+def wait_counts(
+    conn: pika.BlockingConnection,
+    queue: str,
+    expected: tuple[int, int],
+    timeout: float = WAIT,
+) -> None:
+    """Poll (no event exists for this) until the queue's counts are ``expected``.
+
+    For effects the broker applies after a close handshake, e.g. requeueing the unacked
+    messages of a channel or connection it closed because of an error.
+    """
+    deadline = time.monotonic() + timeout
+    ch = conn.channel()
+    while (got := queue_counts(ch, queue)) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{queue}: counts {got}, expected {expected} by now")
+        time.sleep(0.02)
+    ch.close()
+
+
 def drain_empty(ch: BlockingChannel, queue: str) -> None:
     """Assert the queue holds no ready message right now."""
     method, _props, _body = ch.basic_get(queue, auto_ack=True)

@@ -20,7 +20,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from . import rawamqp as raw
-from .helpers import Env, publish_confirmed, queue_counts, wait_until
+from .helpers import Env, publish_confirmed, queue_counts, wait_counts, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -401,6 +401,7 @@ def test_requeue_on_channel_close(env: Env) -> None:
     ch.basic_get(q)
     assert queue_counts(conn.channel(), q) == (2, 0)
     ch.close()
+    wait_counts(conn, q, (4, 0))
     assert drain(conn.channel(), q) == [(b"1", True), (b"2", True), (b"3", False), (b"4", False)]
 
 
@@ -414,6 +415,7 @@ def test_requeue_on_connection_close(env: Env) -> None:
     ch.basic_consume(q, inbox)
     inbox.wait(consumer_conn, 2)
     consumer_conn.close()
+    wait_counts(observer, q, (3, 0))
     assert drain(observer.channel(), q) == [(b"1", True), (b"2", True), (b"3", False)]
 
 
