@@ -210,7 +210,7 @@ class AMQPConnection:
             self._send_start()
         limit = self.frame_max - 8
         channels = self.channels
-        while n - pos >= 8:
+        while n - pos >= 7:
             ftype, chnum, size = _unpack_hdr(buf, pos)
             if size > limit:
                 raise HardError(
