@@ -107,7 +107,7 @@ def start_broker(workers: int, data_dir: Path) -> Broker:
     port = _free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"{data_dir.name}.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below / when the process ends
+    log = open(log_path, "wb")  # closed below / when the process ends
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     cmd = [

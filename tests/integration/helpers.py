@@ -74,13 +74,13 @@ class Env:
         for fn in reversed(self._closers):
             try:
                 fn()
-            except Exception:  # noqa: BLE001 - cleanup must not mask the test's outcome
+            except Exception:  # cleanup must not mask the test's outcome
                 pass
         for c in self._conns:
             try:
                 if c.is_open:
                     c.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         for r in self._raws:
             r.close()
@@ -88,7 +88,7 @@ class Env:
             return
         try:
             conn = self.broker.blocking()
-        except Exception:  # noqa: BLE001
+        except Exception:
             return
         try:
             ch = conn.channel()
@@ -105,7 +105,7 @@ class Env:
         finally:
             try:
                 conn.close()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
 
