@@ -21,7 +21,6 @@ reported as an error, never a hang (every wait has a deadline).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import multiprocessing as mp
@@ -187,7 +186,9 @@ async def _cleanup(cfg: BenchConfig, topo: Topology) -> list[str]:
     try:
         for q in topo.queues:
             try:
-                await c.queue_delete(q)
+                ok = await c.queue_delete(q)
+                if ok.message_count:
+                    problems.append(f"{q} still held {ok.message_count} messages")
             except AMQPClientError as exc:
                 problems.append(f"delete {q}: {exc}")
                 await c.reopen_channel()
@@ -315,7 +316,9 @@ class Bench:
                 return
             for wp in pending:
                 if not wp.process.is_alive() and not wp.conn.poll():
-                    wp.error = f"{wp.plan.role} {wp.plan.index}: process died (exit {wp.process.exitcode})"
+                    wp.error = (
+                        f"{wp.plan.role} {wp.plan.index}: process died (exit {wp.process.exitcode})"
+                    )
             self._pump(0.1)
 
     @staticmethod
@@ -403,9 +406,7 @@ class Bench:
                 quotas[i] = cfg.backlog // cfg.producers + (
                     1 if i < cfg.backlog % cfg.producers else 0
                 )
-        pspecs = [
-            (topo.exchange, keys, quotas[i]) for i, keys in enumerate(topo.producer_keys)
-        ]
+        pspecs = [(topo.exchange, keys, quotas[i]) for i, keys in enumerate(topo.producer_keys)]
         pplans = [
             WorkerPlan(role="producer", index=i, producers=chunk, **common)
             for i, chunk in enumerate(_split(pspecs, _procs(cfg.producer_procs, len(pspecs))))
@@ -462,7 +463,7 @@ class Bench:
         # drain: stop consumers once every routed message arrived, or idle, or timeout
         published = sum((wp.result or {}).get("final", {}).get("published", 0) for wp in prods)
         expected = None if cfg.sink else published * topo.fanout_factor
-        self._drain(cons, expected)
+        out["drain"] = self._drain(cons, expected)
         if cfg.backlog:
             sampler.take("stop")
         self._send(cons, ("stop",))
@@ -490,28 +491,30 @@ class Bench:
                     )
                 last = (pub, con, now)
 
-    def _drain(self, cons: list[_Proc], expected: int | None) -> None:
+    def _drain(self, cons: list[_Proc], expected: int | None) -> str:
+        """Wait for the consumers to catch up; returns why it stopped waiting."""
         cfg = self.cfg
         if not cons:
-            return
+            return "no consumers"
         if expected is None:
-            return
+            return "nothing expected"
+        t0 = time.monotonic()
         deadline = time.monotonic() + cfg.drain_timeout
         last_total = -1
         last_change = time.monotonic()
         while time.monotonic() < deadline:
             self._pump(0.1)
             if any(wp.error for wp in cons):
-                return
+                return "worker error"
             total = sum((wp.progress or {}).get("consumed", 0) for wp in cons)
             if total >= expected:
-                # a progress report is at most 0.25 s old: one more round to be sure
-                return
+                return f"all consumed after {time.monotonic() - t0:.1f} s"
             if total != last_total:
                 last_total = total
                 last_change = time.monotonic()
             elif time.monotonic() - last_change > cfg.drain_idle:
-                return
+                return f"idle for {cfg.drain_idle:g} s"
+        return f"drain timeout {cfg.drain_timeout:g} s"
 
     def _finish(
         self, out: dict[str, Any], topo: Topology, errors: list[str], expected: int | None = None
@@ -567,6 +570,7 @@ class Bench:
             "producers": [_cpu_pct(r) for r in pres],
             "consumers": [_cpu_pct(r) for r in cres],
         }
+        out["consumer_tags"] = [t for r in cres for t in r["tags"]]
         out["errors"] = sum(r["errors"] for r in pres + cres) + len(errors)
         out["error_samples"] = [t for r in pres + cres for t in r["error_samples"]][:10]
         return out
@@ -609,7 +613,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 def format_report(r: dict[str, Any]) -> str:
     c = r["config"]
     lines = []
-    mode = "auto-ack" if c["auto_ack"] else f"prefetch {c['prefetch']}, ack every {c['multi_ack_every']}"
+    mode = (
+        "auto-ack"
+        if c["auto_ack"]
+        else f"prefetch {c['prefetch']}, ack every {c['multi_ack_every']}"
+    )
     lines.append(
         f"{c['producers']} producer(s) -> {c['exchange_type']} exchange -> {c['queues']} queue(s)"
         f" -> {c['consumers']} consumer(s); {c['size']} B, {mode}"
@@ -632,7 +640,11 @@ def format_report(r: dict[str, Any]) -> str:
     if "published" in r:
         lines.append(
             f"  published        {r['published']:>12,}   consumed {r['consumed']:,}"
-            + (f" (expected {r['expected_consumed']:,})" if r.get("expected_consumed") is not None else "")
+            + (
+                f" (expected {r['expected_consumed']:,})"
+                if r.get("expected_consumed") is not None
+                else ""
+            )
             + (f"   confirmed {r['confirmed']:,}" if r.get("confirmed") is not None else "")
         )
     if r.get("latency"):
@@ -682,36 +694,91 @@ def build_parser() -> argparse.ArgumentParser:
     a("--queues", "-q", type=int, help=f"queues (default {d.queues})")
     a("--size", "-s", type=int, help=f"message body bytes, >= 8 (default {d.size})")
     a("--rate", "-r", type=float, help="msg/s per producer connection, 0 = unlimited (default 0)")
-    a("--confirm", "-c", type=int, metavar="WINDOW", help="publisher confirms, max unconfirmed per producer (0 = off)")
+    a(
+        "--confirm",
+        "-c",
+        type=int,
+        metavar="WINDOW",
+        help="publisher confirms, max unconfirmed per producer (0 = off)",
+    )
     a("--persistent", action="store_true", help="delivery_mode 2 (implies --durable)")
     a("--durable", action="store_true", help="durable queues and exchange")
     a("--auto-ack", "-a", action="store_true", help="consume with no-ack")
-    a("--prefetch", "-Q", type=int, help=f"basic.qos prefetch for manual ack (default {d.prefetch}, 0 = unlimited)")
-    a("--multi-ack-every", "-A", type=int, help="ack (multiple) once N deliveries are pending (default prefetch/4)")
-    a("--exchange-type", "-t", choices=EXCHANGE_TYPES, help="exchange type; 'default' = the nameless exchange")
+    a(
+        "--prefetch",
+        "-Q",
+        type=int,
+        help=f"basic.qos prefetch for manual ack (default {d.prefetch}, 0 = unlimited)",
+    )
+    a(
+        "--multi-ack-every",
+        "-A",
+        type=int,
+        help="ack (multiple) once N deliveries are pending (default prefetch/4)",
+    )
+    a(
+        "--exchange-type",
+        "-t",
+        choices=EXCHANGE_TYPES,
+        help="exchange type; 'default' = the nameless exchange",
+    )
     a("--bindings", type=int, help="binding keys per queue (direct/topic; default 1)")
     a("--fanout", type=int, metavar="N", help="shorthand: fanout exchange with N queues")
-    a("--backlog", type=int, metavar="N", help="publish N messages first, then measure the consumers draining them")
+    a(
+        "--backlog",
+        type=int,
+        metavar="N",
+        help="publish N messages first, then measure the consumers draining them",
+    )
     a("--duration", "-z", type=float, help=f"measured seconds (default {d.duration:g})")
     a("--warmup", type=float, help=f"seconds before measuring (default {d.warmup:g})")
     a("--producer-procs", type=int, help="producer processes (default: min(producers, cores))")
     a("--consumer-procs", type=int, help="consumer processes (default: min(consumers, cores))")
     a("--batch", type=int, help="messages per write (default: ~64 KiB worth)")
     a("--heartbeat", type=int, help="heartbeat seconds (default 0 = off)")
-    a("--drain-timeout", type=float, help=f"max seconds to drain after producers stop (default {d.drain_timeout:g})")
-    a("--drain-idle", type=float, help=f"stop draining after this many idle seconds (default {d.drain_idle:g})")
-    a("--broker-pid", type=int, action="append", help="broker pid(s) for CPU/RSS (default: whoever listens on the URI's port, if local)")
-    a("--no-broker-stats", dest="broker_stats", action="store_false", help="don't sample broker CPU/RSS")
-    a("--sink", action="store_true", help="run against a built-in trivial local sink instead of a broker")
+    a(
+        "--drain-timeout",
+        type=float,
+        help=f"max seconds to drain after producers stop (default {d.drain_timeout:g})",
+    )
+    a(
+        "--drain-idle",
+        type=float,
+        help=f"stop draining after this many idle seconds (default {d.drain_idle:g})",
+    )
+    a(
+        "--broker-pid",
+        type=int,
+        action="append",
+        help="broker pid(s) for CPU/RSS (default: whoever listens on the URI's port, if local)",
+    )
+    a(
+        "--no-broker-stats",
+        dest="broker_stats",
+        action="store_false",
+        help="don't sample broker CPU/RSS",
+    )
+    a(
+        "--sink",
+        action="store_true",
+        help="run against a built-in trivial local sink instead of a broker",
+    )
     a("--queue-prefix", help=f"name prefix for declared queues/exchange (default {d.queue_prefix})")
     a("--quiet", action="store_true", help="no live progress on stderr")
     a("--json", action="store_true", help="print the report as JSON")
     s = p.add_argument_group("scenario suite")
     s.add_argument("--suite", action="store_true", help="run the scenario suite from --scenarios")
     s.add_argument("--scenarios", metavar="TOML", help="suite file (default config/loadtest.toml)")
-    s.add_argument("--only", action="append", metavar="NAME", help="run only scenarios whose name contains NAME (repeatable)")
+    s.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="run only scenarios whose name contains NAME (repeatable)",
+    )
     s.add_argument("--list", action="store_true", help="list the suite's scenarios and exit")
-    s.add_argument("--vs", metavar="URI", help="also run every scenario against this broker, alternating")
+    s.add_argument(
+        "--vs", metavar="URI", help="also run every scenario against this broker, alternating"
+    )
     s.add_argument("--rounds", type=int, help="rounds per scenario (default from the suite file)")
     return p
 
@@ -745,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     try:
         report = run_bench(cfg)
-    except (OSError, AMQPClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, AMQPClientError) as exc:
         _stderr(f"bench failed: {exc!r}")
         return 2
     except KeyboardInterrupt:

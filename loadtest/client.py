@@ -225,7 +225,7 @@ class Client(asyncio.BufferedProtocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        transport.set_write_buffer_limits(high=4 << 20, low=1 << 20)
+        transport.set_write_buffer_limits(high=1 << 20, low=256 << 10)
         transport.write(PROTOCOL_HEADER)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -360,11 +360,11 @@ class Client(asyncio.BufferedProtocol):
             self._skip_content = skip
             self._body_size = body_size
             self._body_left = body_left
+            self.last_tag = last_tag
             if consumed != self.consumed:
                 self.consumed = consumed
                 self.consumed_bytes += nbody
                 self.last_delivery_ns = now
-                self.last_tag = last_tag
                 if self.ack_every and last_tag - self.acked_tag >= self.ack_every:
                     self.ack_pending()
 
@@ -521,13 +521,13 @@ class Client(asyncio.BufferedProtocol):
         self.closing = True
         try:
             await self.rpc(0, M.ConnectionClose(reply_code=200, reply_text="bye"), timeout)
-        except (AMQPClientError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, AMQPClientError, ConnectionError):
             pass
         if self.transport is not None:
             self.transport.close()
         try:
             await asyncio.wait_for(asyncio.shield(self._closed), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.abort()
 
     # ----------------------------------------------------------- convenience
@@ -536,9 +536,7 @@ class Client(asyncio.BufferedProtocol):
     ) -> None:
         await self.rpc(
             1,
-            M.ExchangeDeclare(
-                exchange=name, type=type_, durable=durable, auto_delete=auto_delete
-            ),
+            M.ExchangeDeclare(exchange=name, type=type_, durable=durable, auto_delete=auto_delete),
         )
 
     async def exchange_delete(self, name: str) -> None:
@@ -549,9 +547,7 @@ class Client(asyncio.BufferedProtocol):
     ) -> Any:
         return await self.rpc(
             1,
-            M.QueueDeclare(
-                queue=name, durable=durable, passive=passive, arguments=arguments or {}
-            ),
+            M.QueueDeclare(queue=name, durable=durable, passive=passive, arguments=arguments or {}),
         )
 
     async def queue_bind(self, queue: str, exchange: str, routing_key: str) -> None:

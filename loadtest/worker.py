@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from loadtest.client import Client, PublishTemplate, connect
+from loadtest.client import AMQPClientError, Client, PublishTemplate, connect
 from loadtest.stats import Histogram
 from shardmq.amqp import methods as M
 
@@ -90,6 +90,13 @@ class Producer:
         if self.window:
             client.on_confirm = self.on_confirm
 
+    def buffered(self) -> int:
+        """Messages written to the transport but not yet to the socket (an estimate)."""
+        t = self.client.transport
+        if t is None or t.is_closing():
+            return 0
+        return t.get_write_buffer_size() // self.tmpl.msg_bytes
+
     @property
     def outstanding(self) -> int:
         return self.sent - self.confirmed - len(self.ooo)
@@ -138,7 +145,7 @@ class Producer:
         self._waiter = self.client.loop.create_future()
         try:
             await asyncio.wait_for(self._waiter, 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             self._waiter = None
@@ -179,8 +186,10 @@ class Producer:
             if rate:
                 due = int((now - t_go) * rate / 1e9) - self.sent
                 if due <= 0:
+                    # tick at most once per millisecond: several messages per write at
+                    # high rates, one timer per message at low ones
                     nxt = t_go + int((self.sent + 1) * 1e9 / rate)
-                    await sleep(max(0.0, (nxt - now) / 1e9))
+                    await sleep(max(0.001, (nxt - now) / 1e9))
                     continue
                 if due < n:
                     n = due
@@ -198,10 +207,19 @@ class Producer:
             await sleep(0)
 
     async def finish(self, timeout: float) -> None:
-        """Wait until every publish is confirmed (confirm mode) or ``timeout``."""
+        """Fence, then wait for outstanding confirms (confirm mode), up to ``timeout``.
+
+        The fence is a synchronous no-op (basic.qos) written behind the last publish: its
+        reply means the broker has read every publish, so closing the connection now
+        cannot discard publishes still sitting in socket buffers.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            await self.client.rpc(1, M.BasicQos(prefetch_count=0), timeout)
+        except (TimeoutError, AMQPClientError, ConnectionError) as exc:
+            self.client._error(f"fence after publishing failed: {exc!r}")
         if not self.window:
             return
-        deadline = time.monotonic() + timeout
         while self.outstanding > 0 and time.monotonic() < deadline:
             if self.client.transport is None or self.client.transport.is_closing():
                 break
@@ -239,7 +257,8 @@ def _cpu() -> float:
 def _snapshot(role: str, clients: list[Client], producers: list[Producer]) -> dict[str, Any]:
     d: dict[str, Any] = {"t": monotonic_ns(), "cpu": _cpu()}
     if role == "producer":
-        d["published"] = sum(p.sent for p in producers)
+        # what actually left the process: not what still sits in the transport buffer
+        d["published"] = sum(p.sent - p.buffered() for p in producers)
         d["confirmed"] = sum(p.confirmed_total for p in producers)
     else:
         d["consumed"] = sum(c.consumed for c in clients)
@@ -353,7 +372,7 @@ async def _run(plan: WorkerPlan, conn: Connection) -> None:
         await asyncio.gather(*(p.run(t_go, t_stop, stopped) for p in producers))
         if "stop" not in snaps and "warm" in snaps:
             stop_recording()  # finished early (quota)
-        await asyncio.gather(*(p.finish(30.0) for p in producers))
+        await asyncio.gather(*(p.finish(120.0) for p in producers))
     else:
         await ctrl.get("stop")
         for c in clients:
@@ -382,6 +401,7 @@ async def _run(plan: WorkerPlan, conn: Connection) -> None:
         "returned": sum(c.returned for c in clients),
         "error_samples": [t for c in clients for t in c.error_texts][:10],
         "unconfirmed": sum(p.outstanding for p in producers),
+        "tags": [(c.consumed, c.last_tag, c.acked_tag) for c in clients if role == "consumer"],
     }
     await asyncio.gather(*(c.close(2.0) for c in clients), return_exceptions=True)
     conn.send(("result", result))
