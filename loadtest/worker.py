@@ -307,7 +307,10 @@ async def _run(plan: WorkerPlan, conn: Connection) -> None:
     conn.send(("ready", {"setup_s": setup_s, "connections": n, "pid": os.getpid()}))
 
     _, t_go, t_warm, t_stop = await ctrl.get("go")
-    if plan.consume_on_go:
+    if plan.consume_on_go and role == "consumer":
+        wait = (t_go - monotonic_ns()) / 1e9
+        if wait > 0:
+            await asyncio.sleep(wait)
         await _start_consuming(plan, clients)
     stopped = asyncio.Event()
     snaps: dict[str, dict] = {}
