@@ -159,7 +159,10 @@ class PublishTemplate:
             post.append(body_tail)
         self.pre = pre
         self.post = post
-        self.msg_bytes = len(pre[0]) + 8 + len(post[0])
+        # mean encoded size (routing keys may differ in length)
+        self.msg_bytes = sum(len(a) + 8 + len(b) for a, b in zip(pre, post, strict=True)) // len(
+            pre
+        )
         n = self.count
         # mids extended so that mids[i : i + max_batch] never wraps
         self.mids = [post[k % n] + pre[(k + 1) % n] for k in range(n + max_batch)]
