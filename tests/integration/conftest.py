@@ -169,7 +169,11 @@ def stop_broker(broker: Broker) -> int | None:
         try:
             proc.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            # Hung: kill the process group we created for it (its own worker children too).
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             proc.wait(STOP_TIMEOUT)
     return proc.returncode
 

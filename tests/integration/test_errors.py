@@ -173,7 +173,7 @@ def test_closing_channel_ignores_methods_until_close_ok(env: Env) -> None:
     c = env.raw()
     c.handshake()
     c.open_channel(1)
-    c.send(raw.queue_declare(1, "shardmq-test.missing.passive-404", passive=True))
+    c.send(raw.queue_declare(1, env.queue("missing"), passive=True))
     c.send(raw.queue_declare(1, "", exclusive=True))  # must be ignored: channel is closing
     f = c.recv_method()
     assert f is not None and f.ids == raw.CHANNEL_CLOSE and f.channel == 1
