@@ -6,14 +6,16 @@ out of the generated method table so they can be written without building object
 Invariants:
 - ``exrk`` is the wire form of ``shortstr exchange, shortstr routing-key`` exactly as the
   publisher sent it; basic.deliver / get-ok / return reuse it byte for byte.
-- ``header`` is the whole content-header frame payload (class-id, weight, body-size,
-  property flags and list) as received; properties are never re-encoded.
+- A message's content travels as ``raw``: the content header frame and body frame(s)
+  as received; properties are never re-encoded, frames are rebuilt only when the
+  consumer's channel number or frame_max differ from the publisher's.
 - Writers append to a caller-owned ``bytearray`` and never allocate a frame object.
 """
 
 from __future__ import annotations
 
 import struct
+from typing import Protocol
 
 FRAME_METHOD = 1
 FRAME_HEADER = 2
@@ -93,6 +95,43 @@ def write_content(out: bytearray, channel: int, header: bytes, body: bytes, fram
     out += FRAME_END_BYTES
 
 
+class RawContent(Protocol):
+    """A message as the codec sees it: see shardmq/broker/message.py."""
+
+    raw: bytes  # content header frame + body frame(s), as received on channel ``ch``
+    ch: int
+    hsize: int  # content header payload size
+    fmax: int  # largest frame payload in ``raw``
+
+
+def raw_body(raw: bytes, hsize: int) -> bytes:
+    """The body carried by the frames of ``raw`` after the content header frame."""
+    pos = 8 + hsize
+    end = len(raw)
+    if pos >= end:
+        return b""
+    size = U32.unpack_from(raw, pos + 3)[0]
+    if pos + 8 + size == end:
+        return raw[pos + 7 : pos + 7 + size]
+    pieces = []
+    while pos < end:
+        size = U32.unpack_from(raw, pos + 3)[0]
+        pieces.append(raw[pos + 7 : pos + 7 + size])
+        pos += 8 + size
+    return b"".join(pieces)
+
+
+def write_raw_content(out: bytearray, channel: int, msg: RawContent, frame_max: int) -> None:
+    """Content frames of ``msg`` for ``channel``: the received frames unchanged when the
+    channel and frame size allow, re-framed otherwise. Ends the preceding method frame."""
+    if msg.ch == channel and msg.fmax <= frame_max - 8:
+        out += FRAME_END_BYTES
+        out += msg.raw
+        return
+    raw = msg.raw
+    write_content(out, channel, raw[7 : 7 + msg.hsize], raw_body(raw, msg.hsize), frame_max)
+
+
 def write_deliver(
     out: bytearray,
     channel: int,
@@ -100,8 +139,7 @@ def write_deliver(
     delivery_tag: int,
     redelivered: bool,
     exrk: bytes,
-    header: bytes,
-    body: bytes,
+    msg: RawContent,
     frame_max: int,
 ) -> None:
     """basic.deliver + content. ``ctag`` is the consumer tag as an encoded shortstr."""
@@ -110,7 +148,11 @@ def write_deliver(
     out += ctag
     out += _pack_qb(delivery_tag, redelivered)
     out += exrk
-    write_content(out, channel, header, body, frame_max)
+    if msg.ch == channel and msg.fmax <= frame_max - 8:
+        out += FRAME_END_BYTES
+        out += msg.raw
+    else:
+        write_raw_content(out, channel, msg, frame_max)
 
 
 def write_get_ok(
@@ -120,8 +162,7 @@ def write_get_ok(
     redelivered: bool,
     exrk: bytes,
     message_count: int,
-    header: bytes,
-    body: bytes,
+    msg: RawContent,
     frame_max: int,
 ) -> None:
     out += _pack_hdr(FRAME_METHOD, channel, 17 + len(exrk))
@@ -129,7 +170,7 @@ def write_get_ok(
     out += _pack_qb(delivery_tag, redelivered)
     out += exrk
     out += U32.pack(message_count)
-    write_content(out, channel, header, body, frame_max)
+    write_raw_content(out, channel, msg, frame_max)
 
 
 def write_return(
@@ -138,8 +179,7 @@ def write_return(
     reply_code: int,
     reply_text: str,
     exrk: bytes,
-    header: bytes,
-    body: bytes,
+    msg: RawContent,
     frame_max: int,
 ) -> None:
     text = shortstr(reply_text)
@@ -148,7 +188,7 @@ def write_return(
     out += U16.pack(reply_code)
     out += text
     out += exrk
-    write_content(out, channel, header, body, frame_max)
+    write_raw_content(out, channel, msg, frame_max)
 
 
 def write_confirm(out: bytearray, channel: int, tag: int, multiple: bool, ack: bool) -> None:

@@ -84,8 +84,9 @@ class ChannelBase:
         "asm_exrk",
         "asm_exlen",
         "asm_flags",
-        "asm_header",
-        "asm_body",
+        "asm_parts",
+        "asm_hsize",
+        "asm_fmax",
         "asm_remaining",
     )
 
@@ -96,8 +97,9 @@ class ChannelBase:
         self.asm_exrk = b""
         self.asm_exlen = 0
         self.asm_flags = 0
-        self.asm_header = b""
-        self.asm_body: list[bytes] = []
+        self.asm_parts: list[bytes] = []
+        self.asm_hsize = 0
+        self.asm_fmax = 0
         self.asm_remaining = 0
 
 
@@ -267,10 +269,10 @@ class AMQPConnection:
             elif ftype == FRAME_HEADER:
                 ch = channels.get(chnum)
                 if ch is None or ch.closing:
-                    if ch is None and self.state == OPEN and chnum:
-                        raise HardError(CHANNEL_ERROR, f"channel {chnum} is not open")
                     if ch is None:
-                        raise HardError(UNEXPECTED_FRAME, "content header on channel 0")
+                        raise HardError(
+                            UNEXPECTED_FRAME, f"content header on channel {chnum} (not open)"
+                        )
                 elif ch.expect != EXPECT_HEADER:
                     raise HardError(
                         UNEXPECTED_FRAME,
@@ -279,11 +281,15 @@ class AMQPConnection:
                 else:
                     if size < 14:
                         raise HardError(FRAME_ERROR, "content header too short")
+                    if buf[pos + 7] != 0 or buf[pos + 8] != 60:
+                        raise HardError(
+                            UNEXPECTED_FRAME,
+                            f"expected content header for class 60 on channel {chnum}",
+                        )
                     bsize = _unpack_u64(buf, pos + 11)[0]
-                    header = bytes(buf[pos + 7 : end])
                     if bsize == 0:
                         ch.expect = EXPECT_METHOD
-                        self._publish(ch, header, b"")
+                        self._publish(ch, bytes(buf[pos : end + 1]), size, size)
                     elif bsize > self.max_message_size:
                         ch.expect = EXPECT_METHOD
                         self._soft_error(
@@ -298,17 +304,33 @@ class AMQPConnection:
                             BASIC_PUBLISH,
                         )
                     else:
-                        ch.asm_header = header
+                        # Fast path: the whole body follows as one frame in this buffer;
+                        # keep header + body frames as one slice, as they will go out.
+                        p2 = end + 1
+                        if n - p2 >= 8:
+                            t2, c2, s2 = _unpack_hdr(buf, p2)
+                            e2 = p2 + 7 + s2
+                            if (
+                                t2 == FRAME_BODY
+                                and c2 == chnum
+                                and s2 == bsize
+                                and e2 < n
+                                and buf[e2] == FRAME_END
+                                and s2 <= limit
+                            ):
+                                ch.expect = EXPECT_METHOD
+                                self._publish(ch, bytes(buf[pos : e2 + 1]), size, max(size, s2))
+                                pos = e2 + 1
+                                continue
+                        ch.asm_parts = [bytes(buf[pos : end + 1])]
+                        ch.asm_hsize = size
+                        ch.asm_fmax = size
                         ch.asm_remaining = bsize
-                        ch.asm_body = []
                         ch.expect = EXPECT_BODY
             elif ftype == FRAME_BODY:
                 ch = channels.get(chnum)
                 if ch is None:
-                    raise HardError(
-                        CHANNEL_ERROR if chnum else UNEXPECTED_FRAME,
-                        f"body frame on channel {chnum} which is not open",
-                    )
+                    raise HardError(UNEXPECTED_FRAME, f"content body on channel {chnum} (not open)")
                 if not ch.closing:
                     if ch.expect != EXPECT_BODY:
                         raise HardError(
@@ -318,21 +340,18 @@ class AMQPConnection:
                     remaining = ch.asm_remaining - size
                     if remaining < 0:
                         raise HardError(FRAME_ERROR, "content body larger than announced")
-                    piece = buf[pos + 7 : end]
-                    if remaining == 0 and not ch.asm_body:
+                    ch.asm_parts.append(bytes(buf[pos : end + 1]))
+                    if size > ch.asm_fmax:
+                        ch.asm_fmax = size
+                    ch.asm_remaining = remaining
+                    if remaining == 0:
                         ch.expect = EXPECT_METHOD
-                        self._publish(ch, ch.asm_header, bytes(piece))
-                    else:
-                        ch.asm_body.append(bytes(piece))
-                        ch.asm_remaining = remaining
-                        if remaining == 0:
-                            ch.expect = EXPECT_METHOD
-                            body = b"".join(ch.asm_body)
-                            ch.asm_body = []
-                            self._publish(ch, ch.asm_header, body)
+                        raw = b"".join(ch.asm_parts)
+                        ch.asm_parts = []
+                        self._publish(ch, raw, ch.asm_hsize, ch.asm_fmax)
             elif ftype == FRAME_HEARTBEAT:
                 if chnum != 0:
-                    raise HardError(FRAME_ERROR, "heartbeat frame on non-zero channel")
+                    raise HardError(UNEXPECTED_FRAME, "heartbeat frame on non-zero channel")
             else:
                 raise HardError(FRAME_ERROR, f"unknown frame type {ftype}")
             pos = end + 1
@@ -340,9 +359,9 @@ class AMQPConnection:
                 return n
         return pos
 
-    def _publish(self, ch: ChannelBase, header: bytes, body: bytes) -> None:
+    def _publish(self, ch: ChannelBase, raw: bytes, hsize: int, fmax: int) -> None:
         try:
-            self.on_publish(ch, ch.asm_exrk, ch.asm_exlen, ch.asm_flags, header, body)
+            self.on_publish(ch, ch.asm_exrk, ch.asm_exlen, ch.asm_flags, raw, hsize, fmax)
         except SoftError as exc:
             self._soft_error(ch, exc, BASIC_PUBLISH)
 
@@ -451,7 +470,7 @@ class AMQPConnection:
         if isinstance(method, M.ConnectionBlocked | M.ConnectionUnblocked):
             return
         raise HardError(
-            COMMAND_INVALID,
+            CHANNEL_ERROR,
             f"method {method.NAME} is not allowed on channel 0",
             idx >> 16,
             idx & 0xFFFF,
@@ -555,7 +574,7 @@ class AMQPConnection:
         log.info("channel %s/%d closed: %s", self.peer, ch.number, exc.reply_text)
         ch.closing = True
         ch.expect = EXPECT_METHOD
-        ch.asm_body = []
+        ch.asm_parts = []
         self.on_channel_closed(ch)
         self.send_method(
             ch.number,
@@ -664,8 +683,18 @@ class AMQPConnection:
         raise NotImplementedError
 
     def on_publish(
-        self, ch: ChannelBase, exrk: bytes, exlen: int, flags: int, header: bytes, body: bytes
+        self,
+        ch: ChannelBase,
+        exrk: bytes,
+        exlen: int,
+        flags: int,
+        raw: bytes,
+        hsize: int,
+        fmax: int,
     ) -> None:
+        """A complete publish. ``raw`` holds the content header frame and the body
+        frame(s) exactly as received (envelopes included); ``hsize`` is the header
+        payload size and ``fmax`` the largest frame payload in ``raw``."""
         raise NotImplementedError
 
     def on_ack(self, ch: ChannelBase, delivery_tag: int, multiple: int) -> None:

@@ -71,7 +71,7 @@ class Channel(ChannelBase):
         self.confirm_done = 0  # highest seq confirmed to the client
         self.confirm_nacks: list[int] = []
         self.tx = False
-        self.tx_publishes: list[tuple[bytes, int, int, bytes, bytes]] = []
+        self.tx_publishes: list[tuple[Message, int, int]] = []
         self.tx_acks: list[tuple[int, int, int, bool]] = []  # (kind, tag, multiple, requeue)
         self.last_queue = ""  # for the spec's "empty queue name = last declared queue"
 
@@ -93,8 +93,7 @@ class Channel(ChannelBase):
             tag,
             redelivered,
             msg.exrk,
-            msg.header,
-            msg.body,
+            msg,
             conn.frame_max,
         )
         if len(conn.out) > OUT_LIMIT:

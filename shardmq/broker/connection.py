@@ -220,21 +220,36 @@ class BrokerConnection(AMQPConnection):
         ch.ack(delivery_tag, multiple)  # type: ignore[attr-defined]
 
     def on_publish(
-        self, ch: ChannelBase, exrk: bytes, exlen: int, flags: int, header: bytes, body: bytes
+        self,
+        ch: ChannelBase,
+        exrk: bytes,
+        exlen: int,
+        flags: int,
+        raw: bytes,
+        hsize: int,
+        fmax: int,
     ) -> None:
-        assert isinstance(ch, Channel)
         if flags & 2:
             raise HardError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
-        msg = Message(exrk, header, body, next(_seq))
+        msg = Message(exrk, raw, ch.number, hsize, fmax, next(_seq))
+        if raw[20] & 0x10:  # user_id property present: RabbitMQ validates it
+            user_id = msg.properties().user_id
+            if user_id != self.user:
+                raise SoftError(
+                    PRECONDITION_FAILED,
+                    f"user_id property set to '{user_id}' but authenticated user was '{self.user}'",
+                    60,
+                    40,
+                )
         if not self.published:
             self.published = True
             if self.broker.alarm:
                 self.memory_alarm(True)
-        if ch.tx:
+        if ch.tx:  # type: ignore[attr-defined]
             self.vhost.route(msg, exlen)  # 404 / 403 now, like RabbitMQ
-            ch.tx_publishes.append((exrk, exlen, flags, header, body))
+            ch.tx_publishes.append((msg, exlen, flags))  # type: ignore[attr-defined]
             return
-        self._route_publish(ch, msg, exlen, flags)
+        self._route_publish(ch, msg, exlen, flags)  # type: ignore[arg-type]
 
     def _route_publish(self, ch: Channel, msg: Message, exlen: int, flags: int) -> None:
         queues = self.vhost.route(msg, exlen)
@@ -252,8 +267,7 @@ class BrokerConnection(AMQPConnection):
                 NO_ROUTE,
                 "NO_ROUTE",
                 msg.exrk,
-                msg.header,
-                msg.body,
+                msg,
                 self.frame_max,
             )
             self._wake()
@@ -446,8 +460,7 @@ def _basic_get(conn: BrokerConnection, ch: Channel, m: M.BasicGet) -> None:
         redelivered,
         msg.exrk,
         q.message_count,
-        msg.header,
-        msg.body,
+        msg,
         conn.frame_max,
     )
     conn.wake_once()
@@ -520,8 +533,8 @@ def _tx_commit(conn: BrokerConnection, ch: Channel, m: M.TxCommit) -> None:
         raise SoftError(PRECONDITION_FAILED, "channel is not transactional", 90, 20)
     publishes, ch.tx_publishes = ch.tx_publishes, []
     acks, ch.tx_acks = ch.tx_acks, []
-    for exrk, exlen, flags, header, body in publishes:
-        conn._route_publish(ch, Message(exrk, header, body, next(_seq)), exlen, flags)
+    for msg, exlen, flags in publishes:
+        conn._route_publish(ch, msg, exlen, flags)
     ch.tx = False
     try:
         for kind, tag, multiple, requeue in acks:

@@ -3,32 +3,76 @@
 Owns: ``Message``, an immutable record shared by every queue the message was routed to.
 
 Invariants:
-- ``exrk`` and ``header`` are the publisher's wire bytes (see amqp/codec.py); the
-  broker never re-encodes properties. ``properties()`` decodes lazily, once, only for
-  features that need a property (headers exchange, persistence, TTL).
-- Per-queue state (redelivered, delivery tags) never lives here.
+- ``raw`` is the content header frame followed by the body frame(s), envelopes and
+  frame-end octets included, exactly as received on channel ``ch``; when a consumer's
+  channel number is ``ch`` and its frame_max fits ``fmax``, deliveries copy ``raw``
+  unchanged (no re-framing, no property re-encoding).
+- ``exrk`` is the publish's ``shortstr exchange, shortstr routing-key`` wire bytes.
+- ``header`` / ``body`` / ``properties()`` are derived on demand, only for features
+  that need them (headers exchange, persistence, TTL). Per-queue state (redelivered,
+  delivery tags) never lives here.
 """
 
 from __future__ import annotations
 
-from shardmq.amqp.codec import exrk_names
+import struct
+
+from shardmq.amqp.codec import FRAME_BODY, FRAME_END, FRAME_HEADER, exrk_names, raw_body
 from shardmq.amqp.methods import BasicProperties
+
+_HDR = struct.Struct(">BHI")
 
 
 class Message:
-    __slots__ = ("exrk", "header", "body", "seq", "_props")
+    __slots__ = ("exrk", "raw", "ch", "hsize", "fmax", "seq", "_props")
 
-    def __init__(self, exrk: bytes, header: bytes, body: bytes, seq: int = 0) -> None:
+    def __init__(
+        self, exrk: bytes, raw: bytes, ch: int, hsize: int, fmax: int, seq: int = 0
+    ) -> None:
         self.exrk = exrk
-        self.header = header
-        self.body = body
+        self.raw = raw
+        self.ch = ch
+        self.hsize = hsize
+        self.fmax = fmax
         self.seq = seq
         self._props: BasicProperties | None = None
+
+    @classmethod
+    def from_parts(
+        cls,
+        exrk: bytes,
+        header: bytes,
+        body: bytes,
+        seq: int = 0,
+        channel: int = 1,
+        frame_max: int = 131072,
+    ) -> Message:
+        """Build from a content-header payload and a body (recovery, tests, IPC)."""
+        parts = [_HDR.pack(FRAME_HEADER, channel, len(header)), header, b"\xce"]
+        chunk = frame_max - 8
+        fmax = len(header)
+        for i in range(0, len(body), chunk):
+            piece = body[i : i + chunk]
+            parts += (_HDR.pack(FRAME_BODY, channel, len(piece)), piece, b"\xce")
+            fmax = max(fmax, len(piece))
+        return cls(exrk, b"".join(parts), channel, len(header), fmax, seq)
+
+    @property
+    def header(self) -> bytes:
+        return self.raw[7 : 7 + self.hsize]
+
+    @property
+    def body(self) -> bytes:
+        return raw_body(self.raw, self.hsize)
+
+    @property
+    def body_size(self) -> int:
+        return int.from_bytes(self.raw[11:19], "big")
 
     def properties(self) -> BasicProperties:
         props = self._props
         if props is None:
-            props = self._props = BasicProperties.decode(self.header, 12)
+            props = self._props = BasicProperties.decode(self.raw, 19)
         return props
 
     @property
@@ -41,4 +85,7 @@ class Message:
 
     def __repr__(self) -> str:
         ex, rk = exrk_names(self.exrk)
-        return f"Message(seq={self.seq}, exchange={ex!r}, routing_key={rk!r}, {len(self.body)}B)"
+        return f"Message(seq={self.seq}, exchange={ex!r}, routing_key={rk!r}, {self.body_size}B)"
+
+
+assert FRAME_END == 0xCE

@@ -158,7 +158,8 @@ def test_backlog_throttles_a_pure_publisher_until_it_drains() -> None:
     io = FakeIO()
     pub.conn.io = io
     for i in range(QUEUE_HIGH_WATER + 2):
-        pub.conn.on_publish(pub.conn.channels[1], b"\x00\x02q0", 0, 0, _HEADER, b"%d" % i)
+        m = Message.from_parts(b"\x00\x02q0", _HEADER, b"")
+        pub.conn.on_publish(pub.conn.channels[1], m.exrk, 0, 0, m.raw, m.hsize, m.fmax)
     assert io.reading is False
     q = broker.vhosts["/"].queues["q0"]
     # Consumer acks everything: the backlog drains and reading resumes.
@@ -180,11 +181,11 @@ def test_memory_alarm_blocks_publishers_with_connection_blocked() -> None:
     assert isinstance(pub.methods[-1][1], M.ConnectionUnblocked)
 
 
-_HEADER = b"\x00\x3c\x00\x00" + b"\x00" * 7 + b"\x01" + b"\x00\x00"
+_HEADER = b"\x00\x3c\x00\x00" + b"\x00" * 8 + b"\x00\x00"
 
 
 def _msg(seq: int) -> Message:
-    return Message(b"\x00\x00", _HEADER, b"", seq)
+    return Message.from_parts(b"\x00\x00", _HEADER, b"", seq)
 
 
 def test_memory_store_requeue_restores_original_order() -> None:

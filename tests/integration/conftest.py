@@ -197,7 +197,11 @@ def broker(
     try:
         yield b
     finally:
-        stop_broker(b)
+        code = stop_broker(b)
+    # Bad client input must never surface as a broker bug: no traceback, no 541, exit 0.
+    log = b.log_text()
+    assert "Traceback" not in log and "INTERNAL_ERROR" not in log, log[-5000:]
+    assert code == 0, f"broker exited with {code}:\n{log[-3000:]}"
 
 
 @pytest.fixture(params=_broker_params())
