@@ -157,8 +157,8 @@ def test_backlog_throttles_a_pure_publisher_until_it_drains() -> None:
     cons.consume(1, "q0")
     io = FakeIO()
     pub.conn.io = io
-    for i in range(QUEUE_HIGH_WATER + 2):
-        m = Message.from_parts(b"\x00\x02q0", _HEADER, b"")
+    m = Message.from_parts(b"\x00\x02q0", _HEADER, b"")
+    for _ in range(QUEUE_HIGH_WATER + 2):
         pub.conn.on_publish(pub.conn.channels[1], m.exrk, 0, 0, m.raw, m.hsize, m.fmax)
     assert io.reading is False
     q = broker.vhosts["/"].queues["q0"]
