@@ -474,35 +474,43 @@ class Ring:
         end = self._end
         mm = self._mm
         append = out.append
-        count = len(out)
-        while head < tail and count < limit:
+        unpack = _unpack_len
+        left = limit - len(out)
+        while head < tail and left > 0:
+            # fast loop over the part of [head, tail) that does not wrap
+            pos = base + head % cap
+            lim = pos + (tail - head)
+            if lim > end:
+                lim = end
+            start = pos
+            while pos + 4 <= lim and left:
+                e = pos + 4 + unpack(mm, pos)[0]
+                if e > lim:
+                    break
+                append(mm[pos + 4 : e])
+                pos = e
+                left -= 1
+            head += pos - start
+            if head >= tail or not left:
+                break
+            if pos == end:
+                continue
+            # a record that straddles the end, or an incomplete one
             avail = tail - head
-            off = base + head % cap
             if avail < 4:
                 self._partial = bytearray(self._copy_out(head, avail))
                 self._pwant = -1
                 head = tail
                 break
-            if off + 4 <= end:
-                n = _unpack_len(mm, off)[0]
-            else:
-                n = LEN.unpack(self._copy_out(head, 4))[0]
-            need = n + 4
+            need = 4 + LEN.unpack(self._copy_out(head, 4))[0]
             if need > avail:
                 self._partial = bytearray(self._copy_out(head, avail))
                 self._pwant = need
                 head = tail
                 break
-            off += 4
-            if off >= end:
-                off -= cap
-            stop = off + n
-            if stop <= end:
-                append(mm[off:stop])
-            else:
-                append(mm[off:end] + mm[base : stop - cap])
+            append(self._copy_out(head + 4, need - 4))
             head += need
-            count += 1
+            left -= 1
         self._head = head
         self._hdr[_W_HEAD] = head
         return out
