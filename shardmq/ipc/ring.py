@@ -452,6 +452,12 @@ class Ring:
             return self._mm[off : off + n]
         return self._mm[off:end] + self._mm[self._base : self._base + n - (end - off)]
 
+    @property
+    def consumed(self) -> int:
+        """Reader: bytes consumed so far (its head); grows also when ``read_all`` only
+        collected part of a streamed record."""
+        return self._head
+
     def readable(self) -> bool:
         """True when published bytes wait to be read."""
         return self._hdr[_W_TAIL] != self._head

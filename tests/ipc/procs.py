@@ -120,3 +120,34 @@ def sleepy_reader(name: str, bell_spec: str, rounds: int, out_name: str) -> None
     finally:
         ring.close()
         out.close()
+
+
+def mesh_echo(spec: str, slot: int, expect: int) -> None:
+    """Worker-like child: attach the mesh as ``slot``, echo every record back to its
+    sender (prefixed by our slot), exit after ``expect`` records."""
+    import asyncio
+
+    from shardmq.ipc.mesh import Mesh
+
+    async def main() -> None:
+        mesh = Mesh.from_spec(spec, slot)
+        done = asyncio.Event()
+        seen = 0
+
+        def on_records(src: int, recs: list[bytes]) -> None:
+            nonlocal seen
+            for r in recs:
+                mesh.send(src, bytes([slot]) + r)
+            seen += len(recs)
+            if seen >= expect:
+                done.set()
+
+        mesh.on_records = on_records
+        mesh.start()
+        await asyncio.wait_for(done.wait(), 30)
+        while any(mesh.pending(k) for k in range(mesh.n) if k != slot):
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        mesh.close()
+
+    asyncio.run(main())

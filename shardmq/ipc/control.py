@@ -1,0 +1,164 @@
+"""Control block: the small shared-memory segment the supervisor and workers share.
+
+Owns: per-slot liveness (incarnation, pid, heartbeat, ready, load) and the table of
+ring serials that names the current ring of each ordered worker pair.
+
+Layout (native unsigned 64-bit words)::
+
+    0            header: magic, version, n, seq
+    64 + 64*s    slot s (one cache line):
+                   gen        supervisor: incarnation of the slot, bumped at every spawn
+                   pid        supervisor: pid of the current incarnation
+                   heartbeat  worker: bumped on a timer by the worker's event loop
+                   ready_gen  worker: ``gen`` once that incarnation is ready
+                   conns      worker: client connections it serves now
+                   accepted   worker: sockets it received by hand-off (monotonic)
+    64 + 64*n    ring table: n*n words, serial of ring i -> j at [i*n + j] (0 on i == j)
+
+Invariants: every word has exactly one writer (noted above). The supervisor changes
+``gen`` and the ring table under a seqlock (``seq`` odd while it writes), so a worker
+reads a consistent table with ``table()``. Ring i -> j of serial k is the POSIX shared
+memory segment ``ring_name(instance, i, j, k)``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+
+import posix_ipc
+
+from shardmq.ipc.ring import fence
+
+MAGIC = 0x4C5443514D4853  # b"SHMQCTL"
+VERSION = 1
+_SLOT0 = 8  # word index of slot 0
+_SLOT_WORDS = 8
+_W_SEQ = 3
+
+F_GEN, F_PID, F_HEARTBEAT, F_READY, F_CONNS, F_ACCEPTED = range(6)
+
+
+def control_name(instance: str) -> str:
+    return f"/shardmq.{instance}.ctl"
+
+
+def ring_name(instance: str, i: int, j: int, serial: int) -> str:
+    return f"/shardmq.{instance}.{i}.{j}.{serial}"
+
+
+class ControlBlock:
+    __slots__ = ("name", "n", "_mm", "_w", "_table0")
+
+    def __init__(self, name: str, mm: mmap.mmap) -> None:
+        self.name = name
+        self._mm = mm
+        w = memoryview(mm).cast("Q")
+        self._w = w
+        if w[0] != MAGIC or w[1] != VERSION:
+            w.release()
+            mm.close()
+            raise ValueError(f"{name}: not a shardmq control block")
+        self.n: int = w[2]
+        self._table0 = _SLOT0 + self.n * _SLOT_WORDS
+
+    @staticmethod
+    def size_for(n: int) -> int:
+        return 8 * (_SLOT0 + n * _SLOT_WORDS + n * n)
+
+    @classmethod
+    def create(cls, name: str, n: int) -> ControlBlock:
+        size = cls.size_for(n)
+        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+        try:
+            mm = mmap.mmap(shm.fd, size)
+        finally:
+            shm.close_fd()
+        w = memoryview(mm).cast("Q")
+        w[1] = VERSION
+        w[2] = n
+        w[0] = MAGIC
+        w.release()
+        return cls(name, mm)
+
+    @classmethod
+    def attach(cls, name: str) -> ControlBlock:
+        shm = posix_ipc.SharedMemory(name)
+        try:
+            mm = mmap.mmap(shm.fd, shm.size)
+        finally:
+            shm.close_fd()
+        return cls(name, mm)
+
+    def close(self) -> None:
+        if not self._mm.closed:
+            self._w.release()
+            self._mm.close()
+
+    def unlink(self) -> None:
+        try:
+            posix_ipc.unlink_shared_memory(self.name)
+        except posix_ipc.ExistentialError:
+            pass
+
+    # ------------------------------------------------------------------ slots
+    def get(self, slot: int, field: int) -> int:
+        return self._w[_SLOT0 + slot * _SLOT_WORDS + field]
+
+    def put(self, slot: int, field: int, value: int) -> None:
+        self._w[_SLOT0 + slot * _SLOT_WORDS + field] = value
+
+    def beat(self, slot: int) -> None:
+        """Worker: one heartbeat."""
+        i = _SLOT0 + slot * _SLOT_WORDS + F_HEARTBEAT
+        self._w[i] = self._w[i] + 1
+
+    def heartbeat(self, slot: int) -> int:
+        return self.get(slot, F_HEARTBEAT)
+
+    def set_ready(self, slot: int) -> None:
+        """Worker: this incarnation of ``slot`` is ready."""
+        self.put(slot, F_READY, self.get(slot, F_GEN))
+
+    def is_ready(self, slot: int) -> bool:
+        gen = self.get(slot, F_GEN)
+        return gen != 0 and self.get(slot, F_READY) == gen
+
+    # ------------------------------------------------------------------ seqlock
+    @property
+    def seq(self) -> int:
+        return self._w[_W_SEQ]
+
+    def begin_update(self) -> None:
+        """Supervisor: start changing gens/ring serials (seq becomes odd)."""
+        self._w[_W_SEQ] = self._w[_W_SEQ] + 1
+        fence()
+
+    def end_update(self) -> None:
+        fence()
+        self._w[_W_SEQ] = self._w[_W_SEQ] + 1
+
+    def set_serial(self, i: int, j: int, serial: int) -> None:
+        self._w[self._table0 + i * self.n + j] = serial
+
+    def serial(self, i: int, j: int) -> int:
+        return self._w[self._table0 + i * self.n + j]
+
+    def table(self, timeout: float = 5.0) -> tuple[int, list[int], list[int]]:
+        """Consistent snapshot: (seq, ring serials flat n*n, gens)."""
+        w = self._w
+        n = self.n
+        t0 = self._table0
+        deadline = time.monotonic() + timeout
+        while True:
+            s1 = w[_W_SEQ]
+            if not s1 & 1:
+                fence()
+                serials = w[t0 : t0 + n * n].tolist()
+                gens = [w[_SLOT0 + s * _SLOT_WORDS + F_GEN] for s in range(n)]
+                fence()
+                if w[_W_SEQ] == s1:
+                    return s1, serials, gens
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: control table stayed locked")
+            time.sleep(0)

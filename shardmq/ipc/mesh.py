@@ -1,0 +1,625 @@
+"""Mesh of rings between N workers: one SPSC ring per ordered pair, plus doorbells.
+
+Owns: ``MeshHost`` (supervisor side: names, creates, renews and removes the shared
+memory of one broker instance, and the doorbells) and ``Mesh`` (worker side: buffered
+sends flushed once per loop turn, reading inboxes, sleep/wake, backpressure, peer
+restarts).
+
+Naming: a broker instance gets a random id, written with the supervisor's pid to
+``data_dir/shm.instance`` (which is also ``flock``-ed while the supervisor lives, so two
+brokers cannot share a data dir). Segments are ``/shardmq.<instance>.ctl`` (control
+block) and ``/shardmq.<instance>.<i>.<j>.<serial>`` (ring i -> j). On start, the segments
+of the instance recorded in that file (a crashed previous run) are unlinked; on clean
+exit everything is unlinked and the file removed.
+
+Peer restart: when worker j dies, the supervisor creates fresh rings for every pair with
+j (new serials), publishes them in the control block (seqlock) and rings every doorbell.
+A surviving worker then delivers the complete records the dead peer had published, drops
+what it had staged for it, switches to the new rings and calls ``on_peer_restart(j)``.
+The new incarnation of j never sees a byte meant for its predecessor.
+
+Worker protocol per loop turn: ``send`` appends framed records to a per-target staging
+buffer and schedules one ``flush`` (``call_soon``); ``flush`` streams each buffer into
+its ring (partial records allowed: the reader reassembles), rings the doorbell of a
+target whose reader sleeps, and reports targets it could not empty (backpressure: the
+caller pauses its producers until ``on_writable(j)``). Nothing is ever dropped, except
+data addressed to a peer that died. Reading: while records keep arriving the worker polls
+its inboxes once per loop turn (no syscalls); after a turn with nothing it announces
+sleep in every inbox header and waits on its doorbell. A slow timer (``idle_poll``) is a
+safety net for a missed wake-up on weakly ordered CPUs and notices control changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import struct
+from collections.abc import Callable
+
+import posix_ipc
+
+from shardmq.ipc.control import F_GEN, F_PID, ControlBlock, control_name, ring_name
+from shardmq.ipc.doorbell import Doorbell
+from shardmq.ipc.ring import Ring, fence
+
+log = logging.getLogger("shardmq.ipc")
+
+INSTANCE_FILE = "shm.instance"
+SHM_DIR = "/dev/shm"
+_LEN = struct.Struct("<I")
+_pack_len = _LEN.pack
+_pack_len_into = _LEN.pack_into
+_PLACEHOLDER = b"\0\0\0\0"
+
+
+class MeshError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------- stale segments
+def unlink_instance(instance: str) -> int:
+    """Unlink every segment of ``instance``; returns how many were removed."""
+    removed = 0
+    prefix = f"shardmq.{instance}."
+    names: set[str] = set()
+    try:
+        names.update("/" + e for e in os.listdir(SHM_DIR) if e.startswith(prefix))
+    except OSError:
+        pass
+    # without a /dev/shm listing: walk the control block's ring table
+    try:
+        ctl = ControlBlock.attach(control_name(instance))
+    except (posix_ipc.ExistentialError, ValueError, OSError):
+        ctl = None
+    if ctl is not None:
+        n = ctl.n
+        for i in range(n):
+            for j in range(n):
+                if i != j and ctl.serial(i, j):
+                    names.add(ring_name(instance, i, j, ctl.serial(i, j)))
+        ctl.close()
+        names.add(control_name(instance))
+    for name in names:
+        try:
+            posix_ipc.unlink_shared_memory(name)
+            removed += 1
+        except posix_ipc.ExistentialError:
+            pass
+    return removed
+
+
+class InstanceLock:
+    """``data_dir/shm.instance``: the lock of a running broker and the name of its shm."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.path = os.path.join(data_dir, INSTANCE_FILE)
+        os.makedirs(data_dir, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self.fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                other = _read_instance_file(self.path)
+                who = f" (pid {other[1]})" if other else ""
+                raise MeshError(
+                    f"data dir {data_dir} is in use by another running shardmq{who}"
+                ) from None
+            raise
+        self.stale = _read_instance_file(self.path)
+        self.stale_removed = 0
+        if self.stale:
+            self.stale_removed = unlink_instance(self.stale[0])
+        self.instance = secrets.token_hex(4)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{self.instance} {os.getpid()}\n".encode(), 0)
+        os.fsync(self.fd)
+
+    def release(self, remove: bool = True) -> None:
+        if self.fd < 0:
+            return
+        if remove:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        os.close(self.fd)  # drops the flock
+        self.fd = -1
+
+
+def _read_instance_file(path: str) -> tuple[str, int] | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            parts = f.read().split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(parts) < 2 or not parts[0].isalnum():
+        return None
+    try:
+        return parts[0], int(parts[1])
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------- supervisor side
+class MeshHost:
+    """Supervisor side: owns the instance's shared memory and every worker's doorbell."""
+
+    def __init__(
+        self, data_dir: str, n: int, ring_capacity: int, *, prefer_eventfd: bool = True
+    ) -> None:
+        if n < 2:
+            raise ValueError("a mesh needs at least two workers")
+        self.n = n
+        self.ring_capacity = ring_capacity
+        self.lock = InstanceLock(data_dir)
+        self.instance = self.lock.instance
+        self._serial = 0
+        self._names: dict[tuple[int, int], str] = {}
+        self.doorbells: list[Doorbell] = []
+        self.control: ControlBlock | None = None
+        try:
+            self.control = ControlBlock.create(control_name(self.instance), n)
+            self.doorbells = [Doorbell.create(prefer_eventfd=prefer_eventfd) for _ in range(n)]
+            self.control.begin_update()
+            for i in range(n):
+                for j in range(n):
+                    if i != j:
+                        self._new_ring(i, j)
+            self.control.end_update()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def stale_removed(self) -> int:
+        return self.lock.stale_removed
+
+    def _new_ring(self, i: int, j: int) -> None:
+        assert self.control is not None
+        self._serial += 1
+        name = ring_name(self.instance, i, j, self._serial)
+        Ring.create(name, self.ring_capacity).close()
+        old = self._names.get((i, j))
+        self._names[(i, j)] = name
+        self.control.set_serial(i, j, self._serial)
+        if old is not None:
+            try:
+                posix_ipc.unlink_shared_memory(old)
+            except posix_ipc.ExistentialError:
+                pass
+
+    def pass_fds(self) -> tuple[int, ...]:
+        return tuple(fd for d in self.doorbells for fd in d.fds)
+
+    def spec(self) -> str:
+        """What a worker needs to attach: instance, n and the doorbell fds."""
+        return f"{self.instance}/{self.n}/" + ",".join(d.spec() for d in self.doorbells)
+
+    def begin_incarnation(self, slot: int, *, renew_rings: bool) -> int:
+        """Before (re)spawning ``slot``: bump its incarnation and, for a respawn, replace
+        every ring to and from it. Survivors are rung so they switch. Returns the gen."""
+        ctl = self.control
+        assert ctl is not None
+        ctl.begin_update()
+        try:
+            if renew_rings:
+                for k in range(self.n):
+                    if k != slot:
+                        self._new_ring(k, slot)
+                        self._new_ring(slot, k)
+            gen = ctl.get(slot, F_GEN) + 1
+            ctl.put(slot, F_GEN, gen)
+            ctl.put(slot, F_PID, 0)
+        finally:
+            ctl.end_update()
+        if renew_rings:
+            for k, bell in enumerate(self.doorbells):
+                if k != slot:
+                    bell.ring()
+        return gen
+
+    def set_pid(self, slot: int, pid: int) -> None:
+        assert self.control is not None
+        self.control.put(slot, F_PID, pid)
+
+    def close(self) -> None:
+        """Unlink every segment, close the doorbells, remove the instance file."""
+        for name in self._names.values():
+            try:
+                posix_ipc.unlink_shared_memory(name)
+            except posix_ipc.ExistentialError:
+                pass
+        self._names.clear()
+        if self.control is not None:
+            self.control.close()
+            self.control.unlink()
+            self.control = None
+        for d in self.doorbells:
+            d.close()
+        self.doorbells = []
+        self.lock.release()
+
+
+# ---------------------------------------------------------------------- worker side
+RecordsCallback = Callable[[int, list[bytes]], None]
+SlotCallback = Callable[[int], None]
+
+
+def _ignore_records(src: int, records: list[bytes]) -> None:
+    log.warning("mesh: %d record(s) from worker %d and no on_records handler", len(records), src)
+
+
+def _ignore_slot(slot: int) -> None:
+    pass
+
+
+class Mesh:
+    """Worker side of the mesh for worker ``slot``.
+
+    Callbacks (set as attributes):
+      - ``on_records(src, records)``: complete records that arrived from worker ``src``.
+      - ``on_writable(dst)``: the staged data for ``dst`` that a previous ``flush``
+        reported as blocked has all gone into the ring.
+      - ``on_peer_restart(peer)``: ``peer`` died and was replaced (fresh rings).
+    """
+
+    def __init__(
+        self,
+        instance: str,
+        slot: int,
+        n: int,
+        doorbells: list[Doorbell],
+        *,
+        batch: int = 4096,
+        idle_poll: float = 0.1,
+    ) -> None:
+        self.instance = instance
+        self.slot = slot
+        self.n = n
+        self.doorbells = doorbells
+        self.bell = doorbells[slot]
+        self.batch = batch
+        self.idle_poll = idle_poll
+        self.control = ControlBlock.attach(control_name(instance))
+        if self.control.n != n:
+            raise MeshError(f"control block is for {self.control.n} workers, not {n}")
+        self.on_records: RecordsCallback = _ignore_records
+        self.on_writable: SlotCallback = _ignore_slot
+        self.on_peer_restart: SlotCallback = _ignore_slot
+        self._out: list[Ring | None] = [None] * n
+        self._in: list[Ring | None] = [None] * n
+        self._serial_out = [0] * n
+        self._serial_in = [0] * n
+        self._stage: list[bytearray] = [bytearray() for _ in range(n)]
+        self._dirty: list[int] = []
+        self._blocked: set[int] = set()
+        self._peers = [k for k in range(n) if k != slot]
+        self._seq = -1
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_scheduled = False
+        self._poll_scheduled = False
+        self._sleeping = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        self.stats_flushes = 0
+        self.stats_wakeups = 0
+        self._sync_rings(first=True)
+
+    @classmethod
+    def from_spec(cls, spec: str, slot: int, **kw: float | int) -> Mesh:
+        instance, n, bells = spec.split("/")
+        doorbells = [Doorbell.from_spec(s) for s in bells.split(",")]
+        return cls(instance, slot, int(n), doorbells, **kw)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ rings
+    def outbox(self, j: int) -> Ring:
+        ring = self._out[j]
+        if ring is None:
+            raise MeshError(f"no ring {self.slot} -> {j}")
+        return ring
+
+    def inbox(self, i: int) -> Ring:
+        ring = self._in[i]
+        if ring is None:
+            raise MeshError(f"no ring {i} -> {self.slot}")
+        return ring
+
+    def _sync_rings(self, first: bool = False) -> None:
+        """Attach the rings named in the control table; handle replaced peers."""
+        for _attempt in range(50):
+            seq, serials, _gens = self.control.table()
+            n = self.n
+            me = self.slot
+            try:
+                for k in self._peers:
+                    so = serials[me * n + k]
+                    si = serials[k * n + me]
+                    if so != self._serial_out[k] or si != self._serial_in[k]:
+                        self._replace_peer(k, so, si, restarted=not first)
+            except posix_ipc.ExistentialError:
+                continue  # replaced again while we attached: read the table again
+            self._seq = seq
+            return
+        raise MeshError("could not attach the mesh rings")
+
+    def _replace_peer(self, k: int, so: int, si: int, *, restarted: bool) -> None:
+        new_out = Ring.attach(ring_name(self.instance, self.slot, k, so))
+        try:
+            new_in = Ring.attach(ring_name(self.instance, k, self.slot, si))
+        except BaseException:
+            new_out.close()
+            raise
+        old_in = self._in[k]
+        old_out = self._out[k]
+        if old_in is not None:
+            left = old_in.read_all()
+            if left:
+                self.on_records(k, left)
+            old_in.close()
+        if old_out is not None:
+            old_out.close()
+            dropped = len(self._stage[k])
+            if dropped:
+                log.info("mesh: dropping %d staged byte(s) for restarted worker %d", dropped, k)
+            self._stage[k] = bytearray()
+        self._out[k] = new_out
+        self._in[k] = new_in
+        self._serial_out[k] = so
+        self._serial_in[k] = si
+        if self._sleeping:
+            new_in.reader_sleep()
+        if restarted:
+            self._blocked.discard(k)
+            self.on_peer_restart(k)
+
+    def check_control(self) -> bool:
+        """Pick up ring changes published by the supervisor; True if something changed."""
+        if self.control.seq == self._seq:
+            return False
+        self._sync_rings()
+        return True
+
+    def peer_ready(self, k: int) -> bool:
+        return self.control.is_ready(k)
+
+    # ------------------------------------------------------------------ sending
+    def send(self, dst: int, record: bytes | bytearray | memoryview) -> None:
+        """Queue one record for worker ``dst`` (never ``self.slot``)."""
+        buf = self._stage[dst]
+        if not buf:
+            self._dirty.append(dst)
+            if not self._flush_scheduled and self._loop is not None:
+                self._flush_scheduled = True
+                self._loop.call_soon(self.flush)
+        buf += _pack_len(len(record))
+        buf += record
+
+    def send_parts(self, dst: int, *parts: bytes | bytearray | memoryview) -> None:
+        """Queue one record made of ``parts`` (no concatenation by the caller)."""
+        buf = self._stage[dst]
+        if not buf:
+            self._dirty.append(dst)
+            if not self._flush_scheduled and self._loop is not None:
+                self._flush_scheduled = True
+                self._loop.call_soon(self.flush)
+        buf += _pack_len(sum(map(len, parts)))
+        for p in parts:
+            buf += p
+
+    def begin(self, dst: int) -> tuple[bytearray, int]:
+        """Encode in place: returns (buffer, start); append the record's bytes to the
+        buffer, then call ``end(dst, start)``."""
+        buf = self._stage[dst]
+        if not buf:
+            self._dirty.append(dst)
+            if not self._flush_scheduled and self._loop is not None:
+                self._flush_scheduled = True
+                self._loop.call_soon(self.flush)
+        start = len(buf)
+        buf += _PLACEHOLDER
+        return buf, start
+
+    def end(self, dst: int, start: int) -> None:
+        buf = self._stage[dst]
+        _pack_len_into(buf, start, len(buf) - start - 4)
+
+    def pending(self, dst: int) -> int:
+        """Bytes staged for ``dst`` and not yet in its ring."""
+        return len(self._stage[dst])
+
+    def is_blocked(self, dst: int) -> bool:
+        return dst in self._blocked
+
+    @property
+    def blocked(self) -> frozenset[int]:
+        return frozenset(self._blocked)
+
+    def flush(self) -> list[int]:
+        """Write what fits of every staged buffer; returns the targets still blocked
+        (their ring is full; ``on_writable`` follows when it drained)."""
+        self._flush_scheduled = False
+        dirty = self._dirty
+        if not dirty:
+            return []
+        self._dirty = []
+        self.stats_flushes += 1
+        stage = self._stage
+        out = self._out
+        written: list[int] = []
+        full: list[int] = []
+        for j in dirty:
+            buf = stage[j]
+            if not buf:
+                continue
+            ring = out[j]
+            if ring is None:
+                continue
+            k = ring.write_bytes(buf)
+            if k:
+                written.append(j)
+            if k == len(buf):
+                buf.clear()
+            else:
+                if k:
+                    del buf[:k]
+                full.append(j)
+        if written:
+            fence()
+            bells = self.doorbells
+            for j in written:
+                if out[j].reader_needs_wake():  # type: ignore[union-attr]
+                    bells[j].ring()
+        blocked = self._blocked
+        if blocked:
+            for j in dirty:
+                if j in blocked and not stage[j]:
+                    blocked.discard(j)
+                    ring = out[j]
+                    if ring is not None:
+                        ring.writer_resume()
+                    self.on_writable(j)
+        for j in full:
+            self._dirty.append(j)
+            self._block(j)
+        return full
+
+    def _block(self, j: int) -> None:
+        ring = self._out[j]
+        assert ring is not None
+        self._blocked.add(j)
+        if not ring.writer_wait(1):
+            # space appeared meanwhile: try again on the next turn
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def _retry_blocked(self) -> None:
+        if self._blocked:
+            self.flush()
+
+    # ------------------------------------------------------------------ receiving
+    def poll(self) -> int:
+        """Read every inbox once (up to ``batch`` records each); returns records read
+        (at least 1 for an inbox that only delivered part of a streamed record)."""
+        got = 0
+        inboxes = self._in
+        on_records = self.on_records
+        batch = self.batch
+        read: list[int] = []
+        for k in self._peers:
+            ring = inboxes[k]
+            if ring is None:
+                continue
+            before = ring.consumed
+            recs = ring.read_all(batch)
+            if ring.consumed != before:
+                read.append(k)
+                got += len(recs) or 1  # part of a streamed record counts as activity
+            if recs:
+                try:
+                    on_records(k, recs)
+                except Exception:
+                    log.exception("mesh: on_records(%d) failed", k)
+        if read:
+            fence()
+            bells = self.doorbells
+            for k in read:
+                ring = inboxes[k]
+                if ring is not None and ring.writer_needs_wake():
+                    bells[k].ring()
+        return got
+
+    def _run_poll(self) -> None:
+        self._poll_scheduled = False
+        if self._closed:
+            return
+        got = self.poll()
+        if self._blocked:
+            self._retry_blocked()
+        if got:
+            self._schedule_poll()
+        else:
+            self._go_to_sleep()
+
+    def _schedule_poll(self) -> None:
+        if not self._poll_scheduled and self._loop is not None:
+            self._poll_scheduled = True
+            self._loop.call_soon(self._run_poll)
+
+    def _go_to_sleep(self) -> None:
+        inboxes = [r for k in self._peers if (r := self._in[k]) is not None]
+        for ring in inboxes:
+            if not ring.reader_sleep():
+                for r in inboxes:
+                    r.reader_awake()
+                self._sleeping = False
+                self._schedule_poll()
+                return
+        self._sleeping = True
+
+    def _on_doorbell(self) -> None:
+        self.bell.clear()
+        self.stats_wakeups += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        self.check_control()
+        if self._sleeping:
+            self._sleeping = False
+            for k in self._peers:
+                ring = self._in[k]
+                if ring is not None:
+                    ring.reader_awake()
+        self._run_poll()
+
+    def _tick(self) -> None:
+        loop = self._loop
+        if loop is None or self._closed:
+            return
+        self._timer = loop.call_later(self.idle_poll, self._tick)
+        if self.control.seq != self._seq:
+            self._wake()
+        elif self._sleeping:
+            if any(r is not None and r.readable() for r in self._in):
+                self._wake()
+            elif self._blocked:
+                self._retry_blocked()
+        elif not self._poll_scheduled:
+            self._wake()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Watch the doorbell on ``loop`` and start reading."""
+        loop = loop or asyncio.get_running_loop()
+        self._loop = loop
+        loop.add_reader(self.bell.fileno(), self._on_doorbell)
+        self._timer = loop.call_later(self.idle_poll, self._tick)
+        if self._dirty:
+            self._schedule_flush()
+        self._schedule_poll()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is not None:
+            try:
+                self._loop.remove_reader(self.bell.fileno())
+            except (ValueError, OSError, RuntimeError):
+                pass
+            if self._timer is not None:
+                self._timer.cancel()
+        for rings in (self._in, self._out):
+            for i, ring in enumerate(rings):
+                if ring is not None:
+                    ring.close()
+                    rings[i] = None
+        self.control.close()
