@@ -585,7 +585,8 @@ class Bench:
         if "stop" in s:
             rep["rss_mb"] = round(s["stop"].rss / 2**20, 1)
         rep["rss_max_mb"] = round(sampler.rss_max / 2**20, 1)
-        if "before_connections" in s and "after_connections" in s and connections:
+        # per-connection memory only means something with many connections
+        if "before_connections" in s and "after_connections" in s and connections >= 20:
             before, after = s["before_connections"].rss, s["after_connections"].rss
             rep["rss_before_connections_mb"] = round(before / 2**20, 1)
             rep["rss_after_connections_mb"] = round(after / 2**20, 1)
