@@ -1,0 +1,340 @@
+"""Worker process entry point: ``python -m workers.shard --slot N ...`` (spawned by the
+supervisor; a fresh interpreter, not a fork).
+
+Owns: one worker's process life: inherited fds (listening socket, supervisor channel,
+doorbells), CPU pinning, the mesh attachment, the shared-memory heartbeat, readiness,
+SIGTERM (drain: clients get connection.close 320, exit 0), SIGHUP (re-read the config),
+hand-off of accepted sockets, and exit when the supervisor disappears. No AMQP logic.
+
+Supervisor channel (``--chan-fd``, AF_UNIX SOCK_SEQPACKET, one datagram per message):
+  worker -> supervisor  ``b"R"`` ready;  ``b"M" + payload`` message for the supervisor
+  supervisor -> worker  ``b"C"`` + SCM_RIGHTS fds: accepted client sockets (hand-off);
+                        ``b"M" + payload`` message for the worker (``Worker.on_message``)
+EOF on the channel means the supervisor is gone: the worker drains and exits.
+
+Invariants: the worker reports ready only after its listener (or hand-off receiver) and
+mesh are up; an exception before that exits non-zero, which the supervisor treats as a
+boot failure. SIGHUP is ignored from the first instruction on, so an early reload signal
+cannot kill a booting worker.
+"""
+
+from __future__ import annotations
+
+import signal
+
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import ctypes  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import weakref  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import msgspec  # noqa: E402
+
+from shardmq.config import Config  # noqa: E402
+from shardmq.ipc.control import F_ACCEPTED, F_CONNS, ControlBlock  # noqa: E402
+from shardmq.ipc.mesh import Mesh  # noqa: E402
+from shardmq.ipc.settings import SupervisorConfig, cpu_for_slot  # noqa: E402
+
+log = logging.getLogger("shardmq.worker")
+
+MSG_READY = b"R"
+MSG_CONN = b"C"
+MSG_USER = b"M"
+MAX_FDS_PER_MSG = 32
+PR_SET_PDEATHSIG = 1
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+
+class WorkerSpec(msgspec.Struct, kw_only=True):
+    """What the supervisor writes to the worker config file (JSON)."""
+
+    config: Config
+    supervisor: SupervisorConfig
+
+
+def load_spec(path: str) -> WorkerSpec:
+    with open(path, "rb") as f:
+        return msgspec.json.decode(f.read(), type=WorkerSpec)
+
+
+def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
+    """Linux: get ``sig`` when the supervisor dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def adopt_socket(
+    loop: asyncio.AbstractEventLoop, protocol_factory: ProtocolFactory, fd: int
+) -> asyncio.Task[Any]:
+    """Hand-off hook: serve an already accepted client socket (fd received by SCM_RIGHTS)
+    with ``protocol_factory`` on ``loop``. Returns the task of
+    ``loop.connect_accepted_socket`` (errors are logged, never raised into the loop)."""
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+
+    async def connect() -> None:
+        try:
+            await loop.connect_accepted_socket(protocol_factory, sock)  # type: ignore[arg-type]
+        except Exception as exc:
+            log.warning("could not adopt a handed-off socket: %s", exc)
+            sock.close()
+
+    return loop.create_task(connect())
+
+
+class ConnectionCounter:
+    """Wraps a protocol factory to count the live connections (for load reporting)."""
+
+    def __init__(self) -> None:
+        self.live: weakref.WeakSet[asyncio.BaseProtocol] = weakref.WeakSet()
+
+    def wrap(self, factory: ProtocolFactory) -> ProtocolFactory:
+        live = self.live
+
+        def make() -> asyncio.BaseProtocol:
+            proto = factory()
+            live.add(proto)
+            return proto
+
+        return make
+
+    def count(self) -> int:
+        n = 0
+        for proto in list(self.live):
+            transport = getattr(proto, "transport", None)
+            if transport is not None and not transport.is_closing():
+                n += 1
+        return n
+
+
+class Worker:
+    """The running worker. ``on_message(payload)``, ``on_reload(config)`` and
+    ``protocol_factory`` are the hooks the broker layer wires."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.slot: int = args.slot
+        self.n: int = args.workers
+        self.spec_path: str = args.spec
+        spec = load_spec(self.spec_path)
+        self.config: Config = spec.config
+        self.settings: SupervisorConfig = spec.supervisor
+        self.listen_fd: int | None = args.listen_fd
+        self.chan = socket.socket(fileno=args.chan_fd)
+        self.chan.setblocking(False)
+        self.mesh_spec: str | None = args.mesh
+        self.parent: int = args.parent
+        self.mesh: Mesh | None = None
+        self.control: ControlBlock | None = None
+        self.protocol_factory: ProtocolFactory | None = None
+        self.counter = ConnectionCounter()
+        self.accepted = 0
+        self._waiting_fds: list[int] = []
+        self.stop = asyncio.Event()
+        self.on_message: Callable[[bytes], None] = self._default_message
+        self.on_reload: Callable[[Config], None] = self._default_reload
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = False
+
+    # ------------------------------------------------------------------ hooks
+    def _default_message(self, payload: bytes) -> None:
+        log.debug("message from the supervisor ignored (%d bytes)", len(payload))
+
+    def _default_reload(self, config: Config) -> None:
+        logging.getLogger().setLevel(getattr(logging, config.server.log_level.upper()))
+
+    def send_message(self, payload: bytes) -> None:
+        """Send a message to the supervisor (small, one datagram)."""
+        self.chan.send(MSG_USER + payload)
+
+    def set_protocol_factory(self, factory: ProtocolFactory) -> None:
+        """Wire the AMQP protocol factory for handed-off sockets (and connection counts)."""
+        self.protocol_factory = self.counter.wrap(factory)
+        waiting, self._waiting_fds = self._waiting_fds, []
+        for fd in waiting:
+            self._adopt(fd)
+
+    # ------------------------------------------------------------------ channel
+    def _on_chan(self) -> None:
+        while True:
+            try:
+                msg, fds, _flags, _addr = socket.recv_fds(self.chan, 65536, MAX_FDS_PER_MSG)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.error("supervisor channel failed: %s; stopping", exc)
+                self._supervisor_gone()
+                return
+            if not msg and not fds:
+                self._supervisor_gone()
+                return
+            if fds:
+                for fd in fds:
+                    self._adopt(fd)
+            elif msg[:1] == MSG_USER:
+                try:
+                    self.on_message(msg[1:])
+                except Exception:
+                    log.exception("on_message failed")
+
+    def _supervisor_gone(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.chan.fileno())
+        if not self.stop.is_set():
+            log.warning("supervisor is gone; stopping")
+            self.stop.set()
+
+    def _adopt(self, fd: int) -> None:
+        self.accepted += 1
+        if self.protocol_factory is None or self._loop is None:
+            self._waiting_fds.append(fd)
+            return
+        adopt_socket(self._loop, self.protocol_factory, fd)
+
+    # ------------------------------------------------------------------ timers
+    def _heartbeat(self) -> None:
+        loop = self._loop
+        ctl = self.control
+        if loop is None or ctl is None or self.stop.is_set():
+            return
+        ctl.beat(self.slot)
+        ctl.put(self.slot, F_CONNS, self.counter.count())
+        ctl.put(self.slot, F_ACCEPTED, self.accepted)
+        if os.getppid() != self.parent:
+            self._supervisor_gone()
+            return
+        loop.call_later(self.settings.heartbeat_interval, self._heartbeat)
+
+    def _on_sighup(self) -> None:
+        try:
+            spec = load_spec(self.spec_path)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error(
+                "SIGHUP: cannot re-read %s: %s; keeping the current config", self.spec_path, exc
+            )
+            return
+        self.config = spec.config
+        try:
+            self.on_reload(spec.config)
+        except Exception:
+            log.exception("SIGHUP: reload hook failed")
+        log.info("configuration reloaded")
+
+    def ready(self, addrs: str) -> None:
+        if self._ready:
+            return
+        self._ready = True
+        if self.control is not None:
+            self.control.set_ready(self.slot)
+        try:
+            self.chan.send(MSG_READY)
+        except OSError as exc:
+            log.error("cannot report ready: %s", exc)
+            self._supervisor_gone()
+        log.info("worker %d ready (%s)", self.slot, addrs)
+
+    # ------------------------------------------------------------------ main
+    async def run(self) -> None:
+        from shardmq.net.server import serve
+
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.add_reader(self.chan.fileno(), self._on_chan)
+        if self.mesh_spec:
+            self.mesh = Mesh.from_spec(self.mesh_spec, self.slot, idle_poll=self.settings.idle_poll)
+            self.control = self.mesh.control
+            self.mesh.start(loop)
+        self._heartbeat()
+        if self.listen_fd is not None:
+            sock = socket.socket(fileno=self.listen_fd)
+        else:
+            # hand-off mode: serve() needs a listener; give it one nobody can reach (an
+            # autobound abstract Unix socket) and take its protocol factory for adopted
+            # sockets (see CaptureLoop)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind("")
+            sock.listen(1)
+        try:
+            await serve(self.config, sock=sock, ready=self.ready, stop=self.stop)
+        finally:
+            if self.mesh is not None:
+                self.mesh.close()
+            self.chan.close()
+
+
+def _capture_loop_factory(worker: Worker) -> Callable[[], asyncio.AbstractEventLoop]:
+    """An event loop whose ``create_server`` hands the protocol factory to ``worker``
+    (bridge until ``serve`` exposes it; then call ``worker.set_protocol_factory``)."""
+    try:
+        import uvloop
+
+        base: type[asyncio.AbstractEventLoop] = uvloop.Loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        base = asyncio.SelectorEventLoop
+
+    class CaptureLoop(base):  # type: ignore[valid-type,misc]
+        async def create_server(self, protocol_factory, *args, **kwargs):  # type: ignore[no-untyped-def]
+            worker.set_protocol_factory(protocol_factory)
+            assert worker.protocol_factory is not None
+            return await super().create_server(worker.protocol_factory, *args, **kwargs)
+
+    return CaptureLoop
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m workers.shard", description=__doc__)
+    ap.add_argument("--slot", type=int, required=True)
+    ap.add_argument("--workers", type=int, required=True)
+    ap.add_argument("--spec", required=True, help="worker config file (JSON)")
+    ap.add_argument("--chan-fd", type=int, required=True)
+    ap.add_argument("--listen-fd", type=int, default=None)
+    ap.add_argument("--mesh", default=None, help="mesh spec from the supervisor")
+    ap.add_argument("--parent", type=int, required=True, help="supervisor pid")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != args.parent:
+        return 3  # the supervisor died before we could watch it
+    # the supervisor forwards SIGTERM; Ctrl-C in a terminal reaches the whole group
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = Worker(args)
+    level = worker.config.server.log_level.upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format=f"%(asctime)s %(levelname)s w{args.slot} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    cpu = cpu_for_slot(worker.settings.cpu_affinity, args.slot)
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except (OSError, ValueError) as exc:
+            log.error("worker %d: cannot pin to CPU %d: %s", args.slot, cpu, exc)
+            return 1
+    loop = _capture_loop_factory(worker)()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(worker.run())
+    finally:
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
