@@ -65,7 +65,10 @@ _pack_hdr = FRAME_HDR.pack
 AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(7)
 
 # Channel content-assembly expectations.
-EXPECT_METHOD, EXPECT_HEADER, EXPECT_BODY = 0, 1, 2
+# EXPECT_SUSPENDED: a method on the channel awaits a reply from another process (the
+# metadata sequencer, a queue on another shard); later frames on the channel are kept in
+# ``pending`` and processed, in order, by ``resume``.
+EXPECT_METHOD, EXPECT_HEADER, EXPECT_BODY, EXPECT_SUSPENDED = 0, 1, 2, 3
 
 _CONNECTION_CLOSE = M.ConnectionClose.INDEX
 _CONNECTION_CLOSE_OK = M.ConnectionCloseOk.INDEX
@@ -88,6 +91,7 @@ class ChannelBase:
         "asm_hsize",
         "asm_fmax",
         "asm_remaining",
+        "pending",
     )
 
     def __init__(self, number: int) -> None:
@@ -101,6 +105,7 @@ class ChannelBase:
         self.asm_hsize = 0
         self.asm_fmax = 0
         self.asm_remaining = 0
+        self.pending = bytearray()
 
 
 class AMQPConnection:
@@ -210,6 +215,10 @@ class AMQPConnection:
                 return n
             pos = 8
             self._send_start()
+        return self._parse_frames(buf, pos)
+
+    def _parse_frames(self, buf: bytes | bytearray, pos: int) -> int:
+        n = len(buf)
         limit = self.frame_max - 8
         channels = self.channels
         while n - pos >= 7:
@@ -238,6 +247,10 @@ class AMQPConnection:
                         if idx == _CHANNEL_CLOSE_OK or idx == _CHANNEL_CLOSE:
                             self._channel_closed_by_ok(ch, idx)
                     elif ch.expect != EXPECT_METHOD:
+                        if ch.expect == EXPECT_SUSPENDED:
+                            ch.pending += buf[pos : end + 1]
+                            pos = end + 1
+                            continue
                         raise HardError(
                             UNEXPECTED_FRAME,
                             f"expected content frame on channel {chnum}, got method frame",
@@ -274,6 +287,10 @@ class AMQPConnection:
                             UNEXPECTED_FRAME, f"content header on channel {chnum} (not open)"
                         )
                 elif ch.expect != EXPECT_HEADER:
+                    if ch.expect == EXPECT_SUSPENDED:
+                        ch.pending += buf[pos : end + 1]
+                        pos = end + 1
+                        continue
                     raise HardError(
                         UNEXPECTED_FRAME,
                         f"expected method frame on channel {chnum}, got content header",
@@ -333,6 +350,10 @@ class AMQPConnection:
                     raise HardError(UNEXPECTED_FRAME, f"content body on channel {chnum} (not open)")
                 if not ch.closing:
                     if ch.expect != EXPECT_BODY:
+                        if ch.expect == EXPECT_SUSPENDED:
+                            ch.pending += buf[pos : end + 1]
+                            pos = end + 1
+                            continue
                         raise HardError(
                             UNEXPECTED_FRAME,
                             f"unexpected content body frame on channel {chnum}",
@@ -358,6 +379,30 @@ class AMQPConnection:
             if self.state >= CLOSED:
                 return n
         return pos
+
+    # ------------------------------------------------------------ suspension
+    def suspend(self, ch: ChannelBase) -> None:
+        """Hold further frames of ``ch`` until ``resume`` (the current method awaits a
+        reply from another process)."""
+        ch.expect = EXPECT_SUSPENDED
+
+    def resume(self, ch: ChannelBase) -> None:
+        """Process, in order, the frames that arrived while ``ch`` was suspended."""
+        if ch.expect != EXPECT_SUSPENDED:
+            return
+        ch.expect = EXPECT_METHOD
+        if not ch.pending or self.state >= CLOSING or self.channels.get(ch.number) is not ch:
+            ch.pending = bytearray()
+            return
+        data = bytes(ch.pending)
+        ch.pending = bytearray()
+        try:
+            self._parse_frames(data, 0)
+        except AMQPError as exc:
+            self._hard_error(exc)
+        except Exception:
+            log.exception("connection %s: internal error while resuming", self.peer)
+            self._hard_error(HardError(INTERNAL_ERROR, "internal error"))
 
     def _publish(self, ch: ChannelBase, raw: bytes, hsize: int, fmax: int) -> None:
         try:

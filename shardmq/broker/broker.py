@@ -10,16 +10,24 @@ Invariants: no I/O here; the net layer creates connections through
 from __future__ import annotations
 
 import hmac
+import itertools
+import logging
 import platform
 from collections.abc import Callable
+from typing import Any
 
 from shardmq import __version__
 from shardmq.amqp import methods as M
 from shardmq.amqp.connection import AMQPConnection
+from shardmq.amqp.errors import AMQPError
 from shardmq.broker.connection import BrokerConnection
-from shardmq.broker.queue import Queue
-from shardmq.broker.vhost import VHost
+from shardmq.broker.metadata import Metadata, Op, shard_for
+from shardmq.broker.queue import Consumer, Queue
+from shardmq.broker.remote import RemoteQueue
+from shardmq.broker.vhost import AnyQueue
 from shardmq.config import Config
+
+log = logging.getLogger("shardmq.broker")
 
 CAPABILITIES = {
     "publisher_confirms": True,
@@ -33,15 +41,39 @@ CAPABILITIES = {
 }
 
 
+class LocalSequencer:
+    """One worker: metadata ops apply at once, in this process, in call order."""
+
+    synchronous = True
+
+    def __init__(self, metadata: Metadata) -> None:
+        self.metadata = metadata
+
+    def execute(self, op: Op) -> Any:
+        return self.metadata.apply(op)
+
+    def fire(self, op: Op) -> None:
+        """Apply an op nobody waits for (auto-delete, exclusive owner gone)."""
+        try:
+            self.metadata.apply(op)
+        except AMQPError as exc:
+            log.debug("internal op %r not applied: %s", op, exc.reply_text)
+
+
 class Broker:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, slot: int = 0, workers: int = 1) -> None:
         self.config = config
+        self.slot = slot
+        self.workers = workers
         self.users = {u.name: u for u in config.users}
-        self.vhosts: dict[str, VHost] = {}
-        for name in config.vhosts or ["/"]:
-            self.add_vhost(name)
+        self.metadata = Metadata(config.vhosts or ["/"], self._make_queue)
+        self.metadata.on_queue_deleted = self._queue_deleted
+        self.vhosts = self.metadata.vhosts
+        self.sequencer: Any = LocalSequencer(self.metadata)
+        self.shards: Any = None  # the cross-shard router when workers > 1
         self.connections: set[BrokerConnection] = set()
         self.alarm = False  # memory high watermark passed
+        self._conn_ids = itertools.count(1)
         self.server_properties = {
             "product": "shardmq",
             "version": __version__,
@@ -50,14 +82,19 @@ class Broker:
             "information": "https://pypi.org/project/shardmq/",
             "cluster_name": f"shardmq@{platform.node()}",
             "capabilities": dict(CAPABILITIES),
+            "worker": slot,
         }
 
-    def add_vhost(self, name: str) -> VHost:
-        vh = self.vhosts.get(name)
-        if vh is None:
-            vh = self.vhosts[name] = VHost(name)
-            vh.on_queue_deleted = self._queue_deleted
-        return vh
+    def new_gid(self) -> int:
+        """A connection id unique across workers: the slot in the high 32 bits."""
+        return (self.slot << 32) | next(self._conn_ids)
+
+    def _make_queue(self, name: str, vhost: str, **kw: Any) -> AnyQueue:
+        if self.workers > 1:
+            shard = shard_for(vhost, name, self.workers)
+            if shard != self.slot:
+                return RemoteQueue(name, vhost, shard, **kw)
+        return Queue(name, vhost, **kw)
 
     def check_password(self, user: str, password: str) -> bool:
         u = self.users.get(user)
@@ -68,8 +105,14 @@ class Broker:
     def new_connection(self, wake: Callable[[AMQPConnection], None], peer: str) -> BrokerConnection:
         return BrokerConnection(self, wake, peer)
 
-    def _queue_deleted(self, q: Queue) -> None:
-        consumers, q.consumers = q.consumers, []
+    def _queue_deleted(self, q: AnyQueue) -> None:
+        """Consumers of a deleted queue on this worker's connections get basic.cancel."""
+        if isinstance(q, Queue):
+            consumers = [c for c in q.consumers if isinstance(c, Consumer)]
+            q.consumers = []
+        else:
+            consumers = list(q.local_consumers.values())
+            q.local_consumers.clear()
         for c in consumers:
             conn = c.channel.conn
             c.channel.consumers.pop(c.tag, None)

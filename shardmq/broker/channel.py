@@ -9,7 +9,9 @@ Invariants:
 - ``consumer_unacked`` counts unacked deliveries made to consumers (not basic.get), the
   figure ``global`` qos limits; each consumer counts its own for per-consumer qos.
 - Publisher confirms: ``confirm_seq`` numbers publishes from 1; confirms are coalesced
-  and written once per loop turn (``multiple`` when that saves frames), in order.
+  and written once per loop turn (``multiple`` when that saves frames). A publish that
+  reached queues on other workers stays in ``unconfirmed`` until each has confirmed; an
+  ack never covers a publish still waiting.
 - In tx mode, publishes and acks are buffered until commit and dropped on rollback.
 """
 
@@ -49,6 +51,7 @@ class Channel(ChannelBase):
         "confirm_seq",
         "confirm_done",
         "confirm_nacks",
+        "unconfirmed",
         "tx",
         "tx_publishes",
         "tx_acks",
@@ -70,6 +73,7 @@ class Channel(ChannelBase):
         self.confirm_seq = 0
         self.confirm_done = 0  # highest seq confirmed to the client
         self.confirm_nacks: list[int] = []
+        self.unconfirmed: OrderedDict[int, int] = OrderedDict()  # seq -> shards to hear from
         self.tx = False
         self.tx_publishes: list[tuple[Message, int, int]] = []
         self.tx_acks: list[tuple[int, int, int, bool]] = []  # (kind, tag, multiple, requeue)
@@ -204,29 +208,38 @@ class Channel(ChannelBase):
         self.confirm_seq += 1
         self.conn.confirms_pending(self)
 
-    def confirm_failed(self) -> None:
+    def confirm_later(self, shards: int) -> int:
+        """A publish whose confirm waits for ``shards`` other workers; returns its seq."""
         self.confirm_seq += 1
-        self.confirm_nacks.append(self.confirm_seq)
+        self.unconfirmed[self.confirm_seq] = shards
+        return self.confirm_seq
+
+    def remote_confirmed(self, seq: int, ok: bool) -> None:
+        left = self.unconfirmed.get(seq)
+        if left is None:
+            return
+        if not ok:
+            del self.unconfirmed[seq]
+            self.confirm_nacks.append(seq)
+        elif left <= 1:
+            del self.unconfirmed[seq]
+        else:
+            self.unconfirmed[seq] = left - 1
         self.conn.confirms_pending(self)
 
     def flush_confirms(self) -> None:
-        """Write acks (and nacks) for everything published so far, coalesced."""
+        """Write nacks, then one ack (``multiple`` when it covers several) for the
+        longest run of publishes that are all confirmed."""
         out = self.conn.out
-        done = self.confirm_done
-        upto = self.confirm_seq
-        if upto <= done:
-            return
-        nacks = self.confirm_nacks
-        if nacks:
-            self.confirm_nacks = []
-            for n in nacks:
-                if n - 1 > done:
-                    write_confirm(out, self.number, n - 1, n - 1 > done + 1, True)
+        if self.confirm_nacks:
+            for n in sorted(self.confirm_nacks):
                 write_confirm(out, self.number, n, False, False)
-                done = n
+            self.confirm_nacks = []
+        done = self.confirm_done
+        upto = next(iter(self.unconfirmed)) - 1 if self.unconfirmed else self.confirm_seq
         if upto > done:
             write_confirm(out, self.number, upto, upto > done + 1, True)
-        self.confirm_done = upto
+            self.confirm_done = upto
 
     # ------------------------------------------------------------ teardown
     def release(self) -> None:

@@ -19,7 +19,7 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shardmq.amqp import methods as M
 from shardmq.amqp.codec import shortstr, write_get_ok, write_return
@@ -27,18 +27,22 @@ from shardmq.amqp.connection import OPEN, AMQPConnection, ChannelBase
 from shardmq.amqp.errors import (
     ACCESS_REFUSED,
     COMMAND_INVALID,
+    INTERNAL_ERROR,
     NO_ROUTE,
     NOT_ALLOWED,
+    NOT_FOUND,
     NOT_IMPLEMENTED,
     PRECONDITION_FAILED,
+    AMQPError,
     HardError,
     SoftError,
 )
 from shardmq.amqp.fieldtable import decode_table
+from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel
 from shardmq.broker.message import Message
 from shardmq.broker.queue import Consumer, Queue
-from shardmq.broker.vhost import VHost
+from shardmq.broker.vhost import AnyQueue, VHost
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
@@ -51,6 +55,7 @@ class IOHooks(Protocol):
     def set_reading(self, active: bool) -> None: ...
 
 
+Reply = M.Method | Callable[[Any], "M.Method | None"] | None
 Handler = Callable[["BrokerConnection", Channel, M.Method], None]
 _HANDLERS: dict[int, Handler] = {}
 
@@ -78,6 +83,7 @@ class BrokerConnection(AMQPConnection):
             peer=peer,
         )
         self.broker = broker
+        self.gid = broker.new_gid()
         self.user = ""
         self.vhost: VHost = None  # type: ignore[assignment]  # set by connection.open
         self.write_paused = False  # the socket's write buffer is above high water
@@ -87,7 +93,7 @@ class BrokerConnection(AMQPConnection):
         self.reading_paused = False
         self.published = False  # has published at least once (memory alarm target)
         self.io: IOHooks | None = None
-        self.exclusive_queues: list[Queue] = []
+        self.exclusive_queues: list[str] = []
         self._confirm_channels: list[Channel] = []
 
     # ------------------------------------------------------------ handshake hooks
@@ -134,10 +140,9 @@ class BrokerConnection(AMQPConnection):
         for q in list(self.throttled_by):
             q.throttled.discard(self)
         self.throttled_by.clear()
-        queues, self.exclusive_queues = self.exclusive_queues, []
-        for q in queues:
-            if not q.deleted:
-                self.vhost.remove_queue(q)
+        names, self.exclusive_queues = self.exclusive_queues, []
+        for name in names:
+            self.broker.sequencer.fire(md.DeleteQueue(self.vhost.name, name, False, False, 0))
 
     # ------------------------------------------------------------ output
     def confirms_pending(self, ch: Channel) -> None:
@@ -252,15 +257,18 @@ class BrokerConnection(AMQPConnection):
         self._route_publish(ch, msg, exlen, flags)  # type: ignore[arg-type]
 
     def _route_publish(self, ch: Channel, msg: Message, exlen: int, flags: int) -> None:
-        queues = self.vhost.route(msg, exlen)
-        if queues:
-            for q in queues:
-                q.publish(msg)
-                if q.consumers and q.backed_up(len(msg.body)) and not self.consumes():
-                    # Connections that also consume are never throttled: their acks
-                    # must keep flowing (the memory alarm still bounds them).
-                    q.throttle(self)
-        elif flags & 1:
+        local, remote = self.vhost.route(msg, exlen)
+        for q in local:
+            q.publish(msg)
+            if q.consumers and q.backed_up(msg.fmax) and not self.consumes():
+                # Connections that also consume are never throttled: their acks
+                # must keep flowing (the memory alarm still bounds them).
+                q.throttle(self)
+        if remote:
+            seq = ch.confirm_later(len(remote)) if ch.confirm else 0
+            self.broker.shards.enqueue(remote, msg, self.gid if seq else 0, ch.number, seq)
+            return
+        if not local and flags & 1:
             write_return(
                 self.out,
                 ch.number,
@@ -279,16 +287,68 @@ class BrokerConnection(AMQPConnection):
         c.channel.consumers.pop(c.tag, None)
         q = c.queue
         if q.remove_consumer(c) and not q.deleted:
-            self.vhost.remove_queue(q)
+            # auto-delete: if a consumer came back meanwhile, if-unused keeps the queue
+            self.broker.sequencer.fire(md.DeleteQueue(q.vhost, q.name, True, False, 0))
         if notify and self.client_capabilities.get("consumer_cancel_notify"):
             self.send_method(c.channel.number, M.BasicCancel(consumer_tag=c.tag, no_wait=True))
 
-    def queue_for(self, ch: Channel, name: str) -> Queue:
+    def queue_for(self, ch: Channel, name: str) -> AnyQueue:
         if not name:
             name = ch.last_queue
             if not name:
-                raise SoftError(404, "no previously declared queue", 50, 0)
-        return self.vhost.queue(name, self)
+                raise SoftError(NOT_FOUND, "no previously declared queue")
+        return self.vhost.queue(name, self.gid)
+
+    # ------------------------------------------------------------ async completion
+    def submit(self, ch: Channel, m: M.Method, op: md.Op, reply: Reply) -> None:
+        """Apply a metadata op, then answer with ``reply`` (a method, a function of the
+        op's result returning a method or None, or None for no-wait)."""
+        sequencer = self.broker.sequencer
+        if sequencer.synchronous:
+            self._answer(ch, reply, sequencer.execute(op))
+            return
+        self.suspend(ch)
+        sequencer.request(op, lambda err, res: self.complete(ch, m, reply, err, res))
+
+    def complete(
+        self, ch: Channel, m: M.Method, reply: Reply, err: AMQPError | None, result: Any
+    ) -> None:
+        """A suspended channel's method got its answer from another process."""
+        if self.state != OPEN or self.channels.get(ch.number) is not ch:
+            return
+        try:
+            if err is not None:
+                raise err
+            self._answer(ch, reply, result)
+        except SoftError as exc:
+            self._soft_error(ch, exc, m.INDEX)
+            return
+        except HardError as exc:
+            if not exc.class_id:
+                exc.class_id, exc.method_id = m.CLASS_ID, m.METHOD_ID
+            self._hard_error(exc)
+            return
+        except Exception:
+            log.exception("connection %s: internal error completing %s", self.peer, m.NAME)
+            self._hard_error(HardError(INTERNAL_ERROR, "internal error"))
+            return
+        self.resume(ch)
+
+    def _answer(self, ch: Channel, reply: Reply, result: Any) -> None:
+        if reply is None:
+            return
+        if not isinstance(reply, M.Method):
+            reply = reply(result)
+            if reply is None:
+                return
+        self.send_method(ch.number, reply)
+
+    def remote_call(self, ch: Channel, m: M.Method, q: AnyQueue, what: str, reply: Reply) -> None:
+        """Ask the shard that owns ``q`` (purge, get, consume) and suspend the channel."""
+        self.suspend(ch)
+        self.broker.shards.call(
+            q, what, self, ch, lambda err, res: self.complete(ch, m, reply, err, res)
+        )
 
 
 def _as_bytes(v: object) -> bytes:
@@ -300,107 +360,147 @@ def _as_bytes(v: object) -> bytes:
 
 
 # ---------------------------------------------------------------- exchange class
+# Metadata changes go through ``conn.submit``: applied at once with one worker, ordered
+# by the sequencer (and the channel suspended meanwhile) with several.
+
+
 @handles(M.ExchangeDeclare)
 def _exchange_declare(conn: BrokerConnection, ch: Channel, m: M.ExchangeDeclare) -> None:
-    conn.vhost.declare_exchange(
+    op = md.DeclareExchange(
+        conn.vhost.name,
         m.exchange,
         m.type,
-        passive=m.passive,
-        durable=m.durable,
-        auto_delete=m.auto_delete,
-        internal=m.internal,
-        arguments=m.arguments or {},
+        m.passive,
+        m.durable,
+        m.auto_delete,
+        m.internal,
+        md.table_bytes(m.arguments),
     )
-    if not m.no_wait:
-        conn.send_method(ch.number, M.ExchangeDeclareOk())
+    conn.submit(ch, m, op, None if m.no_wait else M.ExchangeDeclareOk())
 
 
 @handles(M.ExchangeDelete)
 def _exchange_delete(conn: BrokerConnection, ch: Channel, m: M.ExchangeDelete) -> None:
-    conn.vhost.delete_exchange(m.exchange, if_unused=m.if_unused)
-    if not m.no_wait:
-        conn.send_method(ch.number, M.ExchangeDeleteOk())
+    op = md.DeleteExchange(conn.vhost.name, m.exchange, m.if_unused)
+    conn.submit(ch, m, op, None if m.no_wait else M.ExchangeDeleteOk())
 
 
 @handles(M.ExchangeBind)
 def _exchange_bind(conn: BrokerConnection, ch: Channel, m: M.ExchangeBind) -> None:
-    vh = conn.vhost
-    dest = vh.exchange(m.destination)
-    vh.bind(dest, m.source, m.routing_key, m.arguments or {})
-    if not m.no_wait:
-        conn.send_method(ch.number, M.ExchangeBindOk())
+    op = md.Bind(
+        conn.vhost.name,
+        False,
+        m.destination,
+        m.source,
+        m.routing_key,
+        md.table_bytes(m.arguments),
+        conn.gid,
+    )
+    conn.submit(ch, m, op, None if m.no_wait else M.ExchangeBindOk())
 
 
 @handles(M.ExchangeUnbind)
 def _exchange_unbind(conn: BrokerConnection, ch: Channel, m: M.ExchangeUnbind) -> None:
-    vh = conn.vhost
-    dest = vh.exchanges.get(m.destination)
-    if dest is not None:
-        vh.unbind(dest, m.source, m.routing_key, m.arguments or {})
-    if not m.no_wait:
-        conn.send_method(ch.number, M.ExchangeUnbindOk())
+    op = md.Unbind(
+        conn.vhost.name,
+        False,
+        m.destination,
+        m.source,
+        m.routing_key,
+        md.table_bytes(m.arguments),
+        conn.gid,
+    )
+    conn.submit(ch, m, op, None if m.no_wait else M.ExchangeUnbindOk())
 
 
 # ---------------------------------------------------------------- queue class
 @handles(M.QueueDeclare)
 def _queue_declare(conn: BrokerConnection, ch: Channel, m: M.QueueDeclare) -> None:
-    vh = conn.vhost
-    existed = m.queue in vh.queues
-    q = vh.declare_queue(
-        m.queue,
-        conn,
-        passive=m.passive,
-        durable=m.durable,
-        exclusive=m.exclusive,
-        auto_delete=m.auto_delete,
-        arguments=m.arguments or {},
+    name = m.queue or md.server_named_queue()
+    op = md.DeclareQueue(
+        conn.vhost.name,
+        name,
+        m.passive,
+        m.durable,
+        m.exclusive,
+        m.auto_delete,
+        md.table_bytes(m.arguments),
+        conn.gid,
+        not m.queue,
     )
-    if q.exclusive and not existed and not m.passive:
-        conn.exclusive_queues.append(q)
-    ch.last_queue = q.name
-    if not m.no_wait:
-        conn.send_method(
-            ch.number,
-            M.QueueDeclareOk(
-                queue=q.name, message_count=q.message_count, consumer_count=len(q.consumers)
-            ),
-        )
+    existed = name in conn.vhost.queues
+
+    def declared(info: md.QueueInfo) -> None:
+        if m.exclusive and not existed and not m.passive:
+            conn.exclusive_queues.append(info.name)
+        ch.last_queue = info.name
+        if not m.no_wait:
+            conn.send_method(
+                ch.number,
+                M.QueueDeclareOk(
+                    queue=info.name,
+                    message_count=info.message_count,
+                    consumer_count=info.consumer_count,
+                ),
+            )
+
+    conn.submit(ch, m, op, declared)
+
+
+def _queue_name(conn: BrokerConnection, ch: Channel, name: str) -> str:
+    if name:
+        return name
+    if not ch.last_queue:
+        raise SoftError(NOT_FOUND, "no previously declared queue")
+    return ch.last_queue
 
 
 @handles(M.QueueBind)
 def _queue_bind(conn: BrokerConnection, ch: Channel, m: M.QueueBind) -> None:
-    q = conn.queue_for(ch, m.queue)
-    conn.vhost.bind(q, m.exchange, m.routing_key, m.arguments or {})
-    if not m.no_wait:
-        conn.send_method(ch.number, M.QueueBindOk())
+    op = md.Bind(
+        conn.vhost.name,
+        True,
+        _queue_name(conn, ch, m.queue),
+        m.exchange,
+        m.routing_key,
+        md.table_bytes(m.arguments),
+        conn.gid,
+    )
+    conn.submit(ch, m, op, None if m.no_wait else M.QueueBindOk())
 
 
 @handles(M.QueueUnbind)
 def _queue_unbind(conn: BrokerConnection, ch: Channel, m: M.QueueUnbind) -> None:
-    q = conn.queue_for(ch, m.queue)
-    conn.vhost.unbind(q, m.exchange, m.routing_key, m.arguments or {})
-    conn.send_method(ch.number, M.QueueUnbindOk())
+    op = md.Unbind(
+        conn.vhost.name,
+        True,
+        _queue_name(conn, ch, m.queue),
+        m.exchange,
+        m.routing_key,
+        md.table_bytes(m.arguments),
+        conn.gid,
+    )
+    conn.submit(ch, m, op, M.QueueUnbindOk())
 
 
 @handles(M.QueuePurge)
 def _queue_purge(conn: BrokerConnection, ch: Channel, m: M.QueuePurge) -> None:
     q = conn.queue_for(ch, m.queue)
-    n = q.purge()
-    if not m.no_wait:
-        conn.send_method(ch.number, M.QueuePurgeOk(message_count=n))
+    if isinstance(q, Queue):
+        n = q.purge()
+        if not m.no_wait:
+            conn.send_method(ch.number, M.QueuePurgeOk(message_count=n))
+        return
+    conn.remote_call(
+        ch, m, q, "purge", lambda n: None if m.no_wait else M.QueuePurgeOk(message_count=n)
+    )
 
 
 @handles(M.QueueDelete)
 def _queue_delete(conn: BrokerConnection, ch: Channel, m: M.QueueDelete) -> None:
-    vh = conn.vhost
     name = m.queue or ch.last_queue
-    q = vh.queues.get(name)
-    n = 0
-    if q is not None:
-        vh.check_exclusive(q, conn)
-        n = vh.delete_queue(q, if_unused=m.if_unused, if_empty=m.if_empty)
-    if not m.no_wait:
-        conn.send_method(ch.number, M.QueueDeleteOk(message_count=n))
+    op = md.DeleteQueue(conn.vhost.name, name, m.if_unused, m.if_empty, conn.gid)
+    conn.submit(ch, m, op, None if m.no_wait else (lambda n: M.QueueDeleteOk(message_count=n)))
 
 
 # ---------------------------------------------------------------- basic class

@@ -114,7 +114,7 @@ class Queue:
         *,
         durable: bool = False,
         exclusive: bool = False,
-        owner: object | None = None,
+        owner: int = 0,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
         store: MessageStore | None = None,

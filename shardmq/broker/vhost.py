@@ -4,7 +4,8 @@ Owns: ``VHost`` — every metadata operation (declare, delete, bind, unbind) wit
 RabbitMQ's checks and reply codes, and ``route`` from an exchange to the set of queues.
 
 Invariants:
-- The route cache maps the publish's ``exrk`` bytes to a tuple of queues; any change of
+- The route cache maps the publish's ``exrk`` bytes to the queues it reaches (local
+  ones, and remote ones grouped by owning shard); any change of
   exchanges, queues or bindings clears it. Routes through a headers exchange depend on
   the message and are never cached.
 - Exchange-to-exchange routing visits each exchange at most once (cycles are fine) and
@@ -17,7 +18,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from shardmq.amqp.codec import exrk_names
 from shardmq.amqp.errors import (
@@ -33,6 +34,9 @@ from shardmq.broker.exchange import Exchange
 from shardmq.broker.message import Message
 from shardmq.broker.queue import Queue
 from shardmq.broker.routing import ROUTER_TYPES
+
+if TYPE_CHECKING:
+    from shardmq.broker.remote import RemoteQueue
 
 _ROUTE_CACHE_MAX = 8192
 _STANDARD_EXCHANGES = (
@@ -62,13 +66,23 @@ def _b(v: bool) -> str:
     return "true" if v else "false"
 
 
+AnyQueue = Union[Queue, "RemoteQueue"]
+Route = tuple[tuple[Queue, ...], tuple[tuple[int, tuple["RemoteQueue", ...]], ...]]
+_NO_ROUTE: Route = ((), ())
+
+
+def _local_queue(name: str, vhost: str, **kw: Any) -> AnyQueue:
+    return Queue(name, vhost, **kw)
+
+
 class VHost:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, queue_factory: Callable[..., AnyQueue] = _local_queue) -> None:
         self.name = name
+        self.queue_factory = queue_factory
         self.exchanges: dict[str, Exchange] = {}
-        self.queues: dict[str, Queue] = {}
-        self.route_cache: dict[bytes, tuple[Queue, ...]] = {}
-        self.on_queue_deleted: Callable[[Queue], None] = lambda q: None
+        self.queues: dict[str, AnyQueue] = {}
+        self.route_cache: dict[bytes, Route] = {}
+        self.on_queue_deleted: Callable[[AnyQueue], None] = lambda q: None
         self.exchanges[""] = Exchange("", "direct", durable=True)
         for name_, type_ in _STANDARD_EXCHANGES:
             self.exchanges[name_] = Exchange(name_, type_, durable=True)
@@ -87,15 +101,16 @@ class VHost:
             raise SoftError(NOT_FOUND, f"no exchange '{name}' {self._where()}")
         return ex
 
-    def queue(self, name: str, conn: object) -> Queue:
+    def queue(self, name: str, requester: int) -> AnyQueue:
         q = self.queues.get(name)
         if q is None:
             raise SoftError(NOT_FOUND, f"no queue '{name}' {self._where()}")
-        self.check_exclusive(q, conn)
+        self.check_exclusive(q, requester)
         return q
 
-    def check_exclusive(self, q: Queue, conn: object | None) -> None:
-        if conn is None or (q.exclusive and q.owner is not conn):
+    def check_exclusive(self, q: AnyQueue, requester: int | None) -> None:
+        """``requester`` is a connection id; None means "refuse any exclusive access"."""
+        if requester is None or (q.exclusive and q.owner != requester):
             raise SoftError(
                 RESOURCE_LOCKED,
                 f"cannot obtain exclusive access to locked queue '{q.name}' {self._where()}. "
@@ -204,23 +219,24 @@ class VHost:
     def declare_queue(
         self,
         name: str,
-        conn: object,
+        requester: int,
         *,
         passive: bool,
         durable: bool,
         exclusive: bool,
         auto_delete: bool,
         arguments: dict[str, Any],
-    ) -> Queue:
+        server_named: bool = False,
+    ) -> AnyQueue:
         if passive:
-            return self.queue(name, conn)
+            return self.queue(name, requester)
         if not name:
             name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
-        elif name.startswith("amq."):
+        elif name.startswith("amq.") and not server_named:
             raise SoftError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         q = self.queues.get(name)
         if q is not None:
-            self.check_exclusive(q, conn)
+            self.check_exclusive(q, requester)
             if exclusive != q.exclusive:
                 self.check_exclusive(q, None)
             for attr, got, have in (
@@ -242,12 +258,12 @@ class VHost:
                         f"received {_arg_repr(got_a)} but current is {_arg_repr(have_a)}",
                     )
             return q
-        q = Queue(
+        q = self.queue_factory(
             name,
             self.name,
             durable=durable,
             exclusive=exclusive,
-            owner=conn if exclusive else None,
+            owner=requester if exclusive else 0,
             auto_delete=auto_delete,
             arguments=arguments,
         )
@@ -255,24 +271,28 @@ class VHost:
         self._changed()
         return q
 
-    def delete_queue(self, q: Queue, *, if_unused: bool = False, if_empty: bool = False) -> int:
-        if if_unused and q.consumers:
-            raise SoftError(PRECONDITION_FAILED, f"queue '{q.name}' {self._where()} in use")
-        if if_empty and q.message_count:
-            raise SoftError(PRECONDITION_FAILED, f"queue '{q.name}' {self._where()} not empty")
+    def delete_queue(self, q: AnyQueue, *, if_unused: bool = False, if_empty: bool = False) -> int:
+        """Only the queue's owner knows whether it is used or empty: elsewhere those
+        checks were made by the owner before the delete was sequenced."""
+        if isinstance(q, Queue):
+            if if_unused and q.consumers:
+                raise SoftError(PRECONDITION_FAILED, f"queue '{q.name}' {self._where()} in use")
+            if if_empty and q.message_count:
+                raise SoftError(PRECONDITION_FAILED, f"queue '{q.name}' {self._where()} not empty")
         return self.remove_queue(q)
 
-    def remove_queue(self, q: Queue) -> int:
+    def remove_queue(self, q: AnyQueue) -> int:
         if q.deleted:
             return 0
-        count = q.message_count
+        count = q.message_count if isinstance(q, Queue) else 0
         q.deleted = True
         self.queues.pop(q.name, None)
         for src in list(q.sources):
             src.router.remove_destination(q)
             self._maybe_auto_delete(src)
         q.sources.clear()
-        q.purge()
+        if isinstance(q, Queue):
+            q.purge()
         self._changed()
         self.on_queue_deleted(q)
         return count
@@ -283,7 +303,7 @@ class VHost:
             raise SoftError(ACCESS_REFUSED, "operation not permitted on the default exchange")
 
     def bind(
-        self, dest: Queue | Exchange, source_name: str, routing_key: str, arguments: dict
+        self, dest: AnyQueue | Exchange, source_name: str, routing_key: str, arguments: dict
     ) -> None:
         self._check_bindable(source_name)
         src = self.exchange(source_name)
@@ -295,7 +315,7 @@ class VHost:
             self._changed()
 
     def unbind(
-        self, dest: Queue | Exchange, source_name: str, routing_key: str, arguments: dict
+        self, dest: AnyQueue | Exchange, source_name: str, routing_key: str, arguments: dict
     ) -> None:
         self._check_bindable(source_name)
         src = self.exchanges.get(source_name)
@@ -308,18 +328,19 @@ class VHost:
             self._maybe_auto_delete(src)
 
     # ------------------------------------------------------------ routing
-    def route(self, msg: Message, exlen: int) -> tuple[Queue, ...]:
-        """Queues the message goes to. Raises 404 for a missing exchange, 403 internal."""
+    def route(self, msg: Message, exlen: int) -> Route:
+        """(local queues, remote queues grouped by shard) the message goes to.
+        Raises 404 for a missing exchange, 403 for an internal one."""
         exrk = msg.exrk
-        queues = self.route_cache.get(exrk)
-        if queues is not None:
-            return queues
+        route = self.route_cache.get(exrk)
+        if route is not None:
+            return route
         exchange_name, routing_key = exrk_names(exrk)
         if exchange_name == "":
             q = self.queues.get(routing_key)
-            queues = (q,) if q is not None else ()
-            self._cache(exrk, queues)
-            return queues
+            route = _group((q,) if q is not None else ())
+            self._cache(exrk, route)
+            return route
         ex = self.exchange(exchange_name)
         if ex.internal:
             raise SoftError(
@@ -327,7 +348,7 @@ class VHost:
                 f"cannot publish to internal exchange '{exchange_name}' {self._where()}",
             )
         cacheable = True
-        found: dict[Queue, None] = {}
+        found: dict[AnyQueue, None] = {}
         seen: set[Exchange] = set()
         stack = [ex]
         while stack:
@@ -343,20 +364,33 @@ class VHost:
             else:
                 dests = router.route(routing_key, None)
             for d in dests:
-                if isinstance(d, Queue):
-                    found[d] = None
-                else:
+                if isinstance(d, Exchange):
                     stack.append(d)
-        queues = tuple(found)
+                else:
+                    found[d] = None
+        route = _group(tuple(found))
         if cacheable:
-            self._cache(exrk, queues)
-        return queues
+            self._cache(exrk, route)
+        return route
 
-    def _cache(self, exrk: bytes, queues: tuple[Queue, ...]) -> None:
+    def _cache(self, exrk: bytes, route: Route) -> None:
         cache = self.route_cache
         if len(cache) >= _ROUTE_CACHE_MAX:
             cache.clear()
-        cache[exrk] = queues
+        cache[exrk] = route
+
+
+def _group(queues: tuple[AnyQueue, ...]) -> Route:
+    if not queues:
+        return _NO_ROUTE
+    local = tuple(q for q in queues if isinstance(q, Queue))
+    if len(local) == len(queues):
+        return (local, ())
+    by_shard: dict[int, list[RemoteQueue]] = {}
+    for q in queues:
+        if not isinstance(q, Queue):
+            by_shard.setdefault(q.shard, []).append(q)
+    return (local, tuple((shard, tuple(qs)) for shard, qs in sorted(by_shard.items())))
 
 
 def _arg_repr(v: Any) -> str:

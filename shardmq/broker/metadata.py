@@ -1,0 +1,262 @@
+"""Metadata operations: every change to exchanges, queues and bindings, as data.
+
+Owns: the ``Op`` structs (what a client's declare / delete / bind asks for), their
+wire encoding, and ``Metadata`` — a set of vhosts that applies ops deterministically.
+
+Invariants:
+- Applying the same ops in the same order to two ``Metadata`` replicas gives the same
+  exchanges, queues and bindings (and raises the same errors): that is what lets one
+  sequencer order changes and every worker replay them.
+- Checks that need a queue's live state (if-unused, if-empty, message counts) are made
+  only where the queue lives (``Queue``, not ``RemoteQueue``); the sequencer asks the
+  owner first, so every other replica can apply without them.
+- Exclusive ownership is a connection id (``gid``), never an object, so it means the
+  same thing in every process.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from shardmq.amqp.errors import AMQPError, HardError, SoftError
+from shardmq.amqp.fieldtable import decode_table, encode_table
+from shardmq.broker.queue import Queue
+from shardmq.broker.vhost import AnyQueue, VHost
+
+
+class Op(msgspec.Struct, tag=True, tag_field="op", array_like=True, frozen=True):
+    vhost: str
+
+
+class DeclareExchange(Op):
+    name: str
+    type: str
+    passive: bool
+    durable: bool
+    auto_delete: bool
+    internal: bool
+    arguments: bytes
+
+
+class DeleteExchange(Op):
+    name: str
+    if_unused: bool
+
+
+class Bind(Op):
+    dest_is_queue: bool
+    dest: str
+    source: str
+    routing_key: str
+    arguments: bytes
+    requester: int
+
+
+class Unbind(Bind):
+    pass
+
+
+class DeclareQueue(Op):
+    name: str
+    passive: bool
+    durable: bool
+    exclusive: bool
+    auto_delete: bool
+    arguments: bytes
+    requester: int
+    server_named: bool = False
+
+
+class DeleteQueue(Op):
+    name: str
+    if_unused: bool
+    if_empty: bool
+    requester: int  # 0: the broker itself (auto-delete, exclusive owner gone)
+
+
+class DropOwners(Op):
+    """Delete the exclusive queues of every connection of worker ``slot`` (it died)."""
+
+    slot: int
+
+
+class QueueInfo(msgspec.Struct, array_like=True, frozen=True):
+    name: str
+    message_count: int
+    consumer_count: int
+
+
+AnyOp = DeclareExchange | DeleteExchange | Bind | Unbind | DeclareQueue | DeleteQueue | DropOwners
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyOp)
+
+
+def encode_op(op: Op) -> bytes:
+    return _encoder.encode(op)
+
+
+def decode_op(data: bytes) -> AnyOp:
+    return _decoder.decode(data)
+
+
+def server_named_queue() -> str:
+    return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+def table_bytes(arguments: dict[str, Any] | None) -> bytes:
+    return encode_table(arguments) if arguments else b""
+
+
+def table_of(data: bytes) -> dict[str, Any]:
+    return decode_table(data, 0)[0] if data else {}
+
+
+def shard_for(vhost: str, queue: str, workers: int) -> int:
+    """The worker that owns a queue: a stable hash (never Python's salted ``hash``)."""
+    return zlib.crc32(f"{vhost}\0{queue}".encode()) % workers
+
+
+def gid_slot(gid: int) -> int:
+    return gid >> 32
+
+
+QueueFactory = Callable[..., AnyQueue]
+
+
+class Metadata:
+    """The vhosts of one process, changed only through ``apply``."""
+
+    def __init__(self, vhost_names: list[str], queue_factory: QueueFactory) -> None:
+        self.queue_factory = queue_factory
+        self.vhosts: dict[str, VHost] = {}
+        self.version = 0
+        self.on_queue_deleted: Callable[[AnyQueue], None] = lambda q: None
+        for name in vhost_names:
+            self.add_vhost(name)
+
+    def add_vhost(self, name: str) -> VHost:
+        vh = self.vhosts.get(name)
+        if vh is None:
+            vh = self.vhosts[name] = VHost(name, self.queue_factory)
+            vh.on_queue_deleted = self._queue_deleted
+        return vh
+
+    def _queue_deleted(self, q: AnyQueue) -> None:
+        self.on_queue_deleted(q)
+
+    def vhost(self, name: str) -> VHost:
+        vh = self.vhosts.get(name)
+        if vh is None:
+            raise HardError(530, f"vhost {name} not found")
+        return vh
+
+    def apply(self, op: Op) -> Any:
+        """Apply one op; returns its result (QueueInfo for queue declare, a message
+        count for queue delete, else None). Raises the AMQP error a client would get."""
+        handler = _APPLY[type(op)]
+        result = handler(self, op)
+        self.version += 1
+        return result
+
+    def owner_check(self, op: Op) -> bool:
+        """True when ``op`` must first be applied where its queue lives."""
+        return isinstance(op, DeclareQueue | DeleteQueue)
+
+
+def _declare_exchange(md: Metadata, op: DeclareExchange) -> None:
+    md.vhost(op.vhost).declare_exchange(
+        op.name,
+        op.type,
+        passive=op.passive,
+        durable=op.durable,
+        auto_delete=op.auto_delete,
+        internal=op.internal,
+        arguments=table_of(op.arguments),
+    )
+
+
+def _delete_exchange(md: Metadata, op: DeleteExchange) -> None:
+    md.vhost(op.vhost).delete_exchange(op.name, if_unused=op.if_unused)
+
+
+def _bind_dest(vh: VHost, op: Bind) -> Any:
+    if op.dest_is_queue:
+        return vh.queue(op.dest, op.requester)
+    return vh.exchange(op.dest)
+
+
+def _bind(md: Metadata, op: Bind) -> None:
+    vh = md.vhost(op.vhost)
+    vh.bind(_bind_dest(vh, op), op.source, op.routing_key, table_of(op.arguments))
+
+
+def _unbind(md: Metadata, op: Unbind) -> None:
+    vh = md.vhost(op.vhost)
+    if op.dest_is_queue:
+        dest: Any = vh.queue(op.dest, op.requester)
+    else:
+        dest = vh.exchanges.get(op.dest)
+        if dest is None:
+            return
+    vh.unbind(dest, op.source, op.routing_key, table_of(op.arguments))
+
+
+def _declare_queue(md: Metadata, op: DeclareQueue) -> QueueInfo:
+    q = md.vhost(op.vhost).declare_queue(
+        op.name,
+        op.requester,
+        passive=op.passive,
+        durable=op.durable,
+        exclusive=op.exclusive,
+        auto_delete=op.auto_delete,
+        arguments=table_of(op.arguments),
+        server_named=op.server_named,
+    )
+    if isinstance(q, Queue):
+        return QueueInfo(q.name, q.message_count, len(q.consumers))
+    return QueueInfo(q.name, 0, 0)
+
+
+def _delete_queue(md: Metadata, op: DeleteQueue) -> int:
+    vh = md.vhost(op.vhost)
+    q = vh.queues.get(op.name)
+    if q is None:
+        return 0
+    if op.requester:
+        vh.check_exclusive(q, op.requester)
+    return vh.delete_queue(q, if_unused=op.if_unused, if_empty=op.if_empty)
+
+
+def _drop_owners(md: Metadata, op: DropOwners) -> None:
+    for vh in md.vhosts.values():
+        for q in list(vh.queues.values()):
+            if q.exclusive and gid_slot(q.owner) == op.slot:
+                vh.remove_queue(q)
+
+
+_APPLY: dict[type, Callable[[Metadata, Any], Any]] = {
+    DeclareExchange: _declare_exchange,
+    DeleteExchange: _delete_exchange,
+    Bind: _bind,
+    Unbind: _unbind,
+    DeclareQueue: _declare_queue,
+    DeleteQueue: _delete_queue,
+    DropOwners: _drop_owners,
+}
+
+
+def error_of(exc: AMQPError) -> tuple[bool, int, str, int, int]:
+    return (exc.soft, exc.reply_code, exc.text, exc.class_id, exc.method_id)
+
+
+def error_from(data: tuple[bool, int, str, int, int] | list[Any]) -> AMQPError:
+    soft, code, text, class_id, method_id = data
+    cls = SoftError if soft else HardError
+    return cls(code, text, class_id, method_id)

@@ -1,0 +1,60 @@
+"""A queue that lives on another worker, as this worker's metadata replica sees it.
+
+Owns: ``RemoteQueue`` — the declared attributes and bindings of a queue owned by shard
+``shard``, plus this worker's consumers of it. Publishing to it, consuming from it and
+settling its messages go through ``shardmq.broker.shards`` to the owner.
+
+Invariants: a ``RemoteQueue`` never holds messages; ``local_consumers`` are exactly the
+consumers on this worker's connections registered with the owner for this queue.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shardmq.broker.exchange import Exchange
+    from shardmq.broker.queue import Consumer
+
+
+class RemoteQueue:
+    __slots__ = (
+        "name",
+        "vhost",
+        "shard",
+        "durable",
+        "exclusive",
+        "owner",
+        "auto_delete",
+        "arguments",
+        "deleted",
+        "sources",
+        "local_consumers",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        vhost: str,
+        shard: int,
+        *,
+        durable: bool = False,
+        exclusive: bool = False,
+        owner: int = 0,
+        auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.vhost = vhost
+        self.shard = shard
+        self.durable = durable
+        self.exclusive = exclusive
+        self.owner = owner
+        self.auto_delete = auto_delete
+        self.arguments = arguments or {}
+        self.deleted = False
+        self.sources: set[Exchange] = set()
+        self.local_consumers: dict[tuple[int, int, str], Consumer] = {}
+
+    def __repr__(self) -> str:
+        return f"RemoteQueue({self.vhost!r}, {self.name!r}, shard={self.shard})"
