@@ -1,0 +1,177 @@
+"""Process-level fixtures: a real supervisor (``python -m workers.supervisor``) with N
+workers on a free 127.0.0.1 port and its own data dir.
+
+Owns: ``Sup`` (the running supervisor: port, data dir, log, worker status from shared
+memory) and the ``supervisor`` factory fixture. Teardown is SIGTERM, then SIGKILL of the
+supervisor's session if it hangs (workers die with it: parent-death signal).
+
+Invariants: every wait is bounded (``wait_for`` raises with the log attached); tests
+assert on behaviour, never on how fast it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from shardmq.ipc.status import WorkerStatus, read_status
+
+REPO = Path(__file__).resolve().parents[2]
+BOOT_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, log: Callable[[], str]) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out ({timeout:g} s) waiting for {what}\n--- log ---\n{log()}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Sup:
+    proc: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log_path: Path
+    workers: int
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def status(self) -> list[WorkerStatus]:
+        return read_status(str(self.data_dir)) or []
+
+    def pids(self) -> list[int]:
+        return [w.pid for w in self.status()]
+
+    def all_ready(self) -> list[WorkerStatus] | None:
+        st = self.status()
+        if len(st) == self.workers and all(w.ready and w.pid and pid_alive(w.pid) for w in st):
+            return st
+        return None
+
+    def wait_ready(self, timeout: float = BOOT_TIMEOUT) -> list[WorkerStatus]:
+        def check() -> list[WorkerStatus] | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited {self.proc.returncode}:\n{self.log()}")
+            return self.all_ready()
+
+        return wait_for(check, timeout, "all workers ready", self.log)
+
+    def params(self, **kw: Any) -> pika.ConnectionParameters:
+        kw.setdefault("connection_attempts", 3)
+        kw.setdefault("retry_delay", 0.5)
+        kw.setdefault("socket_timeout", 5)
+        kw.setdefault("blocked_connection_timeout", 10)
+        return pika.ConnectionParameters(
+            host="127.0.0.1", port=self.port, credentials=pika.PlainCredentials("guest", "guest"), **kw
+        )
+
+    def connect(self, **kw: Any) -> pika.BlockingConnection:
+        return pika.BlockingConnection(self.params(**kw))
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"supervisor did not exit within {timeout} s:\n{self.log()}") from None
+
+
+def start_supervisor(
+    tmp: Path, workers: int, settings: dict[str, Any] | None = None, *, data_dir: Path | None = None
+) -> Sup:
+    port = free_port()
+    data_dir = data_dir or tmp / "data"
+    log_path = tmp / f"supervisor-{port}.log"
+    settings = {"stall_timeout": 3.0, "heartbeat_interval": 0.2, **(settings or {})}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("NOTIFY_SOCKET", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "workers.supervisor",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--data-dir",
+        str(data_dir),
+        "--supervisor-json",
+        json.dumps(settings),
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return Sup(proc=proc, port=port, data_dir=data_dir, log_path=log_path, workers=workers)
+
+
+def stop_supervisor(sup: Sup) -> None:
+    if sup.proc.poll() is None:
+        sup.proc.send_signal(signal.SIGTERM)
+        try:
+            sup.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(sup.proc.pid, signal.SIGKILL)
+            sup.proc.wait(5)
+    # workers must not outlive the supervisor
+    for w in (read_status(str(sup.data_dir)) or []):
+        if w.pid:
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path) -> Iterator[Callable[..., Sup]]:
+    started: list[Sup] = []
+
+    def make(workers: int = 3, settings: dict[str, Any] | None = None, **kw: Any) -> Sup:
+        sup = start_supervisor(tmp_path, workers, settings, **kw)
+        started.append(sup)
+        return sup
+
+    try:
+        yield make
+    finally:
+        for sup in started:
+            stop_supervisor(sup)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
