@@ -8,6 +8,8 @@ How a publish becomes durable (policy "always")::
 
     loop turn k:  store.push(msg, token) ... store.flush()  -> os.pwrite (page cache)
                                                             -> CommitJob queued
+                  (the jobs of all stores of one turn go to the thread together, from a
+                  call_soon callback: one lock, one wake-up per turn)
     committer:    takes *every* job queued so far (all stores), fdatasync()s each file
                   once, fsyncs directories that got new files, then
                   loop.call_soon_threadsafe(complete) -> store.on_durable(tokens)
@@ -194,6 +196,8 @@ class ThreadCommitter:
         self.stats = _Stats()
         self._cv = threading.Condition(threading.Lock())
         self._jobs: list[CommitJob] = []
+        self._pending: list[CommitJob] = []  # loop thread: this turn's jobs
+        self._kick_scheduled = False
         self._closing = False
         self._outstanding = 0  # loop thread only
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -222,12 +226,21 @@ class ThreadCommitter:
             if not (job.unlinks or job.rmtree):
                 return
             job = CommitJob(None, [], [], [], [], job.unlinks, job.rmtree)
+        if self._closing:
+            raise RuntimeError("committer is closed")
         self._outstanding += 1
-        with self._cv:
-            if self._closing:
-                raise RuntimeError("committer is closed")
-            self._jobs.append(job)
-            self._cv.notify()
+        self._pending.append(job)
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            self.loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        jobs, self._pending = self._pending, []
+        if jobs:
+            with self._cv:
+                self._jobs += jobs
+                self._cv.notify()
 
     async def wait_idle(self) -> None:
         if self._outstanding:
@@ -348,6 +361,7 @@ class ThreadCommitter:
 
     def close(self) -> None:
         """Finish queued jobs (their completions are posted to the loop) and stop."""
+        self._kick()
         with self._cv:
             self._closing = True
             self._cv.notify()
