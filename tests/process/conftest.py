@@ -45,7 +45,9 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, log: Callable[[
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out ({timeout:g} s) waiting for {what}\n--- log ---\n{log()}")
+            raise AssertionError(
+                f"timed out ({timeout:g} s) waiting for {what}\n--- log ---\n{log()}"
+            )
         time.sleep(0.02)
 
 
@@ -86,7 +88,10 @@ class Sup:
         kw.setdefault("socket_timeout", 5)
         kw.setdefault("blocked_connection_timeout", 10)
         return pika.ConnectionParameters(
-            host="127.0.0.1", port=self.port, credentials=pika.PlainCredentials("guest", "guest"), **kw
+            host="127.0.0.1",
+            port=self.port,
+            credentials=pika.PlainCredentials("guest", "guest"),
+            **kw,
         )
 
     def connect(self, **kw: Any) -> pika.BlockingConnection:
@@ -96,7 +101,9 @@ class Sup:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"supervisor did not exit within {timeout} s:\n{self.log()}") from None
+            raise AssertionError(
+                f"supervisor did not exit within {timeout} s:\n{self.log()}"
+            ) from None
 
 
 def start_supervisor(
@@ -140,7 +147,7 @@ def stop_supervisor(sup: Sup) -> None:
             os.killpg(sup.proc.pid, signal.SIGKILL)
             sup.proc.wait(5)
     # workers must not outlive the supervisor
-    for w in (read_status(str(sup.data_dir)) or []):
+    for w in read_status(str(sup.data_dir)) or []:
         if w.pid:
             try:
                 os.kill(w.pid, signal.SIGKILL)

@@ -85,7 +85,7 @@ def test_kill_9_worker_is_respawned_in_its_slot(supervisor: Callable[..., Sup]) 
     assert after[1].incarnation == victim.incarnation + 1
     assert [w.pid for w in after][0::2] == [w.pid for w in before][0::2]  # others untouched
     assert not pid_alive(victim.pid)
-    assert "worker 1 (pid %d) died (signal SIGKILL); respawning" % victim.pid in sup.log()
+    assert f"worker 1 (pid {victim.pid}) died (signal SIGKILL); respawning" in sup.log()
     # the port keeps accepting, on every worker including the new one
     conns = [sup.connect() for _ in range(30)]
     try:
