@@ -107,11 +107,14 @@ def run(
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
     settings: SupervisorConfig | None = None,
+    on_start: Callable[[Supervisor], None] | None = None,
 ) -> int:
     """Run the broker until SIGTERM/SIGINT; returns the process exit code.
 
     ``config_path`` and ``overrides`` (as given to ``load_config``) let SIGHUP re-read the
-    configuration; ``settings`` overrides ``config.supervisor``.
+    configuration; ``settings`` overrides ``config.supervisor``. With N>1, ``on_start``
+    is called with the ``Supervisor`` inside its event loop, after the sockets and shared
+    memory exist and before the first worker is spawned (wire hooks there).
     """
     setup_logging(config.server.log_level)
     os.makedirs(config.server.data_dir, exist_ok=True)
@@ -125,6 +128,7 @@ def run(
         n,
         config_path=config_path,
         overrides=overrides or {},
+        on_start=on_start,
     )
     return int(_run_loop(sup.run()))
 
@@ -204,8 +208,10 @@ class Supervisor:
         *,
         config_path: str | None = None,
         overrides: dict[str, Any] | None = None,
+        on_start: Callable[[Supervisor], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_start = on_start
         self.settings = settings
         self.n = n
         self.config_path = config_path
@@ -419,7 +425,6 @@ class Supervisor:
 
     def _fatal(self, message: str) -> None:
         log.critical("%s", message)
-        print(f"shardmq: {message}", file=sys.stderr, flush=True)
         self.exit_code = EXIT_BOOT_FAILURE
         self.begin_stop()
 
@@ -600,12 +605,15 @@ class Supervisor:
         self._loop = loop
         try:
             self._setup()
+            if self.on_start is not None:
+                self.on_start(self)
         except (OSError, MeshError) as exc:
-            message = f"cannot start: {exc}"
-            log.critical("%s", message)
-            print(f"shardmq: {message}", file=sys.stderr, flush=True)
+            log.critical("cannot start: %s", exc)
             self._cleanup()
             return EXIT_BOOT_FAILURE
+        except BaseException:
+            self._cleanup()
+            raise
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.begin_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
