@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 from shardmq import __version__
-from shardmq.amqp import methods as M
 from shardmq.amqp.connection import AMQPConnection
 from shardmq.amqp.errors import AMQPError
 from shardmq.broker.connection import BrokerConnection
@@ -72,6 +71,7 @@ class Broker:
         self.sequencer: Any = LocalSequencer(self.metadata)
         self.shards: Any = None  # the cross-shard router when workers > 1
         self.connections: set[BrokerConnection] = set()
+        self.conns_by_gid: dict[int, BrokerConnection] = {}
         self.alarm = False  # memory high watermark passed
         self._conn_ids = itertools.count(1)
         self.server_properties = {
@@ -93,7 +93,9 @@ class Broker:
         if self.workers > 1:
             shard = shard_for(vhost, name, self.workers)
             if shard != self.slot:
-                return RemoteQueue(name, vhost, shard, **kw)
+                rq = RemoteQueue(name, vhost, shard, **kw)
+                rq.router = self.shards
+                return rq
         return Queue(name, vhost, **kw)
 
     def check_password(self, user: str, password: str) -> bool:
@@ -114,12 +116,7 @@ class Broker:
             consumers = list(q.local_consumers.values())
             q.local_consumers.clear()
         for c in consumers:
-            conn = c.channel.conn
-            c.channel.consumers.pop(c.tag, None)
-            if conn.client_capabilities.get("consumer_cancel_notify") and c.channel.number in (
-                conn.channels
-            ):
-                conn.send_method(c.channel.number, M.BasicCancel(consumer_tag=c.tag, no_wait=True))
+            c.channel.conn.cancel_consumer(c)
 
     def set_memory_alarm(self, on: bool) -> None:
         """Block (or unblock) every connection that publishes."""

@@ -42,6 +42,7 @@ from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel
 from shardmq.broker.message import Message
 from shardmq.broker.queue import Consumer, Queue
+from shardmq.broker.remote import RemoteQueue
 from shardmq.broker.vhost import AnyQueue, VHost
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ class BrokerConnection(AMQPConnection):
         self.published = False  # has published at least once (memory alarm target)
         self.io: IOHooks | None = None
         self.exclusive_queues: list[str] = []
+        # credit to return to other workers for deliveries our socket has taken
+        self.credit_due: dict[Consumer, int] = {}
         self._confirm_channels: list[Channel] = []
 
     # ------------------------------------------------------------ handshake hooks
@@ -124,6 +127,7 @@ class BrokerConnection(AMQPConnection):
             raise HardError(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)
         self.vhost = vh
         self.broker.connections.add(self)
+        self.broker.conns_by_gid[self.gid] = self
 
     def on_channel_open(self, ch: ChannelBase) -> None:
         ch.conn = self  # type: ignore[attr-defined]
@@ -137,6 +141,7 @@ class BrokerConnection(AMQPConnection):
 
     def on_connection_closed(self) -> None:
         self.broker.connections.discard(self)
+        self.broker.conns_by_gid.pop(self.gid, None)
         for q in list(self.throttled_by):
             q.throttled.discard(self)
         self.throttled_by.clear()
@@ -160,6 +165,8 @@ class BrokerConnection(AMQPConnection):
     def set_write_paused(self, paused: bool) -> None:
         self.write_paused = paused
         self._update_channels()
+        if not paused and self.credit_due:
+            self._return_credit()
 
     def out_full(self) -> None:
         """Deliveries stop for this loop turn once the output buffer passes OUT_LIMIT."""
@@ -172,6 +179,15 @@ class BrokerConnection(AMQPConnection):
         if self.out_blocked:
             self.out_blocked = False
             self._update_channels()
+        if self.credit_due and not self.write_paused:
+            self._return_credit()
+
+    def _return_credit(self) -> None:
+        due, self.credit_due = self.credit_due, {}
+        router = self.broker.shards
+        for consumer, n in due.items():
+            if consumer.tag in consumer.channel.consumers:
+                router.grant(consumer, n)
 
     def _update_channels(self) -> None:
         for ch in list(self.channels.values()):
@@ -282,11 +298,25 @@ class BrokerConnection(AMQPConnection):
         if ch.confirm:
             ch.confirm_published()
 
+    def cancel_consumer(self, c: Consumer) -> None:
+        """The broker ends a consumer (its queue is gone): basic.cancel to the client."""
+        ch = c.channel
+        ch.consumers.pop(c.tag, None)
+        if (
+            self.client_capabilities.get("consumer_cancel_notify")
+            and self.channels.get(ch.number) is ch
+            and self.state == OPEN
+        ):
+            self.send_method(ch.number, M.BasicCancel(consumer_tag=c.tag, no_wait=True))
+
     def remove_consumer(self, c: Consumer, *, notify: bool) -> None:
         """Detach a consumer from its queue (auto-deleting the queue if it was the last)."""
         c.channel.consumers.pop(c.tag, None)
         q = c.queue
-        if q.remove_consumer(c) and not q.deleted:
+        if isinstance(q, RemoteQueue):
+            if not q.deleted:
+                self.broker.shards.cancel(q, c)
+        elif q.remove_consumer(c) and not q.deleted:
             # auto-delete: if a consumer came back meanwhile, if-unused keeps the queue
             self.broker.sequencer.fire(md.DeleteQueue(q.vhost, q.name, True, False, 0))
         if notify and self.client_capabilities.get("consumer_cancel_notify"):
@@ -343,12 +373,17 @@ class BrokerConnection(AMQPConnection):
                 return
         self.send_method(ch.number, reply)
 
-    def remote_call(self, ch: Channel, m: M.Method, q: AnyQueue, what: str, reply: Reply) -> None:
-        """Ask the shard that owns ``q`` (purge, get, consume) and suspend the channel."""
+    def remote_call(
+        self,
+        ch: Channel,
+        m: M.Method,
+        start: Callable[[Callable[[AMQPError | None, Any], None]], None],
+        reply: Reply,
+    ) -> None:
+        """Ask the worker that owns a queue (purge, get, consume), suspending the channel
+        until it answers."""
         self.suspend(ch)
-        self.broker.shards.call(
-            q, what, self, ch, lambda err, res: self.complete(ch, m, reply, err, res)
-        )
+        start(lambda err, res: self.complete(ch, m, reply, err, res))
 
 
 def _as_bytes(v: object) -> bytes:
@@ -492,7 +527,10 @@ def _queue_purge(conn: BrokerConnection, ch: Channel, m: M.QueuePurge) -> None:
             conn.send_method(ch.number, M.QueuePurgeOk(message_count=n))
         return
     conn.remote_call(
-        ch, m, q, "purge", lambda n: None if m.no_wait else M.QueuePurgeOk(message_count=n)
+        ch,
+        m,
+        lambda cb: conn.broker.shards.purge(q, cb),
+        None if m.no_wait else (lambda n: M.QueuePurgeOk(message_count=n)),
     )
 
 
@@ -519,7 +557,8 @@ def _basic_qos(conn: BrokerConnection, ch: Channel, m: M.BasicQos) -> None:
 @handles(M.BasicConsume)
 def _basic_consume(conn: BrokerConnection, ch: Channel, m: M.BasicConsume) -> None:
     q = conn.queue_for(ch, m.queue)
-    if q.consumers and (m.exclusive or q.exclusive_consumer()):
+    local = isinstance(q, Queue)
+    if local and q.consumers and (m.exclusive or q.exclusive_consumer()):
         raise SoftError(
             ACCESS_REFUSED, f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use", 60, 20
         )
@@ -530,8 +569,26 @@ def _basic_consume(conn: BrokerConnection, ch: Channel, m: M.BasicConsume) -> No
         raise HardError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
     c = Consumer(tag, shortstr(tag), ch, q, m.no_ack, m.exclusive, ch.prefetch, m.arguments or {})
     ch.consumers[tag] = c
-    if not m.no_wait:
-        conn.send_method(ch.number, M.BasicConsumeOk(consumer_tag=tag))
+    ok = None if m.no_wait else M.BasicConsumeOk(consumer_tag=tag)
+    if not local:
+        # The owner checks exclusivity and registers the consumer; deliveries follow
+        # its answer on the same ring, so they come after consume-ok.
+        def registered(_result: Any) -> M.Method | None:
+            return ok
+
+        def start(cb: Callable[[AMQPError | None, Any], None]) -> None:
+            def answered(err: AMQPError | None, res: Any) -> None:
+                if err is not None:
+                    ch.consumers.pop(tag, None)
+                    q.local_consumers.pop((conn.gid, ch.number, tag), None)
+                cb(err, res)
+
+            conn.broker.shards.consume(q, c, answered)
+
+        conn.remote_call(ch, m, start, registered)
+        return
+    if ok is not None:
+        conn.send_method(ch.number, ok)
     q.add_consumer(c)
 
 
@@ -547,22 +604,37 @@ def _basic_cancel(conn: BrokerConnection, ch: Channel, m: M.BasicCancel) -> None
 @handles(M.BasicGet)
 def _basic_get(conn: BrokerConnection, ch: Channel, m: M.BasicGet) -> None:
     q = conn.queue_for(ch, m.queue)
+    if not isinstance(q, Queue):
+
+        def got_remote(res: Any) -> None:
+            if not isinstance(res, list):
+                conn.send_method(ch.number, M.BasicGetEmpty())
+                return
+            ref, redelivered, count, exrk, rawch, hsize, fmax, raw = res
+            msg = Message(exrk, raw, rawch, hsize, fmax, ref)
+            _write_get_ok(conn, ch, q, msg, redelivered, count, m.no_ack)
+
+        conn.remote_call(ch, m, lambda cb: conn.broker.shards.get(q, m.no_ack, cb), got_remote)
+        return
     got = q.get()
     if got is None:
         conn.send_method(ch.number, M.BasicGetEmpty())
         return
     msg, redelivered = got
-    tag = ch.take_get(q, msg, m.no_ack)
-    write_get_ok(
-        conn.out,
-        ch.number,
-        tag,
-        redelivered,
-        msg.exrk,
-        q.message_count,
-        msg,
-        conn.frame_max,
-    )
+    _write_get_ok(conn, ch, q, msg, redelivered, q.message_count, m.no_ack)
+
+
+def _write_get_ok(
+    conn: BrokerConnection,
+    ch: Channel,
+    q: AnyQueue,
+    msg: Message,
+    redelivered: bool,
+    count: int,
+    no_ack: bool,
+) -> None:
+    tag = ch.take_get(q, msg, no_ack)  # type: ignore[arg-type]
+    write_get_ok(conn.out, ch.number, tag, redelivered, msg.exrk, count, msg, conn.frame_max)
     conn.wake_once()
 
 

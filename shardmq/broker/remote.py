@@ -14,10 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from shardmq.broker.exchange import Exchange
+    from shardmq.broker.message import Message
     from shardmq.broker.queue import Consumer
+    from shardmq.broker.shards import ShardRouter
+
+ACK, REQUEUE = 0, 2  # settle actions, as in shards.py
 
 
 class RemoteQueue:
+    # The owner holds the consumers; here the queue has none to dispatch to.
+    consumers: tuple[()] = ()
+
     __slots__ = (
         "name",
         "vhost",
@@ -30,6 +37,7 @@ class RemoteQueue:
         "deleted",
         "sources",
         "local_consumers",
+        "router",
     )
 
     def __init__(
@@ -55,6 +63,22 @@ class RemoteQueue:
         self.deleted = False
         self.sources: set[Exchange] = set()
         self.local_consumers: dict[tuple[int, int, str], Consumer] = {}
+        self.router: ShardRouter | None = None  # set by the broker that created it
+
+    # What a Channel calls on the queue of an unacked delivery (see channel.py):
+    # settles travel to the owner, batched per loop turn. ``seq`` is the owner's ref
+    # (0 for no-ack deliveries, which the owner settled already).
+    def settle(self, msg: Message) -> None:
+        if msg.seq:
+            self.router.settle(self.shard, msg.seq, ACK)  # type: ignore[union-attr]
+
+    def requeue(self, msgs: list[Message]) -> None:
+        for m in msgs:
+            if m.seq:
+                self.router.settle(self.shard, m.seq, REQUEUE)  # type: ignore[union-attr]
+
+    def dispatch(self) -> None:
+        """Delivery decisions are the owner's."""
 
     def __repr__(self) -> str:
         return f"RemoteQueue({self.vhost!r}, {self.name!r}, shard={self.shard})"

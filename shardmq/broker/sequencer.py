@@ -1,0 +1,305 @@
+"""The metadata sequencer: one order for every exchange/queue/binding change.
+
+Owns: ``Sequencer`` (runs in the supervisor with N workers) and ``WorkerMeta`` (a
+worker's side: sends its clients' ops, applies the ordered ops it is sent). Both are
+transport-agnostic: messages are plain lists handed to a ``send`` callable.
+
+Invariants:
+- One op at a time: an op is applied by the sequencer's replica (which raises the
+  error a client gets), then by every live worker; the requester is answered only when
+  all of them acked, so a publish after declare-ok / bind-ok on any worker sees it.
+- Checks that need a queue's live state are asked of the queue's owner first ("ask"),
+  and the op broadcast afterwards carries no such condition, so replicas never diverge.
+- A worker that (re)starts gets a snapshot of the current definitions before it serves.
+
+Messages (lists): worker -> sequencer ``["req", req, op]`` (req 0: nobody waits) and
+``["ack", token, err, result]``; sequencer -> worker ``["apply", token, op]``,
+``["ask", token, op]``, ``["reply", req, err, result]``, ``["snapshot", [op, ...]]``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from shardmq.amqp.errors import INTERNAL_ERROR, PRECONDITION_FAILED, AMQPError, SoftError
+from shardmq.broker import metadata as md
+from shardmq.broker.exchange import Exchange
+from shardmq.broker.queue import Queue
+from shardmq.broker.remote import RemoteQueue
+
+log = logging.getLogger("shardmq.sequencer")
+
+Send = Callable[[int, list[Any]], None]
+
+
+def snapshot(metadata: md.Metadata) -> list[bytes]:
+    """Ops that rebuild ``metadata``'s definitions from scratch (encoded)."""
+    ops: list[md.Op] = []
+    bindings: list[md.Op] = []
+    for vh in metadata.vhosts.values():
+        for ex in vh.exchanges.values():
+            if ex.name == "" or ex.name.startswith("amq."):
+                pass
+            else:
+                ops.append(
+                    md.DeclareExchange(
+                        vh.name,
+                        ex.name,
+                        ex.type,
+                        False,
+                        ex.durable,
+                        ex.auto_delete,
+                        ex.internal,
+                        md.table_bytes(ex.arguments),
+                    )
+                )
+            for dest, rk, args in ex.router.bindings():
+                bindings.append(
+                    md.Bind(
+                        vh.name,
+                        not isinstance(dest, Exchange),
+                        dest.name,
+                        ex.name,
+                        rk,
+                        md.table_bytes(args),
+                        dest.owner if not isinstance(dest, Exchange) else 0,
+                    )
+                )
+        for q in vh.queues.values():
+            ops.append(
+                md.DeclareQueue(
+                    vh.name,
+                    q.name,
+                    False,
+                    q.durable,
+                    q.exclusive,
+                    q.auto_delete,
+                    md.table_bytes(q.arguments),
+                    q.owner,
+                    True,
+                )
+            )
+    return [md.encode_op(op) for op in ops + bindings]
+
+
+class Sequencer:
+    def __init__(self, vhosts: list[str], workers: int, send: Send) -> None:
+        self.workers = workers
+        self.send = send
+        self.metadata = md.Metadata(vhosts, self._placeholder)
+        self.live: set[int] = set()
+        self._queue: deque[tuple[int, int, md.AnyOp]] = deque()
+        self._tokens = itertools.count(1)
+        self._current: dict[str, Any] | None = None
+
+    def _placeholder(self, name: str, vhost: str, **kw: Any) -> RemoteQueue:
+        return RemoteQueue(name, vhost, md.shard_for(vhost, name, self.workers), **kw)
+
+    # ------------------------------------------------------------ workers
+    def worker_up(self, slot: int) -> None:
+        """A worker (re)started: it gets the definitions, then takes part in ops."""
+        self.send(slot, ["snapshot", snapshot(self.metadata)])
+        self.live.add(slot)
+
+    def worker_down(self, slot: int) -> None:
+        self.live.discard(slot)
+        cur = self._current
+        if cur is not None and slot in cur["waiting"]:
+            cur["waiting"].discard(slot)
+            if cur["stage"] == "ask":
+                self._finish(
+                    cur, md.error_of(AMQPError(INTERNAL_ERROR, "queue owner restarted")), None
+                )
+                return
+            self._maybe_done()
+        # Its connections are gone: so are their exclusive queues.
+        self.submit(slot, 0, md.DropOwners("", slot))
+
+    # ------------------------------------------------------------ input
+    def on_message(self, slot: int, message: list[Any]) -> None:
+        kind = message[0]
+        if kind == "req":
+            self.submit(slot, message[1], md.decode_op(message[2]))
+        elif kind == "ack":
+            self._on_ack(slot, message[1], message[2], message[3])
+
+    def submit(self, slot: int, req: int, op: md.AnyOp) -> None:
+        self._queue.append((slot, req, op))
+        if self._current is None:
+            self._next()
+
+    # ------------------------------------------------------------ state machine
+    def _next(self) -> None:
+        while self._current is None and self._queue:
+            slot, req, op = self._queue.popleft()
+            self._start(slot, req, op)
+
+    def _owner(self, op: md.AnyOp) -> int | None:
+        if isinstance(op, md.DeclareQueue | md.DeleteQueue):
+            return md.shard_for(op.vhost, op.name, self.workers)
+        return None
+
+    def _start(self, slot: int, req: int, op: md.AnyOp) -> None:
+        owner = self._owner(op)
+        cur: dict[str, Any] = {"slot": slot, "req": req, "op": op, "owner": owner}
+        self._current = cur
+        needs_ask = (isinstance(op, md.DeclareQueue) and op.passive) or (
+            isinstance(op, md.DeleteQueue)
+            and (op.if_unused or op.if_empty)
+            and op.name in self.metadata.vhost(op.vhost).queues
+        )
+        if needs_ask and owner in self.live:
+            cur["stage"] = "ask"
+            cur["token"] = token = next(self._tokens)
+            cur["waiting"] = {owner}
+            self.send(owner, ["ask", token, md.encode_op(op)])
+            return
+        self._broadcast(cur)
+
+    def _broadcast(self, cur: dict[str, Any]) -> None:
+        op = cur["op"]
+        if isinstance(op, md.DeclareQueue) and op.passive:
+            # nothing changes; the owner's answer (or ours) is the reply
+            try:
+                result = cur.get("result") or self.metadata.apply(op)
+            except AMQPError as exc:
+                self._finish(cur, md.error_of(exc), None)
+                return
+            self._finish(cur, None, _plain(result))
+            return
+        if isinstance(op, md.DeleteQueue) and (op.if_unused or op.if_empty):
+            op = msgspec.structs.replace(op, if_unused=False, if_empty=False)
+            cur["op"] = op
+        try:
+            result = self.metadata.apply(op)
+        except AMQPError as exc:
+            self._finish(cur, md.error_of(exc), None)
+            return
+        cur["stage"] = "apply"
+        cur["result"] = _plain(result)
+        cur["token"] = token = next(self._tokens)
+        cur["waiting"] = set(self.live)
+        data = md.encode_op(op)
+        for w in sorted(self.live):
+            self.send(w, ["apply", token, data])
+        self._maybe_done()
+
+    def _on_ack(self, slot: int, token: int, err: Any, result: Any) -> None:
+        cur = self._current
+        if cur is None or cur.get("token") != token:
+            return
+        cur["waiting"].discard(slot)
+        if cur["stage"] == "ask":
+            if err is not None:
+                self._finish(cur, err, None)
+                return
+            cur["result"] = result
+            self._broadcast(cur)
+            return
+        if err is not None:
+            log.error("worker %d diverged applying %r: %s", slot, cur["op"], err)
+        elif slot == cur["owner"] and result is not None:
+            cur["result"] = result
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        cur = self._current
+        if cur is not None and cur["stage"] == "apply" and not cur["waiting"]:
+            self._finish(cur, None, cur.get("result"))
+
+    def _finish(self, cur: dict[str, Any], err: Any, result: Any) -> None:
+        self._current = None
+        if cur["req"] and cur["slot"] in self.live:
+            self.send(cur["slot"], ["reply", cur["req"], err, result])
+        self._next()
+
+
+def _plain(result: Any) -> Any:
+    if isinstance(result, md.QueueInfo):
+        return [result.name, result.message_count, result.consumer_count]
+    return result
+
+
+class WorkerMeta:
+    """A worker's end: the broker's ``sequencer`` when there are several workers."""
+
+    synchronous = False
+
+    def __init__(self, metadata: md.Metadata, send: Callable[[list[Any]], None]) -> None:
+        self.metadata = metadata
+        self.send = send
+        self._reqs = itertools.count(1)
+        self.pending: dict[int, Callable[[AMQPError | None, Any], None]] = {}
+        self.ready = False
+
+    def request(self, op: md.Op, callback: Callable[[AMQPError | None, Any], None]) -> None:
+        req = next(self._reqs)
+        if isinstance(op, md.DeclareQueue):
+            self.pending[req] = lambda err, res: callback(err, md.QueueInfo(*res) if res else res)
+        else:
+            self.pending[req] = callback
+        self.send(["req", req, md.encode_op(op)])
+
+    def fire(self, op: md.Op) -> None:
+        self.send(["req", 0, md.encode_op(op)])
+
+    def on_message(self, message: list[Any]) -> None:
+        kind = message[0]
+        if kind == "apply":
+            self._apply(message[1], message[2])
+        elif kind == "ask":
+            self._ask(message[1], message[2])
+        elif kind == "reply":
+            cb = self.pending.pop(message[1], None)
+            if cb is not None:
+                err, result = message[2], message[3]
+                cb(md.error_from(err) if err is not None else None, result)
+        elif kind == "snapshot":
+            for data in message[1]:
+                try:
+                    self.metadata.apply(md.decode_op(data))
+                except AMQPError as exc:
+                    log.error("snapshot op not applied: %s", exc.reply_text)
+            self.ready = True
+
+    def _apply(self, token: int, data: bytes) -> None:
+        try:
+            result = self.metadata.apply(md.decode_op(data))
+        except AMQPError as exc:
+            self.send(["ack", token, md.error_of(exc), None])
+            return
+        self.send(["ack", token, None, _plain(result)])
+
+    def _ask(self, token: int, data: bytes) -> None:
+        """Owner-side checks that need live queue state (no change is made)."""
+        op = md.decode_op(data)
+        try:
+            if isinstance(op, md.DeclareQueue):
+                result = _plain(self.metadata.apply(op))
+            else:
+                assert isinstance(op, md.DeleteQueue)
+                vh = self.metadata.vhost(op.vhost)
+                q = vh.queues.get(op.name)
+                if isinstance(q, Queue):
+                    if op.requester:
+                        vh.check_exclusive(q, op.requester)
+                    if op.if_unused and q.consumers:
+                        raise SoftError(
+                            PRECONDITION_FAILED, f"queue '{q.name}' in vhost '{vh.name}' in use"
+                        )
+                    if op.if_empty and q.message_count:
+                        raise SoftError(
+                            PRECONDITION_FAILED,
+                            f"queue '{q.name}' in vhost '{vh.name}' not empty",
+                        )
+                result = None
+        except AMQPError as exc:
+            self.send(["ack", token, md.error_of(exc), None])
+            return
+        self.send(["ack", token, None, result])

@@ -1,0 +1,490 @@
+"""Cross-shard data plane: publish, deliver, settle, credit and requests between workers.
+
+Owns: ``ShardRouter`` — the record formats that cross the rings and both ends of every
+exchange: the publishing/consuming side (this worker's connections using a queue that
+lives elsewhere) and the owning side (``ProxyConsumer``: a consumer on another worker,
+served from a local queue with credit).
+
+Invariants:
+- Records to one worker are delivered in order (one SPSC ring per ordered pair), so a
+  reply always precedes the deliveries it enables, and one channel's publishes to a
+  queue stay in order.
+- One copy of a message goes to each owning worker, however many of its queues match.
+- A proxy consumer gets a message only while it has credit: credit is the consumer's
+  prefetch (returned as deliveries are settled) or, for no-ack and unlimited-prefetch
+  consumers, a window returned as the consumer's socket accepts the data — a slow
+  reader never makes the owner push without bound.
+- Message refs embed this process's pid, so a settle meant for a dead incarnation of a
+  worker can never settle a message of the new one.
+- A dead worker's publishes still unconfirmed are nacked, consumers of its queues are
+  cancelled, and messages it held unacked from our queues are requeued.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+
+from shardmq.amqp.codec import shortstr
+from shardmq.amqp.errors import (
+    ACCESS_REFUSED,
+    NOT_FOUND,
+    AMQPError,
+    SoftError,
+)
+from shardmq.broker import metadata as md
+from shardmq.broker.message import Message
+from shardmq.broker.queue import Consumer, Queue
+from shardmq.broker.remote import RemoteQueue
+
+if TYPE_CHECKING:
+    from shardmq.broker.broker import Broker
+
+log = logging.getLogger("shardmq.shards")
+
+ENQUEUE, DELIVER, SETTLE, CONFIRM, CREDIT, REQUEST, REPLY = range(1, 8)
+ACK, DROP, REQUEUE = 0, 1, 2
+
+_ENQ = struct.Struct(">BQHQBH")  # type, confirm conn gid, channel, seq, n queues, exrk len
+_CONTENT = struct.Struct(">HII")  # raw's channel, header size, largest frame
+_DLV = struct.Struct(">BQHQBH")  # type, conn gid, channel, ref, flags, exrk len
+_SETTLE = struct.Struct(">BBI")  # type, action, count
+_CONFIRM = struct.Struct(">BQHQB")  # type, conn gid, channel, seq, ok
+_CREDIT = struct.Struct(">BQHI")  # type, conn gid, channel, credit
+_Q = struct.Struct(">Q")
+
+# Credit window for consumers whose credit comes back as their socket drains.
+WINDOW = 512
+
+Callback = Callable[[AMQPError | None, Any], None]
+_encode = msgspec.msgpack.encode
+_decode = msgspec.msgpack.decode
+
+
+class Link(Protocol):
+    """Ordered, reliable record delivery to another worker (the ring mesh)."""
+
+    def send(self, target: int, record: bytes) -> None: ...
+
+
+def _shortstr_at(buf: bytes, pos: int) -> tuple[str, int]:
+    n = buf[pos]
+    return buf[pos + 1 : pos + 1 + n].decode(), pos + 1 + n
+
+
+class ProxyConsumer:
+    """Owner side: a consumer on another worker. Quacks like ``Consumer`` for ``Queue``
+    (``channel`` is itself: ``Queue`` calls ``c.channel.deliver(c, ...)``)."""
+
+    __slots__ = (
+        "router",
+        "src",
+        "gid",
+        "chnum",
+        "tag",
+        "ctag",
+        "queue",
+        "no_ack",
+        "exclusive",
+        "credit",
+        "credit_on_settle",
+        "refs",
+        "channel",
+    )
+
+    def __init__(
+        self,
+        router: ShardRouter,
+        src: int,
+        gid: int,
+        chnum: int,
+        tag: str,
+        queue: Queue,
+        no_ack: bool,
+        exclusive: bool,
+        credit: int,
+        credit_on_settle: bool,
+    ) -> None:
+        self.router = router
+        self.src = src
+        self.gid = gid
+        self.chnum = chnum
+        self.tag = tag
+        self.ctag = shortstr(tag)
+        self.queue = queue
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.credit = credit
+        self.credit_on_settle = credit_on_settle
+        self.refs: set[int] = set()
+        self.channel = self
+
+    def ready(self) -> bool:
+        return self.credit > 0
+
+    def deliver(self, c: ProxyConsumer, queue: Queue, msg: Message, redelivered: bool) -> None:
+        router = self.router
+        self.credit -= 1
+        if self.no_ack:
+            queue.settle(msg)
+            ref = 0
+        else:
+            ref = router.new_ref()
+            router.held[ref] = (self, queue, msg)
+            self.refs.add(ref)
+        exrk = msg.exrk
+        router.link.send(
+            self.src,
+            b"".join(
+                (
+                    _DLV.pack(
+                        DELIVER,
+                        self.gid,
+                        self.chnum,
+                        ref,
+                        (1 if redelivered else 0) | (2 if self.no_ack else 0),
+                        len(exrk),
+                    ),
+                    self.ctag,
+                    exrk,
+                    _CONTENT.pack(msg.ch, msg.hsize, msg.fmax),
+                    msg.raw,
+                )
+            ),
+        )
+
+
+class ShardRouter:
+    def __init__(self, broker: Broker, link: Link) -> None:
+        self.broker = broker
+        self.link = link
+        self.slot = broker.slot
+        self._refs = itertools.count(1)
+        self._ref_base = (os.getpid() & 0xFFFFFF) << 40
+        self._reqs = itertools.count(1)
+        self.pending: dict[int, tuple[int, Callback]] = {}  # req -> (target, callback)
+        self.proxies: dict[tuple[int, int, int, str], ProxyConsumer] = {}
+        self.held: dict[int, tuple[ProxyConsumer | None, Queue, Message]] = {}
+        # publishes waiting for a confirm from a shard: shard -> {(gid, ch, seq)}
+        self.waiting: dict[int, dict[tuple[int, int, int], None]] = {}
+        self._settles: dict[tuple[int, int], list[int]] = {}
+        self._handlers = {
+            ENQUEUE: self._on_enqueue,
+            DELIVER: self._on_deliver,
+            SETTLE: self._on_settle,
+            CONFIRM: self._on_confirm,
+            CREDIT: self._on_credit,
+            REQUEST: self._on_request,
+            REPLY: self._on_reply,
+        }
+
+    def new_ref(self) -> int:
+        return self._ref_base | next(self._refs)
+
+    # ================================================================ sending side
+    def enqueue(
+        self,
+        groups: tuple[tuple[int, tuple[RemoteQueue, ...]], ...],
+        msg: Message,
+        gid: int,
+        chnum: int,
+        seq: int,
+    ) -> None:
+        """Send one copy of ``msg`` to each owning shard; ``seq`` > 0 asks for a confirm."""
+        exrk = msg.exrk
+        tail = _CONTENT.pack(msg.ch, msg.hsize, msg.fmax)
+        for shard, queues in groups:
+            names = b"".join(shortstr(q.name) for q in queues)
+            self.link.send(
+                shard,
+                b"".join(
+                    (
+                        _ENQ.pack(ENQUEUE, gid, chnum, seq, len(queues), len(exrk)),
+                        shortstr(queues[0].vhost),
+                        names,
+                        exrk,
+                        tail,
+                        msg.raw,
+                    )
+                ),
+            )
+            if seq:
+                self.waiting.setdefault(shard, {})[(gid, chnum, seq)] = None
+
+    def settle(self, shard: int, ref: int, action: int) -> None:
+        if ref:
+            self._settles.setdefault((shard, action), []).append(ref)
+
+    def flush(self) -> None:
+        """Send the settles collected this loop turn (one record per shard and action)."""
+        if not self._settles:
+            return
+        settles, self._settles = self._settles, {}
+        for (shard, action), refs in settles.items():
+            self.link.send(
+                shard,
+                _SETTLE.pack(SETTLE, action, len(refs)) + b"".join(_Q.pack(r) for r in refs),
+            )
+
+    def grant(self, consumer: Consumer, n: int) -> None:
+        rq = consumer.queue
+        assert isinstance(rq, RemoteQueue)
+        ch = consumer.channel
+        self.link.send(
+            rq.shard,
+            _CREDIT.pack(CREDIT, ch.conn.gid, ch.number, n) + consumer.ctag,
+        )
+
+    def request(self, shard: int, payload: list[Any], callback: Callback | None) -> None:
+        req = next(self._reqs) if callback is not None else 0
+        if callback is not None:
+            self.pending[req] = (shard, callback)
+        self.link.send(shard, bytes((REQUEST,)) + _encode([req, *payload]))
+
+    # ---------------------------------------------------------------- consumer API
+    def consume(self, rq: RemoteQueue, c: Consumer, cb: Callback) -> None:
+        ch = c.channel
+        credit_on_settle = not c.no_ack and c.prefetch > 0
+        credit = c.prefetch if credit_on_settle else WINDOW
+        rq.local_consumers[(ch.conn.gid, ch.number, c.tag)] = c
+        self.request(
+            rq.shard,
+            [
+                "consume",
+                rq.vhost,
+                rq.name,
+                ch.conn.gid,
+                ch.number,
+                c.tag,
+                c.no_ack,
+                c.exclusive,
+                credit,
+                credit_on_settle,
+            ],
+            cb,
+        )
+
+    def cancel(self, rq: RemoteQueue, c: Consumer) -> None:
+        ch = c.channel
+        rq.local_consumers.pop((ch.conn.gid, ch.number, c.tag), None)
+        self.request(rq.shard, ["cancel", rq.vhost, rq.name, ch.conn.gid, ch.number, c.tag], None)
+
+    def get(self, rq: RemoteQueue, no_ack: bool, cb: Callback) -> None:
+        self.request(rq.shard, ["get", rq.vhost, rq.name, no_ack], cb)
+
+    def purge(self, rq: RemoteQueue, cb: Callback) -> None:
+        self.request(rq.shard, ["purge", rq.vhost, rq.name], cb)
+
+    # ================================================================ receiving
+    def on_records(self, src: int, records: list[bytes | memoryview]) -> None:
+        handlers = self._handlers
+        for rec in records:
+            data = bytes(rec)
+            try:
+                handlers[data[0]](src, data)
+            except Exception:
+                log.exception("bad record type %d from worker %d", data[0] if data else -1, src)
+
+    # ---------------------------------------------------------------- owner side
+    def _on_enqueue(self, src: int, data: bytes) -> None:
+        _t, gid, chnum, seq, nq, exlen = _ENQ.unpack_from(data, 0)
+        vhost, pos = _shortstr_at(data, _ENQ.size)
+        vh = self.broker.vhosts.get(vhost)
+        names = []
+        for _ in range(nq):
+            name, pos = _shortstr_at(data, pos)
+            names.append(name)
+        exrk = data[pos : pos + exlen]
+        pos += exlen
+        rawch, hsize, fmax = _CONTENT.unpack_from(data, pos)
+        msg = Message(exrk, data[pos + _CONTENT.size :], rawch, hsize, fmax, next(self._refs))
+        if vh is not None:
+            queues = vh.queues
+            for name in names:
+                q = queues.get(name)
+                if isinstance(q, Queue):
+                    q.publish(msg)
+        if seq:
+            self.link.send(src, _CONFIRM.pack(CONFIRM, gid, chnum, seq, 1))
+
+    def _on_settle(self, src: int, data: bytes) -> None:
+        _t, action, count = _SETTLE.unpack_from(data, 0)
+        held = self.held
+        touched: dict[Queue, list[Message]] = {}
+        for i in range(count):
+            ref = _Q.unpack_from(data, _SETTLE.size + 8 * i)[0]
+            entry = held.pop(ref, None)
+            if entry is None:
+                continue  # from a consumer of a queue since deleted, or a past incarnation
+            proxy, queue, msg = entry
+            if proxy is not None:
+                proxy.refs.discard(ref)
+                if proxy.credit_on_settle:
+                    proxy.credit += 1
+            lst = touched.setdefault(queue, [])
+            if action == REQUEUE:
+                lst.append(msg)
+            else:
+                queue.settle(msg)
+        for queue, msgs in touched.items():
+            if msgs:
+                queue.requeue(msgs)
+            else:
+                queue.dispatch()
+
+    def _on_credit(self, src: int, data: bytes) -> None:
+        _t, gid, chnum, n = _CREDIT.unpack_from(data, 0)
+        tag, _ = _shortstr_at(data, _CREDIT.size)
+        proxy = self.proxies.get((src, gid, chnum, tag))
+        if proxy is not None:
+            proxy.credit += n
+            proxy.queue.dispatch()
+
+    def _on_request(self, src: int, data: bytes) -> None:
+        req, kind, *args = _decode(data[1:])
+        try:
+            result = getattr(self, "_req_" + kind)(src, *args)
+        except AMQPError as exc:
+            if req:
+                self.link.send(src, bytes((REPLY,)) + _encode([req, md.error_of(exc), None]))
+            return
+        if req:
+            self.link.send(src, bytes((REPLY,)) + _encode([req, None, result]))
+        if kind == "consume":
+            # after the reply, so consume-ok reaches the client before the first delivery
+            self.proxies[(src, args[2], args[3], args[4])].queue.dispatch()
+
+    def _local_queue(self, vhost: str, name: str) -> Queue:
+        vh = self.broker.vhosts.get(vhost)
+        q = vh.queues.get(name) if vh is not None else None
+        if not isinstance(q, Queue):
+            raise SoftError(NOT_FOUND, f"no queue '{name}' in vhost '{vhost}'")
+        return q
+
+    def _req_consume(
+        self,
+        src: int,
+        vhost: str,
+        name: str,
+        gid: int,
+        chnum: int,
+        tag: str,
+        no_ack: bool,
+        exclusive: bool,
+        credit: int,
+        credit_on_settle: bool,
+    ) -> None:
+        q = self._local_queue(vhost, name)
+        if q.consumers and (exclusive or q.exclusive_consumer()):
+            raise SoftError(
+                ACCESS_REFUSED, f"queue '{name}' in vhost '{vhost}' in exclusive use", 60, 20
+            )
+        proxy = ProxyConsumer(
+            self, src, gid, chnum, tag, q, no_ack, exclusive, credit, credit_on_settle
+        )
+        self.proxies[(src, gid, chnum, tag)] = proxy
+        q.consumers.append(proxy)  # type: ignore[arg-type]
+        q.had_consumers = True
+
+    def _req_cancel(self, src: int, vhost: str, name: str, gid: int, chnum: int, tag: str) -> None:
+        proxy = self.proxies.pop((src, gid, chnum, tag), None)
+        if proxy is None:
+            return
+        q = proxy.queue
+        if q.remove_consumer(proxy) and not q.deleted:  # type: ignore[arg-type]
+            self.broker.sequencer.fire(md.DeleteQueue(q.vhost, q.name, True, False, 0))
+
+    def _req_get(self, src: int, vhost: str, name: str, no_ack: bool) -> list[Any] | int:
+        q = self._local_queue(vhost, name)
+        got = q.get()
+        if got is None:
+            return q.message_count
+        msg, redelivered = got
+        if no_ack:
+            q.settle(msg)
+            ref = 0
+        else:
+            ref = self.new_ref()
+            self.held[ref] = (None, q, msg)
+        return [ref, redelivered, q.message_count, msg.exrk, msg.ch, msg.hsize, msg.fmax, msg.raw]
+
+    def _req_purge(self, src: int, vhost: str, name: str) -> int:
+        return self._local_queue(vhost, name).purge()
+
+    # ---------------------------------------------------------------- consuming side
+    def _on_deliver(self, src: int, data: bytes) -> None:
+        _t, gid, chnum, ref, flags, exlen = _DLV.unpack_from(data, 0)
+        tag, pos = _shortstr_at(data, _DLV.size)
+        exrk = data[pos : pos + exlen]
+        pos += exlen
+        rawch, hsize, fmax = _CONTENT.unpack_from(data, pos)
+        conn = self.broker.conns_by_gid.get(gid)
+        ch = conn.channels.get(chnum) if conn is not None else None
+        consumer = ch.consumers.get(tag) if ch is not None and not ch.closing else None  # type: ignore[attr-defined]
+        if consumer is None:
+            if ref:  # nobody to give it to any more: back to the queue
+                self.settle(src, ref, REQUEUE)
+            return
+        msg = Message(exrk, data[pos + _CONTENT.size :], rawch, hsize, fmax, ref)
+        consumer.channel.deliver(consumer, consumer.queue, msg, bool(flags & 1))
+        if consumer.no_ack or not consumer.prefetch:
+            conn.credit_due[consumer] = conn.credit_due.get(consumer, 0) + 1  # type: ignore[union-attr]
+
+    def _on_confirm(self, src: int, data: bytes) -> None:
+        _t, gid, chnum, seq, ok = _CONFIRM.unpack_from(data, 0)
+        waiting = self.waiting.get(src)
+        if waiting is not None:
+            waiting.pop((gid, chnum, seq), None)
+        self._confirm(gid, chnum, seq, bool(ok))
+
+    def _confirm(self, gid: int, chnum: int, seq: int, ok: bool) -> None:
+        conn = self.broker.conns_by_gid.get(gid)
+        ch = conn.channels.get(chnum) if conn is not None else None
+        if ch is not None:
+            ch.remote_confirmed(seq, ok)  # type: ignore[attr-defined]
+
+    def _on_reply(self, src: int, data: bytes) -> None:
+        req, err, result = _decode(data[1:])
+        entry = self.pending.pop(req, None)
+        if entry is None:
+            return
+        entry[1](md.error_from(err) if err is not None else None, result)
+
+    # ================================================================ failures
+    def shard_down(self, shard: int) -> None:
+        """Worker ``shard`` died (it is being respawned empty)."""
+        # publishes it never confirmed: nack
+        for gid, chnum, seq in self.waiting.pop(shard, {}):
+            self._confirm(gid, chnum, seq, False)
+        # requests it will never answer
+        for req, (target, cb) in list(self.pending.items()):
+            if target == shard:
+                del self.pending[req]
+                cb(SoftError(NOT_FOUND, f"worker {shard} restarted; try again"), None)
+        # our consumers of its queues: cancelled, like a deleted queue
+        for vh in self.broker.vhosts.values():
+            for q in vh.queues.values():
+                if isinstance(q, RemoteQueue) and q.shard == shard and q.local_consumers:
+                    consumers = list(q.local_consumers.values())
+                    q.local_consumers.clear()
+                    for c in consumers:
+                        c.channel.conn.cancel_consumer(c)
+        # its consumers of our queues: gone; what they held goes back to the queues
+        for key, proxy in list(self.proxies.items()):
+            if key[0] != shard:
+                continue
+            del self.proxies[key]
+            q = proxy.queue
+            msgs = [self.held.pop(r)[2] for r in proxy.refs if r in self.held]
+            if proxy in q.consumers:
+                q.consumers.remove(proxy)  # type: ignore[arg-type]
+            if msgs:
+                q.requeue(msgs)
+            else:
+                q.dispatch()

@@ -1,0 +1,197 @@
+"""Cross-shard semantics with publisher, queue and consumer on different workers."""
+
+from __future__ import annotations
+
+from shardmq.amqp import methods as M
+from shardmq.broker.queue import Queue
+from shardmq.broker.remote import RemoteQueue
+from tests.broker.cluster import Cluster
+from tests.broker.harness import Client, method_frame
+
+
+def _three() -> tuple[Cluster, str]:
+    cl = Cluster(3)
+    return cl, cl.queue_on(1)
+
+
+def _call(cl: Cluster, client: Client, channel: int, m: M.Method) -> None:
+    client.conn.feed(method_frame(channel, m))
+    cl.pump()
+
+
+def test_queue_lives_on_its_shard_and_replicas_know_it() -> None:
+    cl, q = _three()
+    pub = cl.connect(0)
+    pub.open_channel(1)
+    _call(cl, pub, 1, M.QueueDeclare(queue=q))
+    assert pub.last(M.QueueDeclareOk).queue == q
+    assert isinstance(cl.brokers[1].vhosts["/"].queues[q], Queue)
+    assert isinstance(cl.brokers[0].vhosts["/"].queues[q], RemoteQueue)
+    assert isinstance(cl.brokers[2].vhosts["/"].queues[q], RemoteQueue)
+
+
+def test_publish_consume_ack_across_three_workers_round_robin() -> None:
+    cl, q = _three()
+    pub, c1, c2 = cl.connect(0), cl.connect(2), cl.connect(2)
+    for c in (pub, c1, c2):
+        c.open_channel(1)
+    _call(cl, pub, 1, M.QueueDeclare(queue=q))
+    for c in (c1, c2):
+        _call(cl, c, 1, M.BasicQos(prefetch_count=10))
+        _call(cl, c, 1, M.BasicConsume(queue=q, consumer_tag="t"))
+        assert c.last(M.BasicConsumeOk).consumer_tag == "t"
+    for i in range(6):
+        pub.publish(1, "", q, b"m%d" % i)
+    cl.pump()
+    assert c1.bodies() == [b"m0", b"m2", b"m4"]
+    assert c2.bodies() == [b"m1", b"m3", b"m5"]
+    owner = cl.brokers[1].vhosts["/"].queues[q]
+    assert owner.message_count == 0 and len(cl.brokers[1].shards.held) == 6
+    _call(cl, c1, 1, M.BasicAck(delivery_tag=3, multiple=True))
+    assert len(cl.brokers[1].shards.held) == 3
+
+
+def test_prefetch_credit_limits_a_remote_consumer() -> None:
+    cl, q = _three()
+    pub, con = cl.connect(0), cl.connect(2)
+    pub.open_channel(1)
+    con.open_channel(1)
+    _call(cl, pub, 1, M.QueueDeclare(queue=q))
+    _call(cl, con, 1, M.BasicQos(prefetch_count=2))
+    _call(cl, con, 1, M.BasicConsume(queue=q))
+    for i in range(5):
+        pub.publish(1, "", q, b"%d" % i)
+    cl.pump()
+    assert con.bodies() == [b"0", b"1"]
+    _call(cl, con, 1, M.BasicAck(delivery_tag=1))
+    assert con.bodies() == [b"0", b"1", b"2"]
+
+
+def test_nack_requeue_comes_back_redelivered_and_channel_close_requeues() -> None:
+    cl, q = _three()
+    pub, con, other = cl.connect(0), cl.connect(2), cl.connect(0)
+    for c in (pub, con, other):
+        c.open_channel(1)
+    _call(cl, pub, 1, M.QueueDeclare(queue=q))
+    pub.publish(1, "", q, b"a")
+    _call(cl, con, 1, M.BasicConsume(queue=q, consumer_tag="x"))
+    assert con.bodies() == [b"a"]
+    _call(cl, con, 1, M.BasicNack(delivery_tag=1, requeue=True))
+    assert [(d.body, d.method.redelivered) for d in con.deliveries] == [
+        (b"a", False),
+        (b"a", True),
+    ]
+    _call(cl, con, 1, M.ChannelClose(reply_code=200, reply_text="bye"))
+    _call(cl, other, 1, M.BasicGet(queue=q, no_ack=True))
+    assert [(d.body, d.method.redelivered) for d in other.deliveries] == [(b"a", True)]
+
+
+def test_confirm_waits_for_the_owner_and_mandatory_is_decided_locally() -> None:
+    cl, q = _three()
+    pub = cl.connect(0)
+    pub.open_channel(1)
+    _call(cl, pub, 1, M.QueueDeclare(queue=q))
+    _call(cl, pub, 1, M.ConfirmSelect())
+    pub.publish(1, "", q, b"1")
+    pub.publish(1, "", "nowhere", b"2", mandatory=True)
+    cl.pump()
+    acks = [m for _c, m in pub.methods if isinstance(m, M.BasicAck)]
+    assert acks and acks[-1].delivery_tag == 2
+    assert any(isinstance(d.method, M.BasicReturn) for d in pub.deliveries)
+
+
+def test_bind_then_publish_from_another_worker_routes() -> None:
+    cl, q = _three()
+    a, b = cl.connect(0), cl.connect(2)
+    a.open_channel(1)
+    b.open_channel(1)
+    _call(cl, a, 1, M.QueueDeclare(queue=q))
+    _call(cl, a, 1, M.QueueBind(queue=q, exchange="amq.topic", routing_key="#.ohio"))
+    assert a.last(M.QueueBindOk)
+    b.publish(1, "amq.topic", "weather.ohio", b"rain")
+    cl.pump()
+    _call(cl, b, 1, M.BasicGet(queue=q, no_ack=True))
+    assert b.bodies() == [b"rain"]
+
+
+def test_exclusive_queue_is_locked_to_its_connection_across_workers() -> None:
+    cl, q = _three()
+    a, b = cl.connect(0), cl.connect(2)
+    a.open_channel(1)
+    b.open_channel(1)
+    _call(cl, a, 1, M.QueueDeclare(queue=q, exclusive=True))
+    _call(cl, b, 1, M.BasicConsume(queue=q))
+    assert b.last(M.ChannelClose).reply_code == 405
+    a.conn.connection_lost()
+    cl.pump()
+    assert all(q not in br.vhosts["/"].queues for br in cl.brokers)
+
+
+def test_delete_if_unused_is_checked_by_the_owner() -> None:
+    cl, q = _three()
+    a, b = cl.connect(0), cl.connect(2)
+    a.open_channel(1)
+    b.open_channel(1)
+    _call(cl, a, 1, M.QueueDeclare(queue=q))
+    _call(cl, b, 1, M.BasicConsume(queue=q, consumer_tag="c"))
+    _call(cl, a, 1, M.QueueDelete(queue=q, if_unused=True))
+    assert a.last(M.ChannelClose).reply_code == 406
+    assert all(q in br.vhosts["/"].queues for br in cl.brokers)
+    a.open_channel(2)
+    _call(cl, a, 2, M.QueueDelete(queue=q))
+    cancels = [m for _c, m in b.methods if isinstance(m, M.BasicCancel)]
+    assert cancels and cancels[0].consumer_tag == "c"
+
+
+def test_declare_ok_counts_come_from_the_owner() -> None:
+    cl, q = _three()
+    a = cl.connect(0)
+    a.open_channel(1)
+    _call(cl, a, 1, M.QueueDeclare(queue=q))
+    for _ in range(3):
+        a.publish(1, "", q, b"x")
+    cl.pump()
+    _call(cl, a, 1, M.QueueDeclare(queue=q, passive=True))
+    assert a.last(M.QueueDeclareOk).message_count == 3
+    _call(cl, a, 1, M.QueuePurge(queue=q))
+    assert a.last(M.QueuePurgeOk).message_count == 3
+
+
+def test_fanout_sends_one_copy_per_owning_worker() -> None:
+    cl = Cluster(2)
+    names = [cl.queue_on(1, "fa"), cl.queue_on(1, "fb")]
+    a = cl.connect(0)
+    a.open_channel(1)
+    for n in names:
+        _call(cl, a, 1, M.QueueDeclare(queue=n))
+        _call(cl, a, 1, M.QueueBind(queue=n, exchange="amq.fanout"))
+    a.publish(1, "amq.fanout", "", b"f")
+    sent = [r for r in cl.records if r[0] == 0 and r[2][0] == 1]
+    assert len(sent) == 1
+    cl.pump()
+    assert all(cl.brokers[1].vhosts["/"].queues[n].message_count == 1 for n in names)
+
+
+def test_worker_death_nacks_cancels_and_requeues() -> None:
+    cl, q = _three()
+    q0 = cl.queue_on(0, "z")
+    pub, con = cl.connect(0), cl.connect(2)
+    pub.open_channel(1)
+    con.open_channel(1)
+    _call(cl, pub, 1, M.QueueDeclare(queue=q))
+    _call(cl, pub, 1, M.QueueDeclare(queue=q0))
+    _call(cl, con, 1, M.BasicConsume(queue=q, consumer_tag="dead"))
+    _call(cl, con, 1, M.BasicConsume(queue=q0, consumer_tag="alive"))
+    _call(cl, pub, 1, M.ConfirmSelect())
+    pub.publish(1, "", q0, b"keep")
+    cl.pump()
+    assert con.bodies() == [b"keep"]
+    pub.publish(1, "", q, b"lost")  # not pumped: worker 1 dies with it unconfirmed
+    cl.kill(1)
+    nacks = [m for _c, m in pub.methods if isinstance(m, M.BasicNack)]
+    assert nacks and nacks[0].delivery_tag == 2
+    cancels = [m.consumer_tag for _c, m in con.methods if isinstance(m, M.BasicCancel)]
+    assert cancels == ["dead"]
+    # worker 0's queue and its unacked message are untouched
+    assert len(cl.brokers[0].vhosts["/"].queues[q0].store) == 0
+    assert q in cl.brokers[1].vhosts["/"].queues  # definitions came back with the snapshot
