@@ -77,20 +77,30 @@ def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
 
 
 def adopt_socket(
-    loop: asyncio.AbstractEventLoop, protocol_factory: ProtocolFactory, fd: int
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: ProtocolFactory,
+    fd: int,
+    on_error: Callable[[], None] | None = None,
 ) -> asyncio.Task[Any]:
     """Hand-off hook: serve an already accepted client socket (fd received by SCM_RIGHTS)
     with ``protocol_factory`` on ``loop``. Returns the task of
-    ``loop.connect_accepted_socket`` (errors are logged, never raised into the loop)."""
-    sock = socket.socket(fileno=fd)
-    sock.setblocking(False)
+    ``loop.connect_accepted_socket``; errors are logged (and ``on_error`` called), never
+    raised into the loop."""
 
     async def connect() -> None:
+        sock: socket.socket | None = None
         try:
+            sock = socket.socket(fileno=fd)
+            sock.setblocking(False)
             await loop.connect_accepted_socket(protocol_factory, sock)  # type: ignore[arg-type]
         except Exception as exc:
             log.warning("could not adopt a handed-off socket: %s", exc)
-            sock.close()
+            if sock is not None:
+                sock.close()
+            else:
+                os.close(fd)
+            if on_error is not None:
+                on_error()
 
     return loop.create_task(connect())
 
@@ -140,7 +150,8 @@ class Worker:
         self.control: ControlBlock | None = None
         self.protocol_factory: ProtocolFactory | None = None
         self.counter = ConnectionCounter()
-        self.accepted = 0
+        self.accepted = 0  # sockets received by hand-off (monotonic)
+        self._adopting = 0  # received, protocol not made yet
         self._waiting_fds: list[int] = []
         self.stop = asyncio.Event()
         self.on_message: Callable[[bytes], None] = self._default_message
@@ -161,7 +172,15 @@ class Worker:
 
     def set_protocol_factory(self, factory: ProtocolFactory) -> None:
         """Wire the AMQP protocol factory for handed-off sockets (and connection counts)."""
-        self.protocol_factory = self.counter.wrap(factory)
+        counted = self.counter.wrap(factory)
+
+        def make() -> asyncio.BaseProtocol:
+            # in hand-off mode every protocol is made for an adopted socket
+            if self._adopting:
+                self._adopting -= 1
+            return counted()
+
+        self.protocol_factory = make
         waiting, self._waiting_fds = self._waiting_fds, []
         for fd in waiting:
             self._adopt(fd)
@@ -197,11 +216,16 @@ class Worker:
             self.stop.set()
 
     def _adopt(self, fd: int) -> None:
-        self.accepted += 1
         if self.protocol_factory is None or self._loop is None:
             self._waiting_fds.append(fd)
             return
-        adopt_socket(self._loop, self.protocol_factory, fd)
+        self.accepted += 1
+        self._adopting += 1
+        adopt_socket(self._loop, self.protocol_factory, fd, self._adopt_failed)
+
+    def _adopt_failed(self) -> None:
+        if self._adopting:
+            self._adopting -= 1
 
     # ------------------------------------------------------------------ timers
     def _heartbeat(self) -> None:
@@ -210,7 +234,10 @@ class Worker:
         if loop is None or ctl is None or self.stop.is_set():
             return
         ctl.beat(self.slot)
-        ctl.put(self.slot, F_CONNS, self.counter.count())
+        # conns counts adoptions in flight, so that at this instant conns is exactly
+        # accepted - closed and the supervisor's load estimate (conns + handed since
+        # this heartbeat) is exact but for closes since then
+        ctl.put(self.slot, F_CONNS, self.counter.count() + self._adopting)
         ctl.put(self.slot, F_ACCEPTED, self.accepted)
         if os.getppid() != self.parent:
             self._supervisor_gone()
