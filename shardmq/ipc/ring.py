@@ -29,9 +29,10 @@ Memory ordering: the writer copies the record bytes first and then publishes the
 tail with one aligned 8-byte store (a ``'Q'`` memoryview item assignment compiles to a
 single ``memcpy`` of 8 bytes, i.e. one ``mov``/``str``); the reader loads the tail, then
 the bytes. On x86-64 (TSO: stores are not reordered with stores, loads not with loads)
-this is sufficient. On weaker models (aarch64) stores may become visible out of order;
-there the writer calls ``fence()`` before publishing and the reader after loading the
-tail. ``fence()`` is an uncontended lock acquire/release, which is a full barrier on
+this is sufficient, and so is the reader's mirror image (load the bytes, then store the
+new head: x86 never lets a store pass an earlier load). On weaker models (aarch64) both
+may be reordered; there the writer calls ``fence()`` before publishing the tail and the
+reader after loading the tail and before publishing the head. ``fence()`` is an uncontended lock acquire/release, which is a full barrier on
 x86-64 (``lock`` prefixed instructions) and acquire/release ordered on aarch64: close to,
 but not formally, a full barrier there. That caveat is why the mesh also polls idle
 rings on a slow timer.
@@ -518,6 +519,8 @@ class Ring:
             head += need
             left -= 1
         self._head = head
+        if not _STRONG:
+            fence()  # our loads of the records before the store that frees them
         self._hdr[_W_HEAD] = head
         return out
 
