@@ -72,6 +72,7 @@ class Broker:
         self.shards: Any = None  # the cross-shard router when workers > 1
         self.connections: set[BrokerConnection] = set()
         self.conns_by_gid: dict[int, BrokerConnection] = {}
+        self.current_publisher: BrokerConnection | None = None  # for ring backpressure
         self.alarm = False  # memory high watermark passed
         self._conn_ids = itertools.count(1)
         self.server_properties = {

@@ -89,7 +89,7 @@ class BrokerConnection(AMQPConnection):
         self.vhost: VHost = None  # type: ignore[assignment]  # set by connection.open
         self.write_paused = False  # the socket's write buffer is above high water
         self.out_blocked = False  # this turn's output passed OUT_LIMIT
-        self.throttled_by: set[Queue] = set()  # backed-up queues we publish to
+        self.throttled_by: set[Any] = set()  # backed-up queues / full rings we publish to
         self.alarm_blocked = False  # blocked by the broker's memory alarm
         self.reading_paused = False
         self.published = False  # has published at least once (memory alarm target)
@@ -142,8 +142,11 @@ class BrokerConnection(AMQPConnection):
     def on_connection_closed(self) -> None:
         self.broker.connections.discard(self)
         self.broker.conns_by_gid.pop(self.gid, None)
-        for q in list(self.throttled_by):
-            q.throttled.discard(self)
+        for cause in list(self.throttled_by):
+            if isinstance(cause, Queue):
+                cause.throttled.discard(self)
+        for waiting in getattr(self.broker.shards, "throttled", {}).values():
+            waiting.discard(self)
         self.throttled_by.clear()
         names, self.exclusive_queues = self.exclusive_queues, []
         for name in names:
@@ -193,13 +196,14 @@ class BrokerConnection(AMQPConnection):
         for ch in list(self.channels.values()):
             ch.update_active()  # type: ignore[attr-defined]
 
-    def throttle(self, queue: Queue, on: bool) -> None:
+    def throttle(self, cause: Any, on: bool) -> None:
         """Flow control: stop reading from this connection while a queue it publishes to
-        is backed up (``on``), resume when every such queue has drained."""
+        is backed up, or the ring to another worker is full (``cause``); resume when
+        every cause has cleared."""
         if on:
-            self.throttled_by.add(queue)
+            self.throttled_by.add(cause)
         else:
-            self.throttled_by.discard(queue)
+            self.throttled_by.discard(cause)
         self._update_reading()
 
     def consumes(self) -> bool:
@@ -282,6 +286,7 @@ class BrokerConnection(AMQPConnection):
                 q.throttle(self)
         if remote:
             seq = ch.confirm_later(len(remote)) if ch.confirm else 0
+            self.broker.current_publisher = self
             self.broker.shards.enqueue(remote, msg, self.gid if seq else 0, ch.number, seq)
             return
         if not local and flags & 1:

@@ -72,6 +72,8 @@ class Link(Protocol):
 
     def send(self, target: int, record: bytes) -> None: ...
 
+    def is_blocked(self, target: int) -> bool: ...
+
 
 def _shortstr_at(buf: bytes, pos: int) -> tuple[str, int]:
     n = buf[pos]
@@ -161,9 +163,18 @@ class ProxyConsumer:
 
 
 class ShardRouter:
-    def __init__(self, broker: Broker, link: Link) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        link: Link,
+        call_soon: Callable[[Callable[[], None]], Any] | None = None,
+    ) -> None:
         self.broker = broker
         self.link = link
+        self._call_soon = call_soon
+        self._flush_scheduled = False
+        # publishing connections paused because the ring to a shard is full
+        self.throttled: dict[int, set[Any]] = {}
         self.slot = broker.slot
         self._refs = itertools.count(1)
         self._ref_base = (os.getpid() & 0xFFFFFF) << 40
@@ -216,13 +227,33 @@ class ShardRouter:
             )
             if seq:
                 self.waiting.setdefault(shard, {})[(gid, chnum, seq)] = None
+            if self.link.is_blocked(shard):
+                self._throttle(shard)
+
+    def _throttle(self, shard: int) -> None:
+        """The ring to ``shard`` is full: stop reading from the publishing connection
+        (the one whose input is being processed) until it drains."""
+        conn = self.broker.current_publisher
+        if conn is not None:
+            waiting = self.throttled.setdefault(shard, set())
+            if conn not in waiting:
+                waiting.add(conn)
+                conn.throttle(("shard", shard), True)
+
+    def on_writable(self, shard: int) -> None:
+        for conn in self.throttled.pop(shard, ()):
+            conn.throttle(("shard", shard), False)
 
     def settle(self, shard: int, ref: int, action: int) -> None:
         if ref:
             self._settles.setdefault((shard, action), []).append(ref)
+            if not self._flush_scheduled and self._call_soon is not None:
+                self._flush_scheduled = True
+                self._call_soon(self.flush)
 
     def flush(self) -> None:
         """Send the settles collected this loop turn (one record per shard and action)."""
+        self._flush_scheduled = False
         if not self._settles:
             return
         settles, self._settles = self._settles, {}

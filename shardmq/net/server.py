@@ -209,10 +209,11 @@ async def serve(
     sock: socket.socket | None = None,
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    broker: Broker | None = None,
 ) -> None:
     """Run one worker's AMQP listener until SIGTERM/SIGINT (or ``stop`` is set)."""
     loop = asyncio.get_running_loop()
-    broker = Broker(config)
+    broker = broker or Broker(config)
     hub = IOHub(broker, loop)
     if sock is not None:
         server = await loop.create_server(lambda: AMQPProtocol(hub), sock=sock, backlog=1024)

@@ -26,6 +26,9 @@ class FakeLink:
     def send(self, target: int, record: bytes) -> None:
         self.cluster.records.append((self.slot, target, bytes(record)))
 
+    def is_blocked(self, target: int) -> bool:
+        return False
+
 
 class Cluster:
     def __init__(self, n: int = 3) -> None:
