@@ -603,6 +603,10 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._loop = loop
+        # handlers first: a SIGTERM during set-up must still unlink the shared memory
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.begin_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             self._setup()
             if self.on_start is not None:
@@ -614,9 +618,6 @@ class Supervisor:
         except BaseException:
             self._cleanup()
             raise
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.begin_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
         interval = watchdog_interval()
         if interval:
 
@@ -627,7 +628,8 @@ class Supervisor:
             loop.call_later(interval, ping)
         try:
             for slot in self.slots:
-                self._spawn(slot, respawn=False)
+                if not self.stopping:
+                    self._spawn(slot, respawn=False)
             loop.call_later(CHECK_INTERVAL, self._check)
             await self.done.wait()
         except BaseException:

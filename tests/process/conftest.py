@@ -19,13 +19,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
 
+from shardmq.ipc.mesh import INSTANCE_FILE, unlink_instance
 from shardmq.ipc.status import WorkerStatus, read_status
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,11 +59,17 @@ class Sup:
     data_dir: Path
     log_path: Path
     workers: int
+    instances: set[str] = field(default_factory=set)  # shm instances seen (for cleanup)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def status(self) -> list[WorkerStatus]:
+        inst = self.data_dir / INSTANCE_FILE
+        try:
+            self.instances.add(inst.read_text().split()[0])
+        except (OSError, IndexError):
+            pass
         return read_status(str(self.data_dir)) or []
 
     def pids(self) -> list[int]:
@@ -169,6 +176,10 @@ def supervisor(tmp_path: Path) -> Iterator[Callable[..., Sup]]:
     finally:
         for sup in started:
             stop_supervisor(sup)
+        # a failed test must not leak shared memory (a clean stop leaves nothing)
+        for sup in started:
+            for inst in sup.instances:
+                unlink_instance(inst)
 
 
 def pid_alive(pid: int) -> bool:
