@@ -15,7 +15,14 @@ import posix_ipc
 import pytest
 
 from shardmq.ipc.control import F_GEN, ControlBlock, control_name
-from shardmq.ipc.mesh import INSTANCE_FILE, SHM_DIR, Mesh, MeshError, MeshHost
+from shardmq.ipc.mesh import (
+    INSTANCE_FILE,
+    SHM_DIR,
+    Mesh,
+    MeshError,
+    MeshHost,
+    unlink_instance,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,15 +86,18 @@ def test_stale_segments_of_crashed_run_are_removed(tmp_path: Path) -> None:
     )
     assert out.returncode == 9
     stale = out.stdout.strip()
-    assert len(segments(stale)) == 7  # a crash leaves them behind
-    h = MeshHost(str(data), 3, 4096)
     try:
-        assert segments(stale) == []
-        assert h.stale_removed == 7
-        assert h.instance != stale
-        assert len(segments(h.instance)) == 7
+        assert len(segments(stale)) == 7  # a crash leaves them behind
+        h = MeshHost(str(data), 3, 4096)
+        try:
+            assert segments(stale) == []
+            assert h.stale_removed == 7
+            assert h.instance != stale
+            assert len(segments(h.instance)) == 7
+        finally:
+            h.close()
     finally:
-        h.close()
+        unlink_instance(stale)  # whatever happened above, leak nothing
 
 
 def test_stale_instance_file_without_segments(tmp_path: Path) -> None:
