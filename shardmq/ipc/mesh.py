@@ -295,7 +295,11 @@ class Mesh:
         self._in: list[Ring | None] = [None] * n
         self._serial_out = [0] * n
         self._serial_in = [0] * n
-        self._stage: list[bytearray] = [bytearray() for _ in range(n)]
+        # per target: pieces queued this turn (joined at flush) and the flushed data the
+        # ring had no room for yet (oldest first)
+        self._stage: list[list[bytes | bytearray | memoryview]] = [[] for _ in range(n)]
+        self._backlog: list[list[bytes | memoryview]] = [[] for _ in range(n)]
+        self._marked = [False] * n
         self._dirty: list[int] = []
         self._blocked: set[int] = set()
         self._peers = [k for k in range(n) if k != slot]
@@ -363,10 +367,11 @@ class Mesh:
             old_in.close()
         if old_out is not None:
             old_out.close()
-            dropped = len(self._stage[k])
+            dropped = self.pending(k)
             if dropped:
-                log.info("mesh: dropping %d staged byte(s) for restarted worker %d", dropped, k)
-            self._stage[k] = bytearray()
+                log.info("mesh: dropping %d queued byte(s) for restarted worker %d", dropped, k)
+            self._stage[k].clear()
+            self._backlog[k].clear()
         self._out[k] = new_out
         self._in[k] = new_in
         self._serial_out[k] = so
@@ -388,49 +393,48 @@ class Mesh:
         return self.control.is_ready(k)
 
     # ------------------------------------------------------------------ sending
-    def send(self, dst: int, record: bytes | bytearray | memoryview) -> None:
-        """Queue one record for worker ``dst`` (never ``self.slot``)."""
-        buf = self._stage[dst]
-        if not buf:
+    def _mark(self, dst: int) -> None:
+        if not self._marked[dst]:
+            self._marked[dst] = True
             self._dirty.append(dst)
             if not self._flush_scheduled and self._loop is not None:
                 self._flush_scheduled = True
                 self._loop.call_soon(self.flush)
-        buf += _pack_len(len(record))
-        buf += record
+
+    def send(self, dst: int, record: bytes | bytearray | memoryview) -> None:
+        """Queue one record for worker ``dst`` (never ``self.slot``). The mesh keeps a
+        reference until the next flush: do not mutate a bytearray/memoryview before."""
+        st = self._stage[dst]
+        if not st:
+            self._mark(dst)
+        st.append(_pack_len(len(record)))
+        st.append(record)
 
     def send_parts(self, dst: int, *parts: bytes | bytearray | memoryview) -> None:
         """Queue one record made of ``parts`` (no concatenation by the caller)."""
-        buf = self._stage[dst]
-        if not buf:
-            self._dirty.append(dst)
-            if not self._flush_scheduled and self._loop is not None:
-                self._flush_scheduled = True
-                self._loop.call_soon(self.flush)
-        buf += _pack_len(sum(map(len, parts)))
-        for p in parts:
-            buf += p
+        st = self._stage[dst]
+        if not st:
+            self._mark(dst)
+        st.append(_pack_len(sum(map(len, parts))))
+        st.extend(parts)
 
-    def begin(self, dst: int) -> tuple[bytearray, int]:
-        """Encode in place: returns (buffer, start); append the record's bytes to the
-        buffer, then call ``end(dst, start)``."""
-        buf = self._stage[dst]
-        if not buf:
-            self._dirty.append(dst)
-            if not self._flush_scheduled and self._loop is not None:
-                self._flush_scheduled = True
-                self._loop.call_soon(self.flush)
-        start = len(buf)
-        buf += _PLACEHOLDER
-        return buf, start
+    def begin(self, dst: int) -> bytearray:
+        """Encode in place: returns a buffer to append the record's bytes to (after its
+        4 placeholder bytes); then call ``end(buf)``. Queued like ``send``."""
+        st = self._stage[dst]
+        if not st:
+            self._mark(dst)
+        buf = bytearray(_PLACEHOLDER)
+        st.append(buf)
+        return buf
 
-    def end(self, dst: int, start: int) -> None:
-        buf = self._stage[dst]
-        _pack_len_into(buf, start, len(buf) - start - 4)
+    @staticmethod
+    def end(buf: bytearray) -> None:
+        _pack_len_into(buf, 0, len(buf) - 4)
 
     def pending(self, dst: int) -> int:
-        """Bytes staged for ``dst`` and not yet in its ring."""
-        return len(self._stage[dst])
+        """Bytes queued for ``dst`` and not yet in its ring."""
+        return sum(map(len, self._stage[dst])) + sum(map(len, self._backlog[dst]))
 
     def is_blocked(self, dst: int) -> bool:
         return dst in self._blocked
@@ -440,8 +444,8 @@ class Mesh:
         return frozenset(self._blocked)
 
     def flush(self) -> list[int]:
-        """Write what fits of every staged buffer; returns the targets still blocked
-        (their ring is full; ``on_writable`` follows when it drained)."""
+        """Write what fits of every queue; returns the targets still blocked (their
+        ring is full; ``on_writable`` follows once all their data went in)."""
         self._flush_scheduled = False
         dirty = self._dirty
         if not dirty:
@@ -449,24 +453,47 @@ class Mesh:
         self._dirty = []
         self.stats_flushes += 1
         stage = self._stage
+        backlog = self._backlog
+        marked = self._marked
         out = self._out
         written: list[int] = []
         full: list[int] = []
         for j in dirty:
-            buf = stage[j]
-            if not buf:
-                continue
+            marked[j] = False
             ring = out[j]
             if ring is None:
                 continue
-            k = ring.write_bytes(buf)
-            if k:
-                written.append(j)
-            if k == len(buf):
-                buf.clear()
-            else:
+            st = stage[j]
+            bl = backlog[j]
+            if st:
+                data = b"".join(st)
+                st.clear()
+                if not bl:
+                    # the common case: one copy into a buffer, one into the ring
+                    k = ring.write_bytes(data)
+                    if k:
+                        written.append(j)
+                    if k < len(data):
+                        bl.append(memoryview(data)[k:])
+                        full.append(j)
+                    continue
+                bl.append(data)
+            elif not bl:
+                continue
+            any_written = False
+            while bl:
+                chunk = bl[0]
+                k = ring.write_bytes(chunk)
                 if k:
-                    del buf[:k]
+                    any_written = True
+                if k < len(chunk):
+                    if k:
+                        bl[0] = memoryview(chunk)[k:]
+                    break
+                del bl[0]
+            if any_written:
+                written.append(j)
+            if bl:
                 full.append(j)
         if written:
             fence()
@@ -477,14 +504,16 @@ class Mesh:
         blocked = self._blocked
         if blocked:
             for j in dirty:
-                if j in blocked and not stage[j]:
+                if j in blocked and not backlog[j] and not stage[j]:
                     blocked.discard(j)
                     ring = out[j]
                     if ring is not None:
                         ring.writer_resume()
                     self.on_writable(j)
         for j in full:
-            self._dirty.append(j)
+            if not marked[j]:
+                marked[j] = True
+                self._dirty.append(j)
             self._block(j)
         return full
 

@@ -126,9 +126,9 @@ def test_send_flush_receive_in_one_loop(host: MeshHost) -> None:
             m0.send(2, i.to_bytes(4, "little"))
         m2.send(1, b"a")
         m2.send_parts(1, b"b", bytearray(b"c"), memoryview(b"d"))
-        buf, start = m0.begin(1)
+        buf = m0.begin(1)
         buf += b"in-place"
-        m0.end(1, start)
+        m0.end(buf)
         await done.wait()
         assert [r for _, r in got[2]] == [i.to_bytes(4, "little") for i in range(1000)]
         assert {s for s, _ in got[2]} == {0}
@@ -161,11 +161,16 @@ def test_backpressure_and_on_writable(tmp_path: Path) -> None:
         assert blocked == [1]
         assert m0.is_blocked(1) and m0.blocked == {1}
         assert 0 < m0.pending(1) < 100 * 44
+        more = [b"more%d" % i for i in range(50)]
+        for r in more:  # queued behind the blocked data (a second backlog chunk)
+            m0.send(1, r)
+        assert m0.flush() == [1]
+        recs += more
         await asyncio.sleep(0.05)
         assert received == [] and writable == []  # nobody reads: nothing moves, nothing lost
         m1.start()  # reader frees space and rings the writer, which refills...
         for _ in range(400):
-            if len(received) == 100 and writable:
+            if len(received) == len(recs) and writable:
                 break
             await asyncio.sleep(0.01)
         assert received == recs
@@ -220,7 +225,7 @@ def test_peer_restart_gets_fresh_rings(host: MeshHost) -> None:
         m1.send(0, b"last words")
         m1.flush()
         m1.close()
-        m0._stage[1] += b"\x03\x00\x00\x00old"  # staged, not yet flushed
+        m0.send(1, b"old")  # queued, not yet flushed (this test's loop has not turned)
         gen_before = host.control.get(1, F_GEN)  # type: ignore[union-attr]
         host.begin_incarnation(1, renew_rings=True)
         assert host.control.get(1, F_GEN) == gen_before + 1  # type: ignore[union-attr]
