@@ -18,11 +18,14 @@ A surviving worker then delivers the complete records the dead peer had publishe
 what it had staged for it, switches to the new rings and calls ``on_peer_restart(j)``.
 The new incarnation of j never sees a byte meant for its predecessor.
 
-Worker protocol per loop turn: ``send`` appends framed records to a per-target staging
-buffer and schedules one ``flush`` (``call_soon``); ``flush`` streams each buffer into
-its ring (partial records allowed: the reader reassembles), rings the doorbell of a
-target whose reader sleeps, and reports targets it could not empty (backpressure: the
-caller pauses its producers until ``on_writable(j)``). Nothing is ever dropped, except
+Worker protocol per loop turn: ``send`` queues a length header and a reference to the
+record for its target and schedules one ``flush`` (``call_soon``); ``flush`` joins each
+target's pieces (one C-level copy) and streams the result into its ring (partial records
+allowed: the reader reassembles), rings the doorbell of a target whose reader sleeps, and
+reports targets it could not empty (backpressure: the caller pauses its producers until
+``on_writable(j)``). Measured with ``python -m shardmq.ipc.bench``: queue-and-join beats
+per-record writes into the ring (``Ring.try_write``/``reserve``) in CPython, because the
+per-call overhead, not the copy, dominates. Nothing is ever dropped, except
 data addressed to a peer that died. Reading: while records keep arriving the worker polls
 its inboxes once per loop turn (no syscalls); after a turn with nothing it announces
 sleep in every inbox header and waits on its doorbell. A slow timer (``idle_poll``) is a
