@@ -45,8 +45,10 @@ Invariants:
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
 import os
+import shutil
 import struct
 import sys
 import zlib
@@ -239,6 +241,26 @@ def _noop(*args: Any) -> None:
     return None
 
 
+def queue_dir(data_dir: str, vhost: str, queue: str) -> str:
+    """The directory of a durable queue: ``data_dir/queues/<sha256(vhost NUL queue)[:32]>``
+    (names may hold any character and be 255 bytes long; a hash is always a valid name)."""
+    digest = hashlib.sha256(f"{vhost}\0{queue}".encode()).hexdigest()[:32]
+    return os.path.join(data_dir, "queues", digest)
+
+
+def sweep_deleted(data_dir: str) -> int:
+    """Remove queue directories left half-deleted by a crash (call once at start-up,
+    before opening stores). Returns how many were removed."""
+    root = os.path.join(data_dir, "queues")
+    n = 0
+    if os.path.isdir(root):
+        for name in os.listdir(root):
+            if ".deleted-" in name:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                n += 1
+    return n
+
+
 class DiskQueueStore:
     """The ready messages of one durable queue, persistent ones on disk.
 
@@ -262,6 +284,7 @@ class DiskQueueStore:
         committer: Committer | None = None,
         on_durable: Callable[[list[Any]], None] | None = None,
         on_failed: Callable[[list[Any], OSError], None] | None = None,
+        on_dirty: Callable[[DiskQueueStore], None] | None = None,
         codec: MessageCodec | None = None,
     ) -> None:
         """Use ``DiskQueueStore.open``."""
@@ -273,6 +296,8 @@ class DiskQueueStore:
         )
         self.on_durable: Callable[[list[Any]], None] = on_durable or _noop
         self.on_failed: Callable[[list[Any], OSError], None] = on_failed or _noop
+        self.on_dirty = on_dirty
+        self._scheduled = False  # on_dirty was called since the last flush
         codec = codec if codec is not None else default_codec()
         self._codec = codec
         self._persistent = codec.persistent
@@ -331,6 +356,7 @@ class DiskQueueStore:
         committer: Committer | None = None,
         on_durable: Callable[[list[Any]], None] | None = None,
         on_failed: Callable[[list[Any], OSError], None] | None = None,
+        on_dirty: Callable[[DiskQueueStore], None] | None = None,
         codec: MessageCodec | None = None,
     ) -> DiskQueueStore:
         """Open (creating if needed) the queue directory ``path`` and recover its
@@ -342,6 +368,7 @@ class DiskQueueStore:
             committer=committer,
             on_durable=on_durable,
             on_failed=on_failed,
+            on_dirty=on_dirty,
             codec=codec,
         )
         parent = os.path.dirname(self.path)
@@ -500,6 +527,14 @@ class DiskQueueStore:
         if not seg.doomed and not seg.deleted:
             seg.doomed = True
             self._doomed.append(seg)
+            self._dirty()
+
+    def _dirty(self) -> None:
+        """Something waits for ``flush()``: tell the broker once per flush."""
+        if not self._scheduled:
+            self._scheduled = True
+            if self.on_dirty is not None:
+                self.on_dirty(self)
 
     def _roll(self, sid: int) -> _Seg | None:
         """Seal the current segment and start a new one whose first sid is ``sid``."""
@@ -600,6 +635,7 @@ class DiskQueueStore:
             if seg is None:
                 if token is not None:
                     self._failed.append(([token], self.error or OSError("store unavailable")))
+                    self._dirty()
                 return None
         aux, exrk, a, b = self._parts(msg)
         meta = _pack_meta(T_MSG, flags, sid, aux, len(exrk), len(a))
@@ -618,6 +654,8 @@ class DiskQueueStore:
             seg.dirty = True
             seg.buf_first = sid
             self._wdirty.append(seg)
+            if not self._scheduled:
+                self._dirty()
         seg.buf_count += 1
         if token is not None:
             seg.tokens.append(token)
@@ -653,6 +691,8 @@ class DiskQueueStore:
             if not seg.idirty:
                 seg.idirty = True
                 self._idirty.append(seg)
+                if not self._scheduled:
+                    self._dirty()
         return msg
 
     def ack(self, msg: Message) -> None:
@@ -667,6 +707,8 @@ class DiskQueueStore:
         if not seg.idirty:
             seg.idirty = True
             self._idirty.append(seg)
+            if not self._scheduled:
+                self._dirty()
         if not seg.live and seg is not self._cur:
             self._retire(seg)
 
@@ -722,6 +764,7 @@ class DiskQueueStore:
             if not seg.idirty:
                 seg.idirty = True
                 self._idirty.append(seg)
+                self._dirty()
             if not seg.live:
                 self._retire(seg)
         return n
@@ -787,6 +830,7 @@ class DiskQueueStore:
             if off >= data.size:
                 if data.buf and seg.dirty:
                     self._write_out()  # region records still buffered: write them now
+                    self._dirty()  # their tokens wait for the next flush's commit
                     continue
                 nxt = self._seg_after(seg.num)
                 if nxt is None:
@@ -891,6 +935,7 @@ class DiskQueueStore:
         self._note_error(exc, f"write to {seg.data.path} failed, {len(tokens)} publishes nacked")
         if tokens:
             self._failed.append((tokens, exc))
+            self._dirty()
         if seg.buf_count:
             self._forget_sids(seg.buf_first, seg.last)
             seg.live -= seg.buf_count
@@ -950,7 +995,8 @@ class DiskQueueStore:
 
     def flush(self) -> None:
         """Write what this turn buffered and hand it to the committer. Call once per
-        event-loop turn; cheap when there is nothing to do."""
+        event-loop turn (or when ``on_dirty`` said so); cheap when there is nothing to do."""
+        self._scheduled = False
         if self._wdirty or self._idirty or self._doomed:
             self._write_out()
         if self._failed:
@@ -1004,8 +1050,8 @@ class DiskQueueStore:
                 seg.idx.close()
 
     def destroy(self) -> None:
-        """The queue was deleted: drop everything, remove the directory (in the
-        committer's thread when it has one)."""
+        """The queue was deleted: drop everything and remove the directory (renamed
+        aside at once, deleted in the committer's thread when it has one)."""
         self._ready.clear()
         self._rsids.clear()
         self._unacked.clear()
@@ -1027,7 +1073,15 @@ class DiskQueueStore:
         self.closed = True
         if tokens:
             self.on_durable(tokens)  # the queue is gone: nothing left to wait for
-        self.committer.submit(CommitJob(None, [], [], [], [], [], self.path))
+        # Rename first (instant), delete in the background: a queue re-declared right
+        # away under the same name starts from an empty directory.
+        doomed = f"{self.path}.deleted-{os.getpid()}-{id(self):x}"
+        try:
+            os.replace(self.path, doomed)
+        except OSError as exc:
+            self._note_error(exc, "cannot move the deleted queue's directory aside")
+            doomed = self.path
+        self.committer.submit(CommitJob(None, [], [], [], [], [], doomed))
 
     # ================================================================ introspection
     def stats(self) -> dict[str, int]:

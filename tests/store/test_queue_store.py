@@ -624,3 +624,48 @@ def test_parts_codec_round_trip(tmp_path, monkeypatch) -> None:
     assert [(m.exrk, m.header, m.body) for m in got] == [
         (m.exrk, m.header, m.body) for m in (sent[0], sent[2])
     ]
+
+
+def test_on_dirty_is_called_once_per_flush(tmp_path) -> None:
+    dirty: list = []
+    st = StoreSettings(fsync="off")
+    s = DiskQueueStore.open(
+        str(tmp_path / "q"), settings=st, committer=InlineCommitter("off"), on_dirty=dirty.append
+    )
+    s.push(make(b"transient", persistent=False))
+    assert dirty == []  # nothing to write
+    for i in range(10):
+        s.push(make(body_of(i)))
+    assert dirty == [s]
+    s.flush()
+    s.ack(s.take())  # the transient one: nothing to write
+    assert dirty == [s]
+    m = s.take()  # a delivered marker to write
+    assert dirty == [s, s]
+    s.ack(m)
+    s.flush()
+    s.flush()
+    assert dirty == [s, s]
+
+
+def test_queue_dir_destroy_and_redeclare(tmp_path) -> None:
+    from shardmq.store.queue_store import queue_dir, sweep_deleted
+
+    data = str(tmp_path)
+    a = queue_dir(data, "/", "orders")
+    assert a != queue_dir(data, "other", "orders") and a != queue_dir(data, "/", "orders2")
+    assert a == queue_dir(data, "/", "orders")
+    weird = queue_dir(data, "/", "a/../b\x00" + "x" * 250)
+    assert os.path.dirname(weird) == os.path.join(data, "queues")
+    s = open_store(a)
+    s.push(make(body_of(1)))
+    s.flush()
+    s.destroy()
+    again = open_store(a)  # the same name right away: empty
+    assert len(again) == 0
+    again.push(make(body_of(2)))
+    again.flush()
+    again.close()
+    os.makedirs(a + ".deleted-1-abc")  # as if a crash interrupted a background delete
+    assert sweep_deleted(data) == 1
+    assert ids(drain(open_store(a))) == [2]
