@@ -320,8 +320,13 @@ class Supervisor:
         slot.spawned_at = time.monotonic()
         slot.beat = -1
         slot.beat_at = slot.spawned_at
-        slot.pidfd = os.pidfd_open(proc.pid)
-        self._loop.add_reader(slot.pidfd, self._on_exit, slot)
+        try:
+            slot.pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # kernel < 5.3: reap on SIGCHLD instead
+            slot.pidfd = -1
+            self._loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
+        else:
+            self._loop.add_reader(slot.pidfd, self._on_exit, slot)
         self._loop.add_reader(parent.fileno(), self._on_chan, slot)
         log.info("worker %d %sstarted, pid %d", slot.index, "re" if respawn else "", proc.pid)
 
@@ -373,15 +378,22 @@ class Supervisor:
                 f"MAINPID={os.getpid()}"
             )
 
+    def _on_sigchld(self) -> None:
+        for slot in self.slots:
+            if slot.proc is not None and slot.pidfd < 0 and slot.proc.poll() is not None:
+                self._on_exit(slot)
+
     def _on_exit(self, slot: Slot) -> None:
         assert self._loop is not None
         proc = slot.proc
         if proc is None:
             return
         code = proc.wait()
-        self._loop.remove_reader(slot.pidfd)
-        os.close(slot.pidfd)
-        slot.pidfd = -1
+        self._on_chan(slot)  # a "ready" it sent just before dying still counts
+        if slot.pidfd >= 0:
+            self._loop.remove_reader(slot.pidfd)
+            os.close(slot.pidfd)
+            slot.pidfd = -1
         if slot.chan is not None:
             try:
                 self._loop.remove_reader(slot.chan.fileno())
