@@ -454,6 +454,8 @@ class DiskQueueStore:
                 if os.path.exists(idx_path):
                     os.unlink(idx_path)
                 continue
+            if seg is not self._rd_seg:
+                data.close()  # reopened if paging gets to it; recovered files get no writes
             if region_from:
                 seg.r_dead = {s for s in dead if s >= region_from} or None
                 if keep is not None:
@@ -517,8 +519,17 @@ class DiskQueueStore:
         """No more appends to the current segment (retired if nothing in it lives)."""
         old = self._cur
         self._cur = None
-        if old is not None and not old.live:
-            self._retire(old)
+        if old is not None:
+            if not old.live:
+                self._retire(old)
+            else:
+                self._release_fd(old)
+
+    def _release_fd(self, seg: _Seg) -> None:
+        """Close a sealed segment's data fd while nothing needs it (reopened for
+        page-in reads): open fds per queue stay ~ current + the one being read."""
+        if seg is not self._cur and seg is not self._rd_seg and not seg.data.buf:
+            seg.data.close()
 
     def _retire(self, seg: _Seg) -> None:
         """A sealed segment none of whose messages lives: deleted at the end of the next
@@ -838,6 +849,7 @@ class DiskQueueStore:
                 self._rd_seg = nxt
                 self._rd_off = MAGIC_SIZE
                 self._rd_buf = b""
+                self._release_fd(seg)
                 continue
             buf = self._rd_buf
             rel = off - self._rd_boff
@@ -885,7 +897,10 @@ class DiskQueueStore:
 
     def _refill(self, seg: _Seg, off: int, need: int) -> bytes:
         n = min(max(self._read_chunk, need), seg.data.size - off)
-        buf = seg.data.pread(n, off)
+        data = seg.data
+        if data.fd < 0:
+            data.fd = os.open(data.path, os.O_RDONLY | os.O_CLOEXEC)
+        buf = data.pread(n, off)
         if len(buf) < need:
             raise OSError(f"{seg.data.path}: short read at {off}")
         self._rd_buf = buf
@@ -918,6 +933,8 @@ class DiskQueueStore:
                     self._written_tokens += seg.tokens
                     seg.tokens = []
                 seg.buf_count = seg.buf_region = 0
+                if seg is not self._cur:
+                    self._release_fd(seg)
         if self._idirty:
             segs, self._idirty = self._idirty, []
             for seg in segs:

@@ -43,6 +43,16 @@ def open_store(path, settings: StoreSettings = SMALL, sink: Sink | None = None) 
     )
 
 
+def open_fds(under) -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith(str(under))
+        except OSError:
+            pass
+    return n
+
+
 def body_of(i: int, size: int = 40) -> bytes:
     return b"%08d" % i + bytes(random.Random(i).randbytes(size))
 
@@ -252,6 +262,8 @@ def test_backlog_beyond_budget_stays_on_disk_and_drains_in_order(tmp_path) -> No
     st0 = s.stats()
     assert st0["messages"] == n
     assert st0["ready_on_disk_only"] > n * 0.9
+    assert st0["segments"] > 10
+    assert open_fds(tmp_path) <= 3  # current + the one being read (+ an index)
     got = []
     while s:
         m = s.take()
@@ -260,6 +272,7 @@ def test_backlog_beyond_budget_stays_on_disk_and_drains_in_order(tmp_path) -> No
         assert s.stats()["memory_bytes"] <= budget + 2000
         if len(got) % 200 == 0:
             s.flush()
+            assert open_fds(tmp_path) <= 4
     assert ids(got) == list(range(n))
     assert s.stats()["messages"] == 0
 
@@ -305,6 +318,7 @@ def test_paged_backlog_recovers_bounded_and_in_order(tmp_path) -> None:
     r = open_store(path, st)
     assert len(r) == 1490
     assert r.stats()["memory_bytes"] <= 16 * 1024 + 1000
+    assert len(r._segs) > 10 and open_fds(tmp_path) == 1  # only the segment being read
     out = []
     redelivered = []
     while r:
