@@ -627,7 +627,7 @@ class DiskQueueStore:
             self._mem += size
             return True
         if region:
-            if not self._rg_n:
+            if self._rd_seg is None:  # nothing of the region on disk yet: it starts here
                 self._rd_seg = seg
                 self._rd_off = seg.data.end - self._last_len
                 self._rd_buf = b""

@@ -683,3 +683,28 @@ def test_queue_dir_destroy_and_redeclare(tmp_path) -> None:
     os.makedirs(a + ".deleted-1-abc")  # as if a crash interrupted a background delete
     assert sweep_deleted(data) == 1
     assert ids(drain(open_store(a))) == [2]
+
+
+def test_region_survives_losing_its_disk_part(tmp_path, monkeypatch) -> None:
+    """A failed write takes the only on-disk part of the region; a transient message is
+    left in it, and a later persistent push must still be found by the pager."""
+    st = StoreSettings(segment_size=1 << 20, queue_memory_budget=4096, fsync="off")
+    sink = Sink()
+    s = open_store(tmp_path / "q", st, sink)
+    s.push(make(body_of(0, 1000)), 0)
+    s.flush()
+    state = _enospc_on(monkeypatch, ".seg")
+    i = 1
+    while s.stats()["ready_on_disk_only"] == 0:  # until one goes to disk only
+        s.push(make(body_of(i, 1000)), i)
+        i += 1
+    paged = i - 1
+    s.push(make(body_of(i, 1000), persistent=False))  # a transient joins the region
+    i += 1
+    s.flush()  # the whole batch fails: `paged` is gone, the others stay in memory
+    state["on"] = False
+    assert [t for t, _ in sink.failed] == list(range(1, paged + 1))
+    s.push(make(body_of(i, 1000)), i)
+    s.flush()
+    assert sink.durable == [0, i]
+    assert ids(drain(s)) == [n for n in range(i + 1) if n != paged]
