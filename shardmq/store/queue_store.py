@@ -651,13 +651,20 @@ class DiskQueueStore:
         aux, exrk, a, b = self._parts(msg)
         meta = _pack_meta(T_MSG, flags, sid, aux, len(exrk), len(a))
         n = META_SIZE + len(exrk) + len(a) + len(b)
-        crc = _crc32(b, _crc32(a, _crc32(exrk, _crc32(meta, n ^ CRC_SEED))))
+        crc = _crc32(a, _crc32(exrk, _crc32(meta, n ^ CRC_SEED)))
         buf = seg.data.buf
-        buf += _pack_frame(n, crc)
-        buf += meta
-        buf += exrk
-        buf += a
-        buf += b
+        if b:
+            crc = _crc32(b, crc)
+            buf += _pack_frame(n, crc)
+            buf += meta
+            buf += exrk
+            buf += a
+            buf += b
+        else:
+            buf += _pack_frame(n, crc)
+            buf += meta
+            buf += exrk
+            buf += a
         self._last_len = FRAME_SIZE + n
         seg.last = sid
         seg.live += 1
