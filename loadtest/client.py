@@ -372,8 +372,8 @@ class Client(asyncio.BufferedProtocol):
                     self.ack_pending()
 
     def ack_pending(self) -> None:
-        """Ack every delivery so far with one basic.ack(multiple=True)."""
-        if self.last_tag > self.acked_tag and self.transport is not None:
+        """Ack every delivery so far with one basic.ack(multiple=True) (manual-ack only)."""
+        if self.ack_every and self.last_tag > self.acked_tag and self.transport is not None:
             self.transport.write(_ACK_FRAME.pack(1, 1, 13, 60, 80, self.last_tag, 1, FRAME_END))
             self.acked_tag = self.last_tag
 

@@ -388,6 +388,8 @@ async def _run(plan: WorkerPlan, conn: Connection) -> None:
     progress_task.cancel()
     fold()
     final = _snapshot(role, clients, producers)
+    # close before counting errors: a broker objecting to our last frames says so here
+    await asyncio.gather(*(c.close(2.0) for c in clients), return_exceptions=True)
     result: dict[str, Any] = {
         "role": role,
         "index": plan.index,
@@ -406,7 +408,6 @@ async def _run(plan: WorkerPlan, conn: Connection) -> None:
         "unconfirmed": sum(p.outstanding for p in producers),
         "tags": [(c.consumed, c.last_tag, c.acked_tag) for c in clients if role == "consumer"],
     }
-    await asyncio.gather(*(c.close(2.0) for c in clients), return_exceptions=True)
     conn.send(("result", result))
 
 

@@ -155,6 +155,19 @@ def test_receive_loop_counts_acks_and_latency_across_split_reads() -> None:
     assert sum(c.lat_n) == 13 and all(v > 0 for v in c.lat_v)
 
 
+def test_auto_ack_consumer_never_sends_acks() -> None:
+    async def go() -> Client:
+        c = Client()
+        c.transport = _FakeTransport()
+        _feed(c, _deliveries(5, 1, 1000), 64)
+        c.ack_pending()  # what a worker calls at stop
+        return c
+
+    c = asyncio.run(go())
+    assert c.consumed == 5 and c.last_tag == 5
+    assert c.transport.out == b""  # acking a no-ack delivery is a 406 from the broker
+
+
 def test_receive_loop_confirms_and_unsolicited_methods() -> None:
     async def go() -> tuple[Client, list]:
         c = Client()
