@@ -57,6 +57,10 @@ async def main(path: str, next_id: int, seed: int) -> None:
     emit([f"R {int(m.body)} {int(m in store.redelivered)}" for m in recovered])
     store.redelivered.update(recovered)
     store.requeue(recovered)
+    # Recovered messages may include publishes the parent never heard of (written, not
+    # yet confirmed at the kill): new ids must sort after them, like their sids do.
+    if recovered:
+        next_id = max(next_id, int(recovered[-1].body) + 1)
     emit(["READY"])
     unacked: list = []
     while True:

@@ -85,6 +85,6 @@ def test_random_kill_9_keeps_every_durable_unacked_publish(tmp_path) -> None:
         must = (back | durable) - maybe_acked  # (an ack can come before the fsync's D)
         total_durable += len(durable)
         ids_seen = [int(f[1]) for f in facts if f[0] in ("D", "T", "A", "R")]
-        next_id = max([next_id, *ids_seen]) + 1000
+        next_id = max([next_id, *ids_seen]) + 1  # (the child also skips what it recovers)
     assert total_durable > 1000  # the children really did work
     assert acked  # and consumed
