@@ -17,6 +17,9 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
+from shardmq.ipc.settings import SupervisorConfig
+from shardmq.store.settings import StoreSettings
+
 Port = Annotated[int, Meta(ge=0, le=65535)]
 
 
@@ -61,6 +64,8 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     amqp: AMQPConfig = msgspec.field(default_factory=AMQPConfig)
     users: list[UserConfig] = msgspec.field(default_factory=_default_users)
     vhosts: list[str] = msgspec.field(default_factory=lambda: ["/"])
+    supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
