@@ -170,8 +170,9 @@ class Worker:
         """Send a message to the supervisor (small, one datagram)."""
         self.chan.send(MSG_USER + payload)
 
-    def set_protocol_factory(self, factory: ProtocolFactory) -> None:
-        """Wire the AMQP protocol factory for handed-off sockets (and connection counts)."""
+    def set_protocol_factory(self, factory: ProtocolFactory) -> ProtocolFactory:
+        """Wire the AMQP protocol factory for handed-off sockets (and connection counts);
+        returns the wrapped factory for the listener (``serve(wrap_factory=...)``)."""
         counted = self.counter.wrap(factory)
 
         def make() -> asyncio.BaseProtocol:
@@ -184,6 +185,7 @@ class Worker:
         waiting, self._waiting_fds = self._waiting_fds, []
         for fd in waiting:
             self._adopt(fd)
+        return make
 
     # ------------------------------------------------------------------ channel
     def _on_chan(self) -> None:
@@ -302,23 +304,12 @@ class Worker:
             self.chan.close()
 
 
-def _capture_loop_factory(worker: Worker) -> Callable[[], asyncio.AbstractEventLoop]:
-    """An event loop whose ``create_server`` hands the protocol factory to ``worker``
-    (bridge until ``serve`` exposes it; then call ``worker.set_protocol_factory``)."""
+def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
-
-        base: type[asyncio.AbstractEventLoop] = uvloop.Loop
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        base = asyncio.SelectorEventLoop
-
-    class CaptureLoop(base):  # type: ignore[valid-type,misc]
-        async def create_server(self, protocol_factory, *args, **kwargs):  # type: ignore[no-untyped-def]
-            worker.set_protocol_factory(protocol_factory)
-            assert worker.protocol_factory is not None
-            return await super().create_server(worker.protocol_factory, *args, **kwargs)
-
-    return CaptureLoop
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -354,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             log.error("worker %d: cannot pin to CPU %d: %s", args.slot, cpu, exc)
             return 1
-    loop = _capture_loop_factory(worker)()
+    loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
         loop.run_until_complete(worker.run())

@@ -26,6 +26,8 @@ from shardmq.amqp.errors import CONNECTION_FORCED
 from shardmq.broker.broker import Broker
 from shardmq.config import Config
 
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
 log = logging.getLogger("shardmq.net")
 
 CLOSE_GRACE = 3.0
@@ -210,16 +212,25 @@ async def serve(
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
     broker: Broker | None = None,
+    wrap_factory: Callable[[ProtocolFactory], ProtocolFactory] | None = None,
 ) -> None:
-    """Run one worker's AMQP listener until SIGTERM/SIGINT (or ``stop`` is set)."""
+    """Run one worker's AMQP listener until SIGTERM/SIGINT (or ``stop`` is set).
+
+    ``wrap_factory`` receives the protocol factory and returns the one the listener uses
+    (the worker keeps it to serve handed-off sockets and to count connections)."""
     loop = asyncio.get_running_loop()
     broker = broker or Broker(config)
     hub = IOHub(broker, loop)
+
+    def factory() -> asyncio.BaseProtocol:
+        return AMQPProtocol(hub)
+
+    make = wrap_factory(factory) if wrap_factory is not None else factory
     if sock is not None:
-        server = await loop.create_server(lambda: AMQPProtocol(hub), sock=sock, backlog=1024)
+        server = await loop.create_server(make, sock=sock, backlog=1024)
     else:
         server = await loop.create_server(
-            lambda: AMQPProtocol(hub),
+            make,
             host=config.server.host,
             port=config.server.port,
             backlog=1024,
