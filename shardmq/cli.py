@@ -29,7 +29,7 @@ def cli() -> None:
 )
 @click.option("--host", default=None, help="Listen address [default: 0.0.0.0].")
 @click.option("--port", type=int, default=None, help="AMQP port [default: 5672].")
-@click.option("--workers", type=int, default=None, help="Worker processes [default: 1].")
+@click.option("--workers", type=int, default=None, help="Worker processes; 0 = one per core [default: 1].")
 @click.option("--data-dir", default=None, help="Data directory [default: ./shardmq-data].")
 @click.option("--log-level", default=None, help="debug, info, warning, error.")
 def serve(
@@ -52,14 +52,16 @@ def serve(
         )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    if config.server.workers != 1:
-        raise click.ClickException(
-            f"--workers {config.server.workers}: this build runs one worker only "
-            "(multi-worker sharding is not implemented yet); use --workers 1"
-        )
     from workers.supervisor import run
 
-    sys.exit(run(config))
+    overrides = {
+        "host": host,
+        "port": port,
+        "workers": workers,
+        "data_dir": data_dir,
+        "log_level": log_level,
+    }
+    sys.exit(run(config, config_path=config_path, overrides=overrides))
 
 
 @cli.command(

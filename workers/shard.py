@@ -32,6 +32,7 @@ import os  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import weakref  # noqa: E402
+from collections import deque  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -48,6 +49,7 @@ MSG_READY = b"R"
 MSG_CONN = b"C"
 MSG_USER = b"M"
 MAX_FDS_PER_MSG = 32
+MAX_MESSAGE = 1 << 18  # largest control message on the supervisor channel
 PR_SET_PDEATHSIG = 1
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
@@ -153,6 +155,7 @@ class Worker:
         self.accepted = 0  # sockets received by hand-off (monotonic)
         self._adopting = 0  # received, protocol not made yet
         self._waiting_fds: list[int] = []
+        self._outbox: deque[bytes] = deque()
         self.stop = asyncio.Event()
         self.on_message: Callable[[bytes], None] = self._default_message
         self.on_reload: Callable[[Config], None] = self._default_reload
@@ -167,8 +170,31 @@ class Worker:
         logging.getLogger().setLevel(getattr(logging, config.server.log_level.upper()))
 
     def send_message(self, payload: bytes) -> None:
-        """Send a message to the supervisor (small, one datagram)."""
-        self.chan.send(MSG_USER + payload)
+        """Send a message to the supervisor (one datagram of at most ``MAX_MESSAGE``
+        bytes); queued in order while the channel is full."""
+        self._outbox.append(MSG_USER + payload)
+        if len(self._outbox) == 1:
+            self._drain()
+
+    def _drain(self) -> None:
+        while self._outbox:
+            try:
+                self.chan.send(self._outbox[0])
+            except (BlockingIOError, InterruptedError):
+                if self._loop is not None:
+                    self._loop.add_writer(self.chan.fileno(), self._drain_ready)
+                return
+            except OSError as exc:
+                log.error("supervisor channel failed: %s; stopping", exc)
+                self._outbox.clear()
+                self._supervisor_gone()
+                return
+            self._outbox.popleft()
+
+    def _drain_ready(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_writer(self.chan.fileno())
+        self._drain()
 
     def set_protocol_factory(self, factory: ProtocolFactory) -> ProtocolFactory:
         """Wire the AMQP protocol factory for handed-off sockets (and connection counts);
@@ -191,7 +217,7 @@ class Worker:
     def _on_chan(self) -> None:
         while True:
             try:
-                msg, fds, _flags, _addr = socket.recv_fds(self.chan, 65536, MAX_FDS_PER_MSG)
+                msg, fds, _flags, _addr = socket.recv_fds(self.chan, MAX_MESSAGE, MAX_FDS_PER_MSG)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -276,28 +302,52 @@ class Worker:
 
     # ------------------------------------------------------------------ main
     async def run(self) -> None:
+        from shardmq.broker.broker import Broker
         from shardmq.net.server import serve
+        from workers.wiring import wire_worker
 
         loop = asyncio.get_running_loop()
         self._loop = loop
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        loop.add_reader(self.chan.fileno(), self._on_chan)
+        broker = Broker(self.config, slot=self.slot, workers=self.n)
+        synced: asyncio.Event | None = None
         if self.mesh_spec:
             self.mesh = Mesh.from_spec(self.mesh_spec, self.slot, idle_poll=self.settings.idle_poll)
             self.control = self.mesh.control
+            synced = wire_worker(self, broker, loop)
+        loop.add_reader(self.chan.fileno(), self._on_chan)
+        if self.mesh is not None:
             self.mesh.start(loop)
         self._heartbeat()
+        if synced is not None:
+            # the definitions first: a client must see every exchange and queue
+            stop_wait = loop.create_task(self.stop.wait())
+            sync_wait = loop.create_task(synced.wait())
+            await asyncio.wait({stop_wait, sync_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            sync_wait.cancel()
+            if self.stop.is_set():
+                if self.mesh is not None:
+                    self.mesh.close()
+                self.chan.close()
+                return
         if self.listen_fd is not None:
             sock = socket.socket(fileno=self.listen_fd)
         else:
             # hand-off mode: serve() needs a listener; give it one nobody can reach (an
-            # autobound abstract Unix socket) and take its protocol factory for adopted
-            # sockets (see CaptureLoop)
+            # autobound abstract Unix socket); adopted sockets use its protocol factory
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind("")
             sock.listen(1)
         try:
-            await serve(self.config, sock=sock, ready=self.ready, stop=self.stop)
+            await serve(
+                self.config,
+                sock=sock,
+                ready=self.ready,
+                stop=self.stop,
+                broker=broker,
+                wrap_factory=self.set_protocol_factory,
+            )
         finally:
             if self.mesh is not None:
                 self.mesh.close()

@@ -55,6 +55,13 @@ MSG_READY = b"R"
 MSG_CONN = b"C"
 MSG_USER = b"M"
 EXIT_BOOT_FAILURE = 1
+MAX_MESSAGE = 1 << 18  # largest control message on a worker channel
+
+
+def _ignore_slot(slot: int) -> None:
+    pass
+
+
 # settings a reload cannot change (they need a restart)
 STATIC_SERVER_FIELDS = ("host", "port", "workers", "data_dir")
 
@@ -186,6 +193,7 @@ class Slot:
         self.beat_at = 0.0
         self.handed = 0
         self.stalled = False
+        self.outbox: deque[bytes] = deque()  # messages the channel had no room for yet
 
     @property
     def pid(self) -> int | None:
@@ -198,7 +206,10 @@ class Slot:
 
 class Supervisor:
     """N worker processes, one per slot. Hooks for the broker layer:
-    ``on_worker_message(slot, payload)`` and ``send_to_worker(slot, payload)``."""
+    ``on_worker_message(slot, payload)``, ``send_to_worker(slot, payload)``,
+    ``on_worker_up(slot)`` (a process was spawned in the slot; messages sent from then
+    on reach it) and ``on_worker_down(slot)`` (its process died; called before the
+    respawn's ``on_worker_up``)."""
 
     def __init__(
         self,
@@ -227,6 +238,8 @@ class Supervisor:
         self.all_ready_notified = False
         self.deaths: deque[float] = deque()
         self.on_worker_message: Callable[[int, bytes], None] = self._default_message
+        self.on_worker_up: Callable[[int], None] = _ignore_slot
+        self.on_worker_down: Callable[[int], None] = _ignore_slot
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
         self._rr = 0
@@ -236,14 +249,38 @@ class Supervisor:
         log.debug("message from worker %d ignored (%d bytes)", slot, len(payload))
 
     def send_to_worker(self, slot: int, payload: bytes) -> bool:
+        """Queue a message for the worker in ``slot`` (in order; held while its channel
+        is full). False when no process fills the slot."""
         s = self.slots[slot]
         if s.chan is None:
             return False
-        try:
-            s.chan.send(MSG_USER + payload)
-        except OSError:
-            return False
+        s.outbox.append(MSG_USER + payload)
+        if len(s.outbox) == 1:
+            self._drain(s)
         return True
+
+    def _drain(self, s: Slot) -> None:
+        chan = s.chan
+        if chan is None:
+            s.outbox.clear()
+            return
+        while s.outbox:
+            try:
+                chan.send(s.outbox[0])
+            except (BlockingIOError, InterruptedError):
+                assert self._loop is not None
+                self._loop.add_writer(chan.fileno(), self._drain_ready, s)
+                return
+            except OSError as exc:
+                log.warning("cannot write to worker %d: %s", s.index, exc)
+                s.outbox.clear()
+                return
+            s.outbox.popleft()
+
+    def _drain_ready(self, s: Slot) -> None:
+        if s.chan is not None and self._loop is not None:
+            self._loop.remove_writer(s.chan.fileno())
+        self._drain(s)
 
     # ------------------------------------------------------------------ start-up
     def _write_spec(self) -> None:
@@ -328,6 +365,7 @@ class Supervisor:
         else:
             self._loop.add_reader(slot.pidfd, self._on_exit, slot)
         self._loop.add_reader(parent.fileno(), self._on_chan, slot)
+        self.on_worker_up(slot.index)
         log.info("worker %d %sstarted, pid %d", slot.index, "re" if respawn else "", proc.pid)
 
     # ------------------------------------------------------------------ events
@@ -337,7 +375,7 @@ class Supervisor:
             return
         while True:
             try:
-                msg = chan.recv(65536)
+                msg = chan.recv(MAX_MESSAGE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -395,13 +433,20 @@ class Supervisor:
             os.close(slot.pidfd)
             slot.pidfd = -1
         if slot.chan is not None:
-            try:
-                self._loop.remove_reader(slot.chan.fileno())
-            except (ValueError, OSError):
-                pass
+            for remove in (self._loop.remove_reader, self._loop.remove_writer):
+                try:
+                    remove(slot.chan.fileno())
+                except (ValueError, OSError):
+                    pass
             slot.chan.close()
             slot.chan = None
+        slot.outbox.clear()
         slot.proc = None
+        if not self.stopping:
+            try:
+                self.on_worker_down(slot.index)
+            except Exception:
+                log.exception("on_worker_down failed")
         was_ready = slot.ready
         slot.ready = False
         if self.stopping:
@@ -621,6 +666,9 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             self._setup()
+            from workers.wiring import wire_supervisor
+
+            wire_supervisor(self)
             if self.on_start is not None:
                 self.on_start(self)
         except (OSError, MeshError) as exc:

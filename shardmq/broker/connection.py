@@ -18,6 +18,7 @@ import base64
 import itertools
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,7 +43,8 @@ from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel
 from shardmq.broker.message import Message
 from shardmq.broker.queue import Consumer, Queue
-from shardmq.broker.remote import RemoteQueue
+from shardmq.broker.remote import REMOTE_WINDOW as WINDOW
+from shardmq.broker.remote import REQUEUE, RemoteQueue
 from shardmq.broker.vhost import AnyQueue, VHost
 
 if TYPE_CHECKING:
@@ -97,6 +99,12 @@ class BrokerConnection(AMQPConnection):
         self.exclusive_queues: list[str] = []
         # credit to return to other workers for deliveries our socket has taken
         self.credit_due: dict[Consumer, int] = {}
+        # deliveries from other workers held back by a channel's global prefetch limit
+        # (in arrival order; their credit is returned only once they are delivered)
+        self.parked: deque[tuple[Consumer, Message, bool]] = deque()
+        # remote consumers under a global prefetch limit -> credit granted, not yet used
+        self.gq: dict[Consumer, int] = {}
+        self.gq_idle: set[Consumer] = set()  # their queue was empty: no credit for now
         self._confirm_channels: list[Channel] = []
 
     # ------------------------------------------------------------ handshake hooks
@@ -138,8 +146,86 @@ class BrokerConnection(AMQPConnection):
         if ch in self._confirm_channels:
             self._confirm_channels.remove(ch)
         ch.release()
+        if self.parked or self.gq:
+            self.unpark()
+
+    def unpark(self) -> None:
+        """Room may have grown on a channel with a global prefetch limit: deliver held
+        remote deliveries it now admits (those whose consumer or channel is gone go back
+        to their queue), then grant its remote consumers credit for the rest."""
+        parked = self.parked
+        router = self.broker.shards
+        while parked:
+            consumer, msg, redelivered = parked[0]
+            ch = consumer.channel
+            if ch.closing or ch.consumers.get(consumer.tag) is not consumer or self.state > OPEN:
+                parked.popleft()
+                router.settle(consumer.queue.shard, msg.seq, REQUEUE)
+                continue
+            limit = ch.global_prefetch
+            if not ch.active or (limit and ch.consumer_unacked >= limit):
+                return
+            parked.popleft()
+            ch.deliver(consumer, consumer.queue, msg, redelivered)
+        if self.gq:
+            self.rebalance()
+
+    def credit_idle(self, c: Consumer, returned: int) -> None:
+        """The owner of ``c``'s queue gave ``returned`` credits back (its queue is
+        empty), or (0) says a message waits for ``c`` again."""
+        if returned:
+            self.gq[c] = max(0, self.gq[c] - returned)
+            self.gq_idle.add(c)
+        else:
+            self.gq_idle.discard(c)
+        self.rebalance()
+
+    def rebalance(self) -> None:
+        """Grant credit to remote consumers under a global limit, one delivery at a time
+        round the channel's consumers, so that unacked + credit never exceeds the limit.
+        (A consumer of an empty queue keeps the credit it holds: the others share the
+        rest of the window.)"""
+        gq = self.gq
+        by_channel: dict[Channel, list[Consumer]] = {}
+        for c in list(gq):
+            ch = c.channel
+            if ch.closing or ch.consumers.get(c.tag) is not c or self.state > OPEN:
+                del gq[c]
+                self.gq_idle.discard(c)
+            elif c in self.gq_idle:
+                continue
+            else:
+                by_channel.setdefault(ch, []).append(c)
+        router = self.broker.shards
+        for ch, consumers in by_channel.items():
+            limit = ch.global_prefetch
+            grants: dict[Consumer, int] = {}
+            if not limit:  # the limit was lifted: top everyone up to a window
+                for c in consumers:
+                    if gq[c] < WINDOW // 2:
+                        grants[c] = WINDOW - gq[c]
+            else:
+                room = limit - ch.consumer_unacked - sum(gq[c] for c in consumers)
+                room -= sum(1 for p in self.parked if p[0].channel is ch)
+                while room > 0:
+                    granted = False
+                    for c in consumers:
+                        if room <= 0:
+                            break
+                        if c.prefetch and c.unacked + gq[c] + grants.get(c, 0) >= c.prefetch:
+                            continue
+                        grants[c] = grants.get(c, 0) + 1
+                        room -= 1
+                        granted = True
+                    if not granted:
+                        break
+            for c, n in grants.items():
+                gq[c] += n
+                router.grant(c, n)
 
     def on_connection_closed(self) -> None:
+        if self.parked or self.gq:
+            self.unpark()
         self.broker.connections.discard(self)
         self.broker.conns_by_gid.pop(self.gid, None)
         for cause in list(self.throttled_by):
@@ -168,6 +254,8 @@ class BrokerConnection(AMQPConnection):
     def set_write_paused(self, paused: bool) -> None:
         self.write_paused = paused
         self._update_channels()
+        if not paused and (self.parked or self.gq):
+            self.unpark()
         if not paused and self.credit_due:
             self._return_credit()
 
@@ -182,6 +270,8 @@ class BrokerConnection(AMQPConnection):
         if self.out_blocked:
             self.out_blocked = False
             self._update_channels()
+        if self.parked or self.gq:
+            self.unpark()
         if self.credit_due and not self.write_paused:
             self._return_credit()
 
@@ -243,6 +333,8 @@ class BrokerConnection(AMQPConnection):
 
     def on_ack(self, ch: ChannelBase, delivery_tag: int, multiple: int) -> None:
         ch.ack(delivery_tag, multiple)  # type: ignore[attr-defined]
+        if self.parked or self.gq:
+            self.unpark()
 
     def on_publish(
         self,
@@ -557,6 +649,8 @@ def _basic_qos(conn: BrokerConnection, ch: Channel, m: M.BasicQos) -> None:
         ch.prefetch = m.prefetch_count
     conn.send_method(ch.number, M.BasicQosOk())
     ch.kick()
+    if conn.parked or conn.gq:
+        conn.unpark()
 
 
 @handles(M.BasicConsume)
@@ -587,6 +681,8 @@ def _basic_consume(conn: BrokerConnection, ch: Channel, m: M.BasicConsume) -> No
                     ch.consumers.pop(tag, None)
                     q.local_consumers.pop((conn.gid, ch.number, tag), None)
                 cb(err, res)
+                if conn.gq:
+                    conn.rebalance()
 
             conn.broker.shards.consume(q, c, answered)
 
@@ -604,6 +700,8 @@ def _basic_cancel(conn: BrokerConnection, ch: Channel, m: M.BasicCancel) -> None
         conn.send_method(ch.number, M.BasicCancelOk(consumer_tag=m.consumer_tag))
     if c is not None:
         conn.remove_consumer(c, notify=False)
+    if conn.parked or conn.gq:
+        conn.unpark()
 
 
 @handles(M.BasicGet)
@@ -646,22 +744,30 @@ def _write_get_ok(
 @handles(M.BasicReject)
 def _basic_reject(conn: BrokerConnection, ch: Channel, m: M.BasicReject) -> None:
     ch.reject(m.delivery_tag, 0, m.requeue)
+    if conn.parked or conn.gq:
+        conn.unpark()
 
 
 @handles(M.BasicNack)
 def _basic_nack(conn: BrokerConnection, ch: Channel, m: M.BasicNack) -> None:
     ch.reject(m.delivery_tag, m.multiple, m.requeue)
+    if conn.parked or conn.gq:
+        conn.unpark()
 
 
 @handles(M.BasicAck)
 def _basic_ack(conn: BrokerConnection, ch: Channel, m: M.BasicAck) -> None:
     ch.ack(m.delivery_tag, m.multiple)
+    if conn.parked or conn.gq:
+        conn.unpark()
 
 
 def _recover(ch: Channel, requeue: bool, method: type[M.Method]) -> None:
     if not requeue:
         raise HardError(NOT_IMPLEMENTED, "requeue=false", method.CLASS_ID, method.METHOD_ID)
     ch.recover()
+    if ch.conn.parked or ch.conn.gq:
+        ch.conn.unpark()
 
 
 @handles(M.BasicRecover)

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from shardmq.broker.shards import ShardRouter
 
 ACK, REQUEUE = 0, 2  # settle actions, as in shards.py
+# Credit window of remote consumers whose credit comes back as their socket drains.
+REMOTE_WINDOW = 512
 
 
 class RemoteQueue:

@@ -14,7 +14,9 @@ Invariants:
 
 Messages (lists): worker -> sequencer ``["req", req, op]`` (req 0: nobody waits) and
 ``["ack", token, err, result]``; sequencer -> worker ``["apply", token, op]``,
-``["ask", token, op]``, ``["reply", req, err, result]``, ``["snapshot", [op, ...]]``.
+``["ask", token, op]``, ``["reply", req, err, result]``, ``["snapshot", [op, ...], last]``
+(a snapshot comes in chunks of at most ``SNAPSHOT_CHUNK`` encoded bytes; the worker is
+ready once it applied the chunk with ``last`` true).
 """
 
 from __future__ import annotations
@@ -36,6 +38,22 @@ from shardmq.broker.remote import RemoteQueue
 log = logging.getLogger("shardmq.sequencer")
 
 Send = Callable[[int, list[Any]], None]
+
+SNAPSHOT_CHUNK = 32 * 1024  # encoded op bytes per snapshot message
+
+
+def chunks(ops: list[bytes], limit: int = SNAPSHOT_CHUNK) -> list[list[bytes]]:
+    """``ops`` split into consecutive lists of at most ``limit`` bytes (at least one op
+    each, and at least one list, so that an empty snapshot is still sent)."""
+    out: list[list[bytes]] = [[]]
+    size = 0
+    for op in ops:
+        if out[-1] and size + len(op) > limit:
+            out.append([])
+            size = 0
+        out[-1].append(op)
+        size += len(op)
+    return out
 
 
 def snapshot(metadata: md.Metadata) -> list[bytes]:
@@ -104,7 +122,9 @@ class Sequencer:
     # ------------------------------------------------------------ workers
     def worker_up(self, slot: int) -> None:
         """A worker (re)started: it gets the definitions, then takes part in ops."""
-        self.send(slot, ["snapshot", snapshot(self.metadata)])
+        parts = chunks(snapshot(self.metadata))
+        for i, part in enumerate(parts):
+            self.send(slot, ["snapshot", part, i == len(parts) - 1])
         self.live.add(slot)
 
     def worker_down(self, slot: int) -> None:
@@ -237,6 +257,7 @@ class WorkerMeta:
         self._reqs = itertools.count(1)
         self.pending: dict[int, Callable[[AMQPError | None, Any], None]] = {}
         self.ready = False
+        self.on_ready: Callable[[], None] | None = None
 
     def request(self, op: md.Op, callback: Callable[[AMQPError | None, Any], None]) -> None:
         req = next(self._reqs)
@@ -266,7 +287,10 @@ class WorkerMeta:
                     self.metadata.apply(md.decode_op(data))
                 except AMQPError as exc:
                     log.error("snapshot op not applied: %s", exc.reply_text)
-            self.ready = True
+            if len(message) < 3 or message[2]:
+                self.ready = True
+                if self.on_ready is not None:
+                    self.on_ready()
 
     def _apply(self, token: int, data: bytes) -> None:
         try:

@@ -14,6 +14,10 @@ Invariants:
   prefetch (returned as deliveries are settled) or, for no-ack and unlimited-prefetch
   consumers, a window returned as the consumer's socket accepts the data — a slow
   reader never makes the owner push without bound.
+- Under a channel's global prefetch limit (``shared`` proxies) the consumer's worker
+  grants credit a little at a time; credit an empty queue cannot use goes straight back
+  (IDLE n) and the proxy then says once when a message waits (IDLE 0), so an idle
+  queue never holds a share of the channel's window and the two never ping-pong.
 - Message refs embed this process's pid, so a settle meant for a dead incarnation of a
   worker can never settle a message of the new one.
 - A dead worker's publishes still unconfirmed are nacked, consumers of its queues are
@@ -41,14 +45,14 @@ from shardmq.amqp.errors import (
 from shardmq.broker import metadata as md
 from shardmq.broker.message import Message
 from shardmq.broker.queue import Consumer, Queue
-from shardmq.broker.remote import RemoteQueue
+from shardmq.broker.remote import REMOTE_WINDOW, RemoteQueue
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
 
 log = logging.getLogger("shardmq.shards")
 
-ENQUEUE, DELIVER, SETTLE, CONFIRM, CREDIT, REQUEST, REPLY = range(1, 8)
+ENQUEUE, DELIVER, SETTLE, CONFIRM, CREDIT, REQUEST, REPLY, IDLE = range(1, 9)
 ACK, DROP, REQUEUE = 0, 1, 2
 
 _ENQ = struct.Struct(">BQHQBH")  # type, confirm conn gid, channel, seq, n queues, exrk len
@@ -60,7 +64,7 @@ _CREDIT = struct.Struct(">BQHI")  # type, conn gid, channel, credit
 _Q = struct.Struct(">Q")
 
 # Credit window for consumers whose credit comes back as their socket drains.
-WINDOW = 512
+WINDOW = REMOTE_WINDOW
 
 Callback = Callable[[AMQPError | None, Any], None]
 _encode = msgspec.msgpack.encode
@@ -98,6 +102,8 @@ class ProxyConsumer:
         "credit_on_settle",
         "refs",
         "channel",
+        "shared",
+        "hungry",
     )
 
     def __init__(
@@ -126,9 +132,17 @@ class ProxyConsumer:
         self.credit_on_settle = credit_on_settle
         self.refs: set[int] = set()
         self.channel = self
+        # credit managed by the consumer's worker under a global prefetch limit
+        self.shared = credit == 0 and not credit_on_settle and not no_ack
+        self.hungry = False  # shared, gave its credit back: say when a message waits
 
     def ready(self) -> bool:
-        return self.credit > 0
+        if self.credit > 0:
+            return True
+        if self.hungry:
+            self.hungry = False
+            self.router.idle(self, 0)
+        return False
 
     def deliver(self, c: ProxyConsumer, queue: Queue, msg: Message, redelivered: bool) -> None:
         router = self.router
@@ -193,6 +207,7 @@ class ShardRouter:
             CREDIT: self._on_credit,
             REQUEST: self._on_request,
             REPLY: self._on_reply,
+            IDLE: self._on_idle,
         }
 
     def new_ref(self) -> int:
@@ -281,8 +296,14 @@ class ShardRouter:
     # ---------------------------------------------------------------- consumer API
     def consume(self, rq: RemoteQueue, c: Consumer, cb: Callback) -> None:
         ch = c.channel
-        credit_on_settle = not c.no_ack and c.prefetch > 0
-        credit = c.prefetch if credit_on_settle else WINDOW
+        if not c.no_ack and ch.global_prefetch:
+            # the channel's shared limit is enforced here: credit is granted one
+            # delivery at a time by the connection (``BrokerConnection.rebalance``)
+            ch.conn.gq[c] = 0
+            credit_on_settle, credit = False, 0
+        else:
+            credit_on_settle = not c.no_ack and c.prefetch > 0
+            credit = c.prefetch if credit_on_settle else WINDOW
         rq.local_consumers[(ch.conn.gid, ch.number, c.tag)] = c
         self.request(
             rq.shard,
@@ -376,6 +397,26 @@ class ShardRouter:
         if proxy is not None:
             proxy.credit += n
             proxy.queue.dispatch()
+            if proxy.shared and proxy.credit > 0:
+                # the queue ran dry: give the rest back for the channel's other consumers
+                self.idle(proxy, proxy.credit)
+                proxy.credit = 0
+                proxy.hungry = True
+
+    def idle(self, proxy: ProxyConsumer, returned: int) -> None:
+        self.link.send(proxy.src, _CREDIT.pack(IDLE, proxy.gid, proxy.chnum, returned) + proxy.ctag)
+
+    def _on_idle(self, src: int, data: bytes) -> None:
+        """Consumer side: credit given back by an empty queue (n > 0), or a message now
+        waits for a consumer that gave its credit back (n == 0)."""
+        _t, gid, chnum, n = _CREDIT.unpack_from(data, 0)
+        tag, _ = _shortstr_at(data, _CREDIT.size)
+        conn = self.broker.conns_by_gid.get(gid)
+        ch = conn.channels.get(chnum) if conn is not None else None
+        c = ch.consumers.get(tag) if ch is not None else None  # type: ignore[attr-defined]
+        if c is None or conn is None or c not in conn.gq:
+            return
+        conn.credit_idle(c, n)
 
     def _on_request(self, src: int, data: bytes) -> None:
         req, kind, *args = _decode(data[1:])
@@ -463,7 +504,19 @@ class ShardRouter:
                 self.settle(src, ref, REQUEUE)
             return
         msg = Message(exrk, data[pos + _CONTENT.size :], rawch, hsize, fmax, ref)
-        consumer.channel.deliver(consumer, consumer.queue, msg, bool(flags & 1))
+        ch = consumer.channel
+        gq = conn.gq  # type: ignore[union-attr]
+        if gq and consumer in gq:
+            gq[consumer] = max(0, gq[consumer] - 1)
+            limit = ch.global_prefetch
+            if conn.parked or (limit and ch.consumer_unacked >= limit):  # type: ignore[union-attr]
+                # local deliveries took the room meanwhile: hold it until an ack frees
+                # some (bounded by the credit granted)
+                conn.parked.append((consumer, msg, bool(flags & 1)))  # type: ignore[union-attr]
+                return
+            ch.deliver(consumer, consumer.queue, msg, bool(flags & 1))
+            return
+        ch.deliver(consumer, consumer.queue, msg, bool(flags & 1))
         if consumer.no_ack or not consumer.prefetch:
             conn.credit_due[consumer] = conn.credit_due.get(consumer, 0) + 1  # type: ignore[union-attr]
 

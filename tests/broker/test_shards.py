@@ -195,3 +195,38 @@ def test_worker_death_nacks_cancels_and_requeues() -> None:
     # worker 0's queue and its unacked message are untouched
     assert len(cl.brokers[0].vhosts["/"].queues[q0].store) == 0
     assert q in cl.brokers[1].vhosts["/"].queues  # definitions came back with the snapshot
+
+
+def test_global_prefetch_is_shared_by_consumers_of_queues_on_other_workers() -> None:
+    """RabbitMQ's global=true: one limit for the channel; queues on workers 0 and 1, the
+    consumer on worker 2. The limit holds, the rest stays ready in the queues, and an
+    ack frees exactly one slot."""
+    cl = Cluster(3)
+    qa, qb = cl.queue_on(0, "a"), cl.queue_on(1, "b")
+    pub, con = cl.connect(0), cl.connect(2)
+    pub.open_channel(1)
+    con.open_channel(1)
+    for q in (qa, qb):
+        _call(cl, pub, 1, M.QueueDeclare(queue=q))
+        for i in range(4):
+            pub.publish(1, "", q, b"%s%d" % (q.encode(), i))
+    cl.pump()
+    _call(cl, con, 1, M.BasicQos(prefetch_count=3, global_=True))
+    _call(cl, con, 1, M.BasicConsume(queue=qa, consumer_tag="a"))
+    _call(cl, con, 1, M.BasicConsume(queue=qb, consumer_tag="b"))
+    assert len(con.deliveries) == 3
+    ready = (
+        cl.brokers[0].vhosts["/"].queues[qa].message_count
+        + cl.brokers[1].vhosts["/"].queues[qb].message_count
+    )
+    assert ready == 5
+    _call(cl, con, 1, M.BasicAck(delivery_tag=1))
+    assert len(con.deliveries) == 4
+    _call(cl, con, 1, M.BasicAck(delivery_tag=0, multiple=True))
+    assert len(con.deliveries) == 7
+    _call(cl, con, 1, M.BasicQos(prefetch_count=0, global_=True))
+    _call(cl, con, 1, M.BasicAck(delivery_tag=0, multiple=True))
+    assert len(con.deliveries) == 8
+    assert sorted(d.body for d in con.deliveries) == sorted(
+        [b"%s%d" % (q.encode(), i) for q in (qa, qb) for i in range(4)]
+    )

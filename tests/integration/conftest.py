@@ -30,7 +30,7 @@ import pytest
 from .helpers import Env
 
 # Every test runs once per worker count (becomes [1, 3] with the sharding work).
-WORKER_COUNTS: list[int] = [1]
+WORKER_COUNTS: list[int] = [1, 3]
 
 EXTERNAL_URI: str | None = os.environ.get("SHARDMQ_TEST_URI") or None
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,77 @@
+"""Glue between the process layer and the broker: who talks to whom, with N workers.
+
+Owns: ``wire_worker`` (a worker's ``Broker`` gets the cross-shard router on the mesh and
+a ``WorkerMeta`` on the supervisor channel) and ``wire_supervisor`` (the supervisor
+runs the metadata ``Sequencer``, feeds it worker messages and worker births/deaths).
+Control messages are msgpack-encoded lists (see ``shardmq.broker.sequencer``).
+
+Invariants:
+- A worker serves clients only after it applied the whole definitions snapshot
+  (``wire_worker`` returns an event set at that moment).
+- The sequencer hears ``worker_down(slot)`` before ``worker_up(slot)`` of the respawned
+  process, so a dead worker's exclusive queues are dropped before the new one starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from shardmq.broker.broker import Broker
+from shardmq.broker.sequencer import Sequencer, WorkerMeta
+from shardmq.broker.shards import ShardRouter
+
+if TYPE_CHECKING:
+    from workers.shard import Worker
+    from workers.supervisor import Supervisor
+
+log = logging.getLogger("shardmq.wiring")
+
+_encode = msgspec.msgpack.encode
+_decode = msgspec.msgpack.decode
+
+
+def wire_worker(worker: Worker, broker: Broker, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    """Connect ``broker`` (slot ``worker.slot`` of ``worker.n``) to the mesh and the
+    sequencer. Returns an event set once the definitions snapshot is applied."""
+    synced = asyncio.Event()
+    mesh = worker.mesh
+    assert mesh is not None, "several workers need the mesh"
+    router = ShardRouter(broker, mesh, loop.call_soon)
+    broker.shards = router
+    mesh.on_records = router.on_records
+    mesh.on_writable = router.on_writable
+    mesh.on_peer_restart = router.shard_down
+
+    def send(message: list[Any]) -> None:
+        worker.send_message(_encode(message))
+
+    meta = WorkerMeta(broker.metadata, send)
+    meta.on_ready = synced.set
+    broker.sequencer = meta
+
+    def on_message(payload: bytes) -> None:
+        meta.on_message(_decode(payload))
+
+    worker.on_message = on_message
+    return synced
+
+
+def wire_supervisor(sup: Supervisor) -> Sequencer:
+    """Run the metadata sequencer in the supervisor ``sup`` (called before any spawn)."""
+
+    def send(slot: int, message: list[Any]) -> None:
+        sup.send_to_worker(slot, _encode(message))
+
+    seq = Sequencer(sup.config.vhosts or ["/"], sup.n, send)
+
+    def on_worker_message(slot: int, payload: bytes) -> None:
+        seq.on_message(slot, _decode(payload))
+
+    sup.on_worker_message = on_worker_message
+    sup.on_worker_up = seq.worker_up
+    sup.on_worker_down = seq.worker_down
+    return seq
