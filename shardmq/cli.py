@@ -1,4 +1,4 @@
-"""Command line: ``shardmq serve``, ``shardmq bench``.
+"""Command line: ``shardmq serve``, ``shardmq ctl status``, ``shardmq bench``.
 
 Owns: argument parsing and turning flags into a validated ``Config``; it delegates the
 process work to ``workers`` and the load generator to ``loadtest``.
@@ -29,7 +29,9 @@ def cli() -> None:
 )
 @click.option("--host", default=None, help="Listen address [default: 0.0.0.0].")
 @click.option("--port", type=int, default=None, help="AMQP port [default: 5672].")
-@click.option("--workers", type=int, default=None, help="Worker processes; 0 = one per core [default: 1].")
+@click.option(
+    "--workers", type=int, default=None, help="Worker processes; 0 = one per core [default: 0]."
+)
 @click.option("--data-dir", default=None, help="Data directory [default: ./shardmq-data].")
 @click.option("--log-level", default=None, help="debug, info, warning, error.")
 def serve(
@@ -62,6 +64,41 @@ def serve(
         "log_level": log_level,
     }
     sys.exit(run(config, config_path=config_path, overrides=overrides))
+
+
+@cli.group()
+def ctl() -> None:
+    """Inspect a running broker (on this machine, through its data directory)."""
+
+
+@ctl.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--data-dir", default=None, help="The broker's data directory.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(config_path: str | None, data_dir: str | None, as_json: bool) -> None:
+    """Workers, their connections and the queues each one owns."""
+    import msgspec
+
+    from shardmq.ipc.status import read_status
+    from shardmq.status import as_table, read_worker_status
+
+    try:
+        config = load_config(config_path, data_dir=data_dir)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    where = config.server.data_dir
+    reports = read_worker_status(where)
+    workers = read_status(where)
+    if not reports and not workers:
+        raise click.ClickException(f"no running broker found on data dir {where}")
+    if as_json:
+        click.echo(
+            msgspec.json.encode(
+                {"workers": [w._asdict() for w in workers or []], "reports": reports}
+            ).decode()
+        )
+        return
+    click.echo(as_table(reports, workers))
 
 
 @cli.command(

@@ -30,7 +30,8 @@ class ConfigError(Exception):
 class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "0.0.0.0"
     port: Port = 5672
-    workers: Annotated[int, Meta(ge=0, le=1024)] = 1
+    # 0 = one worker per core
+    workers: Annotated[int, Meta(ge=0, le=1024)] = 0
     data_dir: str = "./shardmq-data"
     log_level: str = "info"
     shutdown_timeout: Annotated[float, Meta(ge=0)] = 5.0

@@ -339,6 +339,10 @@ class Worker:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind("")
             sock.listen(1)
+        from shardmq.status import StatusWriter
+
+        status = StatusWriter(broker, self.config.server.data_dir)
+        status.start(loop)
         try:
             await serve(
                 self.config,
@@ -349,6 +353,7 @@ class Worker:
                 wrap_factory=self.set_protocol_factory,
             )
         finally:
+            status.stop()
             if self.mesh is not None:
                 self.mesh.close()
             self.chan.close()

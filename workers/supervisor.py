@@ -81,9 +81,14 @@ def worker_count(config: Config) -> int:
 
 # ---------------------------------------------------------------------- one process
 async def _main(config: Config) -> None:
+    from shardmq.broker.broker import Broker
     from shardmq.net.server import serve
+    from shardmq.status import StatusWriter
 
     loop = asyncio.get_running_loop()
+    broker = Broker(config)
+    status = StatusWriter(broker, config.server.data_dir)
+    status.start(loop)
     interval = watchdog_interval()
     if interval:
 
@@ -96,7 +101,10 @@ async def _main(config: Config) -> None:
     def ready(addrs: str) -> None:
         notify(f"READY=1\nSTATUS=accepting AMQP on {addrs}\nMAINPID={os.getpid()}")
 
-    await serve(config, ready=ready)
+    try:
+        await serve(config, ready=ready, broker=broker)
+    finally:
+        status.stop()
     notify("STOPPING=1")
 
 
