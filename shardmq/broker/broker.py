@@ -1,14 +1,27 @@
 """The broker of one worker: vhosts, users, live connections.
 
 Owns: ``Broker`` — the root of the domain state of one shard, plus the hooks that
-cross connections (a deleted queue cancels consumers on every connection).
+cross connections (a deleted queue cancels consumers on every connection, an alarm
+blocks every publisher), and ``LocalSequencer`` (one worker: ops apply at once, and
+durable definitions are saved before the op returns).
 
-Invariants: no I/O here; the net layer creates connections through
-``new_connection`` and flushes their output.
+Invariants:
+- No socket I/O here; the net layer creates connections through ``new_connection``
+  and flushes their output.
+- Storage is on when the broker is built inside a running event loop (a real
+  ``shardmq serve`` process) or with ``storage=True``: then durable, non-exclusive
+  queues this worker owns are ``DurableQueue``s with a store under
+  ``data_dir/queues``, opened (and recovered) when the queue is created and destroyed
+  when it is deleted. With one worker the broker also keeps ``definitions.json``
+  itself (``load_definitions`` at start-up, before accepting clients); with several
+  the supervisor's sequencer does.
+- Publishers are blocked while either alarm is on (memory, disk); unblocked only once
+  both have cleared.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import itertools
 import logging
@@ -18,13 +31,16 @@ from typing import Any
 
 from shardmq import __version__
 from shardmq.amqp.connection import AMQPConnection
-from shardmq.amqp.errors import AMQPError
+from shardmq.amqp.errors import INTERNAL_ERROR, AMQPError, HardError
 from shardmq.broker.connection import BrokerConnection
+from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.metadata import Metadata, Op, shard_for
-from shardmq.broker.queue import Consumer, Queue
+from shardmq.broker.queue import Consumer, DurableQueue, Queue
 from shardmq.broker.remote import RemoteQueue
+from shardmq.broker.store import WorkerStorage
 from shardmq.broker.vhost import AnyQueue
 from shardmq.config import Config
+from shardmq.store.definitions import DefinitionsStore
 
 log = logging.getLogger("shardmq.broker")
 
@@ -45,11 +61,15 @@ class LocalSequencer:
 
     synchronous = True
 
-    def __init__(self, metadata: Metadata) -> None:
+    def __init__(self, metadata: Metadata, keeper: DefinitionsKeeper | None = None) -> None:
         self.metadata = metadata
+        self.keeper = keeper
 
     def execute(self, op: Op) -> Any:
-        return self.metadata.apply(op)
+        result = self.metadata.apply(op)
+        if self.keeper is not None:
+            self._save(op)
+        return result
 
     def fire(self, op: Op) -> None:
         """Apply an op nobody waits for (auto-delete, exclusive owner gone)."""
@@ -57,10 +77,22 @@ class LocalSequencer:
             self.metadata.apply(op)
         except AMQPError as exc:
             log.debug("internal op %r not applied: %s", op, exc.reply_text)
+            return
+        if self.keeper is not None:
+            self._save(op)
+
+    def _save(self, op: Op) -> None:
+        try:
+            self.keeper.after(op)  # type: ignore[union-attr]
+        except OSError as exc:
+            log.error("cannot save the definitions: %s", exc)
+            raise HardError(INTERNAL_ERROR, f"cannot save the definitions: {exc}") from exc
 
 
 class Broker:
-    def __init__(self, config: Config, *, slot: int = 0, workers: int = 1) -> None:
+    def __init__(
+        self, config: Config, *, slot: int = 0, workers: int = 1, storage: bool | None = None
+    ) -> None:
         self.config = config
         self.slot = slot
         self.workers = workers
@@ -68,12 +100,29 @@ class Broker:
         self.metadata = Metadata(config.vhosts or ["/"], self._make_queue)
         self.metadata.on_queue_deleted = self._queue_deleted
         self.vhosts = self.metadata.vhosts
-        self.sequencer: Any = LocalSequencer(self.metadata)
+        self.storage: WorkerStorage | None = None
+        self.definitions: DefinitionsKeeper | None = None
+        if storage is None:
+            try:
+                asyncio.get_running_loop()
+                storage = True
+            except RuntimeError:
+                storage = False
+        if storage:
+            data_dir = config.server.data_dir
+            self.storage = WorkerStorage(
+                data_dir, config.store, asyncio.get_event_loop(), self.set_disk_alarm
+            )
+            if workers == 1:
+                self.definitions = DefinitionsKeeper(self.metadata, DefinitionsStore(data_dir))
+        self.sequencer: Any = LocalSequencer(self.metadata, self.definitions)
         self.shards: Any = None  # the cross-shard router when workers > 1
         self.connections: set[BrokerConnection] = set()
         self.conns_by_gid: dict[int, BrokerConnection] = {}
         self.current_publisher: BrokerConnection | None = None  # for ring backpressure
-        self.alarm = False  # memory high watermark passed
+        self.alarm = False  # publishers blocked: memory or disk alarm
+        self.memory_alarm = False  # memory high watermark passed
+        self.disk_alarm = False  # free disk below store.disk_free_limit
         self._conn_ids = itertools.count(1)
         self.server_properties = {
             "product": "shardmq",
@@ -97,7 +146,43 @@ class Broker:
                 rq = RemoteQueue(name, vhost, shard, **kw)
                 rq.router = self.shards
                 return rq
+        storage = self.storage
+        if storage is not None and kw.get("durable") and not kw.get("exclusive"):
+            try:
+                store = storage.open_queue(vhost, name)
+            except OSError as exc:
+                log.error("cannot open the store of queue '%s' in vhost '%s': %s", name, vhost, exc)
+                raise HardError(INTERNAL_ERROR, f"cannot open queue storage: {exc}") from exc
+            q = DurableQueue(name, vhost, store=store, **kw)
+            if store.recovered:
+                log.info(
+                    "queue '%s' in vhost '%s': %d message(s) recovered",
+                    name,
+                    vhost,
+                    store.recovered,
+                )
+            return q
         return Queue(name, vhost, **kw)
+
+    def load_definitions(self) -> int:
+        """One worker, at start-up: declare the stored durable exchanges, queues and
+        bindings (queues recover their messages). Returns how many were applied."""
+        if self.definitions is None:
+            return 0
+        n = self.definitions.load()
+        if n:
+            log.info("restored %d durable definition(s) from %s", n, self.config.server.data_dir)
+        return n
+
+    def start_storage(self) -> None:
+        """The worker is about to serve: start watching free disk space."""
+        if self.storage is not None:
+            self.storage.start()
+
+    async def close_storage(self) -> None:
+        """Clean shutdown, after the connections are closed: flush, close, last fsync."""
+        if self.storage is not None:
+            await self.storage.close()
 
     def check_password(self, user: str, password: str) -> bool:
         u = self.users.get(user)
@@ -109,7 +194,10 @@ class Broker:
         return BrokerConnection(self, wake, peer)
 
     def _queue_deleted(self, q: AnyQueue) -> None:
-        """Consumers of a deleted queue on this worker's connections get basic.cancel."""
+        """Consumers of a deleted queue on this worker's connections get basic.cancel;
+        a durable queue's store is destroyed."""
+        if isinstance(q, DurableQueue) and self.storage is not None:
+            self.storage.drop(q.disk)
         if isinstance(q, Queue):
             consumers = [c for c in q.consumers if isinstance(c, Consumer)]
             q.consumers = []
@@ -120,13 +208,32 @@ class Broker:
             c.channel.conn.cancel_consumer(c)
 
     def set_memory_alarm(self, on: bool) -> None:
-        """Block (or unblock) every connection that publishes."""
+        """Memory high watermark passed (or back under it)."""
+        self.memory_alarm = on
+        self._update_alarm()
+
+    def set_disk_alarm(self, on: bool) -> None:
+        """Free disk under data_dir below ``store.disk_free_limit`` (or back above)."""
+        self.disk_alarm = on
+        self._update_alarm()
+
+    @property
+    def alarm_reason(self) -> str:
+        if self.memory_alarm and self.disk_alarm:
+            return "low on memory, low on disk"
+        return "low on disk" if self.disk_alarm else "low on memory"
+
+    def _update_alarm(self) -> None:
+        """Block every connection that publishes while either alarm is on; unblock once
+        both are off."""
+        on = self.memory_alarm or self.disk_alarm
         if on == self.alarm:
             return
         self.alarm = on
+        reason = self.alarm_reason
         for conn in list(self.connections):
             if conn.published:
-                conn.memory_alarm(on)
+                conn.memory_alarm(on, reason)
 
     def close_all(self, code: int, text: str) -> None:
         for conn in list(self.connections):

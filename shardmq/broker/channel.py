@@ -10,8 +10,11 @@ Invariants:
   figure ``global`` qos limits; each consumer counts its own for per-consumer qos.
 - Publisher confirms: ``confirm_seq`` numbers publishes from 1; confirms are coalesced
   and written once per loop turn (``multiple`` when that saves frames). A publish that
-  reached queues on other workers stays in ``unconfirmed`` until each has confirmed; an
-  ack never covers a publish still waiting.
+  reached queues on other workers, or a persistent message stored by durable queues of
+  this worker, stays in ``unconfirmed`` until each of them has confirmed (the local
+  stores through ``durable_token`` / ``stored``, after their fsync); an ack never covers
+  a publish still waiting, and a failed one is nacked. A released channel forgets what
+  it waited for: late answers are dropped.
 - In tx mode, publishes and acks are buffered until commit and dropped on rollback.
 """
 
@@ -52,6 +55,7 @@ class Channel(ChannelBase):
         "confirm_done",
         "confirm_nacks",
         "unconfirmed",
+        "store_pending",
         "tx",
         "tx_publishes",
         "tx_acks",
@@ -73,7 +77,8 @@ class Channel(ChannelBase):
         self.confirm_seq = 0
         self.confirm_done = 0  # highest seq confirmed to the client
         self.confirm_nacks: list[int] = []
-        self.unconfirmed: OrderedDict[int, int] = OrderedDict()  # seq -> shards to hear from
+        self.unconfirmed: OrderedDict[int, int] = OrderedDict()  # seq -> answers to wait for
+        self.store_pending = 0  # tokens handed to local stores for the publish in progress
         self.tx = False
         self.tx_publishes: list[tuple[Message, int, int]] = []
         self.tx_acks: list[tuple[int, int, int, bool]] = []  # (kind, tag, multiple, requeue)
@@ -214,6 +219,16 @@ class Channel(ChannelBase):
         self.unconfirmed[self.confirm_seq] = shards
         return self.confirm_seq
 
+    def durable_token(self) -> tuple[Channel, int]:
+        """A durable queue of this worker stores the publish being routed (it gets the
+        next ``confirm_seq``): its confirm waits for this token."""
+        self.store_pending += 1
+        return (self, self.confirm_seq + 1)
+
+    def stored(self, seq: int, ok: bool) -> None:
+        """A local store answered for a token: durable (ok) or failed (nack)."""
+        self.remote_confirmed(seq, ok)
+
     def remote_confirmed(self, seq: int, ok: bool) -> None:
         left = self.unconfirmed.get(seq)
         if left is None:
@@ -249,4 +264,5 @@ class Channel(ChannelBase):
         self.consumers.clear()
         self.tx_publishes.clear()
         self.tx_acks.clear()
+        self.unconfirmed.clear()
         self.requeue_all()

@@ -299,15 +299,16 @@ class BrokerConnection(AMQPConnection):
     def consumes(self) -> bool:
         return any(ch.consumers for ch in self.channels.values())  # type: ignore[attr-defined]
 
-    def memory_alarm(self, on: bool) -> None:
-        """Global memory alarm: block this (publishing) connection, telling the client
-        with connection.blocked / unblocked when it understands them."""
+    def memory_alarm(self, on: bool, reason: str = "low on memory") -> None:
+        """Broker alarm (memory or disk, see ``Broker.alarm``): block this (publishing)
+        connection, telling the client with connection.blocked / unblocked when it
+        understands them."""
         if on == self.alarm_blocked:
             return
         self.alarm_blocked = on
         if self.state == OPEN and self.client_capabilities.get("connection.blocked"):
             if on:
-                self.send_method(0, M.ConnectionBlocked(reason="low on memory"))
+                self.send_method(0, M.ConnectionBlocked(reason=reason))
             else:
                 self.send_method(0, M.ConnectionUnblocked())
         self._update_reading()
@@ -361,7 +362,7 @@ class BrokerConnection(AMQPConnection):
         if not self.published:
             self.published = True
             if self.broker.alarm:
-                self.memory_alarm(True)
+                self.memory_alarm(True, self.broker.alarm_reason)
         if ch.tx:  # type: ignore[attr-defined]
             self.vhost.route(msg, exlen)  # 404 / 403 now, like RabbitMQ
             ch.tx_publishes.append((msg, exlen, flags))  # type: ignore[attr-defined]
@@ -370,12 +371,22 @@ class BrokerConnection(AMQPConnection):
 
     def _route_publish(self, ch: Channel, msg: Message, exlen: int, flags: int) -> None:
         local, remote = self.vhost.route(msg, exlen)
+        conf = ch if ch.confirm else None
         for q in local:
-            q.publish(msg)
+            q.publish(msg, conf)  # a durable queue takes a token from conf (persistent msg)
             if q.consumers and q.backed_up(msg.fmax) and not self.consumes():
                 # Connections that also consume are never throttled: their acks
                 # must keep flowing (the memory alarm still bounds them).
                 q.throttle(self)
+        stored = ch.store_pending
+        if stored:  # confirm after those local stores fsynced (and remote shards answered)
+            ch.store_pending = 0
+            ch.confirm_later(stored + len(remote))
+            if remote:
+                self.broker.current_publisher = self
+                seq = ch.confirm_seq
+                self.broker.shards.enqueue(remote, msg, self.gid, ch.number, seq)
+            return
         if remote:
             seq = ch.confirm_later(len(remote)) if ch.confirm else 0
             self.broker.current_publisher = self

@@ -1,7 +1,8 @@
 """A queue: ready messages, consumers, round-robin dispatch.
 
-Owns: ``Queue`` and ``Consumer``. Delivery itself (delivery tags, frames) belongs to
-the consumer's channel; the queue only picks who gets the next message.
+Owns: ``Queue``, ``DurableQueue`` (a durable queue whose persistent messages live in a
+``DiskQueueStore``) and ``Consumer``. Delivery itself (delivery tags, frames) belongs
+to the consumer's channel; the queue only picks who gets the next message.
 
 Invariants:
 - A message is either in ``store`` (ready) or held by exactly one channel as unacked
@@ -12,6 +13,12 @@ Invariants:
 - Round robin: consumers are tried in turn starting after the last one served.
 - Publishers throttled by this queue are released when the backlog drains, the queue
   is purged or deleted.
+- ``publish(msg, conf)``: ``conf`` is the publisher's confirm target (or None). A plain
+  ``Queue`` ignores it (its confirm goes out at once); a ``DurableQueue`` takes a token
+  from it for every persistent message, and the confirm waits for that token.
+- A ``DurableQueue`` shares its ``redelivered`` set with its store (recovered
+  delivered-unacked messages come back redelivered), and its store is destroyed, not
+  purged, when the queue is deleted.
 """
 
 from __future__ import annotations
@@ -20,11 +27,15 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shardmq.broker.message import Message
-from shardmq.broker.store import MemoryStore, MessageStore
+from shardmq.broker.store import ConfirmTarget, MemoryStore, MessageStore
+from shardmq.store.queue_store import RawCodec
 
 if TYPE_CHECKING:
     from shardmq.broker.channel import Channel
     from shardmq.broker.exchange import Exchange
+    from shardmq.store.queue_store import DiskQueueStore
+
+_persistent = RawCodec.persistent
 
 
 # A queue with consumers whose backlog passes QUEUE_HIGH_WATER messages (or QUEUE_HIGH_BYTES) stops reading from the
@@ -138,7 +149,7 @@ class Queue:
         self._dispatching = False
 
     # ------------------------------------------------------------ messages
-    def publish(self, msg: Message) -> None:
+    def publish(self, msg: Message, conf: ConfirmTarget | None = None) -> None:
         store = self.store
         if self.consumers and not store:
             c = self._next_consumer()
@@ -237,6 +248,19 @@ class Queue:
     def message_count(self) -> int:
         return len(self.store)
 
+    def stats(self) -> dict[str, int]:
+        """Counts for ``shardmq ctl`` (cheap: no per-message walk). ``unacked`` counts
+        deliveries to consumers not yet acked (basic.get ones are not tracked here)."""
+        n = len(self.store)
+        return {
+            "messages": n,
+            "ready_in_memory": n,
+            "ready_on_disk_only": 0,
+            "unacked": sum(c.unacked for c in self.consumers),
+            "consumers": len(self.consumers),
+            "disk_bytes": 0,
+        }
+
     # ------------------------------------------------------------ consumers
     def add_consumer(self, c: Consumer) -> None:
         self.consumers.append(c)
@@ -258,3 +282,42 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"Queue({self.vhost!r}, {self.name!r})"
+
+
+class DurableQueue(Queue):
+    """A durable, non-exclusive queue of this worker: persistent messages go to its
+    ``DiskQueueStore`` (paged out beyond the store's memory budget), transient ones stay
+    in memory, in the same order."""
+
+    __slots__ = ("disk",)
+
+    def __init__(self, name: str, vhost: str, *, store: DiskQueueStore, **kw: Any) -> None:
+        super().__init__(name, vhost, store=store, **kw)
+        self.disk = store
+        self.redelivered = store.redelivered
+
+    def publish(self, msg: Message, conf: ConfirmTarget | None = None) -> None:
+        token = conf.durable_token() if conf is not None and _persistent(msg) else None
+        disk = self.disk
+        if self.consumers and not disk:
+            c = self._next_consumer()
+            if c is not None:
+                disk.push_taken(msg, token)  # before deliver: a no-ack delivery acks it
+                c.channel.deliver(c, self, msg, False)
+                return
+        disk.push(msg, token)
+        if self.consumers:
+            self.dispatch()
+
+    def purge(self) -> int:
+        if self.deleted:  # being deleted: the store is destroyed right after
+            n = len(self.disk)
+            if self.throttled:
+                self.release_publishers()
+            return n
+        return super().purge()
+
+    def stats(self) -> dict[str, int]:
+        st = self.disk.stats()
+        st["consumers"] = len(self.consumers)
+        return st

@@ -1,6 +1,9 @@
 """Message storage behind a queue: the one interface a disk store slots into.
 
-Owns: ``MessageStore`` (the interface) and ``MemoryStore`` (transient messages).
+Owns: ``MessageStore`` (the interface), ``MemoryStore`` (transient messages),
+``WorkerStorage`` (one worker's durable queue stores: their group-commit thread, the
+once-per-loop-turn flush, the disk alarm) and ``ConfirmWaiter`` (a cross-worker publish
+whose confirm waits for the stores of the owner worker).
 
 Invariants:
 - A store holds the *ready* messages of one queue in delivery order; ``len(store)``
@@ -9,15 +12,30 @@ Invariants:
   queue's consumers (unacked) until ``ack`` or ``requeue`` hands it back.
 - ``requeue`` puts messages back at their original position relative to each other
   (ordered by ``seq``) and ahead of messages that were never delivered.
+- Durable stores: a *confirm target* (``Channel``, ``ConfirmWaiter``) hands out a token
+  per persistent publish (``durable_token()``, counted by the target) and hears back
+  exactly once per token through ``stored(key, ok)``, from ``WorkerStorage`` when the
+  store reports the record durable (ok) or failed (nack).
+- Stores that buffered work are flushed once per loop turn (one ``call_soon`` per turn,
+  never per message), then the committer thread is kicked once for all of them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 from collections import deque
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from shardmq.broker.message import Message
+from shardmq.store.commit import ThreadCommitter
+from shardmq.store.disk import DiskMonitor
+from shardmq.store.queue_store import DiskQueueStore, queue_dir, sweep_deleted
+from shardmq.store.settings import StoreSettings
+
+log = logging.getLogger("shardmq.store")
 
 
 class MessageStore(Protocol):
@@ -60,3 +78,123 @@ class MemoryStore(deque[Message]):
 
 def _seq(msg: Message) -> int:
     return msg.seq
+
+
+class ConfirmTarget(Protocol):
+    def durable_token(self) -> tuple[Any, int]: ...
+    def stored(self, key: int, ok: bool) -> None: ...
+
+
+class ConfirmWaiter:
+    """One publish that arrived from another worker and asked for a confirm: ``done(ok)``
+    runs once every durable queue it went to has stored it (ok False if any failed).
+    ``pending`` counts the tokens handed out and not yet back."""
+
+    __slots__ = ("pending", "ok", "done")
+
+    def __init__(self, done: Callable[[bool], None]) -> None:
+        self.pending = 0
+        self.ok = True
+        self.done = done
+
+    def durable_token(self) -> tuple[Any, int]:
+        self.pending += 1
+        return (self, 0)
+
+    def stored(self, key: int, ok: bool) -> None:
+        if not ok:
+            self.ok = False
+        self.pending -= 1
+        if not self.pending:
+            self.done(self.ok)
+
+
+class WorkerStorage:
+    """The durable queue stores of one worker (one event loop): opens them under
+    ``data_dir/queues``, flushes the dirty ones once per loop turn, routes their
+    durable / failed tokens back to the confirm targets, and watches free disk space."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        settings: StoreSettings,
+        loop: asyncio.AbstractEventLoop,
+        on_alarm: Callable[[bool], None],
+    ) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.settings = settings
+        self.loop = loop
+        os.makedirs(self.data_dir, exist_ok=True)
+        swept = sweep_deleted(self.data_dir)
+        if swept:
+            log.info("removed %d queue director(ies) left by deletes before a crash", swept)
+        self.committer = ThreadCommitter.from_settings(settings, loop)
+        self.monitor = DiskMonitor(self.data_dir, settings.disk_free_limit, on_change=on_alarm)
+        self.stores: set[DiskQueueStore] = set()
+        self._dirty: list[DiskQueueStore] = []
+        self._scheduled = False
+        self.closed = False
+
+    def start(self) -> None:
+        """Check free disk now, then every ``disk_check_interval`` seconds."""
+        self.monitor.start(self.loop, self.settings.disk_check_interval)
+
+    def open_queue(self, vhost: str, name: str) -> DiskQueueStore:
+        """Open (and recover) the store of durable queue ``name``."""
+        store = DiskQueueStore.open(
+            queue_dir(self.data_dir, vhost, name),
+            settings=self.settings,
+            committer=self.committer,
+            on_durable=self._durable,
+            on_failed=self._failed,
+            on_dirty=self._on_dirty,
+        )
+        self.stores.add(store)
+        return store
+
+    def drop(self, store: DiskQueueStore) -> None:
+        """The queue was deleted: its directory goes, pending tokens complete."""
+        self.stores.discard(store)
+        if not store.closed:
+            store.destroy()
+
+    # ------------------------------------------------------------ per loop turn
+    def _on_dirty(self, store: DiskQueueStore) -> None:
+        self._dirty.append(store)
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what every dirty store buffered this turn; one committer kick."""
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for store in dirty:
+            if not store.closed:
+                store.flush()
+        self.committer.kick()
+
+    @staticmethod
+    def _durable(tokens: list[Any]) -> None:
+        for target, key in tokens:
+            target.stored(key, True)
+
+    def _failed(self, tokens: list[Any], exc: OSError) -> None:
+        log.error("storage write failed, %d publish(es) nacked: %s", len(tokens), exc)
+        self.monitor.note_write_error(exc)
+        for target, key in tokens:
+            target.stored(key, False)
+
+    # ------------------------------------------------------------ shutdown
+    async def close(self) -> None:
+        """Clean shutdown: flush and close every store, let the last confirms go out,
+        stop the fsync thread."""
+        if self.closed:
+            return
+        self.closed = True
+        self.monitor.stop()
+        for store in list(self.stores):
+            store.close()
+        self.committer.kick()
+        await self.committer.wait_idle()
+        self.committer.close()

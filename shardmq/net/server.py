@@ -1,7 +1,10 @@
 """The only code that touches sockets: the asyncio protocol and the listener.
 
 Owns: ``AMQPProtocol`` (one per TCP connection), ``IOHub`` (writes every dirty
-connection once per loop turn, runs heartbeat and handshake timers) and ``serve``.
+connection once per loop turn, runs heartbeat and handshake timers) and ``serve``
+(including the worker's storage lifecycle: definitions and durable queues recovered
+before the listener accepts, disk monitor started, stores flushed and closed after the
+connections on shutdown).
 
 Invariants:
 - One ``transport.write`` per connection per loop turn: connections call ``wake`` when
@@ -194,7 +197,7 @@ def _watch_memory(broker: Broker, loop: asyncio.AbstractEventLoop, limit: int) -
     rss = rss_bytes()
     if rss and limit:
         on = rss > limit
-        if on != broker.alarm:
+        if on != broker.memory_alarm:
             log.warning(
                 "memory alarm %s: RSS %d MiB, limit %d MiB",
                 "set" if on else "cleared",
@@ -221,6 +224,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     broker = broker or Broker(config)
     hub = IOHub(broker, loop)
+    # Recover before listening: a client must find every durable queue with its messages.
+    broker.load_definitions()
+    broker.start_storage()
 
     def factory() -> asyncio.BaseProtocol:
         return AMQPProtocol(hub)
@@ -262,4 +268,5 @@ async def serve(
         if proto.transport is not None:
             proto.transport.abort()
     await asyncio.sleep(0)
+    await broker.close_storage()
     log.info("shardmq stopped")

@@ -234,6 +234,12 @@ class ThreadCommitter:
             self._kick_scheduled = True
             self.loop.call_soon(self._kick)
 
+    def kick(self) -> None:
+        """Hand this turn's jobs to the thread now (the broker calls it right after
+        flushing every dirty store, instead of waiting for the scheduled kick)."""
+        if self._pending:
+            self._kick()
+
     def _kick(self) -> None:
         self._kick_scheduled = False
         jobs, self._pending = self._pending, []
