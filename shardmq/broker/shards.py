@@ -46,6 +46,7 @@ from shardmq.broker import metadata as md
 from shardmq.broker.message import Message
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import REMOTE_WINDOW, RemoteQueue
+from shardmq.broker.store import ConfirmWaiter
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
@@ -356,14 +357,25 @@ class ShardRouter:
         pos += exlen
         rawch, hsize, fmax = _CONTENT.unpack_from(data, pos)
         msg = Message(exrk, data[pos + _CONTENT.size :], rawch, hsize, fmax, next(self._refs))
+        # durability: a persistent message stored by durable queues here is confirmed
+        # only once they fsynced it (``ConfirmWaiter``, see shardmq/broker/store.py)
+        waiter = ConfirmWaiter() if seq else None
         if vh is not None:
             queues = vh.queues
             for name in names:
                 q = queues.get(name)
                 if isinstance(q, Queue):
-                    q.publish(msg)
-        if seq:
-            self.link.send(src, _CONFIRM.pack(CONFIRM, gid, chnum, seq, 1))
+                    q.publish(msg, waiter)
+        if waiter is not None:
+            if waiter.pending:
+                link = self.link
+
+                def stored(ok: bool) -> None:
+                    link.send(src, _CONFIRM.pack(CONFIRM, gid, chnum, seq, 1 if ok else 0))
+
+                waiter.done = stored
+            else:
+                self.link.send(src, _CONFIRM.pack(CONFIRM, gid, chnum, seq, 1))
 
     def _on_settle(self, src: int, data: bytes) -> None:
         _t, action, count = _SETTLE.unpack_from(data, 0)

@@ -80,6 +80,10 @@ def _seq(msg: Message) -> int:
     return msg.seq
 
 
+def _ignore(ok: bool) -> None:
+    return None
+
+
 class ConfirmTarget(Protocol):
     def durable_token(self) -> tuple[Any, int]: ...
     def stored(self, key: int, ok: bool) -> None: ...
@@ -88,14 +92,15 @@ class ConfirmTarget(Protocol):
 class ConfirmWaiter:
     """One publish that arrived from another worker and asked for a confirm: ``done(ok)``
     runs once every durable queue it went to has stored it (ok False if any failed).
-    ``pending`` counts the tokens handed out and not yet back."""
+    ``pending`` counts the tokens handed out and not yet back. Set ``done`` after
+    publishing when ``pending`` is not 0 (tokens never come back during a publish)."""
 
     __slots__ = ("pending", "ok", "done")
 
-    def __init__(self, done: Callable[[bool], None]) -> None:
+    def __init__(self) -> None:
         self.pending = 0
         self.ok = True
-        self.done = done
+        self.done: Callable[[bool], None] = _ignore
 
     def durable_token(self) -> tuple[Any, int]:
         self.pending += 1
