@@ -301,6 +301,12 @@ class Mesh:
         # per target: pieces queued this turn (joined at flush) and the flushed data the
         # ring had no room for yet (oldest first)
         self._stage: list[list[bytes | bytearray | memoryview]] = [[] for _ in range(n)]
+        # bytes queued per target since its last flush (``send``/``send_parts``), and the
+        # amount past which ``is_blocked`` says so before the ring is even tried: a
+        # publisher whose socket yields megabytes in one loop turn must be stopped
+        # mid-turn, or every record behind its burst (credit, settles) waits for it
+        self._staged = [0] * n
+        self.soft_limit = 256 * 1024
         self._backlog: list[list[bytes | memoryview]] = [[] for _ in range(n)]
         self._marked = [False] * n
         self._dirty: list[int] = []
@@ -374,6 +380,7 @@ class Mesh:
             if dropped:
                 log.info("mesh: dropping %d queued byte(s) for restarted worker %d", dropped, k)
             self._stage[k].clear()
+            self._staged[k] = 0
             self._backlog[k].clear()
         self._out[k] = new_out
         self._in[k] = new_in
@@ -410,16 +417,20 @@ class Mesh:
         st = self._stage[dst]
         if not st:
             self._mark(dst)
-        st.append(_pack_len(len(record)))
+        n = len(record)
+        st.append(_pack_len(n))
         st.append(record)
+        self._staged[dst] += n
 
     def send_parts(self, dst: int, *parts: bytes | bytearray | memoryview) -> None:
         """Queue one record made of ``parts`` (no concatenation by the caller)."""
         st = self._stage[dst]
         if not st:
             self._mark(dst)
-        st.append(_pack_len(sum(map(len, parts))))
+        n = sum(map(len, parts))
+        st.append(_pack_len(n))
         st.extend(parts)
+        self._staged[dst] += n
 
     def begin(self, dst: int) -> bytearray:
         """Encode in place: returns a buffer to append the record's bytes to (after its
@@ -440,7 +451,15 @@ class Mesh:
         return sum(map(len, self._stage[dst])) + sum(map(len, self._backlog[dst]))
 
     def is_blocked(self, dst: int) -> bool:
-        return dst in self._blocked
+        """True while the ring to ``dst`` is full, or once more than ``soft_limit`` bytes
+        were queued for it this turn; ``on_writable(dst)`` follows when all of it went
+        into the ring."""
+        if dst in self._blocked:
+            return True
+        if self._staged[dst] > self.soft_limit:
+            self._blocked.add(dst)
+            return True
+        return False
 
     @property
     def blocked(self) -> frozenset[int]:
@@ -461,8 +480,10 @@ class Mesh:
         out = self._out
         written: list[int] = []
         full: list[int] = []
+        staged = self._staged
         for j in dirty:
             marked[j] = False
+            staged[j] = 0
             ring = out[j]
             if ring is None:
                 continue

@@ -185,6 +185,39 @@ def test_backpressure_and_on_writable(tmp_path: Path) -> None:
         h.close()
 
 
+def test_soft_limit_blocks_a_burst_before_the_ring_is_tried(host: MeshHost) -> None:
+    """A burst queued within one loop turn reports blocked once it passes soft_limit
+    (so the publisher is paused mid-turn), and on_writable follows when it went in."""
+
+    async def main() -> None:
+        m0, m1, m2 = meshes(host, idle_poll=5.0)
+        m0.soft_limit = 100
+        writable: list[int] = []
+        received: list[bytes] = []
+        m0.on_writable = writable.append
+        m1.on_records = lambda src, recs: received.extend(recs)  # type: ignore[assignment,misc]
+        m0.start()
+        m1.start()
+        m0.send(1, b"a" * 60)
+        assert not m0.is_blocked(1)
+        m0.send(1, b"b" * 60)
+        assert m0.is_blocked(1)  # 120 bytes queued this turn, nothing tried yet
+        assert not m0.is_blocked(2)
+        for _ in range(200):
+            if writable and len(received) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert writable == [1]
+        assert received == [b"a" * 60, b"b" * 60]
+        assert not m0.is_blocked(1)
+        m0.send(1, b"c" * 60)  # the count starts again after a flush
+        assert not m0.is_blocked(1)
+        for m in (m0, m1, m2):
+            m.close()
+
+    run(main())
+
+
 def test_huge_record_through_small_ring(tmp_path: Path) -> None:
     h = MeshHost(str(tmp_path / "data"), 2, 1024)
 
