@@ -170,6 +170,11 @@ class WorkerStorage:
             self._scheduled = True
             self.loop.call_soon(self.flush)
 
+    @property
+    def pending(self) -> bool:
+        """Some store buffered work not flushed yet."""
+        return bool(self._dirty)
+
     def flush(self) -> None:
         """Write what every dirty store buffered this turn; one committer kick."""
         self._scheduled = False

@@ -9,6 +9,9 @@ connections on shutdown).
 Invariants:
 - One ``transport.write`` per connection per loop turn: connections call ``wake`` when
   their output turns non-empty; ``IOHub.flush`` runs once via ``call_soon``.
+- Durable stores are flushed (written to the OS) before the connections' output of the
+  same turn: a delivery reaches a socket only after its delivered marker was written,
+  so a message a client may have seen comes back redelivered=true after a kill -9.
 - A socket whose write buffer is above the high-water mark pauses deliveries to its
   consumers (credit returns when it drains); nothing is dropped.
 - After connection.close was sent by the server, the socket is closed when the peer
@@ -60,6 +63,9 @@ class IOHub:
         """Write every dirty connection once. Output produced while flushing (deliveries
         resumed by a drained buffer) waits for the next loop turn, after socket reads."""
         self._scheduled = False
+        storage = self.broker.storage
+        if storage is not None and storage.pending:
+            storage.flush()
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
             proto: AMQPProtocol = conn.io  # type: ignore[attr-defined]

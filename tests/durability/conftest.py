@@ -117,9 +117,12 @@ class DurableBroker:
     def connect(self, **kw: Any) -> pika.BlockingConnection:
         return pika.BlockingConnection(self.params(**kw))
 
-    def queue_dirs(self) -> list[str]:
+    def queue_dirs(self, *, deleted: bool = False) -> list[str]:
+        """Queue store directories (``deleted``: also those of deleted queues still
+        being removed in the background)."""
         root = self.data_dir / "queues"
-        return sorted(os.listdir(root)) if root.exists() else []
+        names = sorted(os.listdir(root)) if root.exists() else []
+        return [n for n in names if deleted or ".deleted-" not in n]
 
 
 def _toml(v: Any) -> str:
