@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from shardmq.broker.broker import Broker
+from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.sequencer import Sequencer, WorkerMeta
 from shardmq.broker.shards import ShardRouter
+from shardmq.store.definitions import DefinitionsStore
 
 if TYPE_CHECKING:
     from workers.shard import Worker
@@ -67,6 +69,13 @@ def wire_supervisor(sup: Supervisor) -> Sequencer:
         sup.send_to_worker(slot, _encode(message))
 
     seq = Sequencer(sup.config.vhosts or ["/"], sup.n, send)
+    # durable definitions: loaded into the replica before any worker starts (each gets
+    # them in its snapshot and recovers its own queues' messages), saved on change
+    keeper = DefinitionsKeeper(seq.metadata, DefinitionsStore(sup.config.server.data_dir))
+    n = keeper.load()
+    if n:
+        log.info("restored %d durable definition(s)", n)
+    seq.keeper = keeper
 
     def on_worker_message(slot: int, payload: bytes) -> None:
         seq.on_message(slot, _decode(payload))

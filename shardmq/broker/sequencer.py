@@ -115,6 +115,9 @@ class Sequencer:
         self._queue: deque[tuple[int, int, md.AnyOp]] = deque()
         self._tokens = itertools.count(1)
         self._current: dict[str, Any] | None = None
+        # durable definitions (``shardmq.broker.durable.DefinitionsKeeper``), saved after
+        # each op the replica applied and before any worker (or client) hears of it
+        self.keeper: Any = None
 
     def _placeholder(self, name: str, vhost: str, **kw: Any) -> RemoteQueue:
         return RemoteQueue(name, vhost, md.shard_for(vhost, name, self.workers), **kw)
@@ -201,6 +204,15 @@ class Sequencer:
         except AMQPError as exc:
             self._finish(cur, md.error_of(exc), None)
             return
+        if self.keeper is not None:
+            try:
+                self.keeper.after(op)
+            except OSError as exc:
+                # the replica changed but the file did not: the change stands in memory
+                # (workers apply it) and the client is told it failed, as with one worker
+                log.error("cannot save the definitions: %s", exc)
+                err = md.error_of(AMQPError(INTERNAL_ERROR, f"cannot save definitions: {exc}"))
+                cur["save_error"] = err
         cur["stage"] = "apply"
         cur["result"] = _plain(result)
         cur["token"] = token = next(self._tokens)
@@ -231,7 +243,8 @@ class Sequencer:
     def _maybe_done(self) -> None:
         cur = self._current
         if cur is not None and cur["stage"] == "apply" and not cur["waiting"]:
-            self._finish(cur, None, cur.get("result"))
+            err = cur.get("save_error")
+            self._finish(cur, err, None if err else cur.get("result"))
 
     def _finish(self, cur: dict[str, Any], err: Any, result: Any) -> None:
         self._current = None
