@@ -256,7 +256,7 @@ class Queue:
             "messages": n,
             "ready_in_memory": n,
             "ready_on_disk_only": 0,
-            "unacked": sum(c.unacked for c in self.consumers),
+            "unacked": sum(_unacked(c) for c in self.consumers),
             "consumers": len(self.consumers),
             "disk_bytes": 0,
         }
@@ -282,6 +282,13 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"Queue({self.vhost!r}, {self.name!r})"
+
+
+def _unacked(c: Any) -> int:
+    """A local consumer's unacked count; a proxy of another worker's consumer holds
+    its unacked deliveries as refs."""
+    n = getattr(c, "unacked", None)
+    return n if n is not None else len(getattr(c, "refs", ()))
 
 
 class DurableQueue(Queue):
