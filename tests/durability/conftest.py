@@ -4,7 +4,8 @@ Owns: ``DurableBroker`` (start / SIGTERM stop / kill -9 / restart on the same po
 data dir, optional ``[store]`` settings written to a TOML config) and the ``durable``
 fixture (one per test, private data dir).
 
-Invariants: the broker is one worker (``--workers 1``) listening on 127.0.0.1; it counts
+Invariants: the broker is one worker (``--workers 1``, unless asked for more) listening
+on 127.0.0.1, in its own process group (kill -9 takes its workers too); it counts
 as up once a TCP connect succeeds; every start appends to the same log file, and at
 teardown the log must hold no traceback and every clean stop must have exited 0.
 """
@@ -36,8 +37,9 @@ def _free_port() -> int:
 
 
 class DurableBroker:
-    def __init__(self, root: Path, store: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: Path, store: dict[str, Any] | None = None, workers: int = 1) -> None:
         self.root = root
+        self.workers = workers
         self.data_dir = root / "data"
         self.log_path = root / "broker.log"
         self.port = _free_port()
@@ -55,12 +57,18 @@ class DurableBroker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         cmd = [sys.executable, "-m", "shardmq", "serve", "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), "--workers", "1", "--data-dir", str(self.data_dir)]
+        cmd += ["--port", str(self.port), "--workers", str(self.workers)]
+        cmd += ["--data-dir", str(self.data_dir)]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                cmd,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -91,10 +99,11 @@ class DurableBroker:
         return proc.returncode
 
     def kill(self) -> None:
-        """kill -9: no chance to flush anything."""
+        """kill -9 (the whole process group: supervisor and workers): no chance to flush
+        anything."""
         proc = self.process
         if proc is not None and proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
     def restart(self, *, kill: bool = False) -> None:
@@ -135,13 +144,13 @@ def _toml(v: Any) -> str:
 
 @pytest.fixture
 def make_durable(tmp_path: Path) -> Iterator[Any]:
-    """``make_durable(**store_settings)`` -> a started ``DurableBroker``."""
+    """``make_durable(workers=1, **store_settings)`` -> a started ``DurableBroker``."""
     started: list[DurableBroker] = []
 
-    def make(**store: Any) -> DurableBroker:
+    def make(workers: int = 1, **store: Any) -> DurableBroker:
         root = tmp_path / f"broker{len(started)}"
         root.mkdir()
-        b = DurableBroker(root, store or None)
+        b = DurableBroker(root, store or None, workers)
         started.append(b)
         b.start()
         return b

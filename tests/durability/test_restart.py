@@ -178,3 +178,30 @@ def test_messages_survive_restart(durable: DurableBroker, kill: bool) -> None:
             assert getattr(props, attr) == getattr(want_props, attr), attr
     assert not _passive_exists(conn, "queue", "tq")
     conn.close()
+
+
+def test_each_worker_keeps_its_queues(make_durable: Any) -> None:
+    """Three workers: publishes cross workers to the queues' owners, whose stores confirm
+    only what they stored; after kill -9 each owner recovers its queues' messages as
+    they are declared again."""
+    broker = make_durable(workers=3)
+    names = [f"wq-{i}" for i in range(6)]
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for name in names:
+        ch.queue_declare(name, durable=True)
+    for n in range(10):
+        for name in names:
+            body = f"{name}:{n}".encode()
+            ch.basic_publish("", name, body, pika.BasicProperties(delivery_mode=2), mandatory=True)
+    dirs = broker.queue_dirs()
+    assert len(dirs) == len(names)
+    broker.restart(kill=True)
+    conn = broker.connect()
+    ch = conn.channel()
+    for name in names:
+        ch.queue_declare(name, durable=True)  # (definitions with N workers: the supervisor)
+        bodies = [b for _, _, b in _drain(ch, name)]
+        assert bodies == [f"{name}:{n}".encode() for n in range(10)], name
+    conn.close()
