@@ -45,6 +45,7 @@ from shardmq.broker.message import Message
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import REMOTE_WINDOW as WINDOW
 from shardmq.broker.remote import REQUEUE, RemoteQueue
+from shardmq.broker.store import ConfirmWaiter
 from shardmq.broker.vhost import AnyQueue, VHost
 
 if TYPE_CHECKING:
@@ -369,9 +370,14 @@ class BrokerConnection(AMQPConnection):
             return
         self._route_publish(ch, msg, exlen, flags)  # type: ignore[arg-type]
 
-    def _route_publish(self, ch: Channel, msg: Message, exlen: int, flags: int) -> None:
+    def _route_publish(
+        self, ch: Channel, msg: Message, exlen: int, flags: int, conf: Any = None
+    ) -> None:
+        """Route one publish. ``conf``: who waits for durable queues to store it (the
+        channel itself in confirm mode; a tx commit passes its own waiter)."""
         local, remote = self.vhost.route(msg, exlen)
-        conf = ch if ch.confirm else None
+        if ch.confirm:
+            conf = ch
         for q in local:
             q.publish(msg, conf)  # a durable queue takes a token from conf (persistent msg)
             if q.consumers and q.backed_up(msg.fmax) and not self.consumes():
@@ -827,8 +833,10 @@ def _tx_commit(conn: BrokerConnection, ch: Channel, m: M.TxCommit) -> None:
         raise SoftError(PRECONDITION_FAILED, "channel is not transactional", 90, 20)
     publishes, ch.tx_publishes = ch.tx_publishes, []
     acks, ch.tx_acks = ch.tx_acks, []
+    # commit-ok only once this worker's durable queues stored the persistent publishes
+    waiter = ConfirmWaiter() if publishes else None
     for msg, exlen, flags in publishes:
-        conn._route_publish(ch, msg, exlen, flags)
+        conn._route_publish(ch, msg, exlen, flags, waiter)
     ch.tx = False
     try:
         for kind, tag, multiple, requeue in acks:
@@ -838,7 +846,21 @@ def _tx_commit(conn: BrokerConnection, ch: Channel, m: M.TxCommit) -> None:
                 ch.reject(tag, multiple, requeue)
     finally:
         ch.tx = True
-    conn.send_method(ch.number, M.TxCommitOk())
+    if waiter is None or not waiter.pending:
+        conn.send_method(ch.number, M.TxCommitOk())
+        return
+    conn.suspend(ch)
+
+    def stored(ok: bool) -> None:
+        if conn.state != OPEN or conn.channels.get(ch.number) is not ch:
+            return
+        if not ok:
+            conn._hard_error(HardError(INTERNAL_ERROR, "tx.commit: storage write failed"))
+            return
+        conn.send_method(ch.number, M.TxCommitOk())
+        conn.resume(ch)
+
+    waiter.done = stored
 
 
 @handles(M.TxRollback)

@@ -107,6 +107,41 @@ def test_confirm_waits_for_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     run(main())
 
 
+def test_tx_commit_waits_for_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = threading.Event()
+    real_sync = commit._sync_file
+
+    def slow_sync(path: str) -> None:
+        gate.wait(10)
+        real_sync(path)
+
+    monkeypatch.setattr(commit, "_sync_file", slow_sync)
+
+    async def main() -> None:
+        broker = new_broker(tmp_path)
+        c = connect(broker)
+        c.open_channel(1)
+        c.declare(1, "dq", durable=True)
+        c.declare(1, "tq")
+        c.call(1, M.TxSelect())
+        c.publish(1, "", "tq", b"transient queue", PERSISTENT)
+        c.call(1, M.TxCommit())
+        assert isinstance(c.methods[-1][1], M.TxCommitOk)  # nothing to store: at once
+        c.publish(1, "", "dq", b"durable", PERSISTENT)
+        c.call(1, M.TxCommit())
+        c.call(1, M.BasicGet(queue="tq", no_ack=True))  # held until the commit completes
+        await turns(c)
+        assert sum(isinstance(m, M.TxCommitOk) for _, m in c.methods) == 1
+        assert c.bodies() == []
+        gate.set()
+        await until(c, lambda: len(c.bodies()) == 1, "commit-ok, then the held get")
+        assert sum(isinstance(m, M.TxCommitOk) for _, m in c.methods) == 2
+        assert isinstance(c.deliveries[0].method, M.BasicGetOk)
+        await broker.close_storage()
+
+    run(main())
+
+
 def test_write_error_nacks_and_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         broker = new_broker(tmp_path, disk_free_limit=0)
