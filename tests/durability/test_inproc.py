@@ -142,7 +142,9 @@ def test_tx_commit_waits_for_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     run(main())
 
 
-def test_write_error_nacks_and_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_error_nacks_and_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     async def main() -> None:
         broker = new_broker(tmp_path, disk_free_limit=0)
         monitor = broker.storage.monitor  # type: ignore[union-attr]
@@ -161,6 +163,7 @@ def test_write_error_nacks_and_blocks(tmp_path: Path, monkeypatch: pytest.Monkey
         c.publish(1, "", "dq", b"lost", PERSISTENT)  # seq 2
         await until(c, lambda: ("BasicNack", 2, False) in confirms(c), "nack of seq 2")
         monkeypatch.setattr(os, "pwrite", real_pwrite)
+        assert "storage write failed, 1 publish(es) nacked" in caplog.text
         blocked = [m for _, m in c.methods if isinstance(m, M.ConnectionBlocked)]
         assert [m.reason for m in blocked] == ["low on disk"]  # type: ignore[attr-defined]
         assert broker.disk_alarm and c.conn.reading_paused
