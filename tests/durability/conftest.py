@@ -5,7 +5,7 @@ data dir, optional ``[store]`` settings written to a TOML config) and the ``dura
 fixture (one per test, private data dir).
 
 Invariants: the broker is one worker (``--workers 1``, unless asked for more) listening
-on 127.0.0.1, in its own process group (kill -9 takes its workers too); it counts
+on 127.0.0.1, in its own session; kill -9 takes its worker processes too; it counts
 as up once a TCP connect succeeds; every start appends to the same log file, and at
 teardown the log must hold no traceback and every clean stop must have exited 0.
 """
@@ -99,12 +99,21 @@ class DurableBroker:
         return proc.returncode
 
     def kill(self) -> None:
-        """kill -9 (the whole process group: supervisor and workers): no chance to flush
-        anything."""
+        """kill -9 of the broker and all its worker processes at once (no chance to
+        flush anything); returns once none of them is running any more."""
         proc = self.process
         if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            pids = [proc.pid, *_descendants(proc.pid)]
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             proc.wait()
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while any(_running(pid) for pid in pids[1:]):
+                assert time.monotonic() < deadline, "worker processes survived SIGKILL"
+                time.sleep(0.01)
 
     def restart(self, *, kill: bool = False) -> None:
         if kill:
@@ -132,6 +141,41 @@ class DurableBroker:
         root = self.data_dir / "queues"
         names = sorted(os.listdir(root)) if root.exists() else []
         return [n for n in names if deleted or ".deleted-" not in n]
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process (Linux /proc)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            out[int(name)] = int(stat.rsplit(b")", 1)[1].split()[1])
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    parents = _parents()
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        found += kids
+        todo += kids
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
 
 
 def _toml(v: Any) -> str:

@@ -182,8 +182,8 @@ def test_messages_survive_restart(durable: DurableBroker, kill: bool) -> None:
 
 def test_each_worker_keeps_its_queues(make_durable: Any) -> None:
     """Three workers: publishes cross workers to the queues' owners, whose stores confirm
-    only what they stored; after kill -9 each owner recovers its queues' messages as
-    they are declared again."""
+    only what they stored; after kill -9 the supervisor restores the definitions and
+    each owner recovers its queues' messages."""
     broker = make_durable(workers=3)
     names = [f"wq-{i}" for i in range(6)]
     conn = broker.connect()
@@ -201,7 +201,7 @@ def test_each_worker_keeps_its_queues(make_durable: Any) -> None:
     conn = broker.connect()
     ch = conn.channel()
     for name in names:
-        ch.queue_declare(name, durable=True)  # (definitions with N workers: the supervisor)
+        ch.queue_declare(name, passive=True)  # restored by the supervisor's sequencer
         bodies = [b for _, _, b in _drain(ch, name)]
         assert bodies == [f"{name}:{n}".encode() for n in range(10)], name
     conn.close()
