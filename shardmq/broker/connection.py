@@ -396,7 +396,7 @@ class BrokerConnection(AMQPConnection):
         if remote:
             seq = ch.confirm_later(len(remote)) if ch.confirm else 0
             self.broker.current_publisher = self
-            self.broker.shards.enqueue(remote, msg, self.gid if seq else 0, ch.number, seq)
+            self.broker.shards.enqueue(remote, msg, self.gid, ch.number, seq)
             return
         if not local and flags & 1:
             write_return(

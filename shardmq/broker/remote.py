@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 ACK, REQUEUE = 0, 2  # settle actions, as in shards.py
 # Credit window of remote consumers whose credit comes back as their socket drains.
-REMOTE_WINDOW = 512
+REMOTE_WINDOW = 4096
 
 
 class RemoteQueue:

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shardmq.shards")
 
-ENQUEUE, DELIVER, SETTLE, CONFIRM, CREDIT, REQUEST, REPLY, IDLE = range(1, 9)
+ENQUEUE, DELIVER, SETTLE, CONFIRM, CREDIT, REQUEST, REPLY, IDLE, THROTTLE = range(1, 10)
 ACK, DROP, REQUEUE = 0, 1, 2
 
 _ENQ = struct.Struct(">BQHQBH")  # type, confirm conn gid, channel, seq, n queues, exrk len
@@ -63,6 +63,7 @@ _SETTLE = struct.Struct(">BBI")  # type, action, count
 _CONFIRM = struct.Struct(">BQHQB")  # type, conn gid, channel, seq, ok
 _CREDIT = struct.Struct(">BQHI")  # type, conn gid, channel, credit
 _Q = struct.Struct(">Q")
+_THR = struct.Struct(">BQB")  # type, publisher's conn gid, on
 
 # Credit window for consumers whose credit comes back as their socket drains.
 WINDOW = REMOTE_WINDOW
@@ -139,7 +140,9 @@ class ProxyConsumer:
 
     def ready(self) -> bool:
         if self.credit > 0:
-            return True
+            # and the ring to its worker has room: credit bounds messages, the ring
+            # bounds the bytes in flight (large messages, big windows)
+            return not self.router.link.is_blocked(self.src)
         if self.hungry:
             self.hungry = False
             self.router.idle(self, 0)
@@ -177,6 +180,32 @@ class ProxyConsumer:
         )
 
 
+class RemotePublisher:
+    """A publishing connection on another worker as a queue here sees it: when the
+    queue backs up (``Queue.throttle``) the publisher's worker stops reading it, exactly
+    as a local publisher, until the backlog halves."""
+
+    __slots__ = ("router", "src", "gid")
+
+    def __init__(self, router: ShardRouter, src: int, gid: int) -> None:
+        self.router = router
+        self.src = src
+        self.gid = gid
+
+    def __hash__(self) -> int:
+        return hash((self.src, self.gid))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, RemotePublisher) and other.src == self.src and other.gid == self.gid
+        )
+
+    def throttle(self, cause: Queue, on: bool) -> None:
+        self.router._send_ctl(
+            self.src, _THR.pack(THROTTLE, self.gid, 1 if on else 0) + shortstr(cause.name)
+        )
+
+
 class ShardRouter:
     def __init__(
         self,
@@ -186,6 +215,11 @@ class ShardRouter:
     ) -> None:
         self.broker = broker
         self.link = link
+        # credit, settles, confirms and idle notices take the control lane when the link
+        # has one (the mesh): they must not queue behind bulk publishes and deliveries
+        self._send_ctl: Callable[[int, bytes], None] = getattr(link, "send_control", link.send)
+        # credit that overtook (on the control lane) the consume request it is for
+        self.early_credit: dict[tuple[int, int, int, str], int] = {}
         self._call_soon = call_soon
         self._flush_scheduled = False
         # publishing connections paused because the ring to a shard is full
@@ -209,6 +243,7 @@ class ShardRouter:
             REQUEST: self._on_request,
             REPLY: self._on_reply,
             IDLE: self._on_idle,
+            THROTTLE: self._on_throttle,
         }
 
     def new_ref(self) -> int:
@@ -259,6 +294,11 @@ class ShardRouter:
     def on_writable(self, shard: int) -> None:
         for conn in self.throttled.pop(shard, ()):
             conn.throttle(("shard", shard), False)
+        # consumers on that worker waited for the ring, not for credit: deliver again
+        queues = {id(p.queue): p.queue for k, p in self.proxies.items() if k[0] == shard}
+        for q in queues.values():
+            if q.consumers:
+                q.dispatch()
 
     def settle(self, shard: int, ref: int, action: int) -> None:
         if ref:
@@ -274,7 +314,7 @@ class ShardRouter:
             return
         settles, self._settles = self._settles, {}
         for (shard, action), refs in settles.items():
-            self.link.send(
+            self._send_ctl(
                 shard,
                 _SETTLE.pack(SETTLE, action, len(refs)) + b"".join(_Q.pack(r) for r in refs),
             )
@@ -283,7 +323,7 @@ class ShardRouter:
         rq = consumer.queue
         assert isinstance(rq, RemoteQueue)
         ch = consumer.channel
-        self.link.send(
+        self._send_ctl(
             rq.shard,
             _CREDIT.pack(CREDIT, ch.conn.gid, ch.number, n) + consumer.ctag,
         )
@@ -366,16 +406,18 @@ class ShardRouter:
                 q = queues.get(name)
                 if isinstance(q, Queue):
                     q.publish(msg, waiter)
+                    if gid and q.consumers and q.backed_up(fmax):
+                        q.throttle(RemotePublisher(self, src, gid))
         if waiter is not None:
             if waiter.pending:
-                link = self.link
+                send_ctl = self._send_ctl
 
                 def stored(ok: bool) -> None:
-                    link.send(src, _CONFIRM.pack(CONFIRM, gid, chnum, seq, 1 if ok else 0))
+                    send_ctl(src, _CONFIRM.pack(CONFIRM, gid, chnum, seq, 1 if ok else 0))
 
                 waiter.done = stored
             else:
-                self.link.send(src, _CONFIRM.pack(CONFIRM, gid, chnum, seq, 1))
+                self._send_ctl(src, _CONFIRM.pack(CONFIRM, gid, chnum, seq, 1))
 
     def _on_settle(self, src: int, data: bytes) -> None:
         _t, action, count = _SETTLE.unpack_from(data, 0)
@@ -406,6 +448,10 @@ class ShardRouter:
         _t, gid, chnum, n = _CREDIT.unpack_from(data, 0)
         tag, _ = _shortstr_at(data, _CREDIT.size)
         proxy = self.proxies.get((src, gid, chnum, tag))
+        if proxy is None:
+            key = (src, gid, chnum, tag)
+            self.early_credit[key] = self.early_credit.get(key, 0) + n
+            return
         if proxy is not None:
             proxy.credit += n
             proxy.queue.dispatch()
@@ -416,7 +462,16 @@ class ShardRouter:
                 proxy.hungry = True
 
     def idle(self, proxy: ProxyConsumer, returned: int) -> None:
-        self.link.send(proxy.src, _CREDIT.pack(IDLE, proxy.gid, proxy.chnum, returned) + proxy.ctag)
+        self._send_ctl(proxy.src, _CREDIT.pack(IDLE, proxy.gid, proxy.chnum, returned) + proxy.ctag)
+
+    def _on_throttle(self, src: int, data: bytes) -> None:
+        """Publisher side: a queue on ``src`` backed up (or drained): stop (resume)
+        reading the connection that publishes to it."""
+        _t, gid, on = _THR.unpack_from(data, 0)
+        name, _ = _shortstr_at(data, _THR.size)
+        conn = self.broker.conns_by_gid.get(gid)
+        if conn is not None and not (on and conn.consumes()):
+            conn.throttle(("queue", src, name), bool(on))
 
     def _on_idle(self, src: int, data: bytes) -> None:
         """Consumer side: credit given back by an empty queue (n > 0), or a message now
@@ -469,14 +524,17 @@ class ShardRouter:
             raise SoftError(
                 ACCESS_REFUSED, f"queue '{name}' in vhost '{vhost}' in exclusive use", 60, 20
             )
+        early = self.early_credit.pop((src, gid, chnum, tag), 0)
         proxy = ProxyConsumer(
             self, src, gid, chnum, tag, q, no_ack, exclusive, credit, credit_on_settle
         )
+        proxy.credit += early
         self.proxies[(src, gid, chnum, tag)] = proxy
         q.consumers.append(proxy)  # type: ignore[arg-type]
         q.had_consumers = True
 
     def _req_cancel(self, src: int, vhost: str, name: str, gid: int, chnum: int, tag: str) -> None:
+        self.early_credit.pop((src, gid, chnum, tag), None)
         proxy = self.proxies.pop((src, gid, chnum, tag), None)
         if proxy is None:
             return
@@ -555,6 +613,21 @@ class ShardRouter:
     # ================================================================ failures
     def shard_down(self, shard: int) -> None:
         """Worker ``shard`` died (it is being respawned empty)."""
+        for key in [k for k in self.early_credit if k[0] == shard]:
+            del self.early_credit[key]
+        # our publishers paused by its queues: resume; its publishers paused by ours: forget
+        for conn in list(self.broker.connections):
+            for cause in [c for c in conn.throttled_by if isinstance(c, tuple)]:
+                if cause[0] == "queue" and cause[1] == shard:
+                    conn.throttle(cause, False)
+        for vh in self.broker.vhosts.values():
+            for q in vh.queues.values():
+                if isinstance(q, Queue) and q.throttled:
+                    q.throttled = {
+                        p
+                        for p in q.throttled
+                        if not (isinstance(p, RemotePublisher) and p.src == shard)
+                    }
         # publishes it never confirmed: nack
         for gid, chnum, seq in self.waiting.pop(shard, {}):
             self._confirm(gid, chnum, seq, False)

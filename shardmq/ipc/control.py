@@ -43,8 +43,9 @@ def control_name(instance: str) -> str:
     return f"/shardmq.{instance}.ctl"
 
 
-def ring_name(instance: str, i: int, j: int, serial: int) -> str:
-    return f"/shardmq.{instance}.{i}.{j}.{serial}"
+def ring_name(instance: str, i: int, j: int, serial: int, lane: int = 0) -> str:
+    """Lane 0: the data ring i -> j; lane 1: its control ring (same serial)."""
+    return f"/shardmq.{instance}.{i}.{j}.{serial}" + ("c" if lane else "")
 
 
 class ControlBlock:

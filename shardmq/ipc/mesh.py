@@ -57,6 +57,10 @@ _LEN = struct.Struct("<I")
 _pack_len = _LEN.pack
 _pack_len_into = _LEN.pack_into
 _PLACEHOLDER = b"\0\0\0\0"
+# Each ordered pair also has a small control ring (lane 1) for records that must not
+# wait behind bulk data (credit, settles, confirms): the bulk ring may hold a megabyte of
+# publishes that the reader needs ~100 ms to get through.
+CONTROL_RING_CAPACITY = 64 * 1024
 
 
 class MeshError(Exception):
@@ -84,6 +88,7 @@ def unlink_instance(instance: str) -> int:
             for j in range(n):
                 if i != j and ctl.serial(i, j):
                     names.add(ring_name(instance, i, j, ctl.serial(i, j)))
+                    names.add(ring_name(instance, i, j, ctl.serial(i, j), 1))
         ctl.close()
         names.add(control_name(instance))
     for name in names:
@@ -162,7 +167,7 @@ class MeshHost:
         self.lock = InstanceLock(data_dir)
         self.instance = self.lock.instance
         self._serial = 0
-        self._names: dict[tuple[int, int], str] = {}
+        self._names: dict[tuple[int, int], tuple[str, str]] = {}
         self.doorbells: list[Doorbell] = []
         self.control: ControlBlock | None = None
         try:
@@ -186,13 +191,15 @@ class MeshHost:
         assert self.control is not None
         self._serial += 1
         name = ring_name(self.instance, i, j, self._serial)
+        cname = ring_name(self.instance, i, j, self._serial, 1)
         Ring.create(name, self.ring_capacity).close()
+        Ring.create(cname, CONTROL_RING_CAPACITY).close()
         old = self._names.get((i, j))
-        self._names[(i, j)] = name
+        self._names[(i, j)] = (name, cname)
         self.control.set_serial(i, j, self._serial)
-        if old is not None:
+        for gone in old or ():
             try:
-                posix_ipc.unlink_shared_memory(old)
+                posix_ipc.unlink_shared_memory(gone)
             except posix_ipc.ExistentialError:
                 pass
 
@@ -232,11 +239,12 @@ class MeshHost:
 
     def close(self) -> None:
         """Unlink every segment, close the doorbells, remove the instance file."""
-        for name in self._names.values():
-            try:
-                posix_ipc.unlink_shared_memory(name)
-            except posix_ipc.ExistentialError:
-                pass
+        for names in self._names.values():
+            for name in names:
+                try:
+                    posix_ipc.unlink_shared_memory(name)
+                except posix_ipc.ExistentialError:
+                    pass
         self._names.clear()
         if self.control is not None:
             self.control.close()
@@ -278,7 +286,7 @@ class Mesh:
         n: int,
         doorbells: list[Doorbell],
         *,
-        batch: int = 4096,
+        batch: int = 1024,
         idle_poll: float = 0.1,
     ) -> None:
         self.instance = instance
@@ -296,6 +304,11 @@ class Mesh:
         self.on_peer_restart: SlotCallback = _ignore_slot
         self._out: list[Ring | None] = [None] * n
         self._in: list[Ring | None] = [None] * n
+        self._cout: list[Ring | None] = [None] * n  # control lane
+        self._cin: list[Ring | None] = [None] * n
+        self._cstage: list[list[bytes | bytearray | memoryview]] = [[] for _ in range(n)]
+        self._cbacklog: list[list[bytes | memoryview]] = [[] for _ in range(n)]
+        self._cwaiting: set[int] = set()  # control data the ring had no room for
         self._serial_out = [0] * n
         self._serial_in = [0] * n
         # per target: pieces queued this turn (joined at flush) and the flushed data the
@@ -361,19 +374,27 @@ class Mesh:
         raise MeshError("could not attach the mesh rings")
 
     def _replace_peer(self, k: int, so: int, si: int, *, restarted: bool) -> None:
-        new_out = Ring.attach(ring_name(self.instance, self.slot, k, so))
+        attached: list[Ring] = []
         try:
-            new_in = Ring.attach(ring_name(self.instance, k, self.slot, si))
+            for name in (
+                ring_name(self.instance, self.slot, k, so),
+                ring_name(self.instance, k, self.slot, si),
+                ring_name(self.instance, self.slot, k, so, 1),
+                ring_name(self.instance, k, self.slot, si, 1),
+            ):
+                attached.append(Ring.attach(name))
         except BaseException:
-            new_out.close()
+            for r in attached:
+                r.close()
             raise
-        old_in = self._in[k]
+        new_out, new_in, new_cout, new_cin = attached
+        for inbox in (self._cin[k], self._in[k]):  # what the old peer sent, control first
+            if inbox is not None:
+                left = inbox.read_all()
+                if left:
+                    self.on_records(k, left)
+                inbox.close()
         old_out = self._out[k]
-        if old_in is not None:
-            left = old_in.read_all()
-            if left:
-                self.on_records(k, left)
-            old_in.close()
         if old_out is not None:
             old_out.close()
             dropped = self.pending(k)
@@ -382,12 +403,20 @@ class Mesh:
             self._stage[k].clear()
             self._staged[k] = 0
             self._backlog[k].clear()
+            self._cstage[k].clear()
+            self._cbacklog[k].clear()
+            self._cwaiting.discard(k)
+        if self._cout[k] is not None:
+            self._cout[k].close()  # type: ignore[union-attr]
         self._out[k] = new_out
         self._in[k] = new_in
+        self._cout[k] = new_cout
+        self._cin[k] = new_cin
         self._serial_out[k] = so
         self._serial_in[k] = si
         if self._sleeping:
             new_in.reader_sleep()
+            new_cin.reader_sleep()
         if restarted:
             self._blocked.discard(k)
             self.on_peer_restart(k)
@@ -422,6 +451,16 @@ class Mesh:
         st.append(record)
         self._staged[dst] += n
 
+    def send_control(self, dst: int, record: bytes | bytearray | memoryview) -> None:
+        """Queue one record on the control lane to ``dst``: it overtakes bulk data
+        queued or in the data ring (order is kept among control records only). Never
+        reports backpressure: control traffic is bounded by its producers."""
+        st = self._cstage[dst]
+        if not st and not self._cbacklog[dst]:
+            self._mark(dst)
+        st.append(_pack_len(len(record)))
+        st.append(record)
+
     def send_parts(self, dst: int, *parts: bytes | bytearray | memoryview) -> None:
         """Queue one record made of ``parts`` (no concatenation by the caller)."""
         st = self._stage[dst]
@@ -448,7 +487,12 @@ class Mesh:
 
     def pending(self, dst: int) -> int:
         """Bytes queued for ``dst`` and not yet in its ring."""
-        return sum(map(len, self._stage[dst])) + sum(map(len, self._backlog[dst]))
+        return (
+            sum(map(len, self._stage[dst]))
+            + sum(map(len, self._backlog[dst]))
+            + sum(map(len, self._cstage[dst]))
+            + sum(map(len, self._cbacklog[dst]))
+        )
 
     def is_blocked(self, dst: int) -> bool:
         """True while the ring to ``dst`` is full, or once more than ``soft_limit`` bytes
@@ -481,9 +525,38 @@ class Mesh:
         written: list[int] = []
         full: list[int] = []
         staged = self._staged
+        cstage = self._cstage
+        cout = self._cout
+        cwaiting = self._cwaiting
         for j in dirty:
             marked[j] = False
             staged[j] = 0
+            cst = cstage[j]
+            if cst or j in cwaiting:
+                cring = cout[j]
+                if cring is not None:
+                    cbl = self._cbacklog[j]
+                    if cst:
+                        cbl.append(b"".join(cst))
+                        cst.clear()
+                    while cbl:
+                        chunk = cbl[0]
+                        k = cring.write_bytes(chunk)
+                        if k < len(chunk):
+                            if k:
+                                bl0 = memoryview(chunk)[k:]
+                                cbl[0] = bl0
+                            break
+                        del cbl[0]
+                    if j not in written:
+                        written.append(j)
+                    if cbl:
+                        if j not in cwaiting:
+                            cwaiting.add(j)
+                        if not cring.writer_wait(1):
+                            self._schedule_flush()
+                    else:
+                        cwaiting.discard(j)
             ring = out[j]
             if ring is None:
                 continue
@@ -523,7 +596,10 @@ class Mesh:
             fence()
             bells = self.doorbells
             for j in written:
-                if out[j].reader_needs_wake():  # type: ignore[union-attr]
+                o, c = out[j], cout[j]
+                if (o is not None and o.reader_needs_wake()) or (
+                    c is not None and c.reader_needs_wake()
+                ):
                     bells[j].ring()
         blocked = self._blocked
         if blocked:
@@ -539,6 +615,10 @@ class Mesh:
                 marked[j] = True
                 self._dirty.append(j)
             self._block(j)
+        for j in cwaiting:
+            if not marked[j]:
+                marked[j] = True
+                self._dirty.append(j)
         return full
 
     def _block(self, j: int) -> None:
@@ -555,7 +635,7 @@ class Mesh:
             self._loop.call_soon(self.flush)
 
     def _retry_blocked(self) -> None:
-        if self._blocked:
+        if self._blocked or self._cwaiting:
             self.flush()
 
     # ------------------------------------------------------------------ receiving
@@ -567,14 +647,29 @@ class Mesh:
         on_records = self.on_records
         batch = self.batch
         read: list[int] = []
+        cinboxes = self._cin
         for k in self._peers:
+            cring = cinboxes[k]
+            if cring is not None and cring.readable():
+                before = cring.consumed
+                crecs = cring.read_all()
+                if cring.consumed != before:
+                    got += len(crecs) or 1
+                    if k not in read:
+                        read.append(k)
+                if crecs:
+                    try:
+                        on_records(k, crecs)
+                    except Exception:
+                        log.exception("mesh: on_records(%d) failed", k)
             ring = inboxes[k]
             if ring is None:
                 continue
             before = ring.consumed
             recs = ring.read_all(batch)
             if ring.consumed != before:
-                read.append(k)
+                if k not in read:
+                    read.append(k)
                 got += len(recs) or 1  # part of a streamed record counts as activity
             if recs:
                 try:
@@ -586,7 +681,10 @@ class Mesh:
             bells = self.doorbells
             for k in read:
                 ring = inboxes[k]
-                if ring is not None and ring.writer_needs_wake():
+                cring = cinboxes[k]
+                if (ring is not None and ring.writer_needs_wake()) | (
+                    cring is not None and cring.writer_needs_wake()
+                ):
                     bells[k].ring()
         return got
 
@@ -608,7 +706,7 @@ class Mesh:
             self._loop.call_soon(self._run_poll)
 
     def _go_to_sleep(self) -> None:
-        inboxes = [r for k in self._peers if (r := self._in[k]) is not None]
+        inboxes = [r for k in self._peers for r in (self._in[k], self._cin[k]) if r is not None]
         for ring in inboxes:
             if not ring.reader_sleep():
                 for r in inboxes:
@@ -628,9 +726,9 @@ class Mesh:
         if self._sleeping:
             self._sleeping = False
             for k in self._peers:
-                ring = self._in[k]
-                if ring is not None:
-                    ring.reader_awake()
+                for ring in (self._in[k], self._cin[k]):
+                    if ring is not None:
+                        ring.reader_awake()
         self._run_poll()
 
     def _tick(self) -> None:
@@ -641,9 +739,9 @@ class Mesh:
         if self.control.seq != self._seq:
             self._wake()
         elif self._sleeping:
-            if any(r is not None and r.readable() for r in self._in):
+            if any(r is not None and r.readable() for r in (*self._in, *self._cin)):
                 self._wake()
-            elif self._blocked:
+            elif self._blocked or self._cwaiting:
                 self._retry_blocked()
         elif not self._poll_scheduled:
             self._wake()
@@ -670,7 +768,7 @@ class Mesh:
                 pass
             if self._timer is not None:
                 self._timer.cancel()
-        for rings in (self._in, self._out):
+        for rings in (self._in, self._out, self._cin, self._cout):
             for i, ring in enumerate(rings):
                 if ring is not None:
                     ring.close()

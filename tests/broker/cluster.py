@@ -26,6 +26,11 @@ class FakeLink:
     def send(self, target: int, record: bytes) -> None:
         self.cluster.records.append((self.slot, target, bytes(record)))
 
+    def send_control(self, target: int, record: bytes) -> None:
+        # the control lane: delivered before any bulk record still queued (as the mesh
+        # reads a worker's control ring first), so credit can overtake its consume
+        self.cluster.urgent.append((self.slot, target, bytes(record)))
+
     def is_blocked(self, target: int) -> bool:
         return False
 
@@ -35,6 +40,7 @@ class Cluster:
         self.n = n
         config = load_config()
         self.records: deque[tuple[int, int, bytes]] = deque()
+        self.urgent: deque[tuple[int, int, bytes]] = deque()
         self.control: deque[tuple[str, int, list[Any]]] = deque()
         self.sequencer = Sequencer(["/"], n, lambda slot, m: self.control.append(("w", slot, m)))
         self.brokers: list[Broker] = []
@@ -74,9 +80,10 @@ class Cluster:
                     self.brokers[slot].sequencer.on_message(msg)
                 else:
                     self.sequencer.on_message(slot, msg)
-            while self.records:
+            while self.urgent or self.records:
                 moved = True
-                src, target, rec = self.records.popleft()
+                lane = self.urgent or self.records
+                src, target, rec = lane.popleft()
                 self.brokers[target].shards.on_records(src, [rec])
             for c in self.clients:
                 before = len(c.methods) + len(c.deliveries)
@@ -91,6 +98,7 @@ class Cluster:
         """Worker ``slot`` dies: the others learn it, the sequencer forgets it, and a
         fresh broker takes the slot (as the supervisor respawns it)."""
         self.records = deque(r for r in self.records if slot not in (r[0], r[1]))
+        self.urgent = deque(r for r in self.urgent if slot not in (r[0], r[1]))
         self.clients = [c for c in self.clients if c.conn.broker is not self.brokers[slot]]
         for b in self.brokers:
             if b.slot != slot:

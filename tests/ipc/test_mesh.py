@@ -52,8 +52,9 @@ def test_create_attach_cleanup(tmp_path: Path) -> None:
     data = tmp_path / "data"
     h = MeshHost(str(data), 3, 4096)
     inst = h.instance
-    # 6 rings + control block, instance file records instance and our pid
-    assert len(segments(inst)) == 7
+    # 6 data rings + 6 control rings + control block; the instance file records the
+    # instance and our pid
+    assert len(segments(inst)) == 13
     assert (data / INSTANCE_FILE).read_text().split() == [inst, str(os.getpid())]
     ms = meshes(h)
     for m in ms:
@@ -87,13 +88,13 @@ def test_stale_segments_of_crashed_run_are_removed(tmp_path: Path) -> None:
     assert out.returncode == 9
     stale = out.stdout.strip()
     try:
-        assert len(segments(stale)) == 7  # a crash leaves them behind
+        assert len(segments(stale)) == 13  # a crash leaves them behind
         h = MeshHost(str(data), 3, 4096)
         try:
             assert segments(stale) == []
-            assert h.stale_removed == 7
+            assert h.stale_removed == 13
             assert h.instance != stale
-            assert len(segments(h.instance)) == 7
+            assert len(segments(h.instance)) == 13
         finally:
             h.close()
     finally:
@@ -216,6 +217,41 @@ def test_soft_limit_blocks_a_burst_before_the_ring_is_tried(host: MeshHost) -> N
             m.close()
 
     run(main())
+
+
+def test_control_lane_overtakes_bulk_data(tmp_path: Path) -> None:
+    """Bulk data filling the data ring and a backlog behind it do not delay a control
+    record: the reader gets it in its first read; order holds within each lane."""
+    h = MeshHost(str(tmp_path / "data"), 2, 4096)
+
+    async def main() -> None:
+        m0, m1 = meshes(h, idle_poll=5.0)
+        batches: list[list[bytes]] = []
+        m1.on_records = lambda src, recs: batches.append(list(recs))  # type: ignore[assignment,misc]
+        m0.start()
+        bulk = [b"bulk%04d" % i + b"." * 100 for i in range(200)]  # ~22 KiB: ring + backlog
+        for r in bulk:
+            m0.send(1, r)
+        m0.flush()
+        assert m0.is_blocked(1)
+        m0.send_control(1, b"credit-1")
+        m0.send_control(1, b"credit-2")
+        m0.flush()
+        m1.start()
+        for _ in range(400):
+            if sum(map(len, batches)) == len(bulk) + 2:
+                break
+            await asyncio.sleep(0.01)
+        got = [r for b in batches for r in b]
+        assert got[:2] == [b"credit-1", b"credit-2"]
+        assert [r for r in got if r.startswith(b"bulk")] == bulk
+        m0.close()
+        m1.close()
+
+    try:
+        run(main())
+    finally:
+        h.close()
 
 
 def test_huge_record_through_small_ring(tmp_path: Path) -> None:
