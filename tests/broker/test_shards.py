@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from shardmq.amqp import methods as M
+from shardmq.broker import queue as queue_mod
 from shardmq.broker.queue import Queue
 from shardmq.broker.remote import RemoteQueue
 from tests.broker.cluster import Cluster
-from tests.broker.harness import Client, method_frame
+from tests.broker.harness import Client, content_frames, method_frame
 
 
 def _three() -> tuple[Cluster, str]:
@@ -230,3 +231,30 @@ def test_global_prefetch_is_shared_by_consumers_of_queues_on_other_workers() -> 
     assert sorted(d.body for d in con.deliveries) == sorted(
         [b"%s%d" % (q.encode(), i) for q in (qa, qb) for i in range(4)]
     )
+
+
+def test_a_backed_up_queue_throttles_a_publisher_on_another_worker() -> None:
+    """As with a local publisher: past the high-water mark (the queue has a consumer that
+    does not keep up) the publisher's worker stops reading it; when the backlog halves,
+    it reads again. A shard restart releases it too."""
+    cl, q = _three()
+    pub, con = cl.connect(0), cl.connect(2)
+    pub.open_channel(1)
+    con.open_channel(1)
+    _call(cl, pub, 1, M.QueueDeclare(queue=q))
+    _call(cl, con, 1, M.BasicQos(prefetch_count=1))
+    _call(cl, con, 1, M.BasicConsume(queue=q, consumer_tag="slow"))
+    limit = queue_mod.QUEUE_HIGH_WATER
+    frame = method_frame(1, M.BasicPublish(routing_key=q)) + content_frames(1, b"x")
+    pub.conn.feed(frame * (limit + 10))
+    cl.pump()
+    cause = ("queue", 1, q)
+    assert cause in pub.conn.throttled_by
+    owner = cl.brokers[1].vhosts["/"].queues[q]
+    assert owner.message_count > limit
+    # the consumer goes away and a purge empties the queue: the publisher reads again
+    _call(cl, con, 1, M.BasicCancel(consumer_tag="slow"))
+    _call(cl, pub, 1, M.QueuePurge(queue=q))
+    owner.dispatch()
+    cl.pump()
+    assert cause not in pub.conn.throttled_by
