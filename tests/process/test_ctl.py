@@ -52,6 +52,9 @@ def test_ctl_status_shows_workers_and_the_queues_each_owns(
             slot, q = got["queues"][name]
             assert slot == shard_for("/", name, 3)
             assert q["durable"] == (i % 2 == 0)
+            # every owned queue reports its counts in memory and on disk
+            assert q["store"]["messages"] == i
+            assert q["store"]["ready_in_memory"] + q["store"]["ready_on_disk_only"] == i
         text = ctl_status(sup)
         assert text.returncode == 0, text.stderr
         for w in range(3):
