@@ -168,6 +168,8 @@ class Channel(ChannelBase):
                 self.consumer_unacked -= 1
                 if consumer.queue.consumers:
                     queue.dispatch()
+                if self.global_prefetch:
+                    self.kick()  # the room is the channel's: any of its queues may use it
             return
         self._settle(self._collect(tag, multiple), requeue=None)
 
@@ -185,10 +187,12 @@ class Channel(ChannelBase):
     def _settle(self, entries: list[Unacked], requeue: bool | None) -> None:
         """requeue None: ack; False: drop; True: back to the queue as redelivered."""
         touched: dict[Queue, list[Message]] = {}
+        freed = False
         for consumer, queue, msg in entries:
             if consumer is not None:
                 consumer.unacked -= 1
                 self.consumer_unacked -= 1
+                freed = True
             if requeue:
                 touched.setdefault(queue, []).append(msg)
             else:
@@ -199,6 +203,8 @@ class Channel(ChannelBase):
                 queue.requeue(msgs)
             else:
                 queue.dispatch()
+        if freed and self.global_prefetch:
+            self.kick()  # the room is the channel's: any of its queues may use it
 
     def requeue_all(self) -> None:
         entries = list(self.unacked.values())

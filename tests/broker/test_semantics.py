@@ -56,6 +56,25 @@ def test_global_qos_limits_the_channel_across_consumers() -> None:
     assert len(c.deliveries) == 3
 
 
+def test_global_qos_room_freed_by_acks_goes_to_the_channels_other_queues() -> None:
+    _broker, c = _setup(2)
+    c.call(1, M.BasicQos(prefetch_count=2, global_=True))
+    for i in range(2):
+        c.publish(1, "", "q0", b"a%d" % i)
+    for i in range(3):
+        c.publish(1, "", "q1", b"b%d" % i)
+    c.consume(1, "q0")
+    c.consume(1, "q1")
+    assert c.bodies() == [b"a0", b"a1"]
+    c.call(1, M.BasicAck(delivery_tag=1))  # q0 is empty now: q1 takes the room
+    assert c.bodies() == [b"a0", b"a1", b"b0"]
+    c.call(1, M.BasicAck(delivery_tag=3, multiple=True))
+    assert c.bodies() == [b"a0", b"a1", b"b0", b"b1", b"b2"]
+    c.call(1, M.BasicReject(delivery_tag=4, requeue=False))
+    c.call(1, M.BasicNack(delivery_tag=5, multiple=True, requeue=False))
+    assert len(c.deliveries) == 5
+
+
 def test_nack_requeue_keeps_order_and_sets_redelivered() -> None:
     _broker, c = _setup()
     for i in range(4):
