@@ -249,18 +249,28 @@ class Channel(ChannelBase):
         self.conn.confirms_pending(self)
 
     def flush_confirms(self) -> None:
-        """Write nacks, then one ack (``multiple`` when it covers several) for the
-        longest run of publishes that are all confirmed."""
+        """Answer the longest run of publishes that are all settled, in order: one ack
+        (``multiple`` when it covers several) per stretch of confirmed ones, a nack for
+        each nacked one. Every publish gets exactly one answer: a multiple ack never
+        spans a nack, and a nack behind a publish still pending waits for it."""
         out = self.conn.out
-        if self.confirm_nacks:
-            for n in sorted(self.confirm_nacks):
-                write_confirm(out, self.number, n, False, False)
-            self.confirm_nacks = []
         done = self.confirm_done
         upto = next(iter(self.unconfirmed)) - 1 if self.unconfirmed else self.confirm_seq
+        if self.confirm_nacks:
+            later = []
+            for n in sorted(self.confirm_nacks):
+                if n > upto:
+                    later.append(n)
+                    continue
+                if n - 1 > done:
+                    write_confirm(out, self.number, n - 1, n - 1 > done + 1, True)
+                write_confirm(out, self.number, n, False, False)
+                done = n
+            self.confirm_nacks = later
         if upto > done:
             write_confirm(out, self.number, upto, upto > done + 1, True)
-            self.confirm_done = upto
+            done = upto
+        self.confirm_done = done
 
     # ------------------------------------------------------------ teardown
     def release(self) -> None:

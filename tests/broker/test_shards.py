@@ -198,6 +198,51 @@ def test_worker_death_nacks_cancels_and_requeues() -> None:
     assert q in cl.brokers[1].vhosts["/"].queues  # definitions came back with the snapshot
 
 
+def _answers(client: Client) -> dict[int, str]:
+    """Each publish's confirm ("ack"/"nack"), checking that none gets two and that a
+    multiple ack never spans a nack (a blocking client waits for one answer per publish;
+    a second one breaks it)."""
+    answered: dict[int, str] = {}
+    for _c, m in client.methods:
+        if not isinstance(m, (M.BasicAck, M.BasicNack)):
+            continue
+        kind = "ack" if isinstance(m, M.BasicAck) else "nack"
+        tag = m.delivery_tag
+        if m.multiple:
+            lo = min((s for s in range(1, tag + 1) if s not in answered), default=tag)
+            spanned = [s for s in range(lo, tag + 1) if s in answered]
+            assert not spanned, f"multiple {kind} {tag} spans answered {spanned}"
+            for seq in range(lo, tag + 1):
+                answered[seq] = kind
+        else:
+            assert tag not in answered, f"seq {tag}: {kind} after {answered[tag]}"
+            answered[tag] = kind
+    return answered
+
+
+def test_every_publish_is_confirmed_once_when_a_worker_dies() -> None:
+    cl, q = _three()
+    q0 = cl.queue_on(0, "z")
+    pub, lone = cl.connect(0), cl.connect(0)
+    for c in (pub, lone):
+        c.open_channel(1)
+        _call(cl, c, 1, M.ConfirmSelect())
+    _call(cl, pub, 1, M.QueueDeclare(queue=q))
+    _call(cl, pub, 1, M.QueueDeclare(queue=q0))
+    pub.publish(1, "", q0, b"a")  # seq 1: acked
+    cl.pump()
+    pub.publish(1, "", q, b"b")  # seq 2: worker 1 dies with it
+    pub.publish(1, "", q0, b"c")  # seq 3: local, confirmable at once
+    pub.publish(1, "", q, b"d")  # seq 4: worker 1 dies with it
+    pub.publish(1, "", q0, b"e")  # seq 5
+    lone.publish(1, "", q, b"x")  # a blocking client's only publish in flight
+    cl.kill(1)
+    pub.publish(1, "", q0, b"f")  # seq 6
+    cl.pump()
+    assert _answers(pub) == {1: "ack", 2: "nack", 3: "ack", 4: "nack", 5: "ack", 6: "ack"}
+    assert _answers(lone) == {1: "nack"}
+
+
 def test_global_prefetch_is_shared_by_consumers_of_queues_on_other_workers() -> None:
     """RabbitMQ's global=true: one limit for the channel; queues on workers 0 and 1, the
     consumer on worker 2. The limit holds, the rest stays ready in the queues, and an
