@@ -36,6 +36,7 @@ from loadtest import procstat
 from loadtest.client import URI, AMQPClientError, connect
 from loadtest.stats import Histogram
 from loadtest.worker import NEVER, WorkerPlan, worker_main
+from shardmq.broker.metadata import shard_for
 
 DEFAULT_URI = "amqp://guest:guest@127.0.0.1:5672/"
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "default")
@@ -74,6 +75,12 @@ class BenchConfig:
     sink: bool = False
     queue_prefix: str = "shardmq-bench"
     quiet: bool = False
+    # shardmq placement, for measuring cross-worker costs: the worker that producer and
+    # consumer connections must land on (-1 = anywhere) and "N/W": queues owned by
+    # worker N of W (names chosen by shardmq's placement hash)
+    producer_worker: int = -1
+    consumer_worker: int = -1
+    queue_worker: str = ""
 
     def normalized(self) -> BenchConfig:
         c = dataclasses.replace(self)
@@ -99,7 +106,20 @@ class BenchConfig:
             c.multi_ack_every = every
         if c.backlog and c.producers < 1:
             raise ValueError("--backlog needs at least one producer")
+        if c.queue_worker:
+            queue_worker_of(c.queue_worker)  # raises ValueError when malformed
         return c
+
+
+def queue_worker_of(spec: str) -> tuple[int, int]:
+    """``"N/W"`` -> (N, W): queues owned by worker N of a W-worker shardmq."""
+    try:
+        n, w = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--queue-worker wants N/W (worker N of W), not {spec!r}") from None
+    if not 0 <= n < w:
+        raise ValueError(f"--queue-worker {spec}: N must be in 0..W-1")
+    return n, w
 
 
 # --------------------------------------------------------------------------- topology
@@ -118,6 +138,14 @@ class Topology:
 def plan_topology(cfg: BenchConfig, run_id: str) -> Topology:
     base = f"{cfg.queue_prefix}-{run_id}"
     queues = [f"{base}-q{i}" for i in range(cfg.queues)]
+    if cfg.queue_worker:
+        slot, workers = queue_worker_of(cfg.queue_worker)
+        vhost = URI.parse(cfg.uri).vhost
+        for i, q in enumerate(queues):
+            k = 0
+            while shard_for(vhost, f"{q}-{k}", workers) != slot:
+                k += 1
+            queues[i] = f"{q}-{k}"
     et = cfg.exchange_type
     exchange = "" if et == "default" else f"{base}-x"
     nb = cfg.bindings
@@ -408,11 +436,15 @@ class Bench:
                 )
         pspecs = [(topo.exchange, keys, quotas[i]) for i, keys in enumerate(topo.producer_keys)]
         pplans = [
-            WorkerPlan(role="producer", index=i, producers=chunk, **common)
+            WorkerPlan(
+                role="producer", index=i, producers=chunk, worker=cfg.producer_worker, **common
+            )
             for i, chunk in enumerate(_split(pspecs, _procs(cfg.producer_procs, len(pspecs))))
         ]
         cplans = [
-            WorkerPlan(role="consumer", index=i, consumers=chunk, **common)
+            WorkerPlan(
+                role="consumer", index=i, consumers=chunk, worker=cfg.consumer_worker, **common
+            )
             for i, chunk in enumerate(
                 _split(topo.consumer_queues, _procs(cfg.consumer_procs, len(topo.consumer_queues)))
             )
@@ -765,6 +797,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="run against a built-in trivial local sink instead of a broker",
     )
     a("--queue-prefix", help=f"name prefix for declared queues/exchange (default {d.queue_prefix})")
+    a(
+        "--producer-worker",
+        type=int,
+        metavar="N",
+        help="shardmq: producer connections on worker N (reconnect until it takes them)",
+    )
+    a(
+        "--consumer-worker",
+        type=int,
+        metavar="N",
+        help="shardmq: consumer connections on worker N",
+    )
+    a(
+        "--queue-worker",
+        metavar="N/W",
+        help="shardmq: queue names that worker N of a W-worker broker owns",
+    )
     a("--quiet", action="store_true", help="no live progress on stderr")
     a("--json", action="store_true", help="print the report as JSON")
     s = p.add_argument_group("scenario suite")

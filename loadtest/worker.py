@@ -57,6 +57,11 @@ class WorkerPlan:
     heartbeat: int = 0
     consume_on_go: bool = False  # backlog mode: basic.consume only at "go"
     connect_parallel: int = 32
+    worker: int = -1  # shardmq only: reconnect until the server says this worker took it
+
+
+# connections tried to land one on a chosen worker (the kernel spreads them by port)
+PIN_ATTEMPTS = 400
 
 
 def auto_batch(msg_bytes: int) -> int:
@@ -271,7 +276,18 @@ async def _connect_all(plan: WorkerPlan, n: int) -> list[Client]:
 
     async def one(i: int) -> Client:
         async with sem:
-            return await connect(plan.uri, heartbeat=plan.heartbeat, product="shardmq-bench")
+            for _ in range(PIN_ATTEMPTS):
+                c = await connect(plan.uri, heartbeat=plan.heartbeat, product="shardmq-bench")
+                if plan.worker < 0:
+                    return c
+                got = c.server_properties.get("worker")
+                if got is None:
+                    c.abort()
+                    raise RuntimeError("the broker does not say which worker took a connection")
+                if got == plan.worker:
+                    return c
+                await c.close()
+            raise RuntimeError(f"no connection landed on worker {plan.worker}")
 
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 

@@ -15,7 +15,10 @@ Run from the repository root (it imports the test harness): medians of ``--round
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,9 +27,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shardmq.amqp import methods as M  # noqa: E402
 from tests.broker.cluster import Cluster  # noqa: E402
-from tests.broker.harness import content_frames, method_frame  # noqa: E402
+from tests.broker.harness import Client, content_frames, method_frame  # noqa: E402
 
 BATCH = 500
+_DELIVER_METHOD = b"\x00\x3c\x00\x3c"  # class 60 (basic), method 60 (deliver)
+LOCAL = "local (publisher, queue, consumer on w0)"
+PLACEMENTS = {
+    LOCAL: (0, 0, 0),
+    "cross-shard (queue on w1)": (0, 1, 0),
+    "cross-shard (queue on w1, consumer on w2)": (0, 1, 2),
+}
+
+
+def lean_client(client: Client) -> None:
+    """Make the consumer's client count its deliveries instead of decoding them: what is
+    measured is the broker's work, not the test client's frame parser."""
+    conn = client.conn
+
+    def pump() -> None:
+        while True:
+            out = conn.take_output()
+            if not out:
+                return
+            conn.after_flush()
+            # each delivery is one basic.deliver method frame; the bodies are b"x" * 16
+            client.deliveries.extend([None] * bytes(out).count(_DELIVER_METHOD))  # type: ignore[list-item]
+
+    client.pump = pump  # type: ignore[method-assign]
 
 
 def one_run(pub_w: int, queue_w: int, con_w: int, n: int) -> float:
@@ -43,6 +70,7 @@ def one_run(pub_w: int, queue_w: int, con_w: int, n: int) -> float:
     frame = method_frame(1, M.BasicPublish(routing_key=q)) + content_frames(1, b"x" * 16)
     batch = frame * BATCH
     con.deliveries.clear()
+    lean_client(con)
     got = 0
     t0 = time.process_time()
     for _ in range(n // BATCH):
@@ -60,20 +88,45 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.xshard_cost", description=__doc__)
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per message under valgrind (callgrind) instead of "
+        "timing: repeatable on a busy machine; slow (about a minute)",
+    )
+    ap.add_argument("--only", choices=sorted(PLACEMENTS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    placements = {
-        "local (publisher, queue, consumer on w0)": (0, 0, 0),
-        "cross-shard (queue on w1)": (0, 1, 0),
-        "cross-shard (queue on w1, consumer on w2)": (0, 1, 2),
-    }
+    if args.only:  # one run, for --instructions (the parent counts the instructions)
+        one_run(*PLACEMENTS[args.only], args.messages)
+        return 0
     results: dict[str, float] = {}
-    for name, (p, q, c) in placements.items():
-        runs = [one_run(p, q, c, args.messages) for _ in range(args.rounds)]
-        results[name] = statistics.median(runs)
-    base = results["local (publisher, queue, consumer on w0)"]
-    for name, us in results.items():
-        print(f"{name:<45} {us:6.2f} us/msg  x{us / base:.2f}")
+    unit = "instr/msg" if args.instructions else "us/msg"
+    for name, (p, q, c) in PLACEMENTS.items():
+        if args.instructions:
+            n = min(args.messages, 20_000)
+            # the difference of two runs cancels start-up and imports
+            results[name] = (count_instructions(name, 2 * n) - count_instructions(name, n)) / n
+        else:
+            runs = [one_run(p, q, c, args.messages) for _ in range(args.rounds)]
+            results[name] = statistics.median(runs)
+    base = results[LOCAL]
+    for name, v in results.items():
+        print(f"{name:<45} {v:9.2f} {unit}  x{v / base:.2f}")
     return 0
+
+
+def count_instructions(placement: str, n: int) -> int:
+    """Instructions executed by one ``--only`` run of ``n`` messages under callgrind."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt install valgrind)")
+    cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
+    cmd += ["-m", "loadtest.xshard_cost", "--only", placement, "--messages", str(n)]
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=root, check=True)
+    found = re.search(r"Collected : (\d+)", res.stderr)
+    if found is None:
+        raise SystemExit(f"no instruction count from callgrind:\n{res.stderr[-2000:]}")
+    return int(found.group(1))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,11 @@ log = logging.getLogger("shardmq.shards")
 ENQUEUE, DELIVER, SETTLE, CONFIRM, CREDIT, REQUEST, REPLY, IDLE, THROTTLE = range(1, 10)
 ACK, DROP, REQUEUE = 0, 1, 2
 
-_ENQ = struct.Struct(">BQHQBH")  # type, confirm conn gid, channel, seq, n queues, exrk len
+# type, confirm conn gid, channel, seq, n queues, address len, exrk len; the address
+# (shortstr vhost + the queues' shortstr names) follows
+_ENQ = struct.Struct(">BQHQBHH")
+# address caches are cleared past this many entries (a bound, not a working-set size)
+ADDR_CACHE_MAX = 4096
 _CONTENT = struct.Struct(">HII")  # raw's channel, header size, largest frame
 _DLV = struct.Struct(">BQHQBH")  # type, conn gid, channel, ref, flags, exrk len
 _SETTLE = struct.Struct(">BBI")  # type, action, count
@@ -234,6 +238,12 @@ class ShardRouter:
         # publishes waiting for a confirm from a shard: shard -> {(gid, ch, seq)}
         self.waiting: dict[int, dict[tuple[int, int, int], None]] = {}
         self._settles: dict[tuple[int, int], list[int]] = {}
+        # encoded ENQUEUE addresses by destination queues, and decoded ones by bytes:
+        # most publishes go to a few queue sets, so encode and decode them once
+        self._addr_out: dict[tuple[RemoteQueue, ...], bytes] = {}
+        self._addr_in: dict[bytes, tuple[str, tuple[str, ...]]] = {}
+        # consumer tags of DELIVER records, by their wire form
+        self._tags_in: dict[bytes, str] = {}
         self._handlers = {
             ENQUEUE: self._on_enqueue,
             DELIVER: self._on_deliver,
@@ -261,15 +271,21 @@ class ShardRouter:
         """Send one copy of ``msg`` to each owning shard; ``seq`` > 0 asks for a confirm."""
         exrk = msg.exrk
         tail = _CONTENT.pack(msg.ch, msg.hsize, msg.fmax)
+        addrs = self._addr_out
         for shard, queues in groups:
-            names = b"".join(shortstr(q.name) for q in queues)
+            addr = addrs.get(queues)
+            if addr is None:
+                if len(addrs) >= ADDR_CACHE_MAX:
+                    addrs.clear()
+                addr = addrs[queues] = shortstr(queues[0].vhost) + b"".join(
+                    shortstr(q.name) for q in queues
+                )
             self.link.send(
                 shard,
                 b"".join(
                     (
-                        _ENQ.pack(ENQUEUE, gid, chnum, seq, len(queues), len(exrk)),
-                        shortstr(queues[0].vhost),
-                        names,
+                        _ENQ.pack(ENQUEUE, gid, chnum, seq, len(queues), len(addr), len(exrk)),
+                        addr,
                         exrk,
                         tail,
                         msg.raw,
@@ -386,13 +402,21 @@ class ShardRouter:
 
     # ---------------------------------------------------------------- owner side
     def _on_enqueue(self, src: int, data: bytes) -> None:
-        _t, gid, chnum, seq, nq, exlen = _ENQ.unpack_from(data, 0)
-        vhost, pos = _shortstr_at(data, _ENQ.size)
+        _t, gid, chnum, seq, nq, alen, exlen = _ENQ.unpack_from(data, 0)
+        pos = _ENQ.size + alen
+        addr = data[_ENQ.size : pos]
+        known = self._addr_in.get(addr)
+        if known is None:
+            vhost, p = _shortstr_at(data, _ENQ.size)
+            parsed = []
+            for _ in range(nq):
+                name, p = _shortstr_at(data, p)
+                parsed.append(name)
+            if len(self._addr_in) >= ADDR_CACHE_MAX:
+                self._addr_in.clear()
+            known = self._addr_in[addr] = (vhost, tuple(parsed))
+        vhost, names = known
         vh = self.broker.vhosts.get(vhost)
-        names = []
-        for _ in range(nq):
-            name, pos = _shortstr_at(data, pos)
-            names.append(name)
         exrk = data[pos : pos + exlen]
         pos += exlen
         rawch, hsize, fmax = _CONTENT.unpack_from(data, pos)
@@ -562,7 +586,13 @@ class ShardRouter:
     # ---------------------------------------------------------------- consuming side
     def _on_deliver(self, src: int, data: bytes) -> None:
         _t, gid, chnum, ref, flags, exlen = _DLV.unpack_from(data, 0)
-        tag, pos = _shortstr_at(data, _DLV.size)
+        pos = _DLV.size + 1 + data[_DLV.size]
+        rawtag = data[_DLV.size : pos]
+        tag = self._tags_in.get(rawtag)
+        if tag is None:
+            if len(self._tags_in) >= ADDR_CACHE_MAX:
+                self._tags_in.clear()
+            tag = self._tags_in[rawtag] = rawtag[1:].decode()
         exrk = data[pos : pos + exlen]
         pos += exlen
         rawch, hsize, fmax = _CONTENT.unpack_from(data, pos)

@@ -18,6 +18,7 @@ from loadtest.client import Client, PublishTemplate
 from loadtest.scenarios import DEFAULT_SUITE, METRICS, load_suite, scenario_config
 from loadtest.stats import Histogram, bucket
 from shardmq.amqp import methods as M
+from shardmq.broker.metadata import shard_for
 
 _HDR = struct.Struct(">BHI")
 
@@ -204,6 +205,18 @@ def test_topology_shares_queues_and_keys() -> None:
     assert [len(q) for q in f.consumer_queues] == [1, 1, 1, 1]
     d = plan_topology(BenchConfig(exchange_type="default", consumers=3).normalized(), "abc")
     assert d.exchange == "" and d.bindings == [] and d.producer_keys == [[d.queues[0]]]
+
+
+def test_queue_worker_picks_names_that_worker_owns() -> None:
+    for slot in range(3):
+        cfg = BenchConfig(queues=4, queue_worker=f"{slot}/3").normalized()
+        t = plan_topology(cfg, "abc")
+        assert len(set(t.queues)) == 4
+        assert [shard_for("/", q, 3) for q in t.queues] == [slot] * 4
+        assert all(b[0] in t.queues for b in t.bindings)
+    for bad in ("1", "3/3", "a/b", "-1/2"):
+        with pytest.raises(ValueError):
+            BenchConfig(queue_worker=bad).normalized()
 
 
 def test_config_validation() -> None:
