@@ -25,6 +25,8 @@ from typing import Any
 import pika
 import pytest
 
+from tests.probe import amqp_answers
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -74,14 +76,12 @@ class DurableBroker:
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"broker exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"broker did not start:\n{self.log()}") from None
-                time.sleep(0.02)
+            if amqp_answers(self.port):
+                return
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"broker did not start:\n{self.log()}")
+            time.sleep(0.02)
 
     def stop(self) -> int:
         """SIGTERM and wait (clean shutdown); returns the exit code."""

@@ -27,6 +27,8 @@ from urllib.parse import quote, unquote, urlsplit
 import pika
 import pytest
 
+from tests.probe import amqp_answers
+
 from .helpers import Env
 
 # Every test runs once per worker count (becomes [1, 3] with the sharding work).
@@ -144,17 +146,15 @@ def start_broker(workers: int, data_dir: Path) -> Broker:
                 f"shardmq serve exited with {proc.returncode} before accepting connections:\n"
                 f"{broker.log_text()}"
             )
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                stop_broker(broker)
-                raise RuntimeError(
-                    f"shardmq serve did not accept connections within {START_TIMEOUT} s:\n"
-                    f"{broker.log_text()}"
-                ) from None
-            time.sleep(0.02)
+        if amqp_answers(port):
+            break
+        if time.monotonic() > deadline:
+            stop_broker(broker)
+            raise RuntimeError(
+                f"shardmq serve did not accept connections within {START_TIMEOUT} s:\n"
+                f"{broker.log_text()}"
+            )
+        time.sleep(0.02)
     broker.startup_seconds = time.monotonic() - started
     return broker
 
