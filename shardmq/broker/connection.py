@@ -394,7 +394,12 @@ class BrokerConnection(AMQPConnection):
                 self.broker.shards.enqueue(remote, msg, self.gid, ch.number, seq)
             return
         if remote:
-            seq = ch.confirm_later(len(remote)) if ch.confirm else 0
+            if ch.confirm:
+                seq = ch.confirm_later(len(remote))
+            elif conf is not None:  # a tx commit: it also waits for the owners' stores
+                seq = self.broker.shards.tx_seq(conf, len(remote))
+            else:
+                seq = 0
             self.broker.current_publisher = self
             self.broker.shards.enqueue(remote, msg, self.gid, ch.number, seq)
             return
@@ -833,7 +838,8 @@ def _tx_commit(conn: BrokerConnection, ch: Channel, m: M.TxCommit) -> None:
         raise SoftError(PRECONDITION_FAILED, "channel is not transactional", 90, 20)
     publishes, ch.tx_publishes = ch.tx_publishes, []
     acks, ch.tx_acks = ch.tx_acks, []
-    # commit-ok only once this worker's durable queues stored the persistent publishes
+    # commit-ok only once the durable queues stored the persistent publishes: this
+    # worker's, and those of the workers that own the other queues (their confirms)
     waiter = ConfirmWaiter() if publishes else None
     for msg, exlen, flags in publishes:
         conn._route_publish(ch, msg, exlen, flags, waiter)
@@ -855,7 +861,9 @@ def _tx_commit(conn: BrokerConnection, ch: Channel, m: M.TxCommit) -> None:
         if conn.state != OPEN or conn.channels.get(ch.number) is not ch:
             return
         if not ok:
-            conn._hard_error(HardError(INTERNAL_ERROR, "tx.commit: storage write failed"))
+            conn._hard_error(
+                HardError(INTERNAL_ERROR, "tx.commit: a queue could not store the messages")
+            )
             return
         conn.send_method(ch.number, M.TxCommitOk())
         conn.resume(ch)

@@ -22,6 +22,9 @@ Invariants:
   worker can never settle a message of the new one.
 - A dead worker's publishes still unconfirmed are nacked, consumers of its queues are
   cancelled, and messages it held unacked from our queues are requeued.
+- A tx.commit whose publishes went to other workers' queues is answered only after each
+  owner confirmed them (after its fsync for persistent messages on durable queues); a
+  commit that loses an owner meanwhile fails (INTERNAL_ERROR), it is never confirmed.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ ACK, DROP, REQUEUE = 0, 1, 2
 # type, confirm conn gid, channel, seq, n queues, address len, exrk len; the address
 # (shortstr vhost + the queues' shortstr names) follows
 _ENQ = struct.Struct(">BQHQBHH")
+# ENQUEUE seqs of tx commits (publisher confirms count up from 1 and never get here)
+TX_SEQ = 1 << 63
 # address caches are cleared past this many entries (a bound, not a working-set size)
 ADDR_CACHE_MAX = 4096
 _CONTENT = struct.Struct(">HII")  # raw's channel, header size, largest frame
@@ -238,6 +243,9 @@ class ShardRouter:
         # publishes waiting for a confirm from a shard: shard -> {(gid, ch, seq)}
         self.waiting: dict[int, dict[tuple[int, int, int], None]] = {}
         self._settles: dict[tuple[int, int], list[int]] = {}
+        # tx commits waiting for owners' confirms: seq (TX_SEQ bit set) -> [waiter, left]
+        self.tx_waiting: dict[int, list[Any]] = {}
+        self._tx_seqs = itertools.count(1)
         # encoded ENQUEUE addresses by destination queues, and decoded ones by bytes:
         # most publishes go to a few queue sets, so encode and decode them once
         self._addr_out: dict[tuple[RemoteQueue, ...], bytes] = {}
@@ -627,7 +635,25 @@ class ShardRouter:
             waiting.pop((gid, chnum, seq), None)
         self._confirm(gid, chnum, seq, bool(ok))
 
+    def tx_seq(self, waiter: ConfirmWaiter, shards: int) -> int:
+        """A seq for the ENQUEUE records of one committed publish to ``shards`` other
+        workers: each owner confirms once its durable queues stored it (at once when
+        none did), and ``waiter`` (the commit) holds a token until then."""
+        seq = TX_SEQ | next(self._tx_seqs)
+        for _ in range(shards):
+            waiter.durable_token()
+        self.tx_waiting[seq] = [waiter, shards]
+        return seq
+
     def _confirm(self, gid: int, chnum: int, seq: int, ok: bool) -> None:
+        if seq & TX_SEQ:
+            entry = self.tx_waiting.get(seq)
+            if entry is not None:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self.tx_waiting[seq]
+                entry[0].stored(0, ok)
+            return
         conn = self.broker.conns_by_gid.get(gid)
         ch = conn.channels.get(chnum) if conn is not None else None
         if ch is not None:

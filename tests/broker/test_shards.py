@@ -303,3 +303,33 @@ def test_a_backed_up_queue_throttles_a_publisher_on_another_worker() -> None:
     owner.dispatch()
     cl.pump()
     assert cause not in pub.conn.throttled_by
+
+
+def test_tx_commit_waits_for_the_workers_owning_the_queues() -> None:
+    cl, q1 = _three()
+    q2 = cl.queue_on(2, "t")
+    q0 = cl.queue_on(0, "t")
+    pub = cl.connect(0)
+    pub.open_channel(1)
+    for name in (q0, q1, q2):
+        _call(cl, pub, 1, M.QueueDeclare(queue=name, durable=True))
+    _call(cl, pub, 1, M.TxSelect())
+    persistent = M.BasicProperties(delivery_mode=2)
+    for name in (q0, q1, q2):
+        pub.publish(1, "", name, name.encode(), persistent)
+    pub.call(1, M.TxCommit())  # the client's worker only: the owners have not seen it
+    assert not any(isinstance(m, M.TxCommitOk) for _c, m in pub.methods)
+    cl.pump()  # the owners store and confirm
+    assert sum(isinstance(m, M.TxCommitOk) for _c, m in pub.methods) == 1
+    for slot, name in ((0, q0), (1, q1), (2, q2)):
+        assert len(cl.brokers[slot].vhosts["/"].queues[name].store) == 1
+    assert not cl.brokers[0].shards.tx_waiting
+    # an owner that dies before confirming fails the commit: never a commit-ok
+    pub.publish(1, "", q1, b"lost", persistent)
+    pub.call(1, M.TxCommit())
+    cl.kill(1)
+    cl.pump()
+    assert sum(isinstance(m, M.TxCommitOk) for _c, m in pub.methods) == 1
+    closes = [m for _c, m in pub.methods if isinstance(m, M.ConnectionClose)]
+    assert closes and closes[-1].reply_code == 541
+    assert not cl.brokers[0].shards.tx_waiting
