@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pika
 import pika.exceptions
+import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
 from .rawamqp import RawConnection
@@ -181,3 +182,26 @@ def drain_empty(ch: BlockingChannel, queue: str) -> None:
     """Assert the queue holds no ready message right now."""
     method, _props, _body = ch.basic_get(queue, auto_ack=True)
     assert method is None, f"expected {queue} to be empty"
+
+
+def channel_error(
+    conn: pika.BlockingConnection, fn: Callable[[BlockingChannel], Any]
+) -> pika.exceptions.ChannelClosedByBroker:
+    """Run ``fn`` on a fresh channel and return the channel error it must cause (the
+    channel closed, the connection still open)."""
+    ch = conn.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+        fn(ch)
+    assert ch.is_closed
+    assert conn.is_open, "a channel error must not close the connection"
+    return err.value
+
+
+def queue_exists(conn: pika.BlockingConnection, queue: str) -> bool:
+    """queue.declare passive on a fresh channel: True, or False on 404."""
+    try:
+        conn.channel().queue_declare(queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as e:
+        assert e.reply_code == 404, e
+        return False
+    return True

@@ -20,7 +20,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from . import rawamqp as raw
-from .helpers import Env, publish_confirmed, queue_counts, wait_counts, wait_until
+from .helpers import Env, channel_error, publish_confirmed, queue_counts, wait_counts, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -48,16 +48,6 @@ class Inbox:
 
     def wait(self, conn: pika.BlockingConnection, n: int) -> None:
         wait_until(conn, lambda: len(self.items) >= n, f"{n} deliveries (have {len(self.items)})")
-
-
-def channel_error(
-    conn: pika.BlockingConnection, fn: Callable[[BlockingChannel], Any]
-) -> pika.exceptions.ChannelClosedByBroker:
-    ch = conn.channel()
-    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
-        fn(ch)
-    assert conn.is_open, "a channel error must not close the connection"
-    return err.value
 
 
 def sync(ch: BlockingChannel) -> None:

@@ -16,7 +16,7 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from .helpers import Env, publish_confirmed
+from .helpers import Env, channel_error, publish_confirmed
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,18 +37,6 @@ def drain(ch: BlockingChannel, queue: str) -> list[bytes]:
         if method is None:
             return out
         out.append(body)
-
-
-def channel_error(
-    conn: pika.BlockingConnection, fn: Callable[[BlockingChannel], Any]
-) -> pika.exceptions.ChannelClosedByBroker:
-    """Run ``fn`` on a fresh channel and return the channel error it must cause."""
-    ch = conn.channel()
-    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
-        fn(ch)
-    assert ch.is_closed
-    assert conn.is_open, "a channel error must not close the connection"
-    return err.value
 
 
 def exq(ch: BlockingChannel) -> str:

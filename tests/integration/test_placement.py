@@ -34,7 +34,16 @@ from pika.spec import Basic, BasicProperties
 from shardmq.broker.metadata import shard_for
 
 from . import rawamqp as raw
-from .helpers import WAIT, Env, get_bodies, queue_counts, unique, wait_counts
+from .helpers import (
+    WAIT,
+    Env,
+    channel_error,
+    get_bodies,
+    queue_counts,
+    queue_exists,
+    unique,
+    wait_counts,
+)
 from .test_confirms_tx import check_confirm_coverage
 
 WORKERS = 3
@@ -167,25 +176,6 @@ Delivery = tuple[Basic.Deliver, BasicProperties, bytes]
 
 def collector(out: list[Delivery]) -> Callable[..., None]:
     return lambda _ch, m, p, b: out.append((m, p, b))
-
-
-def channel_error(
-    conn: pika.BlockingConnection, fn: Callable[[BlockingChannel], Any]
-) -> pika.exceptions.ChannelClosedByBroker:
-    ch = conn.channel()
-    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
-        fn(ch)
-    assert conn.is_open, "a channel error must not close the connection"
-    return err.value
-
-
-def queue_exists(conn: pika.BlockingConnection, queue: str) -> bool:
-    try:
-        conn.channel().queue_declare(queue, passive=True)
-    except pika.exceptions.ChannelClosedByBroker as e:
-        assert e.reply_code == 404, e
-        return False
-    return True
 
 
 def wait_queue_gone(conn: pika.BlockingConnection, queue: str) -> None:

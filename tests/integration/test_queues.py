@@ -17,28 +17,17 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from .helpers import WAIT, Env, publish_confirmed, queue_counts, wait_until
+from .helpers import (
+    WAIT,
+    Env,
+    channel_error,
+    publish_confirmed,
+    queue_counts,
+    queue_exists,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def channel_error(
-    conn: pika.BlockingConnection, fn: Callable[[BlockingChannel], Any]
-) -> pika.exceptions.ChannelClosedByBroker:
-    ch = conn.channel()
-    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
-        fn(ch)
-    assert conn.is_open, "a channel error must not close the connection"
-    return err.value
-
-
-def queue_exists(conn: pika.BlockingConnection, queue: str) -> bool:
-    try:
-        conn.channel().queue_declare(queue, passive=True)
-    except pika.exceptions.ChannelClosedByBroker as e:
-        assert e.reply_code == 404, e
-        return False
-    return True
 
 
 def wait_queue_gone(conn: pika.BlockingConnection, queue: str, timeout: float = WAIT) -> None:
