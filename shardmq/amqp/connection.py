@@ -218,6 +218,10 @@ class AMQPConnection:
         return self._parse_frames(buf, pos)
 
     def _parse_frames(self, buf: bytes | bytearray, pos: int) -> int:
+        # Content is copied out of ``buf`` once: slicing a bytearray copies, and bytes()
+        # of that copy copies again, so take bytearray slices through a memoryview (it
+        # dies with this frame, before ``feed`` resizes the buffer).
+        view: bytes | memoryview = memoryview(buf) if buf.__class__ is bytearray else buf  # type: ignore[assignment]
         n = len(buf)
         limit = self.frame_max - 8
         channels = self.channels
@@ -265,7 +269,7 @@ class AMQPConnection:
                         q = q + 1 + buf[q]
                         if q >= end:
                             raise HardError(FRAME_ERROR, "malformed basic.publish")
-                        ch.asm_exrk = bytes(buf[p:q])
+                        ch.asm_exrk = bytes(view[p:q])
                         ch.asm_exlen = el
                         ch.asm_flags = buf[q]
                         ch.expect = EXPECT_HEADER
@@ -306,7 +310,7 @@ class AMQPConnection:
                     bsize = _unpack_u64(buf, pos + 11)[0]
                     if bsize == 0:
                         ch.expect = EXPECT_METHOD
-                        self._publish(ch, bytes(buf[pos : end + 1]), size, size)
+                        self._publish(ch, bytes(view[pos : end + 1]), size, size)
                     elif bsize > self.max_message_size:
                         ch.expect = EXPECT_METHOD
                         self._soft_error(
@@ -336,10 +340,10 @@ class AMQPConnection:
                                 and s2 <= limit
                             ):
                                 ch.expect = EXPECT_METHOD
-                                self._publish(ch, bytes(buf[pos : e2 + 1]), size, max(size, s2))
+                                self._publish(ch, bytes(view[pos : e2 + 1]), size, max(size, s2))
                                 pos = e2 + 1
                                 continue
-                        ch.asm_parts = [bytes(buf[pos : end + 1])]
+                        ch.asm_parts = [bytes(view[pos : end + 1])]
                         ch.asm_hsize = size
                         ch.asm_fmax = size
                         ch.asm_remaining = bsize
@@ -361,7 +365,7 @@ class AMQPConnection:
                     remaining = ch.asm_remaining - size
                     if remaining < 0:
                         raise HardError(FRAME_ERROR, "content body larger than announced")
-                    ch.asm_parts.append(bytes(buf[pos : end + 1]))
+                    ch.asm_parts.append(bytes(view[pos : end + 1]))
                     if size > ch.asm_fmax:
                         ch.asm_fmax = size
                     ch.asm_remaining = remaining
