@@ -205,3 +205,36 @@ def queue_exists(conn: pika.BlockingConnection, queue: str) -> bool:
         assert e.reply_code == 404, e
         return False
     return True
+
+
+# Reconnects tried to land a connection on a chosen worker (the kernel spreads them by
+# source port): P(never landing on a given worker of 3) = (2/3)**100.
+CONNECT_ATTEMPTS = 100
+
+
+def pika_on_worker(
+    connect: Callable[[], pika.BlockingConnection], worker: int
+) -> pika.BlockingConnection:
+    """A connection from ``connect`` that shardmq's ``worker`` serves (its server
+    properties say which worker took it); the others are closed."""
+    seen = []
+    for _ in range(CONNECT_ATTEMPTS):
+        c = connect()
+        got = c._impl.server_properties["worker"]
+        if got == worker:
+            return c
+        seen.append(got)
+        c.close()
+    raise AssertionError(f"never landed on worker {worker} (landed on {seen})")
+
+
+def raw_on_worker(connect: Callable[[], RawConnection], worker: int) -> RawConnection:
+    """A handshaken raw connection from ``connect`` served by ``worker``, channel 1 open."""
+    for _ in range(CONNECT_ATTEMPTS):
+        r = connect()
+        r.handshake()
+        if r.start_args["server_properties"]["worker"] == worker:
+            r.open_channel(1)
+            return r
+        r.close()
+    raise AssertionError(f"never landed on worker {worker}")

@@ -39,15 +39,16 @@ from .helpers import (
     Env,
     channel_error,
     get_bodies,
+    pika_on_worker,
     queue_counts,
     queue_exists,
+    raw_on_worker,
     unique,
     wait_counts,
 )
 from .test_confirms_tx import check_confirm_coverage
 
 WORKERS = 3
-CONNECT_ATTEMPTS = 100  # P(never landing on a given worker of 3) = (2/3)**100
 QUIET = 0.3  # how long "nothing more arrives" is watched for
 
 pytestmark = [
@@ -90,26 +91,11 @@ class Workers:
 
     def conn(self, worker: int, **kw: Any) -> pika.BlockingConnection:
         """A BlockingConnection served by ``worker`` (reconnect until it lands there)."""
-        seen = []
-        for _ in range(CONNECT_ATTEMPTS):
-            c = self.env.conn(**kw)
-            got = c._impl.server_properties["worker"]
-            if got == worker:
-                return c
-            seen.append(got)
-            c.close()
-        raise AssertionError(f"never landed on worker {worker} (landed on {seen})")
+        return pika_on_worker(lambda: self.env.conn(**kw), worker)
 
     def raw(self, worker: int) -> raw.RawConnection:
         """A handshaken raw connection served by ``worker``, channel 1 open."""
-        for _ in range(CONNECT_ATTEMPTS):
-            r = self.env.raw()
-            r.handshake()
-            if r.start_args["server_properties"]["worker"] == worker:
-                r.open_channel(1)
-                return r
-            r.close()
-        raise AssertionError(f"never landed on worker {worker}")
+        return raw_on_worker(self.env.raw, worker)
 
     def queue(self, worker: int, prefix: str = "q") -> str:
         """A fresh queue name owned by ``worker`` (deleted at cleanup)."""

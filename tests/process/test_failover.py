@@ -31,12 +31,12 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from shardmq.broker.metadata import shard_for
 from tests.integration import rawamqp as raw
+from tests.integration.helpers import pika_on_worker, raw_on_worker
 
 from .conftest import Sup, pid_alive, wait_for
 
 WORKERS = 3
 VICTIM = 1
-CONNECT_ATTEMPTS = 100  # P(never landing on a given worker of 3) = (2/3)**100
 WAIT = 10.0
 
 pytestmark = pytest.mark.timeout(120)
@@ -46,24 +46,12 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def conn_on(sup: Sup, worker: int) -> pika.BlockingConnection:
-    for _ in range(CONNECT_ATTEMPTS):
-        c = sup.connect(connection_attempts=1)
-        if c._impl.server_properties["worker"] == worker:
-            return c
-        c.close()
-    raise AssertionError(f"never landed on worker {worker}")
+    return pika_on_worker(lambda: sup.connect(connection_attempts=1), worker)
 
 
 def raw_on(sup: Sup, worker: int) -> raw.RawConnection:
     """A handshaken raw connection on ``worker`` with channel 1 open."""
-    for _ in range(CONNECT_ATTEMPTS):
-        r = raw.RawConnection("127.0.0.1", sup.port, timeout=WAIT)
-        r.handshake()
-        if r.start_args["server_properties"]["worker"] == worker:
-            r.open_channel(1)
-            return r
-        r.close()
-    raise AssertionError(f"never landed on worker {worker}")
+    return raw_on_worker(lambda: raw.RawConnection("127.0.0.1", sup.port, timeout=WAIT), worker)
 
 
 def queue_on(worker: int, prefix: str) -> str:
