@@ -155,6 +155,34 @@ def write_deliver(
         write_raw_content(out, channel, msg, frame_max)
 
 
+def write_deliver_parts(
+    out: bytearray,
+    channel: int,
+    ctag: bytes,
+    delivery_tag: int,
+    redelivered: bool,
+    exrk: bytes | memoryview,
+    raw: bytes | memoryview,
+    raw_channel: int,
+    hsize: int,
+    fmax: int,
+    frame_max: int,
+) -> None:
+    """``write_deliver`` for content not held in a ``Message``: the fields of one item of
+    a cross-worker DELIVER record, ``exrk`` and ``raw`` possibly views into it."""
+    out += _pack_hdr(FRAME_METHOD, channel, 13 + len(ctag) + len(exrk))
+    out += _DELIVER_IDS
+    out += ctag
+    out += _pack_qb(delivery_tag, redelivered)
+    out += exrk
+    if raw_channel == channel and fmax <= frame_max - 8:
+        out += FRAME_END_BYTES
+        out += raw
+    else:
+        raw = bytes(raw)
+        write_content(out, channel, raw[7 : 7 + hsize], raw_body(raw, hsize), frame_max)
+
+
 def write_get_ok(
     out: bytearray,
     channel: int,

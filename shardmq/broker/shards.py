@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from shardmq.amqp.codec import shortstr
+from shardmq.amqp.codec import shortstr, write_deliver_parts
 from shardmq.amqp.errors import (
     ACCESS_REFUSED,
     NOT_FOUND,
@@ -46,6 +46,7 @@ from shardmq.amqp.errors import (
     SoftError,
 )
 from shardmq.broker import metadata as md
+from shardmq.broker.channel import OUT_LIMIT
 from shardmq.broker.message import Message
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import REMOTE_WINDOW, RemoteQueue
@@ -59,17 +60,24 @@ log = logging.getLogger("shardmq.shards")
 ENQUEUE, DELIVER, SETTLE, CONFIRM, CREDIT, REQUEST, REPLY, IDLE, THROTTLE = range(1, 10)
 ACK, DROP, REQUEUE = 0, 1, 2
 
-# type, confirm conn gid, channel, seq, n queues, address len, exrk len; the address
+# ENQUEUE and DELIVER records are batches: a head naming the destination (queues, or a
+# consumer) and then one item per message, as many as one loop turn produced for that
+# destination (``Mesh.batch``); the reader looks the destination up once per record.
+# ENQUEUE head: type, publisher's conn gid, channel, n queues, address len; the address
 # (shortstr vhost + the queues' shortstr names) follows
-_ENQ = struct.Struct(">BQHQBHH")
+_ENQ = struct.Struct(">BQHBH")
+# ENQUEUE item: confirm seq (0: none), exrk len, raw's channel, header size, largest
+# frame, raw len; exrk and raw follow
+_ENQ_ITEM = struct.Struct(">QHHIII")
 # ENQUEUE seqs of tx commits (publisher confirms count up from 1 and never get here)
 TX_SEQ = 1 << 63
 # address caches are cleared past this many entries (a bound, not a working-set size)
 ADDR_CACHE_MAX = 4096
-_CONTENT = struct.Struct(">HII")  # raw's channel, header size, largest frame
-_DLV = struct.Struct(">BQHQBH")  # type, conn gid, channel, ref, flags, exrk len
+_DLV = struct.Struct(">BQH")  # DELIVER head: type, conn gid, channel; shortstr tag follows
+# DELIVER item: ref, flags, exrk len, raw's channel, header size, largest frame, raw len
+_DLV_ITEM = struct.Struct(">QBHHIII")
 _SETTLE = struct.Struct(">BBI")  # type, action, count
-_CONFIRM = struct.Struct(">BQHQB")  # type, conn gid, channel, seq, ok
+_CONFIRM = struct.Struct(">BQHBI")  # type, conn gid, channel, ok, count; count seqs follow
 _CREDIT = struct.Struct(">BQHI")  # type, conn gid, channel, credit
 _Q = struct.Struct(">Q")
 _THR = struct.Struct(">BQB")  # type, publisher's conn gid, on
@@ -86,6 +94,12 @@ class Link(Protocol):
     """Ordered, reliable record delivery to another worker (the ring mesh)."""
 
     def send(self, target: int, record: bytes) -> None: ...
+
+    batch_limit: int
+
+    def batch(self, target: int, key: object) -> bytearray | None: ...
+
+    def open_batch(self, target: int, key: object, head: bytes) -> bytearray: ...
 
     def is_blocked(self, target: int) -> bool: ...
 
@@ -115,6 +129,7 @@ class ProxyConsumer:
         "channel",
         "shared",
         "hungry",
+        "head",
     )
 
     def __init__(
@@ -146,6 +161,7 @@ class ProxyConsumer:
         # credit managed by the consumer's worker under a global prefetch limit
         self.shared = credit == 0 and not credit_on_settle and not no_ack
         self.hungry = False  # shared, gave its credit back: say when a message waits
+        self.head = _DLV.pack(DELIVER, gid, chnum) + self.ctag  # of its DELIVER records
 
     def ready(self) -> bool:
         if self.credit > 0:
@@ -167,26 +183,23 @@ class ProxyConsumer:
             ref = router.new_ref()
             router.held[ref] = (self, queue, msg)
             self.refs.add(ref)
+        link = router.link
+        buf = link.batch(self.src, self)
+        if buf is None:
+            buf = link.open_batch(self.src, self, self.head)
         exrk = msg.exrk
-        router.link.send(
-            self.src,
-            b"".join(
-                (
-                    _DLV.pack(
-                        DELIVER,
-                        self.gid,
-                        self.chnum,
-                        ref,
-                        (1 if redelivered else 0) | (2 if self.no_ack else 0),
-                        len(exrk),
-                    ),
-                    self.ctag,
-                    exrk,
-                    _CONTENT.pack(msg.ch, msg.hsize, msg.fmax),
-                    msg.raw,
-                )
-            ),
+        raw = msg.raw
+        buf += _DLV_ITEM.pack(
+            ref,
+            (1 if redelivered else 0) | (2 if self.no_ack else 0),
+            len(exrk),
+            msg.ch,
+            msg.hsize,
+            msg.fmax,
+            len(raw),
         )
+        buf += exrk
+        buf += raw
 
 
 class RemotePublisher:
@@ -278,31 +291,33 @@ class ShardRouter:
     ) -> None:
         """Send one copy of ``msg`` to each owning shard; ``seq`` > 0 asks for a confirm."""
         exrk = msg.exrk
-        tail = _CONTENT.pack(msg.ch, msg.hsize, msg.fmax)
-        addrs = self._addr_out
+        raw = msg.raw
+        item = _ENQ_ITEM.pack(seq, len(exrk), msg.ch, msg.hsize, msg.fmax, len(raw))
+        link = self.link
         for shard, queues in groups:
-            addr = addrs.get(queues)
-            if addr is None:
-                if len(addrs) >= ADDR_CACHE_MAX:
-                    addrs.clear()
-                addr = addrs[queues] = shortstr(queues[0].vhost) + b"".join(
-                    shortstr(q.name) for q in queues
-                )
-            self.link.send(
-                shard,
-                b"".join(
-                    (
-                        _ENQ.pack(ENQUEUE, gid, chnum, seq, len(queues), len(addr), len(exrk)),
-                        addr,
-                        exrk,
-                        tail,
-                        msg.raw,
+            key = (gid, chnum, queues)
+            buf = link.batch(shard, key)
+            if buf is None:
+                addrs = self._addr_out
+                addr = addrs.get(queues)
+                if addr is None:
+                    if len(addrs) >= ADDR_CACHE_MAX:
+                        addrs.clear()
+                    addr = addrs[queues] = shortstr(queues[0].vhost) + b"".join(
+                        shortstr(q.name) for q in queues
                     )
-                ),
-            )
+                head = _ENQ.pack(ENQUEUE, gid, chnum, len(queues), len(addr)) + addr
+                buf = link.open_batch(shard, key, head)
+                # what is queued for the shard grows past its limit only by closed
+                # batches, or by this one growing large: look then, not per message
+                if link.is_blocked(shard):
+                    self._throttle(shard)
+            buf += item
+            buf += exrk
+            buf += raw
             if seq:
                 self.waiting.setdefault(shard, {})[(gid, chnum, seq)] = None
-            if self.link.is_blocked(shard):
+            if len(buf) >= link.batch_limit and link.is_blocked(shard):
                 self._throttle(shard)
 
     def _throttle(self, shard: int) -> None:
@@ -410,7 +425,7 @@ class ShardRouter:
 
     # ---------------------------------------------------------------- owner side
     def _on_enqueue(self, src: int, data: bytes) -> None:
-        _t, gid, chnum, seq, nq, alen, exlen = _ENQ.unpack_from(data, 0)
+        _t, gid, chnum, nq, alen = _ENQ.unpack_from(data, 0)
         pos = _ENQ.size + alen
         addr = data[_ENQ.size : pos]
         known = self._addr_in.get(addr)
@@ -425,31 +440,54 @@ class ShardRouter:
             known = self._addr_in[addr] = (vhost, tuple(parsed))
         vhost, names = known
         vh = self.broker.vhosts.get(vhost)
-        exrk = data[pos : pos + exlen]
-        pos += exlen
-        rawch, hsize, fmax = _CONTENT.unpack_from(data, pos)
-        msg = Message(exrk, data[pos + _CONTENT.size :], rawch, hsize, fmax, next(self._refs))
-        # durability: a persistent message stored by durable queues here is confirmed
-        # only once they fsynced it (``ConfirmWaiter``, see shardmq/broker/store.py)
-        waiter = ConfirmWaiter() if seq else None
+        queues: list[Queue] = []
         if vh is not None:
-            queues = vh.queues
+            found = vh.queues
             for name in names:
-                q = queues.get(name)
+                q = found.get(name)
                 if isinstance(q, Queue):
-                    q.publish(msg, waiter)
-                    if gid and q.consumers and q.backed_up(fmax):
-                        q.throttle(RemotePublisher(self, src, gid))
-        if waiter is not None:
-            if waiter.pending:
-                send_ctl = self._send_ctl
+                    queues.append(q)
+        unpack_item = _ENQ_ITEM.unpack_from
+        isize = _ENQ_ITEM.size
+        refs = self._refs
+        end = len(data)
+        confirmed: list[int] = []
+        publisher: RemotePublisher | None = None
+        while pos < end:
+            seq, exlen, rawch, hsize, fmax, rlen = unpack_item(data, pos)
+            pos += isize
+            exrk = data[pos : pos + exlen]
+            pos += exlen
+            msg = Message(exrk, data[pos : pos + rlen], rawch, hsize, fmax, next(refs))
+            pos += rlen
+            # durability: a persistent message stored by durable queues here is
+            # confirmed only once they fsynced it (``ConfirmWaiter``, store.py)
+            waiter = ConfirmWaiter() if seq else None
+            for q in queues:
+                q.publish(msg, waiter)
+                if gid and q.consumers and q.backed_up(fmax):
+                    if publisher is None:
+                        publisher = RemotePublisher(self, src, gid)
+                    q.throttle(publisher)
+            if waiter is not None:
+                if waiter.pending:
+                    waiter.done = self._confirm_later(src, gid, chnum, seq)
+                else:
+                    confirmed.append(seq)
+        if confirmed:
+            self._send_ctl(
+                src,
+                _CONFIRM.pack(CONFIRM, gid, chnum, 1, len(confirmed))
+                + b"".join(map(_Q.pack, confirmed)),
+            )
 
-                def stored(ok: bool) -> None:
-                    send_ctl(src, _CONFIRM.pack(CONFIRM, gid, chnum, seq, 1 if ok else 0))
+    def _confirm_later(self, src: int, gid: int, chnum: int, seq: int) -> Callable[[bool], None]:
+        send_ctl = self._send_ctl
 
-                waiter.done = stored
-            else:
-                self._send_ctl(src, _CONFIRM.pack(CONFIRM, gid, chnum, seq, 1))
+        def stored(ok: bool) -> None:
+            send_ctl(src, _CONFIRM.pack(CONFIRM, gid, chnum, 1 if ok else 0, 1) + _Q.pack(seq))
+
+        return stored
 
     def _on_settle(self, src: int, data: bytes) -> None:
         _t, action, count = _SETTLE.unpack_from(data, 0)
@@ -593,7 +631,7 @@ class ShardRouter:
 
     # ---------------------------------------------------------------- consuming side
     def _on_deliver(self, src: int, data: bytes) -> None:
-        _t, gid, chnum, ref, flags, exlen = _DLV.unpack_from(data, 0)
+        _t, gid, chnum = _DLV.unpack_from(data, 0)
         pos = _DLV.size + 1 + data[_DLV.size]
         rawtag = data[_DLV.size : pos]
         tag = self._tags_in.get(rawtag)
@@ -601,39 +639,89 @@ class ShardRouter:
             if len(self._tags_in) >= ADDR_CACHE_MAX:
                 self._tags_in.clear()
             tag = self._tags_in[rawtag] = rawtag[1:].decode()
-        exrk = data[pos : pos + exlen]
-        pos += exlen
-        rawch, hsize, fmax = _CONTENT.unpack_from(data, pos)
         conn = self.broker.conns_by_gid.get(gid)
         ch = conn.channels.get(chnum) if conn is not None else None
         consumer = ch.consumers.get(tag) if ch is not None and not ch.closing else None  # type: ignore[attr-defined]
-        if consumer is None:
-            if ref:  # nobody to give it to any more: back to the queue
-                self.settle(src, ref, REQUEUE)
+        unpack_item = _DLV_ITEM.unpack_from
+        isize = _DLV_ITEM.size
+        end = len(data)
+        if consumer is None or conn is None:
+            # nobody to give them to any more: back to the queue
+            while pos < end:
+                ref, _f, exlen, _c, _h, _m, rlen = unpack_item(data, pos)
+                pos += isize + exlen + rlen
+                if ref:
+                    self.settle(src, ref, REQUEUE)
             return
-        msg = Message(exrk, data[pos + _CONTENT.size :], rawch, hsize, fmax, ref)
         ch = consumer.channel
-        gq = conn.gq  # type: ignore[union-attr]
-        if gq and consumer in gq:
-            gq[consumer] = max(0, gq[consumer] - 1)
-            limit = ch.global_prefetch
-            if conn.parked or (limit and ch.consumer_unacked >= limit):  # type: ignore[union-attr]
-                # local deliveries took the room meanwhile: hold it until an ack frees
-                # some (bounded by the credit granted)
-                conn.parked.append((consumer, msg, bool(flags & 1)))  # type: ignore[union-attr]
-                return
-            ch.deliver(consumer, consumer.queue, msg, bool(flags & 1))
+        gq = conn.gq
+        shared = bool(gq) and consumer in gq
+        if consumer.no_ack and not shared:
+            # the common fast path: no Message, no unacked entry, straight to the socket
+            n = 0
+            out = conn.out
+            number = ch.number
+            ctag = consumer.ctag
+            frame_max = conn.frame_max
+            view = memoryview(data)
+            tag = ch.next_tag
+            while pos < end:
+                _r, flags, exlen, rawch, hsize, fmax, rlen = unpack_item(data, pos)
+                pos += isize
+                tag += 1
+                write_deliver_parts(
+                    out,
+                    number,
+                    ctag,
+                    tag,
+                    bool(flags & 1),
+                    view[pos : pos + exlen],
+                    view[pos + exlen : pos + exlen + rlen],
+                    rawch,
+                    hsize,
+                    fmax,
+                    frame_max,
+                )
+                pos += exlen + rlen
+                n += 1
+            ch.next_tag = tag
+            view.release()
+            if len(out) > OUT_LIMIT:
+                conn.out_full()
+            conn.wake_once()
+            conn.credit_due[consumer] = conn.credit_due.get(consumer, 0) + n
             return
-        ch.deliver(consumer, consumer.queue, msg, bool(flags & 1))
-        if consumer.no_ack or not consumer.prefetch:
-            conn.credit_due[consumer] = conn.credit_due.get(consumer, 0) + 1  # type: ignore[union-attr]
+        queue = consumer.queue
+        deliver = ch.deliver
+        count_due = not shared and not consumer.prefetch
+        n = 0
+        while pos < end:
+            ref, flags, exlen, rawch, hsize, fmax, rlen = unpack_item(data, pos)
+            pos += isize
+            exrk = data[pos : pos + exlen]
+            pos += exlen
+            msg = Message(exrk, data[pos : pos + rlen], rawch, hsize, fmax, ref)
+            pos += rlen
+            if shared:
+                gq[consumer] = max(0, gq[consumer] - 1)
+                limit = ch.global_prefetch
+                if conn.parked or (limit and ch.consumer_unacked >= limit):
+                    # local deliveries took the room meanwhile: hold it until an ack
+                    # frees some (bounded by the credit granted)
+                    conn.parked.append((consumer, msg, bool(flags & 1)))
+                    continue
+            deliver(consumer, queue, msg, bool(flags & 1))
+            n += 1
+        if count_due:
+            conn.credit_due[consumer] = conn.credit_due.get(consumer, 0) + n
 
     def _on_confirm(self, src: int, data: bytes) -> None:
-        _t, gid, chnum, seq, ok = _CONFIRM.unpack_from(data, 0)
+        _t, gid, chnum, ok, count = _CONFIRM.unpack_from(data, 0)
         waiting = self.waiting.get(src)
-        if waiting is not None:
-            waiting.pop((gid, chnum, seq), None)
-        self._confirm(gid, chnum, seq, bool(ok))
+        for (seq,) in _Q.iter_unpack(data[_CONFIRM.size : _CONFIRM.size + 8 * count]):
+            if waiting is not None:
+                waiting.pop((gid, chnum, seq), None)
+            self._confirm(gid, chnum, seq, bool(ok))
 
     def tx_seq(self, waiter: ConfirmWaiter, shards: int) -> int:
         """A seq for the ENQUEUE records of one committed publish to ``shards`` other

@@ -286,7 +286,7 @@ class Mesh:
         n: int,
         doorbells: list[Doorbell],
         *,
-        batch: int = 1024,
+        read_batch: int = 1024,
         idle_poll: float = 0.1,
     ) -> None:
         self.instance = instance
@@ -294,7 +294,7 @@ class Mesh:
         self.n = n
         self.doorbells = doorbells
         self.bell = doorbells[slot]
-        self.batch = batch
+        self.read_batch = read_batch
         self.idle_poll = idle_poll
         self.control = ControlBlock.attach(control_name(instance))
         if self.control.n != n:
@@ -320,7 +320,15 @@ class Mesh:
         # mid-turn, or every record behind its burst (credit, settles) waits for it
         self._staged = [0] * n
         self.soft_limit = 256 * 1024
+        # an open batch record takes items until it is this large (then a new one opens):
+        # a record is read only once all of it is in the ring
+        self.batch_limit = 32 * 1024
         self._backlog: list[list[bytes | memoryview]] = [[] for _ in range(n)]
+        # per target: the open batch record (``batch``/``open_batch``), its key, and the
+        # bytes of it already counted in ``_staged``
+        self._obuf: list[bytearray | None] = [None] * n
+        self._okey: list[object] = [None] * n
+        self._open: list[int] = []
         self._marked = [False] * n
         self._dirty: list[int] = []
         self._blocked: set[int] = set()
@@ -402,6 +410,8 @@ class Mesh:
                 log.info("mesh: dropping %d queued byte(s) for restarted worker %d", dropped, k)
             self._stage[k].clear()
             self._staged[k] = 0
+            self._obuf[k] = None
+            self._okey[k] = None
             self._backlog[k].clear()
             self._cstage[k].clear()
             self._cbacklog[k].clear()
@@ -446,6 +456,8 @@ class Mesh:
         st = self._stage[dst]
         if not st:
             self._mark(dst)
+        elif self._obuf[dst] is not None:
+            self._close_batch(dst)
         n = len(record)
         st.append(_pack_len(n))
         st.append(record)
@@ -466,6 +478,8 @@ class Mesh:
         st = self._stage[dst]
         if not st:
             self._mark(dst)
+        elif self._obuf[dst] is not None:
+            self._close_batch(dst)
         n = sum(map(len, parts))
         st.append(_pack_len(n))
         st.extend(parts)
@@ -477,6 +491,8 @@ class Mesh:
         st = self._stage[dst]
         if not st:
             self._mark(dst)
+        elif self._obuf[dst] is not None:
+            self._close_batch(dst)
         buf = bytearray(_PLACEHOLDER)
         st.append(buf)
         return buf
@@ -484,6 +500,51 @@ class Mesh:
     @staticmethod
     def end(buf: bytearray) -> None:
         _pack_len_into(buf, 0, len(buf) - 4)
+
+    def batch(self, dst: int, key: object) -> bytearray | None:
+        """The record for ``dst`` still open under ``key`` (``open_batch``), to append
+        one more item to, or None: nothing else was queued for ``dst`` since it was
+        opened, this turn's flush has not happened, and it is under ``batch_limit``
+        bytes. Keys of different record kinds must never compare equal."""
+        buf = self._obuf[dst]
+        if buf is not None and self._okey[dst] == key and len(buf) < self.batch_limit:
+            return buf
+        return None
+
+    def open_batch(self, dst: int, key: object, head: bytes) -> bytearray:
+        """Queue a record for ``dst`` that starts with ``head`` and stays open: the caller
+        appends items to the returned buffer, this turn, for as long as ``batch(dst,
+        key)`` returns it. Its length is written when it closes (any other record for
+        ``dst``, a new batch, or the flush). Many items, one record: one header to read,
+        one lookup of the queue or consumer, one callback on the reading side."""
+        st = self._stage[dst]
+        if not st:
+            self._mark(dst)
+        elif self._obuf[dst] is not None:
+            self._close_batch(dst)
+        buf = bytearray(_PLACEHOLDER)
+        buf += head
+        st.append(buf)
+        self._obuf[dst] = buf
+        self._okey[dst] = key
+        self._open.append(dst)
+        return buf
+
+    def _close_batch(self, dst: int) -> None:
+        buf = self._obuf[dst]
+        assert buf is not None
+        self._obuf[dst] = None
+        self._okey[dst] = None
+        n = len(buf) - 4
+        _pack_len_into(buf, 0, n)
+        self._staged[dst] += n
+
+    def _close_batches(self) -> None:
+        obuf = self._obuf
+        for j in self._open:
+            if obuf[j] is not None:
+                self._close_batch(j)
+        self._open.clear()
 
     def pending(self, dst: int) -> int:
         """Bytes queued for ``dst`` and not yet in its ring."""
@@ -500,7 +561,8 @@ class Mesh:
         into the ring."""
         if dst in self._blocked:
             return True
-        if self._staged[dst] > self.soft_limit:
+        buf = self._obuf[dst]
+        if self._staged[dst] + (len(buf) if buf is not None else 0) > self.soft_limit:
             self._blocked.add(dst)
             return True
         return False
@@ -513,6 +575,8 @@ class Mesh:
         """Write what fits of every queue; returns the targets still blocked (their
         ring is full; ``on_writable`` follows once all their data went in)."""
         self._flush_scheduled = False
+        if self._open:
+            self._close_batches()
         dirty = self._dirty
         if not dirty:
             return []
@@ -645,7 +709,7 @@ class Mesh:
         got = 0
         inboxes = self._in
         on_records = self.on_records
-        batch = self.batch
+        batch = self.read_batch
         read: list[int] = []
         cinboxes = self._cin
         for k in self._peers:

@@ -19,12 +19,37 @@ from tests.broker.harness import Client, connect
 
 
 class FakeLink:
+    """One worker's rings. A batch record (``open_batch``) stays open until anything else
+    is sent to its target or ``pump`` takes it, as the mesh closes it at its flush."""
+
     def __init__(self, cluster: Cluster, slot: int) -> None:
         self.cluster = cluster
         self.slot = slot
+        self.open: dict[int, tuple[object, bytearray]] = {}
+        self.batch_limit = 32 * 1024
 
     def send(self, target: int, record: bytes) -> None:
+        self.open.pop(target, None)
         self.cluster.records.append((self.slot, target, bytes(record)))
+
+    def batch(self, target: int, key: object) -> bytearray | None:
+        entry = self.open.get(target)
+        if entry is None or entry[0] != key or len(entry[1]) >= self.batch_limit:
+            return None
+        return entry[1]
+
+    def open_batch(self, target: int, key: object, head: bytes) -> bytearray:
+        buf = bytearray(head)
+        self.open[target] = (key, buf)
+        self.cluster.records.append((self.slot, target, buf))  # type: ignore[arg-type]
+        return buf
+
+    def take(self, target: int, record: bytes | bytearray) -> bytes:
+        """``record`` leaves for ``target``: an open batch closes."""
+        entry = self.open.get(target)
+        if entry is not None and entry[1] is record:
+            del self.open[target]
+        return bytes(record)
 
     def send_control(self, target: int, record: bytes) -> None:
         # the control lane: delivered before any bulk record still queued (as the mesh
@@ -84,6 +109,7 @@ class Cluster:
                 moved = True
                 lane = self.urgent or self.records
                 src, target, rec = lane.popleft()
+                rec = self.brokers[src].shards.link.take(target, rec)  # type: ignore[attr-defined]
                 self.brokers[target].shards.on_records(src, [rec])
             for c in self.clients:
                 before = len(c.methods) + len(c.deliveries)

@@ -219,6 +219,58 @@ def test_soft_limit_blocks_a_burst_before_the_ring_is_tried(host: MeshHost) -> N
     run(main())
 
 
+def test_open_batch_takes_items_until_anything_else_or_the_flush(host: MeshHost) -> None:
+    """A batch record stays open for appends under its key; another record for the same
+    target, another key, the size limit or the turn's flush closes it, and the reader
+    gets every record whole and in the order it was queued."""
+
+    async def main() -> None:
+        m0, m1, m2 = meshes(host, idle_poll=5.0)
+        got: list[bytes] = []
+        m1.on_records = lambda src, recs: got.extend(map(bytes, recs))  # type: ignore[assignment,misc]
+        m0.start()
+        m1.start()
+        m0.batch_limit = 64
+        a = m0.open_batch(1, "a", b"A:")
+        a += b"1"
+        assert m0.batch(1, "a") is a
+        assert m0.batch(1, "b") is None  # another key
+        assert m0.batch(2, "a") is None  # another target
+        a += b"2"
+        m0.send(1, b"plain")  # closes "a": an item appended later would overtake it
+        assert m0.batch(1, "a") is None
+        b = m0.open_batch(1, "a", b"B:")
+        b += b"x" * 70
+        assert m0.batch(1, "a") is None  # past batch_limit
+        c = m0.open_batch(1, "a", b"C:")
+        c += b"3"
+        d = m0.open_batch(1, "d", b"D:")  # a new key closes the open one
+        d += b"4"
+        assert m0.batch(1, "a") is None and m0.batch(1, "d") is d
+        for _ in range(200):
+            if len(got) == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert got == [b"A:12", b"plain", b"B:" + b"x" * 70, b"C:3", b"D:4"]
+        assert m0.batch(1, "d") is None  # the flush closed it
+        # an open batch counts towards the soft limit
+        m0.soft_limit = 100
+        e = m0.open_batch(1, "e", b"")
+        e += b"y" * 90
+        assert not m0.is_blocked(1)
+        e += b"y" * 20
+        assert m0.is_blocked(1)
+        for _ in range(200):
+            if len(got) == 6:
+                break
+            await asyncio.sleep(0.01)
+        assert got[5] == b"y" * 110
+        for m in (m0, m1, m2):
+            m.close()
+
+    run(main())
+
+
 def test_control_lane_overtakes_bulk_data(tmp_path: Path) -> None:
     """Bulk data filling the data ring and a backlog behind it do not delay a control
     record: the reader gets it in its first read; order holds within each lane."""
