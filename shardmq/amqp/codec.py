@@ -48,7 +48,7 @@ def method_index(class_id: int, method_id: int) -> int:
 BASIC_PUBLISH = method_index(60, 40)
 BASIC_ACK = method_index(60, 80)
 
-_DELIVER_IDS = U32.pack(method_index(60, 60))
+DELIVER_IDS = _DELIVER_IDS = U32.pack(method_index(60, 60))
 _GET_OK_IDS = U32.pack(method_index(60, 71))
 _RETURN_IDS = U32.pack(method_index(60, 50))
 _ACK_IDS = U32.pack(BASIC_ACK)

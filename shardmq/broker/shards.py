@@ -38,7 +38,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from shardmq.amqp.codec import shortstr, write_deliver_parts
+from shardmq.amqp.codec import (
+    DELIVER_IDS,
+    FRAME_END_BYTES,
+    FRAME_HDR,
+    FRAME_METHOD,
+    U64_BIT,
+    shortstr,
+    write_deliver_parts,
+)
 from shardmq.amqp.errors import (
     ACCESS_REFUSED,
     NOT_FOUND,
@@ -74,7 +82,9 @@ TX_SEQ = 1 << 63
 # address caches are cleared past this many entries (a bound, not a working-set size)
 ADDR_CACHE_MAX = 4096
 _DLV = struct.Struct(">BQH")  # DELIVER head: type, conn gid, channel; shortstr tag follows
-# DELIVER item: ref, flags, exrk len, raw's channel, header size, largest frame, raw len
+# DELIVER item: ref, flags, exrk len, raw's channel, header size, largest frame, raw len;
+# then exrk, a frame-end octet and raw: the tail of a basic.deliver frame and its content
+# frames, which a consumer on the raw's channel number gets in one copy
 _DLV_ITEM = struct.Struct(">QBHHIII")
 _SETTLE = struct.Struct(">BBI")  # type, action, count
 _CONFIRM = struct.Struct(">BQHBI")  # type, conn gid, channel, ok, count; count seqs follow
@@ -86,6 +96,8 @@ _THR = struct.Struct(">BQB")  # type, publisher's conn gid, on
 WINDOW = REMOTE_WINDOW
 
 Callback = Callable[[AMQPError | None, Any], None]
+pack_frame_hdr = FRAME_HDR.pack
+pack_tag_bit = U64_BIT.pack
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
@@ -199,6 +211,7 @@ class ProxyConsumer:
             len(raw),
         )
         buf += exrk
+        buf += FRAME_END_BYTES
         buf += raw
 
 
@@ -649,7 +662,7 @@ class ShardRouter:
             # nobody to give them to any more: back to the queue
             while pos < end:
                 ref, _f, exlen, _c, _h, _m, rlen = unpack_item(data, pos)
-                pos += isize + exlen + rlen
+                pos += isize + exlen + 1 + rlen
                 if ref:
                     self.settle(src, ref, REQUEUE)
             return
@@ -657,32 +670,45 @@ class ShardRouter:
         gq = conn.gq
         shared = bool(gq) and consumer in gq
         if consumer.no_ack and not shared:
-            # the common fast path: no Message, no unacked entry, straight to the socket
+            # the common fast path: no Message, no unacked entry, straight to the socket.
+            # The bytes are codec.write_deliver's: method frame header, ids, consumer
+            # tag, delivery tag + redelivered, then exrk, frame end and the raw content
+            # frames copied from the item in one piece when they fit the channel as is.
             n = 0
             out = conn.out
             number = ch.number
             ctag = consumer.ctag
+            ids_ctag = DELIVER_IDS + ctag
+            size0 = 13 + len(ctag)
             frame_max = conn.frame_max
+            fits = frame_max - 8
             view = memoryview(data)
             tag = ch.next_tag
             while pos < end:
                 _r, flags, exlen, rawch, hsize, fmax, rlen = unpack_item(data, pos)
                 pos += isize
                 tag += 1
-                write_deliver_parts(
-                    out,
-                    number,
-                    ctag,
-                    tag,
-                    bool(flags & 1),
-                    view[pos : pos + exlen],
-                    view[pos + exlen : pos + exlen + rlen],
-                    rawch,
-                    hsize,
-                    fmax,
-                    frame_max,
-                )
-                pos += exlen + rlen
+                nxt = pos + exlen + 1 + rlen
+                if rawch == number and fmax <= fits:
+                    out += pack_frame_hdr(FRAME_METHOD, number, size0 + exlen)
+                    out += ids_ctag
+                    out += pack_tag_bit(tag, flags & 1)
+                    out += view[pos:nxt]
+                else:
+                    write_deliver_parts(
+                        out,
+                        number,
+                        ctag,
+                        tag,
+                        bool(flags & 1),
+                        data[pos : pos + exlen],
+                        data[pos + exlen + 1 : nxt],
+                        rawch,
+                        hsize,
+                        fmax,
+                        frame_max,
+                    )
+                pos = nxt
                 n += 1
             ch.next_tag = tag
             view.release()
@@ -699,7 +725,7 @@ class ShardRouter:
             ref, flags, exlen, rawch, hsize, fmax, rlen = unpack_item(data, pos)
             pos += isize
             exrk = data[pos : pos + exlen]
-            pos += exlen
+            pos += exlen + 1
             msg = Message(exrk, data[pos : pos + rlen], rawch, hsize, fmax, ref)
             pos += rlen
             if shared:
