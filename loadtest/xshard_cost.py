@@ -1,13 +1,13 @@
 """CPU cost per message of a local delivery vs a cross-shard one, in one process.
 
-Owns: ``python -m loadtest.xshard_cost``: N in-process workers (the test suite's
-``tests.broker.cluster.Cluster``: real brokers, real cross-shard record encoding and
-decoding, records copied between workers as the rings copy them), one publisher, one
-queue, one no-ack consumer, 16-byte messages; prints the CPU microseconds per message
-(all workers together, ``time.process_time``) for three placements: everything on
-worker 0; queue on worker 1; queue on 1 and consumer on 2. What it leaves out: the
-shared-memory copy itself (a memcpy, measured by ``python -m shardmq.ipc.bench``) and
-the doorbell wake-ups, which are rare under load.
+Owns: ``python -m loadtest.xshard_cost``: 3 in-process workers (the test suite's
+``tests.broker.cluster.MeshCluster``: real brokers talking through the real mesh, shared-
+memory rings, batch records, flushes and reads, pumped in turn instead of by event
+loops), one publisher, one queue, one no-ack consumer, 16-byte messages; prints the CPU
+microseconds per message (all workers together, ``time.process_time``) for three
+placements: everything on worker 0; queue on worker 1 (there and back); queue on 1 and
+consumer on 2. What it leaves out: the doorbell wake-ups (an eventfd write and an epoll
+wake per sleeping reader), which are rare under load, and the sockets.
 
 Run from the repository root (it imports the test harness): medians of ``--rounds``.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shardmq.amqp import methods as M  # noqa: E402
-from tests.broker.cluster import Cluster  # noqa: E402
+from tests.broker.cluster import MeshCluster  # noqa: E402
 from tests.broker.harness import Client, content_frames, method_frame  # noqa: E402
 
 BATCH = 500
@@ -58,7 +58,14 @@ def lean_client(client: Client) -> None:
 
 def one_run(pub_w: int, queue_w: int, con_w: int, n: int) -> float:
     """CPU microseconds per message for ``n`` messages with that placement."""
-    cl = Cluster(3)
+    cl = MeshCluster(3)
+    try:
+        return _measure(cl, pub_w, queue_w, con_w, n)
+    finally:
+        cl.close()
+
+
+def _measure(cl: MeshCluster, pub_w: int, queue_w: int, con_w: int, n: int) -> float:
     q = cl.queue_on(queue_w, "cost")
     pub, con = cl.connect(pub_w), cl.connect(con_w)
     pub.open_channel(1)

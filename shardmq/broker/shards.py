@@ -41,9 +41,7 @@ import msgspec
 from shardmq.amqp.codec import (
     DELIVER_IDS,
     FRAME_END_BYTES,
-    FRAME_HDR,
     FRAME_METHOD,
-    U64_BIT,
     shortstr,
     write_deliver_parts,
 )
@@ -96,8 +94,8 @@ _THR = struct.Struct(">BQB")  # type, publisher's conn gid, on
 WINDOW = REMOTE_WINDOW
 
 Callback = Callable[[AMQPError | None, Any], None]
-pack_frame_hdr = FRAME_HDR.pack
-pack_tag_bit = U64_BIT.pack
+# basic.deliver frame starts by the length of method ids + consumer tag
+_DELIVER_HEADS: dict[int, struct.Struct] = {}
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
@@ -108,10 +106,14 @@ class Link(Protocol):
     def send(self, target: int, record: bytes) -> None: ...
 
     batch_limit: int
+    # the targets ``is_blocked`` last said were blocked (kept current by the link)
+    blocked_set: set[int]
 
-    def batch(self, target: int, key: object) -> bytearray | None: ...
+    def batch(self, target: int, key: object, match: object = None) -> bytearray | None: ...
 
-    def open_batch(self, target: int, key: object, head: bytes) -> bytearray: ...
+    def open_batch(
+        self, target: int, key: object, head: bytes, match: object = None
+    ) -> bytearray: ...
 
     def is_blocked(self, target: int) -> bool: ...
 
@@ -178,8 +180,10 @@ class ProxyConsumer:
     def ready(self) -> bool:
         if self.credit > 0:
             # and the ring to its worker has room: credit bounds messages, the ring
-            # bounds the bytes in flight (large messages, big windows)
-            return not self.router.link.is_blocked(self.src)
+            # bounds the bytes in flight (large messages, big windows). ``deliver``
+            # asks the link whenever what is queued for the ring can have passed its
+            # limit; the answer lands in ``blocked_set``.
+            return self.src not in self.router.link.blocked_set
         if self.hungry:
             self.hungry = False
             self.router.idle(self, 0)
@@ -196,9 +200,11 @@ class ProxyConsumer:
             router.held[ref] = (self, queue, msg)
             self.refs.add(ref)
         link = router.link
-        buf = link.batch(self.src, self)
+        src = self.src
+        buf = link.batch(src, self)
         if buf is None:
-            buf = link.open_batch(self.src, self, self.head)
+            buf = link.open_batch(src, self, self.head)
+            link.is_blocked(src)  # closed batches grew what is queued: see ``ready``
         exrk = msg.exrk
         raw = msg.raw
         buf += _DLV_ITEM.pack(
@@ -213,6 +219,8 @@ class ProxyConsumer:
         buf += exrk
         buf += FRAME_END_BYTES
         buf += raw
+        if len(buf) >= link.batch_limit:
+            link.is_blocked(src)
 
 
 class RemotePublisher:
@@ -307,9 +315,9 @@ class ShardRouter:
         raw = msg.raw
         item = _ENQ_ITEM.pack(seq, len(exrk), msg.ch, msg.hsize, msg.fmax, len(raw))
         link = self.link
+        key = (gid, chnum)  # one open batch per channel and shard: publish order holds
         for shard, queues in groups:
-            key = (gid, chnum, queues)
-            buf = link.batch(shard, key)
+            buf = link.batch(shard, key, queues)
             if buf is None:
                 addrs = self._addr_out
                 addr = addrs.get(queues)
@@ -320,7 +328,7 @@ class ShardRouter:
                         shortstr(q.name) for q in queues
                     )
                 head = _ENQ.pack(ENQUEUE, gid, chnum, len(queues), len(addr)) + addr
-                buf = link.open_batch(shard, key, head)
+                buf = link.open_batch(shard, key, head, queues)
                 # what is queued for the shard grows past its limit only by closed
                 # batches, or by this one growing large: look then, not per message
                 if link.is_blocked(shard):
@@ -478,7 +486,9 @@ class ShardRouter:
             waiter = ConfirmWaiter() if seq else None
             for q in queues:
                 q.publish(msg, waiter)
-                if gid and q.consumers and q.backed_up(fmax):
+                # (an empty queue is not backed up: most publishes to a consumed queue
+                # go straight out)
+                if gid and q.store and q.consumers and q.backed_up(fmax):
                     if publisher is None:
                         publisher = RemotePublisher(self, src, gid)
                     q.throttle(publisher)
@@ -680,6 +690,11 @@ class ShardRouter:
             ctag = consumer.ctag
             ids_ctag = DELIVER_IDS + ctag
             size0 = 13 + len(ctag)
+            # frame header, ids + tag, delivery tag + redelivered: one pack
+            head = _DELIVER_HEADS.get(len(ids_ctag))
+            if head is None:
+                head = _DELIVER_HEADS[len(ids_ctag)] = struct.Struct(f">BHI{len(ids_ctag)}sQB")
+            pack_head = head.pack
             frame_max = conn.frame_max
             fits = frame_max - 8
             view = memoryview(data)
@@ -690,9 +705,7 @@ class ShardRouter:
                 tag += 1
                 nxt = pos + exlen + 1 + rlen
                 if rawch == number and fmax <= fits:
-                    out += pack_frame_hdr(FRAME_METHOD, number, size0 + exlen)
-                    out += ids_ctag
-                    out += pack_tag_bit(tag, flags & 1)
+                    out += pack_head(FRAME_METHOD, number, size0 + exlen, ids_ctag, tag, flags & 1)
                     out += view[pos:nxt]
                 else:
                     write_deliver_parts(

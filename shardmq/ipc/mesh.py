@@ -57,6 +57,7 @@ _LEN = struct.Struct("<I")
 _pack_len = _LEN.pack
 _pack_len_into = _LEN.pack_into
 _PLACEHOLDER = b"\0\0\0\0"
+_CLOSE = object()  # a match no open batch has
 # Each ordered pair also has a small control ring (lane 1) for records that must not
 # wait behind bulk data (credit, settles, confirms): the bulk ring may hold a megabyte of
 # publishes that the reader needs ~100 ms to get through.
@@ -324,14 +325,17 @@ class Mesh:
         # a record is read only once all of it is in the ring
         self.batch_limit = 32 * 1024
         self._backlog: list[list[bytes | memoryview]] = [[] for _ in range(n)]
-        # per target: the open batch record (``batch``/``open_batch``), its key, and the
-        # bytes of it already counted in ``_staged``
-        self._obuf: list[bytearray | None] = [None] * n
-        self._okey: list[object] = [None] * n
+        # per target: the open batch records (``batch``/``open_batch``): the one used
+        # last as (key, match, buffer), the others by key; and the targets that have any
+        self._ocur: list[tuple[object, object, bytearray] | None] = [None] * n
+        self._oother: list[dict[object, tuple[object, object, bytearray]]] = [{} for _ in range(n)]
         self._open: list[int] = []
         self._marked = [False] * n
         self._dirty: list[int] = []
         self._blocked: set[int] = set()
+        # the same set, for callers that test membership instead of calling is_blocked
+        # (it changes when is_blocked or a flush says so; never replaced)
+        self.blocked_set = self._blocked
         self._peers = [k for k in range(n) if k != slot]
         self._seq = -1
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -410,8 +414,8 @@ class Mesh:
                 log.info("mesh: dropping %d queued byte(s) for restarted worker %d", dropped, k)
             self._stage[k].clear()
             self._staged[k] = 0
-            self._obuf[k] = None
-            self._okey[k] = None
+            self._ocur[k] = None
+            self._oother[k].clear()
             self._backlog[k].clear()
             self._cstage[k].clear()
             self._cbacklog[k].clear()
@@ -456,8 +460,8 @@ class Mesh:
         st = self._stage[dst]
         if not st:
             self._mark(dst)
-        elif self._obuf[dst] is not None:
-            self._close_batch(dst)
+        elif self._ocur[dst] is not None:
+            self._close_batches_of(dst)
         n = len(record)
         st.append(_pack_len(n))
         st.append(record)
@@ -478,8 +482,8 @@ class Mesh:
         st = self._stage[dst]
         if not st:
             self._mark(dst)
-        elif self._obuf[dst] is not None:
-            self._close_batch(dst)
+        elif self._ocur[dst] is not None:
+            self._close_batches_of(dst)
         n = sum(map(len, parts))
         st.append(_pack_len(n))
         st.extend(parts)
@@ -491,8 +495,8 @@ class Mesh:
         st = self._stage[dst]
         if not st:
             self._mark(dst)
-        elif self._obuf[dst] is not None:
-            self._close_batch(dst)
+        elif self._ocur[dst] is not None:
+            self._close_batches_of(dst)
         buf = bytearray(_PLACEHOLDER)
         st.append(buf)
         return buf
@@ -501,50 +505,78 @@ class Mesh:
     def end(buf: bytearray) -> None:
         _pack_len_into(buf, 0, len(buf) - 4)
 
-    def batch(self, dst: int, key: object) -> bytearray | None:
-        """The record for ``dst`` still open under ``key`` (``open_batch``), to append
-        one more item to, or None: nothing else was queued for ``dst`` since it was
-        opened, this turn's flush has not happened, and it is under ``batch_limit``
-        bytes. Keys of different record kinds must never compare equal."""
-        buf = self._obuf[dst]
-        if buf is not None and self._okey[dst] == key and len(buf) < self.batch_limit:
+    def batch(self, dst: int, key: object, match: object = None) -> bytearray | None:
+        """The record for ``dst`` open under ``key`` (``open_batch``), to append one more
+        item to, or None. A record stays open until anything else is queued for ``dst``
+        (``send``, ``send_parts``, ``begin``), this turn's flush, or until it reaches
+        ``batch_limit`` bytes or is asked for with another ``match`` (those close it: the
+        caller opens a new one). Records open under different keys take items in any
+        order, so give one key to whatever must stay in order."""
+        cur = self._ocur[dst]
+        if cur is None:
+            return None
+        if cur[0] != key:
+            others = self._oother[dst]
+            entry = others.pop(key, None) if others else None
+            if entry is None:
+                return None
+            others[cur[0]] = cur
+            self._ocur[dst] = cur = entry
+        buf = cur[2]
+        if cur[1] == match and len(buf) < self.batch_limit:
             return buf
-        return None
-
-    def open_batch(self, dst: int, key: object, head: bytes) -> bytearray:
-        """Queue a record for ``dst`` that starts with ``head`` and stays open: the caller
-        appends items to the returned buffer, this turn, for as long as ``batch(dst,
-        key)`` returns it. Its length is written when it closes (any other record for
-        ``dst``, a new batch, or the flush). Many items, one record: one header to read,
-        one lookup of the queue or consumer, one callback on the reading side."""
-        st = self._stage[dst]
-        if not st:
-            self._mark(dst)
-        elif self._obuf[dst] is not None:
-            self._close_batch(dst)
-        buf = bytearray(_PLACEHOLDER)
-        buf += head
-        st.append(buf)
-        self._obuf[dst] = buf
-        self._okey[dst] = key
-        self._open.append(dst)
-        return buf
-
-    def _close_batch(self, dst: int) -> None:
-        buf = self._obuf[dst]
-        assert buf is not None
-        self._obuf[dst] = None
-        self._okey[dst] = None
+        # full, or another match: it closes (it was the last opened or is made so)
+        others = self._oother[dst]
+        if others:
+            _k, nxt = others.popitem()
+            self._ocur[dst] = nxt
+        else:
+            self._ocur[dst] = None
         n = len(buf) - 4
         _pack_len_into(buf, 0, n)
         self._staged[dst] += n
+        return None
 
-    def _close_batches(self) -> None:
-        obuf = self._obuf
-        for j in self._open:
-            if obuf[j] is not None:
-                self._close_batch(j)
-        self._open.clear()
+    def open_batch(self, dst: int, key: object, head: bytes, match: object = None) -> bytearray:
+        """Queue a record for ``dst`` that starts with ``head`` and stays open: the caller
+        appends items to the returned buffer, this turn, for as long as ``batch(dst,
+        key, match)`` returns it. Its length is written when it closes. Many items, one
+        record: one header to read, one lookup of the queue or consumer, one callback
+        on the reading side."""
+        st = self._stage[dst]
+        if not st:
+            self._mark(dst)
+        if self.batch(dst, key, _CLOSE) is not None:  # pragma: no cover - _CLOSE never matches
+            raise AssertionError
+        cur = self._ocur[dst]
+        if cur is None:
+            self._open.append(dst)
+        else:
+            self._oother[dst][cur[0]] = cur
+        buf = bytearray(_PLACEHOLDER)
+        buf += head
+        st.append(buf)
+        self._ocur[dst] = (key, match, buf)
+        return buf
+
+    def _open_sizes(self, dst: int) -> int:
+        cur = self._ocur[dst]
+        if cur is None:
+            return 0
+        return len(cur[2]) + sum([len(e[2]) for e in self._oother[dst].values()])
+
+    def _close_batches_of(self, dst: int) -> None:
+        cur = self._ocur[dst]
+        if cur is None:
+            return
+        n = 0
+        for _k, _m, buf in (cur, *self._oother[dst].values()):
+            size = len(buf) - 4
+            _pack_len_into(buf, 0, size)
+            n += size
+        self._ocur[dst] = None
+        self._oother[dst].clear()
+        self._staged[dst] += n
 
     def pending(self, dst: int) -> int:
         """Bytes queued for ``dst`` and not yet in its ring."""
@@ -561,8 +593,7 @@ class Mesh:
         into the ring."""
         if dst in self._blocked:
             return True
-        buf = self._obuf[dst]
-        if self._staged[dst] + (len(buf) if buf is not None else 0) > self.soft_limit:
+        if self._staged[dst] + self._open_sizes(dst) > self.soft_limit:
             self._blocked.add(dst)
             return True
         return False
@@ -576,7 +607,9 @@ class Mesh:
         ring is full; ``on_writable`` follows once all their data went in)."""
         self._flush_scheduled = False
         if self._open:
-            self._close_batches()
+            for j in self._open:
+                self._close_batches_of(j)
+            self._open.clear()
         dirty = self._dirty
         if not dirty:
             return []

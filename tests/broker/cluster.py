@@ -7,6 +7,7 @@ protocol is tested without processes or shared memory.
 
 from __future__ import annotations
 
+import tempfile
 from collections import deque
 from typing import Any
 
@@ -15,40 +16,46 @@ from shardmq.broker.metadata import shard_for
 from shardmq.broker.sequencer import Sequencer, WorkerMeta
 from shardmq.broker.shards import ShardRouter
 from shardmq.config import load_config
+from shardmq.ipc.mesh import Mesh, MeshHost
 from tests.broker.harness import Client, connect
 
 
 class FakeLink:
-    """One worker's rings. A batch record (``open_batch``) stays open until anything else
-    is sent to its target or ``pump`` takes it, as the mesh closes it at its flush."""
+    """One worker's rings. Batch records (``open_batch``) stay open until anything else
+    is sent to their target or ``pump`` takes them, as the mesh closes them at its
+    flush; several may be open per target, under different keys."""
 
     def __init__(self, cluster: Cluster, slot: int) -> None:
         self.cluster = cluster
         self.slot = slot
-        self.open: dict[int, tuple[object, bytearray]] = {}
+        self.open: dict[int, dict[object, tuple[bytearray, object]]] = {}
         self.batch_limit = 32 * 1024
+        self.blocked_set: set[int] = set()
 
     def send(self, target: int, record: bytes) -> None:
         self.open.pop(target, None)
         self.cluster.records.append((self.slot, target, bytes(record)))
 
-    def batch(self, target: int, key: object) -> bytearray | None:
-        entry = self.open.get(target)
-        if entry is None or entry[0] != key or len(entry[1]) >= self.batch_limit:
+    def batch(self, target: int, key: object, match: object = None) -> bytearray | None:
+        opened = self.open.get(target, {})
+        entry = opened.get(key)
+        if entry is None:
             return None
-        return entry[1]
+        if entry[1] != match or len(entry[0]) >= self.batch_limit:
+            del opened[key]
+            return None
+        return entry[0]
 
-    def open_batch(self, target: int, key: object, head: bytes) -> bytearray:
+    def open_batch(self, target: int, key: object, head: bytes, match: object = None) -> bytearray:
         buf = bytearray(head)
-        self.open[target] = (key, buf)
+        self.open.setdefault(target, {})[key] = (buf, match)
         self.cluster.records.append((self.slot, target, buf))  # type: ignore[arg-type]
         return buf
 
     def take(self, target: int, record: bytes | bytearray) -> bytes:
-        """``record`` leaves for ``target``: an open batch closes."""
-        entry = self.open.get(target)
-        if entry is not None and entry[1] is record:
-            del self.open[target]
+        """``record`` leaves for ``target``: the batches open for it close."""
+        if isinstance(record, bytearray):
+            self.open.pop(target, None)
         return bytes(record)
 
     def send_control(self, target: int, record: bytes) -> None:
@@ -61,6 +68,9 @@ class FakeLink:
 
 
 class Cluster:
+    def _link(self, slot: int) -> Any:
+        return FakeLink(self, slot)
+
     def __init__(self, n: int = 3) -> None:
         self.n = n
         config = load_config()
@@ -72,7 +82,7 @@ class Cluster:
         self.clients: list[Client] = []
         for slot in range(n):
             b = Broker(config, slot=slot, workers=n)
-            b.shards = ShardRouter(b, FakeLink(self, slot))
+            b.shards = ShardRouter(b, self._link(slot))
             b.sequencer = WorkerMeta(
                 b.metadata, lambda m, slot=slot: self.control.append(("s", slot, m))
             )
@@ -81,8 +91,8 @@ class Cluster:
             self.sequencer.worker_up(slot)
         self.pump()
 
-    def connect(self, slot: int) -> Client:
-        client = connect(self.brokers[slot])
+    def connect(self, slot: int, frame_max: int = 131072) -> Client:
+        client = connect(self.brokers[slot], frame_max=frame_max)
         self.clients.append(client)
         return client
 
@@ -105,12 +115,8 @@ class Cluster:
                     self.brokers[slot].sequencer.on_message(msg)
                 else:
                     self.sequencer.on_message(slot, msg)
-            while self.urgent or self.records:
+            if self._move_records():
                 moved = True
-                lane = self.urgent or self.records
-                src, target, rec = lane.popleft()
-                rec = self.brokers[src].shards.link.take(target, rec)  # type: ignore[attr-defined]
-                self.brokers[target].shards.on_records(src, [rec])
             for c in self.clients:
                 before = len(c.methods) + len(c.deliveries)
                 c.pump()
@@ -119,6 +125,16 @@ class Cluster:
             if not moved and not any(b.shards._settles for b in self.brokers):
                 return
         raise AssertionError("cluster did not settle")
+
+    def _move_records(self) -> bool:
+        moved = False
+        while self.urgent or self.records:
+            moved = True
+            lane = self.urgent or self.records
+            src, target, rec = lane.popleft()
+            rec = self.brokers[src].shards.link.take(target, rec)
+            self.brokers[target].shards.on_records(src, [rec])
+        return moved
 
     def kill(self, slot: int) -> None:
         """Worker ``slot`` dies: the others learn it, the sequencer forgets it, and a
@@ -137,3 +153,35 @@ class Cluster:
         self.brokers[slot] = b
         self.sequencer.worker_up(slot)
         self.pump()
+
+
+class MeshCluster(Cluster):
+    """A ``Cluster`` whose workers talk through the real mesh: shared-memory rings,
+    batch records, flushes and reads, driven by ``pump`` instead of an event loop (no
+    doorbell ever sleeps). For measuring what a cross-worker message costs
+    (``loadtest/xshard_cost.py``); ``close`` removes the shared memory."""
+
+    def __init__(self, n: int = 3, ring_capacity: int = 1 << 20) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="shardmq-meshcluster-")
+        self.host = MeshHost(self._dir.name, n, ring_capacity)
+        self.meshes = [Mesh.from_spec(self.host.spec(), slot) for slot in range(n)]
+        super().__init__(n)
+
+    def _link(self, slot: int) -> Any:
+        return self.meshes[slot]
+
+    def _move_records(self) -> bool:
+        for b, mesh in zip(self.brokers, self.meshes, strict=True):
+            mesh.on_records = b.shards.on_records
+            mesh.on_writable = b.shards.on_writable
+            mesh.flush()
+        return sum(mesh.poll() for mesh in self.meshes) > 0
+
+    def kill(self, slot: int) -> None:
+        raise NotImplementedError("MeshCluster measures; Cluster tests failures")
+
+    def close(self) -> None:
+        for mesh in self.meshes:
+            mesh.close()
+        self.host.close()
+        self._dir.cleanup()

@@ -149,7 +149,9 @@ def make_broker(**overrides: Any) -> Broker:
     return Broker(load_config(**overrides))
 
 
-def connect(broker: Broker, user: str = "guest", password: str = "guest") -> Client:
+def connect(
+    broker: Broker, user: str = "guest", password: str = "guest", frame_max: int = 131072
+) -> Client:
     conn = broker.new_connection(lambda c: None, "test")
     client = Client(conn)
     client.send(PROTOCOL_HEADER)
@@ -167,7 +169,7 @@ def connect(broker: Broker, user: str = "guest", password: str = "guest") -> Cli
     )
     if client.closed:
         return client
-    client.call(0, M.ConnectionTuneOk(channel_max=2047, frame_max=131072, heartbeat=0))
+    client.call(0, M.ConnectionTuneOk(channel_max=2047, frame_max=frame_max, heartbeat=0))
     client.call(0, M.ConnectionOpen(virtual_host="/"))
     assert isinstance(client.methods[-1][1], M.ConnectionOpenOk)
     return client

@@ -333,3 +333,55 @@ def test_tx_commit_waits_for_the_workers_owning_the_queues() -> None:
     closes = [m for _c, m in pub.methods if isinstance(m, M.ConnectionClose)]
     assert closes and closes[-1].reply_code == 541
     assert not cl.brokers[0].shards.tx_waiting
+
+
+def test_batched_remote_deliveries_are_the_bytes_a_local_consumer_gets() -> None:
+    """Many messages in one DELIVER record: a no-ack consumer on another worker gets
+    the frames a consumer on the queue's worker gets, whether they are copied as
+    published (same channel number, frames fit) or re-framed (another channel number,
+    a smaller frame_max), and a manual-ack one gets the same with its own tags."""
+    cl = Cluster(3)
+    names = [cl.queue_on(1, p) for p in ("fast", "chan", "small", "local", "acked")]
+    pub = cl.connect(0)
+    pub.open_channel(1)
+    _call(cl, pub, 1, M.ExchangeDeclare(exchange="fx", type="fanout"))
+    for q in names:
+        _call(cl, pub, 1, M.QueueDeclare(queue=q))
+        _call(cl, pub, 1, M.QueueBind(queue=q, exchange="fx"))
+    consumers = {
+        "fast": (cl.connect(2), 1, True),
+        "chan": (cl.connect(2), 7, True),
+        "small": (cl.connect(2, frame_max=4096), 1, True),
+        "local": (cl.connect(1), 1, True),
+        "acked": (cl.connect(2), 3, False),
+    }
+    for q, (client, chnum, no_ack) in zip(names, consumers.values(), strict=True):
+        client.open_channel(chnum)
+        _call(cl, client, chnum, M.BasicConsume(queue=q, consumer_tag="c", no_ack=no_ack))
+    props = M.BasicProperties(
+        content_type="text/plain", correlation_id="cid", headers={"k": "v", "n": 7}
+    )
+    bodies = [b"x" * 16, bytes(range(256)) * 40, b"", b"y" * 5000]
+    frames = b"".join(
+        method_frame(1, M.BasicPublish(exchange="fx", routing_key=f"rk{i}"))
+        + content_frames(1, body, props)
+        for i, body in enumerate(bodies)
+    )
+    pub.conn.feed(frames * 3)  # one read: the owner batches the 12 deliveries per consumer
+    cl.pump()
+    want = bodies * 3
+    for name, (client, chnum, _no_ack) in consumers.items():
+        got = client.deliveries
+        assert [d.body for d in got] == want, name
+        assert all(d.channel == chnum for d in got), name
+        assert all(d.properties == props for d in got), name
+        tags = [d.method.delivery_tag for d in got]  # type: ignore[attr-defined]
+        assert tags == list(range(1, 13)), name
+        keys = [d.method.routing_key for d in got]  # type: ignore[attr-defined]
+        assert keys == [f"rk{i % 4}" for i in range(12)], name
+        assert all(d.method.exchange == "fx" for d in got), name  # type: ignore[attr-defined]
+        assert not any(d.method.redelivered for d in got), name  # type: ignore[attr-defined]
+    acked = consumers["acked"][0]
+    assert len(cl.brokers[1].shards.held) == 12
+    _call(cl, acked, 3, M.BasicAck(delivery_tag=12, multiple=True))
+    assert not cl.brokers[1].shards.held

@@ -219,10 +219,10 @@ def test_soft_limit_blocks_a_burst_before_the_ring_is_tried(host: MeshHost) -> N
     run(main())
 
 
-def test_open_batch_takes_items_until_anything_else_or_the_flush(host: MeshHost) -> None:
-    """A batch record stays open for appends under its key; another record for the same
-    target, another key, the size limit or the turn's flush closes it, and the reader
-    gets every record whole and in the order it was queued."""
+def test_open_batches_take_items_until_anything_else_or_the_flush(host: MeshHost) -> None:
+    """Batch records stay open for appends under their keys (several per target); another
+    record for the same target, another match for the key, the size limit or the turn's
+    flush closes them, and the reader gets every record whole, in the order opened."""
 
     async def main() -> None:
         m0, m1, m2 = meshes(host, idle_poll=5.0)
@@ -234,37 +234,42 @@ def test_open_batch_takes_items_until_anything_else_or_the_flush(host: MeshHost)
         a = m0.open_batch(1, "a", b"A:")
         a += b"1"
         assert m0.batch(1, "a") is a
-        assert m0.batch(1, "b") is None  # another key
+        assert m0.batch(1, "b") is None  # nothing open under that key
         assert m0.batch(2, "a") is None  # another target
-        a += b"2"
+        b = m0.open_batch(1, "b", b"B:", match=1)
+        b += b"x"
+        a += b"2"  # keys take items in any order
+        assert m0.batch(1, "b", 1) is b
+        assert m0.batch(1, "b", 2) is None  # another match closes "b"
+        assert m0.batch(1, "b", 1) is None
         m0.send(1, b"plain")  # closes "a": an item appended later would overtake it
         assert m0.batch(1, "a") is None
-        b = m0.open_batch(1, "a", b"B:")
-        b += b"x" * 70
-        assert m0.batch(1, "a") is None  # past batch_limit
         c = m0.open_batch(1, "a", b"C:")
-        c += b"3"
-        d = m0.open_batch(1, "d", b"D:")  # a new key closes the open one
-        d += b"4"
-        assert m0.batch(1, "a") is None and m0.batch(1, "d") is d
+        c += b"y" * 70
+        assert m0.batch(1, "a") is None  # past batch_limit
+        d = m0.open_batch(1, "a", b"D:")
+        d += b"3"
+        assert m0.batch(1, "a") is d
         for _ in range(200):
             if len(got) == 5:
                 break
             await asyncio.sleep(0.01)
-        assert got == [b"A:12", b"plain", b"B:" + b"x" * 70, b"C:3", b"D:4"]
-        assert m0.batch(1, "d") is None  # the flush closed it
-        # an open batch counts towards the soft limit
+        assert got == [b"A:12", b"B:x", b"plain", b"C:" + b"y" * 70, b"D:3"]
+        assert m0.batch(1, "a") is None  # the flush closed it
+        # open batches count towards the soft limit
         m0.soft_limit = 100
         e = m0.open_batch(1, "e", b"")
-        e += b"y" * 90
+        e += b"z" * 60
+        f = m0.open_batch(1, "f", b"")
+        f += b"z" * 30
         assert not m0.is_blocked(1)
-        e += b"y" * 20
-        assert m0.is_blocked(1)
+        f += b"z" * 20
+        assert m0.is_blocked(1) and 1 in m0.blocked_set
         for _ in range(200):
-            if len(got) == 6:
+            if len(got) == 7:
                 break
             await asyncio.sleep(0.01)
-        assert got[5] == b"y" * 110
+        assert got[5:] == [b"z" * 60, b"z" * 50]
         for m in (m0, m1, m2):
             m.close()
 
