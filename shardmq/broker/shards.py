@@ -7,8 +7,10 @@ served from a local queue with credit).
 
 Invariants:
 - Records to one worker are delivered in order (one SPSC ring per ordered pair), so a
-  reply always precedes the deliveries it enables, and one channel's publishes to a
-  queue stay in order.
+  reply always precedes the deliveries it enables. ENQUEUE and DELIVER records are
+  batches (``Mesh.open_batch``): one open ENQUEUE batch per publishing channel and
+  worker (a channel that changes queue sets closes it), so one channel's publishes to a
+  queue stay in order; one open DELIVER batch per remote consumer.
 - One copy of a message goes to each owning worker, however many of its queues match.
 - A proxy consumer gets a message only while it has credit: credit is the consumer's
   prefetch (returned as deliveries are settled) or, for no-ack and unlimited-prefetch

@@ -25,7 +25,12 @@ allowed: the reader reassembles), rings the doorbell of a target whose reader sl
 reports targets it could not empty (backpressure: the caller pauses its producers until
 ``on_writable(j)``). Measured with ``python -m shardmq.ipc.bench``: queue-and-join beats
 per-record writes into the ring (``Ring.try_write``/``reserve``) in CPython, because the
-per-call overhead, not the copy, dominates. Nothing is ever dropped, except
+per-call overhead, not the copy, dominates. Batch records (``open_batch``/``batch``) go
+further: a record stays open this turn and takes one item per message for the same
+destination, so the reader pays one header, one lookup and one callback per batch; a
+batch closes when anything else is queued for its target (order holds), at the flush,
+or at ``batch_limit`` bytes, and open batches count towards ``soft_limit``. Nothing is
+ever dropped, except
 data addressed to a peer that died. Reading: while records keep arriving the worker polls
 its inboxes once per loop turn (no syscalls); after a turn with nothing it announces
 sleep in every inbox header and waits on its doorbell. A slow timer (``idle_poll``) is a
