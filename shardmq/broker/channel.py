@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from shardmq.amqp.codec import write_confirm, write_deliver
@@ -125,10 +126,15 @@ class Channel(ChannelBase):
         if self.active and not was:
             self.kick()
 
-    def kick(self) -> None:
-        """Readiness may have grown: let every queue we consume from dispatch."""
+    def kick(self, first: Queue | None = None, skip: Container[Queue] = ()) -> None:
+        """Readiness may have grown: let every queue we consume from dispatch, once each
+        (``first`` before the others, whether or not we consume from it; none in
+        ``skip``, which were just dispatched)."""
+        if first is not None:
+            first.dispatch()
         for q in {c.queue for c in self.consumers.values()}:
-            q.dispatch()
+            if q is not first and q not in skip:
+                q.dispatch()
 
     # ------------------------------------------------------------ settlement
     def _collect(self, tag: int, multiple: int) -> list[Unacked]:
@@ -166,10 +172,12 @@ class Channel(ChannelBase):
             if consumer is not None:
                 consumer.unacked -= 1
                 self.consumer_unacked -= 1
-                if consumer.queue.consumers:
-                    queue.dispatch()
                 if self.global_prefetch:
-                    self.kick()  # the room is the channel's: any of its queues may use it
+                    # the room is the channel's: any of its queues may use it (this
+                    # queue first, each queue once)
+                    self.kick(queue if consumer.queue.consumers else None)
+                elif consumer.queue.consumers:
+                    queue.dispatch()
             return
         self._settle(self._collect(tag, multiple), requeue=None)
 
@@ -204,7 +212,8 @@ class Channel(ChannelBase):
             else:
                 queue.dispatch()
         if freed and self.global_prefetch:
-            self.kick()  # the room is the channel's: any of its queues may use it
+            # the room is the channel's: its other queues may use it too
+            self.kick(skip=touched)
 
     def requeue_all(self) -> None:
         entries = list(self.unacked.values())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shardmq.amqp import methods as M
 from shardmq.broker.message import Message
-from shardmq.broker.queue import QUEUE_HIGH_WATER
+from shardmq.broker.queue import QUEUE_HIGH_WATER, Queue
 from shardmq.broker.store import MemoryStore
 from tests.broker.harness import connect, make_broker
 
@@ -73,6 +73,28 @@ def test_global_qos_room_freed_by_acks_goes_to_the_channels_other_queues() -> No
     c.call(1, M.BasicReject(delivery_tag=4, requeue=False))
     c.call(1, M.BasicNack(delivery_tag=5, multiple=True, requeue=False))
     assert len(c.deliveries) == 5
+
+
+def test_global_qos_ack_dispatches_each_queue_of_the_channel_once(monkeypatch) -> None:
+    broker, c = _setup(3)
+    c.call(1, M.BasicQos(prefetch_count=2, global_=True))
+    for q in ("q0", "q1", "q2"):
+        c.consume(1, q)
+    c.publish(1, "", "q0", b"a")
+    c.publish(1, "", "q0", b"b")
+    calls: list[str] = []
+    real = Queue.dispatch
+
+    def counting(self: Queue) -> None:
+        calls.append(self.name)
+        real(self)
+
+    monkeypatch.setattr(Queue, "dispatch", counting)
+    c.call(1, M.BasicAck(delivery_tag=1))
+    assert calls[0] == "q0" and sorted(calls) == ["q0", "q1", "q2"]
+    calls.clear()
+    c.call(1, M.BasicAck(delivery_tag=2, multiple=True))
+    assert calls[0] == "q0" and sorted(calls) == ["q0", "q1", "q2"]
 
 
 def test_nack_requeue_keeps_order_and_sets_redelivered() -> None:
