@@ -43,8 +43,8 @@ from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel
 from shardmq.broker.message import Message
 from shardmq.broker.queue import Consumer, Queue
+from shardmq.broker.remote import REMOTE_CREDIT_CHUNK, REQUEUE, RemoteQueue
 from shardmq.broker.remote import REMOTE_WINDOW as WINDOW
-from shardmq.broker.remote import REQUEUE, RemoteQueue
 from shardmq.broker.store import ConfirmWaiter
 from shardmq.broker.vhost import AnyQueue, VHost
 
@@ -281,7 +281,10 @@ class BrokerConnection(AMQPConnection):
         router = self.broker.shards
         for consumer, n in due.items():
             if consumer.tag in consumer.channel.consumers:
-                router.grant(consumer, n)
+                if n < REMOTE_CREDIT_CHUNK:
+                    self.credit_due[consumer] = n  # later, with more
+                else:
+                    router.grant(consumer, n)
 
     def _update_channels(self) -> None:
         for ch in list(self.channels.values()):

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 ACK, REQUEUE = 0, 2  # settle actions, as in shards.py
 # Credit window of remote consumers whose credit comes back as their socket drains.
 REMOTE_WINDOW = 4096
+# ...in returns of at least this much: a return is a record to the owner and, when its
+# worker sleeps, a wake-up; at a moderate rate a return per burst would wake the owner
+# once more per burst. Smaller than the window, so the owner never waits for it (when
+# its credit runs out, the whole window is owed, which is more than this).
+REMOTE_CREDIT_CHUNK = REMOTE_WINDOW // 8
 
 
 class RemoteQueue:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from shardmq.amqp import methods as M
 from shardmq.broker import queue as queue_mod
 from shardmq.broker.queue import Queue
-from shardmq.broker.remote import RemoteQueue
+from shardmq.broker.remote import REMOTE_CREDIT_CHUNK, REMOTE_WINDOW, RemoteQueue
 from tests.broker.cluster import Cluster
 from tests.broker.harness import Client, content_frames, method_frame
 
@@ -385,3 +385,34 @@ def test_batched_remote_deliveries_are_the_bytes_a_local_consumer_gets() -> None
     assert len(cl.brokers[1].shards.held) == 12
     _call(cl, acked, 3, M.BasicAck(delivery_tag=12, multiple=True))
     assert not cl.brokers[1].shards.held
+
+
+def test_no_ack_credit_goes_back_in_chunks_never_leaving_the_owner_short() -> None:
+    """A remote no-ack consumer's credit returns as its socket takes the deliveries, in
+    returns of at least REMOTE_CREDIT_CHUNK (one record per chunk, not one per burst);
+    nothing is lost and the owner's window never runs dry while the consumer keeps up."""
+    cl, q = _three()
+    pub, con = cl.connect(0), cl.connect(2)
+    pub.open_channel(1)
+    con.open_channel(1)
+    _call(cl, pub, 1, M.QueueDeclare(queue=q))
+    _call(cl, con, 1, M.BasicConsume(queue=q, no_ack=True))
+    proxy = next(iter(cl.brokers[1].shards.proxies.values()))
+    assert proxy.credit == REMOTE_WINDOW
+    grants: list[int] = []
+    router = cl.brokers[2].shards
+    real_grant = router.grant
+    router.grant = lambda c, n: (grants.append(n), real_grant(c, n))  # type: ignore[method-assign]
+    owing = cl.brokers[2].conns_by_gid[con.conn.gid]
+    burst = method_frame(1, M.BasicPublish(routing_key=q)) + content_frames(1, b"x")
+    sent = 0
+    for _ in range(3 * REMOTE_WINDOW // 100):
+        pub.conn.feed(burst * 100)
+        cl.pump()
+        sent += 100
+        assert len(con.deliveries) == sent  # never held back: the window is not used up
+        held = sum(owing.credit_due.values())
+        assert proxy.credit + held == REMOTE_WINDOW  # nothing lost
+        assert held < REMOTE_CREDIT_CHUNK
+    assert all(n >= REMOTE_CREDIT_CHUNK for n in grants)
+    assert len(grants) == sent // REMOTE_CREDIT_CHUNK or len(grants) < sent // 100
