@@ -146,6 +146,7 @@ class ProxyConsumer:
         "shared",
         "hungry",
         "head",
+        "flags",
     )
 
     def __init__(
@@ -178,6 +179,7 @@ class ProxyConsumer:
         self.shared = credit == 0 and not credit_on_settle and not no_ack
         self.hungry = False  # shared, gave its credit back: say when a message waits
         self.head = _DLV.pack(DELIVER, gid, chnum) + self.ctag  # of its DELIVER records
+        self.flags = 2 if no_ack else 0
 
     def ready(self) -> bool:
         if self.credit > 0:
@@ -211,7 +213,7 @@ class ProxyConsumer:
         raw = msg.raw
         buf += _DLV_ITEM.pack(
             ref,
-            (1 if redelivered else 0) | (2 if self.no_ack else 0),
+            self.flags | redelivered,  # bit 0 redelivered, bit 1 no-ack
             len(exrk),
             msg.ch,
             msg.hsize,
@@ -476,6 +478,7 @@ class ShardRouter:
         end = len(data)
         confirmed: list[int] = []
         publisher: RemotePublisher | None = None
+        single = queues[0] if len(queues) == 1 else None
         while pos < end:
             seq, exlen, rawch, hsize, fmax, rlen = unpack_item(data, pos)
             pos += isize
@@ -483,17 +486,20 @@ class ShardRouter:
             pos += exlen
             msg = Message(exrk, data[pos : pos + rlen], rawch, hsize, fmax, next(refs))
             pos += rlen
+            # (an empty queue is not backed up: most publishes to a consumed queue go
+            # straight out)
+            if not seq and single is not None:  # the common case, spelled out
+                single.publish(msg)
+                if gid and single.store and single.consumers and single.backed_up(fmax):
+                    publisher = self._throttle_publisher(single, publisher, src, gid)
+                continue
             # durability: a persistent message stored by durable queues here is
             # confirmed only once they fsynced it (``ConfirmWaiter``, store.py)
             waiter = ConfirmWaiter() if seq else None
             for q in queues:
                 q.publish(msg, waiter)
-                # (an empty queue is not backed up: most publishes to a consumed queue
-                # go straight out)
                 if gid and q.store and q.consumers and q.backed_up(fmax):
-                    if publisher is None:
-                        publisher = RemotePublisher(self, src, gid)
-                    q.throttle(publisher)
+                    publisher = self._throttle_publisher(q, publisher, src, gid)
             if waiter is not None:
                 if waiter.pending:
                     waiter.done = self._confirm_later(src, gid, chnum, seq)
@@ -505,6 +511,15 @@ class ShardRouter:
                 _CONFIRM.pack(CONFIRM, gid, chnum, 1, len(confirmed))
                 + b"".join(map(_Q.pack, confirmed)),
             )
+
+    def _throttle_publisher(
+        self, q: Queue, publisher: RemotePublisher | None, src: int, gid: int
+    ) -> RemotePublisher:
+        """``q`` backed up: stop reading the publishing connection on ``src``."""
+        if publisher is None:
+            publisher = RemotePublisher(self, src, gid)
+        q.throttle(publisher)
+        return publisher
 
     def _confirm_later(self, src: int, gid: int, chnum: int, seq: int) -> Callable[[bool], None]:
         send_ctl = self._send_ctl
