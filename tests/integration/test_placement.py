@@ -144,6 +144,13 @@ def quiet(conns: list[pika.BlockingConnection], seconds: float = QUIET) -> None:
             c.process_data_events(time_limit=0.02)
 
 
+def hold(conn: pika.BlockingConnection, got: list[Delivery], n: int, limit: str) -> None:
+    """Wait for ``n`` deliveries, then make sure no more arrive (``limit`` holds)."""
+    pump([conn], lambda: len(got) >= n, f"{n} deliveries")
+    quiet([conn])
+    assert len(got) == n, f"{limit} exceeded: {len(got)} deliveries, limit {n}"
+
+
 def confirming(conn: pika.BlockingConnection) -> BlockingChannel:
     ch = conn.channel()
     ch.confirm_delivery()
@@ -315,9 +322,7 @@ def test_prefetch_per_consumer_with_remote_consumer(w: Workers, place: Placement
     ch.basic_consume(q, collector(got))
 
     def held(n: int) -> None:
-        pump([conn], lambda: len(got) >= n, f"{n} deliveries")
-        quiet([conn])
-        assert len(got) == n, f"prefetch exceeded: {len(got)} deliveries, limit {n}"
+        hold(conn, got, n, "prefetch")
 
     held(3)
     assert queue_counts(observer, q) == (7, 1)
@@ -346,9 +351,7 @@ def test_global_prefetch_spans_queues_on_two_workers(w: Workers, place: Placemen
     ch.basic_consume(qb, collector(got))
 
     def held(n: int) -> None:
-        pump([conn], lambda: len(got) >= n, f"{n} deliveries")
-        quiet([conn])
-        assert len(got) == n, f"global prefetch exceeded: {len(got)} deliveries, limit {n}"
+        hold(conn, got, n, "global prefetch")
 
     held(4)
     ch.basic_ack(got[1][0].delivery_tag)
