@@ -330,10 +330,9 @@ class Mesh:
         # a record is read only once all of it is in the ring
         self.batch_limit = 32 * 1024
         self._backlog: list[list[bytes | memoryview]] = [[] for _ in range(n)]
-        # per target: the open batch records (``batch``/``open_batch``): the one used
-        # last as (key, match, buffer), the others by key; and the targets that have any
-        self._ocur: list[tuple[object, object, bytearray] | None] = [None] * n
-        self._oother: list[dict[object, tuple[object, object, bytearray]]] = [{} for _ in range(n)]
+        # per target: the open batch records (``batch``/``open_batch``) by key, as
+        # (match, buffer); and the targets that have any
+        self._obatch: list[dict[object, tuple[object, bytearray]]] = [{} for _ in range(n)]
         self._open: list[int] = []
         self._marked = [False] * n
         self._dirty: list[int] = []
@@ -419,8 +418,7 @@ class Mesh:
                 log.info("mesh: dropping %d queued byte(s) for restarted worker %d", dropped, k)
             self._stage[k].clear()
             self._staged[k] = 0
-            self._ocur[k] = None
-            self._oother[k].clear()
+            self._obatch[k].clear()
             self._backlog[k].clear()
             self._cstage[k].clear()
             self._cbacklog[k].clear()
@@ -465,7 +463,7 @@ class Mesh:
         st = self._stage[dst]
         if not st:
             self._mark(dst)
-        elif self._ocur[dst] is not None:
+        elif self._obatch[dst]:
             self._close_batches_of(dst)
         n = len(record)
         st.append(_pack_len(n))
@@ -487,7 +485,7 @@ class Mesh:
         st = self._stage[dst]
         if not st:
             self._mark(dst)
-        elif self._ocur[dst] is not None:
+        elif self._obatch[dst]:
             self._close_batches_of(dst)
         n = sum(map(len, parts))
         st.append(_pack_len(n))
@@ -500,7 +498,7 @@ class Mesh:
         st = self._stage[dst]
         if not st:
             self._mark(dst)
-        elif self._ocur[dst] is not None:
+        elif self._obatch[dst]:
             self._close_batches_of(dst)
         buf = bytearray(_PLACEHOLDER)
         st.append(buf)
@@ -517,26 +515,14 @@ class Mesh:
         ``batch_limit`` bytes or is asked for with another ``match`` (those close it: the
         caller opens a new one). Records open under different keys take items in any
         order, so give one key to whatever must stay in order."""
-        cur = self._ocur[dst]
-        if cur is None:
+        opened = self._obatch[dst]
+        entry = opened.get(key) if opened else None
+        if entry is None:
             return None
-        if cur[0] != key:
-            others = self._oother[dst]
-            entry = others.pop(key, None) if others else None
-            if entry is None:
-                return None
-            others[cur[0]] = cur
-            self._ocur[dst] = cur = entry
-        buf = cur[2]
-        if cur[1] == match and len(buf) < self.batch_limit:
+        buf = entry[1]
+        if entry[0] == match and len(buf) < self.batch_limit:
             return buf
-        # full, or another match: it closes (it was the last opened or is made so)
-        others = self._oother[dst]
-        if others:
-            _k, nxt = others.popitem()
-            self._ocur[dst] = nxt
-        else:
-            self._ocur[dst] = None
+        del opened[key]  # full, or another match: it closes
         n = len(buf) - 4
         _pack_len_into(buf, 0, n)
         self._staged[dst] += n
@@ -552,34 +538,28 @@ class Mesh:
         if not st:
             self._mark(dst)
         self.batch(dst, key, _CLOSE)  # closes a batch still open under ``key`` (no match)
-        cur = self._ocur[dst]
-        if cur is None:
+        opened = self._obatch[dst]
+        if not opened:
             self._open.append(dst)
-        else:
-            self._oother[dst][cur[0]] = cur
         buf = bytearray(_PLACEHOLDER)
         buf += head
         st.append(buf)
-        self._ocur[dst] = (key, match, buf)
+        opened[key] = (match, buf)
         return buf
 
     def _open_sizes(self, dst: int) -> int:
-        cur = self._ocur[dst]
-        if cur is None:
-            return 0
-        return len(cur[2]) + sum([len(e[2]) for e in self._oother[dst].values()])
+        return sum([len(buf) for _m, buf in self._obatch[dst].values()])
 
     def _close_batches_of(self, dst: int) -> None:
-        cur = self._ocur[dst]
-        if cur is None:
+        opened = self._obatch[dst]
+        if not opened:
             return
         n = 0
-        for _k, _m, buf in (cur, *self._oother[dst].values()):
+        for _m, buf in opened.values():
             size = len(buf) - 4
             _pack_len_into(buf, 0, size)
             n += size
-        self._ocur[dst] = None
-        self._oother[dst].clear()
+        opened.clear()
         self._staged[dst] += n
 
     def pending(self, dst: int) -> int:
