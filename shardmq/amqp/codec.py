@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 FRAME_METHOD = 1
@@ -48,7 +49,7 @@ def method_index(class_id: int, method_id: int) -> int:
 BASIC_PUBLISH = method_index(60, 40)
 BASIC_ACK = method_index(60, 80)
 
-DELIVER_IDS = _DELIVER_IDS = U32.pack(method_index(60, 60))
+_DELIVER_IDS = U32.pack(method_index(60, 60))
 _GET_OK_IDS = U32.pack(method_index(60, 71))
 _RETURN_IDS = U32.pack(method_index(60, 50))
 _ACK_IDS = U32.pack(BASIC_ACK)
@@ -155,32 +156,19 @@ def write_deliver(
         write_raw_content(out, channel, msg, frame_max)
 
 
-def write_deliver_parts(
-    out: bytearray,
-    channel: int,
-    ctag: bytes,
-    delivery_tag: int,
-    redelivered: bool,
-    exrk: bytes | memoryview,
-    raw: bytes | memoryview,
-    raw_channel: int,
-    hsize: int,
-    fmax: int,
-    frame_max: int,
-) -> None:
-    """``write_deliver`` for content not held in a ``Message``: the fields of one item of
-    a cross-worker DELIVER record, ``exrk`` and ``raw`` possibly views into it."""
-    out += _pack_hdr(FRAME_METHOD, channel, 13 + len(ctag) + len(exrk))
-    out += _DELIVER_IDS
-    out += ctag
-    out += _pack_qb(delivery_tag, redelivered)
-    out += exrk
-    if raw_channel == channel and fmax <= frame_max - 8:
-        out += FRAME_END_BYTES
-        out += raw
-    else:
-        raw = bytes(raw)
-        write_content(out, channel, raw[7 : 7 + hsize], raw_body(raw, hsize), frame_max)
+# basic.deliver method frame starts (frame header, ids, consumer tag, delivery tag,
+# redelivered) as one struct, by the length of the encoded consumer tag
+_DELIVER_STARTS: dict[int, struct.Struct] = {}
+
+
+def deliver_start(ctag: bytes) -> tuple[Callable[..., bytes], bytes, int]:
+    """For many deliveries to one consumer, what ``write_deliver`` writes before exrk in
+    one pack: returns ``(pack, ids_tag, size0)``, used as ``pack(FRAME_METHOD, channel,
+    size0 + len(exrk), ids_tag, delivery_tag, redelivered)``."""
+    st = _DELIVER_STARTS.get(len(ctag))
+    if st is None:
+        st = _DELIVER_STARTS[len(ctag)] = struct.Struct(f">BHI{len(_DELIVER_IDS) + len(ctag)}sQB")
+    return st.pack, _DELIVER_IDS + ctag, 13 + len(ctag)
 
 
 def write_get_ok(

@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from shardmq.amqp.codec import (
-    DELIVER_IDS,
     FRAME_END_BYTES,
     FRAME_METHOD,
+    deliver_start,
     shortstr,
-    write_deliver_parts,
+    write_deliver,
 )
 from shardmq.amqp.errors import (
     ACCESS_REFUSED,
@@ -96,8 +96,6 @@ _THR = struct.Struct(">BQB")  # type, publisher's conn gid, on
 WINDOW = REMOTE_WINDOW
 
 Callback = Callable[[AMQPError | None, Any], None]
-# basic.deliver frame starts by the length of method ids + consumer tag
-_DELIVER_HEADS: dict[int, struct.Struct] = {}
 _encode = msgspec.msgpack.encode
 _decode = msgspec.msgpack.decode
 
@@ -705,13 +703,7 @@ class ShardRouter:
             out = conn.out
             number = ch.number
             ctag = consumer.ctag
-            ids_ctag = DELIVER_IDS + ctag
-            size0 = 13 + len(ctag)
-            # frame header, ids + tag, delivery tag + redelivered: one pack
-            head = _DELIVER_HEADS.get(len(ids_ctag))
-            if head is None:
-                head = _DELIVER_HEADS[len(ids_ctag)] = struct.Struct(f">BHI{len(ids_ctag)}sQB")
-            pack_head = head.pack
+            pack_start, ids_ctag, size0 = deliver_start(ctag)
             frame_max = conn.frame_max
             fits = frame_max - 8
             view = memoryview(data)
@@ -722,22 +714,12 @@ class ShardRouter:
                 tag += 1
                 nxt = pos + exlen + 1 + rlen
                 if rawch == number and fmax <= fits:
-                    out += pack_head(FRAME_METHOD, number, size0 + exlen, ids_ctag, tag, flags & 1)
+                    out += pack_start(FRAME_METHOD, number, size0 + exlen, ids_ctag, tag, flags & 1)
                     out += view[pos:nxt]
-                else:
-                    write_deliver_parts(
-                        out,
-                        number,
-                        ctag,
-                        tag,
-                        bool(flags & 1),
-                        data[pos : pos + exlen],
-                        data[pos + exlen + 1 : nxt],
-                        rawch,
-                        hsize,
-                        fmax,
-                        frame_max,
-                    )
+                else:  # another channel number or a smaller frame_max: re-framed
+                    exrk = data[pos : pos + exlen]
+                    msg = Message(exrk, data[pos + exlen + 1 : nxt], rawch, hsize, fmax)
+                    write_deliver(out, number, ctag, tag, bool(flags & 1), exrk, msg, frame_max)
                 pos = nxt
                 n += 1
             ch.next_tag = tag
