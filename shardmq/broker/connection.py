@@ -171,6 +171,15 @@ class BrokerConnection(AMQPConnection):
         if self.gq:
             self.rebalance()
 
+    def remote_held(self, ch: Channel) -> int:
+        """Deliveries the channel's global prefetch limit already owes to consumers of
+        queues on other workers: credit granted to them and deliveries parked here. A
+        local queue counts them too, or both sides fill the same room."""
+        held = sum([n for c, n in self.gq.items() if c.channel is ch])
+        if self.parked:
+            held += sum([1 for p in self.parked if p[0].channel is ch])
+        return held
+
     def credit_idle(self, c: Consumer, returned: int) -> None:
         """The owner of ``c``'s queue gave ``returned`` credits back (its queue is
         empty), or (0) says a message waits for ``c`` again."""

@@ -94,7 +94,12 @@ class Consumer:
         if self.prefetch and self.unacked >= self.prefetch:
             return False
         limit = ch.global_prefetch
-        return not limit or ch.consumer_unacked < limit
+        if not limit:
+            return True
+        used = ch.consumer_unacked
+        if ch.conn.gq:  # the channel also has consumers of queues on other workers
+            used += ch.conn.remote_held(ch)
+        return used < limit
 
 
 class Queue:
