@@ -97,7 +97,7 @@ def write_content(out: bytearray, channel: int, header: bytes, body: bytes, fram
 
 
 class RawContent(Protocol):
-    """A message as the codec sees it: see shardmq/broker/message.py."""
+    """A message as the codec sees it: see shardmq/message.py."""
 
     raw: bytes  # content header frame + body frame(s), as received on channel ``ch``
     ch: int

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 from shardmq.amqp.codec import write_confirm, write_deliver
 from shardmq.amqp.connection import ChannelBase
 from shardmq.amqp.errors import PRECONDITION_FAILED, SoftError
-from shardmq.broker.message import Message
 from shardmq.broker.queue import Consumer, Queue
+from shardmq.message import Message
 
 if TYPE_CHECKING:
     from shardmq.broker.connection import BrokerConnection

@@ -41,12 +41,12 @@ from shardmq.amqp.errors import (
 from shardmq.amqp.fieldtable import decode_table
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel
-from shardmq.broker.message import Message
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import REMOTE_CREDIT_CHUNK, REQUEUE, RemoteQueue
 from shardmq.broker.remote import REMOTE_WINDOW as WINDOW
 from shardmq.broker.store import ConfirmWaiter
 from shardmq.broker.vhost import AnyQueue, VHost
+from shardmq.message import Message
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker

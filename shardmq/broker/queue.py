@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shardmq.broker.message import Message
 from shardmq.broker.store import ConfirmTarget, MemoryStore, MessageStore
+from shardmq.message import Message
 from shardmq.store.queue_store import RawCodec
 
 if TYPE_CHECKING:

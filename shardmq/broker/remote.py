@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from shardmq.broker.exchange import Exchange
-    from shardmq.broker.message import Message
     from shardmq.broker.queue import Consumer
     from shardmq.broker.shards import ShardRouter
+    from shardmq.message import Message
 
 ACK, REQUEUE = 0, 2  # settle actions, as in shards.py
 # Credit window of remote consumers whose credit comes back as their socket drains.

@@ -55,10 +55,10 @@ from shardmq.amqp.errors import (
 )
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import OUT_LIMIT
-from shardmq.broker.message import Message
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import REMOTE_WINDOW, RemoteQueue
 from shardmq.broker.store import ConfirmWaiter
+from shardmq.message import Message
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker

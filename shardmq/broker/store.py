@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from shardmq.broker.message import Message
+from shardmq.message import Message
 from shardmq.store.commit import ThreadCommitter
 from shardmq.store.disk import DiskMonitor
 from shardmq.store.queue_store import DiskQueueStore, queue_dir, sweep_deleted

@@ -31,9 +31,9 @@ from shardmq.amqp.errors import (
     SoftError,
 )
 from shardmq.broker.exchange import Exchange
-from shardmq.broker.message import Message
 from shardmq.broker.queue import Queue
 from shardmq.broker.routing import ROUTER_TYPES
+from shardmq.message import Message
 
 if TYPE_CHECKING:
     from shardmq.broker.remote import RemoteQueue

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from shardmq.amqp.methods import BasicProperties
-from shardmq.broker.message import Message
+from shardmq.message import Message
 from shardmq.store.commit import ThreadCommitter
 from shardmq.store.queue_store import DiskQueueStore
 from shardmq.store.settings import FsyncPolicy, StoreSettings

@@ -14,7 +14,7 @@ Message record payload (little endian)::
     u8 type=1 | u8 flags | u64 sid | u64 aux | u16 len(exrk) | u32 len(a) | exrk | a | b
 
 ``sid`` is the store's own sequence (monotonic across restarts); ``aux, a, b`` are the
-codec's (``RawCodec``: channel/fmax, raw frames; ``PartsCodec``: header, body). Flag 1
+codec's (``RawCodec``: channel << 32 | fmax, the raw content frames, empty). Flag 1
 = the message went to a consumer as it was written (``push_taken``). Index records::
 
     u8 type (2 ack, 3 delivered, 4 keep) | u32 n | n x u64 sid
@@ -57,7 +57,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from shardmq.broker.message import Message
+from shardmq.message import Message
 from shardmq.store.commit import CommitJob, Committer, InlineCommitter
 from shardmq.store.segments import (
     CRC_SEED,
@@ -120,51 +120,30 @@ class MessageCodec(Protocol):
     def size(self, msg: Message) -> int: ...
 
 
-class PartsCodec:
-    """``Message(exrk, header, body, seq)``: header (content-header payload) and body."""
-
-    @staticmethod
-    def persistent(msg: Any) -> bool:
-        return delivery_mode(msg.header, 12) == 2
-
-    @staticmethod
-    def parts(msg: Any) -> tuple[int, bytes, bytes, bytes]:
-        return 0, msg.exrk, msg.header, msg.body
-
-    @staticmethod
-    def load(aux: int, exrk: bytes, a: bytes, b: bytes, seq: int) -> Any:
-        return Message(exrk, a, b, seq)  # type: ignore[call-arg]
-
-    @staticmethod
-    def size(msg: Any) -> int:
-        return len(msg.header) + len(msg.body) + MSG_OVERHEAD
-
-
 class RawCodec:
     """``Message(exrk, raw, ch, hsize, fmax, seq)``: the received content frames."""
 
     @staticmethod
-    def persistent(msg: Any) -> bool:
+    def persistent(msg: Message) -> bool:
         return delivery_mode(msg.raw, 19) == 2
 
     @staticmethod
-    def parts(msg: Any) -> tuple[int, bytes, bytes, bytes]:
+    def parts(msg: Message) -> tuple[int, bytes, bytes, bytes]:
         return msg.ch << 32 | msg.fmax, msg.exrk, msg.raw, b""
 
     @staticmethod
-    def load(aux: int, exrk: bytes, a: bytes, b: bytes, seq: int) -> Any:
+    def load(aux: int, exrk: bytes, a: bytes, b: bytes, seq: int) -> Message:
         hsize = int.from_bytes(a[3:7], "big")
         return Message(exrk, a, aux >> 32, hsize, aux & 0xFFFFFFFF, seq)  # type: ignore[call-arg]
 
     @staticmethod
-    def size(msg: Any) -> int:
+    def size(msg: Message) -> int:
         return len(msg.raw) + MSG_OVERHEAD
 
 
 def default_codec() -> MessageCodec:
-    """The codec matching ``shardmq.broker.message.Message`` as it is now."""
-    slots = getattr(Message, "__slots__", ())
-    return RawCodec() if "raw" in slots else PartsCodec()
+    """The codec of ``shardmq.message.Message``."""
+    return RawCodec()
 
 
 def _sids(data: memoryview) -> array[int]:

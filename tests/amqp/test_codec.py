@@ -14,7 +14,7 @@ from shardmq.amqp.codec import (
     write_get_ok,
     write_return,
 )
-from shardmq.broker.message import Message
+from shardmq.message import Message
 
 HEADER = struct.pack(">HHQ", 60, 0, 5) + M.BasicProperties(delivery_mode=2).encode()
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from shardmq.amqp import methods as M
-from shardmq.broker.message import Message
 from shardmq.broker.queue import QUEUE_HIGH_WATER, Queue
 from shardmq.broker.store import MemoryStore
+from shardmq.message import Message
 from tests.broker.harness import connect, make_broker
 
 

@@ -6,7 +6,7 @@ import os
 import struct
 
 from shardmq.amqp.methods import BasicProperties
-from shardmq.broker.message import Message
+from shardmq.message import Message
 
 
 def exrk(exchange: str = "", routing_key: str = "q") -> bytes:

@@ -610,36 +610,6 @@ def test_purge_then_restart_with_paged_region(tmp_path) -> None:
     assert len(held) == 3
 
 
-def test_parts_codec_round_trip(tmp_path, monkeypatch) -> None:
-    """The store also works with a Message of (exrk, header, body, seq)."""
-    from shardmq.store import queue_store
-
-    class PartsMessage:
-        __slots__ = ("exrk", "header", "body", "seq")
-
-        def __init__(self, exrk: bytes, header: bytes, body: bytes, seq: int = 0) -> None:
-            self.exrk, self.header, self.body, self.seq = exrk, header, body, seq
-
-    monkeypatch.setattr(queue_store, "Message", PartsMessage)
-    assert isinstance(queue_store.default_codec(), queue_store.PartsCodec)
-    path = tmp_path / "q"
-    s = open_store(path)
-    props = BasicProperties(delivery_mode=2, headers={"x": 1})
-    sent = [
-        PartsMessage(b"\x01e\x01k", header(3, props), b"abc"),
-        PartsMessage(b"\x00\x01k", header(1, BasicProperties()), b"t"),
-        PartsMessage(b"\x00\x00", header(0, BasicProperties(delivery_mode=2)), b""),
-    ]
-    for m in sent:
-        s.push(m)
-    s.flush()
-    s.close()
-    got = drain(open_store(path), ack=False)
-    assert [(m.exrk, m.header, m.body) for m in got] == [
-        (m.exrk, m.header, m.body) for m in (sent[0], sent[2])
-    ]
-
-
 def test_on_dirty_is_called_once_per_flush(tmp_path) -> None:
     dirty: list = []
     st = StoreSettings(fsync="off")
