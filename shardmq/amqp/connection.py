@@ -1,25 +1,31 @@
 """Sans-IO AMQP 0-9-1 server connection: bytes in, frames parsed, bytes out.
 
-Owns: the protocol header check, frame parsing with the frame_max guard, the handshake
-(start / start-ok / tune / tune-ok / open), content assembly (publish + header + body
-frames), channel open/close bookkeeping at protocol level, heartbeat accounting and the
-close handshakes in both directions. It knows nothing about queues or exchanges: a
-subclass (the broker's connection) implements the ``on_*`` hooks.
+Owns: ``AMQPConnection`` — the protocol header check, frame parsing with the frame_max
+guard, the handshake (start / start-ok / tune / tune-ok / open), content assembly
+(publish + header + body frames), channel open/close bookkeeping at protocol level,
+heartbeat accounting and the close handshakes in both directions — and ``ChannelFrames``,
+the per-channel protocol state (content being assembled, frames held while the channel
+is suspended). It knows nothing about queues or exchanges: it calls a
+``ConnectionHandler`` (the broker's 0-9-1 adapter, ``shardmq.adapter.amqp091``), which
+keeps its own object per channel (``ChannelFrames.user``).
 
 Invariants:
 - ``feed`` never raises: bad peer input becomes a channel.close (``SoftError``) or a
   connection.close (``HardError``) with a log line; an unexpected exception becomes 541.
-- Output goes to ``self.out``; ``self.wake(self)`` is called once when it turns non-empty,
+- Output goes to ``self.out``; ``self.wake()`` is called once when it turns non-empty,
   so the I/O layer writes once per loop turn.
 - After the server sent connection.close, only close / close-ok are processed; after it
   sent channel.close on a channel, frames on that channel are dropped until close-ok.
+- A suspended channel (its method awaits another process) keeps every later frame in
+  ``pending``, in order, until ``resume``: one rule for every frame type.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from enum import IntEnum
+from typing import Any, Generic, Protocol, TypeVar
 
 from shardmq.amqp import methods as M
 from shardmq.amqp.codec import (
@@ -46,6 +52,7 @@ from shardmq.amqp.errors import (
     INTERNAL_ERROR,
     NOT_ALLOWED,
     NOT_IMPLEMENTED,
+    PRECONDITION_FAILED,
     REPLY_SUCCESS,
     UNEXPECTED_FRAME,
     AMQPError,
@@ -61,14 +68,32 @@ _unpack_u64 = U64.unpack_from
 _unpack_qb = U64_BIT.unpack_from
 _pack_hdr = FRAME_HDR.pack
 
-# Connection states.
-AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(7)
 
-# Channel content-assembly expectations.
-# EXPECT_SUSPENDED: a method on the channel awaits a reply from another process (the
-# metadata sequencer, a queue on another shard); later frames on the channel are kept in
-# ``pending`` and processed, in order, by ``resume``.
-EXPECT_METHOD, EXPECT_HEADER, EXPECT_BODY, EXPECT_SUSPENDED = 0, 1, 2, 3
+class ConnState(IntEnum):
+    """Where the connection is; ordered, so ``state >= CLOSING`` reads naturally."""
+
+    AWAIT_HEADER = 0  # nothing received yet
+    AWAIT_START_OK = 1  # connection.start sent
+    AWAIT_TUNE_OK = 2  # authenticated, connection.tune sent
+    AWAIT_OPEN = 3  # tuned, waiting for connection.open
+    OPEN = 4  # channels may be used
+    CLOSING = 5  # the server sent connection.close, waits for close-ok
+    CLOSED = 6  # done: the I/O layer closes the transport
+
+
+AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = ConnState
+
+
+class Expect(IntEnum):
+    """What a channel accepts next."""
+
+    METHOD = 0
+    HEADER = 1  # a content header (after basic.publish)
+    BODY = 2  # more content body frames
+    SUSPENDED = 3  # its method awaits another process: later frames wait in ``pending``
+
+
+EXPECT_METHOD, EXPECT_HEADER, EXPECT_BODY, EXPECT_SUSPENDED = Expect
 
 _CONNECTION_CLOSE = M.ConnectionClose.INDEX
 _CONNECTION_CLOSE_OK = M.ConnectionCloseOk.INDEX
@@ -76,12 +101,15 @@ _CHANNEL_OPEN = M.ChannelOpen.INDEX
 _CHANNEL_CLOSE = M.ChannelClose.INDEX
 _CHANNEL_CLOSE_OK = M.ChannelCloseOk.INDEX
 
+U = TypeVar("U")  # what the handler keeps per channel
 
-class ChannelBase:
-    """Protocol-level channel state; the broker's channel extends it."""
+
+class ChannelFrames(Generic[U]):
+    """Protocol-level state of one open channel; ``user`` is the handler's object."""
 
     __slots__ = (
         "number",
+        "user",
         "closing",
         "expect",
         "asm_exrk",
@@ -94,13 +122,14 @@ class ChannelBase:
         "pending",
     )
 
-    def __init__(self, number: int) -> None:
+    def __init__(self, number: int, user: U) -> None:
         self.number = number
-        self.closing = False
+        self.user = user
+        self.closing = False  # we sent channel.close: drop frames until close-ok
         self.expect = EXPECT_METHOD
-        self.asm_exrk = b""
+        self.asm_exrk = b""  # the publish being assembled: exchange + routing key bytes
         self.asm_exlen = 0
-        self.asm_flags = 0
+        self.asm_flags = 0  # mandatory (1), immediate (2)
         self.asm_parts: list[bytes] = []
         self.asm_hsize = 0
         self.asm_fmax = 0
@@ -108,14 +137,42 @@ class ChannelBase:
         self.pending = bytearray()
 
 
-class AMQPConnection:
-    """Server side of one AMQP connection, independent of any transport."""
+class ConnectionHandler(Protocol[U]):
+    """What the engine calls: the broker side of one connection (``U``: its channel)."""
 
-    channel_class: type[ChannelBase] = ChannelBase
+    def mechanisms(self) -> tuple[str, ...]: ...
+
+    def authenticate(self, mechanism: str, response: bytes) -> bool: ...
+
+    def on_tuned(self) -> None: ...
+
+    def open_vhost(self, vhost: str) -> None: ...
+
+    def on_channel_open(self, number: int) -> U: ...
+
+    def on_channel_closed(self, user: U) -> None: ...
+
+    def on_connection_closed(self) -> None: ...
+
+    def on_method(self, user: U, method: M.Method) -> None: ...
+
+    def on_publish(
+        self, user: U, exrk: bytes, exlen: int, flags: int, raw: bytes, hsize: int, fmax: int
+    ) -> None:
+        """A complete publish. ``raw`` holds the content header frame and the body
+        frame(s) exactly as received (envelopes included); ``hsize`` is the header
+        payload size and ``fmax`` the largest frame payload in ``raw``."""
+
+    def on_ack(self, user: U, delivery_tag: int, multiple: int) -> None: ...
+
+
+class AMQPConnection(Generic[U]):
+    """Server side of one AMQP connection, independent of any transport and broker."""
 
     def __init__(
         self,
-        wake: Callable[[AMQPConnection], None],
+        handler: ConnectionHandler[U],
+        wake: Callable[[], None],
         *,
         frame_max: int = 131072,
         channel_max: int = 2047,
@@ -124,6 +181,7 @@ class AMQPConnection:
         server_properties: dict[str, Any] | None = None,
         peer: str = "?",
     ) -> None:
+        self.handler = handler
         self.wake = wake
         self.out = bytearray()
         self.peer = peer
@@ -139,7 +197,7 @@ class AMQPConnection:
         self.heartbeat = 0
         self.client_properties: dict[str, Any] = {}
         self.client_capabilities: dict[str, Any] = {}
-        self.channels: dict[int, ChannelBase] = {}
+        self.channels: dict[int, ChannelFrames[U]] = {}
         self._buf = bytearray()
         self.recv_activity = True
         self.send_activity = False
@@ -148,12 +206,11 @@ class AMQPConnection:
         self._woken = False
 
     # ----------------------------------------------------------------- output
-    def _wake(self) -> None:
+    def wake_once(self) -> None:
+        """Output is waiting: ask the I/O layer for one write this loop turn."""
         if not self._woken:
             self._woken = True
-            self.wake(self)
-
-    wake_once = _wake
+            self.wake()
 
     def take_output(self) -> bytearray | None:
         """The I/O layer calls this once per loop turn; returns bytes to write."""
@@ -171,7 +228,7 @@ class AMQPConnection:
         out += _pack_hdr(FRAME_METHOD, channel, len(payload))
         out += payload
         out += FRAME_END_BYTES
-        self._wake()
+        self.wake_once()
 
     # ------------------------------------------------------------------ input
     def feed(self, data: bytes) -> None:
@@ -187,11 +244,11 @@ class AMQPConnection:
         try:
             pos = self._parse(buf)
         except AMQPError as exc:
-            self._hard_error(exc)
+            self.connection_error(exc)
             return
         except Exception:  # a bug: never let it kill the worker
             log.exception("connection %s: internal error while parsing", self.peer)
-            self._hard_error(HardError(INTERNAL_ERROR, "internal error"))
+            self.connection_error(HardError(INTERNAL_ERROR, "internal error"))
             return
         if pos >= len(buf):
             if self._buf:
@@ -218,6 +275,9 @@ class AMQPConnection:
         return self._parse_frames(buf, pos)
 
     def _parse_frames(self, buf: bytes | bytearray, pos: int) -> int:
+        """Parse whole frames from ``pos``; returns where the first incomplete one
+        starts. Publish (method + header + body in this buffer) and ack are handled
+        inline; every other frame goes to its handler."""
         # Content is copied out of ``buf`` once: slicing a bytearray copies, and bytes()
         # of that copy copies again, so take bytearray slices through a memoryview (it
         # dies with this frame, before ``feed`` resizes the buffer).
@@ -225,6 +285,7 @@ class AMQPConnection:
         n = len(buf)
         limit = self.frame_max - 8
         channels = self.channels
+        handler = self.handler
         while n - pos >= 7:
             ftype, chnum, size = _unpack_hdr(buf, pos)
             if size > limit:
@@ -237,165 +298,184 @@ class AMQPConnection:
                 break
             if buf[end] != FRAME_END:
                 raise HardError(FRAME_ERROR, f"bad frame end octet {buf[end]:#x}")
-            if ftype == FRAME_METHOD:
+            ch = channels.get(chnum) if chnum else None
+            if ch is None or ch.closing:
+                pos = self._frame_without_channel(ch, ftype, chnum, buf, pos, end)
+            elif ch.expect == EXPECT_SUSPENDED and 0 < ftype < 4:
+                ch.pending += buf[pos : end + 1]
+                pos = end + 1
+                continue
+            elif ftype == FRAME_METHOD:
+                if ch.expect != EXPECT_METHOD:
+                    raise HardError(
+                        UNEXPECTED_FRAME,
+                        f"expected content frame on channel {chnum}, got method frame",
+                    )
                 if size < 4:
                     raise HardError(FRAME_ERROR, "method frame too short")
                 idx = _unpack_u32(buf, pos + 7)[0]
-                if chnum == 0 or self.state != OPEN:
-                    self._channel0_method(chnum, idx, buf, pos + 11, end)
+                if idx == BASIC_PUBLISH:
+                    # reserved-1 short, exchange shortstr, routing-key shortstr, bits
+                    p = pos + 13
+                    el = buf[p]
+                    q = p + 1 + el
+                    if q >= end:
+                        raise HardError(FRAME_ERROR, "malformed basic.publish")
+                    q = q + 1 + buf[q]
+                    if q >= end:
+                        raise HardError(FRAME_ERROR, "malformed basic.publish")
+                    ch.asm_exrk = bytes(view[p:q])
+                    ch.asm_exlen = el
+                    ch.asm_flags = buf[q]
+                    ch.expect = EXPECT_HEADER
+                elif idx == BASIC_ACK:
+                    if size < 13:
+                        raise HardError(FRAME_ERROR, "malformed basic.ack")
+                    tag, bits = _unpack_qb(buf, pos + 11)
+                    try:
+                        handler.on_ack(ch.user, tag, bits & 1)
+                    except SoftError as exc:
+                        self.channel_error(ch, exc, idx)
                 else:
-                    ch = channels.get(chnum)
-                    if ch is None:
-                        self._unopened_channel_method(chnum, idx, buf, pos + 11)
-                    elif ch.closing:
-                        if idx == _CHANNEL_CLOSE_OK or idx == _CHANNEL_CLOSE:
-                            self._channel_closed_by_ok(ch, idx)
-                    elif ch.expect != EXPECT_METHOD:
-                        if ch.expect == EXPECT_SUSPENDED:
-                            ch.pending += buf[pos : end + 1]
-                            pos = end + 1
-                            continue
-                        raise HardError(
-                            UNEXPECTED_FRAME,
-                            f"expected content frame on channel {chnum}, got method frame",
-                        )
-                    elif idx == BASIC_PUBLISH:
-                        # reserved-1 short, exchange shortstr, routing-key shortstr, bits
-                        p = pos + 13
-                        el = buf[p]
-                        q = p + 1 + el
-                        if q >= end:
-                            raise HardError(FRAME_ERROR, "malformed basic.publish")
-                        q = q + 1 + buf[q]
-                        if q >= end:
-                            raise HardError(FRAME_ERROR, "malformed basic.publish")
-                        ch.asm_exrk = bytes(view[p:q])
-                        ch.asm_exlen = el
-                        ch.asm_flags = buf[q]
-                        ch.expect = EXPECT_HEADER
-                    elif idx == BASIC_ACK:
-                        if size < 13:
-                            raise HardError(FRAME_ERROR, "malformed basic.ack")
-                        tag, bits = _unpack_qb(buf, pos + 11)
-                        try:
-                            self.on_ack(ch, tag, bits & 1)
-                        except SoftError as exc:
-                            self._soft_error(ch, exc, idx)
-                    else:
-                        self._channel_method(ch, idx, buf, pos + 11)
+                    self._channel_method(ch, idx, buf, pos + 11)
+                pos = end + 1
             elif ftype == FRAME_HEADER:
-                ch = channels.get(chnum)
-                if ch is None or ch.closing:
-                    if ch is None:
-                        raise HardError(
-                            UNEXPECTED_FRAME, f"content header on channel {chnum} (not open)"
-                        )
-                elif ch.expect != EXPECT_HEADER:
-                    if ch.expect == EXPECT_SUSPENDED:
-                        ch.pending += buf[pos : end + 1]
-                        pos = end + 1
-                        continue
+                if ch.expect != EXPECT_HEADER:
                     raise HardError(
                         UNEXPECTED_FRAME,
                         f"expected method frame on channel {chnum}, got content header",
                     )
-                else:
-                    if size < 14:
-                        raise HardError(FRAME_ERROR, "content header too short")
-                    if buf[pos + 7] != 0 or buf[pos + 8] != 60:
-                        raise HardError(
-                            UNEXPECTED_FRAME,
-                            f"expected content header for class 60 on channel {chnum}",
-                        )
-                    bsize = _unpack_u64(buf, pos + 11)[0]
-                    if bsize == 0:
+                if size < 14:
+                    raise HardError(FRAME_ERROR, "content header too short")
+                if buf[pos + 7] != 0 or buf[pos + 8] != 60:
+                    raise HardError(
+                        UNEXPECTED_FRAME,
+                        f"expected content header for class 60 on channel {chnum}",
+                    )
+                bsize = _unpack_u64(buf, pos + 11)[0]
+                p2 = end + 1
+                if 0 < bsize <= limit and n - p2 >= 8:
+                    # Fast path: the whole body follows as one frame in this buffer;
+                    # keep header + body frames as one slice, as they will go out.
+                    t2, c2, s2 = _unpack_hdr(buf, p2)
+                    e2 = p2 + 7 + s2
+                    if (
+                        t2 == FRAME_BODY
+                        and c2 == chnum
+                        and s2 == bsize
+                        and e2 < n
+                        and buf[e2] == FRAME_END
+                        and bsize <= self.max_message_size
+                    ):
                         ch.expect = EXPECT_METHOD
-                        self._publish(ch, bytes(view[pos : end + 1]), size, size)
-                    elif bsize > self.max_message_size:
-                        ch.expect = EXPECT_METHOD
-                        self._soft_error(
-                            ch,
-                            SoftError(
-                                406,
-                                f"message size {bsize} is larger than configured max size "
-                                f"{self.max_message_size}",
-                                60,
-                                40,
-                            ),
-                            BASIC_PUBLISH,
-                        )
-                    else:
-                        # Fast path: the whole body follows as one frame in this buffer;
-                        # keep header + body frames as one slice, as they will go out.
-                        p2 = end + 1
-                        if n - p2 >= 8:
-                            t2, c2, s2 = _unpack_hdr(buf, p2)
-                            e2 = p2 + 7 + s2
-                            if (
-                                t2 == FRAME_BODY
-                                and c2 == chnum
-                                and s2 == bsize
-                                and e2 < n
-                                and buf[e2] == FRAME_END
-                                and s2 <= limit
-                            ):
-                                ch.expect = EXPECT_METHOD
-                                self._publish(ch, bytes(view[pos : e2 + 1]), size, max(size, s2))
-                                pos = e2 + 1
-                                continue
-                        ch.asm_parts = [bytes(view[pos : end + 1])]
-                        ch.asm_hsize = size
-                        ch.asm_fmax = size
-                        ch.asm_remaining = bsize
-                        ch.expect = EXPECT_BODY
+                        self._publish(ch, bytes(view[pos : e2 + 1]), size, max(size, s2))
+                        pos = e2 + 1
+                        if self.state >= CLOSED:
+                            return n
+                        continue
+                self._content_header(ch, bsize, bytes(view[pos : end + 1]), size)
+                pos = end + 1
             elif ftype == FRAME_BODY:
-                ch = channels.get(chnum)
-                if ch is None:
-                    raise HardError(UNEXPECTED_FRAME, f"content body on channel {chnum} (not open)")
-                if not ch.closing:
-                    if ch.expect != EXPECT_BODY:
-                        if ch.expect == EXPECT_SUSPENDED:
-                            ch.pending += buf[pos : end + 1]
-                            pos = end + 1
-                            continue
-                        raise HardError(
-                            UNEXPECTED_FRAME,
-                            f"unexpected content body frame on channel {chnum}",
-                        )
-                    remaining = ch.asm_remaining - size
-                    if remaining < 0:
-                        raise HardError(FRAME_ERROR, "content body larger than announced")
-                    ch.asm_parts.append(bytes(view[pos : end + 1]))
-                    if size > ch.asm_fmax:
-                        ch.asm_fmax = size
-                    ch.asm_remaining = remaining
-                    if remaining == 0:
-                        ch.expect = EXPECT_METHOD
-                        raw = b"".join(ch.asm_parts)
-                        ch.asm_parts = []
-                        self._publish(ch, raw, ch.asm_hsize, ch.asm_fmax)
+                self._content_body(ch, bytes(view[pos : end + 1]), size)
+                pos = end + 1
             elif ftype == FRAME_HEARTBEAT:
-                if chnum != 0:
-                    raise HardError(UNEXPECTED_FRAME, "heartbeat frame on non-zero channel")
+                raise HardError(UNEXPECTED_FRAME, "heartbeat frame on non-zero channel")
             else:
                 raise HardError(FRAME_ERROR, f"unknown frame type {ftype}")
-            pos = end + 1
             if self.state >= CLOSED:
                 return n
         return pos
 
-    # ------------------------------------------------------------ suspension
-    def suspend(self, ch: ChannelBase) -> None:
-        """Hold further frames of ``ch`` until ``resume`` (the current method awaits a
-        reply from another process)."""
-        ch.expect = EXPECT_SUSPENDED
+    # ------------------------------------------------------------ frame handlers
+    def _frame_without_channel(
+        self,
+        ch: ChannelFrames[U] | None,
+        ftype: int,
+        chnum: int,
+        buf: bytes | bytearray,
+        pos: int,
+        end: int,
+    ) -> int:
+        """A frame on channel 0, on a channel that is not open, or on one we are
+        closing (``ch.closing``: only its close / close-ok matter)."""
+        if ftype == FRAME_METHOD:
+            if end - pos - 7 < 4:
+                raise HardError(FRAME_ERROR, "method frame too short")
+            idx = _unpack_u32(buf, pos + 7)[0]
+            if chnum == 0 or self.state != OPEN:
+                self._channel0_method(chnum, idx, buf, pos + 11)
+            elif ch is None:
+                self._unopened_channel_method(chnum, idx)
+            elif idx == _CHANNEL_CLOSE_OK or idx == _CHANNEL_CLOSE:
+                self._channel_closed_by_ok(ch, idx)
+        elif ftype == FRAME_HEARTBEAT:
+            if chnum != 0:
+                raise HardError(UNEXPECTED_FRAME, "heartbeat frame on non-zero channel")
+        elif ftype == FRAME_HEADER or ftype == FRAME_BODY:
+            if ch is None:
+                what = "content header" if ftype == FRAME_HEADER else "content body"
+                raise HardError(UNEXPECTED_FRAME, f"{what} on channel {chnum} (not open)")
+        else:
+            raise HardError(FRAME_ERROR, f"unknown frame type {ftype}")
+        return end + 1
 
-    def resume(self, ch: ChannelBase) -> None:
-        """Process, in order, the frames that arrived while ``ch`` was suspended."""
-        if ch.expect != EXPECT_SUSPENDED:
+    def _content_header(self, ch: ChannelFrames[U], bsize: int, frame: bytes, size: int) -> None:
+        """A content header whose body does not follow whole in this buffer."""
+        if bsize == 0:
+            ch.expect = EXPECT_METHOD
+            self._publish(ch, frame, size, size)
+        elif bsize > self.max_message_size:
+            ch.expect = EXPECT_METHOD
+            self.channel_error(
+                ch,
+                SoftError(
+                    PRECONDITION_FAILED,
+                    f"message size {bsize} is larger than configured max size "
+                    f"{self.max_message_size}",
+                    60,
+                    40,
+                ),
+                BASIC_PUBLISH,
+            )
+        else:
+            ch.asm_parts = [frame]
+            ch.asm_hsize = size
+            ch.asm_fmax = size
+            ch.asm_remaining = bsize
+            ch.expect = EXPECT_BODY
+
+    def _content_body(self, ch: ChannelFrames[U], frame: bytes, size: int) -> None:
+        if ch.expect != EXPECT_BODY:
+            raise HardError(
+                UNEXPECTED_FRAME, f"unexpected content body frame on channel {ch.number}"
+            )
+        remaining = ch.asm_remaining - size
+        if remaining < 0:
+            raise HardError(FRAME_ERROR, "content body larger than announced")
+        ch.asm_parts.append(frame)
+        if size > ch.asm_fmax:
+            ch.asm_fmax = size
+        ch.asm_remaining = remaining
+        if remaining == 0:
+            ch.expect = EXPECT_METHOD
+            raw = b"".join(ch.asm_parts)
+            ch.asm_parts = []
+            self._publish(ch, raw, ch.asm_hsize, ch.asm_fmax)
+
+    # ------------------------------------------------------------ suspension
+    def suspend(self, number: int) -> None:
+        """Hold further frames of channel ``number`` until ``resume`` (the current
+        method awaits a reply from another process)."""
+        self.channels[number].expect = EXPECT_SUSPENDED
+
+    def resume(self, number: int, user: U) -> None:
+        """Process, in order, the frames that arrived while the channel was suspended
+        (nothing if ``user``'s channel is gone meanwhile)."""
+        ch = self.channels.get(number)
+        if ch is None or ch.user is not user or ch.expect != EXPECT_SUSPENDED:
             return
         ch.expect = EXPECT_METHOD
-        if not ch.pending or self.state >= CLOSING or self.channels.get(ch.number) is not ch:
+        if not ch.pending or self.state >= CLOSING:
             ch.pending = bytearray()
             return
         data = bytes(ch.pending)
@@ -403,16 +483,18 @@ class AMQPConnection:
         try:
             self._parse_frames(data, 0)
         except AMQPError as exc:
-            self._hard_error(exc)
+            self.connection_error(exc)
         except Exception:
             log.exception("connection %s: internal error while resuming", self.peer)
-            self._hard_error(HardError(INTERNAL_ERROR, "internal error"))
+            self.connection_error(HardError(INTERNAL_ERROR, "internal error"))
 
-    def _publish(self, ch: ChannelBase, raw: bytes, hsize: int, fmax: int) -> None:
+    def _publish(self, ch: ChannelFrames[U], raw: bytes, hsize: int, fmax: int) -> None:
         try:
-            self.on_publish(ch, ch.asm_exrk, ch.asm_exlen, ch.asm_flags, raw, hsize, fmax)
+            self.handler.on_publish(
+                ch.user, ch.asm_exrk, ch.asm_exlen, ch.asm_flags, raw, hsize, fmax
+            )
         except SoftError as exc:
-            self._soft_error(ch, exc, BASIC_PUBLISH)
+            self.channel_error(ch, exc, BASIC_PUBLISH)
 
     def _decode(self, idx: int, buf: bytes | bytearray, offset: int) -> M.Method:
         cls = M.METHODS.get(idx)
@@ -425,11 +507,13 @@ class AMQPConnection:
             )
         return cls.decode(buf, offset)
 
-    def _channel_method(self, ch: ChannelBase, idx: int, buf: bytes | bytearray, off: int) -> None:
+    def _channel_method(
+        self, ch: ChannelFrames[U], idx: int, buf: bytes | bytearray, off: int
+    ) -> None:
         method = self._decode(idx, buf, off)
         if idx == _CHANNEL_CLOSE:
             self.channels.pop(ch.number, None)
-            self.on_channel_closed(ch)
+            self.handler.on_channel_closed(ch.user)
             self.send_method(ch.number, M.ChannelCloseOk())
             return
         if idx == _CHANNEL_OPEN:
@@ -437,17 +521,15 @@ class AMQPConnection:
                 CHANNEL_ERROR, f"second 'channel.open' seen on channel {ch.number}", 20, 10
             )
         try:
-            self.on_method(ch, method)
+            self.handler.on_method(ch.user, method)
         except SoftError as exc:
-            self._soft_error(ch, exc, idx)
+            self.channel_error(ch, exc, idx)
         except HardError as exc:
             if not exc.class_id:
                 exc.class_id, exc.method_id = idx >> 16, idx & 0xFFFF
             raise
 
-    def _unopened_channel_method(
-        self, chnum: int, idx: int, buf: bytes | bytearray, off: int
-    ) -> None:
+    def _unopened_channel_method(self, chnum: int, idx: int) -> None:
         if idx == _CHANNEL_OPEN:
             if chnum > self.channel_max:
                 raise HardError(
@@ -456,9 +538,7 @@ class AMQPConnection:
                     20,
                     10,
                 )
-            ch = self.channel_class(chnum)
-            self.channels[chnum] = ch
-            self.on_channel_open(ch)
+            self.channels[chnum] = ChannelFrames(chnum, self.handler.on_channel_open(chnum))
             self.send_method(chnum, M.ChannelOpenOk())
             return
         if idx == _CHANNEL_CLOSE_OK:
@@ -470,15 +550,13 @@ class AMQPConnection:
             CHANNEL_ERROR, f"expected 'channel.open' on channel {chnum}", idx >> 16, idx & 0xFFFF
         )
 
-    def _channel_closed_by_ok(self, ch: ChannelBase, idx: int) -> None:
+    def _channel_closed_by_ok(self, ch: ChannelFrames[U], idx: int) -> None:
         self.channels.pop(ch.number, None)
         if idx == _CHANNEL_CLOSE:
             self.send_method(ch.number, M.ChannelCloseOk())
 
     # ------------------------------------------------------------ channel 0
-    def _channel0_method(
-        self, chnum: int, idx: int, buf: bytes | bytearray, off: int, end: int
-    ) -> None:
+    def _channel0_method(self, chnum: int, idx: int, buf: bytes | bytearray, off: int) -> None:
         state = self.state
         if state == CLOSING:
             if idx == _CONNECTION_CLOSE_OK:
@@ -533,7 +611,7 @@ class AMQPConnection:
                 version_major=0,
                 version_minor=9,
                 server_properties=self.server_properties,
-                mechanisms=b" ".join(m.encode() for m in self.mechanisms()),
+                mechanisms=b" ".join(m.encode() for m in self.handler.mechanisms()),
                 locales=b"en_US",
             ),
         )
@@ -542,14 +620,14 @@ class AMQPConnection:
         self.client_properties = m.client_properties or {}
         caps = self.client_properties.get("capabilities")
         self.client_capabilities = caps if isinstance(caps, dict) else {}
-        if m.mechanism not in self.mechanisms():
+        if m.mechanism not in self.handler.mechanisms():
             raise HardError(
                 403,
                 f"unsupported authentication mechanism '{m.mechanism}'",
                 10,
                 11,
             )
-        if not self.authenticate(m.mechanism, bytes(m.response)):
+        if not self.handler.authenticate(m.mechanism, bytes(m.response)):
             err = HardError(
                 403,
                 f"Login was refused using authentication mechanism {m.mechanism}. "
@@ -558,12 +636,12 @@ class AMQPConnection:
                 11,
             )
             if self.client_capabilities.get("authentication_failure_close"):
-                self._hard_error(err)
+                self.connection_error(err)
             else:
                 log.warning("connection %s: %s", self.peer, err.reply_text)
                 self.state = CLOSED
                 self.want_close = True
-                self._wake()
+                self.wake_once()
             return
         self.state = AWAIT_TUNE_OK
         self.send_method(
@@ -596,10 +674,10 @@ class AMQPConnection:
         self.frame_max = fmax
         self.heartbeat = m.heartbeat
         self.state = AWAIT_OPEN
-        self.on_tuned()
+        self.handler.on_tuned()
 
     def _open(self, m: M.ConnectionOpen) -> None:
-        self.open_vhost(m.virtual_host)
+        self.handler.open_vhost(m.virtual_host)
         self.state = OPEN
         self.send_method(0, M.ConnectionOpenOk())
 
@@ -607,24 +685,24 @@ class AMQPConnection:
         if self.state != CLOSED:
             self.state = CLOSED
             self.want_close = True
-            self._wake()
+            self.wake_once()
 
     def _bad_header(self, got: bytes) -> None:
         log.warning("connection %s: bad protocol header %r", self.peer, got)
         self.out += PROTOCOL_HEADER
         self.state = CLOSED
         self.want_close = True
-        self._wake()
+        self.wake_once()
 
     # ------------------------------------------------------------ errors
-    def _soft_error(self, ch: ChannelBase, exc: SoftError, idx: int) -> None:
+    def channel_error(self, ch: ChannelFrames[U], exc: SoftError, idx: int) -> None:
         class_id = exc.class_id or (idx >> 16)
         method_id = exc.method_id or (idx & 0xFFFF)
         log.info("channel %s/%d closed: %s", self.peer, ch.number, exc.reply_text)
         ch.closing = True
         ch.expect = EXPECT_METHOD
         ch.asm_parts = []
-        self.on_channel_closed(ch)
+        self.handler.on_channel_closed(ch.user)
         self.send_method(
             ch.number,
             M.ChannelClose(
@@ -635,7 +713,7 @@ class AMQPConnection:
             ),
         )
 
-    def _hard_error(self, exc: AMQPError) -> None:
+    def connection_error(self, exc: AMQPError) -> None:
         """Send connection.close and stop processing anything but close-ok."""
         if self.state >= CLOSING:
             return
@@ -643,7 +721,7 @@ class AMQPConnection:
         if self.state < AWAIT_TUNE_OK and self.state != AWAIT_START_OK:
             self.state = CLOSED
             self.want_close = True
-            self._wake()
+            self.wake_once()
             return
         self.send_method(
             0,
@@ -677,13 +755,13 @@ class AMQPConnection:
         self.channels.clear()
         for ch in channels:
             if not ch.closing:
-                self.on_channel_closed(ch)
+                self.handler.on_channel_closed(ch.user)
 
     def connection_lost(self) -> None:
         """The transport is gone: release everything (requeue unacked, drop exclusives)."""
         self.state = CLOSED
         self._release_channels()
-        self.on_connection_closed()
+        self.handler.on_connection_closed()
 
     # ------------------------------------------------------------ heartbeats
     def heartbeat_tick(self) -> bool:
@@ -691,7 +769,7 @@ class AMQPConnection:
         out; returns False when the peer is dead (silent for two heartbeat intervals)."""
         if not self.send_activity and self.state < CLOSED:
             self.out += HEARTBEAT_FRAME
-            self._wake()
+            self.wake_once()
         self.send_activity = False
         if self.recv_activity:
             self.recv_activity = False
@@ -699,55 +777,6 @@ class AMQPConnection:
             return True
         self._silent_ticks += 1
         return self._silent_ticks < 4
-
-    # ------------------------------------------------------------ hooks
-    def after_flush(self) -> None:
-        """The I/O layer wrote the output taken by ``take_output``."""
-
-    def set_write_paused(self, paused: bool) -> None:
-        """The socket's write buffer passed its high (True) or low (False) water mark."""
-
-    def mechanisms(self) -> tuple[str, ...]:
-        return ("PLAIN", "AMQPLAIN")
-
-    def authenticate(self, mechanism: str, response: bytes) -> bool:
-        raise NotImplementedError
-
-    def on_tuned(self) -> None:
-        pass
-
-    def open_vhost(self, vhost: str) -> None:
-        raise NotImplementedError
-
-    def on_channel_open(self, ch: ChannelBase) -> None:
-        pass
-
-    def on_channel_closed(self, ch: ChannelBase) -> None:
-        pass
-
-    def on_connection_closed(self) -> None:
-        pass
-
-    def on_method(self, ch: ChannelBase, method: M.Method) -> None:
-        raise NotImplementedError
-
-    def on_publish(
-        self,
-        ch: ChannelBase,
-        exrk: bytes,
-        exlen: int,
-        flags: int,
-        raw: bytes,
-        hsize: int,
-        fmax: int,
-    ) -> None:
-        """A complete publish. ``raw`` holds the content header frame and the body
-        frame(s) exactly as received (envelopes included); ``hsize`` is the header
-        payload size and ``fmax`` the largest frame payload in ``raw``."""
-        raise NotImplementedError
-
-    def on_ack(self, ch: ChannelBase, delivery_tag: int, multiple: int) -> None:
-        raise NotImplementedError
 
 
 _KNOWN_CLASSES = {10, 20, 30, 40, 50, 60, 85, 90}
@@ -757,4 +786,4 @@ _HANDSHAKE_EXPECT = {
     AWAIT_OPEN: M.ConnectionOpen.INDEX,
 }
 
-__all__ = ["AMQPConnection", "ChannelBase", "REPLY_SUCCESS"]
+__all__ = ["AMQPConnection", "ChannelFrames", "ConnectionHandler", "REPLY_SUCCESS"]

@@ -6,8 +6,8 @@ blocks every publisher), and ``LocalSequencer`` (one worker: ops apply at once, 
 durable definitions are saved before the op returns).
 
 Invariants:
-- No socket I/O here; the net layer creates connections through ``new_connection``
-  and flushes their output.
+- No socket I/O here; the net layer creates connections (through a protocol adapter,
+  ``shardmq.adapter``) and flushes their output.
 - Storage is on when the broker is built inside a running event loop (a real
   ``shardmq serve`` process) or with ``storage=True``: then durable, non-exclusive
   queues this worker owns are ``DurableQueue``s with a store under
@@ -26,11 +26,9 @@ import hmac
 import itertools
 import logging
 import platform
-from collections.abc import Callable
 from typing import Any
 
 from shardmq import __version__
-from shardmq.amqp.connection import AMQPConnection
 from shardmq.amqp.errors import INTERNAL_ERROR, AMQPError, HardError
 from shardmq.broker.connection import BrokerConnection
 from shardmq.broker.durable import DefinitionsKeeper
@@ -190,9 +188,6 @@ class Broker:
             return False
         return hmac.compare_digest(u.password.encode(), password.encode())
 
-    def new_connection(self, wake: Callable[[AMQPConnection], None], peer: str) -> BrokerConnection:
-        return BrokerConnection(self, wake, peer)
-
     def _queue_deleted(self, q: AnyQueue) -> None:
         """Consumers of a deleted queue on this worker's connections get basic.cancel;
         a durable queue's store is destroyed."""
@@ -233,8 +228,8 @@ class Broker:
         reason = self.alarm_reason
         for conn in list(self.connections):
             if conn.published:
-                conn.memory_alarm(on, reason)
+                conn.alarm(on, reason)
 
     def close_all(self, code: int, text: str) -> None:
         for conn in list(self.connections):
-            conn.server_close(code, text)
+            conn.client.close(code, text)

@@ -1,6 +1,10 @@
 """A broker channel: delivery tags, unacked messages, prefetch, confirms, transactions.
 
-Owns: ``Channel`` — everything whose scope is one AMQP channel.
+Owns: ``Channel`` — everything whose scope is one channel of a client connection, in
+protocol-neutral terms (an AMQP 0-9-1 channel; an AMQP 1.0 session would map onto one
+too) — and ``ChannelSink``, what a protocol adapter implements so that the channel's
+deliveries, publisher confirms and returned messages reach its client. Frames, channel
+numbers on the wire and content assembly are the adapter's.
 
 Invariants:
 - Delivery tags start at 1 and grow by one per delivery or get-ok on this channel.
@@ -22,10 +26,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Container
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from shardmq.amqp.codec import write_confirm, write_deliver
-from shardmq.amqp.connection import ChannelBase
 from shardmq.amqp.errors import PRECONDITION_FAILED, SoftError
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.message import Message
@@ -40,9 +42,36 @@ OUT_LIMIT = 256 * 1024
 Unacked = tuple["Consumer | None", Queue, Message]
 
 
-class Channel(ChannelBase):
+class ChannelSink(Protocol):
+    """How a channel's output reaches its client: implemented by a protocol adapter
+    (``shardmq.adapter.amqp091.AMQP091Connection`` for AMQP 0-9-1). Each call writes to
+    the connection's output for this loop turn; the adapter tells the domain
+    connection ``out_full()`` when a turn's output passes ``OUT_LIMIT``."""
+
+    def deliver(
+        self, ch: Channel, consumer: Consumer, tag: int, redelivered: bool, msg: Message
+    ) -> None:
+        """A delivery to ``consumer`` with delivery tag ``tag``."""
+
+    def deliver_remote(self, ch: Channel, consumer: Consumer, record: bytes, pos: int) -> int:
+        """The no-ack deliveries of a DELIVER record from another worker (items from
+        ``pos``, see ``shardmq.broker.shards``), numbered from ``ch.next_tag + 1``
+        (the sink advances it); returns how many."""
+        ...
+
+    def confirm(self, ch: Channel, seq: int, multiple: bool, ack: bool) -> None:
+        """A publisher confirm: basic.ack (``ack``) or basic.nack of ``seq``."""
+
+    def returned(self, ch: Channel, code: int, text: str, msg: Message) -> None:
+        """An unroutable mandatory publish goes back to its publisher."""
+
+
+class Channel:
     __slots__ = (
+        "number",
         "conn",
+        "sink",
+        "closing",
         "flow",
         "active",
         "next_tag",
@@ -63,11 +92,13 @@ class Channel(ChannelBase):
         "last_queue",
     )
 
-    def __init__(self, number: int) -> None:
-        super().__init__(number)
-        self.conn: BrokerConnection = None  # type: ignore[assignment]  # set on open
+    def __init__(self, number: int, conn: BrokerConnection, sink: ChannelSink) -> None:
+        self.number = number
+        self.conn = conn
+        self.sink = sink
+        self.closing = False  # released: takes no more deliveries
         self.flow = True
-        self.active = True  # flow on and the socket is writable
+        self.active = not conn.write_paused  # flow on and the socket is writable
         self.next_tag = 0
         self.unacked: OrderedDict[int, Unacked] = OrderedDict()
         self.consumer_unacked = 0
@@ -89,26 +120,13 @@ class Channel(ChannelBase):
     def deliver(self, consumer: Consumer, queue: Queue, msg: Message, redelivered: bool) -> None:
         tag = self.next_tag + 1
         self.next_tag = tag
-        conn = self.conn
         if consumer.no_ack:
             queue.settle(msg)
         else:
             self.unacked[tag] = (consumer, queue, msg)
             consumer.unacked += 1
             self.consumer_unacked += 1
-        write_deliver(
-            conn.out,
-            self.number,
-            consumer.ctag,
-            tag,
-            redelivered,
-            msg.exrk,
-            msg,
-            conn.frame_max,
-        )
-        if len(conn.out) > OUT_LIMIT:
-            conn.out_full()
-        conn.wake_once()
+        self.sink.deliver(self, consumer, tag, redelivered, msg)
 
     def take_get(self, queue: Queue, msg: Message, no_ack: bool) -> int:
         tag = self.next_tag + 1
@@ -262,7 +280,7 @@ class Channel(ChannelBase):
         (``multiple`` when it covers several) per stretch of confirmed ones, a nack for
         each nacked one. Every publish gets exactly one answer: a multiple ack never
         spans a nack, and a nack behind a publish still pending waits for it."""
-        out = self.conn.out
+        confirm = self.sink.confirm
         done = self.confirm_done
         upto = next(iter(self.unconfirmed)) - 1 if self.unconfirmed else self.confirm_seq
         if self.confirm_nacks:
@@ -272,18 +290,19 @@ class Channel(ChannelBase):
                     later.append(n)
                     continue
                 if n - 1 > done:
-                    write_confirm(out, self.number, n - 1, n - 1 > done + 1, True)
-                write_confirm(out, self.number, n, False, False)
+                    confirm(self, n - 1, n - 1 > done + 1, True)
+                confirm(self, n, False, False)
                 done = n
             self.confirm_nacks = later
         if upto > done:
-            write_confirm(out, self.number, upto, upto > done + 1, True)
+            confirm(self, upto, upto > done + 1, True)
             done = upto
         self.confirm_done = done
 
     # ------------------------------------------------------------ teardown
     def release(self) -> None:
         """The channel is gone: cancel its consumers and requeue what it held."""
+        self.closing = True
         for c in list(self.consumers.values()):
             self.conn.remove_consumer(c, notify=False)
         self.consumers.clear()

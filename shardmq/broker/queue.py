@@ -97,8 +97,9 @@ class Consumer:
         if not limit:
             return True
         used = ch.consumer_unacked
-        if ch.conn.gq:  # the channel also has consumers of queues on other workers
-            used += ch.conn.remote_held(ch)
+        qos = ch.conn.qos
+        if qos.granted:  # the channel also has consumers of queues on other workers
+            used += qos.remote_held(ch)
         return used < limit
 
 

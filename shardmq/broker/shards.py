@@ -42,10 +42,7 @@ import msgspec
 
 from shardmq.amqp.codec import (
     FRAME_END_BYTES,
-    FRAME_METHOD,
-    deliver_start,
     shortstr,
-    write_deliver,
 )
 from shardmq.amqp.errors import (
     ACCESS_REFUSED,
@@ -54,7 +51,6 @@ from shardmq.amqp.errors import (
     SoftError,
 )
 from shardmq.broker import metadata as md
-from shardmq.broker.channel import OUT_LIMIT
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import REMOTE_WINDOW, RemoteQueue
 from shardmq.broker.store import ConfirmWaiter
@@ -85,7 +81,7 @@ _DLV = struct.Struct(">BQH")  # DELIVER head: type, conn gid, channel; shortstr 
 # DELIVER item: ref, flags, exrk len, raw's channel, header size, largest frame, raw len;
 # then exrk, a frame-end octet and raw: the tail of a basic.deliver frame and its content
 # frames, which a consumer on the raw's channel number gets in one copy
-_DLV_ITEM = struct.Struct(">QBHHIII")
+DELIVER_ITEM = struct.Struct(">QBHHIII")
 _SETTLE = struct.Struct(">BBI")  # type, action, count
 _CONFIRM = struct.Struct(">BQHBI")  # type, conn gid, channel, ok, count; count seqs follow
 _CREDIT = struct.Struct(">BQHI")  # type, conn gid, channel, credit
@@ -209,7 +205,7 @@ class ProxyConsumer:
             link.is_blocked(src)  # closed batches grew what is queued: see ``ready``
         exrk = msg.exrk
         raw = msg.raw
-        buf += _DLV_ITEM.pack(
+        buf += DELIVER_ITEM.pack(
             ref,
             self.flags | redelivered,  # bit 0 redelivered, bit 1 no-ack
             len(exrk),
@@ -401,8 +397,8 @@ class ShardRouter:
         ch = c.channel
         if not c.no_ack and ch.global_prefetch:
             # the channel's shared limit is enforced here: credit is granted one
-            # delivery at a time by the connection (``BrokerConnection.rebalance``)
-            ch.conn.gq[c] = 0
+            # delivery at a time by the connection (``GlobalQos.rebalance``)
+            ch.conn.qos.track(c)
             credit_on_settle, credit = False, 0
         else:
             credit_on_settle = not c.no_ack and c.prefetch > 0
@@ -588,10 +584,10 @@ class ShardRouter:
         tag, _ = _shortstr_at(data, _CREDIT.size)
         conn = self.broker.conns_by_gid.get(gid)
         ch = conn.channels.get(chnum) if conn is not None else None
-        c = ch.consumers.get(tag) if ch is not None else None  # type: ignore[attr-defined]
-        if c is None or conn is None or c not in conn.gq:
+        c = ch.consumers.get(tag) if ch is not None else None
+        if c is None or conn is None or c not in conn.qos.granted:
             return
-        conn.credit_idle(c, n)
+        conn.qos.credit_idle(c, n)
 
     def _on_request(self, src: int, data: bytes) -> None:
         req, kind, *args = _decode(data[1:])
@@ -679,9 +675,9 @@ class ShardRouter:
             tag = self._tags_in[rawtag] = rawtag[1:].decode()
         conn = self.broker.conns_by_gid.get(gid)
         ch = conn.channels.get(chnum) if conn is not None else None
-        consumer = ch.consumers.get(tag) if ch is not None and not ch.closing else None  # type: ignore[attr-defined]
-        unpack_item = _DLV_ITEM.unpack_from
-        isize = _DLV_ITEM.size
+        consumer = ch.consumers.get(tag) if ch is not None and not ch.closing else None
+        unpack_item = DELIVER_ITEM.unpack_from
+        isize = DELIVER_ITEM.size
         end = len(data)
         if consumer is None or conn is None:
             # nobody to give them to any more: back to the queue
@@ -692,41 +688,13 @@ class ShardRouter:
                     self.settle(src, ref, REQUEUE)
             return
         ch = consumer.channel
-        gq = conn.gq
+        qos = conn.qos
+        gq = qos.granted
         shared = bool(gq) and consumer in gq
         if consumer.no_ack and not shared:
-            # the common fast path: no Message, no unacked entry, straight to the socket.
-            # The bytes are codec.write_deliver's: method frame header, ids, consumer
-            # tag, delivery tag + redelivered, then exrk, frame end and the raw content
-            # frames copied from the item in one piece when they fit the channel as is.
-            n = 0
-            out = conn.out
-            number = ch.number
-            ctag = consumer.ctag
-            pack_start, ids_ctag, size0 = deliver_start(ctag)
-            frame_max = conn.frame_max
-            fits = frame_max - 8
-            view = memoryview(data)
-            tag = ch.next_tag
-            while pos < end:
-                _r, flags, exlen, rawch, hsize, fmax, rlen = unpack_item(data, pos)
-                pos += isize
-                tag += 1
-                nxt = pos + exlen + 1 + rlen
-                if rawch == number and fmax <= fits:
-                    out += pack_start(FRAME_METHOD, number, size0 + exlen, ids_ctag, tag, flags & 1)
-                    out += view[pos:nxt]
-                else:  # another channel number or a smaller frame_max: re-framed
-                    exrk = data[pos : pos + exlen]
-                    msg = Message(exrk, data[pos + exlen + 1 : nxt], rawch, hsize, fmax)
-                    write_deliver(out, number, ctag, tag, bool(flags & 1), exrk, msg, frame_max)
-                pos = nxt
-                n += 1
-            ch.next_tag = tag
-            view.release()
-            if len(out) > OUT_LIMIT:
-                conn.out_full()
-            conn.wake_once()
+            # the common fast path: no Message, no unacked entry, the channel's sink
+            # writes the items straight to the client
+            n = ch.sink.deliver_remote(ch, consumer, data, pos)
             conn.credit_due[consumer] = conn.credit_due.get(consumer, 0) + n
             return
         queue = consumer.queue
@@ -743,10 +711,10 @@ class ShardRouter:
             if shared:
                 gq[consumer] = max(0, gq[consumer] - 1)
                 limit = ch.global_prefetch
-                if conn.parked or (limit and ch.consumer_unacked >= limit):
+                if qos.parked or (limit and ch.consumer_unacked >= limit):
                     # local deliveries took the room meanwhile: hold it until an ack
                     # frees some (bounded by the credit granted)
-                    conn.parked.append((consumer, msg, bool(flags & 1)))
+                    qos.park(consumer, msg, bool(flags & 1))
                     continue
             deliver(consumer, queue, msg, bool(flags & 1))
             n += 1

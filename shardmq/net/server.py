@@ -27,7 +27,8 @@ import signal
 import socket
 from collections.abc import Callable
 
-from shardmq.amqp.connection import CLOSING, OPEN, AMQPConnection
+from shardmq.adapter.amqp091 import AMQP091Connection
+from shardmq.amqp.connection import CLOSING, OPEN
 from shardmq.amqp.errors import CONNECTION_FORCED
 from shardmq.broker.broker import Broker
 from shardmq.config import Config
@@ -49,12 +50,12 @@ class IOHub:
     def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
         self.broker = broker
         self.loop = loop
-        self._dirty: list[AMQPConnection] = []
+        self._dirty: list[AMQPProtocol] = []
         self._scheduled = False
         self.protocols: set[AMQPProtocol] = set()
 
-    def wake(self, conn: AMQPConnection) -> None:
-        self._dirty.append(conn)
+    def wake(self, proto: AMQPProtocol) -> None:
+        self._dirty.append(proto)
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self.flush)
@@ -67,8 +68,7 @@ class IOHub:
         if storage is not None and storage.pending:
             storage.flush()
         dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            proto: AMQPProtocol = conn.io  # type: ignore[attr-defined]
+        for proto in dirty:
             proto.flush()
 
 
@@ -76,7 +76,7 @@ class AMQPProtocol(asyncio.Protocol):
     def __init__(self, hub: IOHub) -> None:
         self.hub = hub
         self.transport: asyncio.Transport | None = None
-        self.conn: AMQPConnection | None = None
+        self.conn: AMQP091Connection | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
 
@@ -92,10 +92,8 @@ class AMQPProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
-        conn = self.hub.broker.new_connection(self.hub.wake, peer_s)
-        conn.io = self  # type: ignore[attr-defined]
-        conn.on_tuned = self._start_heartbeat  # type: ignore[method-assign]
-        self.conn = conn
+        hub = self.hub
+        self.conn = AMQP091Connection(hub.broker, peer_s, self, lambda: hub.wake(self))
         self.hub.protocols.add(self)
         timeout = self.hub.broker.config.amqp.handshake_timeout
         self._timer = self.hub.loop.call_later(timeout, self._handshake_timeout)
@@ -159,7 +157,8 @@ class AMQPProtocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
 
-    def _start_heartbeat(self) -> None:
+    def tuned(self) -> None:
+        """The client accepted the tuning: the handshake timer gives way to heartbeats."""
         conn = self.conn
         if self._timer is not None:
             self._timer.cancel()

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from shardmq.amqp import methods as M
 from shardmq.amqp.codec import PROTOCOL_HEADER
 from shardmq.amqp.connection import CLOSED, CLOSING, OPEN
-from tests.broker.harness import connect, frame, make_broker, method_frame
+from tests.broker.harness import connect, frame, make_broker, method_frame, new_connection
 
 
 def _close_code(client) -> int:
@@ -23,7 +23,7 @@ def _close_code(client) -> int:
 
 def test_wrong_protocol_header_gets_ours_back_and_closes() -> None:
     broker = make_broker()
-    conn = broker.new_connection(lambda c: None, "t")
+    conn = new_connection(broker, "t")
     conn.feed(b"AMQP\x01\x01\x00\x09")
     assert bytes(conn.take_output()) == PROTOCOL_HEADER
     assert conn.want_close and conn.state == CLOSED
@@ -31,7 +31,7 @@ def test_wrong_protocol_header_gets_ours_back_and_closes() -> None:
 
 def test_garbage_before_header_is_rejected_early() -> None:
     broker = make_broker()
-    conn = broker.new_connection(lambda c: None, "t")
+    conn = new_connection(broker, "t")
     conn.feed(b"GET ")
     assert bytes(conn.take_output()) == PROTOCOL_HEADER
 

@@ -141,7 +141,7 @@ class Cluster:
         fresh broker takes the slot (as the supervisor respawns it)."""
         self.records = deque(r for r in self.records if slot not in (r[0], r[1]))
         self.urgent = deque(r for r in self.urgent if slot not in (r[0], r[1]))
-        self.clients = [c for c in self.clients if c.conn.broker is not self.brokers[slot]]
+        self.clients = [c for c in self.clients if c.domain.broker is not self.brokers[slot]]
         for b in self.brokers:
             if b.slot != slot:
                 b.shards.shard_down(slot)

@@ -1,7 +1,7 @@
 """Sans-IO test harness: a broker and client connections without sockets.
 
-Frames are built with the generated method table and fed straight into
-``BrokerConnection.feed``; the broker's output is parsed back into methods and
+Frames are built with the generated method table and fed straight into the AMQP 0-9-1
+adapter (``AMQP091Connection.feed``); the broker's output is parsed back into methods and
 messages, so queue and channel semantics are tested without processes.
 """
 
@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from shardmq.adapter.amqp091 import AMQP091Connection
 from shardmq.amqp import methods as M
 from shardmq.amqp.codec import PROTOCOL_HEADER
 from shardmq.broker.broker import Broker
@@ -48,9 +49,29 @@ class Delivery:
     body: bytes
 
 
+class FakeIO:
+    """The I/O layer's side of a connection: records reading on/off."""
+
+    def __init__(self) -> None:
+        self.reading = True
+
+    def set_reading(self, active: bool) -> None:
+        self.reading = active
+
+    def tuned(self) -> None:
+        pass
+
+
+def new_connection(
+    broker: Broker, peer: str = "test", io: FakeIO | None = None
+) -> AMQP091Connection:
+    """An AMQP 0-9-1 connection with no socket: feed it bytes, take its output."""
+    return AMQP091Connection(broker, peer, io or FakeIO(), lambda: None)
+
+
 @dataclass
 class Client:
-    conn: BrokerConnection
+    conn: AMQP091Connection
     methods: list[tuple[int, M.Method]] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     closed: bool = False
@@ -141,6 +162,11 @@ class Client:
         self.call(channel, M.BasicConsume(queue=queue, consumer_tag=tag, no_ack=no_ack))
         return self.last(M.BasicConsumeOk).consumer_tag  # type: ignore[attr-defined]
 
+    @property
+    def domain(self) -> BrokerConnection:
+        """The broker's side of this connection."""
+        return self.conn.domain
+
     def bodies(self) -> list[bytes]:
         return [d.body for d in self.deliveries]
 
@@ -152,8 +178,7 @@ def make_broker(**overrides: Any) -> Broker:
 def connect(
     broker: Broker, user: str = "guest", password: str = "guest", frame_max: int = 131072
 ) -> Client:
-    conn = broker.new_connection(lambda c: None, "test")
-    client = Client(conn)
+    client = Client(new_connection(broker))
     client.send(PROTOCOL_HEADER)
     assert isinstance(client.methods[-1][1], M.ConnectionStart)
     client.call(

@@ -6,7 +6,7 @@ from shardmq.amqp import methods as M
 from shardmq.broker.queue import QUEUE_HIGH_WATER, Queue
 from shardmq.broker.store import MemoryStore
 from shardmq.message import Message
-from tests.broker.harness import connect, make_broker
+from tests.broker.harness import FakeIO, connect, make_broker
 
 
 def _setup(n_queues: int = 1):
@@ -184,23 +184,16 @@ def test_exclusive_queue_removed_with_its_connection() -> None:
 
 
 def test_backlog_throttles_a_pure_publisher_until_it_drains() -> None:
-    class FakeIO:
-        def __init__(self) -> None:
-            self.reading = True
-
-        def set_reading(self, active: bool) -> None:
-            self.reading = active
-
     broker, pub = _setup()
     cons = connect(broker)
     cons.open_channel(1)
     cons.call(1, M.BasicQos(prefetch_count=1))
     cons.consume(1, "q0")
-    io = FakeIO()
-    pub.conn.io = io
+    io = pub.conn.io
+    assert isinstance(io, FakeIO)
     m = Message.from_parts(b"\x00\x02q0", _HEADER, b"")
     for _ in range(QUEUE_HIGH_WATER + 2):
-        pub.conn.on_publish(pub.conn.channels[1], m.exrk, 0, 0, m.raw, m.hsize, m.fmax)
+        pub.conn.on_publish(pub.domain.channels[1], m.exrk, 0, 0, m.raw, m.hsize, m.fmax)
     assert io.reading is False
     q = broker.vhosts["/"].queues["q0"]
     # Consumer acks everything: the backlog drains and reading resumes.

@@ -294,7 +294,7 @@ def test_a_backed_up_queue_throttles_a_publisher_on_another_worker() -> None:
     pub.conn.feed(frame * (limit + 10))
     cl.pump()
     cause = ("queue", 1, q)
-    assert cause in pub.conn.throttled_by
+    assert cause in pub.domain.throttled_by
     owner = cl.brokers[1].vhosts["/"].queues[q]
     assert owner.message_count > limit
     # the consumer goes away and a purge empties the queue: the publisher reads again
@@ -302,7 +302,7 @@ def test_a_backed_up_queue_throttles_a_publisher_on_another_worker() -> None:
     _call(cl, pub, 1, M.QueuePurge(queue=q))
     owner.dispatch()
     cl.pump()
-    assert cause not in pub.conn.throttled_by
+    assert cause not in pub.domain.throttled_by
 
 
 def test_tx_commit_waits_for_the_workers_owning_the_queues() -> None:
@@ -403,7 +403,7 @@ def test_no_ack_credit_goes_back_in_chunks_never_leaving_the_owner_short() -> No
     router = cl.brokers[2].shards
     real_grant = router.grant
     router.grant = lambda c, n: (grants.append(n), real_grant(c, n))  # type: ignore[method-assign]
-    owing = cl.brokers[2].conns_by_gid[con.conn.gid]
+    owing = cl.brokers[2].conns_by_gid[con.domain.gid]
     burst = method_frame(1, M.BasicPublish(routing_key=q)) + content_frames(1, b"x")
     sent = 0
     for _ in range(3 * REMOTE_WINDOW // 100):

@@ -166,14 +166,14 @@ def test_write_error_nacks_and_blocks(
         assert "storage write failed, 1 publish(es) nacked" in caplog.text
         blocked = [m for _, m in c.methods if isinstance(m, M.ConnectionBlocked)]
         assert [m.reason for m in blocked] == ["low on disk"]  # type: ignore[attr-defined]
-        assert broker.disk_alarm and c.conn.reading_paused
+        assert broker.disk_alarm and c.domain.reading_paused
         # space comes back (free grows well past the point where the write failed)
         free = monitor.free
         monitor._usage = lambda path: type("U", (), {"free": free + (1 << 30)})()
         monitor.check()
         c.pump()
         assert isinstance(c.methods[-1][1], M.ConnectionUnblocked)
-        assert not broker.alarm and not c.conn.reading_paused
+        assert not broker.alarm and not c.domain.reading_paused
         # the nacked message is still delivered (from memory), the store works again
         c.publish(1, "", "dq", b"after", PERSISTENT)  # seq 3
         await until(c, lambda: acked_upto(c) == 3, "confirm after recovery")
@@ -203,13 +203,13 @@ def test_memory_and_disk_alarms_combine() -> None:
     broker.set_memory_alarm(True)
     broker.set_disk_alarm(True)
     c.pump()
-    assert signals() == ["blocked:low on memory"] and c.conn.reading_paused
+    assert signals() == ["blocked:low on memory"] and c.domain.reading_paused
     broker.set_memory_alarm(False)
     c.pump()
-    assert signals() == ["blocked:low on memory"] and c.conn.reading_paused  # disk still on
+    assert signals() == ["blocked:low on memory"] and c.domain.reading_paused  # disk still on
     broker.set_disk_alarm(False)
     c.pump()
-    assert signals() == ["blocked:low on memory", "unblocked"] and not c.conn.reading_paused
+    assert signals() == ["blocked:low on memory", "unblocked"] and not c.domain.reading_paused
     broker.set_disk_alarm(True)
     c.pump()
     assert signals()[-1] == "blocked:low on disk"

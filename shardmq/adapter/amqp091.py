@@ -1,0 +1,376 @@
+"""The AMQP 0-9-1 adapter: one client connection, from the wire engine to the domain.
+
+Owns: ``AMQP091Connection`` — it composes the sans-IO engine (``AMQPConnection``, which
+owns frames and the handshake) with the domain's ``BrokerConnection`` (which owns
+channels, consumers, flow control and routing), and implements the seams between them:
+the engine's ``ConnectionHandler`` (SASL PLAIN/AMQPLAIN, vhost, channel open/close,
+methods, publishes, acks), the domain's ``ClientLink`` (reading on/off,
+connection.blocked, server-side basic.cancel, server close) and ``ChannelSink``
+(basic.deliver, confirms, basic.return written as 0-9-1 frames), and the I/O layer's
+``ClientConnection`` (``shardmq.net.server``). Method handlers live in
+``amqp091_methods``; channels suspended on another process's answer are completed here
+(``submit`` / ``remote_call`` / ``complete``).
+
+Invariants:
+- The hot path stays raw: a publish reaches the domain as the received frame bytes
+  (``Message.raw``), and a delivery is written from them (``codec.write_deliver``), one
+  call each way beyond the engine.
+- Replies to synchronous methods are written before any delivery they enable
+  (consume-ok before the first basic.deliver).
+- A channel waiting for another process is suspended in the engine; its answer is
+  dropped if the channel or the connection is gone by then.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from shardmq.adapter.amqp091_methods import HANDLERS
+from shardmq.amqp import methods as M
+from shardmq.amqp.codec import (
+    FRAME_METHOD,
+    deliver_start,
+    write_confirm,
+    write_deliver,
+    write_return,
+)
+from shardmq.amqp.connection import OPEN, AMQPConnection
+from shardmq.amqp.errors import (
+    INTERNAL_ERROR,
+    NOT_IMPLEMENTED,
+    PRECONDITION_FAILED,
+    AMQPError,
+    HardError,
+    SoftError,
+)
+from shardmq.amqp.fieldtable import decode_table
+from shardmq.broker import metadata as md
+from shardmq.broker.channel import OUT_LIMIT, Channel
+from shardmq.broker.connection import BrokerConnection
+from shardmq.broker.queue import Consumer
+from shardmq.broker.shards import DELIVER_ITEM
+from shardmq.message import Message
+
+if TYPE_CHECKING:
+    from shardmq.broker.broker import Broker
+
+log = logging.getLogger("shardmq.connection")
+
+# A method's reply: a method, a function of the answer returning a method or None,
+# or None (no-wait).
+Reply = M.Method | Callable[[Any], "M.Method | None"] | None
+Answer = Callable[[AMQPError | None, Any], None]
+
+
+class IOHooks(Protocol):
+    """What the I/O layer does for a connection (``shardmq.net.server``)."""
+
+    def set_reading(self, active: bool) -> None:
+        """Stop or resume reading the socket."""
+
+    def tuned(self) -> None:
+        """The client accepted the tuning: heartbeats may start."""
+
+
+class AMQP091Connection:
+    """One AMQP 0-9-1 client connection (see the module block)."""
+
+    def __init__(self, broker: Broker, peer: str, io: IOHooks, wake: Callable[[], None]) -> None:
+        cfg = broker.config.amqp
+        self.io = io
+        self.engine: AMQPConnection[Channel] = AMQPConnection(
+            self,
+            wake,
+            frame_max=cfg.frame_max,
+            channel_max=cfg.channel_max,
+            heartbeat=cfg.heartbeat,
+            max_message_size=cfg.max_message_size,
+            server_properties=broker.server_properties,
+            peer=peer,
+        )
+        self.domain = BrokerConnection(broker, peer, self)
+        self.broker = broker
+        self.peer = peer
+
+    # ------------------------------------------------------------ I/O layer side
+    def feed(self, data: bytes) -> None:
+        self.engine.feed(data)
+
+    def take_output(self) -> bytearray | None:
+        self.domain.flush_confirms()
+        return self.engine.take_output()
+
+    def after_flush(self) -> None:
+        self.domain.after_flush()
+
+    def set_write_paused(self, paused: bool) -> None:
+        self.domain.set_write_paused(paused)
+
+    def connection_lost(self) -> None:
+        self.engine.connection_lost()
+
+    def heartbeat_tick(self) -> bool:
+        return self.engine.heartbeat_tick()
+
+    @property
+    def state(self) -> int:
+        return self.engine.state
+
+    @property
+    def heartbeat(self) -> int:
+        return self.engine.heartbeat
+
+    @property
+    def want_close(self) -> bool:
+        return self.engine.want_close
+
+    @property
+    def out(self) -> bytearray:
+        return self.engine.out
+
+    # ------------------------------------------------------------ engine side
+    def mechanisms(self) -> tuple[str, ...]:
+        return ("PLAIN", "AMQPLAIN")
+
+    def authenticate(self, mechanism: str, response: bytes) -> bool:
+        if mechanism == "PLAIN":
+            parts = response.split(b"\x00")
+            if len(parts) != 3:
+                return False
+            user, password = parts[1], parts[2]
+        else:  # AMQPLAIN: a field table without its length prefix
+            try:
+                table, _ = decode_table(len(response).to_bytes(4, "big") + response, 0)
+            except Exception:
+                return False
+            user = _as_bytes(table.get("LOGIN"))
+            password = _as_bytes(table.get("PASSWORD"))
+        return self.domain.login(
+            user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
+        )
+
+    def on_tuned(self) -> None:
+        self.io.tuned()
+
+    def open_vhost(self, vhost: str) -> None:
+        self.domain.open(vhost)
+
+    def on_channel_open(self, number: int) -> Channel:
+        return self.domain.open_channel(number, self)
+
+    def on_channel_closed(self, ch: Channel) -> None:
+        self.domain.close_channel(ch)
+
+    def on_connection_closed(self) -> None:
+        self.domain.closed()
+
+    def on_method(self, ch: Channel, method: M.Method) -> None:
+        handler = HANDLERS.get(method.INDEX)
+        if handler is None:
+            raise HardError(
+                M.COMMAND_INVALID,
+                f"method {method.NAME} is not valid from a client here",
+                method.CLASS_ID,
+                method.METHOD_ID,
+            )
+        handler(self, ch, method)
+
+    def on_publish(
+        self, ch: Channel, exrk: bytes, exlen: int, flags: int, raw: bytes, hsize: int, fmax: int
+    ) -> None:
+        if flags & 2:
+            raise HardError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
+        domain = self.domain
+        msg = domain.new_message(exrk, raw, ch.number, hsize, fmax)
+        if raw[20] & 0x10:  # user_id property present: RabbitMQ validates it
+            user_id = msg.properties().user_id
+            if user_id != domain.user:
+                raise SoftError(
+                    PRECONDITION_FAILED,
+                    f"user_id property set to '{user_id}' but authenticated user was "
+                    f"'{domain.user}'",
+                    60,
+                    40,
+                )
+        domain.publish(ch, msg, exlen, flags)
+
+    def on_ack(self, ch: Channel, delivery_tag: int, multiple: int) -> None:
+        ch.ack(delivery_tag, multiple)
+        self.domain.qos.after_settle()
+
+    # ------------------------------------------------------------ ChannelSink
+    def deliver(
+        self, ch: Channel, consumer: Consumer, tag: int, redelivered: bool, msg: Message
+    ) -> None:
+        engine = self.engine
+        out = engine.out
+        write_deliver(
+            out, ch.number, consumer.ctag, tag, redelivered, msg.exrk, msg, engine.frame_max
+        )
+        if len(out) > OUT_LIMIT:
+            self.domain.out_full()
+        engine.wake_once()
+
+    def deliver_remote(self, ch: Channel, consumer: Consumer, record: bytes, pos: int) -> int:
+        # The bytes are codec.write_deliver's: method frame header, ids, consumer tag,
+        # delivery tag + redelivered, then exrk, frame end and the raw content frames
+        # copied from the item in one piece when they fit the channel as is.
+        engine = self.engine
+        out = engine.out
+        number = ch.number
+        ctag = consumer.ctag
+        pack_start, ids_ctag, size0 = deliver_start(ctag)
+        frame_max = engine.frame_max
+        fits = frame_max - 8
+        unpack_item = DELIVER_ITEM.unpack_from
+        isize = DELIVER_ITEM.size
+        end = len(record)
+        view = memoryview(record)
+        tag = first = ch.next_tag
+        while pos < end:
+            _r, flags, exlen, rawch, hsize, fmax, rlen = unpack_item(record, pos)
+            pos += isize
+            tag += 1
+            nxt = pos + exlen + 1 + rlen
+            if rawch == number and fmax <= fits:
+                out += pack_start(FRAME_METHOD, number, size0 + exlen, ids_ctag, tag, flags & 1)
+                out += view[pos:nxt]
+            else:  # another channel number or a smaller frame_max: re-framed
+                exrk = record[pos : pos + exlen]
+                msg = Message(exrk, record[pos + exlen + 1 : nxt], rawch, hsize, fmax)
+                write_deliver(out, number, ctag, tag, bool(flags & 1), exrk, msg, frame_max)
+            pos = nxt
+        ch.next_tag = tag
+        view.release()
+        if len(out) > OUT_LIMIT:
+            self.domain.out_full()
+        engine.wake_once()
+        return tag - first
+
+    def confirm(self, ch: Channel, seq: int, multiple: bool, ack: bool) -> None:
+        write_confirm(self.engine.out, ch.number, seq, multiple, ack)
+
+    def returned(self, ch: Channel, code: int, text: str, msg: Message) -> None:
+        engine = self.engine
+        write_return(engine.out, ch.number, code, text, msg.exrk, msg, engine.frame_max)
+        engine.wake_once()
+
+    # ------------------------------------------------------------ ClientLink
+    def set_reading(self, active: bool) -> None:
+        self.io.set_reading(active)
+
+    def blocked(self, on: bool, reason: str) -> None:
+        engine = self.engine
+        if engine.state == OPEN and engine.client_capabilities.get("connection.blocked"):
+            if on:
+                engine.send_method(0, M.ConnectionBlocked(reason=reason))
+            else:
+                engine.send_method(0, M.ConnectionUnblocked())
+
+    def consumer_cancelled(self, c: Consumer) -> None:
+        engine = self.engine
+        frames = engine.channels.get(c.channel.number)
+        if (
+            engine.client_capabilities.get("consumer_cancel_notify")
+            and frames is not None
+            and frames.user is c.channel
+            and not frames.closing
+            and engine.state == OPEN
+        ):
+            engine.send_method(c.channel.number, M.BasicCancel(consumer_tag=c.tag, no_wait=True))
+
+    def close(self, code: int, text: str) -> None:
+        self.engine.server_close(code, text)
+
+    server_close = close
+
+    def wake(self) -> None:
+        self.engine.wake_once()
+
+    # ------------------------------------------------------------ replies
+    def send_method(self, ch: Channel, method: M.Method) -> None:
+        self.engine.send_method(ch.number, method)
+
+    def is_current(self, ch: Channel) -> bool:
+        """``ch`` is still open on a connection that is still open."""
+        frames = self.engine.channels.get(ch.number)
+        return self.engine.state == OPEN and frames is not None and frames.user is ch
+
+    def submit(self, ch: Channel, m: M.Method, op: md.Op, reply: Reply) -> None:
+        """Apply a metadata op, then answer with ``reply`` (a method, a function of the
+        op's result returning a method or None, or None for no-wait)."""
+        sequencer = self.broker.sequencer
+        if sequencer.synchronous:
+            self._answer(ch, reply, sequencer.execute(op))
+            return
+        self.engine.suspend(ch.number)
+        sequencer.request(op, lambda err, res: self.complete(ch, m, reply, err, res))
+
+    def remote_call(
+        self, ch: Channel, m: M.Method, start: Callable[[Answer], None], reply: Reply
+    ) -> None:
+        """Ask the worker that owns a queue (purge, get, consume), suspending the channel
+        until it answers."""
+        self.engine.suspend(ch.number)
+        start(lambda err, res: self.complete(ch, m, reply, err, res))
+
+    def suspend_until(self, ch: Channel) -> Callable[[Callable[[], None]], None]:
+        """Suspend ``ch``; the returned function runs its argument (if the channel is
+        still there) and resumes the channel."""
+        self.engine.suspend(ch.number)
+
+        def done(then: Callable[[], None]) -> None:
+            if not self.is_current(ch):
+                return
+            then()
+            self.engine.resume(ch.number, ch)
+
+        return done
+
+    def complete(
+        self, ch: Channel, m: M.Method, reply: Reply, err: AMQPError | None, result: Any
+    ) -> None:
+        """A suspended channel's method got its answer from another process."""
+        if not self.is_current(ch):
+            return
+        engine = self.engine
+        frames = engine.channels[ch.number]
+        try:
+            if err is not None:
+                raise err
+            self._answer(ch, reply, result)
+        except SoftError as exc:
+            engine.channel_error(frames, exc, m.INDEX)
+            return
+        except HardError as exc:
+            if not exc.class_id:
+                exc.class_id, exc.method_id = m.CLASS_ID, m.METHOD_ID
+            engine.connection_error(exc)
+            return
+        except Exception:
+            log.exception("connection %s: internal error completing %s", self.peer, m.NAME)
+            engine.connection_error(HardError(INTERNAL_ERROR, "internal error"))
+            return
+        engine.resume(ch.number, ch)
+
+    def _answer(self, ch: Channel, reply: Reply, result: Any) -> None:
+        if reply is None:
+            return
+        if not isinstance(reply, M.Method):
+            reply = reply(result)
+            if reply is None:
+                return
+        self.engine.send_method(ch.number, reply)
+
+    def hard_error(self, exc: HardError) -> None:
+        self.engine.connection_error(exc)
+
+
+def _as_bytes(v: object) -> bytes:
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, str):
+        return v.encode("utf-8")
+    return b""
