@@ -263,8 +263,7 @@ async def serve(
     server.close()
     broker.close_all(CONNECTION_FORCED, SHUTDOWN_TEXT)
     for conn in [p.conn for p in hub.protocols if p.conn is not None and p.conn.state < OPEN]:
-        conn.want_close = True
-        hub.wake(conn)
+        conn.close(CONNECTION_FORCED, SHUTDOWN_TEXT)  # not open yet: closes the socket
     hub.flush()
     deadline = loop.time() + config.server.shutdown_timeout
     while hub.protocols and loop.time() < deadline:

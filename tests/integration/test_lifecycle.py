@@ -74,3 +74,27 @@ def test_sigterm_closes_clients_with_320_and_exits_0(broker_factory: Callable[[]
     except subprocess.TimeoutExpired:
         pytest.fail(f"broker did not exit after SIGTERM:\n{b.log_text()}")
     assert rc == 0, b.log_text()
+
+
+def test_sigterm_closes_a_connection_still_in_its_handshake(
+    broker_factory: Callable[[], Broker],
+) -> None:
+    """A client that sent only the protocol header is closed at once on SIGTERM (no
+    connection.close: it never got that far), and the broker still exits 0."""
+    import socket
+
+    b = broker_factory()
+    assert b.process is not None
+    s = socket.create_connection((b.host, b.port), timeout=STOP_TIMEOUT)
+    s.sendall(b"AMQP\x00\x00\x09\x01")
+    got = b""
+    while b"\xce" not in got:  # connection.start
+        got += s.recv(4096)
+    b.process.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    while s.recv(4096):
+        pass
+    closed_after = time.monotonic() - start
+    s.close()
+    assert closed_after < STOP_TIMEOUT
+    assert b.process.wait(STOP_TIMEOUT) == 0, b.log_text()
