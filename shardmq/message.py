@@ -15,12 +15,16 @@ Invariants:
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 from shardmq.amqp.codec import FRAME_BODY, FRAME_END, FRAME_HEADER, exrk_names, raw_body
 from shardmq.amqp.methods import BasicProperties
 
 _HDR = struct.Struct(">BHI")
+
+# Numbers the messages this process receives (``Message.seq`` of a new publish).
+next_seq = itertools.count(1).__next__
 
 
 class Message:

@@ -51,7 +51,7 @@ from shardmq.broker.channel import OUT_LIMIT, Channel
 from shardmq.broker.connection import BrokerConnection
 from shardmq.broker.queue import Consumer
 from shardmq.broker.shards import DELIVER_ITEM
-from shardmq.message import Message
+from shardmq.message import Message, next_seq
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
@@ -183,7 +183,7 @@ class AMQP091Connection:
         if flags & 2:
             raise HardError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
         domain = self.domain
-        msg = domain.new_message(exrk, raw, ch.number, hsize, fmax)
+        msg = Message(exrk, raw, ch.number, hsize, fmax, next_seq())
         if raw[20] & 0x10:  # user_id property present: RabbitMQ validates it
             user_id = msg.properties().user_id
             if user_id != domain.user:

@@ -63,7 +63,7 @@ def handles(method_cls: type[M.Method]) -> Callable[[Handler], Handler]:
 @handles(M.ExchangeDeclare)
 def _exchange_declare(a: AMQP091Connection, ch: Channel, m: M.ExchangeDeclare) -> None:
     op = md.DeclareExchange(
-        a.domain.vh.name,
+        a.domain.vhost.name,
         m.exchange,
         m.type,
         m.passive,
@@ -77,14 +77,14 @@ def _exchange_declare(a: AMQP091Connection, ch: Channel, m: M.ExchangeDeclare) -
 
 @handles(M.ExchangeDelete)
 def _exchange_delete(a: AMQP091Connection, ch: Channel, m: M.ExchangeDelete) -> None:
-    op = md.DeleteExchange(a.domain.vh.name, m.exchange, m.if_unused)
+    op = md.DeleteExchange(a.domain.vhost.name, m.exchange, m.if_unused)
     a.submit(ch, m, op, None if m.no_wait else M.ExchangeDeleteOk())
 
 
 @handles(M.ExchangeBind)
 def _exchange_bind(a: AMQP091Connection, ch: Channel, m: M.ExchangeBind) -> None:
     op = md.Bind(
-        a.domain.vh.name,
+        a.domain.vhost.name,
         False,
         m.destination,
         m.source,
@@ -98,7 +98,7 @@ def _exchange_bind(a: AMQP091Connection, ch: Channel, m: M.ExchangeBind) -> None
 @handles(M.ExchangeUnbind)
 def _exchange_unbind(a: AMQP091Connection, ch: Channel, m: M.ExchangeUnbind) -> None:
     op = md.Unbind(
-        a.domain.vh.name,
+        a.domain.vhost.name,
         False,
         m.destination,
         m.source,
@@ -114,7 +114,7 @@ def _exchange_unbind(a: AMQP091Connection, ch: Channel, m: M.ExchangeUnbind) -> 
 def _queue_declare(a: AMQP091Connection, ch: Channel, m: M.QueueDeclare) -> None:
     name = m.queue or md.server_named_queue()
     op = md.DeclareQueue(
-        a.domain.vh.name,
+        a.domain.vhost.name,
         name,
         m.passive,
         m.durable,
@@ -124,7 +124,7 @@ def _queue_declare(a: AMQP091Connection, ch: Channel, m: M.QueueDeclare) -> None
         a.domain.gid,
         not m.queue,
     )
-    existed = name in a.domain.vh.queues
+    existed = name in a.domain.vhost.queues
 
     def declared(info: md.QueueInfo) -> None:
         if m.exclusive and not existed and not m.passive:
@@ -154,7 +154,7 @@ def _queue_name(a: AMQP091Connection, ch: Channel, name: str) -> str:
 @handles(M.QueueBind)
 def _queue_bind(a: AMQP091Connection, ch: Channel, m: M.QueueBind) -> None:
     op = md.Bind(
-        a.domain.vh.name,
+        a.domain.vhost.name,
         True,
         _queue_name(a, ch, m.queue),
         m.exchange,
@@ -168,7 +168,7 @@ def _queue_bind(a: AMQP091Connection, ch: Channel, m: M.QueueBind) -> None:
 @handles(M.QueueUnbind)
 def _queue_unbind(a: AMQP091Connection, ch: Channel, m: M.QueueUnbind) -> None:
     op = md.Unbind(
-        a.domain.vh.name,
+        a.domain.vhost.name,
         True,
         _queue_name(a, ch, m.queue),
         m.exchange,
@@ -198,7 +198,7 @@ def _queue_purge(a: AMQP091Connection, ch: Channel, m: M.QueuePurge) -> None:
 @handles(M.QueueDelete)
 def _queue_delete(a: AMQP091Connection, ch: Channel, m: M.QueueDelete) -> None:
     name = m.queue or ch.last_queue
-    op = md.DeleteQueue(a.domain.vh.name, name, m.if_unused, m.if_empty, a.domain.gid)
+    op = md.DeleteQueue(a.domain.vhost.name, name, m.if_unused, m.if_empty, a.domain.gid)
     a.submit(ch, m, op, None if m.no_wait else (lambda n: M.QueueDeleteOk(message_count=n)))
 
 
@@ -379,10 +379,10 @@ def _tx_commit(a: AMQP091Connection, ch: Channel, m: M.TxCommit) -> None:
     # commit-ok only once the durable queues stored the persistent publishes: this
     # worker's, and those of the workers that own the other queues (their confirms)
     waiter = ConfirmWaiter() if publishes else None
-    for msg, exlen, flags in publishes:
-        a.domain.route_publish(ch, msg, exlen, flags, waiter)
     ch.tx = False
     try:
+        for msg, exlen, flags in publishes:
+            a.domain.publish(ch, msg, exlen, flags, waiter)
         for kind, tag, multiple, requeue in acks:
             if kind == 0:
                 ch.ack(tag, multiple)

@@ -18,13 +18,19 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
-FRAME_METHOD = 1
-FRAME_HEADER = 2
-FRAME_BODY = 3
-FRAME_HEARTBEAT = 8
-FRAME_END = 206
-FRAME_END_BYTES = b"\xce"
-PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+from shardmq.amqp.constants import (
+    FRAME_BODY,
+    FRAME_END,
+    FRAME_HEADER,
+    FRAME_HEARTBEAT,
+    FRAME_METHOD,
+    PROTOCOL_HEADER,
+)
+
+__all__ = ["FRAME_BODY", "FRAME_END", "FRAME_HEADER", "FRAME_HEARTBEAT", "FRAME_METHOD"]
+__all__ += ["PROTOCOL_HEADER"]
+
+FRAME_END_BYTES = bytes([FRAME_END])
 
 FRAME_HDR = struct.Struct(">BHI")  # type, channel, size
 U8 = struct.Struct(">B")

@@ -44,6 +44,7 @@ from shardmq.amqp.codec import (
     U64,
     U64_BIT,
 )
+from shardmq.amqp.constants import CLASS_IDS
 from shardmq.amqp.errors import (
     CHANNEL_ERROR,
     COMMAND_INVALID,
@@ -500,7 +501,7 @@ class AMQPConnection(Generic[U]):
         cls = M.METHODS.get(idx)
         if cls is None:
             raise HardError(
-                NOT_IMPLEMENTED if (idx >> 16) in _KNOWN_CLASSES else COMMAND_INVALID,
+                NOT_IMPLEMENTED if (idx >> 16) in CLASS_IDS else COMMAND_INVALID,
                 f"unknown method class_id={idx >> 16} method_id={idx & 0xFFFF}",
                 idx >> 16,
                 idx & 0xFFFF,
@@ -779,7 +780,6 @@ class AMQPConnection(Generic[U]):
         return self._silent_ticks < 4
 
 
-_KNOWN_CLASSES = {10, 20, 30, 40, 50, 60, 85, 90}
 _HANDSHAKE_EXPECT = {
     AWAIT_START_OK: M.ConnectionStartOk.INDEX,
     AWAIT_TUNE_OK: M.ConnectionTuneOk.INDEX,

@@ -26,71 +26,50 @@ from shardmq.amqp.fieldtable import decode_table, encode_table
 
 Buffer = bytes | bytearray | memoryview
 
-# Protocol
-PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
-VERSION = (0, 9, 1)
-PORT = 5672
-
-# Constants
-FRAME_METHOD = 1
-FRAME_HEADER = 2
-FRAME_BODY = 3
-FRAME_HEARTBEAT = 8
-FRAME_MIN_SIZE = 4096
-FRAME_END = 206
-REPLY_SUCCESS = 200
-CONTENT_TOO_LARGE = 311
-NO_ROUTE = 312
-NO_CONSUMERS = 313
-CONNECTION_FORCED = 320
-INVALID_PATH = 402
-ACCESS_REFUSED = 403
-NOT_FOUND = 404
-RESOURCE_LOCKED = 405
-PRECONDITION_FAILED = 406
-FRAME_ERROR = 501
-SYNTAX_ERROR = 502
-COMMAND_INVALID = 503
-CHANNEL_ERROR = 504
-UNEXPECTED_FRAME = 505
-RESOURCE_ERROR = 506
-NOT_ALLOWED = 530
-NOT_IMPLEMENTED = 540
-INTERNAL_ERROR = 541
-
-# Reply code -> "soft-error" (closes the channel) or "hard-error" (the connection)
-ERROR_CLASSES: dict[int, str] = {
-    CONTENT_TOO_LARGE: "soft-error",
-    NO_ROUTE: "soft-error",
-    NO_CONSUMERS: "soft-error",
-    CONNECTION_FORCED: "hard-error",
-    INVALID_PATH: "hard-error",
-    ACCESS_REFUSED: "soft-error",
-    NOT_FOUND: "soft-error",
-    RESOURCE_LOCKED: "soft-error",
-    PRECONDITION_FAILED: "soft-error",
-    FRAME_ERROR: "hard-error",
-    SYNTAX_ERROR: "hard-error",
-    COMMAND_INVALID: "hard-error",
-    CHANNEL_ERROR: "hard-error",
-    UNEXPECTED_FRAME: "hard-error",
-    RESOURCE_ERROR: "hard-error",
-    NOT_ALLOWED: "hard-error",
-    NOT_IMPLEMENTED: "hard-error",
-    INTERNAL_ERROR: "hard-error",
-}
-SOFT_ERRORS: frozenset[int] = frozenset(c for c, k in ERROR_CLASSES.items() if k == "soft-error")
-HARD_ERRORS: frozenset[int] = frozenset(c for c, k in ERROR_CLASSES.items() if k == "hard-error")
-
-# Class ids
-CLASS_CONNECTION = 10
-CLASS_CHANNEL = 20
-CLASS_ACCESS = 30
-CLASS_EXCHANGE = 40
-CLASS_QUEUE = 50
-CLASS_BASIC = 60
-CLASS_CONFIRM = 85
-CLASS_TX = 90
+# The protocol's numbers live in constants.py; re-exported here as M.<NAME>
+from shardmq.amqp.constants import (
+    PROTOCOL_HEADER,
+    VERSION,
+    PORT,
+    FRAME_METHOD,
+    FRAME_HEADER,
+    FRAME_BODY,
+    FRAME_HEARTBEAT,
+    FRAME_MIN_SIZE,
+    FRAME_END,
+    REPLY_SUCCESS,
+    CONTENT_TOO_LARGE,
+    NO_ROUTE,
+    NO_CONSUMERS,
+    CONNECTION_FORCED,
+    INVALID_PATH,
+    ACCESS_REFUSED,
+    NOT_FOUND,
+    RESOURCE_LOCKED,
+    PRECONDITION_FAILED,
+    FRAME_ERROR,
+    SYNTAX_ERROR,
+    COMMAND_INVALID,
+    CHANNEL_ERROR,
+    UNEXPECTED_FRAME,
+    RESOURCE_ERROR,
+    NOT_ALLOWED,
+    NOT_IMPLEMENTED,
+    INTERNAL_ERROR,
+    ERROR_CLASSES,
+    SOFT_ERRORS,
+    HARD_ERRORS,
+    REPLY_NAMES,
+    CLASS_IDS,
+    CLASS_CONNECTION,
+    CLASS_CHANNEL,
+    CLASS_ACCESS,
+    CLASS_EXCHANGE,
+    CLASS_QUEUE,
+    CLASS_BASIC,
+    CLASS_CONFIRM,
+    CLASS_TX,
+)
 
 _S_B = struct.Struct("!B")
 _S_BB = struct.Struct("!BB")

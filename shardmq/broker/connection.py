@@ -21,11 +21,17 @@ Invariants:
 
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from shardmq.amqp.errors import NO_ROUTE, NOT_ALLOWED, NOT_FOUND, HardError, SoftError
+from shardmq.amqp.errors import (
+    INTERNAL_ERROR,
+    NO_ROUTE,
+    NOT_ALLOWED,
+    NOT_FOUND,
+    HardError,
+    SoftError,
+)
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel, ChannelSink
 from shardmq.broker.qos import GlobalQos
@@ -37,9 +43,14 @@ from shardmq.message import Message
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
+    from shardmq.broker.shards import ShardRouter
+    from shardmq.broker.vhost import RemoteGroups
 
 log = logging.getLogger("shardmq.connection")
-_seq = itertools.count(1)
+
+# The vhost of a connection that is not open yet (never routes: the engine allows no
+# channel before connection.open).
+NOT_OPEN = VHost("")
 
 # What throttles a connection: a backed-up local queue, or a tuple naming a full ring
 # ("shard", n) or a backed-up queue on another worker ("queue", shard, name).
@@ -72,7 +83,7 @@ class BrokerConnection:
         self.client = client
         self.gid = broker.new_gid()
         self.user = ""
-        self.vhost: VHost | None = None  # set by open()
+        self.vhost = NOT_OPEN  # set by open()
         self.channels: dict[int, Channel] = {}
         self.closing = False  # the connection is going: no more deliveries
         self.write_paused = False  # the socket's write buffer is above high water
@@ -105,13 +116,6 @@ class BrokerConnection:
         self.broker.connections.add(self)
         self.broker.conns_by_gid[self.gid] = self
 
-    @property
-    def vh(self) -> VHost:
-        """The open vhost (only used once the connection is open)."""
-        vh = self.vhost
-        assert vh is not None, "connection not open"
-        return vh
-
     def open_channel(self, number: int, sink: ChannelSink) -> Channel:
         ch = Channel(number, self, sink)
         self.channels[number] = ch
@@ -142,10 +146,8 @@ class BrokerConnection:
                 waiting.discard(self)
         self.throttled_by.clear()
         names, self.exclusive_queues = self.exclusive_queues, []
-        vhost = self.vhost
-        if vhost is not None:
-            for name in names:
-                self.broker.sequencer.fire(md.DeleteQueue(vhost.name, name, False, False, 0))
+        for name in names:
+            self.broker.sequencer.fire(md.DeleteQueue(self.vhost.name, name, False, False, 0))
 
     # ------------------------------------------------------------ output and flow
     def confirms_pending(self, ch: Channel) -> None:
@@ -229,24 +231,20 @@ class BrokerConnection:
             self.client.set_reading(not paused)
 
     # ------------------------------------------------------------ publishing
-    def publish(self, ch: Channel, msg: Message, exlen: int, flags: int) -> None:
-        """A complete publish on ``ch`` (``flags``: 1 = mandatory)."""
+    def publish(
+        self, ch: Channel, msg: Message, exlen: int, flags: int, conf: ConfirmWaiter | None = None
+    ) -> None:
+        """Route one complete publish on ``ch`` (``flags``: 1 = mandatory), or keep it
+        for the commit in tx mode. ``conf``: who waits for durable queues to store it
+        (the channel itself in confirm mode; a tx commit passes its own waiter)."""
         if not self.published:
             self.published = True
             if self.broker.alarm:
                 self.alarm(True, self.broker.alarm_reason)
         if ch.tx:
-            self.vh.route(msg, exlen)  # 404 / 403 now, like RabbitMQ
+            self.vhost.route(msg, exlen)  # 404 / 403 now, like RabbitMQ
             ch.tx_publishes.append((msg, exlen, flags))
             return
-        self.route_publish(ch, msg, exlen, flags)
-
-    def route_publish(
-        self, ch: Channel, msg: Message, exlen: int, flags: int, conf: ConfirmWaiter | None = None
-    ) -> None:
-        """Route one publish. ``conf``: who waits for durable queues to store it (the
-        channel itself in confirm mode; a tx commit passes its own waiter)."""
-        assert self.vhost is not None
         local, remote = self.vhost.route(msg, exlen)
         target: Channel | ConfirmWaiter | None = ch if ch.confirm else conf
         for q in local:
@@ -256,34 +254,35 @@ class BrokerConnection:
                 # must keep flowing (the memory alarm still bounds them).
                 q.throttle(self)
         stored = ch.store_pending
-        router = self.broker.shards
         if stored:  # confirm after those local stores fsynced (and remote shards answered)
             ch.store_pending = 0
             ch.confirm_later(stored + len(remote))
             if remote:
-                assert router is not None
-                self.broker.current_publisher = self
-                router.enqueue(remote, msg, self.gid, ch.number, ch.confirm_seq)
+                self._enqueue(remote, msg, ch.number, ch.confirm_seq)
             return
         if remote:
-            assert router is not None
             if ch.confirm:
                 seq = ch.confirm_later(len(remote))
             elif conf is not None:  # a tx commit: it also waits for the owners' stores
-                seq = router.tx_seq(conf, len(remote))
+                seq = self._router().tx_seq(conf, len(remote))
             else:
                 seq = 0
-            self.broker.current_publisher = self
-            router.enqueue(remote, msg, self.gid, ch.number, seq)
+            self._enqueue(remote, msg, ch.number, seq)
             return
         if not local and flags & 1:
             ch.sink.returned(ch, NO_ROUTE, "NO_ROUTE", msg)
         if ch.confirm:
             ch.confirm_published()
 
-    def new_message(self, exrk: bytes, raw: bytes, chnum: int, hsize: int, fmax: int) -> Message:
-        """A message as received (0-9-1 content frames, see ``shardmq.message``)."""
-        return Message(exrk, raw, chnum, hsize, fmax, next(_seq))
+    def _router(self) -> ShardRouter:
+        router = self.broker.shards
+        if router is None:  # routing gave remote queues: there are other workers
+            raise HardError(INTERNAL_ERROR, "no cross-worker router")
+        return router
+
+    def _enqueue(self, remote: RemoteGroups, msg: Message, chnum: int, seq: int) -> None:
+        self.broker.current_publisher = self
+        self._router().enqueue(remote, msg, self.gid, chnum, seq)
 
     # ------------------------------------------------------------ consumers
     def cancel_consumer(self, c: Consumer) -> None:
@@ -309,4 +308,4 @@ class BrokerConnection:
             name = ch.last_queue
             if not name:
                 raise SoftError(NOT_FOUND, "no previously declared queue")
-        return self.vh.queue(name, self.gid)
+        return self.vhost.queue(name, self.gid)

@@ -67,7 +67,10 @@ def _b(v: bool) -> str:
 
 
 AnyQueue = Union[Queue, "RemoteQueue"]
-Route = tuple[tuple[Queue, ...], tuple[tuple[int, tuple["RemoteQueue", ...]], ...]]
+# Queues on other workers a publish goes to, grouped by the worker (shard) owning them.
+RemoteGroups = tuple[tuple[int, tuple["RemoteQueue", ...]], ...]
+# (local queues, remote groups)
+Route = tuple[tuple[Queue, ...], RemoteGroups]
 _NO_ROUTE: Route = ((), ())
 
 

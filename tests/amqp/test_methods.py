@@ -537,3 +537,16 @@ def test_generated_decoders_are_straight_line() -> None:
     assert "_S_QBB.unpack_from(buf, o)" in deliver
     assert "for " not in deliver
     assert M.BasicAck.decode.__func__.__code__ is not M.BasicNack.decode.__func__.__code__
+
+
+def test_constants_are_one_source() -> None:
+    """Frame types and reply codes come from the generated constants module only: the
+    codec, the errors and the method table all hold the very same values."""
+    from shardmq.amqp import codec, constants, errors
+
+    assert codec.FRAME_METHOD is constants.FRAME_METHOD and M.FRAME_END == codec.FRAME_END
+    assert codec.PROTOCOL_HEADER is constants.PROTOCOL_HEADER
+    assert errors.NOT_FOUND is constants.NOT_FOUND == M.NOT_FOUND == 404
+    assert errors.reply_name(312) == "NO_ROUTE" and errors.reply_name(999) == "999"
+    assert set(constants.REPLY_NAMES) == set(constants.ERROR_CLASSES)
+    assert constants.CLASS_IDS == {10, 20, 30, 40, 50, 60, 85, 90}
