@@ -93,13 +93,16 @@ class AMQP091Connection:
         self.domain = BrokerConnection(broker, peer, self)
         self.broker = broker
         self.peer = peer
+        self.confirms_due = False  # the domain has confirms to write before output
 
     # ------------------------------------------------------------ I/O layer side
     def feed(self, data: bytes) -> None:
         self.engine.feed(data)
 
     def take_output(self) -> bytearray | None:
-        self.domain.flush_confirms()
+        if self.confirms_due:
+            self.confirms_due = False
+            self.domain.flush_confirms()
         return self.engine.take_output()
 
     def after_flush(self) -> None:
@@ -286,7 +289,8 @@ class AMQP091Connection:
 
     server_close = close
 
-    def wake(self) -> None:
+    def confirms_waiting(self) -> None:
+        self.confirms_due = True
         self.engine.wake_once()
 
     # ------------------------------------------------------------ replies

@@ -71,7 +71,9 @@ _pack_hdr = FRAME_HDR.pack
 
 
 class ConnState(IntEnum):
-    """Where the connection is; ordered, so ``state >= CLOSING`` reads naturally."""
+    """Where the connection is; ordered, so ``state >= CLOSING`` reads naturally. The
+    connection stores the plain ints below (an IntEnum member would take CPython's slow
+    comparison path on every frame); ``ConnState(conn.state)`` names one."""
 
     AWAIT_HEADER = 0  # nothing received yet
     AWAIT_START_OK = 1  # connection.start sent
@@ -82,11 +84,11 @@ class ConnState(IntEnum):
     CLOSED = 6  # done: the I/O layer closes the transport
 
 
-AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = ConnState
+AWAIT_HEADER, AWAIT_START_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = map(int, ConnState)
 
 
 class Expect(IntEnum):
-    """What a channel accepts next."""
+    """What a channel accepts next (stored as the plain ints below, as ``ConnState``)."""
 
     METHOD = 0
     HEADER = 1  # a content header (after basic.publish)
@@ -94,7 +96,7 @@ class Expect(IntEnum):
     SUSPENDED = 3  # its method awaits another process: later frames wait in ``pending``
 
 
-EXPECT_METHOD, EXPECT_HEADER, EXPECT_BODY, EXPECT_SUSPENDED = Expect
+EXPECT_METHOD, EXPECT_HEADER, EXPECT_BODY, EXPECT_SUSPENDED = map(int, Expect)
 
 _CONNECTION_CLOSE = M.ConnectionClose.INDEX
 _CONNECTION_CLOSE_OK = M.ConnectionCloseOk.INDEX

@@ -71,6 +71,7 @@ class Channel:
         "number",
         "conn",
         "sink",
+        "_write",
         "closing",
         "flow",
         "active",
@@ -96,6 +97,7 @@ class Channel:
         self.number = number
         self.conn = conn
         self.sink = sink
+        self._write = sink.deliver  # bound once: the delivery path's one call out
         self.closing = False  # released: takes no more deliveries
         self.flow = True
         self.active = not conn.write_paused  # flow on and the socket is writable
@@ -126,7 +128,7 @@ class Channel:
             self.unacked[tag] = (consumer, queue, msg)
             consumer.unacked += 1
             self.consumer_unacked += 1
-        self.sink.deliver(self, consumer, tag, redelivered, msg)
+        self._write(self, consumer, tag, redelivered, msg)
 
     def take_get(self, queue: Queue, msg: Message, no_ack: bool) -> int:
         tag = self.next_tag + 1

@@ -43,8 +43,6 @@ from shardmq.message import Message
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
-    from shardmq.broker.shards import ShardRouter
-    from shardmq.broker.vhost import RemoteGroups
 
 log = logging.getLogger("shardmq.connection")
 
@@ -72,8 +70,9 @@ class ClientLink(Protocol):
     def close(self, code: int, text: str) -> None:
         """Close the connection from the server side (shutdown, admin action)."""
 
-    def wake(self) -> None:
-        """Output (confirms) is waiting: the adapter's turn-end flush will write it."""
+    def confirms_waiting(self) -> None:
+        """Some channel has confirms to write: call ``flush_confirms`` before this
+        turn's output is taken."""
 
 
 class BrokerConnection:
@@ -153,7 +152,7 @@ class BrokerConnection:
     def confirms_pending(self, ch: Channel) -> None:
         if ch not in self._confirm_channels:
             self._confirm_channels.append(ch)
-        self.client.wake()
+        self.client.confirms_waiting()
 
     def flush_confirms(self) -> None:
         """Once per loop turn, before the output is taken: each channel's confirms."""
@@ -256,33 +255,28 @@ class BrokerConnection:
         stored = ch.store_pending
         if stored:  # confirm after those local stores fsynced (and remote shards answered)
             ch.store_pending = 0
-            ch.confirm_later(stored + len(remote))
-            if remote:
-                self._enqueue(remote, msg, ch.number, ch.confirm_seq)
-            return
+            seq = ch.confirm_later(stored + len(remote))
         if remote:
-            if ch.confirm:
+            router = self.broker.shards
+            if router is None:  # remote queues exist only with other workers
+                raise HardError(INTERNAL_ERROR, "no cross-worker router")
+            if stored:
+                pass
+            elif ch.confirm:
                 seq = ch.confirm_later(len(remote))
             elif conf is not None:  # a tx commit: it also waits for the owners' stores
-                seq = self._router().tx_seq(conf, len(remote))
+                seq = router.tx_seq(conf, len(remote))
             else:
                 seq = 0
-            self._enqueue(remote, msg, ch.number, seq)
+            self.broker.current_publisher = self
+            router.enqueue(remote, msg, self.gid, ch.number, seq)
+            return
+        if stored:
             return
         if not local and flags & 1:
             ch.sink.returned(ch, NO_ROUTE, "NO_ROUTE", msg)
         if ch.confirm:
             ch.confirm_published()
-
-    def _router(self) -> ShardRouter:
-        router = self.broker.shards
-        if router is None:  # routing gave remote queues: there are other workers
-            raise HardError(INTERNAL_ERROR, "no cross-worker router")
-        return router
-
-    def _enqueue(self, remote: RemoteGroups, msg: Message, chnum: int, seq: int) -> None:
-        self.broker.current_publisher = self
-        self._router().enqueue(remote, msg, self.gid, chnum, seq)
 
     # ------------------------------------------------------------ consumers
     def cancel_consumer(self, c: Consumer) -> None:
