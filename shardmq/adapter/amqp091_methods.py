@@ -262,7 +262,7 @@ def _basic_cancel(a: AMQP091Connection, ch: Channel, m: M.BasicCancel) -> None:
     if not m.no_wait:
         a.send_method(ch, M.BasicCancelOk(consumer_tag=m.consumer_tag))
     if c is not None:
-        a.domain.remove_consumer(c, notify=False)
+        a.domain.remove_consumer(c)
     a.domain.qos.after_settle()
 
 

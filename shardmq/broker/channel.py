@@ -306,7 +306,7 @@ class Channel:
         """The channel is gone: cancel its consumers and requeue what it held."""
         self.closing = True
         for c in list(self.consumers.values()):
-            self.conn.remove_consumer(c, notify=False)
+            self.conn.remove_consumer(c)
         self.consumers.clear()
         self.tx_publishes.clear()
         self.tx_acks.clear()

@@ -284,7 +284,7 @@ class BrokerConnection:
         c.channel.consumers.pop(c.tag, None)
         self.client.consumer_cancelled(c)
 
-    def remove_consumer(self, c: Consumer, *, notify: bool) -> None:
+    def remove_consumer(self, c: Consumer) -> None:
         """Detach a consumer from its queue (auto-deleting the queue if it was the last)."""
         c.channel.consumers.pop(c.tag, None)
         q = c.queue
@@ -294,8 +294,6 @@ class BrokerConnection:
         elif q.remove_consumer(c) and not q.deleted:
             # auto-delete: if a consumer came back meanwhile, if-unused keeps the queue
             self.broker.sequencer.fire(md.DeleteQueue(q.vhost, q.name, True, False, 0))
-        if notify:
-            self.client.consumer_cancelled(c)
 
     def queue_for(self, ch: Channel, name: str) -> AnyQueue:
         if not name:
