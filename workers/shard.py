@@ -41,7 +41,7 @@ import msgspec  # noqa: E402
 from shardmq.config import Config  # noqa: E402
 from shardmq.ipc.control import F_ACCEPTED, F_CONNS, ControlBlock  # noqa: E402
 from shardmq.ipc.mesh import Mesh  # noqa: E402
-from shardmq.ipc.settings import SupervisorConfig, cpu_for_slot  # noqa: E402
+from workers.settings import SupervisorConfig, cpu_for_slot  # noqa: E402
 
 log = logging.getLogger("shardmq.worker")
 

@@ -43,8 +43,8 @@ import msgspec
 from shardmq.config import Config, ConfigError, load_config
 from shardmq.ipc.control import F_ACCEPTED, F_CONNS
 from shardmq.ipc.mesh import MeshError, MeshHost
-from shardmq.ipc.settings import SupervisorConfig, parse_settings, supervisor_settings
 from workers.sdnotify import notify, watchdog_interval
+from workers.settings import SupervisorConfig, parse_settings, supervisor_settings
 
 log = logging.getLogger("shardmq.supervisor")
 
