@@ -332,7 +332,7 @@ class Supervisor:
         cmd = [
             sys.executable,
             "-m",
-            "workers.shard",
+            "workers.worker",
             "--slot",
             str(slot.index),
             "--workers",

@@ -44,7 +44,7 @@ from shardmq.broker.channel import Channel
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import REMOTE_CREDIT_CHUNK, REQUEUE, RemoteQueue
 from shardmq.broker.remote import REMOTE_WINDOW as WINDOW
-from shardmq.broker.store import ConfirmWaiter
+from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.vhost import AnyQueue, VHost
 from shardmq.message import Message
 

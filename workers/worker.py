@@ -1,4 +1,4 @@
-"""Worker process entry point: ``python -m workers.shard --slot N ...`` (spawned by the
+"""Worker process entry point: ``python -m workers.worker --slot N ...`` (spawned by the
 supervisor; a fresh interpreter, not a fork).
 
 Owns: one worker's process life: inherited fds (listening socket, supervisor channel,
@@ -368,7 +368,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m workers.shard", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m workers.worker", description=__doc__)
     ap.add_argument("--slot", type=int, required=True)
     ap.add_argument("--workers", type=int, required=True)
     ap.add_argument("--spec", required=True, help="worker config file (JSON)")
