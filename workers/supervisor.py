@@ -1,9 +1,10 @@
 """Process layer: run the broker as one process (N=1) or as a supervisor of N workers.
 
-Owns: process start-up and exit codes, logging set-up, the data directory, and with N>1
-the worker lifecycle: listening sockets, shared memory (``MeshHost``), spawn, readiness,
-respawn in the same slot, stall detection, SIGTERM drain, SIGHUP reload, systemd
-notifications, and the hand-off acceptor. It never touches a message. No AMQP logic.
+Owns: process start-up and its exit code (``workers.exitcodes``), logging set-up, the
+data directory, and with N>1 the worker lifecycle: listening sockets, shared memory
+(``MeshHost``), spawn, readiness, respawn in the same slot, stall detection, SIGTERM
+drain, SIGHUP reload, systemd notifications, and the hand-off acceptor. It never touches
+a message. No AMQP logic.
 
 Invariants (N>1):
 - The supervisor keeps every listening socket open for its whole life, so a respawned
@@ -43,6 +44,8 @@ import msgspec
 from shardmq.config import Config, ConfigError, load_config
 from shardmq.ipc.control import F_ACCEPTED, F_CONNS
 from shardmq.ipc.mesh import MeshError, MeshHost
+from workers import channel
+from workers.exitcodes import ExitCode, describe_exit
 from workers.sdnotify import notify, watchdog_interval
 from workers.settings import SupervisorConfig, parse_settings, supervisor_settings
 
@@ -51,11 +54,6 @@ log = logging.getLogger("shardmq.supervisor")
 SPEC_FILE = "worker-config.json"
 KILL_GRACE = 5.0
 CHECK_INTERVAL = 0.25
-MSG_READY = b"R"
-MSG_CONN = b"C"
-MSG_USER = b"M"
-EXIT_BOOT_FAILURE = 1
-MAX_MESSAGE = 1 << 18  # largest control message on a worker channel
 
 
 def _ignore_slot(slot: int) -> None:
@@ -136,7 +134,7 @@ def run(
     n = worker_count(config)
     if n == 1:
         _run_loop(_main(config))
-        return 0
+        return ExitCode.OK
     sup = Supervisor(
         config,
         settings or supervisor_settings(config),
@@ -149,15 +147,6 @@ def run(
 
 
 # ---------------------------------------------------------------------- supervisor
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
-
-
 def listening_sockets(host: str, port: int, count: int, reuseport: bool) -> list[socket.socket]:
     """``count`` sockets listening on host:port (SO_REUSEPORT when ``reuseport``); port 0
     picks a free port once for all of them."""
@@ -241,7 +230,7 @@ class Supervisor:
         self.slots: list[Slot] = []
         self.acceptor: socket.socket | None = None
         self.stopping = False
-        self.exit_code = 0
+        self.exit_code = ExitCode.OK
         self.done = asyncio.Event()
         self.all_ready_notified = False
         self.deaths: deque[float] = deque()
@@ -262,7 +251,7 @@ class Supervisor:
         s = self.slots[slot]
         if s.chan is None:
             return False
-        s.outbox.append(MSG_USER + payload)
+        s.outbox.append(channel.USER + payload)
         if len(s.outbox) == 1:
             self._drain(s)
         return True
@@ -383,7 +372,7 @@ class Supervisor:
             return
         while True:
             try:
-                msg = chan.recv(MAX_MESSAGE)
+                msg = chan.recv(channel.MAX_MESSAGE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -394,9 +383,9 @@ class Supervisor:
                 self._loop.remove_reader(chan.fileno())
                 return
             kind = msg[:1]
-            if kind == MSG_READY:
+            if kind == channel.READY:
                 self._on_ready(slot)
-            elif kind == MSG_USER:
+            elif kind == channel.USER:
                 try:
                     self.on_worker_message(slot.index, msg[1:])
                 except Exception:
@@ -490,7 +479,7 @@ class Supervisor:
 
     def _fatal(self, message: str) -> None:
         log.critical("%s", message)
-        self.exit_code = EXIT_BOOT_FAILURE
+        self.exit_code = ExitCode.FAILED
         self.begin_stop()
 
     def _check(self) -> None:
@@ -587,7 +576,7 @@ class Supervisor:
                     self._stop_accepting()
                 return
             try:
-                socket.send_fds(slot.chan, [MSG_CONN], [conn.fileno()])  # type: ignore[arg-type]
+                socket.send_fds(slot.chan, [channel.CONN], [conn.fileno()])  # type: ignore[arg-type]
             except OSError:
                 tried.add(slot.index)
                 continue
@@ -682,7 +671,7 @@ class Supervisor:
         except (OSError, MeshError) as exc:
             log.critical("cannot start: %s", exc)
             self._cleanup()
-            return EXIT_BOOT_FAILURE
+            return ExitCode.FAILED
         except BaseException:
             self._cleanup()
             raise
@@ -771,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (ConfigError, msgspec.ValidationError, msgspec.DecodeError) as exc:
         print(f"shardmq: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     return run(config, config_path=args.config, overrides=overrides, settings=settings)
 
 

@@ -6,11 +6,8 @@ doorbells), CPU pinning, the mesh attachment, the shared-memory heartbeat, readi
 SIGTERM (drain: clients get connection.close 320, exit 0), SIGHUP (re-read the config),
 hand-off of accepted sockets, and exit when the supervisor disappears. No AMQP logic.
 
-Supervisor channel (``--chan-fd``, AF_UNIX SOCK_SEQPACKET, one datagram per message):
-  worker -> supervisor  ``b"R"`` ready;  ``b"M" + payload`` message for the supervisor
-  supervisor -> worker  ``b"C"`` + SCM_RIGHTS fds: accepted client sockets (hand-off);
-                        ``b"M" + payload`` message for the worker (``Worker.on_message``)
-EOF on the channel means the supervisor is gone: the worker drains and exits.
+The supervisor channel (``--chan-fd``) is defined in ``workers.channel``; EOF on it
+means the supervisor is gone: the worker drains and exits.
 
 Invariants: the worker reports ready only after its listener (or hand-off receiver) and
 mesh are up; an exception before that exits non-zero, which the supervisor treats as a
@@ -41,15 +38,12 @@ import msgspec  # noqa: E402
 from shardmq.config import Config  # noqa: E402
 from shardmq.ipc.control import F_ACCEPTED, F_CONNS, ControlBlock  # noqa: E402
 from shardmq.ipc.mesh import Mesh  # noqa: E402
+from workers import channel  # noqa: E402
+from workers.exitcodes import ExitCode  # noqa: E402
 from workers.settings import SupervisorConfig, cpu_for_slot  # noqa: E402
 
 log = logging.getLogger("shardmq.worker")
 
-MSG_READY = b"R"
-MSG_CONN = b"C"
-MSG_USER = b"M"
-MAX_FDS_PER_MSG = 32
-MAX_MESSAGE = 1 << 18  # largest control message on the supervisor channel
 PR_SET_PDEATHSIG = 1
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
@@ -170,9 +164,9 @@ class Worker:
         logging.getLogger().setLevel(getattr(logging, config.server.log_level.upper()))
 
     def send_message(self, payload: bytes) -> None:
-        """Send a message to the supervisor (one datagram of at most ``MAX_MESSAGE``
+        """Send a message to the supervisor (one datagram of at most ``channel.MAX_MESSAGE``
         bytes); queued in order while the channel is full."""
-        self._outbox.append(MSG_USER + payload)
+        self._outbox.append(channel.USER + payload)
         if len(self._outbox) == 1:
             self._drain()
 
@@ -217,7 +211,9 @@ class Worker:
     def _on_chan(self) -> None:
         while True:
             try:
-                msg, fds, _flags, _addr = socket.recv_fds(self.chan, MAX_MESSAGE, MAX_FDS_PER_MSG)
+                msg, fds, _flags, _addr = socket.recv_fds(
+                    self.chan, channel.MAX_MESSAGE, channel.MAX_FDS_PER_MSG
+                )
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -230,7 +226,7 @@ class Worker:
             if fds:
                 for fd in fds:
                     self._adopt(fd)
-            elif msg[:1] == MSG_USER:
+            elif msg[:1] == channel.USER:
                 try:
                     self.on_message(msg[1:])
                 except Exception:
@@ -294,7 +290,7 @@ class Worker:
         if self.control is not None:
             self.control.set_ready(self.slot)
         try:
-            self.chan.send(MSG_READY)
+            self.chan.send(channel.READY)
         except OSError as exc:
             log.error("cannot report ready: %s", exc)
             self._supervisor_gone()
@@ -383,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != args.parent:
-        return 3  # the supervisor died before we could watch it
+        return ExitCode.ORPHANED  # the supervisor died before we could watch it
     # the supervisor forwards SIGTERM; Ctrl-C in a terminal reaches the whole group
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker(args)
@@ -399,14 +395,14 @@ def main(argv: list[str] | None = None) -> int:
             os.sched_setaffinity(0, {cpu})
         except (OSError, ValueError) as exc:
             log.error("worker %d: cannot pin to CPU %d: %s", args.slot, cpu, exc)
-            return 1
+            return ExitCode.FAILED
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
         loop.run_until_complete(worker.run())
     finally:
         loop.close()
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":
