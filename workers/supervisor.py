@@ -1,17 +1,18 @@
 """Process layer: run the broker as one process (N=1) or as a supervisor of N workers.
 
-Owns: process start-up and its exit code (``workers.exitcodes``), logging set-up, the
-data directory, and with N>1 the worker lifecycle: listening sockets, shared memory
-(``MeshHost``), spawn, readiness, respawn in the same slot, stall detection, SIGTERM
-drain, SIGHUP reload, systemd notifications, and the hand-off acceptor. It never touches
+Owns: process start-up and its exit code (``workers.exitcodes``), the data directory,
+systemd notifications, and with N>1 the worker lifecycle: listening sockets, shared
+memory (``MeshHost``), spawn, readiness, respawn in the same slot, stall detection,
+SIGTERM drain, SIGHUP reload, and the hand-off acceptor. With N=1 the broker runs in
+this process (``workers.lifecycle.serve_broker``, as in every worker). It never touches
 a message. No AMQP logic.
 
 Invariants (N>1):
 - The supervisor keeps every listening socket open for its whole life, so a respawned
   worker inherits the same socket (``reuseport``) and no pending connection is dropped.
 - A worker that exits (or is killed for not being ready within ``boot_timeout``) before
-  it reported ready is a boot failure: the broker stops with exit code 1 and a message
-  naming the slot; it is never respawned in a loop. A ready worker that dies is respawned
+  it reported ready is a boot failure: the broker stops with ``ExitCode.FAILED`` and a
+  message naming the slot; it is never respawned in a loop. A ready worker that dies is respawned
   at once in its slot with fresh rings to and from it; more than ``max_restarts`` deaths
   within ``restart_window`` stop the broker too.
 - A ready worker whose shared-memory heartbeat does not advance for ``stall_timeout`` is
@@ -46,7 +47,8 @@ from shardmq.ipc.control import F_ACCEPTED, F_CONNS
 from shardmq.ipc.mesh import MeshError, MeshHost
 from workers import channel
 from workers.exitcodes import ExitCode, describe_exit
-from workers.sdnotify import notify, watchdog_interval
+from workers.lifecycle import run_loop, serve_broker, set_log_level, setup_logging
+from workers.sdnotify import feed_watchdog, notify
 from workers.settings import SupervisorConfig, parse_settings, supervisor_settings
 
 log = logging.getLogger("shardmq.supervisor")
@@ -64,54 +66,24 @@ def _ignore_slot(slot: int) -> None:
 STATIC_SERVER_FIELDS = ("host", "port", "workers", "data_dir")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def worker_count(config: Config) -> int:
     n = config.server.workers
     return n if n > 0 else (os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------- one process
-async def _main(config: Config) -> None:
+async def _one_process(config: Config) -> None:
+    """``--workers 1``: the broker in this process, no supervisor, no shared memory."""
     from shardmq.broker.broker import Broker
-    from shardmq.net.server import serve
-    from shardmq.status import StatusWriter
 
     loop = asyncio.get_running_loop()
-    broker = Broker(config)
-    status = StatusWriter(broker, config.server.data_dir)
-    status.start(loop)
-    interval = watchdog_interval()
-    if interval:
-
-        def ping() -> None:
-            notify("WATCHDOG=1")
-            loop.call_later(interval, ping)
-
-        loop.call_later(interval, ping)
+    feed_watchdog(loop)
 
     def ready(addrs: str) -> None:
         notify(f"READY=1\nSTATUS=accepting AMQP on {addrs}\nMAINPID={os.getpid()}")
 
-    try:
-        await serve(config, ready=ready, broker=broker)
-    finally:
-        status.stop()
+    await serve_broker(config, Broker(config), ready=ready)
     notify("STOPPING=1")
-
-
-def _run_loop(main: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 def run(
@@ -133,7 +105,7 @@ def run(
     os.makedirs(config.server.data_dir, exist_ok=True)
     n = worker_count(config)
     if n == 1:
-        _run_loop(_main(config))
+        run_loop(_one_process(config))
         return ExitCode.OK
     sup = Supervisor(
         config,
@@ -143,7 +115,7 @@ def run(
         overrides=overrides or {},
         on_start=on_start,
     )
-    return int(_run_loop(sup.run()))
+    return int(run_loop(sup.run()))
 
 
 # ---------------------------------------------------------------------- supervisor
@@ -642,7 +614,7 @@ class Supervisor:
                 self.settings = msgspec.structs.replace(
                     new_settings, **{f: getattr(self.settings, f) for f in keep}
                 )
-            logging.getLogger().setLevel(getattr(logging, new.server.log_level.upper()))
+            set_log_level(new.server.log_level)
             self._write_spec()
         for s in self.slots:
             if s.proc is not None:
@@ -675,14 +647,7 @@ class Supervisor:
         except BaseException:
             self._cleanup()
             raise
-        interval = watchdog_interval()
-        if interval:
-
-            def ping() -> None:
-                notify("WATCHDOG=1")
-                loop.call_later(interval, ping)
-
-            loop.call_later(interval, ping)
+        feed_watchdog(loop)
         try:
             for slot in self.slots:
                 if not self.stopping:

@@ -1,10 +1,12 @@
 """Worker process entry point: ``python -m workers.worker --slot N ...`` (spawned by the
 supervisor; a fresh interpreter, not a fork).
 
-Owns: one worker's process life: inherited fds (listening socket, supervisor channel,
+Owns: what only a worker of N does: inherited fds (listening socket, supervisor channel,
 doorbells), CPU pinning, the mesh attachment, the shared-memory heartbeat, readiness,
-SIGTERM (drain: clients get connection.close 320, exit 0), SIGHUP (re-read the config),
-hand-off of accepted sockets, and exit when the supervisor disappears. No AMQP logic.
+SIGHUP (re-read the config), hand-off of accepted sockets, and exit when the supervisor
+disappears. The steps it shares with the one-process broker (logging, event loop,
+SIGTERM drain: clients get connection.close 320, exit 0; storage recovery and close,
+memory alarm, status file) are ``workers.lifecycle``'s. No AMQP logic.
 
 The supervisor channel (``--chan-fd``) is defined in ``workers.channel``; EOF on it
 means the supervisor is gone: the worker drains and exits.
@@ -40,6 +42,13 @@ from shardmq.ipc.control import F_ACCEPTED, F_CONNS, ControlBlock  # noqa: E402
 from shardmq.ipc.mesh import Mesh  # noqa: E402
 from workers import channel  # noqa: E402
 from workers.exitcodes import ExitCode  # noqa: E402
+from workers.lifecycle import (  # noqa: E402
+    run_loop,
+    serve_broker,
+    set_log_level,
+    setup_logging,
+    stop_on_signals,
+)
 from workers.settings import SupervisorConfig, cpu_for_slot  # noqa: E402
 
 log = logging.getLogger("shardmq.worker")
@@ -161,7 +170,7 @@ class Worker:
         log.debug("message from the supervisor ignored (%d bytes)", len(payload))
 
     def _default_reload(self, config: Config) -> None:
-        logging.getLogger().setLevel(getattr(logging, config.server.log_level.upper()))
+        set_log_level(config.server.log_level)
 
     def send_message(self, payload: bytes) -> None:
         """Send a message to the supervisor (one datagram of at most ``channel.MAX_MESSAGE``
@@ -299,12 +308,12 @@ class Worker:
     # ------------------------------------------------------------------ main
     async def run(self) -> None:
         from shardmq.broker.broker import Broker
-        from shardmq.net.server import serve
         from workers.wiring import wire_worker
 
         loop = asyncio.get_running_loop()
         self._loop = loop
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        stop_on_signals(loop, self.stop)  # also while waiting for the definitions
         broker = Broker(self.config, slot=self.slot, workers=self.n)
         synced: asyncio.Event | None = None
         if self.mesh_spec:
@@ -330,37 +339,24 @@ class Worker:
         if self.listen_fd is not None:
             sock = socket.socket(fileno=self.listen_fd)
         else:
-            # hand-off mode: serve() needs a listener; give it one nobody can reach (an
-            # autobound abstract Unix socket); adopted sockets use its protocol factory
+            # hand-off mode: serve_broker() needs a listener; give it one nobody can reach
+            # (an autobound abstract Unix socket); adopted sockets use its protocol factory
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind("")
             sock.listen(1)
-        from shardmq.status import StatusWriter
-
-        status = StatusWriter(broker, self.config.server.data_dir)
-        status.start(loop)
         try:
-            await serve(
+            await serve_broker(
                 self.config,
+                broker,
                 sock=sock,
                 ready=self.ready,
                 stop=self.stop,
-                broker=broker,
                 wrap_factory=self.set_protocol_factory,
             )
         finally:
-            status.stop()
             if self.mesh is not None:
                 self.mesh.close()
             self.chan.close()
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -380,15 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != args.parent:
         return ExitCode.ORPHANED  # the supervisor died before we could watch it
-    # the supervisor forwards SIGTERM; Ctrl-C in a terminal reaches the whole group
+    # a worker has its own process group: a terminal's Ctrl-C reaches the supervisor,
+    # which forwards SIGTERM; a SIGINT sent to the worker is ignored until its loop runs,
+    # then stops it like SIGTERM
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker(args)
-    level = worker.config.server.log_level.upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format=f"%(asctime)s %(levelname)s w{args.slot} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(worker.config.server.log_level, f"w{args.slot}")
     cpu = cpu_for_slot(worker.settings.cpu_affinity, args.slot)
     if cpu is not None:
         try:
@@ -396,12 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as exc:
             log.error("worker %d: cannot pin to CPU %d: %s", args.slot, cpu, exc)
             return ExitCode.FAILED
-    loop = _new_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(worker.run())
-    finally:
-        loop.close()
+    run_loop(worker.run())
     return ExitCode.OK
 
 
