@@ -12,7 +12,7 @@ Owns, each step once:
 - ``serve_broker``: the order of a broker's life around ``shardmq.net.server.serve``
   (the listener and the connections): definitions and durable queues recovered and the
   disk alarm started (``Broker.load_definitions``, ``Broker.start_storage``), the status
-  file (``shardmq.status.StatusWriter``) and the memory alarm started, then serve until
+  file (``workers.status.StatusWriter``) and the memory alarm started, then serve until
   ``stop``; after the connections are closed, the status file and memory alarm stopped
   and the stores flushed and closed (``Broker.close_storage``).
 
@@ -157,7 +157,7 @@ async def serve_broker(
     the protocol factory and returns the one the listener uses (a worker keeps it to
     serve handed-off sockets and to count connections)."""
     from shardmq.net.server import serve
-    from shardmq.status import StatusWriter
+    from workers.status import StatusWriter
 
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()

@@ -27,7 +27,7 @@ import pika
 import pytest
 
 from shardmq.ipc.mesh import INSTANCE_FILE, unlink_instance
-from shardmq.ipc.status import WorkerStatus, read_status
+from workers.status import WorkerStatus, read_workers
 
 REPO = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT = 20.0
@@ -70,7 +70,7 @@ class Sup:
             self.instances.add(inst.read_text().split()[0])
         except (OSError, IndexError):
             pass
-        return read_status(str(self.data_dir)) or []
+        return read_workers(str(self.data_dir)) or []
 
     def pids(self) -> list[int]:
         return [w.pid for w in self.status()]
@@ -154,7 +154,7 @@ def stop_supervisor(sup: Sup) -> None:
             os.killpg(sup.proc.pid, signal.SIGKILL)
             sup.proc.wait(5)
     # workers must not outlive the supervisor
-    for w in read_status(str(sup.data_dir)) or []:
+    for w in read_workers(str(sup.data_dir)) or []:
         if w.pid:
             try:
                 os.kill(w.pid, signal.SIGKILL)
