@@ -162,7 +162,7 @@ class Slot:
         self.beat_at = 0.0
         self.handed = 0
         self.stalled = False
-        self.outbox: deque[bytes] = deque()  # messages the channel had no room for yet
+        self.sender: channel.ChannelSender | None = None  # None while chan is None
 
     @property
     def pid(self) -> int | None:
@@ -220,36 +220,11 @@ class Supervisor:
     def send_to_worker(self, slot: int, payload: bytes) -> bool:
         """Queue a message for the worker in ``slot`` (in order; held while its channel
         is full). False when no process fills the slot."""
-        s = self.slots[slot]
-        if s.chan is None:
+        sender = self.slots[slot].sender
+        if sender is None:
             return False
-        s.outbox.append(channel.USER + payload)
-        if len(s.outbox) == 1:
-            self._drain(s)
+        sender.send(channel.USER + payload)
         return True
-
-    def _drain(self, s: Slot) -> None:
-        chan = s.chan
-        if chan is None:
-            s.outbox.clear()
-            return
-        while s.outbox:
-            try:
-                chan.send(s.outbox[0])
-            except (BlockingIOError, InterruptedError):
-                assert self._loop is not None
-                self._loop.add_writer(chan.fileno(), self._drain_ready, s)
-                return
-            except OSError as exc:
-                log.warning("cannot write to worker %d: %s", s.index, exc)
-                s.outbox.clear()
-                return
-            s.outbox.popleft()
-
-    def _drain_ready(self, s: Slot) -> None:
-        if s.chan is not None and self._loop is not None:
-            self._loop.remove_writer(s.chan.fileno())
-        self._drain(s)
 
     # ------------------------------------------------------------------ start-up
     def _write_spec(self) -> None:
@@ -321,6 +296,12 @@ class Supervisor:
         self.mesh.set_pid(slot.index, proc.pid)
         slot.proc = proc
         slot.chan = parent
+
+        def send_failed(exc: OSError, index: int = slot.index) -> None:
+            log.warning("cannot write to worker %d: %s", index, exc)
+
+        slot.sender = channel.ChannelSender(parent, send_failed)
+        slot.sender.loop = self._loop
         slot.ready = False
         slot.stalled = False
         slot.spawned_at = time.monotonic()
@@ -409,7 +390,9 @@ class Supervisor:
                     pass
             slot.chan.close()
             slot.chan = None
-        slot.outbox.clear()
+        if slot.sender is not None:
+            slot.sender.clear()
+            slot.sender = None
         slot.proc = None
         if not self.stopping:
             try:
@@ -682,6 +665,7 @@ class Supervisor:
             if s.chan is not None:
                 s.chan.close()
                 s.chan = None
+            s.sender = None
             if s.listen is not None:
                 s.listen.close()
         if self.acceptor is not None:

@@ -31,7 +31,6 @@ import os  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import weakref  # noqa: E402
-from collections import deque  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -158,7 +157,7 @@ class Worker:
         self.accepted = 0  # sockets received by hand-off (monotonic)
         self._adopting = 0  # received, protocol not made yet
         self._waiting_fds: list[int] = []
-        self._outbox: deque[bytes] = deque()
+        self.sender = channel.ChannelSender(self.chan, self._send_failed)
         self.stop = asyncio.Event()
         self.on_message: Callable[[bytes], None] = self._default_message
         self.on_reload: Callable[[Config], None] = self._default_reload
@@ -175,29 +174,11 @@ class Worker:
     def send_message(self, payload: bytes) -> None:
         """Send a message to the supervisor (one datagram of at most ``channel.MAX_MESSAGE``
         bytes); queued in order while the channel is full."""
-        self._outbox.append(channel.USER + payload)
-        if len(self._outbox) == 1:
-            self._drain()
+        self.sender.send(channel.USER + payload)
 
-    def _drain(self) -> None:
-        while self._outbox:
-            try:
-                self.chan.send(self._outbox[0])
-            except (BlockingIOError, InterruptedError):
-                if self._loop is not None:
-                    self._loop.add_writer(self.chan.fileno(), self._drain_ready)
-                return
-            except OSError as exc:
-                log.error("supervisor channel failed: %s; stopping", exc)
-                self._outbox.clear()
-                self._supervisor_gone()
-                return
-            self._outbox.popleft()
-
-    def _drain_ready(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_writer(self.chan.fileno())
-        self._drain()
+    def _send_failed(self, exc: OSError) -> None:
+        log.error("supervisor channel failed: %s; stopping", exc)
+        self._supervisor_gone()
 
     def set_protocol_factory(self, factory: ProtocolFactory) -> ProtocolFactory:
         """Wire the AMQP protocol factory for handed-off sockets (and connection counts);
@@ -312,6 +293,7 @@ class Worker:
 
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self.sender.loop = loop
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         stop_on_signals(loop, self.stop)  # also while waiting for the definitions
         broker = Broker(self.config, slot=self.slot, workers=self.n)
