@@ -15,7 +15,6 @@ share queue or exchange names (see ``helpers.unique``).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from urllib.parse import quote, unquote, urlsplit
 import pika
 import pytest
 
-from tests.support.launch import serve_args, spawn, wait_answering
+from tests.support.launch import serve_args, spawn, terminate, wait_answering
 from tests.support.ports import free_port
 
 from .helpers import Env
@@ -118,21 +117,9 @@ def start_broker(workers: int, data_dir: Path) -> Broker:
 
 def stop_broker(broker: Broker) -> int | None:
     """SIGTERM, wait, SIGKILL if it hangs; returns the exit code."""
-    proc = broker.process
-    if proc is None:
+    if broker.process is None:
         return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            # Hung: kill the process group we created for it (its own worker children too).
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(STOP_TIMEOUT)
-    return proc.returncode
+    return terminate(broker.process, STOP_TIMEOUT)
 
 
 def _broker_params() -> list[object]:

@@ -24,7 +24,7 @@ import pika
 import pytest
 
 from shardmq.ipc.mesh import INSTANCE_FILE, unlink_instance
-from tests.support.launch import spawn
+from tests.support.launch import spawn, terminate
 from tests.support.ports import free_port
 from tests.support.procs import running, wait_for
 from workers.status import WorkerStatus, read_workers
@@ -110,13 +110,7 @@ def start_supervisor(
 
 
 def stop_supervisor(sup: Sup) -> None:
-    if sup.proc.poll() is None:
-        sup.proc.send_signal(signal.SIGTERM)
-        try:
-            sup.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(sup.proc.pid, signal.SIGKILL)
-            sup.proc.wait(5)
+    terminate(sup.proc, 15)
     # workers must not outlive the supervisor
     for w in read_workers(str(sup.data_dir)) or []:
         if w.pid:

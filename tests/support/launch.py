@@ -3,7 +3,8 @@
 Owns: ``REPO_ROOT``, ``spawn`` (``python -m ...`` from this tree: cwd and PYTHONPATH on
 it, stdout and stderr to a log file, its own session so a hung broker and its workers
 can be killed as a group), ``serve_args`` (``shardmq serve`` on 127.0.0.1) and
-``wait_answering`` (until the broker answers the AMQP protocol header).
+``wait_answering`` (until the broker answers the AMQP protocol header) and ``terminate``
+(SIGTERM, then SIGKILL of its session if it hangs).
 
 Invariants: a broker only ever listens on 127.0.0.1; it counts as up only once it
 answers AMQP (``probe.amqp_answers``), never on a bare TCP connect; every wait is bounded
@@ -13,6 +14,7 @@ and a broker that exits or times out raises ``RuntimeError`` with its log.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -82,3 +84,19 @@ def wait_answering(
                 f"shardmq serve did not accept connections within {timeout} s:\n{log()}"
             )
         time.sleep(0.02)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM ``proc`` and wait ``timeout`` seconds; if it hangs, SIGKILL its session
+    (the process group ``spawn`` made: its worker children too). Returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout)
+    return proc.returncode
