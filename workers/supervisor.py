@@ -12,9 +12,9 @@ Invariants (N>1):
   worker inherits the same socket (``reuseport``) and no pending connection is dropped.
 - A worker that exits (or is killed for not being ready within ``boot_timeout``) before
   it reported ready is a boot failure: the broker stops with ``ExitCode.FAILED`` and a
-  message naming the slot; it is never respawned in a loop. A ready worker that dies is respawned
-  at once in its slot with fresh rings to and from it; more than ``max_restarts`` deaths
-  within ``restart_window`` stop the broker too.
+  message naming the slot; it is never respawned in a loop. A ready worker that dies is
+  respawned at once in its slot with fresh rings to and from it; more than
+  ``max_restarts`` deaths within ``restart_window`` stop the broker too.
 - A ready worker whose shared-memory heartbeat does not advance for ``stall_timeout`` is
   SIGKILLed and respawned.
 - SIGTERM/SIGINT: SIGTERM to every worker (each closes its clients with 320 and exits 0),

@@ -182,7 +182,7 @@ class Worker:
 
     def set_protocol_factory(self, factory: ProtocolFactory) -> ProtocolFactory:
         """Wire the AMQP protocol factory for handed-off sockets (and connection counts);
-        returns the wrapped factory for the listener (``serve(wrap_factory=...)``)."""
+        returns the wrapped factory for the listener (``serve_broker(wrap_factory=...)``)."""
         counted = self.counter.wrap(factory)
 
         def make() -> asyncio.BaseProtocol:
