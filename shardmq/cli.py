@@ -2,15 +2,27 @@
 
 Owns: argument parsing and turning flags into a validated ``Config``; it delegates the
 process work to ``workers`` and the load generator to ``loadtest``.
+
+Invariants: ``shardmq serve`` exits with the broker's ``workers.exitcodes.ExitCode``;
+every error reported here (bad config, no broker found) exits ``ExitCode.FAILED``.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import click
 
 from shardmq.config import ConfigError, load_config
+from workers.exitcodes import ExitCode
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``message`` as click does and exit ``ExitCode.FAILED``."""
+    error = click.ClickException(message)
+    error.exit_code = ExitCode.FAILED
+    raise error
 
 
 @click.group()
@@ -53,7 +65,7 @@ def serve(
             log_level=log_level,
         )
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        fail(str(exc))
     from workers.supervisor import run
 
     overrides = {
@@ -74,31 +86,20 @@ def ctl() -> None:
 @ctl.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--data-dir", default=None, help="The broker's data directory.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(config_path: str | None, data_dir: str | None, as_json: bool) -> None:
+@click.option("--json", "as_json_flag", is_flag=True, help="Machine-readable output.")
+def status(config_path: str | None, data_dir: str | None, as_json_flag: bool) -> None:
     """Workers, their connections and the queues each one owns."""
-    import msgspec
-
-    from shardmq.ipc.status import read_status
-    from shardmq.status import as_table, read_worker_status
+    from workers.status import as_json, as_table, read_broker_status
 
     try:
         config = load_config(config_path, data_dir=data_dir)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+        fail(str(exc))
     where = config.server.data_dir
-    reports = read_worker_status(where)
-    workers = read_status(where)
-    if not reports and not workers:
-        raise click.ClickException(f"no running broker found on data dir {where}")
-    if as_json:
-        click.echo(
-            msgspec.json.encode(
-                {"workers": [w._asdict() for w in workers or []], "reports": reports}
-            ).decode()
-        )
-        return
-    click.echo(as_table(reports, workers))
+    current = read_broker_status(where)
+    if not current.found:
+        fail(f"no running broker found on data dir {where}")
+    click.echo(as_json(current) if as_json_flag else as_table(current))
 
 
 @cli.command(

@@ -1,7 +1,9 @@
 """Broker configuration: one msgspec Struct field per setting, loaded from TOML.
 
-Owns: the settings, their defaults and their validation. ``config/shardmq.toml``
-documents every field with its default; keep the two in step.
+Owns: the settings, their defaults and their validation; the ``[store]`` and
+``[supervisor]`` sections are defined beside their users (``shardmq.store.settings``,
+``workers.settings``) and included here. ``config/shardmq.toml`` documents every field
+with its default; keep the two in step.
 
 Invariants: ``load_config`` either returns a fully validated ``Config`` or raises
 ``ConfigError`` whose message names the file and the offending setting.
@@ -17,8 +19,8 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
-from shardmq.ipc.settings import SupervisorConfig
 from shardmq.store.settings import StoreSettings
+from workers.settings import SupervisorConfig
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 

@@ -1,18 +1,20 @@
 """Process layer: run the broker as one process (N=1) or as a supervisor of N workers.
 
-Owns: process start-up and exit codes, logging set-up, the data directory, and with N>1
-the worker lifecycle: listening sockets, shared memory (``MeshHost``), spawn, readiness,
-respawn in the same slot, stall detection, SIGTERM drain, SIGHUP reload, systemd
-notifications, and the hand-off acceptor. It never touches a message. No AMQP logic.
+Owns: process start-up and its exit code (``workers.exitcodes``), the data directory,
+systemd notifications, and with N>1 the worker lifecycle: listening sockets, shared
+memory (``MeshHost``), spawn, readiness, respawn in the same slot, stall detection,
+SIGTERM drain, SIGHUP reload, and the hand-off acceptor. With N=1 the broker runs in
+this process (``workers.lifecycle.serve_broker``, as in every worker). It never touches
+a message. No AMQP logic.
 
 Invariants (N>1):
 - The supervisor keeps every listening socket open for its whole life, so a respawned
   worker inherits the same socket (``reuseport``) and no pending connection is dropped.
 - A worker that exits (or is killed for not being ready within ``boot_timeout``) before
-  it reported ready is a boot failure: the broker stops with exit code 1 and a message
-  naming the slot; it is never respawned in a loop. A ready worker that dies is respawned
-  at once in its slot with fresh rings to and from it; more than ``max_restarts`` deaths
-  within ``restart_window`` stop the broker too.
+  it reported ready is a boot failure: the broker stops with ``ExitCode.FAILED`` and a
+  message naming the slot; it is never respawned in a loop. A ready worker that dies is
+  respawned at once in its slot with fresh rings to and from it; more than
+  ``max_restarts`` deaths within ``restart_window`` stop the broker too.
 - A ready worker whose shared-memory heartbeat does not advance for ``stall_timeout`` is
   SIGKILLed and respawned.
 - SIGTERM/SIGINT: SIGTERM to every worker (each closes its clients with 320 and exits 0),
@@ -43,19 +45,17 @@ import msgspec
 from shardmq.config import Config, ConfigError, load_config
 from shardmq.ipc.control import F_ACCEPTED, F_CONNS
 from shardmq.ipc.mesh import MeshError, MeshHost
-from shardmq.ipc.settings import SupervisorConfig, parse_settings, supervisor_settings
-from workers.sdnotify import notify, watchdog_interval
+from workers import channel
+from workers.exitcodes import ExitCode, describe_exit
+from workers.lifecycle import run_loop, serve_broker, set_log_level, setup_logging
+from workers.sdnotify import feed_watchdog, notify
+from workers.settings import SupervisorConfig, parse_settings, supervisor_settings
 
 log = logging.getLogger("shardmq.supervisor")
 
 SPEC_FILE = "worker-config.json"
 KILL_GRACE = 5.0
 CHECK_INTERVAL = 0.25
-MSG_READY = b"R"
-MSG_CONN = b"C"
-MSG_USER = b"M"
-EXIT_BOOT_FAILURE = 1
-MAX_MESSAGE = 1 << 18  # largest control message on a worker channel
 
 
 def _ignore_slot(slot: int) -> None:
@@ -66,54 +66,24 @@ def _ignore_slot(slot: int) -> None:
 STATIC_SERVER_FIELDS = ("host", "port", "workers", "data_dir")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def worker_count(config: Config) -> int:
     n = config.server.workers
     return n if n > 0 else (os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------- one process
-async def _main(config: Config) -> None:
+async def _one_process(config: Config) -> None:
+    """``--workers 1``: the broker in this process, no supervisor, no shared memory."""
     from shardmq.broker.broker import Broker
-    from shardmq.net.server import serve
-    from shardmq.status import StatusWriter
 
     loop = asyncio.get_running_loop()
-    broker = Broker(config)
-    status = StatusWriter(broker, config.server.data_dir)
-    status.start(loop)
-    interval = watchdog_interval()
-    if interval:
-
-        def ping() -> None:
-            notify("WATCHDOG=1")
-            loop.call_later(interval, ping)
-
-        loop.call_later(interval, ping)
+    feed_watchdog(loop)
 
     def ready(addrs: str) -> None:
         notify(f"READY=1\nSTATUS=accepting AMQP on {addrs}\nMAINPID={os.getpid()}")
 
-    try:
-        await serve(config, ready=ready, broker=broker)
-    finally:
-        status.stop()
+    await serve_broker(config, Broker(config), ready=ready)
     notify("STOPPING=1")
-
-
-def _run_loop(main: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(main)
-    return uvloop.run(main)
 
 
 def run(
@@ -135,8 +105,8 @@ def run(
     os.makedirs(config.server.data_dir, exist_ok=True)
     n = worker_count(config)
     if n == 1:
-        _run_loop(_main(config))
-        return 0
+        run_loop(_one_process(config))
+        return ExitCode.OK
     sup = Supervisor(
         config,
         settings or supervisor_settings(config),
@@ -145,19 +115,10 @@ def run(
         overrides=overrides or {},
         on_start=on_start,
     )
-    return int(_run_loop(sup.run()))
+    return int(run_loop(sup.run()))
 
 
 # ---------------------------------------------------------------------- supervisor
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
-
-
 def listening_sockets(host: str, port: int, count: int, reuseport: bool) -> list[socket.socket]:
     """``count`` sockets listening on host:port (SO_REUSEPORT when ``reuseport``); port 0
     picks a free port once for all of them."""
@@ -201,7 +162,7 @@ class Slot:
         self.beat_at = 0.0
         self.handed = 0
         self.stalled = False
-        self.outbox: deque[bytes] = deque()  # messages the channel had no room for yet
+        self.sender: channel.ChannelSender | None = None  # None while chan is None
 
     @property
     def pid(self) -> int | None:
@@ -241,7 +202,7 @@ class Supervisor:
         self.slots: list[Slot] = []
         self.acceptor: socket.socket | None = None
         self.stopping = False
-        self.exit_code = 0
+        self.exit_code = ExitCode.OK
         self.done = asyncio.Event()
         self.all_ready_notified = False
         self.deaths: deque[float] = deque()
@@ -259,36 +220,11 @@ class Supervisor:
     def send_to_worker(self, slot: int, payload: bytes) -> bool:
         """Queue a message for the worker in ``slot`` (in order; held while its channel
         is full). False when no process fills the slot."""
-        s = self.slots[slot]
-        if s.chan is None:
+        sender = self.slots[slot].sender
+        if sender is None:
             return False
-        s.outbox.append(MSG_USER + payload)
-        if len(s.outbox) == 1:
-            self._drain(s)
+        sender.send(channel.USER + payload)
         return True
-
-    def _drain(self, s: Slot) -> None:
-        chan = s.chan
-        if chan is None:
-            s.outbox.clear()
-            return
-        while s.outbox:
-            try:
-                chan.send(s.outbox[0])
-            except (BlockingIOError, InterruptedError):
-                assert self._loop is not None
-                self._loop.add_writer(chan.fileno(), self._drain_ready, s)
-                return
-            except OSError as exc:
-                log.warning("cannot write to worker %d: %s", s.index, exc)
-                s.outbox.clear()
-                return
-            s.outbox.popleft()
-
-    def _drain_ready(self, s: Slot) -> None:
-        if s.chan is not None and self._loop is not None:
-            self._loop.remove_writer(s.chan.fileno())
-        self._drain(s)
 
     # ------------------------------------------------------------------ start-up
     def _write_spec(self) -> None:
@@ -332,7 +268,7 @@ class Supervisor:
         cmd = [
             sys.executable,
             "-m",
-            "workers.shard",
+            "workers.worker",
             "--slot",
             str(slot.index),
             "--workers",
@@ -360,6 +296,12 @@ class Supervisor:
         self.mesh.set_pid(slot.index, proc.pid)
         slot.proc = proc
         slot.chan = parent
+
+        def send_failed(exc: OSError, index: int = slot.index) -> None:
+            log.warning("cannot write to worker %d: %s", index, exc)
+
+        slot.sender = channel.ChannelSender(parent, send_failed)
+        slot.sender.loop = self._loop
         slot.ready = False
         slot.stalled = False
         slot.spawned_at = time.monotonic()
@@ -383,7 +325,7 @@ class Supervisor:
             return
         while True:
             try:
-                msg = chan.recv(MAX_MESSAGE)
+                msg = chan.recv(channel.MAX_MESSAGE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -394,9 +336,9 @@ class Supervisor:
                 self._loop.remove_reader(chan.fileno())
                 return
             kind = msg[:1]
-            if kind == MSG_READY:
+            if kind == channel.READY:
                 self._on_ready(slot)
-            elif kind == MSG_USER:
+            elif kind == channel.USER:
                 try:
                     self.on_worker_message(slot.index, msg[1:])
                 except Exception:
@@ -448,7 +390,9 @@ class Supervisor:
                     pass
             slot.chan.close()
             slot.chan = None
-        slot.outbox.clear()
+        if slot.sender is not None:
+            slot.sender.clear()
+            slot.sender = None
         slot.proc = None
         if not self.stopping:
             try:
@@ -490,7 +434,7 @@ class Supervisor:
 
     def _fatal(self, message: str) -> None:
         log.critical("%s", message)
-        self.exit_code = EXIT_BOOT_FAILURE
+        self.exit_code = ExitCode.FAILED
         self.begin_stop()
 
     def _check(self) -> None:
@@ -587,7 +531,7 @@ class Supervisor:
                     self._stop_accepting()
                 return
             try:
-                socket.send_fds(slot.chan, [MSG_CONN], [conn.fileno()])  # type: ignore[arg-type]
+                socket.send_fds(slot.chan, [channel.CONN], [conn.fileno()])  # type: ignore[arg-type]
             except OSError:
                 tried.add(slot.index)
                 continue
@@ -653,7 +597,7 @@ class Supervisor:
                 self.settings = msgspec.structs.replace(
                     new_settings, **{f: getattr(self.settings, f) for f in keep}
                 )
-            logging.getLogger().setLevel(getattr(logging, new.server.log_level.upper()))
+            set_log_level(new.server.log_level)
             self._write_spec()
         for s in self.slots:
             if s.proc is not None:
@@ -682,18 +626,11 @@ class Supervisor:
         except (OSError, MeshError) as exc:
             log.critical("cannot start: %s", exc)
             self._cleanup()
-            return EXIT_BOOT_FAILURE
+            return ExitCode.FAILED
         except BaseException:
             self._cleanup()
             raise
-        interval = watchdog_interval()
-        if interval:
-
-            def ping() -> None:
-                notify("WATCHDOG=1")
-                loop.call_later(interval, ping)
-
-            loop.call_later(interval, ping)
+        feed_watchdog(loop)
         try:
             for slot in self.slots:
                 if not self.stopping:
@@ -728,6 +665,7 @@ class Supervisor:
             if s.chan is not None:
                 s.chan.close()
                 s.chan = None
+            s.sender = None
             if s.listen is not None:
                 s.listen.close()
         if self.acceptor is not None:
@@ -771,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (ConfigError, msgspec.ValidationError, msgspec.DecodeError) as exc:
         print(f"shardmq: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     return run(config, config_path=args.config, overrides=overrides, settings=settings)
 
 

@@ -27,8 +27,8 @@ from shardmq.broker.shards import ShardRouter
 from shardmq.store.definitions import DefinitionsStore
 
 if TYPE_CHECKING:
-    from workers.shard import Worker
     from workers.supervisor import Supervisor
+    from workers.worker import Worker
 
 log = logging.getLogger("shardmq.wiring")
 

@@ -36,7 +36,7 @@ from shardmq.amqp.errors import (
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel
 from shardmq.broker.queue import Consumer, Queue
-from shardmq.broker.store import ConfirmWaiter
+from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.vhost import AnyQueue
 from shardmq.message import Message
 

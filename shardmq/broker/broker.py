@@ -35,7 +35,7 @@ from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.metadata import Metadata, Op, shard_for
 from shardmq.broker.queue import Consumer, DurableQueue, Queue
 from shardmq.broker.remote import RemoteQueue
-from shardmq.broker.store import WorkerStorage
+from shardmq.broker.storage import WorkerStorage
 from shardmq.broker.vhost import AnyQueue
 from shardmq.config import Config
 from shardmq.store.definitions import DefinitionsStore

@@ -37,7 +37,7 @@ from shardmq.broker.channel import Channel, ChannelSink
 from shardmq.broker.qos import GlobalQos
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import REMOTE_CREDIT_CHUNK, RemoteQueue
-from shardmq.broker.store import ConfirmWaiter
+from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.vhost import AnyQueue, VHost
 from shardmq.message import Message
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shardmq.broker.store import ConfirmTarget, MemoryStore, MessageStore
+from shardmq.broker.storage import ConfirmTarget, MemoryStore, MessageStore
 from shardmq.message import Message
 from shardmq.store.queue_store import RawCodec
 

@@ -53,7 +53,7 @@ from shardmq.amqp.errors import (
 from shardmq.broker import metadata as md
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import REMOTE_WINDOW, RemoteQueue
-from shardmq.broker.store import ConfirmWaiter
+from shardmq.broker.storage import ConfirmWaiter
 from shardmq.message import Message
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ record for its target and schedules one ``flush`` (``call_soon``); ``flush`` joi
 target's pieces (one C-level copy) and streams the result into its ring (partial records
 allowed: the reader reassembles), rings the doorbell of a target whose reader sleeps, and
 reports targets it could not empty (backpressure: the caller pauses its producers until
-``on_writable(j)``). Measured with ``python -m shardmq.ipc.bench``: queue-and-join beats
+``on_writable(j)``). Measured with ``python -m loadtest.ringbench``: queue-and-join beats
 per-record writes into the ring (``Ring.try_write``/``reserve``) in CPython, because the
 per-call overhead, not the copy, dominates. Batch records (``open_batch``/``batch``) go
 further: a record stays open this turn and takes one item per message for the same

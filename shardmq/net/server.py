@@ -1,10 +1,11 @@
 """The only code that touches sockets: the asyncio protocol and the listener.
 
 Owns: ``AMQPProtocol`` (one per TCP connection), ``IOHub`` (writes every dirty
-connection once per loop turn, runs heartbeat and handshake timers) and ``serve``
-(including the worker's storage lifecycle: definitions and durable queues recovered
-before the listener accepts, disk monitor started, stores flushed and closed after the
-connections on shutdown).
+connection once per loop turn, runs heartbeat and handshake timers) and ``serve`` (the
+listener until ``stop``, then every connection closed: connection.close 320 to the open
+ones, the rest aborted after ``server.shutdown_timeout``). The process around it
+(signals, storage recovery and close, memory alarm, status file) is
+``workers.lifecycle.serve_broker``.
 
 Invariants:
 - One ``transport.write`` per connection per loop turn: connections call ``wake`` when
@@ -22,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import socket
 from collections.abc import Callable
 
@@ -38,7 +37,6 @@ ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 log = logging.getLogger("shardmq.net")
 
 CLOSE_GRACE = 3.0
-MEMORY_CHECK_INTERVAL = 0.5
 WRITE_HIGH_WATER = 1024 * 1024
 WRITE_LOW_WATER = 256 * 1024
 SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
@@ -181,57 +179,23 @@ class AMQPProtocol(asyncio.Protocol):
         self._timer = self.hub.loop.call_later(conn.heartbeat / 2, self._heartbeat)
 
 
-def rss_bytes() -> int:
-    """Resident memory of this process (Linux /proc; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def memory_limit(fraction: float) -> int:
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return 0
-    return int(total * fraction)
-
-
-def _watch_memory(broker: Broker, loop: asyncio.AbstractEventLoop, limit: int) -> None:
-    rss = rss_bytes()
-    if rss and limit:
-        on = rss > limit
-        if on != broker.memory_alarm:
-            log.warning(
-                "memory alarm %s: RSS %d MiB, limit %d MiB",
-                "set" if on else "cleared",
-                rss >> 20,
-                limit >> 20,
-            )
-            broker.set_memory_alarm(on)
-    loop.call_later(MEMORY_CHECK_INTERVAL, _watch_memory, broker, loop, limit)
-
-
 async def serve(
     config: Config,
+    broker: Broker,
     *,
+    stop: asyncio.Event,
     sock: socket.socket | None = None,
     ready: Callable[[str], None] | None = None,
-    stop: asyncio.Event | None = None,
-    broker: Broker | None = None,
     wrap_factory: Callable[[ProtocolFactory], ProtocolFactory] | None = None,
 ) -> None:
-    """Run one worker's AMQP listener until SIGTERM/SIGINT (or ``stop`` is set).
+    """Serve AMQP for ``broker`` on ``sock`` (or ``server.host:port``) until ``stop`` is
+    set, then close every connection (``workers.lifecycle.serve_broker`` runs it, after
+    the storage is recovered and before it is closed).
 
     ``wrap_factory`` receives the protocol factory and returns the one the listener uses
     (the worker keeps it to serve handed-off sockets and to count connections)."""
     loop = asyncio.get_running_loop()
-    broker = broker or Broker(config)
     hub = IOHub(broker, loop)
-    # Recover before listening: a client must find every durable queue with its messages.
-    broker.load_definitions()
-    broker.start_storage()
 
     def factory() -> asyncio.BaseProtocol:
         return AMQPProtocol(hub)
@@ -248,13 +212,6 @@ async def serve(
             reuse_address=True,
         )
     addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets or ())
-    stop = stop or asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
-    _watch_memory(broker, loop, memory_limit(config.server.memory_high_watermark))
     log.info("shardmq ready: AMQP 0-9-1 on %s", addrs)
     if ready is not None:
         ready(addrs)
@@ -272,5 +229,3 @@ async def serve(
         if proto.transport is not None:
             proto.transport.abort()
     await asyncio.sleep(0)
-    await broker.close_storage()
-    log.info("shardmq stopped")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shardmq.amqp import methods as M
 from shardmq.broker.queue import QUEUE_HIGH_WATER, Queue
-from shardmq.broker.store import MemoryStore
+from shardmq.broker.storage import MemoryStore
 from shardmq.message import Message
 from tests.broker.harness import FakeIO, connect, make_broker
 

@@ -5,18 +5,17 @@ data dir, optional ``[store]`` settings written to a TOML config) and the ``dura
 fixture (one per test, private data dir).
 
 Invariants: the broker is one worker (``--workers 1``, unless asked for more) listening
-on 127.0.0.1, in its own session; kill -9 takes its worker processes too; it counts
-as up once a TCP connect succeeds; every start appends to the same log file, and at
-teardown the log must hold no traceback and every clean stop must have exited 0.
+on 127.0.0.1, in its own session (started by ``tests.support.launch``); kill -9 takes
+its worker processes too; it counts as up once it answers the AMQP protocol header;
+every start appends to the same log file, and at teardown the log must hold no
+traceback and every clean stop must have exited 0.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,17 +24,11 @@ from typing import Any
 import pika
 import pytest
 
-from tests.probe import amqp_answers
+from tests.support.launch import serve_args, spawn, wait_answering
+from tests.support.ports import free_port
+from tests.support.procs import descendants, running
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DurableBroker:
@@ -44,7 +37,7 @@ class DurableBroker:
         self.workers = workers
         self.data_dir = root / "data"
         self.log_path = root / "broker.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.exit_codes: list[int] = []
         self.config_path: Path | None = None
@@ -56,32 +49,9 @@ class DurableBroker:
     # ------------------------------------------------------------ process
     def start(self) -> None:
         assert self.process is None or self.process.poll() is not None
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        cmd = [sys.executable, "-m", "shardmq", "serve", "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), "--workers", str(self.workers)]
-        cmd += ["--data-dir", str(self.data_dir)]
-        if self.config_path is not None:
-            cmd += ["--config", str(self.config_path)]
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                cmd,
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"broker exited with {self.process.returncode}:\n{self.log()}")
-            if amqp_answers(self.port):
-                return
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"broker did not start:\n{self.log()}")
-            time.sleep(0.02)
+        args = serve_args(self.port, self.workers, self.data_dir, self.config_path)
+        self.process = spawn(args, self.log_path, append=True)
+        wait_answering(self.process, self.port, self.log, self.kill)
 
     def stop(self) -> int:
         """SIGTERM and wait (clean shutdown); returns the exit code."""
@@ -103,7 +73,7 @@ class DurableBroker:
         flush anything); returns once none of them is running any more."""
         proc = self.process
         if proc is not None and proc.poll() is None:
-            pids = [proc.pid, *_descendants(proc.pid)]
+            pids = [proc.pid, *descendants(proc.pid)]
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -111,7 +81,7 @@ class DurableBroker:
                     pass
             proc.wait()
             deadline = time.monotonic() + STOP_TIMEOUT
-            while any(_running(pid) for pid in pids[1:]):
+            while any(running(pid) for pid in pids[1:]):
                 assert time.monotonic() < deadline, "worker processes survived SIGKILL"
                 time.sleep(0.01)
 
@@ -141,41 +111,6 @@ class DurableBroker:
         root = self.data_dir / "queues"
         names = sorted(os.listdir(root)) if root.exists() else []
         return [n for n in names if deleted or ".deleted-" not in n]
-
-
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process (Linux /proc)."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            out[int(name)] = int(stat.rsplit(b")", 1)[1].split()[1])
-    return out
-
-
-def _descendants(pid: int) -> list[int]:
-    parents = _parents()
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parents.items() if pp == p]
-        found += kids
-        todo += kids
-    return found
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 def _toml(v: Any) -> str:

@@ -6,18 +6,16 @@ the broker process, e.g. SIGTERM). With ``SHARDMQ_TEST_URI`` set (say
 how the suite is validated against RabbitMQ, the reference for correct behaviour.
 
 Invariants: a started broker is ``python -m shardmq serve`` on a free 127.0.0.1 port with
-its own temporary data dir; it is considered up only once a TCP connect succeeds (15 s
-limit, its stderr is included in the error otherwise); teardown is SIGTERM, then SIGKILL
-if it hangs. Tests never share queue or exchange names (see ``helpers.unique``).
+its own temporary data dir (``tests.support.launch``); it is considered up only once it
+answers the AMQP protocol header (15 s limit, its log is included in the error
+otherwise); teardown is SIGTERM, then SIGKILL of its session if it hangs. Tests never
+share queue or exchange names (see ``helpers.unique``).
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +25,8 @@ from urllib.parse import quote, unquote, urlsplit
 import pika
 import pytest
 
-from tests.probe import amqp_answers
+from tests.support.launch import serve_args, spawn, terminate, wait_answering
+from tests.support.ports import free_port
 
 from .helpers import Env
 
@@ -35,8 +34,6 @@ from .helpers import Env
 WORKER_COUNTS: list[int] = [1, 3]
 
 EXTERNAL_URI: str | None = os.environ.get("SHARDMQ_TEST_URI") or None
-REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 
 
@@ -98,39 +95,13 @@ def _parse_external(uri: str) -> Broker:
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_broker(workers: int, data_dir: Path) -> Broker:
-    """Start ``shardmq serve`` and return once it accepts TCP connections."""
-    port = _free_port()
+    """Start ``shardmq serve`` and return once it answers AMQP."""
+    port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"{data_dir.name}.log"
-    log = open(log_path, "wb")  # closed below / when the process ends
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    cmd = [
-        sys.executable,
-        "-m",
-        "shardmq",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--data-dir",
-        str(data_dir),
-    ]
     started = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    log.close()
+    proc = spawn(serve_args(port, workers, data_dir), log_path)
     broker = Broker(
         host="127.0.0.1",
         port=port,
@@ -139,43 +110,16 @@ def start_broker(workers: int, data_dir: Path) -> Broker:
         data_dir=data_dir,
         log_path=log_path,
     )
-    deadline = started + START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"shardmq serve exited with {proc.returncode} before accepting connections:\n"
-                f"{broker.log_text()}"
-            )
-        if amqp_answers(port):
-            break
-        if time.monotonic() > deadline:
-            stop_broker(broker)
-            raise RuntimeError(
-                f"shardmq serve did not accept connections within {START_TIMEOUT} s:\n"
-                f"{broker.log_text()}"
-            )
-        time.sleep(0.02)
+    wait_answering(proc, port, broker.log_text, lambda: stop_broker(broker))
     broker.startup_seconds = time.monotonic() - started
     return broker
 
 
 def stop_broker(broker: Broker) -> int | None:
     """SIGTERM, wait, SIGKILL if it hangs; returns the exit code."""
-    proc = broker.process
-    if proc is None:
+    if broker.process is None:
         return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            # Hung: kill the process group we created for it (its own worker children too).
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(STOP_TIMEOUT)
-    return proc.returncode
+    return terminate(broker.process, STOP_TIMEOUT)
 
 
 def _broker_params() -> list[object]:

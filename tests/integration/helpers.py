@@ -20,7 +20,7 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from .rawamqp import RawConnection
+from tests.support.rawamqp import RawConnection
 
 if TYPE_CHECKING:
     from .conftest import Broker
@@ -205,6 +205,15 @@ def queue_exists(conn: pika.BlockingConnection, queue: str) -> bool:
         assert e.reply_code == 404, e
         return False
     return True
+
+
+def wait_queue_gone(conn: pika.BlockingConnection, queue: str, timeout: float = WAIT) -> None:
+    """Poll (no event exists for this) until a passive declare says 404."""
+    deadline = time.monotonic() + timeout
+    while queue_exists(conn, queue):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"queue {queue} still exists after {timeout} s")
+        time.sleep(0.02)
 
 
 # Reconnects tried to land a connection on a chosen worker (the kernel spreads them by

@@ -19,7 +19,8 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
-from . import rawamqp as raw
+from tests.support import rawamqp as raw
+
 from .helpers import Env, channel_error, publish_confirmed, queue_counts, wait_counts, wait_until
 
 pytestmark = pytest.mark.timeout(30)

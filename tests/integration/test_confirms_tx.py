@@ -18,7 +18,8 @@ import pytest
 from pamqp.commands import Basic as PamqpBasic
 from pika.adapters.select_connection import SelectConnection
 
-from . import rawamqp as raw
+from tests.support import rawamqp as raw
+
 from .helpers import WAIT, Env, queue_counts
 
 pytestmark = pytest.mark.timeout(30)

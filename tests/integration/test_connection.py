@@ -17,7 +17,8 @@ import pika
 import pika.exceptions
 import pytest
 
-from . import rawamqp as raw
+from tests.support import rawamqp as raw
+
 from .helpers import Env, get_bodies, publish_confirmed
 
 pytestmark = pytest.mark.timeout(30)

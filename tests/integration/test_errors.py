@@ -16,7 +16,8 @@ import pika.exceptions
 import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
-from . import rawamqp as raw
+from tests.support import rawamqp as raw
+
 from .helpers import Env, publish_confirmed, queue_counts, wait_counts, wait_until
 
 pytestmark = pytest.mark.timeout(30)

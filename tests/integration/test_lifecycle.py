@@ -18,7 +18,8 @@ import pika
 import pika.exceptions
 import pytest
 
-from . import rawamqp as raw
+from tests.support import rawamqp as raw
+
 from .conftest import STOP_TIMEOUT, Broker
 
 pytestmark = pytest.mark.timeout(60)

@@ -32,8 +32,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 
 from shardmq.broker.metadata import shard_for
+from tests.support import rawamqp as raw
 
-from . import rawamqp as raw
 from .helpers import (
     WAIT,
     Env,
@@ -45,6 +45,7 @@ from .helpers import (
     raw_on_worker,
     unique,
     wait_counts,
+    wait_queue_gone,
 )
 from .test_confirms_tx import check_confirm_coverage
 
@@ -169,15 +170,6 @@ Delivery = tuple[Basic.Deliver, BasicProperties, bytes]
 
 def collector(out: list[Delivery]) -> Callable[..., None]:
     return lambda _ch, m, p, b: out.append((m, p, b))
-
-
-def wait_queue_gone(conn: pika.BlockingConnection, queue: str) -> None:
-    """Poll (no event exists for this) until a passive declare says 404."""
-    deadline = time.monotonic() + WAIT
-    while queue_exists(conn, queue):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"queue {queue} still exists after {WAIT} s")
-        time.sleep(0.02)
 
 
 # ------------------------------------------------------------------------- the fixtures

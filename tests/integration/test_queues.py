@@ -8,7 +8,6 @@ asynchronously (exclusive owner gone, auto-delete) are awaited with a bounded po
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,25 +17,16 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
 from .helpers import (
-    WAIT,
     Env,
     channel_error,
     publish_confirmed,
     queue_counts,
     queue_exists,
+    wait_queue_gone,
     wait_until,
 )
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def wait_queue_gone(conn: pika.BlockingConnection, queue: str, timeout: float = WAIT) -> None:
-    """Poll (no event exists for this) until a passive declare says 404."""
-    deadline = time.monotonic() + timeout
-    while queue_exists(conn, queue):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"queue {queue} still exists after {timeout} s")
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- declare

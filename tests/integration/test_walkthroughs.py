@@ -25,7 +25,8 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.adapters.select_connection import SelectConnection
 
-from . import rawamqp as raw
+from tests.support import rawamqp as raw
+
 from .helpers import WAIT, Env, publish_confirmed
 
 pytestmark = pytest.mark.timeout(30)

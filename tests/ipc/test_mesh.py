@@ -23,8 +23,7 @@ from shardmq.ipc.mesh import (
     MeshHost,
     unlink_instance,
 )
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.launch import REPO_ROOT
 
 
 def segments(instance: str) -> list[str]:
@@ -83,7 +82,7 @@ def test_stale_segments_of_crashed_run_are_removed(tmp_path: Path) -> None:
         f"h = MeshHost({str(data)!r}, 3, 4096); print(h.instance, flush=True); os._exit(9)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30
     )
     assert out.returncode == 9
     stale = out.stdout.strip()
@@ -409,7 +408,7 @@ def test_echo_across_processes(host: MeshHost) -> None:
     """Child worker 1 echoes what worker 0 (us) sends, over real doorbells."""
     count = 20_000
     code = f"from tests.ipc.procs import mesh_echo; mesh_echo({host.spec()!r}, 1, {count})"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, pass_fds=host.pass_fds())
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, pass_fds=host.pass_fds())
 
     async def main() -> None:
         m0 = Mesh.from_spec(host.spec(), 0)

@@ -10,16 +10,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from shardmq.ipc.doorbell import Doorbell
 from shardmq.ipc.ring import Ring, fence
+from tests.support.launch import REPO_ROOT
 
 from . import procs
 
-REPO = Path(__file__).resolve().parents[2]
 COUNT = 200_000
 
 
@@ -64,7 +63,7 @@ def test_stream_between_processes(shm_name: Callable[[], str], mode: str) -> Non
 
 def _spawn(func: str, *args: object, pass_fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
     code = f"from tests.ipc.procs import {func}; {func}(*{args!r})"
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, pass_fds=pass_fds)
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, pass_fds=pass_fds)
 
 
 @pytest.mark.parametrize("prefer_eventfd", [True, False], ids=["eventfd", "pipe"])

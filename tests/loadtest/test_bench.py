@@ -20,8 +20,7 @@ import pika.exceptions
 import pytest
 
 from loadtest.bench import BenchConfig, main, run_bench
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.launch import REPO_ROOT
 
 
 def _assert_ordered(lat: dict) -> None:
@@ -152,7 +151,7 @@ def test_locust_headless_zero_failures(broker, tmp_path: Path) -> None:
             "-m",
             "locust",
             "-f",
-            str(REPO / "loadtest" / "locustfile.py"),
+            str(REPO_ROOT / "loadtest" / "locustfile.py"),
             "--headless",
             "-u",
             "8",

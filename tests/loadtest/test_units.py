@@ -19,6 +19,7 @@ from loadtest.scenarios import DEFAULT_SUITE, METRICS, load_suite, scenario_conf
 from loadtest.stats import Histogram, bucket
 from shardmq.amqp import methods as M
 from shardmq.broker.metadata import shard_for
+from tests.support import rawamqp as raw
 
 _HDR = struct.Struct(">BHI")
 
@@ -120,11 +121,11 @@ def _deliveries(n: int, first_tag: int, ts: int, size: int = 20) -> bytes:
             consumer_tag="ct", delivery_tag=first_tag + i, exchange="x", routing_key="k"
         )
         p = d.encode()
-        out += _HDR.pack(1, 1, len(p)) + p + b"\xce"
+        out += raw.frame(1, 1, p)
         h = struct.pack(">HHQ", 60, 0, size) + b"\x00\x00"
-        out += _HDR.pack(2, 1, len(h)) + h + b"\xce"
+        out += raw.frame(2, 1, h)
         body = struct.pack(">Q", ts) + bytes(size - 8)
-        out += _HDR.pack(3, 1, len(body)) + body + b"\xce"
+        out += raw.frame(3, 1, body)
     return out
 
 
@@ -182,7 +183,7 @@ def test_receive_loop_confirms_and_unsolicited_methods() -> None:
             M.ConnectionBlocked(reason="low memory"),
         ):
             p = m.encode()
-            data += _HDR.pack(1, 1, len(p)) + p + b"\xce"
+            data += raw.frame(1, 1, p)
         _feed(c, data, 1000)
         return c, seen
 

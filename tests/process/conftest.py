@@ -5,8 +5,8 @@ Owns: ``Sup`` (the running supervisor: port, data dir, log, worker status from s
 memory) and the ``supervisor`` factory fixture. Teardown is SIGTERM, then SIGKILL of the
 supervisor's session if it hangs (workers die with it: parent-death signal).
 
-Invariants: every wait is bounded (``wait_for`` raises with the log attached); tests
-assert on behaviour, never on how fast it was.
+Invariants: every wait is bounded (``tests.support.procs.wait_for`` raises with the log
+attached); tests assert on behaviour, never on how fast it was.
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,29 +24,12 @@ import pika
 import pytest
 
 from shardmq.ipc.mesh import INSTANCE_FILE, unlink_instance
-from shardmq.ipc.status import WorkerStatus, read_status
+from tests.support.launch import spawn, terminate
+from tests.support.ports import free_port
+from tests.support.procs import running, wait_for
+from workers.status import WorkerStatus, read_workers
 
-REPO = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str, log: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out ({timeout:g} s) waiting for {what}\n--- log ---\n{log()}"
-            )
-        time.sleep(0.02)
 
 
 @dataclass
@@ -70,14 +50,14 @@ class Sup:
             self.instances.add(inst.read_text().split()[0])
         except (OSError, IndexError):
             pass
-        return read_status(str(self.data_dir)) or []
+        return read_workers(str(self.data_dir)) or []
 
     def pids(self) -> list[int]:
         return [w.pid for w in self.status()]
 
     def all_ready(self) -> list[WorkerStatus] | None:
         st = self.status()
-        if len(st) == self.workers and all(w.ready and w.pid and pid_alive(w.pid) for w in st):
+        if len(st) == self.workers and all(w.ready and w.pid and running(w.pid) for w in st):
             return st
         return None
 
@@ -121,40 +101,18 @@ def start_supervisor(
     log_path = tmp / f"supervisor-{port}.log"
     settings = {"stall_timeout": 3.0, "heartbeat_interval": 0.2, **(settings or {})}
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.pop("NOTIFY_SOCKET", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "workers.supervisor",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--data-dir",
-        str(data_dir),
-        "--supervisor-json",
-        json.dumps(settings),
-    ]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    args = ["workers.supervisor", "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--workers", str(workers), "--data-dir", str(data_dir)]
+    args += ["--supervisor-json", json.dumps(settings)]
+    proc = spawn(args, log_path, env=env)
     return Sup(proc=proc, port=port, data_dir=data_dir, log_path=log_path, workers=workers)
 
 
 def stop_supervisor(sup: Sup) -> None:
-    if sup.proc.poll() is None:
-        sup.proc.send_signal(signal.SIGTERM)
-        try:
-            sup.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(sup.proc.pid, signal.SIGKILL)
-            sup.proc.wait(5)
+    terminate(sup.proc, 15)
     # workers must not outlive the supervisor
-    for w in read_status(str(sup.data_dir)) or []:
+    for w in read_workers(str(sup.data_dir)) or []:
         if w.pid:
             try:
                 os.kill(w.pid, signal.SIGKILL)
@@ -180,16 +138,3 @@ def supervisor(tmp_path: Path) -> Iterator[Callable[..., Sup]]:
         for sup in started:
             for inst in sup.instances:
                 unlink_instance(inst)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purposes
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -8,13 +8,15 @@ import sys
 from collections.abc import Callable
 
 from shardmq.broker.metadata import shard_for
-from tests.process.conftest import REPO, Sup, wait_for
+from tests.process.conftest import Sup
+from tests.support.launch import REPO_ROOT
+from tests.support.procs import wait_for
 
 
 def ctl_status(sup: Sup, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "shardmq", "ctl", "status", "--data-dir", str(sup.data_dir), *extra],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=30,
@@ -67,7 +69,7 @@ def test_ctl_status_shows_workers_and_the_queues_each_owns(
 def test_ctl_status_without_a_broker_fails_clearly(tmp_path: object) -> None:
     res = subprocess.run(
         [sys.executable, "-m", "shardmq", "ctl", "status", "--data-dir", str(tmp_path)],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=30,

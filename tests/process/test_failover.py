@@ -30,10 +30,11 @@ import pytest
 from pika.adapters.blocking_connection import BlockingChannel
 
 from shardmq.broker.metadata import shard_for
-from tests.integration import rawamqp as raw
 from tests.integration.helpers import pika_on_worker, raw_on_worker
+from tests.support import rawamqp as raw
+from tests.support.procs import running, wait_for
 
-from .conftest import Sup, pid_alive, wait_for
+from .conftest import Sup
 
 WORKERS = 3
 VICTIM = 1
@@ -268,7 +269,7 @@ def test_kill_9_worker_under_load(supervisor: Callable[..., Sup]) -> None:
     )
     assert after[VICTIM].incarnation == victim.incarnation + 1
     assert [after[w].pid for w in survivors] == [before[w].pid for w in survivors]
-    assert not pid_alive(victim.pid)
+    assert not running(victim.pid)
     assert f"worker {VICTIM} (pid {victim.pid}) died (signal SIGKILL); respawning" in sup.log()
 
     # (3) consumers on the survivors: those of the dead worker's queue are cancelled, the
@@ -520,5 +521,5 @@ def test_sigterm_under_load_closes_every_client_with_320(supervisor: Callable[..
     assert codes == [(c.worker, 320) for c in clients], codes
     assert all(isinstance(c.error, pika.exceptions.ConnectionClosedByBroker) for c in clients)
     assert sup.wait_exit() == 0
-    assert not any(pid_alive(p) for p in pids), "a worker outlived the supervisor"
+    assert not any(running(p) for p in pids), "a worker outlived the supervisor"
     assert "Traceback" not in sup.log(), sup.log()[-3000:]

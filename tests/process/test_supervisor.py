@@ -17,8 +17,9 @@ import pika.exceptions
 import pytest
 
 from shardmq.ipc.mesh import INSTANCE_FILE, SHM_DIR
+from tests.support.procs import running, wait_for
 
-from .conftest import Sup, pid_alive, wait_for
+from .conftest import Sup
 
 
 def roundtrip(conn: pika.BlockingConnection, tag: str) -> None:
@@ -84,7 +85,7 @@ def test_kill_9_worker_is_respawned_in_its_slot(supervisor: Callable[..., Sup]) 
     took = time.monotonic() - t0
     assert after[1].incarnation == victim.incarnation + 1
     assert [w.pid for w in after][0::2] == [w.pid for w in before][0::2]  # others untouched
-    assert not pid_alive(victim.pid)
+    assert not running(victim.pid)
     assert f"worker 1 (pid {victim.pid}) died (signal SIGKILL); respawning" in sup.log()
     # the port keeps accepting, on every worker including the new one
     conns = [sup.connect() for _ in range(30)]
@@ -162,7 +163,7 @@ def test_stalled_worker_is_killed_and_respawned(supervisor: Callable[..., Sup]) 
             sup.log,
         )
     finally:
-        if pid_alive(before[0].pid):
+        if running(before[0].pid):
             os.kill(before[0].pid, signal.SIGCONT)
     assert after[1].pid == before[1].pid
     assert f"worker 0 (pid {before[0].pid}) stalled" in sup.log()
@@ -181,7 +182,7 @@ def test_stale_shared_memory_of_a_killed_supervisor(
     first.proc.wait(5)
     # workers follow their supervisor (parent-death signal), leaving the segments behind
     wait_for(
-        lambda: not any(pid_alive(w.pid) for w in workers), 10, "orphaned workers exit", first.log
+        lambda: not any(running(w.pid) for w in workers), 10, "orphaned workers exit", first.log
     )
     assert all(os.path.exists(os.path.join(SHM_DIR, s)) for s in stale)
     second = supervisor(2, data_dir=first.data_dir)

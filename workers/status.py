@@ -1,14 +1,20 @@
-"""Live status of a running broker for ``shardmq ctl status``: written by every worker,
-read by the CLI.
+"""Live status of a running broker, for ``shardmq ctl status``: both of its sources and
+the one way to read them.
 
-Owns: ``StatusWriter`` (each worker rewrites ``data_dir/status/worker-<slot>.json``
-every ``interval`` seconds: its pid, connections, and the queues it owns with their
-counts) and ``read_worker_status(data_dir)``.
+Owns:
+- the status files: ``StatusWriter`` (each worker, and the one-process broker, rewrites
+  ``data_dir/status/worker-<slot>.json`` every ``interval`` seconds: its pid,
+  connections, and the queues it owns with their counts) and ``read_reports``;
+- the workers' shared-memory control block, read-only (``read_workers``: pid,
+  incarnation, readiness, heartbeat, connections and hand-offs per slot; N>1 only);
+- ``read_broker_status(data_dir)``, which reads both (the one reading path of ``ctl
+  status``), and its two renderings, ``as_table`` and ``as_json``.
 
-Invariants: a file is replaced atomically (write to a temporary name, then rename), so
-a reader sees a whole snapshot or the previous one; a worker's file is removed when it
-stops cleanly. Writing costs one pass over the worker's own queues per interval, never
-anything per message.
+Invariants: a status file is replaced atomically (write to a temporary name, then
+rename), so a reader sees a whole snapshot or the previous one; a worker's file is
+removed when it stops cleanly, and a file whose process is gone is ignored. Writing
+costs one pass over the worker's own queues per interval, never anything per message.
+Reading writes nothing and never attaches to the control block of a dead supervisor.
 """
 
 from __future__ import annotations
@@ -18,12 +24,23 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 import msgspec
+import posix_ipc
 
 from shardmq.broker.broker import Broker
 from shardmq.broker.queue import Queue
+from shardmq.ipc.control import (
+    F_ACCEPTED,
+    F_CONNS,
+    F_GEN,
+    F_HEARTBEAT,
+    F_PID,
+    ControlBlock,
+    control_name,
+)
+from shardmq.ipc.mesh import INSTANCE_FILE, _read_instance_file
 
 log = logging.getLogger("shardmq.status")
 
@@ -126,7 +143,7 @@ class StatusWriter:
             pass
 
 
-def read_worker_status(data_dir: str) -> list[WorkerReport]:
+def read_reports(data_dir: str) -> list[WorkerReport]:
     """The reports of the workers of the broker on ``data_dir`` whose process lives."""
     out: list[WorkerReport] = []
     d = status_dir(data_dir)
@@ -147,10 +164,77 @@ def read_worker_status(data_dir: str) -> list[WorkerReport]:
     return sorted(out, key=lambda r: r.slot)
 
 
-def as_table(reports: list[WorkerReport], workers: list[Any] | None) -> str:
+# ---------------------------------------------------------------------- control block
+class WorkerStatus(NamedTuple):
+    slot: int
+    pid: int
+    incarnation: int  # 1 for the first process of the slot, +1 per respawn
+    ready: bool
+    heartbeat: int
+    connections: int  # as of the worker's last heartbeat
+    handed_off: int  # sockets received from the hand-off acceptor
+
+
+def read_workers(data_dir: str) -> list[WorkerStatus] | None:
+    """Workers of the broker running on ``data_dir``, or None when there is none (none
+    started, its supervisor died, or it runs a single process, which uses no shared
+    memory)."""
+    found = _read_instance_file(os.path.join(data_dir, INSTANCE_FILE))
+    if found is None:
+        return None
+    try:
+        os.kill(found[1], 0)
+    except ProcessLookupError:
+        return None  # left by a supervisor that died: stale
+    except PermissionError:
+        pass
+    try:
+        ctl = ControlBlock.attach(control_name(found[0]))
+    except (posix_ipc.ExistentialError, ValueError, OSError):
+        return None
+    try:
+        return [
+            WorkerStatus(
+                slot=s,
+                pid=ctl.get(s, F_PID),
+                incarnation=ctl.get(s, F_GEN),
+                ready=ctl.is_ready(s),
+                heartbeat=ctl.get(s, F_HEARTBEAT),
+                connections=ctl.get(s, F_CONNS),
+                handed_off=ctl.get(s, F_ACCEPTED),
+            )
+            for s in range(ctl.n)
+        ]
+    finally:
+        ctl.close()
+
+
+# ---------------------------------------------------------------------- both
+class BrokerStatus(msgspec.Struct, kw_only=True):
+    workers: list[WorkerStatus] | None  # None: no supervisor (none, or --workers 1)
+    reports: list[WorkerReport]
+
+    @property
+    def found(self) -> bool:
+        return bool(self.reports or self.workers)
+
+
+def read_broker_status(data_dir: str) -> BrokerStatus:
+    """What the broker on ``data_dir`` reports (``found`` false when none runs)."""
+    return BrokerStatus(workers=read_workers(data_dir), reports=read_reports(data_dir))
+
+
+def as_json(status: BrokerStatus) -> str:
+    return msgspec.json.encode(
+        {"workers": [w._asdict() for w in status.workers or []], "reports": status.reports}
+    ).decode()
+
+
+def as_table(status: BrokerStatus) -> str:
     """Human-readable: one block per worker, then its queues."""
     lines: list[str] = []
-    by_slot = {w.slot: w for w in workers or []}
+    reports = status.reports
+    by_slot = {w.slot: w for w in status.workers or []}
     for rep in reports:
         w = by_slot.get(rep.slot)
         extra = ""

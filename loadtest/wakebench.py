@@ -1,4 +1,4 @@
-"""What a doorbell wake-up costs: ``python -m shardmq.ipc.wakebench``.
+"""What a doorbell wake-up costs: ``python -m loadtest.wakebench``.
 
 Owns: nothing the broker uses; a benchmark, never a test. Two processes, each a real
 ``Mesh`` on uvloop: the first sends bursts of ``--burst`` small records, the second
@@ -110,7 +110,7 @@ def run(bursts: int, burst: int, period: float) -> tuple[float, float, int, int]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m shardmq.ipc.wakebench", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m loadtest.wakebench", description=__doc__)
     ap.add_argument("--bursts", type=int, default=3000)
     ap.add_argument("--burst", type=int, default=20, help="records per burst, each way")
     ap.add_argument("--period", type=float, default=0.001, help="seconds between bursts")

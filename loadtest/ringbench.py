@@ -1,4 +1,4 @@
-"""Ring throughput benchmark: one process writes, another reads (``python -m shardmq.ipc.bench``).
+"""Ring throughput benchmark: one process writes, another reads (``python -m loadtest.ringbench``).
 
 Owns: nothing the broker uses. Prints records/s and MB/s for a few record sizes and write
 styles; a benchmark, never a test. The writer spins (``sched_yield``) when the ring is
@@ -130,7 +130,7 @@ def run_mesh(size: int, count: int, capacity: int, per_turn: int) -> tuple[float
         proc = None
         try:
             code = (
-                "from shardmq.ipc.bench import _mesh_sender; "
+                "from loadtest.ringbench import _mesh_sender; "
                 f"_mesh_sender({host.spec()!r}, {size}, {count}, {per_turn})"
             )
             import subprocess

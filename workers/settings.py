@@ -1,12 +1,14 @@
 """Settings of the process layer (supervisor, workers, mesh): the ``[supervisor]`` section.
 
-Owns: ``SupervisorConfig``, one field per setting with its default and validation, for
-``shardmq.config.Config`` to include as ``supervisor: SupervisorConfig``; and
-``supervisor_settings(config)``, which reads it from a Config that has it (defaults
-otherwise), so the process layer works before and after that field exists.
+Owns: ``SupervisorConfig``, one field per setting with its default and validation
+(``shardmq.config.Config`` includes it as ``supervisor``); ``supervisor_settings(config)``
+(``config.supervisor``, or the defaults for an object without that section);
+``parse_settings`` (``python -m workers.supervisor --supervisor-json``) and
+``cpu_for_slot`` (the CPU a worker is pinned to).
 
 Invariants: every value here is validated by msgspec on load; ``cpu_for_slot`` never
 raises for "none"/"auto" and raises ``ValueError`` for an explicit list that is empty.
+It imports nothing from shardmq, so ``shardmq.config`` can include it without a cycle.
 """
 
 from __future__ import annotations

@@ -1,16 +1,15 @@
-"""Worker process entry point: ``python -m workers.shard --slot N ...`` (spawned by the
+"""Worker process entry point: ``python -m workers.worker --slot N ...`` (spawned by the
 supervisor; a fresh interpreter, not a fork).
 
-Owns: one worker's process life: inherited fds (listening socket, supervisor channel,
+Owns: what only a worker of N does: inherited fds (listening socket, supervisor channel,
 doorbells), CPU pinning, the mesh attachment, the shared-memory heartbeat, readiness,
-SIGTERM (drain: clients get connection.close 320, exit 0), SIGHUP (re-read the config),
-hand-off of accepted sockets, and exit when the supervisor disappears. No AMQP logic.
+SIGHUP (re-read the config), hand-off of accepted sockets, and exit when the supervisor
+disappears. The steps it shares with the one-process broker (logging, event loop,
+SIGTERM drain: clients get connection.close 320, exit 0; storage recovery and close,
+memory alarm, status file) are ``workers.lifecycle``'s. No AMQP logic.
 
-Supervisor channel (``--chan-fd``, AF_UNIX SOCK_SEQPACKET, one datagram per message):
-  worker -> supervisor  ``b"R"`` ready;  ``b"M" + payload`` message for the supervisor
-  supervisor -> worker  ``b"C"`` + SCM_RIGHTS fds: accepted client sockets (hand-off);
-                        ``b"M" + payload`` message for the worker (``Worker.on_message``)
-EOF on the channel means the supervisor is gone: the worker drains and exits.
+The supervisor channel (``--chan-fd``) is defined in ``workers.channel``; EOF on it
+means the supervisor is gone: the worker drains and exits.
 
 Invariants: the worker reports ready only after its listener (or hand-off receiver) and
 mesh are up; an exception before that exits non-zero, which the supervisor treats as a
@@ -32,7 +31,6 @@ import os  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import weakref  # noqa: E402
-from collections import deque  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -41,15 +39,19 @@ import msgspec  # noqa: E402
 from shardmq.config import Config  # noqa: E402
 from shardmq.ipc.control import F_ACCEPTED, F_CONNS, ControlBlock  # noqa: E402
 from shardmq.ipc.mesh import Mesh  # noqa: E402
-from shardmq.ipc.settings import SupervisorConfig, cpu_for_slot  # noqa: E402
+from workers import channel  # noqa: E402
+from workers.exitcodes import ExitCode  # noqa: E402
+from workers.lifecycle import (  # noqa: E402
+    run_loop,
+    serve_broker,
+    set_log_level,
+    setup_logging,
+    stop_on_signals,
+)
+from workers.settings import SupervisorConfig, cpu_for_slot  # noqa: E402
 
 log = logging.getLogger("shardmq.worker")
 
-MSG_READY = b"R"
-MSG_CONN = b"C"
-MSG_USER = b"M"
-MAX_FDS_PER_MSG = 32
-MAX_MESSAGE = 1 << 18  # largest control message on the supervisor channel
 PR_SET_PDEATHSIG = 1
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
@@ -155,7 +157,7 @@ class Worker:
         self.accepted = 0  # sockets received by hand-off (monotonic)
         self._adopting = 0  # received, protocol not made yet
         self._waiting_fds: list[int] = []
-        self._outbox: deque[bytes] = deque()
+        self.sender = channel.ChannelSender(self.chan, self._send_failed)
         self.stop = asyncio.Event()
         self.on_message: Callable[[bytes], None] = self._default_message
         self.on_reload: Callable[[Config], None] = self._default_reload
@@ -167,38 +169,20 @@ class Worker:
         log.debug("message from the supervisor ignored (%d bytes)", len(payload))
 
     def _default_reload(self, config: Config) -> None:
-        logging.getLogger().setLevel(getattr(logging, config.server.log_level.upper()))
+        set_log_level(config.server.log_level)
 
     def send_message(self, payload: bytes) -> None:
-        """Send a message to the supervisor (one datagram of at most ``MAX_MESSAGE``
+        """Send a message to the supervisor (one datagram of at most ``channel.MAX_MESSAGE``
         bytes); queued in order while the channel is full."""
-        self._outbox.append(MSG_USER + payload)
-        if len(self._outbox) == 1:
-            self._drain()
+        self.sender.send(channel.USER + payload)
 
-    def _drain(self) -> None:
-        while self._outbox:
-            try:
-                self.chan.send(self._outbox[0])
-            except (BlockingIOError, InterruptedError):
-                if self._loop is not None:
-                    self._loop.add_writer(self.chan.fileno(), self._drain_ready)
-                return
-            except OSError as exc:
-                log.error("supervisor channel failed: %s; stopping", exc)
-                self._outbox.clear()
-                self._supervisor_gone()
-                return
-            self._outbox.popleft()
-
-    def _drain_ready(self) -> None:
-        if self._loop is not None:
-            self._loop.remove_writer(self.chan.fileno())
-        self._drain()
+    def _send_failed(self, exc: OSError) -> None:
+        log.error("supervisor channel failed: %s; stopping", exc)
+        self._supervisor_gone()
 
     def set_protocol_factory(self, factory: ProtocolFactory) -> ProtocolFactory:
         """Wire the AMQP protocol factory for handed-off sockets (and connection counts);
-        returns the wrapped factory for the listener (``serve(wrap_factory=...)``)."""
+        returns the wrapped factory for the listener (``serve_broker(wrap_factory=...)``)."""
         counted = self.counter.wrap(factory)
 
         def make() -> asyncio.BaseProtocol:
@@ -217,7 +201,9 @@ class Worker:
     def _on_chan(self) -> None:
         while True:
             try:
-                msg, fds, _flags, _addr = socket.recv_fds(self.chan, MAX_MESSAGE, MAX_FDS_PER_MSG)
+                msg, fds, _flags, _addr = socket.recv_fds(
+                    self.chan, channel.MAX_MESSAGE, channel.MAX_FDS_PER_MSG
+                )
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -230,7 +216,7 @@ class Worker:
             if fds:
                 for fd in fds:
                     self._adopt(fd)
-            elif msg[:1] == MSG_USER:
+            elif msg[:1] == channel.USER:
                 try:
                     self.on_message(msg[1:])
                 except Exception:
@@ -294,7 +280,7 @@ class Worker:
         if self.control is not None:
             self.control.set_ready(self.slot)
         try:
-            self.chan.send(MSG_READY)
+            self.chan.send(channel.READY)
         except OSError as exc:
             log.error("cannot report ready: %s", exc)
             self._supervisor_gone()
@@ -303,12 +289,13 @@ class Worker:
     # ------------------------------------------------------------------ main
     async def run(self) -> None:
         from shardmq.broker.broker import Broker
-        from shardmq.net.server import serve
         from workers.wiring import wire_worker
 
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self.sender.loop = loop
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        stop_on_signals(loop, self.stop)  # also while waiting for the definitions
         broker = Broker(self.config, slot=self.slot, workers=self.n)
         synced: asyncio.Event | None = None
         if self.mesh_spec:
@@ -334,41 +321,28 @@ class Worker:
         if self.listen_fd is not None:
             sock = socket.socket(fileno=self.listen_fd)
         else:
-            # hand-off mode: serve() needs a listener; give it one nobody can reach (an
-            # autobound abstract Unix socket); adopted sockets use its protocol factory
+            # hand-off mode: serve_broker() needs a listener; give it one nobody can reach
+            # (an autobound abstract Unix socket); adopted sockets use its protocol factory
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind("")
             sock.listen(1)
-        from shardmq.status import StatusWriter
-
-        status = StatusWriter(broker, self.config.server.data_dir)
-        status.start(loop)
         try:
-            await serve(
+            await serve_broker(
                 self.config,
+                broker,
                 sock=sock,
                 ready=self.ready,
                 stop=self.stop,
-                broker=broker,
                 wrap_factory=self.set_protocol_factory,
             )
         finally:
-            status.stop()
             if self.mesh is not None:
                 self.mesh.close()
             self.chan.close()
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m workers.shard", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m workers.worker", description=__doc__)
     ap.add_argument("--slot", type=int, required=True)
     ap.add_argument("--workers", type=int, required=True)
     ap.add_argument("--spec", required=True, help="worker config file (JSON)")
@@ -383,30 +357,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != args.parent:
-        return 3  # the supervisor died before we could watch it
-    # the supervisor forwards SIGTERM; Ctrl-C in a terminal reaches the whole group
+        return ExitCode.ORPHANED  # the supervisor died before we could watch it
+    # a worker has its own process group: a terminal's Ctrl-C reaches the supervisor,
+    # which forwards SIGTERM; a SIGINT sent to the worker is ignored until its loop runs,
+    # then stops it like SIGTERM
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker(args)
-    level = worker.config.server.log_level.upper()
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format=f"%(asctime)s %(levelname)s w{args.slot} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(worker.config.server.log_level, f"w{args.slot}")
     cpu = cpu_for_slot(worker.settings.cpu_affinity, args.slot)
     if cpu is not None:
         try:
             os.sched_setaffinity(0, {cpu})
         except (OSError, ValueError) as exc:
             log.error("worker %d: cannot pin to CPU %d: %s", args.slot, cpu, exc)
-            return 1
-    loop = _new_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(worker.run())
-    finally:
-        loop.close()
-    return 0
+            return ExitCode.FAILED
+    run_loop(worker.run())
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

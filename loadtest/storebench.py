@@ -1,7 +1,7 @@
 """Store micro-benchmark: persistent publishes per second through one DiskQueueStore with
 group commit, a confirm window, and optionally a consumer acking everything.
 
-Owns nothing the broker uses. Run: ``python -m shardmq.store.bench [--seconds 3]``.
+Owns nothing the broker uses. Run: ``python -m loadtest.storebench [--seconds 3]``.
 
 Model of the broker's event loop: every turn the "publisher" pushes up to ``--per-turn``
 messages while fewer than ``--window`` are unconfirmed, the "consumer" takes and acks

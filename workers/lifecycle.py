@@ -1,0 +1,178 @@
+"""One broker process's life, written once for both paths: the one-process broker
+(``--workers 1``, ``workers.supervisor.run``) and every worker of N (``workers.worker``).
+
+Owns, each step once:
+- ``setup_logging`` / ``set_log_level``: stderr, one format (a worker tags its lines
+  with its slot), the level a SIGHUP reload changes;
+- ``run_loop``: the event loop a process runs on (uvloop);
+- ``stop_on_signals``: SIGTERM and SIGINT set the process's ``stop`` event;
+- ``MemoryWatch`` (with ``rss_bytes`` and ``memory_limit``): the memory alarm, RSS
+  against ``server.memory_high_watermark`` of physical memory, every
+  ``MEMORY_CHECK_INTERVAL`` seconds;
+- ``serve_broker``: the order of a broker's life around ``shardmq.net.server.serve``
+  (the listener and the connections): definitions and durable queues recovered and the
+  disk alarm started (``Broker.load_definitions``, ``Broker.start_storage``), the status
+  file (``workers.status.StatusWriter``) and the memory alarm started, then serve until
+  ``stop``; after the connections are closed, the status file and memory alarm stopped
+  and the stores flushed and closed (``Broker.close_storage``).
+
+What differs between the two paths stays with them: the supervisor of one process tells
+systemd it is ready; a worker attaches to the mesh, waits for the definitions snapshot,
+reports ready on its channel, beats its heartbeat and handles SIGHUP.
+
+Invariants:
+- A client never finds the broker listening before every durable queue is recovered.
+- The stores are closed (last flush and fsync) only after every connection is closed
+  or aborted, so no delivery is written after its queue's store closed; a clean stop
+  removes the worker's status file.
+- SIGTERM and SIGINT are handled from before recovery on: a stop asked during start-up
+  is a clean stop (exit 0), never a kill.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from shardmq.broker.broker import Broker
+    from shardmq.config import Config
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+T = TypeVar("T")
+
+log = logging.getLogger("shardmq.lifecycle")
+
+MEMORY_CHECK_INTERVAL = 0.5  # seconds between two RSS checks
+
+
+# ---------------------------------------------------------------------- logging, loop
+def setup_logging(level: str, tag: str = "") -> None:
+    """Log to stderr at ``level``; ``tag`` (a worker's ``w<slot>``) prefixes the name."""
+    prefix = f"{tag} " if tag else ""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def set_log_level(level: str) -> None:
+    """A reload's new ``server.log_level``."""
+    logging.getLogger().setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` to its end on a new event loop (uvloop) and close the loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (a clean stop: connections closed, exit 0)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+
+# ---------------------------------------------------------------------- memory alarm
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def memory_limit(fraction: float) -> int:
+    """``fraction`` of the physical memory in bytes (0 where unknown: no alarm)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+    return int(total * fraction)
+
+
+class MemoryWatch:
+    """Sets the broker's memory alarm while this process's RSS is above ``limit`` bytes
+    (publishers blocked) and clears it once back under; checks every
+    ``MEMORY_CHECK_INTERVAL`` seconds from ``start`` to ``stop``."""
+
+    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self.broker = broker
+        self.loop = loop
+        self.limit = limit
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        rss = rss_bytes()
+        limit = self.limit
+        if rss and limit:
+            on = rss > limit
+            if on != self.broker.memory_alarm:
+                log.warning(
+                    "memory alarm %s: RSS %d MiB, limit %d MiB",
+                    "set" if on else "cleared",
+                    rss >> 20,
+                    limit >> 20,
+                )
+                self.broker.set_memory_alarm(on)
+        self._handle = self.loop.call_later(MEMORY_CHECK_INTERVAL, self.check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+# ---------------------------------------------------------------------- the broker's life
+async def serve_broker(
+    config: Config,
+    broker: Broker,
+    *,
+    sock: socket.socket | None = None,
+    ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+    wrap_factory: Callable[[ProtocolFactory], ProtocolFactory] | None = None,
+) -> None:
+    """Recover ``broker``'s storage, serve AMQP on ``sock`` (or ``server.host:port``)
+    until SIGTERM/SIGINT or ``stop``, then close the connections and the storage.
+
+    ``ready(addresses)`` is called once the listener accepts; ``wrap_factory`` receives
+    the protocol factory and returns the one the listener uses (a worker keeps it to
+    serve handed-off sockets and to count connections)."""
+    from shardmq.net.server import serve
+    from workers.status import StatusWriter
+
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    stop_on_signals(loop, stop)
+    # Recover before listening: a client must find every durable queue with its messages.
+    broker.load_definitions()
+    broker.start_storage()
+    status = StatusWriter(broker, config.server.data_dir)
+    memory = MemoryWatch(broker, loop, memory_limit(config.server.memory_high_watermark))
+    status.start(loop)
+    memory.start()
+    try:
+        await serve(config, broker, sock=sock, ready=ready, stop=stop, wrap_factory=wrap_factory)
+    finally:
+        memory.stop()
+        status.stop()
+    await broker.close_storage()
+    log.info("shardmq stopped")
