@@ -401,9 +401,8 @@ class BrokerConnection(AMQPConnection):
             ch.store_pending = 0
             ch.confirm_later(stored + len(remote))
             if remote:
-                self.broker.current_publisher = self
                 seq = ch.confirm_seq
-                self.broker.shards.enqueue(remote, msg, self.gid, ch.number, seq)
+                self.broker.shards.enqueue(remote, msg, self, ch.number, seq)
             return
         if remote:
             if ch.confirm:
@@ -412,8 +411,7 @@ class BrokerConnection(AMQPConnection):
                 seq = self.broker.shards.tx_seq(conf, len(remote))
             else:
                 seq = 0
-            self.broker.current_publisher = self
-            self.broker.shards.enqueue(remote, msg, self.gid, ch.number, seq)
+            self.broker.shards.enqueue(remote, msg, self, ch.number, seq)
             return
         if not local and flags & 1:
             write_return(

@@ -122,7 +122,7 @@ class Cluster:
                 c.pump()
                 if len(c.methods) + len(c.deliveries) != before:
                     moved = True
-            if not moved and not any(b.shards._settles for b in self.brokers):
+            if not moved and not any(b.shards.user._settles for b in self.brokers):
                 return
         raise AssertionError("cluster did not settle")
 

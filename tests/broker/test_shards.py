@@ -47,9 +47,9 @@ def test_publish_consume_ack_across_three_workers_round_robin() -> None:
     assert c1.bodies() == [b"m0", b"m2", b"m4"]
     assert c2.bodies() == [b"m1", b"m3", b"m5"]
     owner = cl.brokers[1].vhosts["/"].queues[q]
-    assert owner.message_count == 0 and len(cl.brokers[1].shards.held) == 6
+    assert owner.message_count == 0 and len(cl.brokers[1].shards.owner.held) == 6
     _call(cl, c1, 1, M.BasicAck(delivery_tag=3, multiple=True))
-    assert len(cl.brokers[1].shards.held) == 3
+    assert len(cl.brokers[1].shards.owner.held) == 3
 
 
 def test_prefetch_credit_limits_a_remote_consumer() -> None:
@@ -323,7 +323,7 @@ def test_tx_commit_waits_for_the_workers_owning_the_queues() -> None:
     assert sum(isinstance(m, M.TxCommitOk) for _c, m in pub.methods) == 1
     for slot, name in ((0, q0), (1, q1), (2, q2)):
         assert len(cl.brokers[slot].vhosts["/"].queues[name].store) == 1
-    assert not cl.brokers[0].shards.tx_waiting
+    assert not cl.brokers[0].shards.user.tx_waiting
     # an owner that dies before confirming fails the commit: never a commit-ok
     pub.publish(1, "", q1, b"lost", persistent)
     pub.call(1, M.TxCommit())
@@ -332,7 +332,7 @@ def test_tx_commit_waits_for_the_workers_owning_the_queues() -> None:
     assert sum(isinstance(m, M.TxCommitOk) for _c, m in pub.methods) == 1
     closes = [m for _c, m in pub.methods if isinstance(m, M.ConnectionClose)]
     assert closes and closes[-1].reply_code == 541
-    assert not cl.brokers[0].shards.tx_waiting
+    assert not cl.brokers[0].shards.user.tx_waiting
 
 
 def test_batched_remote_deliveries_are_the_bytes_a_local_consumer_gets() -> None:
@@ -382,9 +382,9 @@ def test_batched_remote_deliveries_are_the_bytes_a_local_consumer_gets() -> None
         assert all(d.method.exchange == "fx" for d in got), name  # type: ignore[attr-defined]
         assert not any(d.method.redelivered for d in got), name  # type: ignore[attr-defined]
     acked = consumers["acked"][0]
-    assert len(cl.brokers[1].shards.held) == 12
+    assert len(cl.brokers[1].shards.owner.held) == 12
     _call(cl, acked, 3, M.BasicAck(delivery_tag=12, multiple=True))
-    assert not cl.brokers[1].shards.held
+    assert not cl.brokers[1].shards.owner.held
 
 
 def test_no_ack_credit_goes_back_in_chunks_never_leaving_the_owner_short() -> None:
@@ -397,7 +397,7 @@ def test_no_ack_credit_goes_back_in_chunks_never_leaving_the_owner_short() -> No
     con.open_channel(1)
     _call(cl, pub, 1, M.QueueDeclare(queue=q))
     _call(cl, con, 1, M.BasicConsume(queue=q, no_ack=True))
-    proxy = next(iter(cl.brokers[1].shards.proxies.values()))
+    proxy = next(iter(cl.brokers[1].shards.owner.proxies.values()))
     assert proxy.credit == REMOTE_WINDOW
     grants: list[int] = []
     router = cl.brokers[2].shards
