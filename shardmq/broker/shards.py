@@ -22,7 +22,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -55,7 +54,7 @@ class ShardRouter:
     ) -> None:
         self.broker = broker
         self.link = link
-        self.owner = owner = OwnerSide(broker, link, os.getpid())
+        self.owner = owner = OwnerSide(broker, link, link.incarnation)
         self.user = user = UserSide(broker, link, call_soon)
         # what the broker's connections call, bound straight to the user side
         self.enqueue = user.enqueue

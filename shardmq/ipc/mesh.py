@@ -420,6 +420,9 @@ class Mesh:
         self.control = ControlBlock.attach(control_name(instance))
         if self.control.n != n:
             raise MeshError(f"control block is for {self.control.n} workers, not {n}")
+        # this incarnation of the slot: the supervisor bumps its ``gen`` before every
+        # spawn (0 for a mesh whose host never spawned anything, e.g. in tests)
+        self.incarnation: int = self.control.get(slot, F_GEN)
         self.on_records: RecordsCallback = _ignore_records
         self.on_writable: SlotCallback = _ignore_slot
         self.on_peer_restart: SlotCallback = _ignore_slot

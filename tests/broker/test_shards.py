@@ -198,6 +198,33 @@ def test_worker_death_nacks_cancels_and_requeues() -> None:
     assert q in cl.brokers[1].vhosts["/"].queues  # definitions came back with the snapshot
 
 
+def test_a_settle_meant_for_a_dead_incarnation_never_settles_one_of_the_new() -> None:
+    """Refs embed the owner's incarnation (the control block's gen of its slot): an ack
+    of a delivery the dead worker 1 made reaches the respawned worker 1, whose own
+    counter made the same sequence of refs, and settles nothing there."""
+    cl, q = _three()
+    pub, con = cl.connect(0), cl.connect(2)
+    pub.open_channel(1)
+    con.open_channel(1)
+    _call(cl, pub, 1, M.QueueDeclare(queue=q))
+    _call(cl, con, 1, M.BasicConsume(queue=q, consumer_tag="old"))
+    pub.publish(1, "", q, b"before")
+    cl.pump()
+    assert con.bodies() == [b"before"]
+    old_refs = set(cl.brokers[1].shards.owner.held)
+    cl.kill(1)
+    _call(cl, con, 1, M.BasicConsume(queue=q, consumer_tag="new"))
+    pub.publish(1, "", q, b"after")
+    cl.pump()
+    assert con.bodies() == [b"before", b"after"]
+    owner = cl.brokers[1].shards.owner
+    assert len(owner.held) == 1 and not set(owner.held) & old_refs
+    _call(cl, con, 1, M.BasicAck(delivery_tag=1))  # the dead incarnation's delivery
+    assert len(owner.held) == 1  # the new incarnation's message is still unacked
+    _call(cl, con, 1, M.BasicAck(delivery_tag=2))
+    assert not owner.held
+
+
 def _answers(client: Client) -> dict[int, str]:
     """Each publish's confirm ("ack"/"nack"), checking that none gets two and that a
     multiple ack never spans a nack (a blocking client waits for one answer per publish;

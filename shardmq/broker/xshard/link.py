@@ -13,6 +13,9 @@ from typing import Protocol
 class Link(Protocol):
     """Ordered, reliable record delivery to other workers (the ring mesh)."""
 
+    # this worker's incarnation (the control block's generation of its slot, bumped at
+    # every spawn): refs handed to other workers embed it
+    incarnation: int
     # an open batch record takes items until it is this large
     batch_limit: int
     # the targets ``is_blocked`` last said were blocked (kept current by the link; the

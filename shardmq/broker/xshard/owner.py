@@ -192,6 +192,8 @@ class OwnerSide:
         # credit, confirms, idle notices and throttles take the control lane: they must
         # not queue behind bulk deliveries
         self._send_ctl: SendControl = link.send_control
+        # refs: the incarnation in the top 24 bits, a counter in the low 40 (a
+        # trillion refs per incarnation; the incarnation wraps after 16 M respawns)
         self._refs = itertools.count(1)
         self._ref_base = (incarnation & 0xFFFFFF) << 40
         self.proxies: dict[ProxyKey, ProxyConsumer] = {}
