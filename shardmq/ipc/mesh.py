@@ -453,9 +453,21 @@ class Mesh:
 
     @classmethod
     def from_spec(cls, spec: str, slot: int, **kw: float | int) -> Mesh:
+        """Attach as worker ``slot`` to what ``MeshHost.spec`` describes; ``kw``:
+        ``read_batch`` and ``idle_poll``."""
+        unknown = kw.keys() - {"read_batch", "idle_poll"}
+        if unknown:
+            raise TypeError(f"Mesh.from_spec: unknown option(s) {sorted(unknown)}")
         instance, n, bells = spec.split("/")
         doorbells = [Doorbell.from_spec(s) for s in bells.split(",")]
-        return cls(instance, slot, int(n), doorbells, **kw)  # type: ignore[arg-type]
+        return cls(
+            instance,
+            slot,
+            int(n),
+            doorbells,
+            read_batch=int(kw.get("read_batch", 1024)),
+            idle_poll=float(kw.get("idle_poll", 0.1)),
+        )
 
     # ------------------------------------------------------------------ rings
     def outbox(self, j: int) -> Ring:

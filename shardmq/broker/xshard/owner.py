@@ -204,6 +204,8 @@ class OwnerSide:
         # decoded ENQUEUE addresses by their bytes: most publishes go to a few queue
         # sets, so decode them once
         self._addr_in: dict[bytes, tuple[str, tuple[str, ...]]] = {}
+        # request handlers by the request's type (each takes that type: ``Any`` only
+        # because one dict holds them all)
         self.requests: dict[type[rec.Request], Callable[[int, Any], rec.Result]] = {
             rec.Consume: self._consume,
             rec.Cancel: self._cancel,
@@ -384,7 +386,7 @@ class OwnerSide:
         )
         proxy.credit += early
         self.proxies[key] = proxy
-        q.consumers.append(proxy)  # type: ignore[arg-type]
+        q.consumers.append(proxy)
         q.had_consumers = True
 
     def _cancel(self, src: int, r: rec.Cancel) -> None:
@@ -394,7 +396,7 @@ class OwnerSide:
         if proxy is None:
             return
         q = proxy.queue
-        if q.remove_consumer(proxy) and not q.deleted:  # type: ignore[arg-type]
+        if q.remove_consumer(proxy) and not q.deleted:
             self.broker.sequencer.fire(md.DeleteQueue(q.vhost, q.name, True, False, 0))
 
     def _get(self, src: int, r: rec.Get) -> rec.GetOk | int:
@@ -446,7 +448,7 @@ class OwnerSide:
             q = proxy.queue
             msgs = [self.held.pop(r)[2] for r in proxy.refs if r in self.held]
             if proxy in q.consumers:
-                q.consumers.remove(proxy)  # type: ignore[arg-type]
+                q.consumers.remove(proxy)
             if msgs:
                 q.requeue(msgs)
             else:

@@ -255,7 +255,11 @@ def parse_reply(data: bytes) -> Reply:
     return _decode_reply(memoryview(data)[1:])
 
 
-def result_value(result: Result) -> list[Any] | int | None:
+# a result as the broker's callbacks take it (a get's message as a list of its fields)
+ResultValue = list[Any] | int | None
+
+
+def result_value(result: Result) -> ResultValue:
     """A result as the broker's callbacks take it (a get's message as a list)."""
     if isinstance(result, GetOk):
         return list(msgspec.structs.astuple(result))

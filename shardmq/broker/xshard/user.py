@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shardmq.amqp.codec import FRAME_METHOD, deliver_start, write_deliver
 from shardmq.amqp.errors import NOT_FOUND, AMQPError, SoftError
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 WINDOW = REMOTE_WINDOW
 
 # a request's answer: (error, result as ``records.result_value`` gives it)
-Callback = Callable[[AMQPError | None, Any], None]
+Callback = Callable[[AMQPError | None, rec.ResultValue], None]
 
 
 class _TxWait:
