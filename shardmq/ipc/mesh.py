@@ -51,7 +51,7 @@ import secrets
 import struct
 from collections.abc import Callable
 
-import posix_ipc
+import posix_ipc  # type: ignore[import-not-found]  # (no type stubs)
 
 from shardmq.ipc.control import F_GEN, F_PID, ControlBlock, control_name, ring_name
 from shardmq.ipc.doorbell import Doorbell
@@ -630,7 +630,7 @@ class Mesh:
         order, so give one key to whatever must stay in order."""
         p = self._by_slot[dst]
         opened = p.batches
-        entry = opened.get(key) if opened else None
+        entry = opened.get(key)
         if entry is None:
             return None
         buf = entry[1]
