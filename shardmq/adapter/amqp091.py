@@ -50,7 +50,7 @@ from shardmq.broker import metadata as md
 from shardmq.broker.channel import OUT_LIMIT, Channel
 from shardmq.broker.connection import BrokerConnection
 from shardmq.broker.queue import Consumer
-from shardmq.broker.shards import DELIVER_ITEM
+from shardmq.broker.xshard.records import DELIVER_ITEM
 from shardmq.message import Message, next_seq
 
 if TYPE_CHECKING:

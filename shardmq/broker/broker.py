@@ -117,7 +117,6 @@ class Broker:
         self.shards: Any = None  # the cross-shard router when workers > 1
         self.connections: set[BrokerConnection] = set()
         self.conns_by_gid: dict[int, BrokerConnection] = {}
-        self.current_publisher: BrokerConnection | None = None  # for ring backpressure
         self.alarm = False  # publishers blocked: memory or disk alarm
         self.memory_alarm = False  # memory high watermark passed
         self.disk_alarm = False  # free disk below store.disk_free_limit
@@ -141,9 +140,7 @@ class Broker:
         if self.workers > 1:
             shard = shard_for(vhost, name, self.workers)
             if shard != self.slot:
-                rq = RemoteQueue(name, vhost, shard, **kw)
-                rq.router = self.shards
-                return rq
+                return RemoteQueue(name, vhost, shard, router=self.shards, **kw)
         storage = self.storage
         if storage is not None and kw.get("durable") and not kw.get("exclusive"):
             try:

@@ -55,7 +55,7 @@ class ChannelSink(Protocol):
 
     def deliver_remote(self, ch: Channel, consumer: Consumer, record: bytes, pos: int) -> int:
         """The no-ack deliveries of a DELIVER record from another worker (items from
-        ``pos``, see ``shardmq.broker.shards``), numbered from ``ch.next_tag + 1``
+        ``pos``, see ``shardmq.broker.xshard.records``), numbered from ``ch.next_tag + 1``
         (the sink advances it); returns how many."""
         ...
 

@@ -268,8 +268,7 @@ class BrokerConnection:
                 seq = router.tx_seq(conf, len(remote))
             else:
                 seq = 0
-            self.broker.current_publisher = self
-            router.enqueue(remote, msg, self.gid, ch.number, seq)
+            router.enqueue(remote, msg, self, ch.number, seq)
             return
         if stored:
             return

@@ -1,8 +1,10 @@
 """A queue: ready messages, consumers, round-robin dispatch.
 
 Owns: ``Queue``, ``DurableQueue`` (a durable queue whose persistent messages live in a
-``DiskQueueStore``) and ``Consumer``. Delivery itself (delivery tags, frames) belongs
-to the consumer's channel; the queue only picks who gets the next message.
+``DiskQueueStore``) and ``Consumer``; ``QueueConsumer`` is what a queue's consumer list
+holds (a ``Consumer``, or a consumer on another worker). Delivery itself (delivery
+tags, frames) belongs to the consumer's channel; the queue only picks who gets the next
+message.
 
 Invariants:
 - A message is either in ``store`` (ready) or held by exactly one channel as unacked
@@ -24,7 +26,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 from shardmq.broker.storage import ConfirmTarget, MemoryStore, MessageStore
 from shardmq.message import Message
@@ -49,6 +51,29 @@ QUEUE_HIGH_BYTES = 64 * 1024 * 1024
 
 class Throttleable(Protocol):
     def throttle(self, queue: Queue, on: bool) -> None: ...
+
+
+_C = TypeVar("_C", contravariant=True)
+
+
+class DeliveryTarget(Protocol[_C]):
+    """Where a queue hands a message for consumer ``_C``: its channel."""
+
+    def deliver(self, consumer: _C, queue: Queue, msg: Message, redelivered: bool) -> None: ...
+
+
+class QueueConsumer(Protocol):
+    """What a queue's consumer list holds: a ``Consumer`` on a local channel, or a
+    consumer on another worker (``shardmq.broker.xshard.owner.ProxyConsumer``). The
+    queue asks ``ready()`` and calls ``c.channel.deliver(c, queue, msg, redelivered)``."""
+
+    @property
+    def exclusive(self) -> bool: ...
+
+    @property
+    def channel(self) -> DeliveryTarget[Self]: ...
+
+    def ready(self) -> bool: ...
 
 
 class Consumer:
@@ -144,7 +169,7 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
         self.store: MessageStore = store if store is not None else MemoryStore()
-        self.consumers: list[Consumer] = []
+        self.consumers: list[QueueConsumer] = []
         self.rr = 0
         self.had_consumers = False
         self.deleted = False
@@ -206,7 +231,7 @@ class Queue:
         for conn in conns:
             conn.throttle(self, False)
 
-    def _next_consumer(self) -> Consumer | None:
+    def _next_consumer(self) -> QueueConsumer | None:
         cs = self.consumers
         n = len(cs)
         if n == 1:
@@ -268,12 +293,12 @@ class Queue:
         }
 
     # ------------------------------------------------------------ consumers
-    def add_consumer(self, c: Consumer) -> None:
+    def add_consumer(self, c: QueueConsumer) -> None:
         self.consumers.append(c)
         self.had_consumers = True
         self.dispatch()
 
-    def remove_consumer(self, c: Consumer) -> bool:
+    def remove_consumer(self, c: QueueConsumer) -> bool:
         """Returns True when the queue should now be auto-deleted."""
         try:
             self.consumers.remove(c)

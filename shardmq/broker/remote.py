@@ -2,7 +2,8 @@
 
 Owns: ``RemoteQueue`` — the declared attributes and bindings of a queue owned by shard
 ``shard``, plus this worker's consumers of it. Publishing to it, consuming from it and
-settling its messages go through ``shardmq.broker.shards`` to the owner.
+settling its messages go through ``shardmq.broker.shards`` to the owner; settles through
+the ``router`` (a ``Settler``) it is made with.
 
 Invariants: a ``RemoteQueue`` never holds messages; ``local_consumers`` are exactly the
 consumers on this worker's connections registered with the owner for this queue.
@@ -10,15 +11,14 @@ consumers on this worker's connections registered with the owner for this queue.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from shardmq.broker.exchange import Exchange
     from shardmq.broker.queue import Consumer
-    from shardmq.broker.shards import ShardRouter
     from shardmq.message import Message
 
-ACK, REQUEUE = 0, 2  # settle actions, as in shards.py
+ACK, REQUEUE = 0, 2  # settle actions, as in shardmq.broker.xshard.records
 # Credit window of remote consumers whose credit comes back as their socket drains.
 REMOTE_WINDOW = 4096
 # ...in returns of at least this much: a return is a record to the owner and, when its
@@ -26,6 +26,23 @@ REMOTE_WINDOW = 4096
 # once more per burst. Smaller than the window, so the owner never waits for it (when
 # its credit runs out, the whole window is owed, which is more than this).
 REMOTE_CREDIT_CHUNK = REMOTE_WINDOW // 8
+
+
+class Settler(Protocol):
+    """Where settles of a remote queue's messages go (the user side of
+    ``shardmq.broker.shards``): to the owner ``shard``, batched per loop turn."""
+
+    def settle(self, shard: int, ref: int, action: int) -> None: ...
+
+
+class _Unrouted:
+    """The settler of a queue replica made without a router (definitions only)."""
+
+    def settle(self, shard: int, ref: int, action: int) -> None:
+        raise RuntimeError(f"no router to settle ref {ref} on worker {shard}")
+
+
+_UNROUTED = _Unrouted()
 
 
 class RemoteQueue:
@@ -58,6 +75,7 @@ class RemoteQueue:
         owner: int = 0,
         auto_delete: bool = False,
         arguments: dict[str, Any] | None = None,
+        router: Settler = _UNROUTED,
     ) -> None:
         self.name = name
         self.vhost = vhost
@@ -70,19 +88,19 @@ class RemoteQueue:
         self.deleted = False
         self.sources: set[Exchange] = set()
         self.local_consumers: dict[tuple[int, int, str], Consumer] = {}
-        self.router: ShardRouter | None = None  # set by the broker that created it
+        self.router = router
 
     # What a Channel calls on the queue of an unacked delivery (see channel.py):
     # settles travel to the owner, batched per loop turn. ``seq`` is the owner's ref
     # (0 for no-ack deliveries, which the owner settled already).
     def settle(self, msg: Message) -> None:
         if msg.seq:
-            self.router.settle(self.shard, msg.seq, ACK)  # type: ignore[union-attr]
+            self.router.settle(self.shard, msg.seq, ACK)
 
     def requeue(self, msgs: list[Message]) -> None:
         for m in msgs:
             if m.seq:
-                self.router.settle(self.shard, m.seq, REQUEUE)  # type: ignore[union-attr]
+                self.router.settle(self.shard, m.seq, REQUEUE)
 
     def dispatch(self) -> None:
         """Delivery decisions are the owner's."""

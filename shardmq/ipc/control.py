@@ -18,7 +18,10 @@ Layout (native unsigned 64-bit words)::
 Invariants: every word has exactly one writer (noted above). The supervisor changes
 ``gen`` and the ring table under a seqlock (``seq`` odd while it writes), so a worker
 reads a consistent table with ``table()``. Ring i -> j of serial k is the POSIX shared
-memory segment ``ring_name(instance, i, j, k)``.
+memory segment ``ring_name(instance, i, j, k)``. ``gen`` of a slot is set before its
+process is spawned and never changes while it lives: a worker reads its own once, at
+attach (``Mesh.incarnation``), and the refs it hands to other workers embed it, so
+nothing addressed to a dead incarnation is mistaken for the new one's.
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@
 Owns: ``MeshHost`` (supervisor side: names, creates, renews and removes the shared
 memory of one broker instance, and the doorbells) and ``Mesh`` (worker side: buffered
 sends flushed once per loop turn, reading inboxes, sleep/wake, backpressure, peer
-restarts).
+restarts). Everything a worker keeps per other worker is one ``Peer``: its data and
+control ``Lane`` (outgoing ring, pieces queued this turn, backlog the ring had no room
+for), its two inboxes, ring serials, open batch records, bytes queued this turn and
+its doorbell; a peer restart replaces the rings of one ``Peer`` and drops its queues.
 
 Naming: a broker instance gets a random id, written with the supervisor's pid to
 ``data_dir/shm.instance`` (which is also ``flock``-ed while the supervisor lives, so two
@@ -48,7 +51,7 @@ import secrets
 import struct
 from collections.abc import Callable
 
-import posix_ipc
+import posix_ipc  # type: ignore[import-not-found]  # (no type stubs)
 
 from shardmq.ipc.control import F_GEN, F_PID, ControlBlock, control_name, ring_name
 from shardmq.ipc.doorbell import Doorbell
@@ -62,7 +65,6 @@ _LEN = struct.Struct("<I")
 _pack_len = _LEN.pack
 _pack_len_into = _LEN.pack_into
 _PLACEHOLDER = b"\0\0\0\0"
-_CLOSE = object()  # a match no open batch has
 # Each ordered pair also has a small control ring (lane 1) for records that must not
 # wait behind bulk data (credit, settles, confirms): the bulk ring may hold a megabyte of
 # publishes that the reader needs ~100 ms to get through.
@@ -265,6 +267,7 @@ class MeshHost:
 # ---------------------------------------------------------------------- worker side
 RecordsCallback = Callable[[int, list[bytes]], None]
 SlotCallback = Callable[[int], None]
+Piece = bytes | bytearray | memoryview
 
 
 def _ignore_records(src: int, records: list[bytes]) -> None:
@@ -275,8 +278,120 @@ def _ignore_slot(slot: int) -> None:
     pass
 
 
+class Lane:
+    """One outgoing ring to a peer and what is queued for it: the pieces queued this
+    turn (``stage``, joined at the flush) and the flushed data the ring had no room for
+    yet (``backlog``, oldest first)."""
+
+    __slots__ = ("ring", "stage", "backlog")
+
+    def __init__(self) -> None:
+        self.ring: Ring | None = None
+        self.stage: list[Piece] = []
+        self.backlog: list[bytes | memoryview] = []
+
+    def pending(self) -> int:
+        return sum(map(len, self.stage)) + sum(map(len, self.backlog))
+
+    def clear(self) -> None:
+        self.stage.clear()
+        self.backlog.clear()
+
+    def write(self, ring: Ring) -> int:
+        """Move what is queued into ``ring`` (this lane's), as much as fits; the rest
+        stays in ``backlog``. Returns the bytes written."""
+        st = self.stage
+        bl = self.backlog
+        if st:
+            data = b"".join(st)
+            st.clear()
+            if not bl:
+                # the common case: one copy into a buffer, one into the ring
+                k = ring.write_bytes(data)
+                if k < len(data):
+                    bl.append(memoryview(data)[k:])
+                return k
+            bl.append(data)
+        written = 0
+        while bl:
+            chunk = bl[0]
+            k = ring.write_bytes(chunk)
+            written += k
+            if k < len(chunk):
+                if k:
+                    bl[0] = memoryview(chunk)[k:]
+                break
+            del bl[0]
+        return written
+
+
+class Peer:
+    """Another worker, as this worker's mesh sees it: its data lane and control lane
+    (outgoing rings and what is queued for them), its two inboxes, the ring serials
+    they were attached by, the batch records open for it, the bytes queued for it this
+    turn and its doorbell. (The ``Mesh`` keeps one for its own slot too, never attached,
+    so that a slot indexes its list directly.)"""
+
+    __slots__ = (
+        "slot",
+        "bell",
+        "data",
+        "control",
+        "inbox",
+        "cinbox",
+        "serial_out",
+        "serial_in",
+        "batches",
+        "staged",
+        "marked",
+    )
+
+    def __init__(self, slot: int, bell: Doorbell) -> None:
+        self.slot = slot
+        self.bell = bell
+        self.data = Lane()
+        self.control = Lane()
+        self.inbox: Ring | None = None
+        self.cinbox: Ring | None = None
+        self.serial_out = 0
+        self.serial_in = 0
+        # the open batch records (``Mesh.batch``/``open_batch``) by key, as (match, buffer)
+        self.batches: dict[object, tuple[object, bytearray]] = {}
+        # bytes queued since the last flush (``send``/``send_parts`` and closed batches):
+        # a publisher whose socket yields megabytes in one loop turn must be stopped
+        # mid-turn (``Mesh.is_blocked``), or every record behind its burst waits for it
+        self.staged = 0
+        self.marked = False  # in the mesh's list of peers to flush
+
+    def open_sizes(self) -> int:
+        return sum([len(buf) for _m, buf in self.batches.values()])
+
+    def close_batches(self) -> None:
+        """Write the length of every open batch record: they take no more items."""
+        opened = self.batches
+        if not opened:
+            return
+        n = 0
+        for _m, buf in opened.values():
+            size = len(buf) - 4
+            _pack_len_into(buf, 0, size)
+            n += size
+        opened.clear()
+        self.staged += n
+
+    def pending(self) -> int:
+        return self.data.pending() + self.control.pending()
+
+    def drop_queued(self) -> None:
+        """Forget everything queued for this peer (it died)."""
+        self.data.clear()
+        self.control.clear()
+        self.batches.clear()
+        self.staged = 0
+
+
 class Mesh:
-    """Worker side of the mesh for worker ``slot``.
+    """Worker side of the mesh for worker ``slot``: one ``Peer`` per other worker.
 
     Callbacks (set as attributes):
       - ``on_records(src, records)``: complete records that arrived from worker ``src``.
@@ -305,42 +420,26 @@ class Mesh:
         self.control = ControlBlock.attach(control_name(instance))
         if self.control.n != n:
             raise MeshError(f"control block is for {self.control.n} workers, not {n}")
+        # this incarnation of the slot: the supervisor bumps its ``gen`` before every
+        # spawn (0 for a mesh whose host never spawned anything, e.g. in tests)
+        self.incarnation: int = self.control.get(slot, F_GEN)
         self.on_records: RecordsCallback = _ignore_records
         self.on_writable: SlotCallback = _ignore_slot
         self.on_peer_restart: SlotCallback = _ignore_slot
-        self._out: list[Ring | None] = [None] * n
-        self._in: list[Ring | None] = [None] * n
-        self._cout: list[Ring | None] = [None] * n  # control lane
-        self._cin: list[Ring | None] = [None] * n
-        self._cstage: list[list[bytes | bytearray | memoryview]] = [[] for _ in range(n)]
-        self._cbacklog: list[list[bytes | memoryview]] = [[] for _ in range(n)]
-        self._cwaiting: set[int] = set()  # control data the ring had no room for
-        self._serial_out = [0] * n
-        self._serial_in = [0] * n
-        # per target: pieces queued this turn (joined at flush) and the flushed data the
-        # ring had no room for yet (oldest first)
-        self._stage: list[list[bytes | bytearray | memoryview]] = [[] for _ in range(n)]
-        # bytes queued per target since its last flush (``send``/``send_parts``), and the
-        # amount past which ``is_blocked`` says so before the ring is even tried: a
-        # publisher whose socket yields megabytes in one loop turn must be stopped
-        # mid-turn, or every record behind its burst (credit, settles) waits for it
-        self._staged = [0] * n
-        self.soft_limit = 256 * 1024
+        # by slot (our own never attached), and the others
+        self._by_slot = [Peer(k, doorbells[k]) for k in range(n)]
+        self._peers = [p for p in self._by_slot if p.slot != slot]
+        self._cwaiting: set[Peer] = set()  # control data the ring had no room for
+        self.soft_limit = 256 * 1024  # queued bytes past which ``is_blocked`` says so
         # an open batch record takes items until it is this large (then a new one opens):
         # a record is read only once all of it is in the ring
         self.batch_limit = 32 * 1024
-        self._backlog: list[list[bytes | memoryview]] = [[] for _ in range(n)]
-        # per target: the open batch records (``batch``/``open_batch``) by key, as
-        # (match, buffer); and the targets that have any
-        self._obatch: list[dict[object, tuple[object, bytearray]]] = [{} for _ in range(n)]
-        self._open: list[int] = []
-        self._marked = [False] * n
-        self._dirty: list[int] = []
+        self._open: list[Peer] = []  # peers that have open batch records
+        self._dirty: list[Peer] = []  # peers with something to flush (``Peer.marked``)
         self._blocked: set[int] = set()
         # the same set, for callers that test membership instead of calling is_blocked
         # (it changes when is_blocked or a flush says so; never replaced)
         self.blocked_set = self._blocked
-        self._peers = [k for k in range(n) if k != slot]
         self._seq = -1
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
@@ -354,19 +453,31 @@ class Mesh:
 
     @classmethod
     def from_spec(cls, spec: str, slot: int, **kw: float | int) -> Mesh:
+        """Attach as worker ``slot`` to what ``MeshHost.spec`` describes; ``kw``:
+        ``read_batch`` and ``idle_poll``."""
+        unknown = kw.keys() - {"read_batch", "idle_poll"}
+        if unknown:
+            raise TypeError(f"Mesh.from_spec: unknown option(s) {sorted(unknown)}")
         instance, n, bells = spec.split("/")
         doorbells = [Doorbell.from_spec(s) for s in bells.split(",")]
-        return cls(instance, slot, int(n), doorbells, **kw)  # type: ignore[arg-type]
+        return cls(
+            instance,
+            slot,
+            int(n),
+            doorbells,
+            read_batch=int(kw.get("read_batch", 1024)),
+            idle_poll=float(kw.get("idle_poll", 0.1)),
+        )
 
     # ------------------------------------------------------------------ rings
     def outbox(self, j: int) -> Ring:
-        ring = self._out[j]
+        ring = self._by_slot[j].data.ring
         if ring is None:
             raise MeshError(f"no ring {self.slot} -> {j}")
         return ring
 
     def inbox(self, i: int) -> Ring:
-        ring = self._in[i]
+        ring = self._by_slot[i].inbox
         if ring is None:
             raise MeshError(f"no ring {i} -> {self.slot}")
         return ring
@@ -378,18 +489,20 @@ class Mesh:
             n = self.n
             me = self.slot
             try:
-                for k in self._peers:
+                for p in self._peers:
+                    k = p.slot
                     so = serials[me * n + k]
                     si = serials[k * n + me]
-                    if so != self._serial_out[k] or si != self._serial_in[k]:
-                        self._replace_peer(k, so, si, restarted=not first)
+                    if so != p.serial_out or si != p.serial_in:
+                        self._replace_peer(p, so, si, restarted=not first)
             except posix_ipc.ExistentialError:
                 continue  # replaced again while we attached: read the table again
             self._seq = seq
             return
         raise MeshError("could not attach the mesh rings")
 
-    def _replace_peer(self, k: int, so: int, si: int, *, restarted: bool) -> None:
+    def _replace_peer(self, p: Peer, so: int, si: int, *, restarted: bool) -> None:
+        k = p.slot
         attached: list[Ring] = []
         try:
             for name in (
@@ -404,33 +517,28 @@ class Mesh:
                 r.close()
             raise
         new_out, new_in, new_cout, new_cin = attached
-        for inbox in (self._cin[k], self._in[k]):  # what the old peer sent, control first
+        for inbox in (p.cinbox, p.inbox):  # what the old peer sent, control first
             if inbox is not None:
                 left = inbox.read_all()
                 if left:
                     self.on_records(k, left)
                 inbox.close()
-        old_out = self._out[k]
+        old_out = p.data.ring
         if old_out is not None:
             old_out.close()
-            dropped = self.pending(k)
+            dropped = p.pending()
             if dropped:
                 log.info("mesh: dropping %d queued byte(s) for restarted worker %d", dropped, k)
-            self._stage[k].clear()
-            self._staged[k] = 0
-            self._obatch[k].clear()
-            self._backlog[k].clear()
-            self._cstage[k].clear()
-            self._cbacklog[k].clear()
-            self._cwaiting.discard(k)
-        if self._cout[k] is not None:
-            self._cout[k].close()  # type: ignore[union-attr]
-        self._out[k] = new_out
-        self._in[k] = new_in
-        self._cout[k] = new_cout
-        self._cin[k] = new_cin
-        self._serial_out[k] = so
-        self._serial_in[k] = si
+            p.drop_queued()
+            self._cwaiting.discard(p)
+        if p.control.ring is not None:
+            p.control.ring.close()
+        p.data.ring = new_out
+        p.inbox = new_in
+        p.control.ring = new_cout
+        p.cinbox = new_cin
+        p.serial_out = so
+        p.serial_in = si
         if self._sleeping:
             new_in.reader_sleep()
             new_cin.reader_sleep()
@@ -449,57 +557,62 @@ class Mesh:
         return self.control.is_ready(k)
 
     # ------------------------------------------------------------------ sending
-    def _mark(self, dst: int) -> None:
-        if not self._marked[dst]:
-            self._marked[dst] = True
-            self._dirty.append(dst)
+    def _mark(self, p: Peer) -> None:
+        if not p.marked:
+            p.marked = True
+            self._dirty.append(p)
             if not self._flush_scheduled and self._loop is not None:
                 self._flush_scheduled = True
                 self._loop.call_soon(self.flush)
 
-    def send(self, dst: int, record: bytes | bytearray | memoryview) -> None:
+    def send(self, dst: int, record: Piece) -> None:
         """Queue one record for worker ``dst`` (never ``self.slot``). The mesh keeps a
         reference until the next flush: do not mutate a bytearray/memoryview before."""
-        st = self._stage[dst]
+        p = self._by_slot[dst]
+        st = p.data.stage
         if not st:
-            self._mark(dst)
-        elif self._obatch[dst]:
-            self._close_batches_of(dst)
+            self._mark(p)
+        elif p.batches:
+            p.close_batches()
         n = len(record)
         st.append(_pack_len(n))
         st.append(record)
-        self._staged[dst] += n
+        p.staged += n
 
-    def send_control(self, dst: int, record: bytes | bytearray | memoryview) -> None:
+    def send_control(self, dst: int, record: Piece) -> None:
         """Queue one record on the control lane to ``dst``: it overtakes bulk data
         queued or in the data ring (order is kept among control records only). Never
         reports backpressure: control traffic is bounded by its producers."""
-        st = self._cstage[dst]
-        if not st and not self._cbacklog[dst]:
-            self._mark(dst)
+        p = self._by_slot[dst]
+        lane = p.control
+        st = lane.stage
+        if not st and not lane.backlog:
+            self._mark(p)
         st.append(_pack_len(len(record)))
         st.append(record)
 
-    def send_parts(self, dst: int, *parts: bytes | bytearray | memoryview) -> None:
+    def send_parts(self, dst: int, *parts: Piece) -> None:
         """Queue one record made of ``parts`` (no concatenation by the caller)."""
-        st = self._stage[dst]
+        p = self._by_slot[dst]
+        st = p.data.stage
         if not st:
-            self._mark(dst)
-        elif self._obatch[dst]:
-            self._close_batches_of(dst)
+            self._mark(p)
+        elif p.batches:
+            p.close_batches()
         n = sum(map(len, parts))
         st.append(_pack_len(n))
         st.extend(parts)
-        self._staged[dst] += n
+        p.staged += n
 
     def begin(self, dst: int) -> bytearray:
         """Encode in place: returns a buffer to append the record's bytes to (after its
         4 placeholder bytes); then call ``end(buf)``. Queued like ``send``."""
-        st = self._stage[dst]
+        p = self._by_slot[dst]
+        st = p.data.stage
         if not st:
-            self._mark(dst)
-        elif self._obatch[dst]:
-            self._close_batches_of(dst)
+            self._mark(p)
+        elif p.batches:
+            p.close_batches()
         buf = bytearray(_PLACEHOLDER)
         st.append(buf)
         return buf
@@ -515,8 +628,9 @@ class Mesh:
         ``batch_limit`` bytes or is asked for with another ``match`` (those close it: the
         caller opens a new one). Records open under different keys take items in any
         order, so give one key to whatever must stay in order."""
-        opened = self._obatch[dst]
-        entry = opened.get(key) if opened else None
+        p = self._by_slot[dst]
+        opened = p.batches
+        entry = opened.get(key)
         if entry is None:
             return None
         buf = entry[1]
@@ -525,7 +639,7 @@ class Mesh:
         del opened[key]  # full, or another match: it closes
         n = len(buf) - 4
         _pack_len_into(buf, 0, n)
-        self._staged[dst] += n
+        p.staged += n
         return None
 
     def open_batch(self, dst: int, key: object, head: bytes, match: object = None) -> bytearray:
@@ -534,42 +648,29 @@ class Mesh:
         key, match)`` returns it. Its length is written when it closes. Many items, one
         record: one header to read, one lookup of the queue or consumer, one callback
         on the reading side."""
-        st = self._stage[dst]
+        p = self._by_slot[dst]
+        st = p.data.stage
         if not st:
-            self._mark(dst)
-        self.batch(dst, key, _CLOSE)  # closes a batch still open under ``key`` (no match)
-        opened = self._obatch[dst]
+            self._mark(p)
+        opened = p.batches
+        if opened:
+            entry = opened.pop(key, None)  # one still open under ``key`` closes
+            if entry is not None:
+                old = entry[1]
+                n = len(old) - 4
+                _pack_len_into(old, 0, n)
+                p.staged += n
         if not opened:
-            self._open.append(dst)
+            self._open.append(p)
         buf = bytearray(_PLACEHOLDER)
         buf += head
         st.append(buf)
         opened[key] = (match, buf)
         return buf
 
-    def _open_sizes(self, dst: int) -> int:
-        return sum([len(buf) for _m, buf in self._obatch[dst].values()])
-
-    def _close_batches_of(self, dst: int) -> None:
-        opened = self._obatch[dst]
-        if not opened:
-            return
-        n = 0
-        for _m, buf in opened.values():
-            size = len(buf) - 4
-            _pack_len_into(buf, 0, size)
-            n += size
-        opened.clear()
-        self._staged[dst] += n
-
     def pending(self, dst: int) -> int:
         """Bytes queued for ``dst`` and not yet in its ring."""
-        return (
-            sum(map(len, self._stage[dst]))
-            + sum(map(len, self._backlog[dst]))
-            + sum(map(len, self._cstage[dst]))
-            + sum(map(len, self._cbacklog[dst]))
-        )
+        return self._by_slot[dst].pending()
 
     def is_blocked(self, dst: int) -> bool:
         """True while the ring to ``dst`` is full, or once more than ``soft_limit`` bytes
@@ -577,7 +678,8 @@ class Mesh:
         into the ring."""
         if dst in self._blocked:
             return True
-        if self._staged[dst] + self._open_sizes(dst) > self.soft_limit:
+        p = self._by_slot[dst]
+        if p.staged + p.open_sizes() > self.soft_limit:
             self._blocked.add(dst)
             return True
         return False
@@ -591,121 +693,72 @@ class Mesh:
         ring is full; ``on_writable`` follows once all their data went in)."""
         self._flush_scheduled = False
         if self._open:
-            for j in self._open:
-                self._close_batches_of(j)
+            for p in self._open:
+                p.close_batches()
             self._open.clear()
         dirty = self._dirty
         if not dirty:
             return []
         self._dirty = []
         self.stats_flushes += 1
-        stage = self._stage
-        backlog = self._backlog
-        marked = self._marked
-        out = self._out
-        written: list[int] = []
-        full: list[int] = []
-        staged = self._staged
-        cstage = self._cstage
-        cout = self._cout
+        written: list[Peer] = []
+        full: list[Peer] = []
         cwaiting = self._cwaiting
-        for j in dirty:
-            marked[j] = False
-            staged[j] = 0
-            cst = cstage[j]
-            if cst or j in cwaiting:
-                cring = cout[j]
-                if cring is not None:
-                    cbl = self._cbacklog[j]
-                    if cst:
-                        cbl.append(b"".join(cst))
-                        cst.clear()
-                    while cbl:
-                        chunk = cbl[0]
-                        k = cring.write_bytes(chunk)
-                        if k < len(chunk):
-                            if k:
-                                bl0 = memoryview(chunk)[k:]
-                                cbl[0] = bl0
-                            break
-                        del cbl[0]
-                    if j not in written:
-                        written.append(j)
-                    if cbl:
-                        if j not in cwaiting:
-                            cwaiting.add(j)
-                        if not cring.writer_wait(1):
+        for p in dirty:
+            p.marked = False
+            p.staged = 0
+            lane = p.control
+            if lane.stage or lane.backlog:
+                ring = lane.ring
+                if ring is not None:
+                    lane.write(ring)
+                    written.append(p)
+                    if lane.backlog:
+                        cwaiting.add(p)
+                        if not ring.writer_wait(1):
                             self._schedule_flush()
                     else:
-                        cwaiting.discard(j)
-            ring = out[j]
-            if ring is None:
+                        cwaiting.discard(p)
+            lane = p.data
+            ring = lane.ring
+            if ring is None or not (lane.stage or lane.backlog):
                 continue
-            st = stage[j]
-            bl = backlog[j]
-            if st:
-                data = b"".join(st)
-                st.clear()
-                if not bl:
-                    # the common case: one copy into a buffer, one into the ring
-                    k = ring.write_bytes(data)
-                    if k:
-                        written.append(j)
-                    if k < len(data):
-                        bl.append(memoryview(data)[k:])
-                        full.append(j)
-                    continue
-                bl.append(data)
-            elif not bl:
-                continue
-            any_written = False
-            while bl:
-                chunk = bl[0]
-                k = ring.write_bytes(chunk)
-                if k:
-                    any_written = True
-                if k < len(chunk):
-                    if k:
-                        bl[0] = memoryview(chunk)[k:]
-                    break
-                del bl[0]
-            if any_written:
-                written.append(j)
-            if bl:
-                full.append(j)
+            if lane.write(ring) and (not written or written[-1] is not p):
+                written.append(p)
+            if lane.backlog:
+                full.append(p)
         if written:
             fence()
-            bells = self.doorbells
-            for j in written:
-                o, c = out[j], cout[j]
+            for p in written:
+                o, c = p.data.ring, p.control.ring
                 if (o is not None and o.reader_needs_wake()) or (
                     c is not None and c.reader_needs_wake()
                 ):
-                    bells[j].ring()
+                    p.bell.ring()
         blocked = self._blocked
         if blocked:
-            for j in dirty:
-                if j in blocked and not backlog[j] and not stage[j]:
-                    blocked.discard(j)
-                    ring = out[j]
-                    if ring is not None:
-                        ring.writer_resume()
-                    self.on_writable(j)
-        for j in full:
-            if not marked[j]:
-                marked[j] = True
-                self._dirty.append(j)
-            self._block(j)
-        for j in cwaiting:
-            if not marked[j]:
-                marked[j] = True
-                self._dirty.append(j)
-        return full
+            for p in dirty:
+                lane = p.data
+                if p.slot in blocked and not lane.backlog and not lane.stage:
+                    blocked.discard(p.slot)
+                    if lane.ring is not None:
+                        lane.ring.writer_resume()
+                    self.on_writable(p.slot)
+        for p in full:
+            if not p.marked:
+                p.marked = True
+                self._dirty.append(p)
+            self._block(p)
+        for p in cwaiting:
+            if not p.marked:
+                p.marked = True
+                self._dirty.append(p)
+        return [p.slot for p in full]
 
-    def _block(self, j: int) -> None:
-        ring = self._out[j]
+    def _block(self, p: Peer) -> None:
+        ring = p.data.ring
         assert ring is not None
-        self._blocked.add(j)
+        self._blocked.add(p.slot)
         if not ring.writer_wait(1):
             # space appeared meanwhile: try again on the next turn
             self._schedule_flush()
@@ -724,33 +777,31 @@ class Mesh:
         """Read every inbox once (up to ``batch`` records each); returns records read
         (at least 1 for an inbox that only delivered part of a streamed record)."""
         got = 0
-        inboxes = self._in
         on_records = self.on_records
         batch = self.read_batch
-        read: list[int] = []
-        cinboxes = self._cin
-        for k in self._peers:
-            cring = cinboxes[k]
+        read: list[Peer] = []
+        for p in self._peers:
+            k = p.slot
+            cring = p.cinbox
             if cring is not None and cring.readable():
                 before = cring.consumed
                 crecs = cring.read_all()
                 if cring.consumed != before:
                     got += len(crecs) or 1
-                    if k not in read:
-                        read.append(k)
+                    read.append(p)
                 if crecs:
                     try:
                         on_records(k, crecs)
                     except Exception:
                         log.exception("mesh: on_records(%d) failed", k)
-            ring = inboxes[k]
+            ring = p.inbox
             if ring is None:
                 continue
             before = ring.consumed
             recs = ring.read_all(batch)
             if ring.consumed != before:
-                if k not in read:
-                    read.append(k)
+                if not read or read[-1] is not p:
+                    read.append(p)
                 got += len(recs) or 1  # part of a streamed record counts as activity
             if recs:
                 try:
@@ -759,14 +810,13 @@ class Mesh:
                     log.exception("mesh: on_records(%d) failed", k)
         if read:
             fence()
-            bells = self.doorbells
-            for k in read:
-                ring = inboxes[k]
-                cring = cinboxes[k]
+            for p in read:
+                ring = p.inbox
+                cring = p.cinbox
                 if (ring is not None and ring.writer_needs_wake()) | (
                     cring is not None and cring.writer_needs_wake()
                 ):
-                    bells[k].ring()
+                    p.bell.ring()
         return got
 
     def _run_poll(self) -> None:
@@ -786,8 +836,11 @@ class Mesh:
             self._poll_scheduled = True
             self._loop.call_soon(self._run_poll)
 
+    def _inboxes(self) -> list[Ring]:
+        return [r for p in self._peers for r in (p.inbox, p.cinbox) if r is not None]
+
     def _go_to_sleep(self) -> None:
-        inboxes = [r for k in self._peers for r in (self._in[k], self._cin[k]) if r is not None]
+        inboxes = self._inboxes()
         for ring in inboxes:
             if not ring.reader_sleep():
                 for r in inboxes:
@@ -806,10 +859,8 @@ class Mesh:
         self.check_control()
         if self._sleeping:
             self._sleeping = False
-            for k in self._peers:
-                for ring in (self._in[k], self._cin[k]):
-                    if ring is not None:
-                        ring.reader_awake()
+            for ring in self._inboxes():
+                ring.reader_awake()
         self._run_poll()
 
     def _tick(self) -> None:
@@ -820,7 +871,7 @@ class Mesh:
         if self.control.seq != self._seq:
             self._wake()
         elif self._sleeping:
-            if any(r is not None and r.readable() for r in (*self._in, *self._cin)):
+            if any(r.readable() for r in self._inboxes()):
                 self._wake()
             elif self._blocked or self._cwaiting:
                 self._retry_blocked()
@@ -849,9 +900,9 @@ class Mesh:
                 pass
             if self._timer is not None:
                 self._timer.cancel()
-        for rings in (self._in, self._out, self._cin, self._cout):
-            for i, ring in enumerate(rings):
+        for p in self._peers:
+            for ring in (p.inbox, p.data.ring, p.cinbox, p.control.ring):
                 if ring is not None:
                     ring.close()
-                    rings[i] = None
+            p.inbox = p.cinbox = p.data.ring = p.control.ring = None
         self.control.close()

@@ -25,9 +25,10 @@ class FakeLink:
     is sent to their target or ``pump`` takes them, as the mesh closes them at its
     flush; several may be open per target, under different keys."""
 
-    def __init__(self, cluster: Cluster, slot: int) -> None:
+    def __init__(self, cluster: Cluster, slot: int, incarnation: int = 1) -> None:
         self.cluster = cluster
         self.slot = slot
+        self.incarnation = incarnation
         self.open: dict[int, dict[object, tuple[bytearray, object]]] = {}
         self.batch_limit = 32 * 1024
         self.blocked_set: set[int] = set()
@@ -122,7 +123,7 @@ class Cluster:
                 c.pump()
                 if len(c.methods) + len(c.deliveries) != before:
                     moved = True
-            if not moved and not any(b.shards._settles for b in self.brokers):
+            if not moved and not any(b.shards.user._settles for b in self.brokers):
                 return
         raise AssertionError("cluster did not settle")
 
@@ -148,7 +149,8 @@ class Cluster:
         self.sequencer.worker_down(slot)
         config = load_config()
         b = Broker(config, slot=slot, workers=self.n)
-        b.shards = ShardRouter(b, FakeLink(self, slot))
+        incarnation = self.brokers[slot].shards.link.incarnation + 1  # as the supervisor
+        b.shards = ShardRouter(b, FakeLink(self, slot, incarnation))
         b.sequencer = WorkerMeta(b.metadata, lambda m: self.control.append(("s", slot, m)))
         self.brokers[slot] = b
         self.sequencer.worker_up(slot)

@@ -47,9 +47,9 @@ def test_publish_consume_ack_across_three_workers_round_robin() -> None:
     assert c1.bodies() == [b"m0", b"m2", b"m4"]
     assert c2.bodies() == [b"m1", b"m3", b"m5"]
     owner = cl.brokers[1].vhosts["/"].queues[q]
-    assert owner.message_count == 0 and len(cl.brokers[1].shards.held) == 6
+    assert owner.message_count == 0 and len(cl.brokers[1].shards.owner.held) == 6
     _call(cl, c1, 1, M.BasicAck(delivery_tag=3, multiple=True))
-    assert len(cl.brokers[1].shards.held) == 3
+    assert len(cl.brokers[1].shards.owner.held) == 3
 
 
 def test_prefetch_credit_limits_a_remote_consumer() -> None:
@@ -198,6 +198,33 @@ def test_worker_death_nacks_cancels_and_requeues() -> None:
     assert q in cl.brokers[1].vhosts["/"].queues  # definitions came back with the snapshot
 
 
+def test_a_settle_meant_for_a_dead_incarnation_never_settles_one_of_the_new() -> None:
+    """Refs embed the owner's incarnation (the control block's gen of its slot): an ack
+    of a delivery the dead worker 1 made reaches the respawned worker 1, whose own
+    counter made the same sequence of refs, and settles nothing there."""
+    cl, q = _three()
+    pub, con = cl.connect(0), cl.connect(2)
+    pub.open_channel(1)
+    con.open_channel(1)
+    _call(cl, pub, 1, M.QueueDeclare(queue=q))
+    _call(cl, con, 1, M.BasicConsume(queue=q, consumer_tag="old"))
+    pub.publish(1, "", q, b"before")
+    cl.pump()
+    assert con.bodies() == [b"before"]
+    old_refs = set(cl.brokers[1].shards.owner.held)
+    cl.kill(1)
+    _call(cl, con, 1, M.BasicConsume(queue=q, consumer_tag="new"))
+    pub.publish(1, "", q, b"after")
+    cl.pump()
+    assert con.bodies() == [b"before", b"after"]
+    owner = cl.brokers[1].shards.owner
+    assert len(owner.held) == 1 and not set(owner.held) & old_refs
+    _call(cl, con, 1, M.BasicAck(delivery_tag=1))  # the dead incarnation's delivery
+    assert len(owner.held) == 1  # the new incarnation's message is still unacked
+    _call(cl, con, 1, M.BasicAck(delivery_tag=2))
+    assert not owner.held
+
+
 def _answers(client: Client) -> dict[int, str]:
     """Each publish's confirm ("ack"/"nack"), checking that none gets two and that a
     multiple ack never spans a nack (a blocking client waits for one answer per publish;
@@ -323,7 +350,7 @@ def test_tx_commit_waits_for_the_workers_owning_the_queues() -> None:
     assert sum(isinstance(m, M.TxCommitOk) for _c, m in pub.methods) == 1
     for slot, name in ((0, q0), (1, q1), (2, q2)):
         assert len(cl.brokers[slot].vhosts["/"].queues[name].store) == 1
-    assert not cl.brokers[0].shards.tx_waiting
+    assert not cl.brokers[0].shards.user.tx_waiting
     # an owner that dies before confirming fails the commit: never a commit-ok
     pub.publish(1, "", q1, b"lost", persistent)
     pub.call(1, M.TxCommit())
@@ -332,7 +359,7 @@ def test_tx_commit_waits_for_the_workers_owning_the_queues() -> None:
     assert sum(isinstance(m, M.TxCommitOk) for _c, m in pub.methods) == 1
     closes = [m for _c, m in pub.methods if isinstance(m, M.ConnectionClose)]
     assert closes and closes[-1].reply_code == 541
-    assert not cl.brokers[0].shards.tx_waiting
+    assert not cl.brokers[0].shards.user.tx_waiting
 
 
 def test_batched_remote_deliveries_are_the_bytes_a_local_consumer_gets() -> None:
@@ -382,9 +409,9 @@ def test_batched_remote_deliveries_are_the_bytes_a_local_consumer_gets() -> None
         assert all(d.method.exchange == "fx" for d in got), name  # type: ignore[attr-defined]
         assert not any(d.method.redelivered for d in got), name  # type: ignore[attr-defined]
     acked = consumers["acked"][0]
-    assert len(cl.brokers[1].shards.held) == 12
+    assert len(cl.brokers[1].shards.owner.held) == 12
     _call(cl, acked, 3, M.BasicAck(delivery_tag=12, multiple=True))
-    assert not cl.brokers[1].shards.held
+    assert not cl.brokers[1].shards.owner.held
 
 
 def test_no_ack_credit_goes_back_in_chunks_never_leaving_the_owner_short() -> None:
@@ -397,7 +424,7 @@ def test_no_ack_credit_goes_back_in_chunks_never_leaving_the_owner_short() -> No
     con.open_channel(1)
     _call(cl, pub, 1, M.QueueDeclare(queue=q))
     _call(cl, con, 1, M.BasicConsume(queue=q, no_ack=True))
-    proxy = next(iter(cl.brokers[1].shards.proxies.values()))
+    proxy = next(iter(cl.brokers[1].shards.owner.proxies.values()))
     assert proxy.credit == REMOTE_WINDOW
     grants: list[int] = []
     router = cl.brokers[2].shards

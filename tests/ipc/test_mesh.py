@@ -47,6 +47,19 @@ def run(coro: object) -> object:
     return asyncio.run(asyncio.wait_for(coro, 20))  # type: ignore[arg-type]
 
 
+def test_a_mesh_knows_its_incarnation_from_the_control_block(host: MeshHost) -> None:
+    """The worker's incarnation is its slot's ``gen``, bumped by the supervisor before
+    every spawn (refs handed to other workers embed it): 0 before any spawn."""
+    assert host.begin_incarnation(1, renew_rings=False) == 1
+    assert host.begin_incarnation(1, renew_rings=True) == 2
+    ms = meshes(host)
+    try:
+        assert [m.incarnation for m in ms] == [0, 2, 0]
+    finally:
+        for m in ms:
+            m.close()
+
+
 def test_create_attach_cleanup(tmp_path: Path) -> None:
     data = tmp_path / "data"
     h = MeshHost(str(data), 3, 4096)
