@@ -54,9 +54,9 @@ __all__ = [
 D = TypeVar("D", bound=Hashable)
 
 _EMPTY: tuple[Any, ...] = ()
-_MISSING: Any = object()  # header absent
-_PRESENT: Any = object()  # binding value is void: header must merely be present
-_VOID: Any = object()  # header value is void (equal to nothing but itself)
+_MISSING: object = object()  # header absent
+_PRESENT: object = object()  # binding value is void: header must merely be present
+_VOID: object = object()  # header value is void (equal to nothing but itself)
 
 
 class BindingArgumentError(SoftError, ValueError):

@@ -413,7 +413,7 @@ def _group(queues: tuple[AnyQueue, ...]) -> Route:
     return (local, tuple((shard, tuple(qs)) for shard, qs in sorted(by_shard.items())))
 
 
-def _arg_repr(v: Any) -> str:
+def _arg_repr(v: object) -> str:
     if v is None:
         return "none"
     if isinstance(v, bool):
