@@ -28,15 +28,19 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from multiprocessing.process import BaseProcess
+from typing import Any, TypeVar, cast
 
 from loadtest import procstat
 from loadtest.client import URI, AMQPClientError, connect
 from loadtest.stats import Histogram
 from loadtest.worker import NEVER, WorkerPlan, worker_main
 from shardmq.broker.metadata import shard_for
+
+T = TypeVar("T")
 
 DEFAULT_URI = "amqp://guest:guest@127.0.0.1:5672/"
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "default")
@@ -230,14 +234,14 @@ async def _cleanup(cfg: BenchConfig, topo: Topology) -> list[str]:
     return problems
 
 
-def _run_async(coro: Any) -> Any:
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
     import uvloop
 
     return uvloop.run(coro)
 
 
 # ------------------------------------------------------------------------ processes
-def _split(items: list[Any], parts: int) -> list[list[Any]]:
+def _split(items: list[T], parts: int) -> list[list[T]]:
     parts = max(1, min(parts, len(items))) if items else 0
     return [items[i::parts] for i in range(parts)]
 
@@ -251,7 +255,7 @@ def _procs(asked: int, n: int) -> int:
 @dataclass
 class _Proc:
     plan: WorkerPlan
-    process: Any
+    process: BaseProcess
     conn: Connection
     ready: dict | None = None
     progress: dict | None = None
@@ -314,8 +318,9 @@ class Bench:
         if not live:
             time.sleep(max(0.0, timeout))
             return
-        for conn in wait(list(live), timeout):
-            wp = live[conn]  # type: ignore[index]
+        # wait() returns some of the objects it was given: these connections
+        for conn in cast(list[Connection], wait(list(live), timeout)):
+            wp = live[conn]
             try:
                 while conn.poll():
                     kind, payload = conn.recv()
@@ -333,7 +338,9 @@ class Bench:
                 if wp.result is None and wp.error is None:
                     wp.error = f"{wp.plan.role} {wp.plan.index}: worker exited without a result"
 
-    def _wait_for(self, procs: list[_Proc], pred: Any, deadline: float, what: str) -> None:
+    def _wait_for(
+        self, procs: list[_Proc], pred: Callable[[_Proc], bool], deadline: float, what: str
+    ) -> None:
         while True:
             pending = [wp for wp in procs if not pred(wp) and wp.error is None]
             if not pending:
@@ -415,7 +422,10 @@ class Bench:
 
     def _plans(self, topo: Topology) -> tuple[list[WorkerPlan], list[WorkerPlan]]:
         cfg = self.cfg
-        common = dict(
+        # what every plan shares; each gets its role, index, connections and worker
+        common = WorkerPlan(
+            role="",
+            index=0,
             uri=cfg.uri,
             size=cfg.size,
             rate=cfg.rate,
@@ -436,14 +446,14 @@ class Bench:
                 )
         pspecs = [(topo.exchange, keys, quotas[i]) for i, keys in enumerate(topo.producer_keys)]
         pplans = [
-            WorkerPlan(
-                role="producer", index=i, producers=chunk, worker=cfg.producer_worker, **common
+            dataclasses.replace(
+                common, role="producer", index=i, producers=chunk, worker=cfg.producer_worker
             )
             for i, chunk in enumerate(_split(pspecs, _procs(cfg.producer_procs, len(pspecs))))
         ]
         cplans = [
-            WorkerPlan(
-                role="consumer", index=i, consumers=chunk, worker=cfg.consumer_worker, **common
+            dataclasses.replace(
+                common, role="consumer", index=i, consumers=chunk, worker=cfg.consumer_worker
             )
             for i, chunk in enumerate(
                 _split(topo.consumer_queues, _procs(cfg.consumer_procs, len(topo.consumer_queues)))
@@ -502,7 +512,9 @@ class Bench:
         self._wait_for(cons, lambda wp: wp.result is not None, time.monotonic() + 60, "result")
         return self._finish(out, topo, errors, expected)
 
-    def _live(self, prods: list[_Proc], cons: list[_Proc], done: Any, limit: float) -> None:
+    def _live(
+        self, prods: list[_Proc], cons: list[_Proc], done: Callable[[], bool], limit: float
+    ) -> None:
         deadline = time.monotonic() + limit
         next_print = time.monotonic() + 1.0
         last: tuple[int, int, float] | None = None
@@ -633,7 +645,7 @@ def _cpu_pct(r: dict) -> float:
     return round(100.0 * (s["cpu"] - w["cpu"]) / ((s["t"] - w["t"]) / 1e9), 1)
 
 
-def _stderr(*a: Any) -> None:
+def _stderr(*a: object) -> None:
     print(*a, file=sys.stderr, flush=True)
 
 

@@ -30,7 +30,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 from shardmq.amqp import methods as M
@@ -55,12 +55,11 @@ _DELIVER = (60 << 16) | 60
 _ACK = (60 << 16) | 80
 _NACK = (60 << 16) | 120
 _RETURN = (60 << 16) | 50
-_CHANNEL_CLOSE = (20 << 16) | 40
-_CONNECTION_CLOSE = (10 << 16) | 50
 _CONNECTION_BLOCKED = (10 << 16) | 60
 _CONNECTION_UNBLOCKED = (10 << 16) | 61
 _BASIC_CANCEL = (60 << 16) | 30
-_CHANNEL_FLOW = (20 << 16) | 20
+
+R = TypeVar("R", bound=M.Method)  # the reply an rpc expects
 
 monotonic_ns = time.monotonic_ns
 HEARTBEAT_FRAME = _HDR.pack(FRAME_HEARTBEAT, 0, 0) + b"\xce"
@@ -103,7 +102,7 @@ def frame(ftype: int, channel: int, payload: bytes) -> bytes:
     return _HDR.pack(ftype, channel, len(payload)) + payload + b"\xce"
 
 
-def method_frame(channel: int, method: Any) -> bytes:
+def method_frame(channel: int, method: M.Method) -> bytes:
     return frame(FRAME_METHOD, channel, method.encode())
 
 
@@ -181,15 +180,16 @@ class Client(asyncio.BufferedProtocol):
     """One AMQP connection with channel 1 open after :func:`connect`."""
 
     def __init__(self) -> None:
-        self.transport: Any = None  # uvloop's transports are not asyncio.Transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self._cap = 1 << 20
         self._buf = bytearray(self._cap)
         self._start = 0
         self._end = 0
         self._min_read = 65536
-        self._rpc: asyncio.Future | None = None
-        self._inbox: deque[Any] = deque()
+        self._rpc: asyncio.Future[M.Method] | None = None
+        self._inbox: deque[M.Method] = deque()
         self._closed = self.loop.create_future()
         self._can_write = asyncio.Event()
         self._can_write.set()
@@ -220,8 +220,8 @@ class Client(asyncio.BufferedProtocol):
         self.error_texts: list[str] = []
 
     # ------------------------------------------------------------- transport
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -389,14 +389,14 @@ class Client(asyncio.BufferedProtocol):
         except Exception as exc:  # a broken frame from the peer: count it, drop it
             self._error(f"undecodable method {cm >> 16}.{cm & 0xFFFF}: {exc!r}")
             return
-        if cm == _CHANNEL_CLOSE:
+        if isinstance(method, M.ChannelClose):
             self._send(method_frame(1, M.ChannelCloseOk()))
             err = AMQPClientError(
                 f"channel.close {method.reply_code} {_txt(method.reply_text)}", method.reply_code
             )
             self._error(str(err))
             self._fail_rpc(err)
-        elif cm == _CONNECTION_CLOSE:
+        elif isinstance(method, M.ConnectionClose):
             self._send(method_frame(0, M.ConnectionCloseOk()))
             err = AMQPClientError(
                 f"connection.close {method.reply_code} {_txt(method.reply_text)}",
@@ -413,7 +413,7 @@ class Client(asyncio.BufferedProtocol):
             self._can_write.set()
         elif cm == _BASIC_CANCEL:
             self._error("consumer cancelled by broker")
-        elif cm == _CHANNEL_FLOW:
+        elif isinstance(method, M.ChannelFlow):
             self._send(method_frame(1, M.ChannelFlowOk(active=method.active)))
         elif cm == _RETURN:
             pass
@@ -430,7 +430,7 @@ class Client(asyncio.BufferedProtocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
-    async def rpc(self, channel: int, method: Any, timeout: float = 30.0) -> Any:
+    async def rpc(self, channel: int, method: M.Method, timeout: float = 30.0) -> M.Method:
         """Send a synchronous method, await the server's reply method."""
         if self.transport is None or self.transport.is_closing():
             raise AMQPClientError("connection is closed")
@@ -502,7 +502,7 @@ class Client(asyncio.BufferedProtocol):
         if hb:
             self.loop.create_task(self._heartbeat(hb))
 
-    async def _await_method(self, timeout: float) -> Any:
+    async def _await_method(self, timeout: float) -> M.Method:
         if self._inbox:
             return self._inbox.popleft()
         fut = self.loop.create_future()
@@ -534,6 +534,13 @@ class Client(asyncio.BufferedProtocol):
             self.abort()
 
     # ----------------------------------------------------------- convenience
+    async def _call(self, method: M.Method, reply: type[R]) -> R:
+        """``rpc`` on channel 1 whose answer must be a ``reply``."""
+        ok = await self.rpc(1, method)
+        if not isinstance(ok, reply):
+            raise AMQPClientError(f"expected {reply.NAME}, got {type(ok).__name__}")
+        return ok
+
     async def exchange_declare(
         self, name: str, type_: str, durable: bool = False, auto_delete: bool = False
     ) -> None:
@@ -547,20 +554,20 @@ class Client(asyncio.BufferedProtocol):
 
     async def queue_declare(
         self, name: str, durable: bool = False, passive: bool = False, arguments: dict | None = None
-    ) -> Any:
-        return await self.rpc(
-            1,
+    ) -> M.QueueDeclareOk:
+        return await self._call(
             M.QueueDeclare(queue=name, durable=durable, passive=passive, arguments=arguments or {}),
+            M.QueueDeclareOk,
         )
 
     async def queue_bind(self, queue: str, exchange: str, routing_key: str) -> None:
         await self.rpc(1, M.QueueBind(queue=queue, exchange=exchange, routing_key=routing_key))
 
-    async def queue_delete(self, name: str) -> Any:
-        return await self.rpc(1, M.QueueDelete(queue=name))
+    async def queue_delete(self, name: str) -> M.QueueDeleteOk:
+        return await self._call(M.QueueDelete(queue=name), M.QueueDeleteOk)
 
-    async def queue_purge(self, name: str) -> Any:
-        return await self.rpc(1, M.QueuePurge(queue=name))
+    async def queue_purge(self, name: str) -> M.QueuePurgeOk:
+        return await self._call(M.QueuePurge(queue=name), M.QueuePurgeOk)
 
     async def basic_qos(self, prefetch: int) -> None:
         await self.rpc(1, M.BasicQos(prefetch_count=prefetch))
@@ -579,7 +586,7 @@ class Client(asyncio.BufferedProtocol):
         await self.rpc(1, M.BasicCancel(consumer_tag=tag))
 
 
-def _txt(v: Any) -> str:
+def _txt(v: object) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes | bytearray) else str(v)
 
 

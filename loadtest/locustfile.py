@@ -31,17 +31,18 @@ import logging
 import struct
 import time
 import uuid
-from typing import Any
 
 import pika
 from locust import User, constant, constant_throughput, events, task
+from locust.argument_parser import LocustArgumentParser
+from locust.env import Environment
 from locust.runners import WorkerRunner
 
 _TS = struct.Struct(">Q")
 
 
 @events.init_command_line_parser.add_listener
-def _options(parser: Any) -> None:
+def _options(parser: LocustArgumentParser) -> None:
     parser.add_argument("--amqp-prefix", default="locust", help="queue name prefix")
     parser.add_argument("--message-size", type=int, default=64, help="body bytes (>= 8)")
     parser.add_argument("--publish-rate", type=float, default=10.0, help="msg/s per publisher")
@@ -50,18 +51,18 @@ def _options(parser: Any) -> None:
 
 
 @events.init.add_listener
-def _quiet_pika(**_kw: Any) -> None:
+def _quiet_pika(**_kw: object) -> None:
     # pika logs every connection open/close at INFO: 100 users would bury locust's output
     logging.getLogger("pika").setLevel(logging.WARNING)
 
 
-def _queues(env: Any) -> tuple[str, str]:
+def _queues(env: Environment) -> tuple[str, str]:
     prefix = env.parsed_options.amqp_prefix if env.parsed_options else "locust"
     return f"{prefix}.work", f"{prefix}.rpc"
 
 
 @events.test_stop.add_listener
-def _cleanup(environment: Any, **_kw: Any) -> None:
+def _cleanup(environment: Environment, **_kw: object) -> None:
     if isinstance(environment.runner, WorkerRunner) or not environment.host:
         return
     try:

@@ -25,7 +25,10 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext
+from multiprocessing.process import BaseProcess
+from typing import cast
 
 from shardmq.amqp import methods as M
 
@@ -78,7 +81,9 @@ class SinkProtocol(asyncio.BufferedProtocol):
         self.buf = bytearray(1 << 20)
         self.start = 0
         self.end = 0
-        self.transport: Any = None
+        # set by connection_made (uvloop's transports are not asyncio.Transport
+        # subclasses, but have its methods)
+        self.transport: asyncio.Transport
         self.handshake = True
         self.confirm: set[int] = set()
         self.pub_seq: dict[int, int] = {}
@@ -93,8 +98,8 @@ class SinkProtocol(asyncio.BufferedProtocol):
         self.no_ack: dict[int, bool] = {}
 
     # -- transport
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=1 << 20, low=256 << 10)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -120,7 +125,7 @@ class SinkProtocol(asyncio.BufferedProtocol):
             self.start, self.end = 0, live
         return memoryview(self.buf)[self.end :]
 
-    def send(self, ch: int, method: Any) -> None:
+    def send(self, ch: int, method: M.Method) -> None:
         self.transport.write(_frame(1, ch, method.encode()))
 
     # -- input
@@ -186,8 +191,8 @@ class SinkProtocol(asyncio.BufferedProtocol):
             if pub_ch in self.confirm:
                 self.transport.write(_ACK_FRAME.pack(1, pub_ch, 13, 60, 80, seq, 1, 0xCE))
 
-    def on_method(self, ch: int, m: Any) -> None:
-        reply: Callable[[], Any] | None = _REPLIES.get(type(m))
+    def on_method(self, ch: int, m: M.Method) -> None:
+        reply = _REPLIES.get(type(m))
         if isinstance(m, M.ConnectionStartOk):
             self.send(0, M.ConnectionTune(channel_max=2047, frame_max=131072, heartbeat=0))
         elif isinstance(m, M.ConnectionTuneOk):
@@ -252,7 +257,7 @@ class SinkProtocol(asyncio.BufferedProtocol):
             await asyncio.sleep(0)
 
 
-_REPLIES: dict[type, Callable[[], Any]] = {
+_REPLIES: dict[type[M.Method], Callable[[], M.Method]] = {
     M.ConnectionOpen: lambda: M.ConnectionOpenOk(),
     M.ChannelOpen: lambda: M.ChannelOpenOk(),
     M.ExchangeDeclare: lambda: M.ExchangeDeclareOk(),
@@ -262,6 +267,11 @@ _REPLIES: dict[type, Callable[[], Any]] = {
     M.QueueDelete: lambda: M.QueueDeleteOk(message_count=0),
     M.QueuePurge: lambda: M.QueuePurgeOk(message_count=0),
 }
+
+
+def _stop(stop: asyncio.Future[None]) -> None:
+    if not stop.done():
+        stop.set_result(None)
 
 
 async def serve(port: int, size: int, ready: Callable[[int], None] | None = None) -> None:
@@ -275,12 +285,12 @@ async def serve(port: int, size: int, ready: Callable[[int], None] | None = None
         ready(bound)
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, _stop, stop)
     async with server:
         await stop
 
 
-def _child(conn: Any, size: int) -> None:
+def _child(conn: Connection, size: int) -> None:
     import uvloop
 
     def ready(port: int) -> None:
@@ -293,7 +303,7 @@ def _child(conn: Any, size: int) -> None:
 class SinkProcess:
     """A sink in a child process (see :func:`start_sink_process`)."""
 
-    def __init__(self, process: Any, port: int) -> None:
+    def __init__(self, process: BaseProcess, port: int) -> None:
         self.process = process
         self.port = port
         self.pid = process.pid
@@ -306,7 +316,7 @@ class SinkProcess:
             self.process.join(2)
 
 
-def start_sink_process(ctx: Any, size: int = 16) -> SinkProcess:
+def start_sink_process(ctx: SpawnContext, size: int = 16) -> SinkProcess:
     parent, child = ctx.Pipe()
     p = ctx.Process(target=_child, args=(child, size), daemon=True)
     p.start()

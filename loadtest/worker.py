@@ -158,7 +158,10 @@ class Producer:
     async def run(self, t_go: int, t_stop: int, stopped: asyncio.Event) -> None:
         c = self.client
         tmpl = self.tmpl
-        write = c.transport.write
+        transport = c.transport
+        if transport is None:
+            raise AMQPClientError("not connected")
+        write = transport.write
         pack = _U64.pack
         batch = self.batch
         window = self.window
@@ -175,7 +178,7 @@ class Producer:
             if not c.writable:
                 await c.wait_writable()
                 continue
-            if c.transport.is_closing():
+            if transport.is_closing():
                 break
             n = batch
             if window:

@@ -71,10 +71,10 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
 
 
-def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: object) -> Config:
     """Load ``path`` (or defaults) and apply ``overrides`` of the server section
     (None values are ignored)."""
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = {}  # parsed TOML: msgspec.convert checks it against Config
     where = "defaults"
     if path is not None:
         where = str(path)

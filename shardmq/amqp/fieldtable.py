@@ -101,55 +101,60 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 # Each decoder takes (buf, offset just after the type tag) and returns (value, new offset).
 # They raise raw IndexError/struct.error/...; the public wrappers turn those into HardError.
 
-_Decoder = Callable[[Any, int], tuple[Any, int]]
+# The decoders read bytes or bytearray (they slice and .decode()); the public functions
+# also take a memoryview, and decode a copy of the item. Decoded values are Any: a field
+# table holds whatever the peer sent.
+_Bytes = bytes | bytearray
+Buffer = bytes | bytearray | memoryview
+_Decoder = Callable[[_Bytes, int], tuple[Any, int]]
 
 
-def _d_bool(buf: Any, o: int) -> tuple[Any, int]:
+def _d_bool(buf: _Bytes, o: int) -> tuple[Any, int]:
     return buf[o] != 0, o + 1
 
 
-def _d_int8(buf: Any, o: int) -> tuple[Any, int]:
+def _d_int8(buf: _Bytes, o: int) -> tuple[Any, int]:
     return _i8.unpack_from(buf, o)[0], o + 1
 
 
-def _d_uint8(buf: Any, o: int) -> tuple[Any, int]:
+def _d_uint8(buf: _Bytes, o: int) -> tuple[Any, int]:
     return buf[o], o + 1
 
 
-def _d_int16(buf: Any, o: int) -> tuple[Any, int]:
+def _d_int16(buf: _Bytes, o: int) -> tuple[Any, int]:
     return _i16.unpack_from(buf, o)[0], o + 2
 
 
-def _d_uint16(buf: Any, o: int) -> tuple[Any, int]:
+def _d_uint16(buf: _Bytes, o: int) -> tuple[Any, int]:
     return _u16.unpack_from(buf, o)[0], o + 2
 
 
-def _d_int32(buf: Any, o: int) -> tuple[Any, int]:
+def _d_int32(buf: _Bytes, o: int) -> tuple[Any, int]:
     return _i32.unpack_from(buf, o)[0], o + 4
 
 
-def _d_uint32(buf: Any, o: int) -> tuple[Any, int]:
+def _d_uint32(buf: _Bytes, o: int) -> tuple[Any, int]:
     return _u32_unpack(buf, o)[0], o + 4
 
 
-def _d_int64(buf: Any, o: int) -> tuple[Any, int]:
+def _d_int64(buf: _Bytes, o: int) -> tuple[Any, int]:
     return _i64.unpack_from(buf, o)[0], o + 8
 
 
-def _d_float(buf: Any, o: int) -> tuple[Any, int]:
+def _d_float(buf: _Bytes, o: int) -> tuple[Any, int]:
     return _f32.unpack_from(buf, o)[0], o + 4
 
 
-def _d_double(buf: Any, o: int) -> tuple[Any, int]:
+def _d_double(buf: _Bytes, o: int) -> tuple[Any, int]:
     return _f64.unpack_from(buf, o)[0], o + 8
 
 
-def _d_decimal(buf: Any, o: int) -> tuple[Any, int]:
+def _d_decimal(buf: _Bytes, o: int) -> tuple[Any, int]:
     scale, raw = _dec.unpack_from(buf, o)
     return Decimal(f"{raw}E-{scale}"), o + 5  # exact, whatever the decimal context
 
 
-def _d_longstr(buf: Any, o: int) -> tuple[Any, int]:
+def _d_longstr(buf: _Bytes, o: int) -> tuple[Any, int]:
     n = _u32_unpack(buf, o)[0]
     o += 4
     end = o + n
@@ -162,7 +167,7 @@ def _d_longstr(buf: Any, o: int) -> tuple[Any, int]:
         return bytes(raw), end
 
 
-def _d_bytearray(buf: Any, o: int) -> tuple[Any, int]:
+def _d_bytearray(buf: _Bytes, o: int) -> tuple[Any, int]:
     n = _u32_unpack(buf, o)[0]
     o += 4
     end = o + n
@@ -171,15 +176,15 @@ def _d_bytearray(buf: Any, o: int) -> tuple[Any, int]:
     return ByteArray(buf[o:end]), end
 
 
-def _d_timestamp(buf: Any, o: int) -> tuple[Any, int]:
+def _d_timestamp(buf: _Bytes, o: int) -> tuple[Any, int]:
     return Timestamp(_u64.unpack_from(buf, o)[0]), o + 8
 
 
-def _d_void(buf: Any, o: int) -> tuple[Any, int]:
+def _d_void(buf: _Bytes, o: int) -> tuple[Any, int]:
     return None, o
 
 
-def _table(buf: Any, o: int) -> tuple[dict[str, Any], int]:
+def _table(buf: _Bytes, o: int) -> tuple[dict[str, Any], int]:
     n = _u32_unpack(buf, o)[0]
     o += 4
     if n == 0:
@@ -221,7 +226,7 @@ def _table(buf: Any, o: int) -> tuple[dict[str, Any], int]:
     return result, end
 
 
-def _array(buf: Any, o: int) -> tuple[list[Any], int]:
+def _array(buf: _Bytes, o: int) -> tuple[list[Any], int]:
     n = _u32_unpack(buf, o)[0]
     o += 4
     end = o + n
@@ -239,7 +244,7 @@ def _array(buf: Any, o: int) -> tuple[list[Any], int]:
 
 
 def _d_unknown_factory(tag: int) -> _Decoder:
-    def _d_unknown(buf: Any, o: int) -> tuple[Any, int]:
+    def _d_unknown(buf: _Bytes, o: int) -> tuple[Any, int]:
         raise HardError(FRAME_ERROR, f"unknown field table type {chr(tag)!r} (0x{tag:02x})")
 
     return _d_unknown
@@ -281,7 +286,7 @@ def _copy_of_item(buf: memoryview, offset: int) -> bytes:
     return buf[offset : offset + 4 + n].tobytes()
 
 
-def decode_table(buf: Any, offset: int = 0) -> tuple[dict[str, Any], int]:
+def decode_table(buf: Buffer, offset: int = 0) -> tuple[dict[str, Any], int]:
     """Decode a length-prefixed field table at ``offset``; return (table, offset after it)."""
     try:
         if type(buf) is not memoryview:
@@ -292,7 +297,7 @@ def decode_table(buf: Any, offset: int = 0) -> tuple[dict[str, Any], int]:
         raise _malformed("field table", exc) from None
 
 
-def decode_array(buf: Any, offset: int = 0) -> tuple[list[Any], int]:
+def decode_array(buf: Buffer, offset: int = 0) -> tuple[list[Any], int]:
     """Decode a length-prefixed field array at ``offset``; return (list, offset after it)."""
     try:
         if type(buf) is not memoryview:
@@ -303,7 +308,7 @@ def decode_array(buf: Any, offset: int = 0) -> tuple[list[Any], int]:
         raise _malformed("field array", exc) from None
 
 
-def decode_value(buf: Any, offset: int = 0) -> tuple[Any, int]:
+def decode_value(buf: Buffer, offset: int = 0) -> tuple[Any, int]:
     """Decode one field value (type tag + value) at ``offset``; return (value, new offset)."""
     try:
         if type(buf) is memoryview:

@@ -9,10 +9,12 @@ fields, ``decode(buf, offset)`` (offset = first argument byte, after class-id/me
 and ``encode()`` (the whole method frame payload: class-id, method-id, arguments);
 ``METHODS`` (INDEX -> class), ``decode_method(payload)`` and ``BasicProperties``.
 
-Invariants: decoders accept bytes/bytearray/memoryview and raise only ``HardError``
-(FRAME_ERROR for malformed input, COMMAND_INVALID for an unknown method); shortstr
-fields decode to ``str``, longstr to ``bytes``, tables to ``dict`` (``None`` in a
-constructor means an empty table); bits are packed LSB first.
+Invariants: decoders accept bytes/bytearray/memoryview (one with a shortstr decodes a
+memoryview from a copy) and raise only ``HardError`` (FRAME_ERROR for malformed input,
+COMMAND_INVALID for an unknown method); shortstr fields decode to ``str``, longstr to
+``bytes`` (a constructor also takes a ``str`` and stores it UTF-8 encoded), tables to
+``dict`` (``None`` in a constructor means an empty table); bits are packed LSB first.
+The module type-checks (mypy): ``__match_args__`` is a literal tuple.
 """
 
 # fmt: off
@@ -110,12 +112,6 @@ def _malformed(cls: type, exc: BaseException) -> HardError:
 _new = object.__new__
 
 
-def _as_bytes(buf: Buffer, offset: int) -> bytes:
-    if type(buf) is not memoryview:
-        raise TypeError(f"cannot decode from {type(buf).__name__}")
-    return buf[offset:].tobytes()
-
-
 def _shortstr_too_long(what: str) -> ValueError:
     return ValueError(f"{what}: shortstr longer than 255 bytes")
 
@@ -178,7 +174,13 @@ class ConnectionStart(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = (
+        "version_major",
+        "version_minor",
+        "server_properties",
+        "mechanisms",
+        "locales",
+    )
     RESPONSES = (0x000A000B,)
 
     def __init__(
@@ -192,8 +194,8 @@ class ConnectionStart(Method):
         self.version_major = version_major
         self.version_minor = version_minor
         self.server_properties = server_properties
-        self.mechanisms = mechanisms
-        self.locales = locales
+        self.mechanisms = mechanisms.encode() if isinstance(mechanisms, str) else mechanisms
+        self.locales = locales.encode() if isinstance(locales, str) else locales
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionStart:
@@ -219,11 +221,7 @@ class ConnectionStart(Method):
 
     def encode(self) -> bytes:
         mechanisms_b = self.mechanisms
-        if isinstance(mechanisms_b, str):
-            mechanisms_b = mechanisms_b.encode()
         locales_b = self.locales
-        if isinstance(locales_b, str):
-            locales_b = locales_b.encode()
         return b"".join(
             (
                 _S_HHBB.pack(10, 10, self.version_major, self.version_minor),
@@ -250,7 +248,7 @@ class ConnectionStartOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("client_properties", "mechanism", "response", "locale")
 
     def __init__(
         self,
@@ -261,11 +259,13 @@ class ConnectionStartOk(Method):
     ) -> None:
         self.client_properties = client_properties
         self.mechanism = mechanism
-        self.response = response
+        self.response = response.encode() if isinstance(response, str) else response
         self.locale = locale
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionStartOk:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -286,8 +286,6 @@ class ConnectionStartOk(Method):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
@@ -295,8 +293,6 @@ class ConnectionStartOk(Method):
         if len(mechanism_b) > 255:
             raise _shortstr_too_long("connection.start-ok.mechanism")
         response_b = self.response
-        if isinstance(response_b, str):
-            response_b = response_b.encode()
         locale_b = self.locale.encode()
         if len(locale_b) > 255:
             raise _shortstr_too_long("connection.start-ok.locale")
@@ -328,11 +324,11 @@ class ConnectionSecure(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("challenge",)
     RESPONSES = (0x000A0015,)
 
     def __init__(self, challenge: bytes | str = b"") -> None:
-        self.challenge = challenge
+        self.challenge = challenge.encode() if isinstance(challenge, str) else challenge
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionSecure:
@@ -351,8 +347,6 @@ class ConnectionSecure(Method):
 
     def encode(self) -> bytes:
         challenge_b = self.challenge
-        if isinstance(challenge_b, str):
-            challenge_b = challenge_b.encode()
         return _S_HHI.pack(10, 20, len(challenge_b)) + challenge_b
 
 
@@ -370,10 +364,10 @@ class ConnectionSecureOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("response",)
 
     def __init__(self, response: bytes | str = b"") -> None:
-        self.response = response
+        self.response = response.encode() if isinstance(response, str) else response
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionSecureOk:
@@ -392,8 +386,6 @@ class ConnectionSecureOk(Method):
 
     def encode(self) -> bytes:
         response_b = self.response
-        if isinstance(response_b, str):
-            response_b = response_b.encode()
         return _S_HHI.pack(10, 21, len(response_b)) + response_b
 
 
@@ -411,7 +403,7 @@ class ConnectionTune(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("channel_max", "frame_max", "heartbeat")
     RESPONSES = (0x000A001F,)
 
     def __init__(self, channel_max: int = 0, frame_max: int = 0, heartbeat: int = 0) -> None:
@@ -447,7 +439,7 @@ class ConnectionTuneOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("channel_max", "frame_max", "heartbeat")
 
     def __init__(self, channel_max: int = 0, frame_max: int = 0, heartbeat: int = 0) -> None:
         self.channel_max = channel_max
@@ -482,7 +474,7 @@ class ConnectionOpen(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("virtual_host", "reserved_1", "reserved_2")
     RESPONSES = (0x000A0029,)
 
     def __init__(
@@ -497,6 +489,8 @@ class ConnectionOpen(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionOpen:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -511,8 +505,6 @@ class ConnectionOpen(Method):
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.reserved_2 = (bits0 & 1) != 0
         return self
 
@@ -549,13 +541,15 @@ class ConnectionOpenOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reserved_1",)
 
     def __init__(self, reserved_1: str = "") -> None:
         self.reserved_1 = reserved_1
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionOpenOk:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -567,8 +561,6 @@ class ConnectionOpenOk(Method):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
@@ -592,7 +584,7 @@ class ConnectionClose(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reply_code", "reply_text", "class_id", "method_id")
     RESPONSES = (0x000A0033,)
 
     def __init__(
@@ -609,6 +601,8 @@ class ConnectionClose(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionClose:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -619,8 +613,6 @@ class ConnectionClose(Method):
             self.class_id, self.method_id = _S_HH.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
@@ -650,7 +642,7 @@ class ConnectionCloseOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionCloseOk:
@@ -674,13 +666,15 @@ class ConnectionBlocked(Method):
     SYNCHRONOUS = False
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reason",)
 
     def __init__(self, reason: str = "") -> None:
         self.reason = reason
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionBlocked:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -692,8 +686,6 @@ class ConnectionBlocked(Method):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
@@ -717,7 +709,7 @@ class ConnectionUnblocked(Method):
     SYNCHRONOUS = False
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionUnblocked:
@@ -741,15 +733,17 @@ class ConnectionUpdateSecret(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("new_secret", "reason")
     RESPONSES = (0x000A0047,)
 
     def __init__(self, new_secret: bytes | str = b"", reason: str = "") -> None:
-        self.new_secret = new_secret
+        self.new_secret = new_secret.encode() if isinstance(new_secret, str) else new_secret
         self.reason = reason
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionUpdateSecret:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -765,14 +759,10 @@ class ConnectionUpdateSecret(Method):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
         new_secret_b = self.new_secret
-        if isinstance(new_secret_b, str):
-            new_secret_b = new_secret_b.encode()
         reason_b = self.reason.encode()
         if len(reason_b) > 255:
             raise _shortstr_too_long("connection.update-secret.reason")
@@ -800,7 +790,7 @@ class ConnectionUpdateSecretOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConnectionUpdateSecretOk:
@@ -824,7 +814,7 @@ class ChannelOpen(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reserved_1",)
     RESPONSES = (0x0014000B,)
 
     def __init__(self, reserved_1: str = "") -> None:
@@ -832,6 +822,8 @@ class ChannelOpen(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ChannelOpen:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -843,8 +835,6 @@ class ChannelOpen(Method):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
@@ -868,10 +858,10 @@ class ChannelOpenOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reserved_1",)
 
     def __init__(self, reserved_1: bytes | str = b"") -> None:
-        self.reserved_1 = reserved_1
+        self.reserved_1 = reserved_1.encode() if isinstance(reserved_1, str) else reserved_1
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ChannelOpenOk:
@@ -890,8 +880,6 @@ class ChannelOpenOk(Method):
 
     def encode(self) -> bytes:
         reserved_1_b = self.reserved_1
-        if isinstance(reserved_1_b, str):
-            reserved_1_b = reserved_1_b.encode()
         return _S_HHI.pack(20, 11, len(reserved_1_b)) + reserved_1_b
 
 
@@ -909,7 +897,7 @@ class ChannelFlow(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("active",)
     RESPONSES = (0x00140015,)
 
     def __init__(self, active: bool = False) -> None:
@@ -945,7 +933,7 @@ class ChannelFlowOk(Method):
     SYNCHRONOUS = False
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("active",)
 
     def __init__(self, active: bool = False) -> None:
         self.active = active
@@ -980,7 +968,7 @@ class ChannelClose(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reply_code", "reply_text", "class_id", "method_id")
     RESPONSES = (0x00140029,)
 
     def __init__(
@@ -997,6 +985,8 @@ class ChannelClose(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ChannelClose:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -1007,8 +997,6 @@ class ChannelClose(Method):
             self.class_id, self.method_id = _S_HH.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
@@ -1038,7 +1026,7 @@ class ChannelCloseOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ChannelCloseOk:
@@ -1062,7 +1050,7 @@ class AccessRequest(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("realm", "exclusive", "passive", "active", "write", "read")
     RESPONSES = (0x001E000B,)
 
     def __init__(
@@ -1083,6 +1071,8 @@ class AccessRequest(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> AccessRequest:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -1093,8 +1083,6 @@ class AccessRequest(Method):
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.exclusive = (bits0 & 1) != 0
         self.passive = (bits0 & 2) != 0
         self.active = (bits0 & 4) != 0
@@ -1136,7 +1124,7 @@ class AccessRequestOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("ticket",)
 
     def __init__(self, ticket: int = 0) -> None:
         self.ticket = ticket
@@ -1180,7 +1168,17 @@ class ExchangeDeclare(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = (
+        "reserved_1",
+        "exchange",
+        "type",
+        "passive",
+        "durable",
+        "auto_delete",
+        "internal",
+        "no_wait",
+        "arguments",
+    )
     RESPONSES = (0x0028000B,)
 
     def __init__(
@@ -1207,6 +1205,8 @@ class ExchangeDeclare(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeDeclare:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -1223,8 +1223,6 @@ class ExchangeDeclare(Method):
             self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.passive = (bits0 & 1) != 0
         self.durable = (bits0 & 2) != 0
         self.auto_delete = (bits0 & 4) != 0
@@ -1272,7 +1270,7 @@ class ExchangeDeclareOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeDeclareOk:
@@ -1296,7 +1294,7 @@ class ExchangeDelete(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reserved_1", "exchange", "if_unused", "no_wait")
     RESPONSES = (0x00280015,)
 
     def __init__(
@@ -1313,6 +1311,8 @@ class ExchangeDelete(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeDelete:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -1323,8 +1323,6 @@ class ExchangeDelete(Method):
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.if_unused = (bits0 & 1) != 0
         self.no_wait = (bits0 & 2) != 0
         return self
@@ -1357,7 +1355,7 @@ class ExchangeDeleteOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeDeleteOk:
@@ -1389,7 +1387,14 @@ class ExchangeBind(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = (
+        "reserved_1",
+        "destination",
+        "source",
+        "routing_key",
+        "no_wait",
+        "arguments",
+    )
     RESPONSES = (0x0028001F,)
 
     def __init__(
@@ -1410,6 +1415,8 @@ class ExchangeBind(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeBind:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -1430,8 +1437,6 @@ class ExchangeBind(Method):
             self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.no_wait = (bits0 & 1) != 0
         return self
 
@@ -1474,7 +1479,7 @@ class ExchangeBindOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeBindOk:
@@ -1506,7 +1511,14 @@ class ExchangeUnbind(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = (
+        "reserved_1",
+        "destination",
+        "source",
+        "routing_key",
+        "no_wait",
+        "arguments",
+    )
     RESPONSES = (0x00280033,)
 
     def __init__(
@@ -1527,6 +1539,8 @@ class ExchangeUnbind(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeUnbind:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -1547,8 +1561,6 @@ class ExchangeUnbind(Method):
             self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.no_wait = (bits0 & 1) != 0
         return self
 
@@ -1591,7 +1603,7 @@ class ExchangeUnbindOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ExchangeUnbindOk:
@@ -1625,7 +1637,16 @@ class QueueDeclare(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = (
+        "reserved_1",
+        "queue",
+        "passive",
+        "durable",
+        "exclusive",
+        "auto_delete",
+        "no_wait",
+        "arguments",
+    )
     RESPONSES = (0x0032000B,)
 
     def __init__(
@@ -1650,6 +1671,8 @@ class QueueDeclare(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueDeclare:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -1662,8 +1685,6 @@ class QueueDeclare(Method):
             self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.passive = (bits0 & 1) != 0
         self.durable = (bits0 & 2) != 0
         self.exclusive = (bits0 & 4) != 0
@@ -1706,7 +1727,7 @@ class QueueDeclareOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("queue", "message_count", "consumer_count")
 
     def __init__(self, queue: str = "", message_count: int = 0, consumer_count: int = 0) -> None:
         self.queue = queue
@@ -1715,6 +1736,8 @@ class QueueDeclareOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueDeclareOk:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -1725,8 +1748,6 @@ class QueueDeclareOk(Method):
             self.message_count, self.consumer_count = _S_II.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
@@ -1757,7 +1778,7 @@ class QueueBind(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reserved_1", "queue", "exchange", "routing_key", "no_wait", "arguments")
     RESPONSES = (0x00320015,)
 
     def __init__(
@@ -1778,6 +1799,8 @@ class QueueBind(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueBind:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -1798,8 +1821,6 @@ class QueueBind(Method):
             self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.no_wait = (bits0 & 1) != 0
         return self
 
@@ -1842,7 +1863,7 @@ class QueueBindOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueBindOk:
@@ -1866,7 +1887,7 @@ class QueuePurge(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reserved_1", "queue", "no_wait")
     RESPONSES = (0x0032001F,)
 
     def __init__(self, reserved_1: int = 0, queue: str = "", no_wait: bool = False) -> None:
@@ -1876,6 +1897,8 @@ class QueuePurge(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueuePurge:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -1886,8 +1909,6 @@ class QueuePurge(Method):
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.no_wait = (bits0 & 1) != 0
         return self
 
@@ -1919,7 +1940,7 @@ class QueuePurgeOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("message_count",)
 
     def __init__(self, message_count: int = 0) -> None:
         self.message_count = message_count
@@ -1952,7 +1973,7 @@ class QueueDelete(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reserved_1", "queue", "if_unused", "if_empty", "no_wait")
     RESPONSES = (0x00320029,)
 
     def __init__(
@@ -1971,6 +1992,8 @@ class QueueDelete(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueDelete:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -1981,8 +2004,6 @@ class QueueDelete(Method):
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.if_unused = (bits0 & 1) != 0
         self.if_empty = (bits0 & 2) != 0
         self.no_wait = (bits0 & 4) != 0
@@ -2020,7 +2041,7 @@ class QueueDeleteOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("message_count",)
 
     def __init__(self, message_count: int = 0) -> None:
         self.message_count = message_count
@@ -2054,7 +2075,7 @@ class QueueUnbind(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reserved_1", "queue", "exchange", "routing_key", "arguments")
     RESPONSES = (0x00320033,)
 
     def __init__(
@@ -2073,6 +2094,8 @@ class QueueUnbind(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueUnbind:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -2091,8 +2114,6 @@ class QueueUnbind(Method):
             self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
@@ -2132,7 +2153,7 @@ class QueueUnbindOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> QueueUnbindOk:
@@ -2156,7 +2177,7 @@ class BasicQos(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("prefetch_size", "prefetch_count", "global_")
     RESPONSES = (0x003C000B,)
 
     def __init__(
@@ -2199,7 +2220,7 @@ class BasicQosOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicQosOk:
@@ -2233,7 +2254,16 @@ class BasicConsume(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = (
+        "reserved_1",
+        "queue",
+        "consumer_tag",
+        "no_local",
+        "no_ack",
+        "exclusive",
+        "no_wait",
+        "arguments",
+    )
     RESPONSES = (0x003C0015,)
 
     def __init__(
@@ -2258,6 +2288,8 @@ class BasicConsume(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicConsume:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -2274,8 +2306,6 @@ class BasicConsume(Method):
             self.arguments, o = decode_table(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.no_local = (bits0 & 1) != 0
         self.no_ack = (bits0 & 2) != 0
         self.exclusive = (bits0 & 4) != 0
@@ -2321,13 +2351,15 @@ class BasicConsumeOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("consumer_tag",)
 
     def __init__(self, consumer_tag: str = "") -> None:
         self.consumer_tag = consumer_tag
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicConsumeOk:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -2339,8 +2371,6 @@ class BasicConsumeOk(Method):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
@@ -2364,7 +2394,7 @@ class BasicCancel(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("consumer_tag", "no_wait")
     RESPONSES = (0x003C001F,)
 
     def __init__(self, consumer_tag: str = "", no_wait: bool = False) -> None:
@@ -2373,6 +2403,8 @@ class BasicCancel(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicCancel:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -2383,8 +2415,6 @@ class BasicCancel(Method):
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.no_wait = (bits0 & 1) != 0
         return self
 
@@ -2416,13 +2446,15 @@ class BasicCancelOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("consumer_tag",)
 
     def __init__(self, consumer_tag: str = "") -> None:
         self.consumer_tag = consumer_tag
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicCancelOk:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -2434,8 +2466,6 @@ class BasicCancelOk(Method):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
@@ -2460,7 +2490,7 @@ class BasicPublish(Method):
     SYNCHRONOUS = False
     HAS_CONTENT = True
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reserved_1", "exchange", "routing_key", "mandatory", "immediate")
 
     def __init__(
         self,
@@ -2478,6 +2508,8 @@ class BasicPublish(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicPublish:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -2492,8 +2524,6 @@ class BasicPublish(Method):
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.mandatory = (bits0 & 1) != 0
         self.immediate = (bits0 & 2) != 0
         return self
@@ -2531,7 +2561,7 @@ class BasicReturn(Method):
     SYNCHRONOUS = False
     HAS_CONTENT = True
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reply_code", "reply_text", "exchange", "routing_key")
 
     def __init__(
         self,
@@ -2547,6 +2577,8 @@ class BasicReturn(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicReturn:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -2566,8 +2598,6 @@ class BasicReturn(Method):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
@@ -2607,7 +2637,7 @@ class BasicDeliver(Method):
     SYNCHRONOUS = False
     HAS_CONTENT = True
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("consumer_tag", "delivery_tag", "redelivered", "exchange", "routing_key")
 
     def __init__(
         self,
@@ -2625,6 +2655,8 @@ class BasicDeliver(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicDeliver:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -2644,8 +2676,6 @@ class BasicDeliver(Method):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.redelivered = (bits0 & 1) != 0
         return self
 
@@ -2686,7 +2716,7 @@ class BasicGet(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reserved_1", "queue", "no_ack")
     RESPONSES = (0x003C0047, 0x003C0048)
 
     def __init__(self, reserved_1: int = 0, queue: str = "", no_ack: bool = False) -> None:
@@ -2696,6 +2726,8 @@ class BasicGet(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicGet:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -2706,8 +2738,6 @@ class BasicGet(Method):
             bits0 = buf[o]
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.no_ack = (bits0 & 1) != 0
         return self
 
@@ -2740,7 +2770,7 @@ class BasicGetOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = True
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("delivery_tag", "redelivered", "exchange", "routing_key", "message_count")
 
     def __init__(
         self,
@@ -2758,6 +2788,8 @@ class BasicGetOk(Method):
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicGetOk:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -2772,8 +2804,6 @@ class BasicGetOk(Method):
             (self.message_count,) = _S_I.unpack_from(buf, o)
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         self.redelivered = (bits0 & 1) != 0
         return self
 
@@ -2810,13 +2840,15 @@ class BasicGetEmpty(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("reserved_1",)
 
     def __init__(self, reserved_1: str = "") -> None:
         self.reserved_1 = reserved_1
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicGetEmpty:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             o = offset
@@ -2828,8 +2860,6 @@ class BasicGetEmpty(Method):
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
@@ -2853,7 +2883,7 @@ class BasicAck(Method):
     SYNCHRONOUS = False
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("delivery_tag", "multiple")
 
     def __init__(self, delivery_tag: int = 0, multiple: bool = False) -> None:
         self.delivery_tag = delivery_tag
@@ -2889,7 +2919,7 @@ class BasicReject(Method):
     SYNCHRONOUS = False
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("delivery_tag", "requeue")
 
     def __init__(self, delivery_tag: int = 0, requeue: bool = False) -> None:
         self.delivery_tag = delivery_tag
@@ -2925,7 +2955,7 @@ class BasicRecoverAsync(Method):
     SYNCHRONOUS = False
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("requeue",)
 
     def __init__(self, requeue: bool = False) -> None:
         self.requeue = requeue
@@ -2960,7 +2990,7 @@ class BasicRecover(Method):
     SYNCHRONOUS = False
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("requeue",)
 
     def __init__(self, requeue: bool = False) -> None:
         self.requeue = requeue
@@ -2995,7 +3025,7 @@ class BasicRecoverOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicRecoverOk:
@@ -3019,7 +3049,7 @@ class BasicNack(Method):
     SYNCHRONOUS = False
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("delivery_tag", "multiple", "requeue")
 
     def __init__(
         self,
@@ -3062,7 +3092,7 @@ class ConfirmSelect(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ("nowait",)
     RESPONSES = (0x0055000B,)
 
     def __init__(self, nowait: bool = False) -> None:
@@ -3098,7 +3128,7 @@ class ConfirmSelectOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> ConfirmSelectOk:
@@ -3122,7 +3152,7 @@ class TxSelect(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
     RESPONSES = (0x005A000B,)
 
     @classmethod
@@ -3147,7 +3177,7 @@ class TxSelectOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> TxSelectOk:
@@ -3171,7 +3201,7 @@ class TxCommit(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
     RESPONSES = (0x005A0015,)
 
     @classmethod
@@ -3196,7 +3226,7 @@ class TxCommitOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> TxCommitOk:
@@ -3220,7 +3250,7 @@ class TxRollback(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
     RESPONSES = (0x005A001F,)
 
     @classmethod
@@ -3245,7 +3275,7 @@ class TxRollbackOk(Method):
     SYNCHRONOUS = True
     HAS_CONTENT = False
     FIELDS = __slots__
-    __match_args__ = __slots__
+    __match_args__ = ()
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> TxRollbackOk:
@@ -3332,6 +3362,8 @@ class BasicProperties:
 
     @classmethod
     def decode(cls, buf: Buffer, offset: int = 0) -> BasicProperties:
+        if type(buf) is memoryview:  # its slices have no .decode(): decode a copy
+            return cls.decode(buf[offset:].tobytes())
         self = _new(cls)
         try:
             (flags,) = _S_H.unpack_from(buf, offset)
@@ -3423,105 +3455,103 @@ class BasicProperties:
                 raise IndexError("truncated")
         except _DECODE_ERRORS as exc:
             raise _malformed(cls, exc) from None
-        except AttributeError:  # a memoryview has no .decode(): use a copy
-            return cls.decode(_as_bytes(buf, offset))
         return self
 
     def encode(self) -> bytes:
         flags = 0
         parts = [b""]
-        v = self.content_type
-        if v is not None:
+        content_type = self.content_type
+        if content_type is not None:
             flags |= 0x8000
-            b = v.encode()
+            b = content_type.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.content_type")
             parts.append(_S_B.pack(len(b)))
             parts.append(b)
-        v = self.content_encoding
-        if v is not None:
+        content_encoding = self.content_encoding
+        if content_encoding is not None:
             flags |= 0x4000
-            b = v.encode()
+            b = content_encoding.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.content_encoding")
             parts.append(_S_B.pack(len(b)))
             parts.append(b)
-        v = self.headers
-        if v is not None:
+        headers = self.headers
+        if headers is not None:
             flags |= 0x2000
-            parts.append(encode_table(v))
-        v = self.delivery_mode
-        if v is not None:
+            parts.append(encode_table(headers))
+        delivery_mode = self.delivery_mode
+        if delivery_mode is not None:
             flags |= 0x1000
-            parts.append(_S_B.pack(v))
-        v = self.priority
-        if v is not None:
+            parts.append(_S_B.pack(delivery_mode))
+        priority = self.priority
+        if priority is not None:
             flags |= 0x0800
-            parts.append(_S_B.pack(v))
-        v = self.correlation_id
-        if v is not None:
+            parts.append(_S_B.pack(priority))
+        correlation_id = self.correlation_id
+        if correlation_id is not None:
             flags |= 0x0400
-            b = v.encode()
+            b = correlation_id.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.correlation_id")
             parts.append(_S_B.pack(len(b)))
             parts.append(b)
-        v = self.reply_to
-        if v is not None:
+        reply_to = self.reply_to
+        if reply_to is not None:
             flags |= 0x0200
-            b = v.encode()
+            b = reply_to.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.reply_to")
             parts.append(_S_B.pack(len(b)))
             parts.append(b)
-        v = self.expiration
-        if v is not None:
+        expiration = self.expiration
+        if expiration is not None:
             flags |= 0x0100
-            b = v.encode()
+            b = expiration.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.expiration")
             parts.append(_S_B.pack(len(b)))
             parts.append(b)
-        v = self.message_id
-        if v is not None:
+        message_id = self.message_id
+        if message_id is not None:
             flags |= 0x0080
-            b = v.encode()
+            b = message_id.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.message_id")
             parts.append(_S_B.pack(len(b)))
             parts.append(b)
-        v = self.timestamp
-        if v is not None:
+        timestamp = self.timestamp
+        if timestamp is not None:
             flags |= 0x0040
-            parts.append(_S_Q.pack(v))
-        v = self.type
-        if v is not None:
+            parts.append(_S_Q.pack(timestamp))
+        type = self.type
+        if type is not None:
             flags |= 0x0020
-            b = v.encode()
+            b = type.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.type")
             parts.append(_S_B.pack(len(b)))
             parts.append(b)
-        v = self.user_id
-        if v is not None:
+        user_id = self.user_id
+        if user_id is not None:
             flags |= 0x0010
-            b = v.encode()
+            b = user_id.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.user_id")
             parts.append(_S_B.pack(len(b)))
             parts.append(b)
-        v = self.app_id
-        if v is not None:
+        app_id = self.app_id
+        if app_id is not None:
             flags |= 0x0008
-            b = v.encode()
+            b = app_id.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.app_id")
             parts.append(_S_B.pack(len(b)))
             parts.append(b)
-        v = self.cluster_id
-        if v is not None:
+        cluster_id = self.cluster_id
+        if cluster_id is not None:
             flags |= 0x0004
-            b = v.encode()
+            b = cluster_id.encode()
             if len(b) > 255:
                 raise _shortstr_too_long("BasicProperties.cluster_id")
             parts.append(_S_B.pack(len(b)))

@@ -26,11 +26,11 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from shardmq.amqp.errors import AMQPError
 from shardmq.broker import metadata as md
 from shardmq.broker.exchange import Exchange
+from shardmq.broker.vhost import AnyQueue
 from shardmq.store.definitions import (
     BindingDef,
     Definitions,
@@ -105,7 +105,8 @@ class DefinitionsKeeper:
             )
         foreign.vhosts = [v for v in defs.vhosts if v.name not in known]
         self._foreign = foreign
-        skipped = {v.vhost for v in (*foreign.exchanges, *foreign.queues, *foreign.bindings)}
+        skipped = {e.vhost for e in foreign.exchanges} | {q.vhost for q in foreign.queues}
+        skipped |= {b.vhost for b in foreign.bindings}
         for name in sorted(skipped):
             log.warning("definitions for vhost '%s' kept but not loaded: no such vhost", name)
         return ops + binds
@@ -133,35 +134,35 @@ class DefinitionsKeeper:
         ones. Returns True when the file was rewritten."""
         if self._loading:
             return False
-        t = type(op)
-        if t is md.DeclareQueue:
-            if op.passive or not op.durable or op.exclusive:  # type: ignore[attr-defined]
+        # type(), not isinstance: an Unbind is a Bind
+        if type(op) is md.DeclareQueue:
+            if op.passive or not op.durable or op.exclusive:
                 return False
-            key = (op.vhost, op.name)  # type: ignore[attr-defined]
+            key = (op.vhost, op.name)
             if key in self.queues:
                 return False
-            q = self.metadata.vhosts[op.vhost].queues.get(op.name)  # type: ignore[attr-defined]
+            q = self.metadata.vhosts[op.vhost].queues.get(op.name)
             if q is None or not q.durable or q.exclusive:
                 return False
             self.queues[key] = _queue_def(op.vhost, q)
-        elif t is md.DeclareExchange:
-            if op.passive or not op.durable:  # type: ignore[attr-defined]
+        elif type(op) is md.DeclareExchange:
+            if op.passive or not op.durable:
                 return False
-            key = (op.vhost, op.name)  # type: ignore[attr-defined]
-            if key in self.exchanges or not _savable(op.name):  # type: ignore[attr-defined]
+            key = (op.vhost, op.name)
+            if key in self.exchanges or not _savable(op.name):
                 return False
-            ex = self.metadata.vhosts[op.vhost].exchanges.get(op.name)  # type: ignore[attr-defined]
+            ex = self.metadata.vhosts[op.vhost].exchanges.get(op.name)
             if ex is None or not ex.durable:
                 return False
             self.exchanges[key] = _exchange_def(op.vhost, ex)
             if ex.auto_delete:
                 self._autodel.add(op.vhost)
-        elif t is md.Bind:
-            bkey = self._durable_binding(op)  # type: ignore[arg-type]
+        elif type(op) is md.Bind:
+            bkey = self._durable_binding(op)
             if bkey is None or bkey in self.bindings:
                 return False
             self.bindings[bkey] = _binding_def(bkey, bkey[5])
-            self._sources.add((op.vhost, op.source))  # type: ignore[attr-defined]
+            self._sources.add((op.vhost, op.source))
         elif not self._may_remove(op):
             return False
         else:
@@ -279,7 +280,7 @@ def _exchange_def(vhost: str, ex: Exchange) -> ExchangeDef:
     )
 
 
-def _queue_def(vhost: str, q: Any) -> QueueDef:
+def _queue_def(vhost: str, q: AnyQueue) -> QueueDef:
     return QueueDef(
         vhost=vhost,
         name=q.name,

@@ -1,7 +1,8 @@
 """An exchange: its declared attributes plus its routing table.
 
 Owns: ``Exchange``. The routing table itself (direct / fanout / topic trie / headers)
-lives in ``shardmq.broker.routing``; destinations are ``Queue`` or ``Exchange`` objects.
+lives in ``shardmq.broker.routing``; destinations (``Destination``) are ``Queue``,
+``RemoteQueue`` or ``Exchange`` objects.
 
 Invariants:
 - ``sources`` on a destination mirrors the bindings: an exchange is in ``dest.sources``
@@ -12,9 +13,16 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from shardmq.broker.routing import Router, make_router
+
+if TYPE_CHECKING:
+    from shardmq.broker.queue import Queue
+    from shardmq.broker.remote import RemoteQueue
+
+# What an exchange routes to: a queue here, a queue on another worker, or an exchange.
+Destination = Union["Queue", "RemoteQueue", "Exchange"]
 
 
 class Exchange:
@@ -46,8 +54,8 @@ class Exchange:
         self.durable = durable
         self.auto_delete = auto_delete
         self.internal = internal
-        self.arguments = arguments or {}
-        self.router: Router = make_router(type)
+        self.arguments = arguments or {}  # a decoded field table
+        self.router: Router[Destination] = make_router(type)
         self.had_bindings = False
         self.sources: set[Exchange] = set()
         self.deleted = False

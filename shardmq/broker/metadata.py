@@ -26,15 +26,16 @@ import msgspec
 
 from shardmq.amqp.errors import AMQPError, HardError, SoftError
 from shardmq.amqp.fieldtable import decode_table, encode_table
+from shardmq.broker.exchange import Exchange
 from shardmq.broker.queue import Queue
-from shardmq.broker.vhost import AnyQueue, VHost
+from shardmq.broker.vhost import AnyQueue, QueueFactory, VHost
 
 
 class Op(msgspec.Struct, tag=True, tag_field="op", array_like=True, frozen=True):
     vhost: str
 
 
-class DeclareExchange(Op):
+class DeclareExchange(Op, frozen=True):
     name: str
     type: str
     passive: bool
@@ -44,12 +45,12 @@ class DeclareExchange(Op):
     arguments: bytes
 
 
-class DeleteExchange(Op):
+class DeleteExchange(Op, frozen=True):
     name: str
     if_unused: bool
 
 
-class Bind(Op):
+class Bind(Op, frozen=True):
     dest_is_queue: bool
     dest: str
     source: str
@@ -58,11 +59,11 @@ class Bind(Op):
     requester: int
 
 
-class Unbind(Bind):
+class Unbind(Bind, frozen=True):
     pass
 
 
-class DeclareQueue(Op):
+class DeclareQueue(Op, frozen=True):
     name: str
     passive: bool
     durable: bool
@@ -73,14 +74,14 @@ class DeclareQueue(Op):
     server_named: bool = False
 
 
-class DeleteQueue(Op):
+class DeleteQueue(Op, frozen=True):
     name: str
     if_unused: bool
     if_empty: bool
     requester: int  # 0: the broker itself (auto-delete, exclusive owner gone)
 
 
-class DropOwners(Op):
+class DropOwners(Op, frozen=True):
     """Delete the exclusive queues of every connection of worker ``slot`` (it died)."""
 
     slot: int
@@ -93,6 +94,13 @@ class QueueInfo(msgspec.Struct, array_like=True, frozen=True):
 
 
 AnyOp = DeclareExchange | DeleteExchange | Bind | Unbind | DeclareQueue | DeleteQueue | DropOwners
+
+# What ``Metadata.apply`` returns: QueueInfo for queue.declare, the message count for
+# queue.delete, None for the rest.
+OpResult = QueueInfo | int | None
+# An error as it crosses between processes (``error_of``); a list once it went through
+# msgpack.
+ErrorData = tuple[bool, int, str, int, int] | list[Any]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyOp)
@@ -127,9 +135,6 @@ def gid_slot(gid: int) -> int:
     return gid >> 32
 
 
-QueueFactory = Callable[..., AnyQueue]
-
-
 class Metadata:
     """The vhosts of one process, changed only through ``apply``."""
 
@@ -157,7 +162,7 @@ class Metadata:
             raise HardError(530, f"vhost {name} not found")
         return vh
 
-    def apply(self, op: Op) -> Any:
+    def apply(self, op: Op) -> OpResult:
         """Apply one op; returns its result (QueueInfo for queue declare, a message
         count for queue delete, else None). Raises the AMQP error a client would get."""
         handler = _APPLY[type(op)]
@@ -186,7 +191,7 @@ def _delete_exchange(md: Metadata, op: DeleteExchange) -> None:
     md.vhost(op.vhost).delete_exchange(op.name, if_unused=op.if_unused)
 
 
-def _bind_dest(vh: VHost, op: Bind) -> Any:
+def _bind_dest(vh: VHost, op: Bind) -> AnyQueue | Exchange:
     if op.dest_is_queue:
         return vh.queue(op.dest, op.requester)
     return vh.exchange(op.dest)
@@ -200,11 +205,12 @@ def _bind(md: Metadata, op: Bind) -> None:
 def _unbind(md: Metadata, op: Unbind) -> None:
     vh = md.vhost(op.vhost)
     if op.dest_is_queue:
-        dest: Any = vh.queue(op.dest, op.requester)
+        dest: AnyQueue | Exchange = vh.queue(op.dest, op.requester)
     else:
-        dest = vh.exchanges.get(op.dest)
-        if dest is None:
+        ex = vh.exchanges.get(op.dest)
+        if ex is None:
             return
+        dest = ex
     vh.unbind(dest, op.source, op.routing_key, table_of(op.arguments))
 
 
@@ -241,7 +247,8 @@ def _drop_owners(md: Metadata, op: DropOwners) -> None:
                 vh.remove_queue(q)
 
 
-_APPLY: dict[type, Callable[[Metadata, Any], Any]] = {
+# Any: each handler takes the Op subclass it is keyed by (a dict cannot say so)
+_APPLY: dict[type[Op], Callable[[Metadata, Any], OpResult]] = {
     DeclareExchange: _declare_exchange,
     DeleteExchange: _delete_exchange,
     Bind: _bind,
@@ -256,7 +263,7 @@ def error_of(exc: AMQPError) -> tuple[bool, int, str, int, int]:
     return (exc.soft, exc.reply_code, exc.text, exc.class_id, exc.method_id)
 
 
-def error_from(data: tuple[bool, int, str, int, int] | list[Any]) -> AMQPError:
+def error_from(data: ErrorData) -> AMQPError:
     soft, code, text, class_id, method_id = data
     cls = SoftError if soft else HardError
     return cls(code, text, class_id, method_id)

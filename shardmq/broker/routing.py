@@ -2,7 +2,8 @@
 
 Owns: the bindings of one exchange and the question "which destinations does this
 publish go to". Pure Python, no I/O, no knowledge of queues: a destination is any
-hashable object (a queue or an exchange), compared by its own ``__eq__``/``__hash__``.
+hashable object (a queue or an exchange), compared by its own ``__eq__``/``__hash__``;
+routers are generic in it (``Router[D]``), so ``route`` gives back what was bound.
 
 Invariants:
 - A binding is identified by ``(dest, routing_key, arguments)``. Arguments are compared by
@@ -30,7 +31,7 @@ from collections.abc import Collection, Hashable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from operator import itemgetter
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from shardmq.amqp.errors import PRECONDITION_FAILED, SoftError
 from shardmq.amqp.fieldtable import ByteArray, Timestamp
@@ -48,10 +49,14 @@ __all__ = [
     "topic_words",
 ]
 
+# A destination: any hashable object (the broker's queues and exchanges); each router is
+# generic in it, so callers get back the type they bound.
+D = TypeVar("D", bound=Hashable)
+
 _EMPTY: tuple[Any, ...] = ()
-_MISSING: Any = object()  # header absent
-_PRESENT: Any = object()  # binding value is void: header must merely be present
-_VOID: Any = object()  # header value is void (equal to nothing but itself)
+_MISSING: object = object()  # header absent
+_PRESENT: object = object()  # binding value is void: header must merely be present
+_VOID: object = object()  # header value is void (equal to nothing but itself)
 
 
 class BindingArgumentError(SoftError, ValueError):
@@ -87,7 +92,7 @@ def _decimal_parts(v: Decimal) -> tuple[Any, ...]:
 
 
 def _typed(v: Any) -> Any:
-    """Hashable, type-tagged canonical form of a field value (exact AMQP identity)."""
+    """D, type-tagged canonical form of a field value (exact AMQP identity)."""
     t = type(v)
     if t is str:
         return ("S", v.encode("utf-8", "surrogatepass"))  # longstr (bytes if not UTF-8)
@@ -178,7 +183,7 @@ def _erl(v: Any) -> Any:
 # --------------------------------------------------------------------------- base
 
 
-class Router:
+class Router(Generic[D]):
     """Bindings of one exchange plus the routing function of its type.
 
     Subclasses implement ``_on_add`` / ``_on_remove`` (called once per binding that is
@@ -192,13 +197,13 @@ class Router:
 
     def __init__(self) -> None:
         # (dest, routing_key, args_key) -> arguments (a private shallow copy)
-        self._bindings: dict[tuple[Hashable, str, tuple[Any, ...]], dict[str, Any]] = {}
+        self._bindings: dict[tuple[D, str, tuple[Any, ...]], dict[str, Any]] = {}
         # dest -> {(routing_key, args_key): None}, for remove_destination
-        self._by_dest: dict[Hashable, dict[tuple[str, tuple[Any, ...]], None]] = {}
+        self._by_dest: dict[D, dict[tuple[str, tuple[Any, ...]], None]] = {}
 
     # -- bookkeeping, shared by every type
 
-    def add_binding(self, dest: Hashable, routing_key: str, arguments: dict | None) -> bool:
+    def add_binding(self, dest: D, routing_key: str, arguments: dict | None) -> bool:
         """Add a binding; True if it is new. Raises BindingArgumentError before any change."""
         args: dict[str, Any] = {} if arguments is None else dict(arguments)
         self._validate(routing_key, args)
@@ -214,7 +219,7 @@ class Router:
         self._on_add(dest, routing_key, ak, args)
         return True
 
-    def remove_binding(self, dest: Hashable, routing_key: str, arguments: dict | None) -> bool:
+    def remove_binding(self, dest: D, routing_key: str, arguments: dict | None) -> bool:
         """Remove a binding; True if it existed."""
         ak = args_key(arguments)
         args = self._bindings.pop((dest, routing_key, ak), None)
@@ -227,7 +232,7 @@ class Router:
         self._on_remove(dest, routing_key, ak, args)
         return True
 
-    def remove_destination(self, dest: Hashable) -> int:
+    def remove_destination(self, dest: D) -> int:
         """Drop every binding to ``dest``; return how many there were."""
         per = self._by_dest.pop(dest, None)
         if not per:
@@ -237,14 +242,14 @@ class Router:
             self._on_remove(dest, routing_key, ak, args)
         return len(per)
 
-    def has_binding(self, dest: Hashable, routing_key: str, arguments: dict | None) -> bool:
+    def has_binding(self, dest: D, routing_key: str, arguments: dict | None) -> bool:
         return (dest, routing_key, args_key(arguments)) in self._bindings
 
-    def has_destination(self, dest: Hashable) -> bool:
+    def has_destination(self, dest: D) -> bool:
         """True while at least one binding leads to ``dest`` (O(1))."""
         return dest in self._by_dest
 
-    def bindings(self) -> list[tuple[Hashable, str, dict]]:
+    def bindings(self) -> list[tuple[D, str, dict]]:
         """Every binding as ``(dest, routing_key, arguments)``, in binding order."""
         return [(d, rk, dict(a)) for (d, rk, _), a in self._bindings.items()]
 
@@ -259,22 +264,22 @@ class Router:
     def _validate(self, routing_key: str, args: dict[str, Any]) -> None:
         """Raise BindingArgumentError for arguments this exchange type rejects."""
 
-    def _on_add(self, dest: Hashable, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
+    def _on_add(self, dest: D, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
         raise NotImplementedError
 
-    def _on_remove(self, dest: Hashable, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
+    def _on_remove(self, dest: D, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
         raise NotImplementedError
 
-    def route(self, routing_key: str, headers: dict | None = None) -> Collection[Hashable]:
+    def route(self, routing_key: str, headers: dict | None = None) -> Collection[D]:
         """Destinations of a message, each at most once."""
         raise NotImplementedError
 
 
-def _inc(counts: dict[Hashable, int], dest: Hashable) -> None:
+def _inc(counts: dict[D, int], dest: D) -> None:
     counts[dest] = counts.get(dest, 0) + 1
 
 
-def _dec(counts: dict[Hashable, int], dest: Hashable) -> None:
+def _dec(counts: dict[D, int], dest: D) -> None:
     n = counts[dest] - 1
     if n:
         counts[dest] = n
@@ -285,7 +290,7 @@ def _dec(counts: dict[Hashable, int], dest: Hashable) -> None:
 # --------------------------------------------------------------------------- direct
 
 
-class DirectRouter(Router):
+class DirectRouter(Router[D]):
     """Exact routing-key match: one dict lookup returning a prebuilt tuple."""
 
     TYPE = "direct"
@@ -294,25 +299,25 @@ class DirectRouter(Router):
     def __init__(self) -> None:
         super().__init__()
         # routing_key -> {dest: number of bindings with that key}
-        self._counts: dict[str, dict[Hashable, int]] = {}
+        self._counts: dict[str, dict[D, int]] = {}
         # routing_key -> tuple(dests); an entry is dropped when its key's bindings change
-        self._table: dict[str, tuple[Hashable, ...]] = {}
+        self._table: dict[str, tuple[D, ...]] = {}
 
-    def _on_add(self, dest: Hashable, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
+    def _on_add(self, dest: D, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
         counts = self._counts.get(routing_key)
         if counts is None:
             counts = self._counts[routing_key] = {}
         _inc(counts, dest)
         self._table.pop(routing_key, None)
 
-    def _on_remove(self, dest: Hashable, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
+    def _on_remove(self, dest: D, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
         counts = self._counts[routing_key]
         _dec(counts, dest)
         if not counts:
             del self._counts[routing_key]
         self._table.pop(routing_key, None)
 
-    def route(self, routing_key: str, headers: dict | None = None) -> Collection[Hashable]:
+    def route(self, routing_key: str, headers: dict | None = None) -> Collection[D]:
         r = self._table.get(routing_key)
         if r is not None:
             return r
@@ -326,7 +331,7 @@ class DirectRouter(Router):
 # --------------------------------------------------------------------------- fanout
 
 
-class FanoutRouter(Router):
+class FanoutRouter(Router[D]):
     """Every bound destination; routing key and headers ignored."""
 
     TYPE = "fanout"
@@ -334,18 +339,18 @@ class FanoutRouter(Router):
 
     def __init__(self) -> None:
         super().__init__()
-        self._counts: dict[Hashable, int] = {}
-        self._all: tuple[Hashable, ...] | None = _EMPTY
+        self._counts: dict[D, int] = {}
+        self._all: tuple[D, ...] | None = _EMPTY
 
-    def _on_add(self, dest: Hashable, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
+    def _on_add(self, dest: D, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
         _inc(self._counts, dest)
         self._all = None
 
-    def _on_remove(self, dest: Hashable, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
+    def _on_remove(self, dest: D, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
         _dec(self._counts, dest)
         self._all = None
 
-    def route(self, routing_key: str, headers: dict | None = None) -> Collection[Hashable]:
+    def route(self, routing_key: str, headers: dict | None = None) -> Collection[D]:
         r = self._all
         if r is None:
             r = self._all = tuple(self._counts)
@@ -360,21 +365,21 @@ def topic_words(key: str) -> list[str]:
     return key.split(".") if key else []
 
 
-class _Node:
+class _Node(Generic[D]):
     """A trie node. ``lit`` holds literal words; ``*`` and ``#`` edges are separate."""
 
     __slots__ = ("lit", "star", "hash", "is_hash", "dests", "parent", "word")
 
-    def __init__(self, parent: _Node | None, word: str, is_hash: bool) -> None:
-        self.lit: dict[str, _Node] = {}
-        self.star: _Node | None = None
-        self.hash: _Node | None = None
+    def __init__(self, parent: _Node[D] | None, word: str, is_hash: bool) -> None:
+        self.lit: dict[str, _Node[D]] = {}
+        self.star: _Node[D] | None = None
+        self.hash: _Node[D] | None = None
         self.is_hash = is_hash  # reached through a '#': consumes any word, staying here
-        self.dests: dict[Hashable, int] = {}  # dest -> bindings ending here
+        self.dests: dict[D, int] = {}  # dest -> bindings ending here
         self.parent = parent
         self.word = word
 
-    def child(self, word: str) -> _Node | None:
+    def child(self, word: str) -> _Node[D] | None:
         if word == "*":
             return self.star
         if word == "#":
@@ -385,7 +390,7 @@ class _Node:
         return not self.dests and not self.lit and self.star is None and self.hash is None
 
 
-class TopicRouter(Router):
+class TopicRouter(Router[D]):
     """Topic exchange over a word trie, matched as an NFA over the routing key's words.
 
     The set of live trie nodes is carried word by word (deduplicated), so ``#`` costs
@@ -399,10 +404,10 @@ class TopicRouter(Router):
 
     def __init__(self) -> None:
         super().__init__()
-        self._root = _Node(None, "", False)
-        self._cache: dict[str, tuple[Hashable, ...]] = {}
+        self._root: _Node[D] = _Node(None, "", False)
+        self._cache: dict[str, tuple[D, ...]] = {}
 
-    def _on_add(self, dest: Hashable, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
+    def _on_add(self, dest: D, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
         node = self._root
         for w in topic_words(routing_key):
             nxt = node.child(w)
@@ -419,7 +424,7 @@ class TopicRouter(Router):
         if self._cache:
             self._cache.clear()
 
-    def _on_remove(self, dest: Hashable, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
+    def _on_remove(self, dest: D, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
         node = self._root
         for w in topic_words(routing_key):
             nxt = node.child(w)
@@ -440,7 +445,7 @@ class TopicRouter(Router):
         if self._cache:
             self._cache.clear()
 
-    def route(self, routing_key: str, headers: dict | None = None) -> Collection[Hashable]:
+    def route(self, routing_key: str, headers: dict | None = None) -> Collection[D]:
         cache = self._cache
         r = cache.get(routing_key)
         if r is not None:
@@ -451,18 +456,18 @@ class TopicRouter(Router):
         cache[routing_key] = r
         return r
 
-    def _match(self, routing_key: str) -> tuple[Hashable, ...]:
+    def _match(self, routing_key: str) -> tuple[D, ...]:
         # live: nodes reached after the words consumed so far, closed under "# matches
         # zero words" (a node's '#' child, and that child's '#' child, ...)
-        live: list[_Node] = []
-        seen: set[_Node] = set()
-        node: _Node | None = self._root
+        live: list[_Node[D]] = []
+        seen: set[_Node[D]] = set()
+        node: _Node[D] | None = self._root
         while node is not None:
             live.append(node)
             seen.add(node)
             node = node.hash
         for w in topic_words(routing_key):
-            nxt: list[_Node] = []
+            nxt: list[_Node[D]] = []
             seen = set()
             for n in live:
                 # successors: literal edge, '*' edge, and n itself if n is a '#' node;
@@ -485,8 +490,8 @@ class TopicRouter(Router):
             if not nxt:
                 return _EMPTY
             live = nxt
-        hit: dict[Hashable, int] | None = None
-        out: dict[Hashable, None] | None = None
+        hit: dict[D, int] | None = None
+        out: dict[D, None] | None = None
         for n in live:
             if n.dests:
                 if hit is None:
@@ -567,7 +572,7 @@ def _match_all(pats: tuple[tuple[str, Any], ...], h: dict[str, Any]) -> bool:
     return True
 
 
-class _HeadersGroup:
+class _HeadersGroup(Generic[D]):
     """All bindings sharing one argument table: one matcher, refcounted destinations.
 
     ``pats`` are ``(key, value)`` with the value in :func:`_erl` form, or ``_PRESENT`` for a
@@ -586,12 +591,12 @@ class _HeadersGroup:
             pats.append((k, _PRESENT if v is None else _erl(v)))
         self.all = all_
         self.pats: tuple[tuple[str, Any], ...] = tuple(pats)
-        self.dests: dict[Hashable, int] = {}
-        self.dests_tuple: tuple[Hashable, ...] | None = None
+        self.dests: dict[D, int] = {}
+        self.dests_tuple: tuple[D, ...] | None = None
         entries: list[tuple[bool, Any]] = []
         if all_:
             # one required pattern is enough to find the candidates; prefer a valued one
-            valued = [(False, (k, v)) for k, v in pats if v is not _PRESENT]
+            valued: list[tuple[bool, Any]] = [(False, (k, v)) for k, v in pats if v is not _PRESENT]
             entries = valued[:1] or [(True, k) for k, _ in pats[:1]]
         else:
             # any pattern matching is a match: register under every one of them
@@ -599,10 +604,10 @@ class _HeadersGroup:
         self.index: tuple[tuple[bool, Any], ...] = tuple(entries)
 
 
-_IndexBucket = dict[_HeadersGroup, None]
+_IndexBucket = dict[_HeadersGroup[D], None]
 
 
-class HeadersRouter(Router):
+class HeadersRouter(Router[D]):
     """Headers exchange: ``x-match`` all (default) / any / all-with-x / any-with-x.
 
     Bindings with equal argument tables share one group. Groups are indexed by a header
@@ -620,22 +625,22 @@ class HeadersRouter(Router):
 
     def __init__(self) -> None:
         super().__init__()
-        self._groups: dict[tuple[Any, ...], _HeadersGroup] = {}
-        self._always: _IndexBucket = {}
-        self._by_key: dict[str, _IndexBucket] = {}
-        self._by_pair: dict[tuple[str, Any], _IndexBucket] = {}
+        self._groups: dict[tuple[Any, ...], _HeadersGroup[D]] = {}
+        self._always: _IndexBucket[D] = {}
+        self._by_key: dict[str, _IndexBucket[D]] = {}
+        self._by_pair: dict[tuple[str, Any], _IndexBucket[D]] = {}
 
     def _validate(self, routing_key: str, args: dict[str, Any]) -> None:
         _x_match(args)
 
-    def _on_add(self, dest: Hashable, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
+    def _on_add(self, dest: D, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
         g = self._groups.get(ak)
         if g is None:
             g = self._groups[ak] = _HeadersGroup(args)
             if g.all and not g.pats:
                 self._always[g] = None
             for by_key, k in g.index:
-                table: dict[Any, _IndexBucket] = self._by_key if by_key else self._by_pair
+                table: dict[Any, _IndexBucket[D]] = self._by_key if by_key else self._by_pair
                 bucket = table.get(k)
                 if bucket is None:
                     bucket = table[k] = {}
@@ -643,7 +648,7 @@ class HeadersRouter(Router):
         _inc(g.dests, dest)
         g.dests_tuple = None
 
-    def _on_remove(self, dest: Hashable, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
+    def _on_remove(self, dest: D, routing_key: str, ak: tuple[Any, ...], args: dict) -> None:
         g = self._groups[ak]
         _dec(g.dests, dest)
         g.dests_tuple = None
@@ -652,19 +657,19 @@ class HeadersRouter(Router):
         del self._groups[ak]
         self._always.pop(g, None)
         for by_key, k in g.index:
-            table: dict[Any, _IndexBucket] = self._by_key if by_key else self._by_pair
+            table: dict[Any, _IndexBucket[D]] = self._by_key if by_key else self._by_pair
             bucket = table[k]
             del bucket[g]
             if not bucket:
                 del table[k]
 
-    def route(self, routing_key: str, headers: dict | None = None) -> Collection[Hashable]:
-        matched: dict[_HeadersGroup, None] = dict(self._always) if self._always else {}
+    def route(self, routing_key: str, headers: dict | None = None) -> Collection[D]:
+        matched: dict[_HeadersGroup[D], None] = dict(self._always) if self._always else {}
         if headers and (self._by_key or self._by_pair):
             h = {k: _erl(v) for k, v in headers.items()}
             by_key = self._by_key
             by_pair = self._by_pair
-            checked: set[_HeadersGroup] = set()
+            checked: set[_HeadersGroup[D]] = set()
             for k, v in h.items():
                 for bucket in (by_key.get(k) if by_key else None, by_pair.get((k, v))):
                     if not bucket:
@@ -687,7 +692,7 @@ class HeadersRouter(Router):
             if r is None:
                 r = g.dests_tuple = tuple(g.dests)
             return r
-        out: dict[Hashable, None] = {}
+        out: dict[D, None] = {}
         for g in matched:
             out.update(dict.fromkeys(g.dests))
         return tuple(out)
@@ -695,7 +700,7 @@ class HeadersRouter(Router):
 
 # --------------------------------------------------------------------------- registry
 
-ROUTER_TYPES: dict[str, type[Router]] = {
+ROUTER_TYPES: dict[str, type[Router[Any]]] = {
     DirectRouter.TYPE: DirectRouter,
     FanoutRouter.TYPE: FanoutRouter,
     TopicRouter.TYPE: TopicRouter,
@@ -703,7 +708,7 @@ ROUTER_TYPES: dict[str, type[Router]] = {
 }
 
 
-def make_router(exchange_type: str) -> Router:
+def make_router(exchange_type: str) -> Router[Any]:
     """A fresh, empty router for an exchange type; ValueError for an unknown type."""
     cls = ROUTER_TYPES.get(exchange_type)
     if cls is None:

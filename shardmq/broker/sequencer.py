@@ -25,7 +25,8 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -35,9 +36,16 @@ from shardmq.broker.exchange import Exchange
 from shardmq.broker.queue import Queue
 from shardmq.broker.remote import RemoteQueue
 
+if TYPE_CHECKING:
+    from shardmq.broker.durable import DefinitionsKeeper
+
 log = logging.getLogger("shardmq.sequencer")
 
+# A message is a plain list (see above) of str, int, bytes, lists and None: whatever the
+# transport carries, hence Any.
 Send = Callable[[int, list[Any]], None]
+# An op's result as it crosses processes: QueueInfo as a list, a message count, or None.
+PlainResult = list[Any] | int | None
 
 SNAPSHOT_CHUNK = 32 * 1024  # encoded op bytes per snapshot message
 
@@ -114,10 +122,10 @@ class Sequencer:
         self.live: set[int] = set()
         self._queue: deque[tuple[int, int, md.AnyOp]] = deque()
         self._tokens = itertools.count(1)
-        self._current: dict[str, Any] | None = None
-        # durable definitions (``shardmq.broker.durable.DefinitionsKeeper``), saved after
-        # each op the replica applied and before any worker (or client) hears of it
-        self.keeper: Any = None
+        self._current: _Current | None = None
+        # durable definitions, saved after each op the replica applied and before any
+        # worker (or client) hears of it
+        self.keeper: DefinitionsKeeper | None = None
 
     def _placeholder(self, name: str, vhost: str, **kw: Any) -> RemoteQueue:
         return RemoteQueue(name, vhost, md.shard_for(vhost, name, self.workers), **kw)
@@ -133,9 +141,9 @@ class Sequencer:
     def worker_down(self, slot: int) -> None:
         self.live.discard(slot)
         cur = self._current
-        if cur is not None and slot in cur["waiting"]:
-            cur["waiting"].discard(slot)
-            if cur["stage"] == "ask":
+        if cur is not None and slot in cur.waiting:
+            cur.waiting.discard(slot)
+            if cur.stage == "ask":
                 self._finish(
                     cur, md.error_of(AMQPError(INTERNAL_ERROR, "queue owner restarted")), None
                 )
@@ -170,7 +178,7 @@ class Sequencer:
 
     def _start(self, slot: int, req: int, op: md.AnyOp) -> None:
         owner = self._owner(op)
-        cur: dict[str, Any] = {"slot": slot, "req": req, "op": op, "owner": owner}
+        cur = _Current(slot, req, op, owner)
         self._current = cur
         needs_ask = (isinstance(op, md.DeclareQueue) and op.passive) or (
             isinstance(op, md.DeleteQueue)
@@ -178,19 +186,19 @@ class Sequencer:
             and op.name in self.metadata.vhost(op.vhost).queues
         )
         if needs_ask and owner in self.live:
-            cur["stage"] = "ask"
-            cur["token"] = token = next(self._tokens)
-            cur["waiting"] = {owner}
+            cur.stage = "ask"
+            cur.token = token = next(self._tokens)
+            cur.waiting = {owner}
             self.send(owner, ["ask", token, md.encode_op(op)])
             return
         self._broadcast(cur)
 
-    def _broadcast(self, cur: dict[str, Any]) -> None:
-        op = cur["op"]
+    def _broadcast(self, cur: _Current) -> None:
+        op = cur.op
         if isinstance(op, md.DeclareQueue) and op.passive:
             # nothing changes; the owner's answer (or ours) is the reply
             try:
-                result = cur.get("result") or self.metadata.apply(op)
+                result = cur.result or self.metadata.apply(op)
             except AMQPError as exc:
                 self._finish(cur, md.error_of(exc), None)
                 return
@@ -198,7 +206,7 @@ class Sequencer:
             return
         if isinstance(op, md.DeleteQueue) and (op.if_unused or op.if_empty):
             op = msgspec.structs.replace(op, if_unused=False, if_empty=False)
-            cur["op"] = op
+            cur.op = op
         try:
             result = self.metadata.apply(op)
         except AMQPError as exc:
@@ -212,48 +220,65 @@ class Sequencer:
                 # (workers apply it) and the client is told it failed, as with one worker
                 log.error("cannot save the definitions: %s", exc)
                 err = md.error_of(AMQPError(INTERNAL_ERROR, f"cannot save definitions: {exc}"))
-                cur["save_error"] = err
-        cur["stage"] = "apply"
-        cur["result"] = _plain(result)
-        cur["token"] = token = next(self._tokens)
-        cur["waiting"] = set(self.live)
+                cur.save_error = err
+        cur.stage = "apply"
+        cur.result = _plain(result)
+        cur.token = token = next(self._tokens)
+        cur.waiting = set(self.live)
         data = md.encode_op(op)
         for w in sorted(self.live):
             self.send(w, ["apply", token, data])
         self._maybe_done()
 
-    def _on_ack(self, slot: int, token: int, err: Any, result: Any) -> None:
+    def _on_ack(self, slot: int, token: int, err: md.ErrorData | None, result: PlainResult) -> None:
         cur = self._current
-        if cur is None or cur.get("token") != token:
+        if cur is None or cur.token != token:
             return
-        cur["waiting"].discard(slot)
-        if cur["stage"] == "ask":
+        cur.waiting.discard(slot)
+        if cur.stage == "ask":
             if err is not None:
                 self._finish(cur, err, None)
                 return
-            cur["result"] = result
+            cur.result = result
             self._broadcast(cur)
             return
         if err is not None:
-            log.error("worker %d diverged applying %r: %s", slot, cur["op"], err)
-        elif slot == cur["owner"] and result is not None:
-            cur["result"] = result
+            log.error("worker %d diverged applying %r: %s", slot, cur.op, err)
+        elif slot == cur.owner and result is not None:
+            cur.result = result
         self._maybe_done()
 
     def _maybe_done(self) -> None:
         cur = self._current
-        if cur is not None and cur["stage"] == "apply" and not cur["waiting"]:
-            err = cur.get("save_error")
-            self._finish(cur, err, None if err else cur.get("result"))
+        if cur is not None and cur.stage == "apply" and not cur.waiting:
+            err = cur.save_error
+            self._finish(cur, err, None if err else cur.result)
 
-    def _finish(self, cur: dict[str, Any], err: Any, result: Any) -> None:
+    def _finish(self, cur: _Current, err: md.ErrorData | None, result: PlainResult) -> None:
         self._current = None
-        if cur["req"] and cur["slot"] in self.live:
-            self.send(cur["slot"], ["reply", cur["req"], err, result])
+        if cur.req and cur.slot in self.live:
+            self.send(cur.slot, ["reply", cur.req, err, result])
         self._next()
 
 
-def _plain(result: Any) -> Any:
+@dataclass(slots=True)
+class _Current:
+    """The op being sequenced: who asked (worker ``slot``, request ``req``; 0 = nobody
+    waits), the owner of its queue, its stage ("" -> "ask" -> "apply"), the token the
+    workers' acks carry and the workers still to ack."""
+
+    slot: int
+    req: int
+    op: md.AnyOp
+    owner: int | None
+    stage: str = ""
+    token: int = 0  # 0: none yet (tokens start at 1)
+    waiting: set[int] = field(default_factory=set)
+    result: PlainResult = None
+    save_error: md.ErrorData | None = None
+
+
+def _plain(result: md.OpResult | PlainResult) -> PlainResult:
     if isinstance(result, md.QueueInfo):
         return [result.name, result.message_count, result.consumer_count]
     return result
@@ -268,6 +293,7 @@ class WorkerMeta:
         self.metadata = metadata
         self.send = send
         self._reqs = itertools.count(1)
+        # Any: the caller knows which result its op gets (QueueInfo for queue.declare)
         self.pending: dict[int, Callable[[AMQPError | None, Any], None]] = {}
         self.ready = False
         self.on_ready: Callable[[], None] | None = None

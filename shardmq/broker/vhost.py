@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from shardmq.amqp.codec import exrk_names
 from shardmq.amqp.errors import (
@@ -74,12 +74,29 @@ Route = tuple[tuple[Queue, ...], RemoteGroups]
 _NO_ROUTE: Route = ((), ())
 
 
+class QueueFactory(Protocol):
+    """Makes the object of a newly declared queue: a ``Queue`` (with its store, if
+    durable) where it lives, a ``RemoteQueue`` on the other workers."""
+
+    def __call__(
+        self,
+        name: str,
+        vhost: str,
+        *,
+        durable: bool,
+        exclusive: bool,
+        owner: int,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+    ) -> AnyQueue: ...
+
+
 def _local_queue(name: str, vhost: str, **kw: Any) -> AnyQueue:
     return Queue(name, vhost, **kw)
 
 
 class VHost:
-    def __init__(self, name: str, queue_factory: Callable[..., AnyQueue] = _local_queue) -> None:
+    def __init__(self, name: str, queue_factory: QueueFactory = _local_queue) -> None:
         self.name = name
         self.queue_factory = queue_factory
         self.exchanges: dict[str, Exchange] = {}
@@ -396,7 +413,7 @@ def _group(queues: tuple[AnyQueue, ...]) -> Route:
     return (local, tuple((shard, tuple(qs)) for shard, qs in sorted(by_shard.items())))
 
 
-def _arg_repr(v: Any) -> str:
+def _arg_repr(v: object) -> str:
     if v is None:
         return "none"
     if isinstance(v, bool):

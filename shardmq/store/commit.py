@@ -42,11 +42,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Protocol, TypeVarTuple
 
 from shardmq.store.settings import FsyncPolicy, StoreSettings
 
 log = logging.getLogger("shardmq.store")
+
+# A record's token: whatever the store's user handed to ``push`` (the broker: a confirm
+# target and key). The store only hands it back, exactly once, so it is any object.
+Token = object
+_Args = TypeVarTuple("_Args")
 
 
 class JobOwner(Protocol):
@@ -59,7 +64,7 @@ class CommitJob:
     def __init__(
         self,
         owner: JobOwner | None,
-        tokens: list[Any],
+        tokens: list[Token],
         data: list[str],
         index: list[str],
         dirs: list[str],
@@ -271,7 +276,7 @@ class ThreadCommitter:
                 if not fut.done():
                     fut.set_result(None)
 
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+    def _post(self, fn: Callable[[*_Args], None], *args: *_Args) -> None:
         try:
             self.loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:

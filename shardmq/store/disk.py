@@ -25,7 +25,7 @@ import errno
 import logging
 import shutil
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal, Protocol
 
 log = logging.getLogger("shardmq.store")
 
@@ -40,6 +40,13 @@ def write_error_kind(exc: OSError) -> WriteErrorKind:
     return "full" if exc.errno in DISK_FULL_ERRNOS else "io"
 
 
+class DiskUsage(Protocol):
+    """What ``shutil.disk_usage`` returns, as far as the monitor reads it."""
+
+    @property
+    def free(self) -> int: ...
+
+
 class DiskMonitor:
     def __init__(
         self,
@@ -47,7 +54,7 @@ class DiskMonitor:
         limit: int,
         *,
         on_change: Callable[[bool], None] | None = None,
-        usage: Callable[[str], Any] = shutil.disk_usage,
+        usage: Callable[[str], DiskUsage] = shutil.disk_usage,
         recovery_margin: int = 16 * 1024 * 1024,
     ) -> None:
         self.path = path

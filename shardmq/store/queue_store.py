@@ -55,10 +55,10 @@ import zlib
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from shardmq.message import Message
-from shardmq.store.commit import CommitJob, Committer, InlineCommitter
+from shardmq.store.commit import CommitJob, Committer, InlineCommitter, Token
 from shardmq.store.segments import (
     CRC_SEED,
     FRAME_SIZE,
@@ -203,7 +203,7 @@ class _Seg:
         self.keep: array[int] | None = None
         self.dirty = False  # data buffered, not yet written
         self.idirty = False  # index records pending
-        self.tokens: list[Any] = []  # tokens of the buffered records
+        self.tokens: list[Token] = []  # tokens of the buffered records
         self.buf_first = 0  # sid range and counts of the buffered records
         self.buf_count = 0
         self.buf_region = 0
@@ -216,7 +216,7 @@ class _Seg:
         self.deleted = False
 
 
-def _noop(*args: Any) -> None:
+def _noop(*args: object) -> None:
     return None
 
 
@@ -261,8 +261,8 @@ class DiskQueueStore:
         *,
         settings: StoreSettings | None = None,
         committer: Committer | None = None,
-        on_durable: Callable[[list[Any]], None] | None = None,
-        on_failed: Callable[[list[Any], OSError], None] | None = None,
+        on_durable: Callable[[list[Token]], None] | None = None,
+        on_failed: Callable[[list[Token], OSError], None] | None = None,
         on_dirty: Callable[[DiskQueueStore], None] | None = None,
         codec: MessageCodec | None = None,
     ) -> None:
@@ -273,8 +273,8 @@ class DiskQueueStore:
         self.committer: Committer = (
             committer if committer is not None else InlineCommitter.from_settings(s)
         )
-        self.on_durable: Callable[[list[Any]], None] = on_durable or _noop
-        self.on_failed: Callable[[list[Any], OSError], None] = on_failed or _noop
+        self.on_durable: Callable[[list[Token]], None] = on_durable or _noop
+        self.on_failed: Callable[[list[Token], OSError], None] = on_failed or _noop
         self.on_dirty = on_dirty
         self._scheduled = False  # on_dirty was called since the last flush
         codec = codec if codec is not None else default_codec()
@@ -314,9 +314,9 @@ class DiskQueueStore:
         self._wdirty: list[_Seg] = []
         self._doomed: list[_Seg] = []
         self._idirty: list[_Seg] = []
-        self._written_tokens: list[Any] = []
-        self._free_tokens: list[Any] = []
-        self._failed: list[tuple[list[Any], OSError]] = []
+        self._written_tokens: list[Token] = []
+        self._free_tokens: list[Token] = []
+        self._failed: list[tuple[list[Token], OSError]] = []
         self._sync_data: list[str] = []
         self._sync_index: list[str] = []
         self._new_files = False
@@ -333,8 +333,8 @@ class DiskQueueStore:
         *,
         settings: StoreSettings | None = None,
         committer: Committer | None = None,
-        on_durable: Callable[[list[Any]], None] | None = None,
-        on_failed: Callable[[list[Any], OSError], None] | None = None,
+        on_durable: Callable[[list[Token]], None] | None = None,
+        on_failed: Callable[[list[Token], OSError], None] | None = None,
         on_dirty: Callable[[DiskQueueStore], None] | None = None,
         codec: MessageCodec | None = None,
     ) -> DiskQueueStore:
@@ -585,7 +585,7 @@ class DiskQueueStore:
         log.error("%s: %s: %s", self.path, what, exc)
 
     # ================================================================ MessageStore
-    def push(self, msg: Message, token: Any = None) -> bool:
+    def push(self, msg: Message, token: Token = None) -> bool:
         sid = self._next_sid
         self._next_sid = sid + 1
         if not self._persistent(msg):
@@ -618,7 +618,7 @@ class DiskQueueStore:
             self._mem += size
         return True
 
-    def _append(self, msg: Message, sid: int, flags: int, token: Any) -> _Seg | None:
+    def _append(self, msg: Message, sid: int, flags: int, token: Token) -> _Seg | None:
         seg = self._cur
         if seg is None or seg.data.end >= self._seg_size:
             seg = self._roll(sid)
@@ -658,7 +658,7 @@ class DiskQueueStore:
             seg.tokens.append(token)
         return seg
 
-    def push_taken(self, msg: Message, token: Any = None) -> bool:
+    def push_taken(self, msg: Message, token: Token = None) -> bool:
         """Store a message that bypassed the ready list and went straight to a consumer
         (call only while the store is empty, as ``Queue.publish`` does); it is unacked
         from now on, and comes back redelivered if the broker dies before the ack."""
@@ -1061,7 +1061,7 @@ class DiskQueueStore:
         self._rg_n = 0
         self._rg_trans.clear()
         self.redelivered.clear()
-        tokens: list[Any] = self._written_tokens + self._free_tokens
+        tokens: list[Token] = self._written_tokens + self._free_tokens
         for seg in self._segs:
             tokens += seg.tokens
             seg.tokens = []
