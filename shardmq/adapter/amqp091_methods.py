@@ -36,6 +36,7 @@ from shardmq.amqp.errors import (
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel
 from shardmq.broker.queue import Consumer, Queue
+from shardmq.broker.remote import RemoteQueue
 from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.vhost import AnyQueue
 from shardmq.message import Message
@@ -219,8 +220,7 @@ def _basic_qos(a: AMQP091Connection, ch: Channel, m: M.BasicQos) -> None:
 @handles(M.BasicConsume)
 def _basic_consume(a: AMQP091Connection, ch: Channel, m: M.BasicConsume) -> None:
     q = a.domain.queue_for(ch, m.queue)
-    local = isinstance(q, Queue)
-    if local and q.consumers and (m.exclusive or q.exclusive_consumer()):
+    if isinstance(q, Queue) and q.consumers and (m.exclusive or q.exclusive_consumer()):
         raise SoftError(
             ACCESS_REFUSED, f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use", 60, 20
         )
@@ -232,9 +232,11 @@ def _basic_consume(a: AMQP091Connection, ch: Channel, m: M.BasicConsume) -> None
     c = Consumer(tag, shortstr(tag), ch, q, m.no_ack, m.exclusive, ch.prefetch, m.arguments or {})
     ch.consumers[tag] = c
     ok = None if m.no_wait else M.BasicConsumeOk(consumer_tag=tag)
-    if not local:
+    if isinstance(q, RemoteQueue):
         # The owner checks exclusivity and registers the consumer; deliveries follow
         # its answer on the same ring, so they come after consume-ok.
+        rq = q
+
         def registered(_result: Any) -> M.Method | None:
             return ok
 
@@ -242,12 +244,12 @@ def _basic_consume(a: AMQP091Connection, ch: Channel, m: M.BasicConsume) -> None
             def answered(err: AMQPError | None, res: Any) -> None:
                 if err is not None:
                     ch.consumers.pop(tag, None)
-                    q.local_consumers.pop((a.domain.gid, ch.number, tag), None)
+                    rq.local_consumers.pop((a.domain.gid, ch.number, tag), None)
                 cb(err, res)
                 if a.domain.qos.granted:
                     a.domain.qos.rebalance()
 
-            a.broker.shards.consume(q, c, answered)
+            a.broker.shards.consume(rq, c, answered)
 
         a.remote_call(ch, m, start, registered)
         return
@@ -358,7 +360,7 @@ def _channel_flow_ok(a: AMQP091Connection, ch: Channel, m: M.ChannelFlowOk) -> N
 
 @handles(M.AccessRequest)
 def _access_request(a: AMQP091Connection, ch: Channel, m: M.AccessRequest) -> None:
-    a.send_method(ch, M.AccessRequestOk(reserved_1=1))
+    a.send_method(ch, M.AccessRequestOk(ticket=1))
 
 
 # ---------------------------------------------------------------- tx / confirm

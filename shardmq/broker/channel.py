@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from shardmq.amqp.errors import PRECONDITION_FAILED, SoftError
 from shardmq.broker.queue import Consumer, Queue
+from shardmq.broker.remote import RemoteQueue
 from shardmq.message import Message
 
 if TYPE_CHECKING:
@@ -39,7 +40,9 @@ if TYPE_CHECKING:
 # resume after the I/O layer wrote them (bounded memory, fair turns between sockets).
 OUT_LIMIT = 256 * 1024
 
-Unacked = tuple["Consumer | None", Queue, Message]
+# The queue of a delivery: this worker's, or another worker's (settles travel there)
+AnyQueue = Queue | RemoteQueue
+Unacked = tuple["Consumer | None", AnyQueue, Message]
 
 
 class ChannelSink(Protocol):
@@ -119,7 +122,7 @@ class Channel:
         self.last_queue = ""  # for the spec's "empty queue name = last declared queue"
 
     # ------------------------------------------------------------ delivery
-    def deliver(self, consumer: Consumer, queue: Queue, msg: Message, redelivered: bool) -> None:
+    def deliver(self, consumer: Consumer, queue: AnyQueue, msg: Message, redelivered: bool) -> None:
         tag = self.next_tag + 1
         self.next_tag = tag
         if consumer.no_ack:
@@ -130,7 +133,7 @@ class Channel:
             self.consumer_unacked += 1
         self._write(self, consumer, tag, redelivered, msg)
 
-    def take_get(self, queue: Queue, msg: Message, no_ack: bool) -> int:
+    def take_get(self, queue: AnyQueue, msg: Message, no_ack: bool) -> int:
         tag = self.next_tag + 1
         self.next_tag = tag
         if no_ack:
@@ -146,7 +149,7 @@ class Channel:
         if self.active and not was:
             self.kick()
 
-    def kick(self, first: Queue | None = None, skip: Container[Queue] = ()) -> None:
+    def kick(self, first: AnyQueue | None = None, skip: Container[AnyQueue] = ()) -> None:
         """Readiness may have grown: let every queue we consume from dispatch, once each
         (``first`` before the others, whether or not we consume from it; none in
         ``skip``, which were just dispatched)."""
@@ -173,10 +176,9 @@ class Channel:
                 if t == tag:
                     break
             return items
-        entry = unacked.pop(tag, None)
-        if entry is None:
+        if tag not in unacked:
             raise SoftError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
-        return [entry]
+        return [unacked.pop(tag)]
 
     def ack(self, tag: int, multiple: int) -> None:
         if self.tx:
@@ -184,7 +186,7 @@ class Channel:
             self.tx_acks.append((0, tag, multiple, False))
             return
         if not multiple:
-            entry = self.unacked.pop(tag, None)
+            entry: Unacked | None = self.unacked.pop(tag, None)
             if entry is None:
                 raise SoftError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
             consumer, queue, msg = entry
@@ -214,7 +216,7 @@ class Channel:
 
     def _settle(self, entries: list[Unacked], requeue: bool | None) -> None:
         """requeue None: ack; False: drop; True: back to the queue as redelivered."""
-        touched: dict[Queue, list[Message]] = {}
+        touched: dict[AnyQueue, list[Message]] = {}
         freed = False
         for consumer, queue, msg in entries:
             if consumer is not None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from shardmq.broker.remote import REMOTE_WINDOW, REQUEUE
+from shardmq.broker.remote import REMOTE_WINDOW, REQUEUE, RemoteQueue
 
 if TYPE_CHECKING:
     from shardmq.broker.channel import Channel
@@ -67,8 +67,9 @@ class GlobalQos:
             ch = consumer.channel
             if ch.closing or ch.consumers.get(consumer.tag) is not consumer or conn.closing:
                 parked.popleft()
-                if router is not None:
-                    router.settle(consumer.queue.shard, msg.seq, REQUEUE)
+                q = consumer.queue
+                if router is not None and isinstance(q, RemoteQueue):  # parked: always remote
+                    router.settle(q.shard, msg.seq, REQUEUE)
                 continue
             limit = ch.global_prefetch
             if not ch.active or (limit and ch.consumer_unacked >= limit):

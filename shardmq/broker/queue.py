@@ -35,6 +35,7 @@ from shardmq.store.queue_store import RawCodec
 if TYPE_CHECKING:
     from shardmq.broker.channel import Channel
     from shardmq.broker.exchange import Exchange
+    from shardmq.broker.remote import RemoteQueue
     from shardmq.store.queue_store import DiskQueueStore
 
 _persistent = RawCodec.persistent
@@ -94,7 +95,7 @@ class Consumer:
         tag: str,
         ctag: bytes,
         channel: Channel,
-        queue: Queue,
+        queue: Queue | RemoteQueue,
         no_ack: bool,
         exclusive: bool,
         prefetch: int,

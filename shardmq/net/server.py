@@ -25,6 +25,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from typing import cast
 
 from shardmq.adapter.amqp091 import AMQP091Connection
 from shardmq.amqp.connection import CLOSING, OPEN
@@ -79,8 +80,9 @@ class AMQPProtocol(asyncio.Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ transport events
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # a stream socket's transport
+        self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:

@@ -231,3 +231,10 @@ def test_memory_store_requeue_restores_original_order() -> None:
     s.requeue([taken[1], taken[3]])  # 2 and 4 come back
     s.requeue([taken[0]])  # then 1
     assert [m.seq for m in s] == [1, 2, 4, 5, 6]
+
+
+def test_access_request_is_answered() -> None:
+    """access.request (deprecated, sent by old clients) gets request-ok with a ticket."""
+    broker, pub = _setup()
+    pub.call(1, M.AccessRequest(realm="/data"))
+    assert pub.last(M.AccessRequestOk).ticket == 1  # type: ignore[attr-defined]
