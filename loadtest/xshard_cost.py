@@ -1,7 +1,7 @@
 """CPU cost per message of a local delivery vs a cross-shard one, in one process.
 
 Owns: ``python -m loadtest.xshard_cost``: 3 in-process workers (the test suite's
-``tests.broker.cluster.MeshCluster``: real brokers talking through the real mesh, shared-
+``loadtest.meshcluster.MeshCluster``: real brokers talking through the real mesh, shared-
 memory rings, batch records, flushes and reads, pumped in turn instead of by event
 loops), one publisher, one queue, one no-ack consumer, 16-byte messages; prints the CPU
 microseconds per message (all workers together, ``time.process_time``) for three
@@ -9,7 +9,7 @@ placements: everything on worker 0; queue on worker 1 (there and back); queue on
 consumer on 2. What it leaves out: the doorbell wake-ups (an eventfd write and an epoll
 wake per sleeping reader), which are rare under load, and the sockets.
 
-Run from the repository root (it imports the test harness): medians of ``--rounds``.
+Medians of ``--rounds``.
 """
 
 from __future__ import annotations
@@ -23,11 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shardmq.amqp import methods as M  # noqa: E402
-from tests.broker.cluster import MeshCluster  # noqa: E402
-from tests.broker.harness import Client, content_frames, method_frame  # noqa: E402
+from loadtest.inproc import Client, content_frames, method_frame
+from loadtest.meshcluster import MeshCluster
+from shardmq.amqp import methods as M
 
 BATCH = 500
 _DELIVER_METHOD = b"\x00\x3c\x00\x3c"  # class 60 (basic), method 60 (deliver)

@@ -43,7 +43,6 @@ def wire_worker(worker: Worker, broker: Broker, loop: asyncio.AbstractEventLoop)
     mesh = worker.mesh
     assert mesh is not None, "several workers need the mesh"
     router = ShardRouter(broker, mesh, loop.call_soon)
-    broker.shards = router
     mesh.on_records = router.on_records
     mesh.on_writable = router.on_writable
     mesh.on_peer_restart = router.shard_down
@@ -53,7 +52,7 @@ def wire_worker(worker: Worker, broker: Broker, loop: asyncio.AbstractEventLoop)
 
     meta = WorkerMeta(broker.metadata, send)
     meta.on_ready = synced.set
-    broker.sequencer = meta
+    broker.join_workers(router, meta)
 
     def on_message(payload: bytes) -> None:
         meta.on_message(_decode(payload))

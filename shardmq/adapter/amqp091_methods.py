@@ -191,7 +191,7 @@ def _queue_purge(a: AMQP091Connection, ch: Channel, m: M.QueuePurge) -> None:
     a.remote_call(
         ch,
         m,
-        lambda cb: a.broker.shards.purge(q, cb),
+        lambda cb: a.broker.router().purge(q, cb),
         None if m.no_wait else (lambda n: M.QueuePurgeOk(message_count=n)),
     )
 
@@ -249,7 +249,7 @@ def _basic_consume(a: AMQP091Connection, ch: Channel, m: M.BasicConsume) -> None
                 if a.domain.qos.granted:
                     a.domain.qos.rebalance()
 
-            a.broker.shards.consume(rq, c, answered)
+            a.broker.router().consume(rq, c, answered)
 
         a.remote_call(ch, m, start, registered)
         return
@@ -281,7 +281,7 @@ def _basic_get(a: AMQP091Connection, ch: Channel, m: M.BasicGet) -> None:
             msg = Message(exrk, raw, rawch, hsize, fmax, ref)
             _write_get_ok(a, ch, q, msg, redelivered, count, m.no_ack)
 
-        a.remote_call(ch, m, lambda cb: a.broker.shards.get(q, m.no_ack, cb), got_remote)
+        a.remote_call(ch, m, lambda cb: a.broker.router().get(q, m.no_ack, cb), got_remote)
         return
     got = q.get()
     if got is None:

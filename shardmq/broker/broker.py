@@ -26,19 +26,23 @@ import hmac
 import itertools
 import logging
 import platform
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shardmq import __version__
 from shardmq.amqp.errors import INTERNAL_ERROR, AMQPError, HardError
 from shardmq.broker.connection import BrokerConnection
 from shardmq.broker.durable import DefinitionsKeeper
-from shardmq.broker.metadata import Metadata, Op, shard_for
+from shardmq.broker.metadata import Metadata, Op, OpResult, shard_for
 from shardmq.broker.queue import Consumer, DurableQueue, Queue
 from shardmq.broker.remote import RemoteQueue
 from shardmq.broker.storage import WorkerStorage
 from shardmq.broker.vhost import AnyQueue
 from shardmq.config import Config
 from shardmq.store.definitions import DefinitionsStore
+
+if TYPE_CHECKING:
+    from shardmq.broker.shards import ShardRouter
 
 log = logging.getLogger("shardmq.broker")
 
@@ -54,6 +58,25 @@ CAPABILITIES = {
 }
 
 
+# Answers a metadata op: (error, result); the caller knows which result its op gets.
+OpCallback = Callable[[AMQPError | None, Any], None]
+
+
+class MetadataOps(Protocol):
+    """Where a worker's metadata changes go: ``LocalSequencer`` (one worker: applied at
+    once) or ``sequencer.WorkerMeta`` (several: ordered by the supervisor's sequencer
+    and applied by every worker before the answer)."""
+
+    synchronous: bool  # True: ``execute`` answers at once; False: only ``request``
+
+    def execute(self, op: Op) -> OpResult: ...
+
+    def request(self, op: Op, callback: OpCallback) -> None: ...
+
+    def fire(self, op: Op) -> None:
+        """Apply an op nobody waits for (auto-delete, exclusive owner gone)."""
+
+
 class LocalSequencer:
     """One worker: metadata ops apply at once, in this process, in call order."""
 
@@ -63,11 +86,19 @@ class LocalSequencer:
         self.metadata = metadata
         self.keeper = keeper
 
-    def execute(self, op: Op) -> Any:
+    def execute(self, op: Op) -> OpResult:
         result = self.metadata.apply(op)
         if self.keeper is not None:
             self._save(op)
         return result
+
+    def request(self, op: Op, callback: OpCallback) -> None:
+        try:
+            result = self.execute(op)
+        except AMQPError as exc:
+            callback(exc, None)
+            return
+        callback(None, result)
 
     def fire(self, op: Op) -> None:
         """Apply an op nobody waits for (auto-delete, exclusive owner gone)."""
@@ -113,8 +144,8 @@ class Broker:
             )
             if workers == 1:
                 self.definitions = DefinitionsKeeper(self.metadata, DefinitionsStore(data_dir))
-        self.sequencer: Any = LocalSequencer(self.metadata, self.definitions)
-        self.shards: Any = None  # the cross-shard router when workers > 1
+        self.sequencer: MetadataOps = LocalSequencer(self.metadata, self.definitions)
+        self.shards: ShardRouter | None = None  # the cross-worker router (workers > 1)
         self.connections: set[BrokerConnection] = set()
         self.conns_by_gid: dict[int, BrokerConnection] = {}
         self.alarm = False  # publishers blocked: memory or disk alarm
@@ -132,6 +163,18 @@ class Broker:
             "worker": slot,
         }
 
+    def join_workers(self, router: ShardRouter, sequencer: MetadataOps) -> None:
+        """Several workers: queues of other workers are reached through ``router``,
+        metadata changes go through the supervisor's sequencer (``sequencer``)."""
+        self.shards = router
+        self.sequencer = sequencer
+
+    def router(self) -> ShardRouter:
+        """The cross-worker router, for what only a queue of another worker needs."""
+        if self.shards is None:
+            raise HardError(INTERNAL_ERROR, "no cross-worker router (one worker)")
+        return self.shards
+
     def new_gid(self) -> int:
         """A connection id unique across workers: the slot in the high 32 bits."""
         return (self.slot << 32) | next(self._conn_ids)
@@ -140,6 +183,8 @@ class Broker:
         if self.workers > 1:
             shard = shard_for(vhost, name, self.workers)
             if shard != self.slot:
+                if self.shards is None:
+                    raise HardError(INTERNAL_ERROR, "another worker's queue before the mesh")
                 return RemoteQueue(name, vhost, shard, router=self.shards, **kw)
         storage = self.storage
         if storage is not None and kw.get("durable") and not kw.get("exclusive"):

@@ -50,9 +50,10 @@ log = logging.getLogger("shardmq.connection")
 # channel before connection.open).
 NOT_OPEN = VHost("")
 
-# What throttles a connection: a backed-up local queue, or a tuple naming a full ring
-# ("shard", n) or a backed-up queue on another worker ("queue", shard, name).
-ThrottleCause = Queue | tuple[object, ...]
+# What throttles a connection (``throttle(cause, on)``): a backed-up local queue, or a
+# tuple naming a full ring ("shard", n) or a backed-up queue on another worker
+# ("queue", shard, name); only compared and hashed here.
+ThrottleCause = object
 
 
 class ClientLink(Protocol):

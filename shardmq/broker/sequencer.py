@@ -306,6 +306,10 @@ class WorkerMeta:
             self.pending[req] = callback
         self.send(["req", req, md.encode_op(op)])
 
+    def execute(self, op: md.Op) -> md.OpResult:
+        """Not synchronous: ops go through ``request`` (see ``synchronous``)."""
+        raise RuntimeError("WorkerMeta.execute: several workers apply ops through request()")
+
     def fire(self, op: md.Op) -> None:
         self.send(["req", 0, md.encode_op(op)])
 

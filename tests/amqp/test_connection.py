@@ -11,10 +11,10 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loadtest.inproc import connect, frame, make_broker, method_frame, new_connection
 from shardmq.amqp import methods as M
 from shardmq.amqp.codec import PROTOCOL_HEADER
 from shardmq.amqp.connection import CLOSED, CLOSING, OPEN
-from tests.broker.harness import connect, frame, make_broker, method_frame, new_connection
 
 
 def _close_code(client) -> int:

@@ -3,10 +3,10 @@ in one process: ``MeshCluster`` pumps the workers in turn instead of event loops
 
 from __future__ import annotations
 
+from loadtest.inproc import content_frames, method_frame
+from loadtest.meshcluster import MeshCluster
 from loadtest.xshard_cost import PLACEMENTS, one_run
 from shardmq.amqp import methods as M
-from tests.broker.cluster import MeshCluster
-from tests.broker.harness import content_frames, method_frame
 
 
 def test_batches_through_real_rings_keep_order_and_lose_nothing() -> None:

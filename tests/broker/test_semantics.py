@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from loadtest.inproc import FakeIO, connect, make_broker
 from shardmq.amqp import methods as M
 from shardmq.broker.queue import QUEUE_HIGH_WATER, Queue
 from shardmq.broker.storage import MemoryStore
 from shardmq.message import Message
-from tests.broker.harness import FakeIO, connect, make_broker
 
 
 def _setup(n_queues: int = 1):
@@ -137,7 +137,7 @@ def test_confirms_are_coalesced_into_one_multiple_ack() -> None:
     _broker, c = _setup()
     c.call(1, M.ConfirmSelect())
     payload = b""
-    from tests.broker.harness import content_frames, method_frame
+    from loadtest.inproc import content_frames, method_frame
 
     for _ in range(5):
         payload += method_frame(1, M.BasicPublish(routing_key="q0")) + content_frames(1, b"z")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from loadtest.inproc import Client, content_frames, method_frame
+from loadtest.meshcluster import Cluster
 from shardmq.amqp import methods as M
 from shardmq.broker import queue as queue_mod
 from shardmq.broker.queue import Queue
 from shardmq.broker.remote import REMOTE_CREDIT_CHUNK, REMOTE_WINDOW, RemoteQueue
-from tests.broker.cluster import Cluster
-from tests.broker.harness import Client, content_frames, method_frame
 
 
 def _three() -> tuple[Cluster, str]:

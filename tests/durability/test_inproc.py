@@ -15,13 +15,13 @@ from typing import Any
 import msgspec
 import pytest
 
+from loadtest.inproc import Client, connect, make_broker
 from shardmq.amqp import methods as M
 from shardmq.broker.broker import Broker
 from shardmq.broker.queue import DurableQueue, Queue
 from shardmq.config import load_config
 from shardmq.store import commit
 from shardmq.store.settings import StoreSettings
-from tests.broker.harness import Client, connect, make_broker
 
 PERSISTENT = M.BasicProperties(delivery_mode=2)
 TRANSIENT = M.BasicProperties(delivery_mode=1)

@@ -1,4 +1,8 @@
-"""Sans-IO test harness: a broker and client connections without sockets.
+"""In-process AMQP clients: a broker and client connections without sockets.
+
+Owns: ``Client`` (feeds frames to an ``AMQP091Connection`` and parses its output back
+into methods and deliveries), frame builders, ``connect`` and ``make_broker``; used by
+the unit tests and by ``python -m loadtest.xshard_cost``.
 
 Frames are built with the generated method table and fed straight into the AMQP 0-9-1
 adapter (``AMQP091Connection.feed``); the broker's output is parsed back into methods and

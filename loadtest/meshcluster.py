@@ -1,5 +1,9 @@
 """In-process cluster: N brokers, a sequencer and fake rings, pumped deterministically.
 
+Owns: ``Cluster`` (fake links) and ``MeshCluster`` (real shared-memory rings), used by the
+test suite (tests/broker/) and by ``python -m loadtest.xshard_cost``; importable from
+the package so the load tools need nothing from tests/.
+
 Every record and control message is queued and delivered by ``pump`` in FIFO order per
 (source, target) pair, as the real rings and control sockets do, so the cross-shard
 protocol is tested without processes or shared memory.
@@ -11,13 +15,13 @@ import tempfile
 from collections import deque
 from typing import Any
 
+from loadtest.inproc import Client, connect
 from shardmq.broker.broker import Broker
 from shardmq.broker.metadata import shard_for
 from shardmq.broker.sequencer import Sequencer, WorkerMeta
 from shardmq.broker.shards import ShardRouter
 from shardmq.config import load_config
 from shardmq.ipc.mesh import Mesh, MeshHost
-from tests.broker.harness import Client, connect
 
 
 class FakeLink:
@@ -83,9 +87,9 @@ class Cluster:
         self.clients: list[Client] = []
         for slot in range(n):
             b = Broker(config, slot=slot, workers=n)
-            b.shards = ShardRouter(b, self._link(slot))
-            b.sequencer = WorkerMeta(
-                b.metadata, lambda m, slot=slot: self.control.append(("s", slot, m))
+            b.join_workers(
+                ShardRouter(b, self._link(slot)),
+                WorkerMeta(b.metadata, lambda m, slot=slot: self.control.append(("s", slot, m))),
             )
             self.brokers.append(b)
         for slot in range(n):
@@ -150,8 +154,10 @@ class Cluster:
         config = load_config()
         b = Broker(config, slot=slot, workers=self.n)
         incarnation = self.brokers[slot].shards.link.incarnation + 1  # as the supervisor
-        b.shards = ShardRouter(b, FakeLink(self, slot, incarnation))
-        b.sequencer = WorkerMeta(b.metadata, lambda m: self.control.append(("s", slot, m)))
+        b.join_workers(
+            ShardRouter(b, FakeLink(self, slot, incarnation)),
+            WorkerMeta(b.metadata, lambda m: self.control.append(("s", slot, m))),
+        )
         self.brokers[slot] = b
         self.sequencer.worker_up(slot)
         self.pump()
