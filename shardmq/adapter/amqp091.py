@@ -287,8 +287,6 @@ class AMQP091Connection:
     def close(self, code: int, text: str) -> None:
         self.engine.server_close(code, text)
 
-    server_close = close
-
     def confirms_waiting(self) -> None:
         self.confirms_due = True
         self.engine.wake_once()
