@@ -82,32 +82,41 @@ def _exchange_delete(a: AMQP091Connection, ch: Channel, m: M.ExchangeDelete) -> 
     a.submit(ch, m, op, None if m.no_wait else M.ExchangeDeleteOk())
 
 
-@handles(M.ExchangeBind)
-def _exchange_bind(a: AMQP091Connection, ch: Channel, m: M.ExchangeBind) -> None:
-    op = md.Bind(
+def _binding(
+    a: AMQP091Connection,
+    ch: Channel,
+    m: M.Method,
+    op_cls: type[md.Bind] | type[md.Unbind],
+    to_queue: bool,
+    destination: str,
+    source: str,
+    routing_key: str,
+    arguments: dict[str, Any] | None,
+    reply: M.Method | None,
+) -> None:
+    """queue.bind/unbind and exchange.bind/unbind: one metadata op each."""
+    op = op_cls(
         a.domain.vhost.name,
-        False,
-        m.destination,
-        m.source,
-        m.routing_key,
-        md.table_bytes(m.arguments),
+        to_queue,
+        destination,
+        source,
+        routing_key,
+        md.table_bytes(arguments),
         a.domain.gid,
     )
-    a.submit(ch, m, op, None if m.no_wait else M.ExchangeBindOk())
+    a.submit(ch, m, op, reply)
+
+
+@handles(M.ExchangeBind)
+def _exchange_bind(a: AMQP091Connection, ch: Channel, m: M.ExchangeBind) -> None:
+    ok = None if m.no_wait else M.ExchangeBindOk()
+    _binding(a, ch, m, md.Bind, False, m.destination, m.source, m.routing_key, m.arguments, ok)
 
 
 @handles(M.ExchangeUnbind)
 def _exchange_unbind(a: AMQP091Connection, ch: Channel, m: M.ExchangeUnbind) -> None:
-    op = md.Unbind(
-        a.domain.vhost.name,
-        False,
-        m.destination,
-        m.source,
-        m.routing_key,
-        md.table_bytes(m.arguments),
-        a.domain.gid,
-    )
-    a.submit(ch, m, op, None if m.no_wait else M.ExchangeUnbindOk())
+    ok = None if m.no_wait else M.ExchangeUnbindOk()
+    _binding(a, ch, m, md.Unbind, False, m.destination, m.source, m.routing_key, m.arguments, ok)
 
 
 # ---------------------------------------------------------------- queue class
@@ -154,30 +163,17 @@ def _queue_name(a: AMQP091Connection, ch: Channel, name: str) -> str:
 
 @handles(M.QueueBind)
 def _queue_bind(a: AMQP091Connection, ch: Channel, m: M.QueueBind) -> None:
-    op = md.Bind(
-        a.domain.vhost.name,
-        True,
-        _queue_name(a, ch, m.queue),
-        m.exchange,
-        m.routing_key,
-        md.table_bytes(m.arguments),
-        a.domain.gid,
-    )
-    a.submit(ch, m, op, None if m.no_wait else M.QueueBindOk())
+    ok = None if m.no_wait else M.QueueBindOk()
+    name = _queue_name(a, ch, m.queue)
+    _binding(a, ch, m, md.Bind, True, name, m.exchange, m.routing_key, m.arguments, ok)
 
 
 @handles(M.QueueUnbind)
 def _queue_unbind(a: AMQP091Connection, ch: Channel, m: M.QueueUnbind) -> None:
-    op = md.Unbind(
-        a.domain.vhost.name,
-        True,
-        _queue_name(a, ch, m.queue),
-        m.exchange,
-        m.routing_key,
-        md.table_bytes(m.arguments),
-        a.domain.gid,
+    name = _queue_name(a, ch, m.queue)  # queue.unbind has no no-wait
+    _binding(
+        a, ch, m, md.Unbind, True, name, m.exchange, m.routing_key, m.arguments, M.QueueUnbindOk()
     )
-    a.submit(ch, m, op, M.QueueUnbindOk())
 
 
 @handles(M.QueuePurge)
