@@ -192,6 +192,7 @@ def _delete_exchange(md: Metadata, op: DeleteExchange) -> None:
 
 
 def _bind_dest(vh: VHost, op: Bind) -> AnyQueue | Exchange:
+    vh.check_binding_ends(op.dest_is_queue, op.dest, op.source)
     if op.dest_is_queue:
         return vh.queue(op.dest, op.requester)
     return vh.exchange(op.dest)
@@ -203,15 +204,9 @@ def _bind(md: Metadata, op: Bind) -> None:
 
 
 def _unbind(md: Metadata, op: Unbind) -> None:
-    vh = md.vhost(op.vhost)
-    if op.dest_is_queue:
-        dest: AnyQueue | Exchange = vh.queue(op.dest, op.requester)
-    else:
-        ex = vh.exchanges.get(op.dest)
-        if ex is None:
-            return
-        dest = ex
-    vh.unbind(dest, op.source, op.routing_key, table_of(op.arguments))
+    md.vhost(op.vhost).unbind(
+        op.dest_is_queue, op.dest, op.source, op.routing_key, table_of(op.arguments), op.requester
+    )
 
 
 def _declare_queue(md: Metadata, op: DeclareQueue) -> QueueInfo:

@@ -10,7 +10,9 @@ Invariants:
   the message and are never cached.
 - Exchange-to-exchange routing visits each exchange at most once (cycles are fine) and
   yields each queue at most once.
-- Errors raised are ``SoftError`` / ``HardError`` with RabbitMQ's codes and texts.
+- Errors raised are ``SoftError`` / ``HardError`` with RabbitMQ's codes and texts, and
+  in RabbitMQ 3.10's order; unbind is idempotent (a missing queue, exchange or binding
+  is ok) and the default exchange is refused (403) even to a passive declare.
 """
 
 from __future__ import annotations
@@ -151,8 +153,7 @@ class VHost:
         arguments: dict[str, Any],
     ) -> Exchange:
         if passive:
-            if not name:
-                return self.exchanges[""]
+            self._check_bindable(name)  # RabbitMQ 3.10: 403, passive or not
             return self.exchange(name)
         if name.startswith("amq.") or name == "":
             existing = self.exchanges.get(name)
@@ -322,6 +323,14 @@ class VHost:
         if name == "":
             raise SoftError(ACCESS_REFUSED, "operation not permitted on the default exchange")
 
+    def check_binding_ends(self, dest_is_queue: bool, dest_name: str, source_name: str) -> None:
+        """A bind's first checks, in RabbitMQ's order: the default exchange at either end
+        (403), then the source exchange (404); the destination is looked up after."""
+        self._check_bindable(source_name)
+        if not dest_is_queue:
+            self._check_bindable(dest_name)
+        self.exchange(source_name)
+
     def bind(
         self, dest: AnyQueue | Exchange, source_name: str, routing_key: str, arguments: dict
     ) -> None:
@@ -335,17 +344,33 @@ class VHost:
             self._changed()
 
     def unbind(
-        self, dest: AnyQueue | Exchange, source_name: str, routing_key: str, arguments: dict
+        self,
+        dest_is_queue: bool,
+        dest_name: str,
+        source_name: str,
+        routing_key: str,
+        arguments: dict,
+        requester: int,
     ) -> None:
+        """As RabbitMQ 3.10: 403 when either end is the default exchange; otherwise
+        idempotent (a missing source, destination or binding is ok), and a locked
+        exclusive queue is refused (405) only when the binding exists."""
         self._check_bindable(source_name)
+        if not dest_is_queue:
+            self._check_bindable(dest_name)
         src = self.exchanges.get(source_name)
-        if src is None:
-            return  # RabbitMQ 3.10: unbinding from a missing exchange succeeds
-        if src.router.remove_binding(dest, routing_key, arguments):
-            if not src.router.has_destination(dest):
-                dest.sources.discard(src)
-            self._changed()
-            self._maybe_auto_delete(src)
+        dest: AnyQueue | Exchange | None = (
+            self.queues.get(dest_name) if dest_is_queue else self.exchanges.get(dest_name)
+        )
+        if src is None or dest is None or not src.router.has_binding(dest, routing_key, arguments):
+            return
+        if not isinstance(dest, Exchange):
+            self.check_exclusive(dest, requester)
+        src.router.remove_binding(dest, routing_key, arguments)
+        if not src.router.has_destination(dest):
+            dest.sources.discard(src)
+        self._changed()
+        self._maybe_auto_delete(src)
 
     # ------------------------------------------------------------ routing
     def route(self, msg: Message, exlen: int) -> Route:
