@@ -1,11 +1,18 @@
 """Process layer: run the broker as one process (N=1) or as a supervisor of N workers.
 
-Owns: process start-up and its exit code (``workers.exitcodes``), the data directory,
-systemd notifications, and with N>1 the worker lifecycle: listening sockets, shared
+Owns: process start-up and its exit code (``workers.exitcodes``): the data directory
+and port claimed first (``workers.startup.claim_broker``; a failure is one log line and
+its own exit code), systemd notifications, and with N>1 the worker lifecycle: listening
+sockets (the SO_REUSEPORT group, or the claimed socket as the hand-off acceptor), shared
 memory (``MeshHost``), spawn, readiness, respawn in the same slot, stall detection,
 SIGTERM drain, SIGHUP reload, and the hand-off acceptor. With N=1 the broker runs in
 this process (``workers.lifecycle.serve_broker``, as in every worker). It never touches
 a message. No AMQP logic.
+
+Invariants (both paths): nothing listens, and systemd hears no READY=1, before the data
+dir is locked and the port is this broker's alone (port lock and a plain bind); with
+N=1 the claimed socket listens only once recovery is done. The claims are held until
+the last process of the broker exits (the workers inherit them).
 
 Invariants (N>1):
 - The supervisor keeps every listening socket open for its whole life, so a respawned

@@ -184,3 +184,16 @@ def test_ready_only_once_the_port_answers(
     # at READY=1 the listener already serves AMQP and the data dir is locked
     assert amqp_answers(broker.port), broker.log()
     assert (broker.data_dir / "shardmq.lock").read_text().split() == [str(broker.proc.pid)]
+
+
+def test_serve_help_lists_the_start_up_exit_codes() -> None:
+    from click.testing import CliRunner
+
+    from shardmq.cli import cli
+
+    out = " ".join(CliRunner().invoke(cli, ["serve", "--help"]).output.split())
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    for code in ExitCode:
+        if code >= 10:
+            assert f"{code.value} " in out, code
+            assert f"{code.value} " in readme, code
