@@ -33,6 +33,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import socket
 import struct
 import time
@@ -67,6 +68,7 @@ PSEUDO_FILESYSTEMS = frozenset(
         "autofs",
     }
 )
+_OCTAL = re.compile(r"\\([0-7]{3})")
 FIX_DATA_DIR = "choose another with --data-dir or server.data_dir"
 FIX_PORT = "stop it, or start this broker with another --port (server.port)"
 
@@ -118,7 +120,7 @@ def filesystem_type(path: str) -> str | None:
     for fields in mounts:
         if len(fields) < 3:
             continue
-        point = fields[1].encode().decode("unicode_escape")  # \040 for a space
+        point = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), fields[1])  # \040: space
         inside = real == point or real.startswith(point.rstrip("/") + "/")
         if inside and len(point) >= len(best):
             best, fstype = point, fields[2]
@@ -238,17 +240,21 @@ def _lock_holder(name: str) -> int | None:
 
 def _port_lock(port: int) -> socket.socket | None:
     """The abstract socket that marks ``port`` as this shardmq's (None if this host does
-    not allow one: the plain bind still guards the port)."""
+    not allow one: the plain bind still refuses a port another broker listens on; the
+    lock adds the pid to the message and closes the window between two brokers
+    starting at the same moment)."""
     name = port_lock_name(port)
     deadline = time.monotonic() + ORPHAN_WAIT
     while True:
-        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lock: socket.socket | None = None
         try:
+            lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             lock.bind(name)
             lock.listen(8)
             return lock
         except OSError as exc:
-            lock.close()
+            if lock is not None:
+                lock.close()
             if exc.errno != errno.EADDRINUSE:
                 log.warning("no port lock for port %d (%s); relying on the bind", port, exc)
                 return None

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.support.ports import free_port
+from tests.support.procs import wait_for
 from workers.exitcodes import ExitCode
 
 from .served import Served, ServeFactory, serve, startup_lines
@@ -115,3 +116,24 @@ def test_second_broker_on_the_data_dir_is_refused(
         )
         assert f"(pid {first.proc.pid})" in line and "--data-dir" in line
     still_the_only_broker(first)
+
+
+def test_two_brokers_started_together_one_wins(serve: ServeFactory, tmp_path: Path) -> None:
+    """Started at the same moment on one port (2 workers each, SO_REUSEPORT, their own
+    data dirs): exactly one serves, the other is refused (the port lock closes the
+    window between one's check and its SO_REUSEPORT binds)."""
+    port = free_port()
+    pair = [serve(2, port=port, data_dir=tmp_path / f"together-{i}") for i in range(2)]
+
+    def settled() -> bool:
+        return any(b.proc.poll() is not None for b in pair) and any(
+            "shardmq ready" in b.log() for b in pair
+        )
+
+    wait_for(settled, 30, "one broker ready and the other gone", lambda: pair[0].log())
+    losers = [b for b in pair if b.proc.poll() is not None]
+    winners = [b for b in pair if b.proc.poll() is None]
+    assert len(losers) == 1 and len(winners) == 1, [b.log() for b in pair]
+    refused(losers[0], ExitCode.PORT_IN_USE, f"port {port} is in use")
+    winners[0].wait_ready()
+    still_the_only_broker(winners[0])
