@@ -62,7 +62,7 @@ PR_SET_PDEATHSIG = 1
 # the parent-death signal: not SIGTERM, which the supervisor sends for a full drain
 ORPHAN_SIGNAL = signal.SIGUSR1
 # seconds an orphaned worker waits for its clients' close-ok before it aborts them
-ORPHAN_DRAIN = 0.5
+ORPHAN_DRAIN = 0.25
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
