@@ -669,6 +669,7 @@ class Supervisor:
             return report_startup_error(err)
         except (OSError, MeshError) as exc:
             log.critical("cannot start: %s", exc)
+            notify(f"STATUS=cannot start: {exc}")
             self._cleanup()
             return ExitCode.FAILED
         except BaseException:
