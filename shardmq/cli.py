@@ -3,8 +3,10 @@
 Owns: argument parsing and turning flags into a validated ``Config``; it delegates the
 process work to ``workers`` and the load generator to ``loadtest``.
 
-Invariants: ``shardmq serve`` exits with the broker's ``workers.exitcodes.ExitCode``;
-every error reported here (bad config, no broker found) exits ``ExitCode.FAILED``.
+Invariants: ``shardmq serve`` exits with the broker's ``workers.exitcodes.ExitCode``
+(a start-up error, e.g. the port or the data dir in use, is one log line and its own
+code, never a traceback); every error reported here (bad config, no broker found)
+exits ``ExitCode.FAILED``.
 """
 
 from __future__ import annotations
@@ -54,7 +56,13 @@ def serve(
     data_dir: str | None,
     log_level: str | None,
 ) -> None:
-    """Start the broker in the foreground."""
+    """Start the broker in the foreground.
+
+    \b
+    Exit codes: 0 stopped cleanly, 1 failed, 10 port in use, 11 cannot listen on the
+    address, 12 data dir in use by another broker, 13 data dir not writable, 14 data
+    dir is a file, 15 data dir unusable (e.g. under /proc). Start-up errors are one
+    log line."""
     try:
         config = load_config(
             config_path,
