@@ -17,13 +17,15 @@ their worker, like transient messages in its queues.
 
 Invariants:
 - Held messages are released in due order (ties in arrival order) by one timer armed
-  for the earliest due time; each timer run releases at most ``RELEASE_SLICE``
-  messages and yields the loop before the next slice, so a burst never stalls it.
+  for the earliest due time; each timer run releases for at most ``RELEASE_SLICE_S``
+  and yields the loop before the next slice, so a burst never stalls it.
 - Due times are absolute wall-clock ms (``time.time``), on disk too, so a restart
   keeps them; a message already due at start-up is released at once.
-- In memory a held message costs one heap entry ``(due, seq, exchange, item)``: the
-  ``Message`` for a transient one, the location of its frames in the store for a
-  durable one (the frames stay on disk until due).
+- In memory a held message costs one heap entry ``(due, seq, exchange number, item)``
+  made of ints and bytes only (so the garbage collector untracks it and a million held
+  messages add nothing to its passes): ``item`` is the message packed into one bytes
+  object for a transient one, the location of its record in the store (an int) for a
+  durable one (its frames stay on disk until due).
 - A durable message is removed from the store only once the routed copy is stored by
   every durable queue it reached (on this worker or another): a crash in between
   delivers it again (a duplicate), never loses it.
@@ -42,7 +44,9 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import logging
+import struct
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -61,8 +65,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shardmq.delayed")
 
-RELEASE_SLICE = 2000  # messages released per loop turn at most
+RELEASE_SLICE_S = 0.005  # a release run yields the loop after this long
 _persistent = RawCodec.persistent
+_PACKED = struct.Struct(">HIIH")  # ch, hsize, fmax, len(exrk); then exrk, raw
+
+
+def pack(msg: Message) -> bytes:
+    exrk = msg.exrk
+    return _PACKED.pack(msg.ch, msg.hsize, msg.fmax, len(exrk)) + exrk + msg.raw
+
+
+def unpack(item: bytes) -> Message:
+    ch, hsize, fmax, n = _PACKED.unpack_from(item)
+    o = _PACKED.size
+    return Message(item[o : o + n], item[o + n :], ch, hsize, fmax, next_seq())
 
 
 def now_ms() -> int:
@@ -72,7 +88,11 @@ def now_ms() -> int:
 class DelayedScheduler:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self.heap: list[tuple[int, int, Exchange, Any]] = []
+        # (due ms, seq or store id, exchange number, packed message or store location)
+        self.heap: list[tuple[int, int, int, bytes | int]] = []
+        self._xids: dict[Exchange, int] = {}
+        self._by_xid: dict[int, Exchange] = {}
+        self._next_xid = itertools.count(1).__next__
         self.store: DelayedStore | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -145,12 +165,17 @@ class DelayedScheduler:
                 ch.confirm_later(1)
                 return
         else:
-            self._push(due, next_seq(), ex, msg)
+            self._push(due, next_seq(), ex, pack(msg))
         if ch.confirm:
             ch.confirm_published()
 
-    def _push(self, due: int, seq: int, ex: Exchange, item: Any) -> None:
-        heapq.heappush(self.heap, (due, seq, ex, item))
+    def _push(self, due: int, seq: int, ex: Exchange, item: bytes | int) -> None:
+        xid = self._xids.get(ex)
+        if xid is None:
+            self._forget_deleted()
+            xid = self._xids[ex] = self._next_xid()
+            self._by_xid[xid] = ex
+        heapq.heappush(self.heap, (due, seq, xid, item))
         if self.loop is None:
             try:
                 self.loop = asyncio.get_running_loop()
@@ -158,6 +183,17 @@ class DelayedScheduler:
                 return  # no loop (unit tests): released by ``release_due``
         if self._timer is None or due < self._timer_due:
             self._arm()
+
+    def _forget_deleted(self) -> None:
+        """Drop the numbers of deleted exchanges no held message refers to (seldom: only
+        when a new exchange gets a number)."""
+        dead = [x for x, ex in self._by_xid.items() if ex.deleted]
+        if not dead:
+            return
+        used = {e[2] for e in self.heap}
+        for x in dead:
+            if x not in used:
+                del self._xids[self._by_xid.pop(x)]
 
     # ------------------------------------------------------------ releasing
     def _arm(self) -> None:
@@ -174,24 +210,27 @@ class DelayedScheduler:
     def _fire(self) -> None:
         self._timer = None
         self._slice_pending = False
-        more = self.release_due(now_ms(), RELEASE_SLICE)
+        more = self.release_due(now_ms(), time.perf_counter() + RELEASE_SLICE_S)
         if more and self.loop is not None:
             self._slice_pending = True
             self.loop.call_soon(self._fire)
         else:
             self._arm()
 
-    def release_due(self, now: int, limit: int = 1 << 62) -> bool:
-        """Route up to ``limit`` messages due by ``now``; True if more are due."""
+    def release_due(self, now: int, until: float = float("inf")) -> bool:
+        """Route the messages due by ``now`` (wall-clock ms), stopping once
+        ``time.perf_counter()`` passes ``until``; True if some due ones are left."""
         heap = self.heap
         n = 0
+        clock = time.perf_counter
         while heap and heap[0][0] <= now:
-            if n >= limit:
-                return True
-            _due, seq, ex, item = heapq.heappop(heap)
             n += 1
-            if isinstance(item, Message):
-                self._route(ex, item, None)
+            if not n & 31 and clock() > until:
+                return True
+            _due, seq, xid, item = heapq.heappop(heap)
+            ex = self._by_xid[xid]
+            if isinstance(item, bytes):
+                self._route(ex, unpack(item), None)
             else:
                 self._route_durable(ex, seq, item)
         return False

@@ -20,7 +20,8 @@ Invariants:
 - A publish to an ``x-delayed-message`` exchange with a positive integer ``x-delay``
   header is not routed: ``route`` answers ``HELD`` (no side effect) and the connection
   hands it to ``shardmq.broker.delayed``, which routes it later through
-  ``route_from``. Routes through a delayed exchange are never cached.
+  ``route_from``. ``route`` never caches a route through a delayed exchange;
+  ``route_from`` has its own cache (``from_cache``), cleared with the other.
 - Errors raised are ``SoftError`` / ``HardError`` with RabbitMQ's codes and texts.
 """
 
@@ -132,6 +133,7 @@ class VHost:
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, AnyQueue] = {}
         self.route_cache: dict[bytes, Route] = {}
+        self.from_cache: dict[bytes, Route] = {}  # route_from's, for due delayed messages
         self.on_queue_deleted: Callable[[AnyQueue], None] = lambda q: None
         self._missing_ae_logged: set[tuple[str, str]] = set()  # (exchange, alternate)
         self.exchanges[""] = Exchange("", "direct", durable=True)
@@ -141,6 +143,8 @@ class VHost:
     def _changed(self) -> None:
         if self.route_cache:
             self.route_cache.clear()
+        if self.from_cache:
+            self.from_cache.clear()
 
     # ------------------------------------------------------------ lookup
     def _where(self) -> str:
@@ -442,8 +446,17 @@ class VHost:
 
     def route_from(self, ex: Exchange, msg: Message) -> Route:
         """Route ``msg`` from ``ex`` now, whatever its ``x-delay`` (a delayed message
-        that is due); never cached."""
-        return self._traverse(ex, msg, msg.routing_key)[0]
+        that is due); cached apart from ``route``'s cache (same rules)."""
+        exrk = msg.exrk
+        route = self.from_cache.get(exrk)
+        if route is not None:
+            return route
+        route, cacheable = self._traverse(ex, msg, msg.routing_key)
+        if cacheable:
+            if len(self.from_cache) >= _ROUTE_CACHE_MAX:
+                self.from_cache.clear()
+            self.from_cache[exrk] = route
+        return route
 
     def _traverse(self, ex: Exchange, msg: Message, routing_key: str) -> tuple[Route, bool]:
         """(route, cacheable) of ``msg`` entering at ``ex``: exchange-to-exchange
