@@ -17,6 +17,9 @@ Invariants:
   the supervisor's sequencer does.
 - Publishers are blocked while either alarm is on (memory, disk); unblocked only once
   both have cleared.
+- ``delayed`` (``shardmq.broker.delayed``) holds this worker's delayed-exchange
+  messages; with storage on, ``start_storage`` (after the definitions are in place)
+  recovers the durable ones, ``close_storage`` closes their store.
 """
 
 from __future__ import annotations
@@ -217,7 +220,8 @@ class Broker:
         return n
 
     def start_storage(self) -> None:
-        """The worker is about to serve: start watching free disk space."""
+        """The worker is about to serve: start watching free disk space; recover the
+        held delayed messages (their exchanges exist by now)."""
         if self.storage is not None:
             self.storage.start()
             # after the definitions: held messages find their exchanges
