@@ -46,7 +46,7 @@ weights_st = st.dictionaries(
 )
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(weights=weights_st)
 def test_distribution_follows_the_weights(weights: dict[str, int]) -> None:
     counts: dict[str | None, int] = {}
@@ -60,7 +60,7 @@ def test_distribution_follows_the_weights(weights: dict[str, int]) -> None:
         assert abs(counts.get(d, 0) - expected) < 0.1 * expected + 300
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(weights=weights_st, new=st.text("klmnop", min_size=1, max_size=6), w=st.integers(1, 10))
 def test_adding_a_destination_moves_only_the_keys_it_wins(
     weights: dict[str, int], new: str, w: int
