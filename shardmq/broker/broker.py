@@ -17,6 +17,9 @@ Invariants:
   the supervisor's sequencer does.
 - Publishers are blocked while either alarm is on (memory, disk); unblocked only once
   both have cleared.
+- ``delayed`` (``shardmq.broker.delayed``) holds this worker's delayed-exchange
+  messages; with storage on, ``start_storage`` (after the definitions are in place)
+  recovers the durable ones, ``close_storage`` closes their store.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from shardmq import __version__
 from shardmq.amqp.errors import INTERNAL_ERROR, AMQPError, HardError
 from shardmq.broker.connection import BrokerConnection
+from shardmq.broker.delayed import DelayedScheduler
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.metadata import Metadata, Op, OpResult, shard_for
 from shardmq.broker.queue import Consumer, DurableQueue, Queue
@@ -152,6 +156,7 @@ class Broker:
         self.memory_alarm = False  # memory high watermark passed
         self.disk_alarm = False  # free disk below store.disk_free_limit
         self._conn_ids = itertools.count(1)
+        self.delayed = DelayedScheduler(self)  # x-delayed-message exchanges' held messages
         self.server_properties = {
             "product": "shardmq",
             "version": __version__,
@@ -215,12 +220,16 @@ class Broker:
         return n
 
     def start_storage(self) -> None:
-        """The worker is about to serve: start watching free disk space."""
+        """The worker is about to serve: start watching free disk space; recover the
+        held delayed messages (their exchanges exist by now)."""
         if self.storage is not None:
             self.storage.start()
+            # after the definitions: held messages find their exchanges
+            self.delayed.open(self.storage.data_dir, self.config.store.fsync, self.storage.loop)
 
     async def close_storage(self) -> None:
         """Clean shutdown, after the connections are closed: flush, close, last fsync."""
+        self.delayed.close()
         if self.storage is not None:
             await self.storage.close()
 

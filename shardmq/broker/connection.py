@@ -38,7 +38,7 @@ from shardmq.broker.qos import GlobalQos
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import REMOTE_CREDIT_CHUNK, RemoteQueue
 from shardmq.broker.storage import ConfirmWaiter
-from shardmq.broker.vhost import AnyQueue, VHost
+from shardmq.broker.vhost import HELD, AnyQueue, VHost, delay_of
 from shardmq.message import Message
 
 if TYPE_CHECKING:
@@ -245,7 +245,11 @@ class BrokerConnection:
             self.vhost.route(msg, exlen)  # 404 / 403 now, like RabbitMQ
             ch.tx_publishes.append((msg, exlen, flags))
             return
-        local, remote = self.vhost.route(msg, exlen)
+        route = self.vhost.route(msg, exlen)
+        if route is HELD:  # a delayed exchange holds it (shardmq.broker.delayed)
+            self.broker.delayed.hold(self, ch, msg, conf, delay_of(msg))
+            return
+        local, remote = route
         target: Channel | ConfirmWaiter | None = ch if ch.confirm else conf
         for q in local:
             q.publish(msg, target)  # a durable queue takes a token (persistent msg)
