@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import json
 import os
 import zlib
 from collections.abc import Callable
@@ -24,9 +25,10 @@ from typing import Any
 
 import msgspec
 
-from shardmq.amqp.errors import AMQPError, HardError, SoftError
+from shardmq.amqp.errors import NOT_FOUND, PRECONDITION_FAILED, AMQPError, HardError, SoftError
 from shardmq.amqp.fieldtable import decode_table, encode_table
 from shardmq.broker.exchange import Exchange
+from shardmq.broker.policies import PolicyError, make_policy
 from shardmq.broker.queue import Queue
 from shardmq.broker.vhost import AnyQueue, QueueFactory, VHost
 
@@ -87,13 +89,38 @@ class DropOwners(Op, frozen=True):
     slot: int
 
 
+class SetPolicy(Op, frozen=True):
+    """Create or replace policy ``name`` (validated by ``policies.make_policy`` first;
+    ``definition`` is its JSON text)."""
+
+    name: str
+    pattern: str
+    apply_to: str
+    priority: int
+    definition: str
+
+
+class ClearPolicy(Op, frozen=True):
+    name: str
+
+
 class QueueInfo(msgspec.Struct, array_like=True, frozen=True):
     name: str
     message_count: int
     consumer_count: int
 
 
-AnyOp = DeclareExchange | DeleteExchange | Bind | Unbind | DeclareQueue | DeleteQueue | DropOwners
+AnyOp = (
+    DeclareExchange
+    | DeleteExchange
+    | Bind
+    | Unbind
+    | DeclareQueue
+    | DeleteQueue
+    | DropOwners
+    | SetPolicy
+    | ClearPolicy
+)
 
 # What ``Metadata.apply`` returns: QueueInfo for queue.declare, the message count for
 # queue.delete, None for the rest.
@@ -176,7 +203,8 @@ class Metadata:
 
 
 def _declare_exchange(md: Metadata, op: DeclareExchange) -> None:
-    md.vhost(op.vhost).declare_exchange(
+    vh = md.vhost(op.vhost)
+    vh.declare_exchange(
         op.name,
         op.type,
         passive=op.passive,
@@ -185,6 +213,9 @@ def _declare_exchange(md: Metadata, op: DeclareExchange) -> None:
         internal=op.internal,
         arguments=table_of(op.arguments),
     )
+    ex = vh.exchanges.get(op.name)
+    if ex is not None and not op.passive:
+        vh.assign_policy(ex)
 
 
 def _delete_exchange(md: Metadata, op: DeleteExchange) -> None:
@@ -215,7 +246,8 @@ def _unbind(md: Metadata, op: Unbind) -> None:
 
 
 def _declare_queue(md: Metadata, op: DeclareQueue) -> QueueInfo:
-    q = md.vhost(op.vhost).declare_queue(
+    vh = md.vhost(op.vhost)
+    q = vh.declare_queue(
         op.name,
         op.requester,
         passive=op.passive,
@@ -225,6 +257,8 @@ def _declare_queue(md: Metadata, op: DeclareQueue) -> QueueInfo:
         arguments=table_of(op.arguments),
         server_named=op.server_named,
     )
+    if not op.passive:
+        vh.assign_policy(q)
     if isinstance(q, Queue):
         return QueueInfo(q.name, q.message_count, len(q.consumers))
     return QueueInfo(q.name, 0, 0)
@@ -247,6 +281,26 @@ def _drop_owners(md: Metadata, op: DropOwners) -> None:
                 vh.remove_queue(q)
 
 
+def _set_policy(md: Metadata, op: SetPolicy) -> None:
+    try:
+        policy = make_policy(
+            op.vhost,
+            op.name,
+            op.pattern,
+            json.loads(op.definition),
+            priority=op.priority,
+            apply_to=op.apply_to,
+        )
+    except (PolicyError, ValueError) as exc:
+        raise SoftError(PRECONDITION_FAILED, str(exc)) from None
+    md.vhost(op.vhost).set_policy(policy)
+
+
+def _clear_policy(md: Metadata, op: ClearPolicy) -> None:
+    if not md.vhost(op.vhost).clear_policy(op.name):
+        raise SoftError(NOT_FOUND, "Parameter does not exist")
+
+
 # Any: each handler takes the Op subclass it is keyed by (a dict cannot say so)
 _APPLY: dict[type[Op], Callable[[Metadata, Any], OpResult]] = {
     DeclareExchange: _declare_exchange,
@@ -256,6 +310,8 @@ _APPLY: dict[type[Op], Callable[[Metadata, Any], OpResult]] = {
     DeclareQueue: _declare_queue,
     DeleteQueue: _delete_queue,
     DropOwners: _drop_owners,
+    SetPolicy: _set_policy,
+    ClearPolicy: _clear_policy,
 }
 
 
