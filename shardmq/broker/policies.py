@@ -22,7 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,7 +184,7 @@ class PolicySet:
     def __len__(self) -> int:
         return len(self.by_name)
 
-    def __iter__(self) -> Iterable[Policy]:
+    def __iter__(self) -> Iterator[Policy]:
         return iter(self._ordered)
 
     def put(self, policy: Policy) -> None:
