@@ -22,6 +22,7 @@ ready once it applied the chunk with ``last`` true).
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -70,6 +71,13 @@ def snapshot(metadata: md.Metadata) -> list[bytes]:
     ops: list[md.Op] = []
     bindings: list[md.Op] = []
     for vh in metadata.vhosts.values():
+        # policies first: the queues and exchanges declared below get theirs at once
+        for p in vh.policies:
+            ops.append(
+                md.SetPolicy(
+                    vh.name, p.name, p.pattern, p.apply_to, p.priority, json.dumps(p.definition)
+                )
+            )
         for ex in vh.exchanges.values():
             if ex.name == "" or ex.name.startswith("amq."):
                 pass

@@ -165,3 +165,17 @@ def test_queue_hears_of_its_policy_change() -> None:
     assert len(seen) == 1 and seen[0] is not None
     meta.apply(md.ClearPolicy("/", "p"))
     assert seen[-1] is None
+
+
+def test_a_restarted_worker_gets_the_policies_with_its_snapshot() -> None:
+    from shardmq.broker.sequencer import snapshot
+
+    meta = _meta()
+    _set(meta, "lim", "^q", {"max-length": 2}, priority=4, apply_to="queues")
+    _declare(meta, "q1")
+    fresh = _meta()
+    for data in snapshot(meta):
+        fresh.apply(md.decode_op(data))
+    vh = fresh.vhost("/")
+    assert [p.as_row() for p in vh.policies] == [p.as_row() for p in meta.vhost("/").policies]
+    assert vh.queues["q1"].policy is not None and vh.queues["q1"].policy.name == "lim"
