@@ -33,8 +33,20 @@ TIMEOUT = 30.0
 MAX_FRAME = 64 * 1024 * 1024
 
 
+# exit codes, as rabbitmqctl's (sysexits.h)
+EX_DATAERR = 65  # bad input, e.g. a missing password, a missing vhost to delete
+EX_NOUSER = 67  # no such user
+EX_UNAVAILABLE = 69  # refused (validation) or no broker to talk to
+EX_SOFTWARE = 70  # already exists
+
+
 class CtlError(Exception):
-    """A ctl request that did not succeed; the text is what the user sees."""
+    """A ctl request that did not succeed; the text is what the user sees, ``code`` the
+    exit code ctl ends with."""
+
+    def __init__(self, text: str, code: int = EX_UNAVAILABLE) -> None:
+        super().__init__(text)
+        self.code = code
 
 
 class Request(msgspec.Struct, forbid_unknown_fields=True):
@@ -46,6 +58,7 @@ class Answer(msgspec.Struct):
     ok: bool
     result: Any = None
     error: str = ""
+    code: int = EX_UNAVAILABLE  # the exit code for a refusal
 
 
 def socket_path(data_dir: str | Path) -> Path:
@@ -103,7 +116,7 @@ def call(data_dir: str | Path, command: str, timeout: float = TIMEOUT, **args: A
     except msgspec.DecodeError:
         raise CtlError("the broker sent an answer ctl cannot read") from None
     if not answer.ok:
-        raise CtlError(answer.error)
+        raise CtlError(answer.error, answer.code)
     return answer.result
 
 

@@ -2,7 +2,7 @@
 
 Owns: ``AdminServer`` (an asyncio unix-socket server on ``<data_dir>/ctl.sock``, frames
 as ``shardmq.ctlclient`` defines them) and ``COMMANDS``, the table from command name to
-handler. It runs where metadata changes are ordered: in the supervisor with N workers
+handler, filled by ``workers.admin_policies`` and ``workers.admin_access``. It runs where metadata changes are ordered: in the supervisor with N workers
 (over the ``Sequencer``), in the broker's own process with one (``LocalSequencer``).
 
 Invariants:
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -33,8 +32,14 @@ import msgspec
 
 from shardmq.amqp.errors import AMQPError
 from shardmq.broker import metadata as md
-from shardmq.broker.policies import PolicyError, make_policy
-from shardmq.ctlclient import MAX_FRAME, Answer, Request, reachable, socket_path
+from shardmq.ctlclient import (
+    EX_UNAVAILABLE,
+    MAX_FRAME,
+    Answer,
+    Request,
+    reachable,
+    socket_path,
+)
 
 log = logging.getLogger("shardmq.admin")
 
@@ -50,7 +55,11 @@ class AdminOps(Protocol):
 
 
 class CommandError(Exception):
-    """A refused command; the text goes back to ctl."""
+    """A refused command; the text goes back to ctl, which exits with ``code``."""
+
+    def __init__(self, text: str, code: int = EX_UNAVAILABLE) -> None:
+        super().__init__(text)
+        self.code = code
 
 
 Handler = Callable[[AdminOps, dict[str, Any]], Awaitable[Any]]
@@ -82,72 +91,32 @@ def submit(ops: AdminOps, op: md.Op) -> asyncio.Future[Any]:
     return fut
 
 
-def _args(args: dict[str, Any], spec: type[msgspec.Struct]) -> Any:
+def parse_args(args: dict[str, Any], spec: type[msgspec.Struct]) -> Any:
     try:
         return msgspec.convert(args, type=spec)
     except msgspec.ValidationError as exc:
         raise CommandError(f"bad arguments: {exc}") from None
 
 
-def _vhost(ops: AdminOps, name: str) -> None:
-    if name not in ops.metadata.vhosts:
-        raise CommandError(f"virtual host '{name}' does not exist")
-
-
-# ---------------------------------------------------------------------- policies
-class SetPolicyArgs(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    pattern: str
-    definition: str  # JSON text, as rabbitmqctl takes it
-    vhost: str = "/"
-    priority: int = 0
-    apply_to: str = "all"
-
-
-class PolicyNameArgs(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    vhost: str = "/"
+class NoArgs(msgspec.Struct, forbid_unknown_fields=True):
+    pass
 
 
 class VHostArgs(msgspec.Struct, forbid_unknown_fields=True):
     vhost: str = "/"
 
 
-@command("set_policy")
-async def set_policy(ops: AdminOps, raw: dict[str, Any]) -> None:
-    a: SetPolicyArgs = _args(raw, SetPolicyArgs)
-    _vhost(ops, a.vhost)
-    try:
-        definition = json.loads(a.definition)
-    except ValueError:
-        raise CommandError("JSON decoding error: the definition is not valid JSON") from None
-    try:
-        make_policy(
-            a.vhost, a.name, a.pattern, definition, priority=a.priority, apply_to=a.apply_to
-        )
-    except PolicyError as exc:
-        raise CommandError(f"Validation failed\n\n{exc}") from None
-    op = md.SetPolicy(a.vhost, a.name, a.pattern, a.apply_to, a.priority, json.dumps(definition))
-    await submit(ops, op)
-
-
-@command("clear_policy")
-async def clear_policy(ops: AdminOps, raw: dict[str, Any]) -> None:
-    a: PolicyNameArgs = _args(raw, PolicyNameArgs)
-    _vhost(ops, a.vhost)
-    await submit(ops, md.ClearPolicy(a.vhost, a.name))
-
-
-@command("list_policies")
-async def list_policies(ops: AdminOps, raw: dict[str, Any]) -> list[dict[str, Any]]:
-    a: VHostArgs = _args(raw, VHostArgs)
-    _vhost(ops, a.vhost)
-    return [p.as_row() for p in ops.metadata.vhost(a.vhost).policies]
+def need_vhost(ops: AdminOps, name: str, text: str = "Virtual host {} does not exist") -> None:
+    if name not in ops.metadata.vhosts:
+        raise CommandError(text.format(name))
 
 
 # ---------------------------------------------------------------------- the server
 class AdminServer:
     def __init__(self, data_dir: str | Path, ops: AdminOps) -> None:
+        # the command modules register themselves in COMMANDS
+        from workers import admin_access, admin_policies  # noqa: F401
+
         self.path = socket_path(data_dir)
         self.ops = ops
         self._server: asyncio.AbstractServer | None = None
@@ -205,7 +174,7 @@ class AdminServer:
             result = await fn(self.ops, req.args)
         except CommandError as exc:
             log.info("ctl %s refused: %s", req.command, str(exc).replace("\n\n", ": "))
-            return Answer(False, error=str(exc))
+            return Answer(False, error=str(exc), code=exc.code)
         except Exception as exc:  # never a traceback per request: one line, and an answer
             log.error("ctl %s failed: %s: %s", req.command, type(exc).__name__, exc)
             return Answer(False, error=f"internal error: {type(exc).__name__}: {exc}")

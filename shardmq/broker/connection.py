@@ -112,6 +112,16 @@ class BrokerConnection:
         vh = self.broker.vhosts.get(vhost)
         if vh is None:
             raise HardError(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)
+        if self.broker.metadata.access.permission(self.user, vhost) is None:
+            log.warning(
+                "connection %s: access to vhost '%s' refused for user '%s': no permissions",
+                self.peer,
+                vhost,
+                self.user,
+            )
+            raise HardError(
+                NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{self.user}'", 10, 40
+            )
         self.vhost = vh
         self.broker.connections.add(self)
         self.broker.conns_by_gid[self.gid] = self

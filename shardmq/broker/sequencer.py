@@ -68,8 +68,13 @@ def chunks(ops: list[bytes], limit: int = SNAPSHOT_CHUNK) -> list[list[bytes]]:
 
 def snapshot(metadata: md.Metadata) -> list[bytes]:
     """Ops that rebuild ``metadata``'s definitions from scratch (encoded)."""
-    ops: list[md.Op] = []
+    ops: list[md.Op] = [md.AddVHost(name) for name in metadata.vhosts]
     bindings: list[md.Op] = []
+    access = metadata.access
+    for u in access.users.values():
+        ops.append(md.AddUser("", u.name, u.password_hash, u.hashing_algorithm, list(u.tags)))
+    for perm in access.permissions.values():
+        ops.append(md.SetPermissions(perm.vhost, perm.user, perm.configure, perm.write, perm.read))
     for vh in metadata.vhosts.values():
         # policies first: the queues and exchanges declared below get theirs at once
         for p in vh.policies:

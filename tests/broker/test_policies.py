@@ -173,9 +173,14 @@ def test_a_restarted_worker_gets_the_policies_with_its_snapshot() -> None:
     meta = _meta()
     _set(meta, "lim", "^q", {"max-length": 2}, priority=4, apply_to="queues")
     _declare(meta, "q1")
-    fresh = _meta()
+    from shardmq.broker.broker import Broker
+    from shardmq.config import load_config
+
+    # a worker of several: its users, policies and queues all come with the snapshot
+    fresh = Broker(load_config(), slot=1, workers=2, storage=False).metadata
     for data in snapshot(meta):
         fresh.apply(md.decode_op(data))
     vh = fresh.vhost("/")
     assert [p.as_row() for p in vh.policies] == [p.as_row() for p in meta.vhost("/").policies]
     assert vh.queues["q1"].policy is not None and vh.queues["q1"].policy.name == "lim"
+    assert set(fresh.access.users) == {"guest"} and fresh.access.permission("guest", "/")
