@@ -32,6 +32,8 @@ from shardmq.amqp.errors import (
     HardError,
     SoftError,
 )
+from shardmq.auth.access import Permission
+from shardmq.auth.authorize import Authorizer
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel, ChannelSink
 from shardmq.broker.qos import GlobalQos
@@ -49,6 +51,7 @@ log = logging.getLogger("shardmq.connection")
 # The vhost of a connection that is not open yet (never routes: the engine allows no
 # channel before connection.open).
 NOT_OPEN = VHost("")
+UNOPENED = Authorizer(Permission.make("", "", "", "", ""), "", "")  # may do nothing
 
 # What throttles a connection (``throttle(cause, on)``): a backed-up local queue, or a
 # tuple naming a full ring ("shard", n) or a backed-up queue on another worker
@@ -83,6 +86,7 @@ class BrokerConnection:
         self.client = client
         self.gid = broker.new_gid()
         self.user = ""
+        self.authz = UNOPENED  # set by open(): what this user may do in its vhost
         self.vhost = NOT_OPEN  # set by open()
         self.channels: dict[int, Channel] = {}
         self.closing = False  # the connection is going: no more deliveries
@@ -112,7 +116,8 @@ class BrokerConnection:
         vh = self.broker.vhosts.get(vhost)
         if vh is None:
             raise HardError(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)
-        if self.broker.metadata.access.permission(self.user, vhost) is None:
+        perm = self.broker.metadata.access.permission(self.user, vhost)
+        if perm is None:
             log.warning(
                 "connection %s: access to vhost '%s' refused for user '%s': no permissions",
                 self.peer,
@@ -122,6 +127,7 @@ class BrokerConnection:
             raise HardError(
                 NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{self.user}'", 10, 40
             )
+        self.authz = Authorizer(perm, self.user, vhost)
         self.vhost = vh
         self.broker.connections.add(self)
         self.broker.conns_by_gid[self.gid] = self
@@ -247,6 +253,8 @@ class BrokerConnection:
         """Route one complete publish on ``ch`` (``flags``: 1 = mandatory), or keep it
         for the commit in tx mode. ``conf``: who waits for durable queues to store it
         (the channel itself in confirm mode; a tx commit passes its own waiter)."""
+        if not self.authz.unrestricted:
+            self.authz.check_publish(msg.exrk)
         if not self.published:
             self.published = True
             if self.broker.alarm:
@@ -306,8 +314,12 @@ class BrokerConnection:
             self.broker.sequencer.fire(md.DeleteQueue(q.vhost, q.name, True, False, 0))
 
     def queue_for(self, ch: Channel, name: str) -> AnyQueue:
+        """The queue a read operation (queue.purge, basic.get, basic.consume) names ("":
+        the channel's last declared queue), after the ``read`` permission check (403
+        comes before 404, as in RabbitMQ)."""
         if not name:
             name = ch.last_queue
             if not name:
                 raise SoftError(NOT_FOUND, "no previously declared queue")
+        self.authz.check("read", "queue", name)
         return self.vhost.queue(name, self.gid)
