@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import TYPE_CHECKING, Protocol
 
@@ -48,8 +49,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shardmq.connection")
 
+
 # The vhost of a connection that is not open yet (never routes: the engine allows no
 # channel before connection.open).
+def is_loopback(peer: str) -> bool:
+    """``peer`` ("host:port", as the listener names connections) is a loopback address."""
+    host = peer.rsplit(":", 1)[0].strip("[]")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
+    return bool((mapped or addr).is_loopback)
+
+
 NOT_OPEN = VHost("")
 UNOPENED = Authorizer(Permission.make("", "", "", "", ""), "", "")  # may do nothing
 
@@ -106,6 +119,13 @@ class BrokerConnection:
     def login(self, user: str, password: str) -> bool:
         """Check a user name and password (logs a refusal, never the password)."""
         ok = self.broker.check_password(user, password)
+        if ok and user in self.broker.config.auth.loopback_users and not is_loopback(self.peer):
+            log.warning(
+                "connection %s: user '%s' can only connect via localhost (loopback_users)",
+                self.peer,
+                user,
+            )
+            return False
         if ok:
             self.user = user
         else:
