@@ -355,7 +355,80 @@ def list_user_permissions(ctx: click.Context, formatter: str, user: str, **opts:
     print_rows(rows, ["vhost", "configure", "write", "read"], formatter)
 
 
+@click.command("set_topic_permissions")
+@broker_options
+@vhost_option
+@click.argument("user")
+@click.argument("exchange")
+@click.argument("write")
+@click.argument("read")
+@click.pass_context
+def set_topic_permissions(
+    ctx: click.Context, vhost: str, user: str, exchange: str, write: str, read: str, **opts: Any
+) -> None:
+    """Limit USER's routing keys on topic EXCHANGE: WRITE (publish) and READ (bind)
+    regexes; {username} and {vhost} expand."""
+    click.echo(
+        f'Setting topic permissions on "{exchange}" for user "{user}" in vhost "{vhost}" ...'
+    )
+    request(
+        ctx,
+        opts,
+        "set_topic_permissions",
+        vhost=vhost,
+        user=user,
+        exchange=exchange,
+        write=write,
+        read=read,
+    )
+
+
+@click.command("clear_topic_permissions")
+@broker_options
+@vhost_option
+@click.argument("user")
+@click.argument("exchange", required=False, default="")
+@click.pass_context
+def clear_topic_permissions(
+    ctx: click.Context, vhost: str, user: str, exchange: str, **opts: Any
+) -> None:
+    """Remove USER's topic permissions on EXCHANGE (or on every exchange)."""
+    where = f'on "{exchange}" ' if exchange else ""
+    click.echo(f'Clearing topic permissions {where}for user "{user}" in vhost "{vhost}" ...')
+    request(ctx, opts, "clear_topic_permissions", vhost=vhost, user=user, exchange=exchange)
+
+
+@click.command("list_topic_permissions")
+@broker_options
+@vhost_option
+@formatter_option
+@click.pass_context
+def list_topic_permissions(ctx: click.Context, vhost: str, formatter: str, **opts: Any) -> None:
+    """Topic permissions of every user on a vhost."""
+    rows = request(ctx, opts, "list_topic_permissions", vhost=vhost)
+    if formatter != "json":
+        click.echo(f'Listing topic permissions for vhost "{vhost}" ...')
+    print_rows(rows, ["user", "exchange", "write", "read"], formatter)
+
+
+@click.command("list_user_topic_permissions")
+@broker_options
+@formatter_option
+@click.argument("user")
+@click.pass_context
+def list_user_topic_permissions(ctx: click.Context, formatter: str, user: str, **opts: Any) -> None:
+    """USER's topic permissions on every vhost."""
+    rows = request(ctx, opts, "list_user_topic_permissions", name=user)
+    if formatter != "json":
+        click.echo(f'Listing topic permissions for user "{user}" ...')
+    print_rows(rows, ["vhost", "exchange", "write", "read"], formatter)
+
+
 COMMANDS = [
+    set_topic_permissions,
+    clear_topic_permissions,
+    list_topic_permissions,
+    list_user_topic_permissions,
     set_policy,
     clear_policy,
     list_policies,

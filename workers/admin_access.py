@@ -3,7 +3,9 @@
 Owns: ``add_user``, ``delete_user``, ``change_password``, ``clear_password``,
 ``set_user_tags``, ``list_users``, ``authenticate_user``, ``add_vhost``,
 ``delete_vhost``, ``list_vhosts``, ``set_permissions``, ``clear_permissions``,
-``list_permissions``, ``list_user_permissions`` (registered in
+``list_permissions``, ``list_user_permissions``, ``set_topic_permissions``,
+``clear_topic_permissions``, ``list_topic_permissions``,
+``list_user_topic_permissions`` (registered in
 ``workers.admin.COMMANDS``).
 
 Invariants:
@@ -172,6 +174,68 @@ async def clear_permissions(ops: AdminOps, raw: dict[str, Any]) -> None:
     need_vhost(ops, a.vhost)
     need_user(ops, a.user)
     await submit(ops, md.ClearPermissions(a.vhost, a.user))
+
+
+class TopicArgs(msgspec.Struct, forbid_unknown_fields=True):
+    user: str
+    exchange: str = ""
+    write: str = ""
+    read: str = ""
+    vhost: str = "/"
+
+
+@command("set_topic_permissions")
+async def set_topic_permissions(ops: AdminOps, raw: dict[str, Any]) -> None:
+    a: TopicArgs = parse_args(raw, TopicArgs)
+    need_vhost(ops, a.vhost)
+    need_user(ops, a.user)
+    if not a.exchange:
+        raise CommandError("an exchange name is required", EX_DATAERR)
+    for pattern in (a.write, a.read):
+        try:
+            re.compile(pattern.replace("{username}", "u").replace("{vhost}", "v"))
+        except re.error as exc:
+            raise CommandError(f"invalid regular expression '{pattern}': {exc}") from None
+    op = md.SetTopicPermissions(a.vhost, a.user, a.exchange, a.write, a.read)
+    await submit(ops, op)
+
+
+@command("clear_topic_permissions")
+async def clear_topic_permissions(ops: AdminOps, raw: dict[str, Any]) -> None:
+    a: TopicArgs = parse_args(raw, TopicArgs)
+    need_vhost(ops, a.vhost)
+    need_user(ops, a.user)
+    await submit(ops, md.ClearTopicPermissions(a.vhost, a.user, a.exchange))
+
+
+def _topic_row(tp: Any, first: str) -> dict[str, Any]:
+    return {first: getattr(tp, first), "exchange": tp.exchange, "write": tp.write, "read": tp.read}
+
+
+@command("list_topic_permissions")
+async def list_topic_permissions(ops: AdminOps, raw: dict[str, Any]) -> list[dict[str, Any]]:
+    a: VHostArgs = parse_args(raw, VHostArgs)
+    need_vhost(ops, a.vhost)
+    rows = [
+        _topic_row(tp, "user")
+        for (vh, _), topics in ops.metadata.access.topics.items()
+        if vh == a.vhost
+        for tp in topics.values()
+    ]
+    return sorted(rows, key=lambda r: (r["user"], r["exchange"]))
+
+
+@command("list_user_topic_permissions")
+async def list_user_topic_permissions(ops: AdminOps, raw: dict[str, Any]) -> list[dict[str, Any]]:
+    a: UserArgs = parse_args(raw, UserArgs)
+    need_user(ops, a.name)
+    rows = [
+        _topic_row(tp, "vhost")
+        for (_, user), topics in ops.metadata.access.topics.items()
+        if user == a.name
+        for tp in topics.values()
+    ]
+    return sorted(rows, key=lambda r: (r["vhost"], r["exchange"]))
 
 
 def _row(perm: Any, first: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -57,10 +58,36 @@ class Permission:
         return regex.search(name) is not None
 
 
+@dataclass(frozen=True)
+class TopicPermission:
+    """Write/read regexes on the routing keys of one topic exchange; ``{username}`` and
+    ``{vhost}`` in a pattern stand for the connection's user and vhost."""
+
+    user: str
+    vhost: str
+    exchange: str
+    write: str
+    read: str
+
+    def allows(self, kind: str, routing_key: str) -> bool:
+        pattern = self.write if kind == "write" else self.read
+        pattern = pattern.replace("{username}", re.escape(self.user))
+        pattern = pattern.replace("{vhost}", re.escape(self.vhost))
+        return _cached(pattern).search(routing_key) is not None
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached(pattern: str) -> re.Pattern[str]:
+    return _compile(pattern)
+
+
 class Access:
     def __init__(self) -> None:
         self.users: dict[str, User] = {}
         self.permissions: dict[tuple[str, str], Permission] = {}  # (vhost, user)
+        # (vhost, user) -> exchange -> its topic permission
+        self.topics: dict[tuple[str, str], dict[str, TopicPermission]] = {}
+        self.version = 0  # changes with every change of users or permissions
 
     def authenticate(self, name: str, password: str) -> User | None:
         user = self.users.get(name)
@@ -73,20 +100,45 @@ class Access:
 
     def put_user(self, user: User) -> None:
         self.users[user.name] = user
+        self.version += 1
 
     def delete_user(self, name: str) -> bool:
         if self.users.pop(name, None) is None:
             return False
         for key in [k for k in self.permissions if k[1] == name]:
             del self.permissions[key]
+        for key in [k for k in self.topics if k[1] == name]:
+            del self.topics[key]
+        self.version += 1
         return True
 
     def set_permission(self, perm: Permission) -> None:
         self.permissions[(perm.vhost, perm.user)] = perm
+        self.version += 1
 
     def clear_permission(self, vhost: str, user: str) -> bool:
+        self.version += 1
         return self.permissions.pop((vhost, user), None) is not None
+
+    def set_topic_permission(self, perm: TopicPermission) -> None:
+        self.topics.setdefault((perm.vhost, perm.user), {})[perm.exchange] = perm
+        self.version += 1
+
+    def clear_topic_permissions(self, vhost: str, user: str, exchange: str | None) -> None:
+        """Remove ``user``'s topic permission on ``exchange`` (None: on every one)."""
+        mine = self.topics.get((vhost, user))
+        if mine is not None:
+            if exchange is None:
+                mine.clear()
+            else:
+                mine.pop(exchange, None)
+            if not mine:
+                del self.topics[(vhost, user)]
+        self.version += 1
 
     def vhost_deleted(self, vhost: str) -> None:
         for key in [k for k in self.permissions if k[0] == vhost]:
             del self.permissions[key]
+        for key in [k for k in self.topics if k[0] == vhost]:
+            del self.topics[key]
+        self.version += 1

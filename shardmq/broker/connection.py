@@ -33,7 +33,7 @@ from shardmq.amqp.errors import (
     HardError,
     SoftError,
 )
-from shardmq.auth.access import Permission
+from shardmq.auth.access import Access
 from shardmq.auth.authorize import Authorizer
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel, ChannelSink
@@ -64,7 +64,7 @@ def is_loopback(peer: str) -> bool:
 
 
 NOT_OPEN = VHost("")
-UNOPENED = Authorizer(Permission.make("", "", "", "", ""), "", "")  # may do nothing
+UNOPENED = Authorizer(Access(), "", NOT_OPEN)  # may do nothing
 
 # What throttles a connection (``throttle(cause, on)``): a backed-up local queue, or a
 # tuple naming a full ring ("shard", n) or a backed-up queue on another worker
@@ -147,7 +147,7 @@ class BrokerConnection:
             raise HardError(
                 NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{self.user}'", 10, 40
             )
-        self.authz = Authorizer(perm, self.user, vhost)
+        self.authz = Authorizer(self.broker.metadata.access, self.user, vh)
         self.vhost = vh
         self.broker.connections.add(self)
         self.broker.conns_by_gid[self.gid] = self
@@ -273,8 +273,9 @@ class BrokerConnection:
         """Route one complete publish on ``ch`` (``flags``: 1 = mandatory), or keep it
         for the commit in tx mode. ``conf``: who waits for durable queues to store it
         (the channel itself in confirm mode; a tx commit passes its own waiter)."""
-        if not self.authz.unrestricted:
-            self.authz.check_publish(msg.exrk)
+        authz = self.authz
+        if authz.version != authz.access.version or not authz.unrestricted:
+            authz.check_publish(msg.exrk)
         if not self.published:
             self.published = True
             if self.broker.alarm:

@@ -29,7 +29,7 @@ import msgspec
 
 from shardmq.amqp.errors import NOT_FOUND, PRECONDITION_FAILED, AMQPError, HardError, SoftError
 from shardmq.amqp.fieldtable import decode_table, encode_table
-from shardmq.auth.access import Access, Permission, User
+from shardmq.auth.access import Access, Permission, TopicPermission, User
 from shardmq.broker.exchange import Exchange
 from shardmq.broker.policies import PolicyError, make_policy
 from shardmq.broker.queue import Queue
@@ -151,6 +151,20 @@ class ClearPermissions(Op, frozen=True):
     user: str
 
 
+class SetTopicPermissions(Op, frozen=True):
+    user: str
+    exchange: str
+    write: str
+    read: str
+
+
+class ClearTopicPermissions(Op, frozen=True):
+    """``exchange`` "": every topic permission of ``user`` in ``vhost``."""
+
+    user: str
+    exchange: str
+
+
 class QueueInfo(msgspec.Struct, array_like=True, frozen=True):
     name: str
     message_count: int
@@ -174,6 +188,8 @@ AnyOp = (
     | DeleteUser
     | SetPermissions
     | ClearPermissions
+    | SetTopicPermissions
+    | ClearTopicPermissions
 )
 
 # Ops that change who may do what: the broker closes connections they affect.
@@ -433,6 +449,25 @@ def _clear_permissions(md: Metadata, op: ClearPermissions) -> None:
     md.access.clear_permission(op.vhost, op.user)
 
 
+def _set_topic_permissions(md: Metadata, op: SetTopicPermissions) -> None:
+    _user(md, op.user)
+    if op.vhost not in md.vhosts:
+        raise SoftError(NOT_FOUND, f"Virtual host '{op.vhost}' does not exist")
+    for pattern in (op.write, op.read):
+        try:
+            re.compile(pattern.replace("{username}", "u").replace("{vhost}", "v"))
+        except re.error as exc:
+            raise SoftError(PRECONDITION_FAILED, f"invalid regular expression: {exc}") from None
+    md.access.set_topic_permission(
+        TopicPermission(op.user, op.vhost, op.exchange, op.write, op.read)
+    )
+
+
+def _clear_topic_permissions(md: Metadata, op: ClearTopicPermissions) -> None:
+    _user(md, op.user)
+    md.access.clear_topic_permissions(op.vhost, op.user, op.exchange or None)
+
+
 # Any: each handler takes the Op subclass it is keyed by (a dict cannot say so)
 _APPLY: dict[type[Op], Callable[[Metadata, Any], OpResult]] = {
     DeclareExchange: _declare_exchange,
@@ -451,6 +486,8 @@ _APPLY: dict[type[Op], Callable[[Metadata, Any], OpResult]] = {
     DeleteUser: _delete_user,
     SetPermissions: _set_permissions,
     ClearPermissions: _clear_permissions,
+    SetTopicPermissions: _set_topic_permissions,
+    ClearTopicPermissions: _clear_topic_permissions,
 }
 
 

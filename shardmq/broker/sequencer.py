@@ -75,6 +75,9 @@ def snapshot(metadata: md.Metadata) -> list[bytes]:
         ops.append(md.AddUser("", u.name, u.password_hash, u.hashing_algorithm, list(u.tags)))
     for perm in access.permissions.values():
         ops.append(md.SetPermissions(perm.vhost, perm.user, perm.configure, perm.write, perm.read))
+    for topics in access.topics.values():
+        for tp in topics.values():
+            ops.append(md.SetTopicPermissions(tp.vhost, tp.user, tp.exchange, tp.write, tp.read))
     for vh in metadata.vhosts.values():
         # policies first: the queues and exchanges declared below get theirs at once
         for p in vh.policies:

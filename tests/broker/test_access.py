@@ -61,7 +61,9 @@ def test_needs_maps_ops_to_rabbitmqs_permissions() -> None:
         ("write", "exchange", "dx"),
         ("read", "exchange", "sx"),
     ]
-    authz = Authorizer(Permission.make("u", "/", "", "^w", ""), "u", "/")
+    access = Access()
+    access.set_permission(Permission.make("u", "/", "", "^w", ""))
+    authz = Authorizer(access, "u", make_broker().vhosts["/"])
     authz.check_publish(b"\x02wx\x01k")
     with pytest.raises(Exception, match="access to exchange 'amq.default' in vhost '/'"):
         authz.check_publish(b"\x00\x01k")

@@ -3,6 +3,7 @@ operation with RabbitMQ's mapping and its 403 texts, for users made with ``ctl``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 
 import pika
@@ -105,3 +106,61 @@ def test_operations_need_rabbitmqs_permissions(
     text = refused(broker, user, lambda ch: ch.queue_bind(f"{p}-w", f"{p}-wx", "k"))
     assert text == f"ACCESS_REFUSED - access to exchange '{p}-wx' {where}"
     allowed(broker, user, lambda ch: ch.queue_bind(f"{p}-w", f"{p}-rx", "k"))
+
+
+def test_topic_permissions_limit_routing_keys_on_topic_exchanges(broker: Broker) -> None:
+    user = unique("tp")
+    ok(broker, "add_user", user, "pw")
+    try:
+        ok(broker, "set_permissions", user, ".*", ".*", ".*")
+        ok(broker, "set_topic_permissions", user, "amq.topic", "^{username}\\.", "^r\\.")
+        rows = json.loads(ok(broker, "list_topic_permissions", "--formatter", "json"))
+        assert {
+            "user": user,
+            "exchange": "amq.topic",
+            "write": "^{username}\\.",
+            "read": "^r\\.",
+        } in rows
+        where = f"in exchange 'amq.topic' in vhost '/' refused for user '{user}'"
+        allowed(broker, user, lambda ch: ch.basic_publish("amq.topic", f"{user}.x", b"1"))
+        text = refused(broker, user, lambda ch: ch.basic_publish("amq.topic", "other.x", b"1"))
+        assert text == f"ACCESS_REFUSED - access to topic 'other.x' {where}"
+
+        def bind(rk: str) -> Callable[[BlockingChannel], object]:
+            def run(ch: BlockingChannel) -> None:
+                q = ch.queue_declare("", exclusive=True).method.queue
+                ch.queue_bind(q, "amq.topic", rk)
+
+            return run
+
+        allowed(broker, user, bind("r.a"))
+        text = refused(broker, user, bind("x.a"))
+        assert text == f"ACCESS_REFUSED - access to topic 'x.a' {where}"
+        # other exchange types are not affected
+        allowed(broker, user, lambda ch: ch.basic_publish("amq.direct", "other.x", b"1"))
+        ok(broker, "clear_topic_permissions", user, "amq.topic")
+        allowed(broker, user, lambda ch: ch.basic_publish("amq.topic", "other.x", b"1"))
+    finally:
+        ctl(broker, "delete_user", user)
+
+
+def test_a_permission_change_reaches_open_connections(broker: Broker) -> None:
+    user = unique("live")
+    ok(broker, "add_user", user, "pw")
+    try:
+        ok(broker, "set_permissions", user, ".*", ".*", ".*")
+        conns = [connect(broker, user, "pw") for _ in range(3)]  # on every worker
+        chans = [c.channel() for c in conns]
+        for ch in chans:
+            ch.queue_declare(unique("before"), exclusive=True)
+        ok(broker, "set_permissions", user, "^nothing$", ".*", ".*")
+        for ch in chans:
+            name = unique("after")
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+                ch.queue_declare(name, exclusive=True)
+            assert err.value.reply_code == 403
+            assert f"access to queue '{name}'" in err.value.reply_text
+        for c in conns:
+            c.close()
+    finally:
+        ctl(broker, "delete_user", user)
