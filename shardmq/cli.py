@@ -1,4 +1,4 @@
-"""Command line: ``shardmq serve``, ``shardmq ctl status``, ``shardmq bench``.
+"""Command line: ``shardmq serve``, ``shardmq ctl ...``, ``shardmq bench``.
 
 Owns: argument parsing and turning flags into a validated ``Config``; it delegates the
 process work to ``workers`` and the load generator to ``loadtest``.
@@ -16,6 +16,7 @@ from typing import NoReturn
 
 import click
 
+from shardmq import ctlcommands as ctl_commands
 from shardmq.config import ConfigError, load_config
 from workers.exitcodes import ExitCode
 
@@ -87,8 +88,16 @@ def serve(
 
 
 @cli.group()
-def ctl() -> None:
-    """Inspect a running broker (on this machine, through its data directory)."""
+@click.option("--data-dir", default=None, help="The running broker's data directory.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.pass_context
+def ctl(ctx: click.Context, data_dir: str | None, config_path: str | None) -> None:
+    """Inspect and change a running broker (on this machine, through its data directory)."""
+    ctx.obj = {"data_dir": data_dir, "config": config_path}
+
+
+for _command in ctl_commands.COMMANDS:
+    ctl.add_command(_command)
 
 
 @ctl.command()

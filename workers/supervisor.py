@@ -53,6 +53,7 @@ from shardmq.config import Config, ConfigError, load_config
 from shardmq.ipc.control import F_ACCEPTED, F_CONNS
 from shardmq.ipc.mesh import MeshError, MeshHost
 from workers import channel
+from workers.admin import AdminServer
 from workers.exitcodes import ExitCode, describe_exit
 from workers.lifecycle import run_loop, serve_broker, set_log_level, setup_logging
 from workers.sdnotify import feed_watchdog, notify
@@ -98,7 +99,7 @@ async def _one_process(config: Config, sock: socket.socket) -> None:
         notify(f"READY=1\nSTATUS=accepting AMQP on {addrs}\nMAINPID={os.getpid()}")
 
     sock.setblocking(False)
-    await serve_broker(config, Broker(config), sock=sock, ready=ready)
+    await serve_broker(config, Broker(config), sock=sock, ready=ready, admin=True)
     notify("STOPPING=1")
 
 
@@ -230,6 +231,7 @@ class Supervisor:
         self.stopping = False
         self.exit_code = ExitCode.OK
         self.done = asyncio.Event()
+        self.admin: AdminServer | None = None  # the control socket (``workers.admin``)
         self.all_ready_notified = False
         self.deaths: deque[float] = deque()
         self.on_worker_message: Callable[[int, bytes], None] = self._default_message
@@ -661,7 +663,9 @@ class Supervisor:
             self._setup()
             from workers.wiring import wire_supervisor
 
-            wire_supervisor(self)
+            seq = wire_supervisor(self)
+            self.admin = AdminServer(self.config.server.data_dir, seq)
+            await self.admin.start()
             if self.on_start is not None:
                 self.on_start(self)
         except StartupError as err:
@@ -688,6 +692,8 @@ class Supervisor:
         finally:
             self._kill_leftovers()
             self._cleanup()
+            if self.admin is not None:
+                await self.admin.stop()
         log.info("shardmq stopped")
         return self.exit_code
 

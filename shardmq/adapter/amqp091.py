@@ -343,7 +343,9 @@ class AMQP091Connection:
 
     def submit(self, ch: Channel, m: M.Method, op: md.Op, reply: Reply) -> None:
         """Apply a metadata op, then answer with ``reply`` (a method, a function of the
-        op's result returning a method or None, or None for no-wait)."""
+        op's result returning a method or None, or None for no-wait). Refused with 403
+        when the user lacks the permission the op needs (``shardmq.auth.authorize``)."""
+        self.domain.authz.check_op(op)
         sequencer = self.broker.sequencer
         if sequencer.synchronous:
             self._answer(ch, reply, sequencer.execute(op))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Union
 from shardmq.broker.routing import Router, make_router
 
 if TYPE_CHECKING:
+    from shardmq.broker.policies import Policy
     from shardmq.broker.queue import Queue
     from shardmq.broker.remote import RemoteQueue
 
@@ -41,6 +42,7 @@ class Exchange:
         "had_bindings",
         "sources",
         "deleted",
+        "policy",
     )
 
     def __init__(
@@ -62,6 +64,7 @@ class Exchange:
         self.router: Router[Destination] = make_router(type, self.arguments, dest_ident)
         self.had_bindings = False
         self.sources: set[Exchange] = set()
+        self.policy: Policy | None = None  # the policy that applies (``VHost.assign_policy``)
         self.deleted = False
 
     def __repr__(self) -> str:

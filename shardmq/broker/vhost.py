@@ -47,6 +47,7 @@ from shardmq.amqp.errors import (
 )
 from shardmq.broker import chash
 from shardmq.broker.exchange import Exchange, effective_alternate
+from shardmq.broker.policies import Policy, PolicySet
 from shardmq.broker.queue import Queue
 from shardmq.broker.routing import DELAYED_TYPE, EXCHANGE_TYPES, rabbit_type_name
 from shardmq.message import Message
@@ -138,6 +139,7 @@ class VHost:
         self.from_cache: dict[bytes, Route] = {}  # route_from's, for due delayed messages
         self.on_queue_deleted: Callable[[AnyQueue], None] = lambda q: None
         self._missing_ae_logged: set[tuple[str, str]] = set()  # (exchange, alternate)
+        self.policies = PolicySet()
         self.exchanges[""] = Exchange("", "direct", durable=True)
         for name_, type_ in _STANDARD_EXCHANGES:
             self.exchanges[name_] = Exchange(name_, type_, durable=True)
@@ -546,6 +548,39 @@ class VHost:
         if len(cache) >= _ROUTE_CACHE_MAX:
             cache.clear()
         cache[exrk] = route
+
+    # ------------------------------------------------------------ policies
+    def assign_policy(self, obj: AnyQueue | Exchange) -> None:
+        """Give ``obj`` the policy that applies to it now (None: none does); a queue or
+        exchange with a ``policy_changed`` method hears of a change."""
+        kind = "exchange" if isinstance(obj, Exchange) else "queue"
+        policy = None if obj.name == "" else self.policies.match(kind, obj.name)
+        if obj.policy is policy:
+            return
+        obj.policy = policy
+        hook: Callable[[], None] | None = getattr(obj, "policy_changed", None)
+        if hook is not None:
+            hook()
+
+    def _reassign_policies(self) -> None:
+        for q in list(self.queues.values()):
+            self.assign_policy(q)
+        for ex in list(self.exchanges.values()):
+            self.assign_policy(ex)
+        self._changed()
+
+    def set_policy(self, policy: Policy) -> None:
+        """Create or replace a policy; it applies at once to existing queues and
+        exchanges."""
+        self.policies.put(policy)
+        self._reassign_policies()
+
+    def clear_policy(self, name: str) -> bool:
+        """Remove policy ``name`` (False: there was none)."""
+        if self.policies.remove(name) is None:
+            return False
+        self._reassign_policies()
+        return True
 
 
 def _group(queues: tuple[AnyQueue, ...]) -> Route:
