@@ -36,7 +36,7 @@ from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel, ChannelSink
 from shardmq.broker.qos import GlobalQos
 from shardmq.broker.queue import Consumer, Queue
-from shardmq.broker.remote import REMOTE_CREDIT_CHUNK, RemoteQueue
+from shardmq.broker.remote import REMOTE_BYTES_CHUNK, REMOTE_CREDIT_CHUNK, RemoteQueue
 from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.vhost import AnyQueue, VHost
 from shardmq.message import Message
@@ -95,6 +95,7 @@ class BrokerConnection:
         self.exclusive_queues: list[str] = []
         # credit to return to other workers for deliveries our socket has taken
         self.credit_due: dict[Consumer, int] = {}
+        self.credit_due_bytes = 0  # their bytes (at least): REMOTE_BYTES_CHUNK returns all
         self.qos = GlobalQos(self)
         self._confirm_channels: list[Channel] = []
 
@@ -191,9 +192,13 @@ class BrokerConnection:
         router = self.broker.shards
         if router is None:
             return
+        # owners stop at REMOTE_INFLIGHT_BYTES: what they wait for is returned, however few
+        force = self.credit_due_bytes >= REMOTE_BYTES_CHUNK
+        if force:
+            self.credit_due_bytes = 0
         for consumer, n in due.items():
             if consumer.tag in consumer.channel.consumers:
-                if n < REMOTE_CREDIT_CHUNK:
+                if n < REMOTE_CREDIT_CHUNK and not force:
                     self.credit_due[consumer] = n  # later, with more
                 else:
                     router.grant(consumer, n)

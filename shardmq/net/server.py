@@ -15,6 +15,11 @@ Invariants:
   so a message a client may have seen comes back redelivered=true after a kill -9.
 - A socket whose write buffer is above the high-water mark pauses deliveries to its
   consumers (credit returns when it drains); nothing is dropped.
+- Replies of every kind are bounded per connection: once its unwritten output (the
+  transport's buffer plus this turn's) passes ``READ_HOLD``, the engine stops parsing
+  after the current frame and the socket is not read until the buffer is back under
+  ``WRITE_LOW_WATER``; held frames are then parsed in order. A client that pipelines
+  requests and never reads costs at most about ``READ_HOLD`` plus one reply.
 - After connection.close was sent by the server, the socket is closed when the peer
   answers close-ok or after ``CLOSE_GRACE`` seconds, whichever comes first.
 """
@@ -40,6 +45,10 @@ log = logging.getLogger("shardmq.net")
 CLOSE_GRACE = 3.0
 WRITE_HIGH_WATER = 1024 * 1024
 WRITE_LOW_WATER = 256 * 1024
+# Unwritten output above which a connection is no longer read (nor its read bytes
+# parsed): above WRITE_HIGH_WATER, so deliveries (paused at the high water) alone never
+# stop a consumer's acks from being read.
+READ_HOLD = 4 * 1024 * 1024
 SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
 
 
@@ -78,6 +87,9 @@ class AMQPProtocol(asyncio.Protocol):
         self.conn: AMQP091Connection | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        self._want_reading = True  # the broker's flow control (alarms, throttles)
+        self._held = False  # output over READ_HOLD: not reading until it drains
+        self._continue_due = False  # held input is parsed at the next loop turn
 
     # ------------------------------------------------------------ transport events
     def connection_made(self, base: asyncio.BaseTransport) -> None:
@@ -99,7 +111,13 @@ class AMQPProtocol(asyncio.Protocol):
         self._timer = self.hub.loop.call_later(timeout, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
-        self.conn.feed(data)  # type: ignore[union-attr]
+        conn = self.conn
+        transport = self.transport
+        engine = conn.engine  # type: ignore[union-attr]
+        engine.out_hold = max(READ_HOLD - transport.get_write_buffer_size(), 1)  # type: ignore[union-attr]
+        engine.feed(data)
+        if engine.input_held:
+            self._hold(True)
 
     def eof_received(self) -> bool:
         return False
@@ -118,18 +136,50 @@ class AMQPProtocol(asyncio.Protocol):
 
     def set_reading(self, active: bool) -> None:
         """Flow control from the broker: stop or resume reading this socket."""
-        if self.transport is None or self.transport.is_closing():
+        self._want_reading = active
+        self._apply_reading()
+
+    def _apply_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
-        if active:
-            self.transport.resume_reading()
+        if self._want_reading and not self._held:
+            transport.resume_reading()
         else:
-            self.transport.pause_reading()
+            transport.pause_reading()
+
+    def _hold(self, on: bool) -> None:
+        """Output over ``READ_HOLD`` (on) or drained with no held input (off)."""
+        if on != self._held:
+            self._held = on
+            self._apply_reading()
 
     def pause_writing(self) -> None:
         self.conn.set_write_paused(True)  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
         self.conn.set_write_paused(False)  # type: ignore[union-attr]
+        if self._held:
+            self._schedule_continue()
+
+    def _schedule_continue(self) -> None:
+        if not self._continue_due:
+            self._continue_due = True
+            self.hub.loop.call_soon(self._continue)
+
+    def _continue(self) -> None:
+        """The output drained: parse the held input, then read again if it all fit."""
+        self._continue_due = False
+        conn = self.conn
+        transport = self.transport
+        if conn is None or transport is None or transport.is_closing():
+            return
+        engine = conn.engine
+        if engine.input_held:
+            engine.out_hold = max(READ_HOLD - transport.get_write_buffer_size(), 1)
+            engine.continue_input()
+        if not engine.input_held and transport.get_write_buffer_size() <= READ_HOLD:
+            self._hold(False)
 
     # ------------------------------------------------------------ output
     def flush(self) -> None:
@@ -143,6 +193,13 @@ class AMQPProtocol(asyncio.Protocol):
         if data:
             transport.write(data)
             conn.after_flush()
+            buffered = transport.get_write_buffer_size()
+            # what output may still grow by (replies completed from other workers too)
+            conn.engine.out_hold = max(READ_HOLD - buffered, 1)
+            if buffered > READ_HOLD or conn.engine.input_held:
+                self._hold(True)
+        if self._held and transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+            self._schedule_continue()  # else resume_writing (under the low water) does
         if conn.want_close:
             transport.close()
         elif conn.state == CLOSING and self._close_timer is None:
