@@ -110,6 +110,7 @@ class BrokerConnection:
         return ok
 
     def open(self, vhost: str) -> None:
+        self.broker.check_connection_limit()  # first, as RabbitMQ's node limit
         vh = self.broker.vhosts.get(vhost)
         if vh is None:
             raise HardError(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)

@@ -15,6 +15,8 @@ Layout (native unsigned 64-bit words)::
                    accepted   worker: sockets it received by hand-off (monotonic)
                    rss        worker: its resident bytes, for the broker-wide memory
                               alarm (``workers.lifecycle.MemoryWatch``)
+                   fd_alarm   worker: 1 while its file descriptors run short
+                              (``shardmq.net.limits.Admission``)
     64 + 64*n    ring table: n*n words, serial of ring i -> j at [i*n + j] (0 on i == j)
 
 Invariants: every word has exactly one writer (noted above). The supervisor changes
@@ -41,7 +43,7 @@ _SLOT0 = 8  # word index of slot 0
 _SLOT_WORDS = 8
 _W_SEQ = 3
 
-F_GEN, F_PID, F_HEARTBEAT, F_READY, F_CONNS, F_ACCEPTED, F_RSS = range(7)
+F_GEN, F_PID, F_HEARTBEAT, F_READY, F_CONNS, F_ACCEPTED, F_RSS, F_FD_ALARM = range(8)
 
 
 def control_name(instance: str) -> str:

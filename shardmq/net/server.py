@@ -3,7 +3,11 @@
 Owns: ``AMQPProtocol`` (one per TCP connection), ``IOHub`` (writes every dirty
 connection once per loop turn, runs heartbeat and handshake timers) and ``serve`` (the
 listener until ``stop``, then every connection closed: connection.close 320 to the open
-ones, the rest aborted after ``server.shutdown_timeout``). The process around it
+ones, the rest aborted after ``server.shutdown_timeout``). ``serve`` raises the file
+descriptor limit first and admits each new connection through
+``shardmq.net.limits.Admission`` (fd alarm, unauthenticated connections per address);
+with several workers it gives the broker the other workers' connection count
+(``max_connections``). The process around it
 (signals, storage recovery and close, memory alarm, status file) is
 ``workers.lifecycle.serve_broker``.
 
@@ -37,6 +41,9 @@ from shardmq.amqp.connection import CLOSING, OPEN
 from shardmq.amqp.errors import CONNECTION_FORCED
 from shardmq.broker.broker import Broker
 from shardmq.config import Config
+from shardmq.ipc.control import F_CONNS, ControlBlock
+from shardmq.ipc.mesh import Mesh
+from shardmq.net.limits import Admission, raise_fd_limit
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
@@ -61,6 +68,7 @@ class IOHub:
         self._dirty: list[AMQPProtocol] = []
         self._scheduled = False
         self.protocols: set[AMQPProtocol] = set()
+        self.admission: Admission | None = None  # set by ``serve``
 
     def wake(self, proto: AMQPProtocol) -> None:
         self._dirty.append(proto)
@@ -88,6 +96,8 @@ class AMQPProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._want_reading = True  # the broker's flow control (alarms, throttles)
+        self._address = ""  # the peer's IP (admission)
+        self._admitted = False
         self._held = False  # output over READ_HOLD: not reading until it drains
         self._continue_due = False  # held input is parsed at the next loop turn
 
@@ -103,8 +113,15 @@ class AMQPProtocol(asyncio.Protocol):
                 pass
         peer = transport.get_extra_info("peername")
         peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         hub = self.hub
+        admission = hub.admission
+        if admission is not None:
+            self._address = str(peer[0]) if isinstance(peer, tuple) else peer_s
+            self._admitted = True
+            if not admission.admit(self, self._address):
+                transport.close()  # refused: no descriptor or address over its bound
+                return
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         self.conn = AMQP091Connection(hub.broker, peer_s, self, lambda: hub.wake(self))
         self.hub.protocols.add(self)
         timeout = self.hub.broker.config.amqp.handshake_timeout
@@ -122,8 +139,15 @@ class AMQPProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         return False
 
+    @property
+    def opened(self) -> bool:
+        """The client got connection.open-ok (no longer unauthenticated)."""
+        return self.conn is not None and self.conn.state >= OPEN
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.hub.protocols.discard(self)
+        if self._admitted and self.hub.admission is not None:
+            self.hub.admission.closed(self, self._address)
         for t in (self._timer, self._close_timer):
             if t is not None:
                 t.cancel()
@@ -255,6 +279,13 @@ async def serve(
     (the worker keeps it to serve handed-off sockets and to count connections)."""
     loop = asyncio.get_running_loop()
     hub = IOHub(broker, loop)
+    link = broker.shards.link if broker.shards is not None else None
+    control = link.control if isinstance(link, Mesh) else None
+    admission = Admission(
+        broker, loop, raise_fd_limit(), config.server.max_unauthenticated_per_address, control
+    )
+    hub.admission = admission
+    _count_peer_connections(broker, control)
 
     def factory() -> asyncio.BaseProtocol:
         return AMQPProtocol(hub)
@@ -272,9 +303,11 @@ async def serve(
         )
     addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets or ())
     log.info("shardmq ready: AMQP 0-9-1 on %s", addrs)
+    admission.start()
     if ready is not None:
         ready(addrs)
     await stop.wait()
+    admission.stop()
     log.info("shutting down: closing %d connection(s)", len(hub.protocols))
     server.close()
     broker.close_all(CONNECTION_FORCED, SHUTDOWN_TEXT)
@@ -288,3 +321,17 @@ async def serve(
         if proto.transport is not None:
             proto.transport.abort()
     await asyncio.sleep(0)
+
+
+def _count_peer_connections(broker: Broker, ctl: ControlBlock | None) -> None:
+    """With several workers, ``max_connections`` counts the other workers' connections
+    too: what each reports in the control block at its heartbeat."""
+    if ctl is None:
+        return
+    slot = broker.slot
+    others = [s for s in range(ctl.n) if s != slot]
+
+    def peers() -> int:
+        return sum(ctl.get(s, F_CONNS) for s in others if ctl.is_ready(s))
+
+    broker.peer_connections = peers

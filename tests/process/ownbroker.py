@@ -85,10 +85,10 @@ def start_own(
     workers: int,
     settings: dict[str, dict[str, object]] | None = None,
     *,
-    nofile: int | None = None,
+    nofile: int | tuple[int, int] | None = None,
 ) -> OwnBroker:
     """Start ``shardmq serve`` with ``settings`` ({section: {key: value}}); with
-    ``nofile``, its RLIMIT_NOFILE (soft and hard) is lowered to that first."""
+    ``nofile`` (one limit, or soft and hard), its RLIMIT_NOFILE is lowered to that first."""
     port = free_port()
     data_dir = tmp / f"data-{port}"
     cfg = tmp / f"shardmq-{port}.toml"
@@ -101,7 +101,8 @@ def start_own(
     args = serve_args(port, workers, data_dir, cfg)
     if nofile is not None:
         # python -m tests.process.ownbroker NOFILE -- args: lowers the limit, then execs
-        args = ["tests.process.ownbroker", str(nofile), "--", sys.executable, "-m", *args]
+        soft, hard = nofile if isinstance(nofile, tuple) else (nofile, nofile)
+        args = ["tests.process.ownbroker", f"{soft}:{hard}", "--", sys.executable, "-m", *args]
     proc = spawn(args, log_path)
     b = OwnBroker(proc=proc, port=port, workers=workers, log_path=log_path)
     wait_answering(proc, port, b.log, b.stop)
@@ -128,8 +129,8 @@ def connect_on_worker(b: OwnBroker, slot: int, tries: int = 60) -> pika.Blocking
 if __name__ == "__main__":  # the RLIMIT_NOFILE wrapper of start_own
     import os
 
-    limit = int(sys.argv[1])
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    soft, hard = (int(x) for x in sys.argv[1].split(":"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     cmd = sys.argv[3:]
     os.chdir(REPO_ROOT)
     os.execv(cmd[0], cmd)
