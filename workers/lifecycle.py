@@ -47,7 +47,7 @@ from shardmq.ipc.control import F_RSS, ControlBlock
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
-    from shardmq.config import Config, ServerConfig
+    from shardmq.config import Config
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 T = TypeVar("T")
@@ -101,17 +101,25 @@ def rss_bytes() -> int:
         return 0
 
 
-def memory_limit(server: ServerConfig) -> int:
-    """The broker's memory budget in bytes: ``memory_high_watermark_absolute`` when set,
-    else ``memory_high_watermark`` of the physical memory (0 where unknown: no alarm)."""
-    absolute = server.memory_limit_absolute
+def memory_limit(fraction: float, absolute: int = 0) -> int:
+    """The broker's memory budget in bytes: ``absolute`` when set (the server's
+    ``memory_high_watermark_absolute``), else ``fraction`` of the physical memory (0
+    where unknown: no alarm)."""
     if absolute:
         return absolute
     try:
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
         return 0
-    return int(total * server.memory_high_watermark)
+    return int(total * fraction)
+
+
+def worker_control(broker: Broker) -> ControlBlock | None:
+    """The control block of a worker of N (None with one worker)."""
+    from shardmq.ipc.mesh import Mesh
+
+    link = broker.shards.link if broker.shards is not None else None
+    return link.control if isinstance(link, Mesh) else None
 
 
 class MemoryWatch:
@@ -120,14 +128,17 @@ class MemoryWatch:
     ``limit`` bytes, and clears it once back under; checks every
     ``MEMORY_CHECK_INTERVAL`` seconds from ``start`` to ``stop``."""
 
-    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop, limit: int) -> None:
-        from shardmq.ipc.mesh import Mesh
-
+    def __init__(
+        self,
+        broker: Broker,
+        loop: asyncio.AbstractEventLoop,
+        limit: int,
+        control: ControlBlock | None = None,
+    ) -> None:
         self.broker = broker
         self.loop = loop
         self.limit = limit
-        link = broker.shards.link if broker.shards is not None else None
-        self.control: ControlBlock | None = link.control if isinstance(link, Mesh) else None
+        self.control = control  # several workers: where the others' RSS is
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -191,7 +202,9 @@ async def serve_broker(
     broker.load_definitions()
     broker.start_storage()
     status = StatusWriter(broker, config.server.data_dir)
-    memory = MemoryWatch(broker, loop, memory_limit(config.server))
+    server = config.server
+    limit = memory_limit(server.memory_high_watermark, server.memory_limit_absolute)
+    memory = MemoryWatch(broker, loop, limit, worker_control(broker))
     status.start(loop)
     memory.start()
     try:

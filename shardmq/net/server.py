@@ -251,6 +251,10 @@ class AMQPProtocol(asyncio.Protocol):
         conn = self.conn
         if conn is None or self.transport is None or self.transport.is_closing():
             return
+        if self._held or not self._want_reading:
+            # not reading it (output held, blocked, throttled): its heartbeats wait in
+            # the socket unread, as RabbitMQ pauses its monitor while it does not read
+            conn.engine.recv_activity = True
         if not conn.heartbeat_tick():
             log.warning(
                 "connection %s: missed heartbeats from client, timeout: %ds",
