@@ -15,8 +15,10 @@ Invariants:
   when it is deleted. With one worker the broker also keeps ``definitions.json``
   itself (``load_definitions`` at start-up, before accepting clients); with several
   the supervisor's sequencer does.
-- Publishers are blocked while either alarm is on (memory, disk); unblocked only once
-  both have cleared.
+- Publishers are blocked while any alarm is on (memory, disk, file descriptors);
+  unblocked only once all have cleared.
+- ``max_connections`` is the whole broker's: this worker's open connections plus the
+  other workers' (``peer_connections``, from the control block; a heartbeat behind).
 - ``delayed`` (``shardmq.broker.delayed``) holds this worker's delayed-exchange
   messages; with storage on, ``start_storage`` (after the definitions are in place)
   recovers the durable ones, ``close_storage`` closes their store.
@@ -32,7 +34,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shardmq import __version__
-from shardmq.amqp.errors import CONNECTION_FORCED, INTERNAL_ERROR, AMQPError, HardError
+from shardmq.amqp.errors import (
+    CONNECTION_FORCED,
+    INTERNAL_ERROR,
+    NOT_ALLOWED,
+    AMQPError,
+    HardError,
+)
 from shardmq.auth.seed import seed
 from shardmq.broker.connection import BrokerConnection
 from shardmq.broker.delayed import DelayedScheduler
@@ -158,6 +166,9 @@ class Broker:
         self.alarm = False  # publishers blocked: memory or disk alarm
         self.memory_alarm = False  # memory high watermark passed
         self.disk_alarm = False  # free disk below store.disk_free_limit
+        self.fd_alarm = False  # file descriptors nearly all in use
+        # connections the other workers serve (set by the net layer with several)
+        self.peer_connections: Callable[[], int] = lambda: 0
         self._conn_ids = itertools.count(1)
         self.delayed = DelayedScheduler(self)  # x-delayed-message exchanges' held messages
         self.server_properties = {
@@ -278,16 +289,39 @@ class Broker:
         self.disk_alarm = on
         self._update_alarm()
 
+    def set_fd_alarm(self, on: bool) -> None:
+        """File descriptors nearly exhausted (or back under the mark)."""
+        self.fd_alarm = on
+        self._update_alarm()
+
     @property
     def alarm_reason(self) -> str:
-        if self.memory_alarm and self.disk_alarm:
-            return "low on memory, low on disk"
-        return "low on disk" if self.disk_alarm else "low on memory"
+        reasons = [
+            text
+            for on, text in (
+                (self.memory_alarm, "low on memory"),
+                (self.disk_alarm, "low on disk"),
+                (self.fd_alarm, "low on file descriptors"),
+            )
+            if on
+        ]
+        return ", ".join(reasons) or "low on memory"
+
+    def check_connection_limit(self) -> None:
+        """connection.open past ``server.max_connections``: refused as RabbitMQ does."""
+        limit = self.config.server.max_connections
+        if limit and len(self.connections) + self.peer_connections() >= limit:
+            raise HardError(
+                NOT_ALLOWED,
+                f"connection refused: node connection limit ({limit}) is reached",
+                10,
+                40,
+            )
 
     def _update_alarm(self) -> None:
-        """Block every connection that publishes while either alarm is on; unblock once
-        both are off."""
-        on = self.memory_alarm or self.disk_alarm
+        """Block every connection that publishes while any alarm is on; unblock once
+        all are off."""
+        on = self.memory_alarm or self.disk_alarm or self.fd_alarm
         if on == self.alarm:
             return
         self.alarm = on

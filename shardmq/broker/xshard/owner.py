@@ -10,7 +10,8 @@ Invariants:
 - A proxy consumer gets a message only while it has credit and the ring to its worker
   is not blocked: credit is the consumer's prefetch (returned as deliveries are settled)
   or, for no-ack and unlimited-prefetch consumers, a window returned as the consumer's
-  socket accepts the data: a slow reader never makes the owner push without bound.
+  socket accepts the data: a slow reader never makes the owner push without bound
+  (the window is also bounded in bytes, ``REMOTE_INFLIGHT_BYTES``).
 - Under a channel's global prefetch limit (``shared`` proxies) credit an empty queue
   cannot use goes straight back (IDLE n) and the proxy then says once when a message
   waits (IDLE 0), so an idle queue never holds a share of the channel's window.
@@ -25,6 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,7 @@ from shardmq.amqp.codec import FRAME_END_BYTES, shortstr
 from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, SoftError
 from shardmq.broker import metadata as md
 from shardmq.broker.queue import Queue
+from shardmq.broker.remote import REMOTE_INFLIGHT_BYTES
 from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.xshard import records as rec
 from shardmq.broker.xshard.link import Link
@@ -77,6 +80,8 @@ class ProxyConsumer:
         "hungry",
         "head",
         "flags",
+        "sizes",
+        "inflight",
     )
 
     def __init__(
@@ -112,9 +117,15 @@ class ProxyConsumer:
         self.hungry = False  # shared, gave its credit back: say when a message waits
         self.head = rec.deliver_head(gid, chnum, self.ctag)  # of its DELIVER records
         self.flags = 2 if no_ack else 0
+        # credit returned as its socket drains: sizes of the messages not credited yet
+        # (their total, ``inflight``, is bounded by REMOTE_INFLIGHT_BYTES)
+        self.sizes: deque[int] | None = (
+            deque() if not credit_on_settle and not self.shared else None
+        )
+        self.inflight = 0
 
     def ready(self) -> bool:
-        if self.credit > 0:
+        if self.credit > 0 and self.inflight <= REMOTE_INFLIGHT_BYTES:
             # and the ring to its worker has room: credit bounds messages, the ring
             # bounds the bytes in flight (large messages, big windows). ``deliver``
             # asks the link whenever what is queued for the ring can have passed its
@@ -143,6 +154,10 @@ class ProxyConsumer:
             link.is_blocked(src)  # closed batches grew what is queued: see ``ready``
         exrk = msg.exrk
         raw = msg.raw
+        sizes = self.sizes
+        if sizes is not None:
+            sizes.append(len(raw))
+            self.inflight += len(raw)
         buf += pack_deliver_item(
             ref,
             self.flags | redelivered,  # bit 0 redelivered, bit 1 no-ack
@@ -328,6 +343,10 @@ class OwnerSide:
             self.early_credit[key] = self.early_credit.get(key, 0) + n
             return
         proxy.credit += n
+        sizes = proxy.sizes
+        if sizes:
+            for _ in range(min(n, len(sizes))):
+                proxy.inflight -= sizes.popleft()
         proxy.queue.dispatch()
         if proxy.shared and proxy.credit > 0:
             # the queue ran dry: give the rest back for the channel's other consumers

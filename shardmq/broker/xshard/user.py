@@ -329,10 +329,13 @@ class UserSide:
             # writes the items straight to the client
             n = ch.sink.deliver_remote(ch, consumer, data, pos)
             conn.credit_due[consumer] = conn.credit_due.get(consumer, 0) + n
+            conn.credit_due_bytes += end - pos
             return
         queue = consumer.queue
         deliver = ch.deliver
         count_due = not shared and not consumer.prefetch
+        if count_due:
+            conn.credit_due_bytes += end - pos
         n = 0
         while pos < end:
             ref, flags, exlen, rawch, hsize, fmax, rlen = unpack_item(data, pos)
