@@ -50,6 +50,7 @@ from shardmq.broker import metadata as md
 from shardmq.broker.channel import OUT_LIMIT, Channel
 from shardmq.broker.connection import BrokerConnection
 from shardmq.broker.queue import Consumer
+from shardmq.broker.replyto import NEEDLE as REPLY_NEEDLE
 from shardmq.broker.xshard.records import DELIVER_ITEM
 from shardmq.message import Message, next_seq
 
@@ -197,6 +198,8 @@ class AMQP091Connection:
                     60,
                     40,
                 )
+        if raw[19] & 0x02 and raw.find(REPLY_NEEDLE, 19, 7 + hsize) >= 0:
+            msg = domain.broker.replies.rewrite(ch, msg)  # reply_to: direct reply-to
         domain.publish(ch, msg, exlen, flags)
 
     def on_ack(self, ch: Channel, delivery_tag: int, multiple: int) -> None:

@@ -36,6 +36,7 @@ from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.metadata import Metadata, Op, OpResult, shard_for
 from shardmq.broker.queue import Consumer, DurableQueue, Queue
 from shardmq.broker.remote import RemoteQueue
+from shardmq.broker.replyto import ReplyRegistry
 from shardmq.broker.storage import WorkerStorage
 from shardmq.broker.vhost import AnyQueue
 from shardmq.config import Config
@@ -54,7 +55,7 @@ CAPABILITIES = {
     "connection.blocked": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
-    "direct_reply_to": False,
+    "direct_reply_to": True,
 }
 
 
@@ -148,6 +149,7 @@ class Broker:
         self.shards: ShardRouter | None = None  # the cross-worker router (workers > 1)
         self.connections: set[BrokerConnection] = set()
         self.conns_by_gid: dict[int, BrokerConnection] = {}
+        self.replies = ReplyRegistry(self)  # direct reply-to consumers (replyto.py)
         self.alarm = False  # publishers blocked: memory or disk alarm
         self.memory_alarm = False  # memory high watermark passed
         self.disk_alarm = False  # free disk below store.disk_free_limit

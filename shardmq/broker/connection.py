@@ -246,6 +246,8 @@ class BrokerConnection:
             ch.tx_publishes.append((msg, exlen, flags))
             return
         local, remote = self.vhost.route(msg, exlen)
+        if not local and not remote:  # a reply to a direct reply-to address?
+            local, remote = self.broker.replies.route(msg.exrk, self.vhost.name)
         target: Channel | ConfirmWaiter | None = ch if ch.confirm else conf
         for q in local:
             q.publish(msg, target)  # a durable queue takes a token (persistent msg)

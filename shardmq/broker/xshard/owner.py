@@ -32,6 +32,7 @@ from shardmq.amqp.codec import FRAME_END_BYTES, shortstr
 from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, SoftError
 from shardmq.broker import metadata as md
 from shardmq.broker.queue import Queue
+from shardmq.broker.replyto import PREFIX as REPLY_PREFIX
 from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.xshard import records as rec
 from shardmq.broker.xshard.link import Link
@@ -211,6 +212,7 @@ class OwnerSide:
             rec.Cancel: self._cancel,
             rec.Get: self._get,
             rec.Purge: self._purge,
+            rec.ReplyExists: self._reply_exists,
         }
 
     def handlers(self) -> dict[int, Callable[[int, bytes], None]]:
@@ -242,6 +244,10 @@ class OwnerSide:
                 q = found.get(name)
                 if isinstance(q, Queue):
                     queues.append(q)
+                elif q is None and name.startswith(REPLY_PREFIX):  # a direct reply
+                    rq = self.broker.replies.lookup(name)
+                    if rq is not None:
+                        queues.append(rq)
         unpack_item = unpack_enqueue_item
         isize = ENQUEUE_ITEM_SIZE
         refs = self._refs
@@ -417,6 +423,9 @@ class OwnerSide:
 
     def _purge(self, src: int, r: rec.Purge) -> int:
         return self._local_queue(r.vhost, r.name).purge()
+
+    def _reply_exists(self, src: int, r: rec.ReplyExists) -> int:
+        return 1 if self.broker.replies.lookup(r.address) is not None else 0
 
     # ---------------------------------------------------------------- ring, failures
     def on_writable(self, shard: int) -> None:

@@ -204,7 +204,14 @@ class Purge(msgspec.Struct, array_like=True, tag="purge"):
     name: str
 
 
-Request = Consume | Cancel | Get | Purge
+class ReplyExists(msgspec.Struct, array_like=True, tag="reply"):
+    """Is the direct reply-to ``address`` of the owner's worker live? (1 or 0)"""
+
+    req: int
+    address: str
+
+
+Request = Consume | Cancel | Get | Purge | ReplyExists
 
 
 class GetOk(msgspec.Struct, array_like=True):
