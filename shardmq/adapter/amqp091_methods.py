@@ -36,6 +36,7 @@ from shardmq.amqp.errors import (
 from shardmq.broker import metadata as md
 from shardmq.broker import replyto
 from shardmq.broker.channel import Channel
+from shardmq.broker.consumer_order import check_queue_arguments, consumer_priority
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import RemoteQueue
 from shardmq.broker.storage import ConfirmWaiter
@@ -127,6 +128,8 @@ def _queue_declare(a: AMQP091Connection, ch: Channel, m: M.QueueDeclare) -> None
         _declare_reply_to(a, ch, m)
         return
     name = m.queue or md.server_named_queue()
+    if not m.passive:
+        check_queue_arguments(name, a.domain.vhost.name, m.arguments)
     op = md.DeclareQueue(
         a.domain.vhost.name,
         name,
@@ -250,8 +253,10 @@ def _basic_consume(a: AMQP091Connection, ch: Channel, m: M.BasicConsume) -> None
         raise SoftError(
             ACCESS_REFUSED, f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use", 60, 20
         )
+    priority = consumer_priority(q.name, q.vhost, m.arguments)
     tag = _consumer_tag(ch, m)
-    c = Consumer(tag, shortstr(tag), ch, q, m.no_ack, m.exclusive, ch.prefetch, m.arguments or {})
+    args = m.arguments or {}
+    c = Consumer(tag, shortstr(tag), ch, q, m.no_ack, m.exclusive, ch.prefetch, args, priority)
     ch.consumers[tag] = c
     ok = None if m.no_wait else M.BasicConsumeOk(consumer_tag=tag)
     if isinstance(q, RemoteQueue):

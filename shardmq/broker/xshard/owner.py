@@ -78,6 +78,7 @@ class ProxyConsumer:
         "hungry",
         "head",
         "flags",
+        "priority",
     )
 
     def __init__(
@@ -92,6 +93,7 @@ class ProxyConsumer:
         exclusive: bool,
         credit: int,
         credit_on_settle: bool,
+        priority: int = 0,
     ) -> None:
         self.owner = owner
         self.link = owner.link
@@ -113,6 +115,7 @@ class ProxyConsumer:
         self.hungry = False  # shared, gave its credit back: say when a message waits
         self.head = rec.deliver_head(gid, chnum, self.ctag)  # of its DELIVER records
         self.flags = 2 if no_ack else 0
+        self.priority = priority  # x-priority (consumer_order.py)
 
     def ready(self) -> bool:
         if self.credit > 0:
@@ -389,11 +392,11 @@ class OwnerSide:
             r.exclusive,
             r.credit,
             r.credit_on_settle,
+            r.priority,
         )
         proxy.credit += early
         self.proxies[key] = proxy
-        q.consumers.append(proxy)
-        q.had_consumers = True
+        q.add_consumer(proxy, dispatch=False)  # dispatched after the reply
 
     def _cancel(self, src: int, r: rec.Cancel) -> None:
         key = (src, r.gid, r.chnum, r.consumer_tag)
@@ -456,8 +459,7 @@ class OwnerSide:
             del self.proxies[key]
             q = proxy.queue
             msgs = [self.held.pop(r)[2] for r in proxy.refs if r in self.held]
-            if proxy in q.consumers:
-                q.consumers.remove(proxy)
+            q.remove_consumer(proxy)  # (a single active consumer's successor takes over)
             if msgs:
                 q.requeue(msgs)
             else:

@@ -180,6 +180,7 @@ class Consume(msgspec.Struct, array_like=True, tag="consume"):
     exclusive: bool
     credit: int
     credit_on_settle: bool
+    priority: int = 0  # the consumer's x-priority
 
 
 class Cancel(msgspec.Struct, array_like=True, tag="cancel"):

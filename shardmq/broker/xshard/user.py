@@ -273,6 +273,7 @@ class UserSide:
                 c.exclusive,
                 credit,
                 credit_on_settle,
+                c.priority,
             ),
         )
 
