@@ -263,6 +263,15 @@ class AMQP091Connection:
         write_return(engine.out, ch.number, code, text, msg.exrk, msg, engine.frame_max)
         engine.wake_once()
 
+    def close_channel(self, ch: Channel, code: int, text: str) -> None:
+        if not self.is_current(ch):
+            return
+        frames = self.engine.channels[ch.number]
+        if frames.closing:
+            return
+        self.engine.channel_error(frames, SoftError(code, text), 0)
+        self.engine.wake_once()
+
     # ------------------------------------------------------------ ClientLink
     def set_reading(self, active: bool) -> None:
         self.io.set_reading(active)

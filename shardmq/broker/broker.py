@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from shardmq import __version__
 from shardmq.amqp.errors import INTERNAL_ERROR, AMQPError, HardError
 from shardmq.broker.connection import BrokerConnection
+from shardmq.broker.consumer_timeout import AckTimeouts
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.metadata import Metadata, Op, OpResult, shard_for
 from shardmq.broker.queue import Consumer, DurableQueue, Queue
@@ -150,6 +151,7 @@ class Broker:
         self.connections: set[BrokerConnection] = set()
         self.conns_by_gid: dict[int, BrokerConnection] = {}
         self.replies = ReplyRegistry(self)  # direct reply-to consumers (replyto.py)
+        self.ack_timeouts = AckTimeouts(self, config.amqp.consumer_timeout)
         self.alarm = False  # publishers blocked: memory or disk alarm
         self.memory_alarm = False  # memory high watermark passed
         self.disk_alarm = False  # free disk below store.disk_free_limit
@@ -217,9 +219,14 @@ class Broker:
         return n
 
     def start_storage(self) -> None:
-        """The worker is about to serve: start watching free disk space."""
+        """The worker is about to serve: start watching free disk space (and the
+        unacked deliveries' age: ``consumer_timeout``)."""
         if self.storage is not None:
             self.storage.start()
+        try:
+            self.ack_timeouts.start(asyncio.get_running_loop())
+        except RuntimeError:  # no loop: an in-process broker of the unit tests
+            pass
 
     async def close_storage(self) -> None:
         """Clean shutdown, after the connections are closed: flush, close, last fsync."""
