@@ -125,8 +125,8 @@ class ReplyRegistry:
     def drop(self, q: ReplyQueue) -> None:
         if self.by_channel.get((q.gid, q.chnum)) is q:
             del self.by_channel[(q.gid, q.chnum)]
+        q.purge()  # (releases publishers it throttled)
         q.deleted = True
-        q.store.purge()
 
     def rewrite(self, ch: Channel, msg: Message) -> Message:
         """A publish on ``ch`` whose reply_to may be ``amq.rabbitmq.reply-to``: the same
