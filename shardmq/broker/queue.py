@@ -246,12 +246,12 @@ class Queue:
 
     def _next_consumer(self) -> QueueConsumer | None:
         cs = self.consumers
-        if self.order is not None:
-            return self.order.next(cs)  # type: ignore[no-any-return]
         n = len(cs)
-        if n == 1:
+        if n == 1:  # (whatever the order: the one consumer)
             c = cs[0]
             return c if c.ready() else None
+        if self.order is not None:
+            return self.order.next(cs)  # type: ignore[no-any-return]
         rr = self.rr
         for i in range(n):
             j = (rr + i) % n
