@@ -20,6 +20,9 @@ Invariants:
   a publish still waiting, and a failed one is nacked. A released channel forgets what
   it waited for: late answers are dropped.
 - In tx mode, publishes and acks are buffered until commit and dropped on rollback.
+- The delivery path keeps no time: the consumer acknowledgement timeout reads the age
+  of unacked deliveries from ``ack_marks`` (``consumer_timeout.py``) and closes the
+  channel through ``ChannelSink.close_channel``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Owner side: this worker's queues used by publishers and consumers on other workers.
 
-Owns: ``OwnerSide`` (ENQUEUE in: publishes into local queues, CONFIRM out; consumers on
+Owns: ``OwnerSide`` (ENQUEUE in: publishes into local queues, or replies to a direct
+reply-to address of this worker (``shardmq.broker.replyto``), CONFIRM out; consumers on
 other workers as ``ProxyConsumer``\\ s, DELIVER out; SETTLE and CREDIT in; REQUEST in,
 REPLY out) and ``RemotePublisher`` (a publisher on another worker that a backed-up
 local queue throttles, THROTTLE out).
@@ -18,6 +19,9 @@ Invariants:
   worker's incarnation, so a settle meant for a dead incarnation never settles a
   message of this one.
 - A consume request is answered before the first delivery to its proxy (same ring).
+  Proxies join and leave the queue's consumer list through ``Queue.add_consumer`` /
+  ``remove_consumer``, so single-active-consumer and priority order (the consumer's
+  ``x-priority`` travels in the request) hold for them as for local consumers.
 - When a worker dies, its proxies go and what they held goes back to the queues; its
   publishers no longer throttle our queues.
 """
