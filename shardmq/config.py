@@ -99,6 +99,9 @@ class AMQPConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     heartbeat: Annotated[int, Meta(ge=0, le=65535)] = 60
     max_message_size: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 128 * 1024 * 1024
     handshake_timeout: Annotated[float, Meta(gt=0)] = 10.0
+    # ms a delivery may stay unacked before its channel is closed (406), as RabbitMQ's
+    # consumer_timeout; 0 = never. A queue's x-consumer-timeout argument overrides it.
+    consumer_timeout: Annotated[int, Meta(ge=0)] = 1_800_000
 
 
 class UserConfig(Struct, forbid_unknown_fields=True, kw_only=True):

@@ -44,10 +44,12 @@ from shardmq.amqp.errors import (
 from shardmq.auth.seed import seed
 from shardmq.broker.connection import BrokerConnection
 from shardmq.broker.delayed import DelayedScheduler
+from shardmq.broker.consumer_timeout import AckTimeouts
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.metadata import DeleteUser, DeleteVHost, Metadata, Op, OpResult, shard_for
 from shardmq.broker.queue import Consumer, DurableQueue, Queue
 from shardmq.broker.remote import RemoteQueue
+from shardmq.broker.replyto import ReplyRegistry
 from shardmq.broker.storage import WorkerStorage
 from shardmq.broker.vhost import AnyQueue
 from shardmq.config import Config
@@ -66,7 +68,7 @@ CAPABILITIES = {
     "connection.blocked": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
-    "direct_reply_to": False,
+    "direct_reply_to": True,
 }
 
 
@@ -163,6 +165,8 @@ class Broker:
         self.shards: ShardRouter | None = None  # the cross-worker router (workers > 1)
         self.connections: set[BrokerConnection] = set()
         self.conns_by_gid: dict[int, BrokerConnection] = {}
+        self.replies = ReplyRegistry(self)  # direct reply-to consumers (replyto.py)
+        self.ack_timeouts = AckTimeouts(self, config.amqp.consumer_timeout)
         self.alarm = False  # publishers blocked: memory or disk alarm
         self.memory_alarm = False  # memory high watermark passed
         self.disk_alarm = False  # free disk below store.disk_free_limit
@@ -234,12 +238,17 @@ class Broker:
         return n
 
     def start_storage(self) -> None:
-        """The worker is about to serve: start watching free disk space; recover the
-        held delayed messages (their exchanges exist by now)."""
+        """The worker is about to serve: start watching free disk space (and the
+        unacked deliveries' age: ``consumer_timeout``); recover the held delayed
+        messages (their exchanges exist by now)."""
         if self.storage is not None:
             self.storage.start()
             # after the definitions: held messages find their exchanges
             self.delayed.open(self.storage.data_dir, self.config.store.fsync, self.storage.loop)
+        try:
+            self.ack_timeouts.start(asyncio.get_running_loop())
+        except RuntimeError:  # no loop: an in-process broker of the unit tests
+            pass
 
     async def close_storage(self) -> None:
         """Clean shutdown, after the connections are closed: flush, close, last fsync."""

@@ -295,6 +295,8 @@ class BrokerConnection:
             self.broker.delayed.hold(self, ch, msg, conf, delay_of(msg))
             return
         local, remote = route
+        if not local and not remote:  # a reply to a direct reply-to address?
+            local, remote = self.broker.replies.route(msg.exrk, self.vhost.name)
         target: Channel | ConfirmWaiter | None = ch if ch.confirm else conf
         for q in local:
             q.publish(msg, target)  # a durable queue takes a token (persistent msg)

@@ -1,6 +1,7 @@
 """Owner side: this worker's queues used by publishers and consumers on other workers.
 
-Owns: ``OwnerSide`` (ENQUEUE in: publishes into local queues, CONFIRM out; consumers on
+Owns: ``OwnerSide`` (ENQUEUE in: publishes into local queues, or replies to a direct
+reply-to address of this worker (``shardmq.broker.replyto``), CONFIRM out; consumers on
 other workers as ``ProxyConsumer``\\ s, DELIVER out; SETTLE and CREDIT in; REQUEST in,
 REPLY out) and ``RemotePublisher`` (a publisher on another worker that a backed-up
 local queue throttles, THROTTLE out).
@@ -19,6 +20,9 @@ Invariants:
   worker's incarnation, so a settle meant for a dead incarnation never settles a
   message of this one.
 - A consume request is answered before the first delivery to its proxy (same ring).
+  Proxies join and leave the queue's consumer list through ``Queue.add_consumer`` /
+  ``remove_consumer``, so single-active-consumer and priority order (the consumer's
+  ``x-priority`` travels in the request) hold for them as for local consumers.
 - When a worker dies, its proxies go and what they held goes back to the queues; its
   publishers no longer throttle our queues.
 """
@@ -35,6 +39,7 @@ from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, SoftError
 from shardmq.broker import metadata as md
 from shardmq.broker.queue import Queue
 from shardmq.broker.remote import REMOTE_INFLIGHT_BYTES
+from shardmq.broker.replyto import PREFIX as REPLY_PREFIX
 from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.xshard import records as rec
 from shardmq.broker.xshard.link import Link
@@ -82,6 +87,7 @@ class ProxyConsumer:
         "flags",
         "sizes",
         "inflight",
+        "priority",
     )
 
     def __init__(
@@ -96,6 +102,7 @@ class ProxyConsumer:
         exclusive: bool,
         credit: int,
         credit_on_settle: bool,
+        priority: int = 0,
     ) -> None:
         self.owner = owner
         self.link = owner.link
@@ -123,6 +130,7 @@ class ProxyConsumer:
             deque() if not credit_on_settle and not self.shared else None
         )
         self.inflight = 0
+        self.priority = priority  # x-priority (consumer_order.py)
 
     def ready(self) -> bool:
         if self.credit > 0 and self.inflight <= REMOTE_INFLIGHT_BYTES:
@@ -226,6 +234,7 @@ class OwnerSide:
             rec.Cancel: self._cancel,
             rec.Get: self._get,
             rec.Purge: self._purge,
+            rec.ReplyExists: self._reply_exists,
         }
 
     def handlers(self) -> dict[int, Callable[[int, bytes], None]]:
@@ -257,6 +266,10 @@ class OwnerSide:
                 q = found.get(name)
                 if isinstance(q, Queue):
                     queues.append(q)
+                elif q is None and name.startswith(REPLY_PREFIX):  # a direct reply
+                    rq = self.broker.replies.lookup(name)
+                    if rq is not None:
+                        queues.append(rq)
         unpack_item = unpack_enqueue_item
         isize = ENQUEUE_ITEM_SIZE
         refs = self._refs
@@ -402,11 +415,11 @@ class OwnerSide:
             r.exclusive,
             r.credit,
             r.credit_on_settle,
+            r.priority,
         )
         proxy.credit += early
         self.proxies[key] = proxy
-        q.consumers.append(proxy)
-        q.had_consumers = True
+        q.add_consumer(proxy, dispatch=False)  # dispatched after the reply
 
     def _cancel(self, src: int, r: rec.Cancel) -> None:
         key = (src, r.gid, r.chnum, r.consumer_tag)
@@ -437,6 +450,9 @@ class OwnerSide:
     def _purge(self, src: int, r: rec.Purge) -> int:
         return self._local_queue(r.vhost, r.name).purge()
 
+    def _reply_exists(self, src: int, r: rec.ReplyExists) -> int:
+        return 1 if self.broker.replies.lookup(r.address) is not None else 0
+
     # ---------------------------------------------------------------- ring, failures
     def on_writable(self, shard: int) -> None:
         """The ring to ``shard`` drained: its consumers waited for the ring, not for
@@ -466,8 +482,7 @@ class OwnerSide:
             del self.proxies[key]
             q = proxy.queue
             msgs = [self.held.pop(r)[2] for r in proxy.refs if r in self.held]
-            if proxy in q.consumers:
-                q.consumers.remove(proxy)
+            q.remove_consumer(proxy)  # (a single active consumer's successor takes over)
             if msgs:
                 q.requeue(msgs)
             else:
