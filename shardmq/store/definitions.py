@@ -17,9 +17,11 @@ Files::
 How a change becomes durable: ``put`` / ``delete`` update the in-memory state and
 buffer a log record; ``commit`` appends every buffered record with one write and one
 fdatasync (group commit: the caller commits once per loop turn). When the log has grown
-beyond ``compact_ratio`` x the snapshot (and ``compact_min`` bytes), ``commit`` compacts
-instead: the whole state goes into a new snapshot of generation G+1 and an empty log
-G+1 starts; log G is kept for the ``.prev`` fallback, older ones are deleted.
+beyond ``compact_ratio`` x the snapshot (and ``compact_min`` bytes), ``commit`` then
+compacts: the whole state goes into a new snapshot of generation G+1 and an empty log
+G+1 starts; log G is kept for the ``.prev`` fallback, older ones are deleted. Cost per
+change: O(the change), plus the compactions, O(all definitions) each but at most one
+per ``compact_ratio`` x snapshot bytes of log: amortized O(1).
 
 Invariants:
 - A snapshot is written atomically: ``definitions.json.tmp``, fsync, the current file
@@ -336,6 +338,7 @@ class DefinitionsStore:
             self._compact()  # a sane snapshot + log pair again
         else:
             self.generation = generation
+            os.makedirs(self.data_dir, exist_ok=True)
             self._log = LogFile.open(self.log_path(generation), end)
             for g in logs:
                 if g > generation or g < generation - 1:
@@ -422,10 +425,12 @@ class DefinitionsStore:
             return False
         log_file = self._log
         limit = max(self.compact_min, self.compact_ratio * self._snapshot_bytes)
-        if self._broken or log_file is None or log_file.size + len(self._buf) > limit:
+        if self._broken or log_file is None:
             self._compact()
             return True
         try:
+            # into the log even when compacting next: the previous snapshot + its log
+            # must give the state the new snapshot has (the fallback relies on it)
             log_file.append(self._buf)
         except OSError:
             self._broken = True
@@ -433,6 +438,12 @@ class DefinitionsStore:
             raise
         self._buf.clear()
         self.commits += 1
+        if log_file.size > limit:
+            try:
+                self._compact(log_intact=True)
+            except OSError as exc:
+                # the changes are durable in the log: only the compaction is retried
+                log.error("cannot compact the definitions log: %s", exc)
         return True
 
     def save(self, defs: Definitions) -> None:
@@ -448,9 +459,11 @@ class DefinitionsStore:
         self._compact()
 
     # ------------------------------------------------------------ compaction
-    def _compact(self) -> None:
+    def _compact(self, log_intact: bool = False) -> None:
         """Write the whole state as snapshot G+1 with an empty log G+1 (see the module
-        doc for the order of the steps and why each crash point is safe)."""
+        doc for the order of the steps and why each crash point is safe).
+        ``log_intact``: snapshot G + log G hold the whole state already (a compaction
+        after a successful append), so a failure before the rename loses nothing."""
         self._broken = True  # until it completed
         self._buf.clear()
         generation = max([self.generation, *self._log_generations()]) + 1
@@ -458,6 +471,7 @@ class DefinitionsStore:
         os.makedirs(self.data_dir, exist_ok=True)
         crash = self.crash_point
         new_log = LogFile.open(self.log_path(generation), 0, sync_dir=False)  # synced below
+        renamed = False
         try:
             new_log.append(b"")  # the magic, synced: the file is whole before it counts
             crash("log created")
@@ -479,22 +493,33 @@ class DefinitionsStore:
                 os.replace(link, self.prev)
             crash("previous kept")
             os.replace(self.tmp, self.path)
+            renamed = True
             crash("renamed")
             fsync_dir(self.data_dir)
             crash("directory synced")
         except BaseException:
-            new_log.close()
+            if not renamed:
+                new_log.close()
+                # with log_intact the next commit appends; else it compacts again
+                self._broken = not log_intact
+                raise
+            # the new snapshot is in place: go on with its log, but it may not be
+            # durable yet (its directory was not synced): the next commit compacts again
+            self._switch(new_log, generation, len(data))
             raise
-        if self._log is not None:
-            self._log.close()
-        self._log = new_log
-        self.generation = generation
-        self._snapshot_bytes = len(data)
+        self._switch(new_log, generation, len(data))
         self._broken = False
         self.compactions += 1
         for g in self._log_generations():
             if g < generation - 1:
                 _remove(self.log_path(g))
+
+    def _switch(self, new_log: LogFile, generation: int, snapshot_bytes: int) -> None:
+        if self._log is not None:
+            self._log.close()
+        self._log = new_log
+        self.generation = generation
+        self._snapshot_bytes = snapshot_bytes
 
     def close(self) -> None:
         if self._log is not None:
