@@ -30,7 +30,8 @@ Invariants:
   snapshot G with log G, or snapshot G+1 with log G+1 (empty): the old or the new state,
   never a mix; a leftover ``.tmp`` and logs newer than the snapshot are removed by
   ``load``.
-- ``load`` = snapshot G + replay of log G. A torn tail (kill -9 or power loss mid-write:
+- ``load`` = snapshot G + replay of log G, and writes nothing (unless it repairs, see
+  below): the log is opened for appending by the first ``commit``. A torn tail (kill -9 or power loss mid-write:
   a record cut short or zero fill) is cut off with a warning; it can only hold a commit
   that never returned. A damaged record followed by more data (disk corruption) stops
   the replay there: the state is that of the records before it, an ERROR is logged, the
@@ -267,6 +268,7 @@ class DefinitionsStore:
         self._state: dict[str, dict[Hashable, Any]] = {k: {} for k in KINDS}
         self._buf = bytearray()
         self._log: LogFile | None = None
+        self._reopen: tuple[int, list[int]] | None = None  # (end, logs) until opened
         self._snapshot_bytes = 0
         self._loaded = False
         self._broken = False  # a write failed: the next commit writes a fresh snapshot
@@ -281,7 +283,9 @@ class DefinitionsStore:
     @property
     def log_bytes(self) -> int:
         """Bytes in the current log (0 when it does not exist yet)."""
-        return self._log.size if self._log is not None else 0
+        if self._log is not None:
+            return self._log.size
+        return self._reopen[0] if self._reopen is not None else 0
 
     @property
     def pending(self) -> bool:
@@ -337,13 +341,23 @@ class DefinitionsStore:
             self.generation = max([generation, *logs])
             self._compact()  # a sane snapshot + log pair again
         else:
+            # opened (a torn tail cut, stale logs removed) by the first commit: a
+            # load alone writes nothing
             self.generation = generation
-            os.makedirs(self.data_dir, exist_ok=True)
-            self._log = LogFile.open(self.log_path(generation), end)
-            for g in logs:
-                if g > generation or g < generation - 1:
-                    _remove(self.log_path(g))  # from a compaction cut short / stale
+            self._reopen = (end, logs)
         return self.definitions()
+
+    def _open_log(self) -> LogFile | None:
+        if self._reopen is None:
+            return None
+        end, logs = self._reopen
+        os.makedirs(self.data_dir, exist_ok=True)
+        self._log = LogFile.open(self.log_path(self.generation), end)
+        self._reopen = None
+        for g in logs:
+            if g > self.generation or g < self.generation - 1:
+                _remove(self.log_path(g))  # from a compaction cut short / stale
+        return self._log
 
     def _replay(self, chain: list[int]) -> tuple[int, bool]:
         """Apply the logs of ``chain`` in order. Returns where the last log's valid
@@ -423,7 +437,7 @@ class DefinitionsStore:
         True when it wrote something; raises ``OSError`` when that failed."""
         if not (self._buf or self._broken):
             return False
-        log_file = self._log
+        log_file = self._log or self._open_log()
         limit = max(self.compact_min, self.compact_ratio * self._snapshot_bytes)
         if self._broken or log_file is None:
             self._compact()
@@ -518,10 +532,12 @@ class DefinitionsStore:
         if self._log is not None:
             self._log.close()
         self._log = new_log
+        self._reopen = None
         self.generation = generation
         self._snapshot_bytes = snapshot_bytes
 
     def close(self) -> None:
+        self._reopen = None
         if self._log is not None:
             self._log.close()
             self._log = None

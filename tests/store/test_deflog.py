@@ -142,11 +142,14 @@ def test_torn_tail_at_every_byte_of_the_last_record_is_ignored(
         assert state(got) == (after if cut == end else before), cut
         if last_start < cut < end:
             assert "torn tail" in caplog.text and "ERROR" not in caplog.text, cut
-            assert os.path.getsize(work / log_name) == last_start  # cut back
         # appending after the cut works and replays
         got.put(q(100))
         got.commit()
         got.close()
+        if cut < end:  # the torn bytes were cut off before the append
+            assert os.path.getsize(work / log_name) == last_start + len(
+                encode_change(1, "queues", q(100))
+            )
         assert [x.name for x in loaded(work)[2]][-1] == "q100"
         shutil.rmtree(work)
 
