@@ -8,13 +8,14 @@ Owns nothing the broker uses. Run (the broker it starts imports ``shardmq`` from
     python -m loadtest.declarebench --uri amqp://guest:guest@127.0.0.1:5682/   # RabbitMQ
 
 For each worker count it starts ``shardmq serve`` on 127.0.0.1 with a fresh data dir
-(unless ``--uri`` names a running broker), then for each kind (durable, transient):
-declares ``--queues`` queues named ``<prefix>-<kind>-<i>`` from ``--clients`` pika
-connections (each declares its share one after another, as an application does, so one
-client has one declare in flight), then deletes them the same way. Prints the seconds
-per 1,000 (the first and last thousand show whether the cost grows with the number of
-queues) and the durable / transient ratio. Numbers are for this machine; they never
-gate a test.
+(unless ``--uri`` names a running broker), then declares ``--queues`` transient and as
+many durable queues named ``<prefix>-<kind>-<i>`` from ``--clients`` pika connections
+(each declares its share one after another, as an application does, so one client has
+one declare in flight), in batches of 1,000 that alternate between the kinds (so both
+see the same load on a shared machine; ``--sequential``: all of one kind first), then
+deletes them the same way. Prints the seconds per 1,000 (the first and last thousands
+show whether the cost grows with the number of queues) and the durable / transient
+ratio. Numbers are for this machine; they never gate a test.
 """
 
 from __future__ import annotations
@@ -164,6 +165,40 @@ def measure(uri: str, kind: str, n: int, clients: int, prefix: str) -> dict[str,
     }
 
 
+def measure_interleaved(
+    uri: str, kinds: list[str], n: int, clients: int, prefix: str
+) -> list[dict[str, Any]]:
+    """Batches of 1,000 alternate between the kinds (transient 0-999, durable 0-999,
+    transient 1000-1999, ...), then the deletes the same way: on a shared machine
+    whose load drifts, both kinds see the same load, so their ratio means something.
+    The k-th durable batch still runs with k x 1,000 durable queues already there."""
+    names = {k: [f"{prefix}-{k}-{i}" for i in range(n)] for k in kinds}
+    totals = {(k, p): 0.0 for k in kinds for p in ("declare", "delete")}
+    per_1000: dict[tuple[str, str], list[float]] = {key: [] for key in totals}
+    for phase in ("declare", "delete"):
+        for start in range(0, n, 1000):
+            for kind in kinds:
+                durable = kind == "durable"
+
+                def act(ch: Any, name: str, durable: bool = durable, phase: str = phase) -> None:
+                    if phase == "declare":
+                        ch.queue_declare(name, durable=durable)
+                    else:
+                        ch.queue_delete(name)
+
+                t0 = time.monotonic()
+                stamps = _run_clients(uri, names[kind][start : start + 1000], clients, act)
+                took = stamps[-1] - t0
+                totals[kind, phase] += took
+                per_1000[kind, phase].append(took)
+    return [
+        {"kind": k}
+        | {f"{p}_s": totals[k, p] for p in ("declare", "delete")}
+        | {f"{p}_per_1000": per_1000[k, p] for p in ("declare", "delete")}
+        for k in kinds
+    ]
+
+
 def _fmt(row: dict[str, Any]) -> str:
     def series(xs: list[float]) -> str:
         if len(xs) <= 6:
@@ -185,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", nargs="+", default=["transient", "durable"])
     p.add_argument("--uri", help="a running broker (e.g. RabbitMQ) instead of starting one")
     p.add_argument("--prefix", default="", help="queue name prefix (default: unique)")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="all of one kind, then the other (default: batches of 1,000 alternate)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     prefix = args.prefix or f"declarebench-{uuid.uuid4().hex[:8]}"
@@ -194,7 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         uri = args.uri or broker.uri  # type: ignore[union-attr]
         label = args.uri if args.uri else f"shardmq, {workers} worker(s)"
         try:
-            rows = [measure(uri, k, args.queues, args.clients, prefix) for k in args.kinds]
+            if args.sequential:
+                rows = [measure(uri, k, args.queues, args.clients, prefix) for k in args.kinds]
+            else:
+                rows = measure_interleaved(uri, args.kinds, args.queues, args.clients, prefix)
         finally:
             if broker is not None:
                 broker.stop()
