@@ -246,6 +246,8 @@ class DefinitionsKeeper:
         auto-delete exchanges that lost their last binding, and theirs)."""
         changed = False
         metadata = self.metadata
+        if isinstance(op, md.DeleteVHost):
+            return self._drop_vhost(op.vhost)
         if isinstance(op, md.DropOwners):
             vhosts = list(self._autodel)
         else:
@@ -335,6 +337,22 @@ class DefinitionsKeeper:
             self._drop_binding(bkey)
         self._drop_dest((key[0], False, key[1]))
         return True
+
+    def _drop_vhost(self, vhost: str) -> bool:
+        """Vhost ``vhost`` was deleted with everything in it."""
+        if vhost in self.metadata.vhosts:
+            return False
+        changed = False
+        for key in [k for k in self.queues if k[0] == vhost]:
+            changed = self._drop_queue(key) or changed
+        for key in [k for k in self.exchanges if k[0] == vhost]:
+            changed = self._drop_exchange(key) or changed
+        for bkey in [k for k in self.bindings if k[0] == vhost]:
+            self._drop_binding(bkey)
+            changed = True
+        self._autodel.pop(vhost, None)
+        self.store.delete(VHostDef(name=vhost))
+        return changed
 
     def collect(
         self,

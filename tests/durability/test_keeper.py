@@ -201,3 +201,19 @@ def test_a_delete_does_not_walk_everything(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(k, "collect", lambda: pytest.fail("walked all definitions"))
     assert apply(k, md.DeleteQueue("/", "q7", False, False, 0)) is True
     assert "q7" not in [q.name for q in saved(tmp_path).queues]
+
+
+def test_deleted_vhost_takes_its_definitions(tmp_path: Path) -> None:
+    k = keeper(tmp_path, ["/", "other"])
+    for op in (
+        md.DeclareQueue("other", "oq", False, True, False, False, b"", 0),
+        md.DeclareExchange("other", "ox", "direct", False, True, False, False, b""),
+        md.Bind("other", True, "oq", "ox", "k", b"", 0),
+        xq("kept"),
+    ):
+        apply(k, op)
+    assert apply(k, md.DeleteVHost("other")) is True
+    d = saved(tmp_path)
+    assert [(q.vhost, q.name) for q in d.queues] == [("/", "kept")]
+    assert d.exchanges == [] and d.bindings == []
+    assert [v.name for v in d.vhosts] == ["/"]
