@@ -18,7 +18,7 @@ from typing import Any
 from shardmq.adapter.amqp091 import AMQP091Connection
 from shardmq.amqp import methods as M
 from shardmq.amqp.codec import PROTOCOL_HEADER
-from shardmq.broker.broker import Broker
+from shardmq.broker.broker import Broker, LocalSequencer
 from shardmq.broker.connection import BrokerConnection
 from shardmq.config import load_config
 
@@ -84,6 +84,9 @@ class Client:
 
     def send(self, data: bytes) -> None:
         self.conn.feed(data)
+        seq = self.conn.broker.sequencer
+        if isinstance(seq, LocalSequencer) and seq.waiting:
+            seq.commit()  # what the end of the loop turn does: commit, then answer
         self.pump()
 
     def call(self, channel: int, m: M.Method) -> None:

@@ -3,7 +3,7 @@
 Owns: ``Broker`` — the root of the domain state of one shard, plus the hooks that
 cross connections (a deleted queue cancels consumers on every connection, an alarm
 blocks every publisher), and ``LocalSequencer`` (one worker: ops apply at once, and
-durable definitions are saved before the op returns).
+durable definitions are committed before the op is answered).
 
 Invariants:
 - No socket I/O here; the net layer creates connections (through a protocol adapter,
@@ -12,9 +12,10 @@ Invariants:
   ``shardmq serve`` process) or with ``storage=True``: then durable, non-exclusive
   queues this worker owns are ``DurableQueue``s with a store under
   ``data_dir/queues``, opened (and recovered) when the queue is created and destroyed
-  when it is deleted. With one worker the broker also keeps ``definitions.json``
-  itself (``load_definitions`` at start-up, before accepting clients); with several
-  the supervisor's sequencer does.
+  when it is deleted. With one worker the broker also keeps the durable definitions
+  itself (``load_definitions`` at start-up, before accepting clients; a change is
+  committed before its -ok, see ``LocalSequencer``); with several the supervisor's
+  sequencer does.
 - Publishers are blocked while any alarm is on (memory, disk, file descriptors);
   unblocked only once all have cleared.
 - ``max_connections`` is the whole broker's: this worker's open connections plus the
@@ -92,13 +93,27 @@ class MetadataOps(Protocol):
 
 
 class LocalSequencer:
-    """One worker: metadata ops apply at once, in this process, in call order."""
+    """One worker: metadata ops apply at once, in this process, in call order.
 
-    synchronous = True
+    With a keeper and an event loop (``call_soon``), the durable definitions an op
+    changed are committed at the end of the loop turn, one fdatasync for every op of
+    the turn (group commit), and the ops' answers wait for it (``request``); so does
+    the answer of any op that comes while a commit is pending, so a client never hears
+    of a change that a crash could still undo. Without a loop each op commits before
+    ``execute`` returns."""
 
-    def __init__(self, metadata: Metadata, keeper: DefinitionsKeeper | None = None) -> None:
+    def __init__(
+        self,
+        metadata: Metadata,
+        keeper: DefinitionsKeeper | None = None,
+        call_soon: Callable[[Callable[[], None]], object] | None = None,
+    ) -> None:
         self.metadata = metadata
         self.keeper = keeper
+        self.call_soon = call_soon
+        self.synchronous = keeper is None or call_soon is None
+        self._waiting: list[tuple[OpCallback, AMQPError | None, OpResult]] = []
+        self._scheduled = False
 
     def execute(self, op: Op) -> OpResult:
         result = self.metadata.apply(op)
@@ -107,12 +122,27 @@ class LocalSequencer:
         return result
 
     def request(self, op: Op, callback: OpCallback) -> None:
-        try:
-            result = self.execute(op)
-        except AMQPError as exc:
-            callback(exc, None)
+        keeper = self.keeper
+        if self.synchronous or keeper is None:
+            try:
+                answer = self.execute(op)
+            except AMQPError as exc:
+                callback(exc, None)
+                return
+            callback(None, answer)
             return
-        callback(None, result)
+        err: AMQPError | None = None
+        result: OpResult = None
+        try:
+            result = self.metadata.apply(op)
+            keeper.record(op)
+        except AMQPError as exc:
+            err = exc
+        if not keeper.pending:
+            callback(err, result)
+            return
+        self._waiting.append((callback, err, result))
+        self._schedule()
 
     def fire(self, op: Op) -> None:
         """Apply an op nobody waits for (auto-delete, exclusive owner gone)."""
@@ -121,8 +151,42 @@ class LocalSequencer:
         except AMQPError as exc:
             log.debug("internal op %r not applied: %s", op, exc.reply_text)
             return
-        if self.keeper is not None:
-            self._save(op)
+        if self.keeper is None:
+            return
+        if self.synchronous:
+            try:
+                self._save(op)
+            except HardError:
+                pass  # logged; nobody to tell
+            return
+        self.keeper.record(op)
+        if self.keeper.pending:
+            self._schedule()
+
+    @property
+    def waiting(self) -> bool:
+        """Answers held until the next ``commit``."""
+        return bool(self._waiting)
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self.call_soon is not None:
+            self._scheduled = True
+            self.call_soon(self.commit)
+
+    def commit(self) -> None:
+        """End of the loop turn: one commit for the changes of every op since the last
+        one, then their answers, in order."""
+        self._scheduled = False
+        waiting, self._waiting = self._waiting, []
+        failed: AMQPError | None = None
+        try:
+            self.keeper.commit()  # type: ignore[union-attr]
+        except OSError as exc:
+            log.error("cannot save the definitions: %s", exc)
+            failed = HardError(INTERNAL_ERROR, f"cannot save the definitions: {exc}")
+        for callback, err, result in waiting:
+            err = err or failed
+            callback(err, None if err else result)
 
     def _save(self, op: Op) -> None:
         try:
@@ -148,12 +212,12 @@ class Broker:
         self.vhosts = self.metadata.vhosts
         self.storage: WorkerStorage | None = None
         self.definitions: DefinitionsKeeper | None = None
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         if storage is None:
-            try:
-                asyncio.get_running_loop()
-                storage = True
-            except RuntimeError:
-                storage = False
+            storage = running is not None
         if storage:
             data_dir = config.server.data_dir
             self.storage = WorkerStorage(
@@ -161,7 +225,9 @@ class Broker:
             )
             if workers == 1:
                 self.definitions = DefinitionsKeeper(self.metadata, DefinitionsStore(data_dir))
-        self.sequencer: MetadataOps = LocalSequencer(self.metadata, self.definitions)
+        # with a running loop, definitions are committed once per loop turn
+        call_soon = running.call_soon if running is not None else None
+        self.sequencer: MetadataOps = LocalSequencer(self.metadata, self.definitions, call_soon)
         self.shards: ShardRouter | None = None  # the cross-worker router (workers > 1)
         self.connections: set[BrokerConnection] = set()
         self.conns_by_gid: dict[int, BrokerConnection] = {}

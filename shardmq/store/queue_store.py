@@ -320,6 +320,7 @@ class DiskQueueStore:
         self._sync_data: list[str] = []
         self._sync_index: list[str] = []
         self._new_files = False
+        self._new_dir = False  # created by open: queues/ to be synced with the first round
         self._unlinks: list[str] = []
         self._inflight = 0
         self.error: OSError | None = None
@@ -350,10 +351,11 @@ class DiskQueueStore:
             on_dirty=on_dirty,
             codec=codec,
         )
-        parent = os.path.dirname(self.path)
         if not os.path.isdir(self.path):
             os.makedirs(self.path, exist_ok=True)
-            fsync_dir(parent)
+            # its entry in queues/ is made durable with the first commit round (before
+            # any message in it is confirmed), not here: a declare costs no fsync
+            self._new_dir = True
         self._recover()
         return self
 
@@ -1015,9 +1017,11 @@ class DiskQueueStore:
                 self._written_tokens,
                 self._sync_data,
                 self._sync_index,
-                [self.path] if self._new_files else [],
+                ([self.path] if self._new_files else [])
+                + ([os.path.dirname(self.path)] if self._new_dir else []),
                 self._unlinks,
             )
+            self._new_dir = False
             self._written_tokens = []
             self._sync_data = []
             self._sync_index = []
