@@ -206,9 +206,6 @@ class Broker:
         self.metadata = Metadata(config.vhosts or ["/"], self._make_queue)
         self.metadata.on_queue_deleted = self._queue_deleted
         self.metadata.on_access_change = self._access_changed
-        if workers == 1:
-            # with several workers the users come with the sequencer's snapshot
-            seed(self.metadata, config)
         self.vhosts = self.metadata.vhosts
         self.storage: WorkerStorage | None = None
         self.definitions: DefinitionsKeeper | None = None
@@ -227,6 +224,11 @@ class Broker:
                 self.definitions = DefinitionsKeeper(self.metadata, DefinitionsStore(data_dir))
         # with a running loop, definitions are committed once per loop turn
         call_soon = running.call_soon if running is not None else None
+        if workers == 1 and self.definitions is None:
+            # no data dir (in-process use): the config's users now; with one it is
+            # after the stored definitions (load_definitions); with several workers the
+            # users come with the sequencer's snapshot
+            seed(self.metadata, config)
         self.sequencer: MetadataOps = LocalSequencer(self.metadata, self.definitions, call_soon)
         self.shards: ShardRouter | None = None  # the cross-worker router (workers > 1)
         self.connections: set[BrokerConnection] = set()
@@ -299,6 +301,8 @@ class Broker:
         if self.definitions is None:
             return 0
         n = self.definitions.load()
+        if seed(self.metadata, self.config, self.definitions):
+            log.info("users seeded from the config (no users stored)")
         if n:
             log.info("restored %d durable definition(s) from %s", n, self.config.server.data_dir)
         return n

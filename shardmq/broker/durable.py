@@ -34,6 +34,7 @@ from typing import TypeVar
 
 from shardmq.amqp.errors import AMQPError
 from shardmq.broker import metadata as md
+from shardmq.broker.durable_access import ACCESS_KINDS, access_ops, drop_vhost_access, record_access
 from shardmq.broker.exchange import Exchange
 from shardmq.broker.vhost import AnyQueue
 from shardmq.store.definitions import (
@@ -73,8 +74,9 @@ class DefinitionsKeeper:
         """The stored definitions of this metadata's vhosts as ops (exchanges, queues,
         then bindings). The rest (other vhosts) stays in the store untouched."""
         defs = self.store.load()
-        known = self.metadata.vhosts
-        ops: list[md.Op] = []
+        # vhosts, users, permissions and policies first: the stored vhosts are created
+        ops: list[md.Op] = access_ops(defs)
+        known = set(self.metadata.vhosts) | {v.name for v in defs.vhosts}
         binds: list[md.Op] = []
         skipped: set[str] = set()
         for e in defs.exchanges:
@@ -207,6 +209,9 @@ class DefinitionsKeeper:
                 return False
             self._put_binding(bkey, _binding_def(bkey, bkey[5]))
             return True
+        if isinstance(op, ACCESS_KINDS):
+            self._save_vhosts()
+            return record_access(self.store, self.metadata, op)
         return self._removals(op)
 
     def commit(self) -> bool:
@@ -352,7 +357,8 @@ class DefinitionsKeeper:
             changed = True
         self._autodel.pop(vhost, None)
         self.store.delete(VHostDef(name=vhost))
-        return changed
+        drop_vhost_access(self.store, vhost)
+        return True
 
     def collect(
         self,

@@ -101,6 +101,14 @@ class PermissionDef(Struct, kw_only=True, forbid_unknown_fields=True):
     read: str = ".*"
 
 
+class TopicPermissionDef(Struct, kw_only=True, forbid_unknown_fields=True):
+    user: str
+    vhost: str
+    exchange: str
+    write: str = ""
+    read: str = ""
+
+
 class ExchangeDef(Struct, kw_only=True, forbid_unknown_fields=True):
     vhost: str
     name: str
@@ -142,6 +150,7 @@ class Definitions(Struct, kw_only=True, forbid_unknown_fields=True):
     vhosts: list[VHostDef] = field(default_factory=list)
     users: list[UserDef] = field(default_factory=list)
     permissions: list[PermissionDef] = field(default_factory=list)
+    topic_permissions: list[TopicPermissionDef] = field(default_factory=list)
     exchanges: list[ExchangeDef] = field(default_factory=list)
     queues: list[QueueDef] = field(default_factory=list)
     bindings: list[BindingDef] = field(default_factory=list)
@@ -152,13 +161,23 @@ KINDS: dict[str, type[Any]] = {
     "vhosts": VHostDef,
     "users": UserDef,
     "permissions": PermissionDef,
+    "topic_permissions": TopicPermissionDef,
     "exchanges": ExchangeDef,
     "queues": QueueDef,
     "bindings": BindingDef,
     "policies": PolicyDef,
 }
 KIND_OF: dict[type[Any], str] = {t: k for k, t in KINDS.items()}
-AnyDef = VHostDef | UserDef | PermissionDef | ExchangeDef | QueueDef | BindingDef | PolicyDef
+AnyDef = (
+    VHostDef
+    | UserDef
+    | PermissionDef
+    | TopicPermissionDef
+    | ExchangeDef
+    | QueueDef
+    | BindingDef
+    | PolicyDef
+)
 
 
 def _key(kind: str, item: Any) -> Hashable:
@@ -167,6 +186,8 @@ def _key(kind: str, item: Any) -> Hashable:
         return item.name
     if kind == "permissions":
         return (item.user, item.vhost)
+    if kind == "topic_permissions":
+        return (item.user, item.vhost, item.exchange)
     if kind == "bindings":
         args = encode_table(item.arguments) if item.arguments else b""
         return (
