@@ -58,12 +58,16 @@ class FakeIO:
 
     def __init__(self) -> None:
         self.reading = True
+        self.held = 0.0  # the last hold asked for (a delayed login refusal)
 
     def set_reading(self, active: bool) -> None:
         self.reading = active
 
     def tuned(self) -> None:
         pass
+
+    def hold(self, seconds: float) -> None:
+        self.held = seconds
 
 
 def new_connection(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shardmq.adapter.amqp091_methods import HANDLERS
@@ -50,7 +51,7 @@ from shardmq.amqp.errors import (
 from shardmq.amqp.fieldtable import decode_table
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import OUT_LIMIT, Channel
-from shardmq.broker.connection import BrokerConnection
+from shardmq.broker.connection import BrokerConnection, peer_host
 from shardmq.broker.queue import Consumer
 from shardmq.broker.replyto import NEEDLE as REPLY_NEEDLE
 from shardmq.broker.xshard.records import DELIVER_ITEM
@@ -75,6 +76,9 @@ class IOHooks(Protocol):
 
     def tuned(self) -> None:
         """The client accepted the tuning: heartbeats may start."""
+
+    def hold(self, seconds: float) -> None:
+        """Send nothing and read nothing for ``seconds`` (a delayed login refusal)."""
 
 
 class AMQP091Connection:
@@ -156,9 +160,12 @@ class AMQP091Connection:
                 return False
             user = _as_bytes(table.get("LOGIN"))
             password = _as_bytes(table.get("PASSWORD"))
-        return self.domain.login(
-            user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
-        )
+        ok = self.domain.login(user.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
+        if not ok:
+            # repeated failures from one address: the refusal is held (brute force)
+            delay = self.broker.auth_throttle.failed(peer_host(self.domain.peer), monotonic())
+            self.io.hold(delay)
+        return ok
 
     def on_tuned(self) -> None:
         self.io.tuned()

@@ -43,6 +43,7 @@ from shardmq.amqp.errors import (
     HardError,
 )
 from shardmq.auth.seed import seed
+from shardmq.auth.throttle import AuthThrottle
 from shardmq.broker.connection import BrokerConnection
 from shardmq.broker.consumer_timeout import AckTimeouts
 from shardmq.broker.delayed import DelayedScheduler
@@ -242,6 +243,7 @@ class Broker:
         # connections the other workers serve (set by the net layer with several)
         self.peer_connections: Callable[[], int] = lambda: 0
         self._conn_ids = itertools.count(1)
+        self.auth_throttle = AuthThrottle()  # failed logins per address (brute force)
         self.delayed = DelayedScheduler(self)  # x-delayed-message exchanges' held messages
         self.server_properties = {
             "product": "shardmq",

@@ -52,9 +52,14 @@ log = logging.getLogger("shardmq.connection")
 
 # The vhost of a connection that is not open yet (never routes: the engine allows no
 # channel before connection.open).
+def peer_host(peer: str) -> str:
+    """The address part of ``peer`` ("host:port", as the listener names connections)."""
+    return peer.rsplit(":", 1)[0].strip("[]")
+
+
 def is_loopback(peer: str) -> bool:
-    """``peer`` ("host:port", as the listener names connections) is a loopback address."""
-    host = peer.rsplit(":", 1)[0].strip("[]")
+    """``peer`` ("host:port") is a loopback address."""
+    host = peer_host(peer)
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:

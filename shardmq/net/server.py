@@ -103,6 +103,7 @@ class AMQPProtocol(asyncio.Protocol):
         self._admitted = False
         self._held = False  # output over READ_HOLD: not reading until it drains
         self._continue_due = False  # held input is parsed at the next loop turn
+        self._hold_until = 0.0  # loop time before which nothing is written (refusal)
 
     # ------------------------------------------------------------ transport events
     def connection_made(self, base: asyncio.BaseTransport) -> None:
@@ -175,6 +176,20 @@ class AMQPProtocol(asyncio.Protocol):
         else:
             transport.pause_reading()
 
+    def hold(self, seconds: float) -> None:
+        """Write and read nothing for ``seconds`` (a failed login's refusal is held:
+        ``shardmq.auth.throttle``); the output written then, close included."""
+        if seconds <= 0:
+            return
+        self._hold_until = self.hub.loop.time() + seconds
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.hub.loop.call_at(self._hold_until, self._release_hold)
+
+    def _release_hold(self) -> None:
+        self._hold_until = 0.0
+        self.flush()
+
     def _hold(self, on: bool) -> None:
         """Output over ``READ_HOLD`` (on) or drained with no held input (off)."""
         if on != self._held:
@@ -212,7 +227,7 @@ class AMQPProtocol(asyncio.Protocol):
     def flush(self) -> None:
         conn = self.conn
         transport = self.transport
-        if conn is None or transport is None:
+        if conn is None or transport is None or self._hold_until:
             return
         data = conn.take_output()
         if transport.is_closing():
