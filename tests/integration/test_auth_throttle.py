@@ -61,7 +61,7 @@ def test_brute_force_runs_at_tens_not_thousands_of_guesses(broker: Broker) -> No
             except pika.exceptions.ProbableAuthenticationError:
                 with lock:
                     refused += 1
-            except pika.exceptions.AMQPError:
+            except Exception:  # a reset or timeout under load: not a refusal
                 pass
 
     threads = [threading.Thread(target=attack) for _ in range(ATTACKERS)]
