@@ -49,6 +49,7 @@ from shardmq.amqp.fieldtable import decode_table
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import OUT_LIMIT, Channel
 from shardmq.broker.connection import BrokerConnection
+from shardmq.broker.qargs import parse_expiration
 from shardmq.broker.queue import Consumer
 from shardmq.broker.xshard.records import DELIVER_ITEM
 from shardmq.message import Message, next_seq
@@ -197,6 +198,14 @@ class AMQP091Connection:
                     60,
                     40,
                 )
+        if raw[19] & 0x01:  # expiration property present: RabbitMQ validates it
+            exp = msg.properties().expiration
+            if exp is not None:
+                try:
+                    parse_expiration(exp)
+                except SoftError as exc:
+                    exc.class_id, exc.method_id = 60, 40
+                    raise
         domain.publish(ch, msg, exlen, flags)
 
     def on_ack(self, ch: Channel, delivery_tag: int, multiple: int) -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from shardmq import __version__
 from shardmq.amqp.errors import INTERNAL_ERROR, AMQPError, HardError
 from shardmq.broker.connection import BrokerConnection
+from shardmq.broker.deadletter import BrokerServices
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.metadata import Metadata, Op, OpResult, shard_for
 from shardmq.broker.queue import Consumer, DurableQueue, Queue
@@ -126,6 +127,7 @@ class Broker:
         self.slot = slot
         self.workers = workers
         self.users = {u.name: u for u in config.users}
+        self.queue_services = BrokerServices(self)  # dead-lettering, x-expires
         self.metadata = Metadata(config.vhosts or ["/"], self._make_queue)
         self.metadata.on_queue_deleted = self._queue_deleted
         self.vhosts = self.metadata.vhosts
@@ -194,6 +196,7 @@ class Broker:
                 log.error("cannot open the store of queue '%s' in vhost '%s': %s", name, vhost, exc)
                 raise HardError(INTERNAL_ERROR, f"cannot open queue storage: {exc}") from exc
             q = DurableQueue(name, vhost, store=store, **kw)
+            q.start(self.queue_services)
             if store.recovered:
                 log.info(
                     "queue '%s' in vhost '%s': %d message(s) recovered",
@@ -202,7 +205,9 @@ class Broker:
                     store.recovered,
                 )
             return q
-        return Queue(name, vhost, **kw)
+        plain = Queue(name, vhost, **kw)
+        plain.start(self.queue_services)
+        return plain
 
     def load_definitions(self) -> int:
         """One worker, at start-up: declare the stored durable exchanges, queues and
