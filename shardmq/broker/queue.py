@@ -326,7 +326,6 @@ class Queue:
     def get(self) -> tuple[Message, bool] | None:
         if self.features:
             return qfeatures.get(self)
-        self.last_used = now_ms()
         if not self.store:
             return None
         msg = self.store.take()
