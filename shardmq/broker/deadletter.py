@@ -56,9 +56,9 @@ def _str(v: object) -> str | None:
 
 def dead_letter_copy(
     msg: Message, reason: str, queue: str, dlx: str, dlrk: str | None, now_s: int
-) -> tuple[Message, list[str]]:
+) -> tuple[Message, list[str], list[Any]]:
     """(the dead-lettered copy of ``msg`` leaving ``queue``, the routing keys to route
-    it with through ``dlx``)."""
+    it with through ``dlx``, its ``x-death`` array)."""
     props = BasicProperties.decode(msg.raw, 19)  # a fresh copy: we change it
     headers: dict[str, Any] = dict(props.headers or {})
     exchange, rk = exrk_names(msg.exrk)
@@ -110,7 +110,7 @@ def dead_letter_copy(
     body = msg.body
     header = _HEADER_CLASS + len(body).to_bytes(8, "big") + props.encode()
     copy = Message.from_parts(shortstr(dlx) + shortstr(keys[0]), header, body, next_seq())
-    return copy, keys
+    return copy, keys, props.headers["x-death"]
 
 
 def is_cycle(queue: str, deaths: list[Any]) -> bool:
@@ -164,7 +164,7 @@ class BrokerServices:
         if dlx is None or vh is None or dlx not in vh.exchanges:
             done()
             return
-        copy, keys = dead_letter_copy(
+        copy, keys, deaths = dead_letter_copy(
             msg, reason, queue.name, dlx, s.dead_letter_routing_key, int(time.time())
         )
         targets: dict[Queue | RemoteQueue, None] = {}
@@ -183,10 +183,8 @@ class BrokerServices:
                 for rq in rqs:
                     targets[rq] = None
         if reason != "rejected" and targets:
-            deaths = copy.properties().headers or {}
-            xd = deaths.get("x-death") or []
             for t in list(targets):
-                if is_cycle(t.name, xd):
+                if is_cycle(t.name, deaths):
                     del targets[t]
                     pair = (queue.name, t.name)
                     if pair not in self._cycles_logged:

@@ -21,9 +21,11 @@ from collections.abc import Callable
 
 from shardmq.message import Message
 
-# Messages expired per loop turn at most; the rest continue on the next turn
-# (call_soon), so 100,000 messages due at once never stall the loop.
+# Messages expired per loop turn at most, and seconds spent on it at most (dead-lettering
+# costs more per message than dropping); the rest continue on the next turn (call_soon),
+# so 100,000 messages due at once never stall the loop.
 EXPIRE_SLICE = 2000
+EXPIRE_BUDGET_S = 0.01
 
 
 def now_ms() -> int:

@@ -24,9 +24,17 @@ Invariants (RabbitMQ's):
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
-from shardmq.broker.expiry import EXPIRE_SLICE, Timer, message_ttl, now_ms, running_loop
+from shardmq.broker.expiry import (
+    EXPIRE_BUDGET_S,
+    EXPIRE_SLICE,
+    Timer,
+    message_ttl,
+    now_ms,
+    running_loop,
+)
 from shardmq.broker.storage import ConfirmTarget
 from shardmq.message import Message
 
@@ -209,18 +217,20 @@ def arm_head(q: Queue) -> None:
     timer.arm(d)
 
 
-def expire_due(q: Queue, limit: int = EXPIRE_SLICE) -> bool:
-    """Expire the heads whose deadline passed, at most ``limit``; True when more are
-    due (the caller continues on the next loop turn)."""
+def expire_due(q: Queue, limit: int = EXPIRE_SLICE, budget: float = EXPIRE_BUDGET_S) -> bool:
+    """Expire the heads whose deadline passed, at most ``limit`` and for about
+    ``budget`` seconds; True when more are due (the caller continues on the next loop
+    turn)."""
     store = q.store
     now = now_ms()
     n = 0
+    stop = time.perf_counter() + budget
     while store:
         msg = store.peek()
         d = deadline(q, msg)
         if d is None or d > now:
             break
-        if n >= limit:
+        if n >= limit or (not n & 63 and n and time.perf_counter() > stop):
             return True
         store.take()
         q.ready_bytes -= msg.body_size

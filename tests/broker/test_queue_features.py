@@ -179,7 +179,7 @@ def test_drop_head_and_bytes() -> None:
 # ---------------------------------------------------------------- x-death
 def test_x_death_first_and_repeat() -> None:
     m = msg(b"b", rk="rk", expiration="100", headers={"CC": ["c"]})
-    c1, keys = dead_letter_copy(m, "expired", "q1", "dlx", None, 1000)
+    c1, keys, _ = dead_letter_copy(m, "expired", "q1", "dlx", None, 1000)
     assert keys == ["rk", "c"]
     p = c1.properties()
     assert p.expiration is None
@@ -197,8 +197,8 @@ def test_x_death_first_and_repeat() -> None:
     ]
     assert d["time"] == Timestamp(1000) and d["original-expiration"] == "100"
     assert h["x-first-death-reason"] == "expired"
-    c2, _ = dead_letter_copy(c1, "rejected", "q2", "dlx", "k2", 2000)
-    c3, keys3 = dead_letter_copy(c2, "expired", "q1", "dlx", None, 3000)
+    c2, _, _ = dead_letter_copy(c1, "rejected", "q2", "dlx", "k2", 2000)
+    c3, keys3, deaths3 = dead_letter_copy(c2, "expired", "q1", "dlx", None, 3000)
     h3 = c3.properties().headers
     assert h3 is not None
     assert [(x["queue"], x["reason"], x["count"]) for x in h3["x-death"]] == [
@@ -206,6 +206,7 @@ def test_x_death_first_and_repeat() -> None:
         ("q2", "rejected", 1),
     ]
     assert list(h3["x-death"][0]) == sorted(h3["x-death"][0])
+    assert deaths3 == h3["x-death"]
     assert "CC" not in h3  # dropped with the routing key override of the 2nd death
     assert keys3 == ["k2"]
     assert c3.body == b"b"
