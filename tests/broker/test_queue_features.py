@@ -125,11 +125,23 @@ def test_expire_in_slices() -> None:
         m.ts = past
         q.publish(m)
     assert q.message_count == n
-    assert qfeatures.expire_due(q) is True
+    unbounded = float("inf")  # no time budget: the count alone cuts the slice
+    assert qfeatures.expire_due(q, budget=unbounded) is True
     assert q.message_count == n - EXPIRE_SLICE
-    assert qfeatures.expire_due(q) is True
-    assert qfeatures.expire_due(q) is False
+    assert qfeatures.expire_due(q, budget=unbounded) is True
+    assert qfeatures.expire_due(q, budget=unbounded) is False
     assert q.message_count == 0 and q.expired == n
+
+
+def test_expire_slice_stops_on_time_budget() -> None:
+    q = Queue("q", "/", arguments={"x-message-ttl": 10})
+    past = now_ms() - 1000
+    for _ in range(1000):
+        m = msg()
+        m.ts = past
+        q.publish(m)
+    assert qfeatures.expire_due(q, limit=10**9, budget=0.0) is True
+    assert q.expired == 64  # the clock is read every 64 messages
 
 
 def test_timer_expires_across_loop_turns() -> None:
