@@ -13,7 +13,7 @@ Invariants (RabbitMQ's):
   by timer (a per-message TTL behind a longer one waits, as in RabbitMQ); the timer is
   armed for the head's deadline whenever the head can have changed.
 - ``ready_bytes`` = body bytes of the ready messages (what ``x-max-length-bytes``
-  limits), kept from the moment the queue is featured.
+  limits), kept while the queue has that limit (``apply_settings`` recounts it).
 - ``reject-publish``/``reject-publish-dlx``: a publish that would exceed a limit never
   enters (nacked under confirms); ``drop-head``: it enters, and heads are dropped
   (dead-lettered ``maxlen``) until the queue is within its limits again.
@@ -63,10 +63,8 @@ def publish(q: Queue, msg: Message, conf: ConfirmTarget | None) -> None:
     q.features = True  # sticky: a message with its own TTL makes dispatch check
     s = q.settings
     store = q.store
-    size = msg.body_size
-    if msg.raw[19] & 0x01 or s.message_ttl is not None:
-        if not msg.ts:
-            msg.ts = now_ms()  # before the store writes it: the deadline is absolute
+    size = msg.body_size if s.max_length_bytes is not None else 0
+    timed = msg.raw[19] & 0x01 or s.message_ttl is not None
     if s.limited and s.overflow != "drop-head" and _would_exceed(q, size):
         q.dropped += 1
         if conf is not None:
@@ -77,9 +75,13 @@ def publish(q: Queue, msg: Message, conf: ConfirmTarget | None) -> None:
     if q.consumers and not store:
         c = q._next_consumer()
         if c is not None:
+            if timed and q.durable and not msg.ts:
+                msg.ts = now_ms()  # written with it: back after a crash, still absolute
             q._push_taken(msg, conf)
             c.channel.deliver(c, q, msg, False)
             return
+    if timed and not msg.ts:
+        msg.ts = now_ms()  # before the store writes it: the deadline is absolute
     q._push(msg, conf)
     q.ready_bytes += size
     if s.limited:
@@ -150,13 +152,15 @@ def dispatch(q: Queue) -> None:
     try:
         store = q.store
         redelivered = q.redelivered
+        bytes_limited = q.settings.max_length_bytes is not None
         now = 0
         while store:
             c = q._next_consumer()
             if c is None:
                 break
             msg = store.take()
-            q.ready_bytes -= msg.body_size
+            if bytes_limited:
+                q.ready_bytes -= msg.body_size
             d = deadline(q, msg)
             if d is not None:
                 if not now:
@@ -180,10 +184,12 @@ def dispatch(q: Queue) -> None:
 def get(q: Queue) -> tuple[Message, bool] | None:
     q.touch()
     store = q.store
+    bytes_limited = q.settings.max_length_bytes is not None
     now = 0
     while store:
         msg = store.take()
-        q.ready_bytes -= msg.body_size
+        if bytes_limited:
+            q.ready_bytes -= msg.body_size
         d = deadline(q, msg)
         if d is not None:
             if not now:
@@ -201,7 +207,8 @@ def get(q: Queue) -> tuple[Message, bool] | None:
 
 def requeued(q: Queue, msgs: list[Message]) -> None:
     """``msgs`` went back to the store (before the queue dispatches)."""
-    q.ready_bytes += sum(m.body_size for m in msgs)
+    if q.settings.max_length_bytes is not None:
+        q.ready_bytes += sum(m.body_size for m in msgs)
 
 
 def arm_head(q: Queue) -> None:
@@ -233,7 +240,8 @@ def expire_due(q: Queue, limit: int = EXPIRE_SLICE, budget: float = EXPIRE_BUDGE
         if n >= limit or (not n & 63 and n and time.perf_counter() > stop):
             return True
         store.take()
-        q.ready_bytes -= msg.body_size
+        if q.settings.max_length_bytes is not None:
+            q.ready_bytes -= msg.body_size
         _expire_taken(q, msg)
         n += 1
     if n and q.throttled and len(store) <= q.release_at:
