@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 from shardmq.broker import qfeatures
 from shardmq.broker.expiry import Timer, now_ms
-from shardmq.broker.qargs import NO_SETTINGS, QueueSettings, parse_queue_args
+from shardmq.broker.qargs import NO_SETTINGS, QueueSettings, effective, parse_queue_args
 from shardmq.broker.storage import ConfirmTarget, MemoryStore, MessageStore
 from shardmq.message import Message
 from shardmq.store.queue_store import RawCodec
@@ -233,6 +233,16 @@ class Queue:
             self.ready_bytes = sum(m.body_size for m in self.store)
         qfeatures.arm_expires(self)
         qfeatures.arm_head(self)
+
+    def policy_changed(self) -> None:
+        """A policy now applies (or none does): the effective settings are the
+        arguments overlaid by its definition (``qargs.effective``). Called by the
+        policies' ``VHost.assign_policy`` through its ``policy_changed`` hook; reads
+        ``self.policy`` where the queue has one."""
+        policy = getattr(self, "policy", None)
+        definition = getattr(policy, "definition", None)
+        own = parse_queue_args(self.arguments, self.name, self.vhost)
+        self.apply_settings(effective(own, dict(definition) if definition else None))
 
     def start(self, services: QueueServices | None) -> None:
         """The broker made this queue where it lives: timers may run."""

@@ -230,3 +230,22 @@ def test_cycle_rule() -> None:
     assert is_cycle("a", [expired])
     assert not is_cycle("b", [expired])
     assert not is_cycle("a", [rejected, expired])
+
+
+def test_policy_changed_recomputes_settings() -> None:
+    """What the policies' ``VHost.assign_policy`` hook does: the queue's effective
+    settings become its arguments overlaid by the policy's definition."""
+
+    class FakePolicy:
+        definition = {"max-length": 2, "message-ttl": 50}
+
+    class PolicyQueue(Queue):  # the policies' Queue has this slot itself
+        __slots__ = ("policy",)
+
+    q = PolicyQueue("q", "/", arguments={"x-max-length": 5})
+    q.policy = FakePolicy()
+    q.policy_changed()
+    assert q.settings.max_length == 2 and q.settings.message_ttl == 50
+    q.policy = None
+    q.policy_changed()
+    assert q.settings.max_length == 5 and q.settings.message_ttl is None
