@@ -40,6 +40,7 @@ class QueueSettings:
     overflow: str = "drop-head"
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
+    overflow_set: bool = False  # ``x-overflow`` given (an argument wins over a policy)
 
     @property
     def limited(self) -> bool:
@@ -128,7 +129,8 @@ def parse_queue_args(arguments: dict[str, Any], queue: str, vhost: str) -> Queue
     max_len = _int_arg(arguments, "x-max-length", queue, vhost, True)
     max_bytes = _int_arg(arguments, "x-max-length-bytes", queue, vhost, True)
     overflow = "drop-head"
-    if "x-overflow" in arguments:
+    overflow_set = "x-overflow" in arguments
+    if overflow_set:
         v = arguments["x-overflow"]
         s = _str_value(v)
         if s is None:
@@ -156,7 +158,7 @@ def parse_queue_args(arguments: dict[str, Any], queue: str, vhost: str) -> Queue
             )
         if dlx is None:
             raise _err("x-dead-letter-routing-key", queue, vhost, "routing_key_but_no_dlx_defined")
-    return QueueSettings(ttl, expires, max_len, max_bytes, overflow, dlx, dlrk)
+    return QueueSettings(ttl, expires, max_len, max_bytes, overflow, dlx, dlrk, overflow_set)
 
 
 def effective(from_args: QueueSettings, policy: dict[str, Any] | None) -> QueueSettings:
@@ -173,7 +175,7 @@ def effective(from_args: QueueSettings, policy: dict[str, Any] | None) -> QueueS
         if field_name in _NUMERIC:
             changes[field_name] = pv if av is None else min(av, pv)
         elif field_name == "overflow":
-            if av == "drop-head" and pv in OVERFLOW_MODES:  # the argument's default
+            if not from_args.overflow_set and pv in OVERFLOW_MODES:
                 changes[field_name] = pv
         elif av is None:
             changes[field_name] = pv

@@ -53,7 +53,7 @@ def test_parse_all() -> None:
         "q",
         "/",
     )
-    assert s == QueueSettings(0, 5, 0, 10, "reject-publish-dlx", "dlx", "rk")
+    assert s == QueueSettings(0, 5, 0, 10, "reject-publish-dlx", "dlx", "rk", True)
     assert s.limited and s.any
 
 
@@ -100,6 +100,9 @@ def test_policy_overlay() -> None:
     assert s.dead_letter_exchange == "a"  # the argument wins
     assert effective(args, {"max-length": 50}).max_length == 10
     assert effective(args, None) is args
+    assert effective(args, {"overflow": "reject-publish"}).overflow == "reject-publish"
+    explicit = parse_queue_args({"x-overflow": "drop-head"}, "q", "/")
+    assert effective(explicit, {"overflow": "reject-publish"}).overflow == "drop-head"
 
 
 @pytest.mark.parametrize(("value", "ok"), [("0", 0), ("60000", 60000), ("+5", 5)])
