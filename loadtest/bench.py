@@ -85,6 +85,8 @@ class BenchConfig:
     producer_worker: int = -1
     consumer_worker: int = -1
     queue_worker: str = ""
+    # queue features: x-message-ttl of the benchmark's queues in ms (-1 = none)
+    message_ttl: int = -1
 
     def normalized(self) -> BenchConfig:
         c = dataclasses.replace(self)
@@ -204,7 +206,8 @@ async def _declare(cfg: BenchConfig, topo: Topology) -> None:
         if topo.exchange:
             await c.exchange_declare(topo.exchange, topo.exchange_type, durable=cfg.durable)
         for q in topo.queues:
-            await c.queue_declare(q, durable=cfg.durable)
+            args = {"x-message-ttl": cfg.message_ttl} if cfg.message_ttl >= 0 else None
+            await c.queue_declare(q, durable=cfg.durable, arguments=args)
         for q, k in topo.bindings:
             await c.queue_bind(q, topo.exchange, k)
     finally:
@@ -825,6 +828,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue-worker",
         metavar="N/W",
         help="shardmq: queue names that worker N of a W-worker broker owns",
+    )
+    a(
+        "--message-ttl",
+        type=int,
+        metavar="MS",
+        help="declare the queues with x-message-ttl MS (default: none)",
     )
     a("--quiet", action="store_true", help="no live progress on stderr")
     a("--json", action="store_true", help="print the report as JSON")

@@ -52,6 +52,7 @@ from shardmq.amqp.fieldtable import decode_table
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import OUT_LIMIT, Channel
 from shardmq.broker.connection import BrokerConnection, peer_host
+from shardmq.broker.qargs import parse_expiration
 from shardmq.broker.queue import Consumer
 from shardmq.broker.replyto import NEEDLE as REPLY_NEEDLE
 from shardmq.broker.xshard.records import DELIVER_ITEM
@@ -222,6 +223,14 @@ class AMQP091Connection:
                     60,
                     40,
                 )
+        if raw[19] & 0x01:  # expiration property present: RabbitMQ validates it
+            exp = msg.properties().expiration
+            if exp is not None:
+                try:
+                    parse_expiration(exp)
+                except SoftError as exc:
+                    exc.class_id, exc.method_id = 60, 40
+                    raise
         if raw[19] & 0x02 and raw.find(REPLY_NEEDLE, 19, 7 + hsize) >= 0:
             msg = domain.broker.replies.rewrite(ch, msg)  # reply_to: direct reply-to
         domain.publish(ch, msg, exlen, flags)

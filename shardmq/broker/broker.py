@@ -47,6 +47,7 @@ from shardmq.auth.throttle import AuthThrottle
 from shardmq.broker.connection import BrokerConnection
 from shardmq.broker.consumer_timeout import AckTimeouts
 from shardmq.broker.delayed import DelayedScheduler
+from shardmq.broker.deadletter import BrokerServices
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.metadata import DeleteUser, DeleteVHost, Metadata, Op, OpResult, shard_for
 from shardmq.broker.queue import Consumer, DurableQueue, Queue
@@ -204,6 +205,7 @@ class Broker:
         self.config = config
         self.slot = slot
         self.workers = workers
+        self.queue_services = BrokerServices(self)  # dead-lettering, x-expires
         self.metadata = Metadata(config.vhosts or ["/"], self._make_queue)
         self.metadata.on_queue_deleted = self._queue_deleted
         self.metadata.on_access_change = self._access_changed
@@ -287,6 +289,7 @@ class Broker:
                 log.error("cannot open the store of queue '%s' in vhost '%s': %s", name, vhost, exc)
                 raise HardError(INTERNAL_ERROR, f"cannot open queue storage: {exc}") from exc
             q = DurableQueue(name, vhost, store=store, **kw)
+            q.start(self.queue_services)
             if store.recovered:
                 log.info(
                     "queue '%s' in vhost '%s': %d message(s) recovered",
@@ -295,7 +298,9 @@ class Broker:
                     store.recovered,
                 )
             return q
-        return Queue(name, vhost, **kw)
+        plain = Queue(name, vhost, **kw)
+        plain.start(self.queue_services)
+        return plain
 
     def load_definitions(self) -> int:
         """One worker, at start-up: declare the stored durable exchanges, queues and

@@ -236,7 +236,10 @@ class Channel:
             if requeue:
                 touched.setdefault(queue, []).append(msg)
             else:
-                queue.settle(msg)
+                if requeue is None:
+                    queue.settle(msg)
+                else:
+                    queue.reject(msg)  # dead-lettered where the queue says so
                 touched.setdefault(queue, [])
         for queue, msgs in touched.items():
             if msgs:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from shardmq.broker.queue import Consumer
     from shardmq.message import Message
 
-ACK, REQUEUE = 0, 2  # settle actions, as in shardmq.broker.xshard.records
+ACK, DROP, REQUEUE = 0, 1, 2  # settle actions, as in shardmq.broker.xshard.records
 # Credit window of remote consumers whose credit comes back as their socket drains.
 REMOTE_WINDOW = 4096
 # ...in returns of at least this much: a return is a record to the owner and, when its
@@ -105,6 +105,11 @@ class RemoteQueue:
     def settle(self, msg: Message) -> None:
         if msg.seq:
             self.router.settle(self.shard, msg.seq, ACK)
+
+    def reject(self, msg: Message) -> None:
+        """Rejected without requeue: the owner dead-letters it if its queue says so."""
+        if msg.seq:
+            self.router.settle(self.shard, msg.seq, DROP)
 
     def requeue(self, msgs: list[Message]) -> None:
         for m in msgs:

@@ -14,7 +14,10 @@ Message record payload (little endian)::
     u8 type=1 | u8 flags | u64 sid | u64 aux | u16 len(exrk) | u32 len(a) | exrk | a | b
 
 ``sid`` is the store's own sequence (monotonic across restarts); ``aux, a, b`` are the
-codec's (``RawCodec``: channel << 32 | fmax, the raw content frames, empty). Flag 1
+codec's (``RawCodec``: channel << 32 | fmax, the raw content frames, and either
+nothing or 8 bytes: ``Message.ts``, the wall-clock ms the message entered a queue with
+a TTL, so its deadline is absolute across restarts; records without it, as older
+segments hold, load with ``ts`` 0). Flag 1
 = the message went to a consumer as it was written (``push_taken``). Index records::
 
     u8 type (2 ack, 3 delivered, 4 keep) | u32 n | n x u64 sid
@@ -92,6 +95,7 @@ _pack_frame = _FRAME.pack
 _unpack_frame = _FRAME.unpack_from
 _crc32 = zlib.crc32
 _U32BE = struct.Struct(">I")
+_TS = struct.Struct("<Q")  # Message.ts in a record's ``b`` part
 _LITTLE = sys.byteorder == "little"
 
 MSG_OVERHEAD = 160  # bytes a ready message costs in memory beyond its content
@@ -129,12 +133,16 @@ class RawCodec:
 
     @staticmethod
     def parts(msg: Message) -> tuple[int, bytes, bytes, bytes]:
-        return msg.ch << 32 | msg.fmax, msg.exrk, msg.raw, b""
+        ts = msg.ts
+        return msg.ch << 32 | msg.fmax, msg.exrk, msg.raw, _TS.pack(ts) if ts else b""
 
     @staticmethod
     def load(aux: int, exrk: bytes, a: bytes, b: bytes, seq: int) -> Message:
         hsize = int.from_bytes(a[3:7], "big")
-        return Message(exrk, a, aux >> 32, hsize, aux & 0xFFFFFFFF, seq)  # type: ignore[call-arg]
+        msg = Message(exrk, a, aux >> 32, hsize, aux & 0xFFFFFFFF, seq)  # type: ignore[call-arg]
+        if len(b) >= 8:
+            msg.ts = _TS.unpack_from(b)[0]
+        return msg
 
     @staticmethod
     def size(msg: Message) -> int:
@@ -673,6 +681,13 @@ class DiskQueueStore:
             sid = -sid
         self._unacked[msg] = sid
         return True
+
+    def peek(self) -> Message:
+        """The next ready message (the store is not empty), left in place."""
+        ready = self._ready
+        if not ready:
+            self._page_in()
+        return ready[0]
 
     def take(self) -> Message:
         ready = self._ready

@@ -340,6 +340,8 @@ class OwnerSide:
             lst = touched.setdefault(queue, [])
             if action == rec.REQUEUE:
                 lst.append(msg)
+            elif action == rec.DROP:
+                queue.reject(msg)  # rejected without requeue: dead-lettered if set
             else:
                 queue.settle(msg)
         for queue, msgs in touched.items():
