@@ -46,8 +46,8 @@ from shardmq.auth.seed import seed
 from shardmq.auth.throttle import AuthThrottle
 from shardmq.broker.connection import BrokerConnection
 from shardmq.broker.consumer_timeout import AckTimeouts
-from shardmq.broker.delayed import DelayedScheduler
 from shardmq.broker.deadletter import BrokerServices
+from shardmq.broker.delayed import DelayedScheduler
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.metadata import DeleteUser, DeleteVHost, Metadata, Op, OpResult, shard_for
 from shardmq.broker.queue import Consumer, DurableQueue, Queue

@@ -106,6 +106,11 @@ def _over_limit(q: Queue) -> bool:
     return s.max_length_bytes is not None and q.ready_bytes > s.max_length_bytes
 
 
+def enforce_limits(q: Queue) -> None:
+    """The limits changed (a policy): drop heads over them now, as RabbitMQ does."""
+    _drop_over_limit(q)
+
+
 def _drop_over_limit(q: Queue) -> None:
     if q.settings.overflow != "drop-head":
         return

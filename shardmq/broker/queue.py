@@ -39,8 +39,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
-from shardmq.broker.consumer_order import ConsumerOrder, single_active
 from shardmq.broker import qfeatures
+from shardmq.broker.consumer_order import ConsumerOrder, single_active
 from shardmq.broker.expiry import Timer, now_ms
 from shardmq.broker.qargs import NO_SETTINGS, QueueSettings, effective, parse_queue_args
 from shardmq.broker.storage import ConfirmTarget, MemoryStore, MessageStore
@@ -248,6 +248,8 @@ class Queue:
             self.ready_bytes = sum(m.body_size for m in self.store)
         qfeatures.arm_expires(self)
         qfeatures.arm_head(self)
+        if self.services is not None:  # live where it is owned: new limits apply now
+            qfeatures.enforce_limits(self)
 
     def policy_changed(self) -> None:
         """A policy now applies (or none does): the effective settings are the

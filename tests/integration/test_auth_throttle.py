@@ -35,7 +35,9 @@ def test_throttle_schedule_serialises_parallel_failures() -> None:
     assert delays == sorted(delays) and delays[0] == pytest.approx(BASE)
     assert delays[-1] - delays[-2] == pytest.approx(CAP)  # spaced by the capped step
     assert th.failed("10.0.0.2", 100.0) == pytest.approx(BASE)  # another address is not affected
-    assert th.failed("10.0.0.1", 100.0 + 61) == pytest.approx(BASE)  # forgotten after a quiet minute
+    assert th.failed("10.0.0.1", 100.0 + 61) == pytest.approx(
+        BASE
+    )  # forgotten after a quiet minute
 
 
 def test_brute_force_runs_at_tens_not_thousands_of_guesses(broker: Broker) -> None:
