@@ -89,7 +89,7 @@ def ctl() -> None:
 @click.option("--json", "as_json_flag", is_flag=True, help="Machine-readable output.")
 def status(config_path: str | None, data_dir: str | None, as_json_flag: bool) -> None:
     """Workers, their connections and the queues each one owns."""
-    from workers.status import as_json, as_table, read_broker_status
+    from workers.status import as_json, as_table, not_found_message, read_broker_status
 
     try:
         config = load_config(config_path, data_dir=data_dir)
@@ -98,7 +98,7 @@ def status(config_path: str | None, data_dir: str | None, as_json_flag: bool) ->
     where = config.server.data_dir
     current = read_broker_status(where)
     if not current.found:
-        fail(f"no running broker found on data dir {where}")
+        fail(not_found_message(where))
     click.echo(as_json(current) if as_json_flag else as_table(current))
 
 
