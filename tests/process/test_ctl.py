@@ -4,6 +4,8 @@ queues each owns with RabbitMQ's counts, and the state at the moment it runs."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -203,3 +205,33 @@ def test_a_stale_socket_of_a_dead_worker_is_ignored(tmp_path: Path) -> None:
     assert not st.found
     res = ctl_status(tmp_path)
     assert res.returncode != 0 and "no running broker found" in res.stderr
+
+
+def test_a_stopped_worker_is_listed_as_not_answering(supervisor: Callable[..., Sup]) -> None:
+    """ctl never hangs on a worker that cannot answer (SIGSTOP): the others report and
+    that one is named, within the request timeout."""
+    sup = supervisor(3, settings={"stall_timeout": 60.0})  # not killed while stopped
+    sup.wait_ready()
+    wait_for(
+        lambda: len(read_broker_status(str(sup.data_dir)).reports) == 3,
+        20,
+        "every worker answering ctl",
+        sup.log,
+    )
+    pid = {w.slot: w.pid for w in sup.status()}[2]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        st = read_broker_status(str(sup.data_dir), timeout=1.0)
+        assert [r.slot for r in st.reports] == [0, 1]
+        assert st.silent == [2]
+        text = ctl_status(sup.data_dir)
+        assert text.returncode == 0, text.stderr
+        assert f"worker 2: pid {pid} (not answering)" in text.stdout
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(
+        lambda: len(read_broker_status(str(sup.data_dir)).reports) == 3,
+        20,
+        "the resumed worker answering again",
+        sup.log,
+    )
