@@ -236,6 +236,12 @@ def warnings(spec: UnitSpec) -> list[str]:
     out: list[str] = []
     if spec.user == "root":
         out.append("User=root: the broker needs no privilege; use a system user")
+    data_dir = os.path.normpath(spec.data_dir)
+    if os.path.dirname(data_dir) != "/var/lib" and not os.path.isdir(data_dir):
+        out.append(
+            f"{data_dir} does not exist: create it, owned by {spec.user}, before starting "
+            "(the unit makes only /var/lib/<name> itself, as its StateDirectory)"
+        )
     for path in [spec.exec_argv[0], spec.interpreter, *spec.pythonpath]:
         closed = _closed_dir(path)
         if closed is not None and spec.user != "root":

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from shardmq.systemd_unit import (
     default_pythonpath,
     reference_spec,
     render,
+    warnings,
 )
 from tests.support.launch import REPO_ROOT
 
@@ -191,3 +193,21 @@ def test_bad_choices_are_one_line_errors(args: list[str], message: str) -> None:
 def test_render_refuses_a_relative_command() -> None:
     with pytest.raises(UnitError):
         render(UnitSpec(exec_argv=["shardmq"]))
+
+
+def test_warns_of_what_would_stop_the_unit_on_this_machine(tmp_path: Path) -> None:
+    spec = UnitSpec(
+        exec_argv=["/opt/v/bin/shardmq"],
+        interpreter="/opt/v/bin/python3",
+        data_dir=str(tmp_path / "missing"),
+    )
+    assert any("does not exist: create it" in w for w in warnings(spec))
+    spec.data_dir = str(tmp_path)
+    assert not any("does not exist" in w for w in warnings(spec))
+    closed = Path(tempfile.mkdtemp(prefix="shardmq-unit-"))  # mode 0700, in /tmp
+    try:
+        spec.interpreter = str(closed / "bin" / "python3")
+        found = [w for w in warnings(spec) if "cannot enter" in w]
+        assert found and f"under {closed}, which user shardmq cannot enter" in found[0]
+    finally:
+        closed.rmdir()

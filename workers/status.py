@@ -235,22 +235,21 @@ class StatusWriter:
             self.path.unlink()
 
 
-async def _ask(path: Path, timeout: float) -> bytes | None:
-    """The report behind ``path``; None when nobody listens (a stale socket) or the
-    worker does not answer within ``timeout``."""
-
-    async def fetch() -> bytes:
-        with _addressable(path) as addr:
-            reader, writer = await asyncio.open_unix_connection(addr)
-        try:
-            return await reader.read()
-        finally:
-            writer.close()
-
+async def _ask(path: Path, timeout: float) -> bytes | bool:
+    """The report behind ``path``; False when nobody listens there (a socket left by a
+    process that died refuses), True when one accepted but did not answer within
+    ``timeout`` (stopped, or its loop stuck)."""
     try:
-        return await asyncio.wait_for(fetch(), timeout)
+        with _addressable(path) as addr:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(addr), timeout)
     except (TimeoutError, OSError):
-        return None
+        return False
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    except (TimeoutError, OSError):
+        return True
+    finally:
+        writer.close()
 
 
 class _Answers(NamedTuple):
@@ -266,37 +265,28 @@ def _slot_of(path: Path) -> int:
 
 
 def _ask_all(data_dir: str, timeout: float) -> _Answers:
+    """Every worker's report, asked at once (not from inside a running event loop)."""
     paths = sorted(status_dir(data_dir).glob("worker-*.sock"), key=_slot_of)
     if not paths:
         return _Answers([], [])
 
-    async def ask_all() -> list[bytes | None]:
+    async def ask_all() -> list[bytes | bool]:
         return await asyncio.gather(*(_ask(p, timeout) for p in paths))
 
     reports: list[WorkerReport] = []
     silent: list[int] = []
-    for path, data in zip(paths, asyncio.run(ask_all()), strict=True):
-        if data is None:
-            if _listening(path):
-                silent.append(_slot_of(path))
-            continue
-        try:
-            reports.append(msgspec.json.decode(data, type=WorkerReport))
-        except (msgspec.DecodeError, msgspec.ValidationError):
+    for path, answer in zip(paths, asyncio.run(ask_all()), strict=True):
+        if answer is False:
+            continue  # stale
+        rep: WorkerReport | None = None
+        if not isinstance(answer, bool):
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                rep = msgspec.json.decode(answer, type=WorkerReport)
+        if rep is None:
             silent.append(_slot_of(path))
+        else:
+            reports.append(rep)
     return _Answers(sorted(reports, key=lambda r: r.slot), silent)
-
-
-def _listening(path: Path) -> bool:
-    """Whether a process listens on ``path`` (a stale socket refuses)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        try:
-            with _addressable(path) as addr:
-                s.connect(addr)
-        except OSError:
-            return False
-    return True
 
 
 def read_reports(data_dir: str, timeout: float = REQUEST_TIMEOUT) -> list[WorkerReport]:
