@@ -67,7 +67,7 @@ class FakeIO:
 
 
 def new_connection(
-    broker: Broker, peer: str = "test", io: FakeIO | None = None
+    broker: Broker, peer: str = "127.0.0.1:40000", io: FakeIO | None = None
 ) -> AMQP091Connection:
     """An AMQP 0-9-1 connection with no socket: feed it bytes, take its output."""
     return AMQP091Connection(broker, peer, io or FakeIO(), lambda: None)

@@ -16,6 +16,7 @@ from collections import deque
 from typing import Any
 
 from loadtest.inproc import Client, connect
+from shardmq.auth.seed import seed
 from shardmq.broker.broker import Broker
 from shardmq.broker.metadata import shard_for
 from shardmq.broker.sequencer import Sequencer, WorkerMeta
@@ -83,6 +84,7 @@ class Cluster:
         self.urgent: deque[tuple[int, int, bytes]] = deque()
         self.control: deque[tuple[str, int, list[Any]]] = deque()
         self.sequencer = Sequencer(["/"], n, lambda slot, m: self.control.append(("w", slot, m)))
+        seed(self.sequencer.metadata, config)  # as workers.wiring does in the supervisor
         self.brokers: list[Broker] = []
         self.clients: list[Client] = []
         for slot in range(n):

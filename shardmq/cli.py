@@ -1,13 +1,14 @@
-"""Command line: ``shardmq serve``, ``shardmq ctl status``, ``shardmq systemd-unit``,
+"""Command line: ``shardmq serve``, ``shardmq ctl ...``, ``shardmq systemd-unit``,
 ``shardmq bench``.
 
 Owns: argument parsing and turning flags into a validated ``Config``; it delegates the
 process work to ``workers``, the unit's text to ``shardmq.systemd_unit`` and the load
 generator to ``loadtest``.
 
-Invariants: ``shardmq serve`` exits with the broker's ``workers.exitcodes.ExitCode``;
-every error reported here (bad config, no broker found, a unit that cannot work) is one
-line and exits ``ExitCode.FAILED``.
+Invariants: ``shardmq serve`` exits with the broker's ``workers.exitcodes.ExitCode``
+(a start-up error, e.g. the port or the data dir in use, is one log line and its own
+code, never a traceback); every error reported here (bad config, no broker found, a
+unit that cannot work) is one line and exits ``ExitCode.FAILED``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import NoReturn
 
 import click
 
+from shardmq import ctlcommands as ctl_commands
 from shardmq.config import ConfigError, load_config
 from workers.exitcodes import ExitCode
 
@@ -57,7 +59,13 @@ def serve(
     data_dir: str | None,
     log_level: str | None,
 ) -> None:
-    """Start the broker in the foreground."""
+    """Start the broker in the foreground.
+
+    \b
+    Exit codes: 0 stopped cleanly, 1 failed, 10 port in use, 11 cannot listen on the
+    address, 12 data dir in use by another broker, 13 data dir not writable, 14 data
+    dir is a file, 15 data dir unusable (e.g. under /proc). Start-up errors are one
+    log line."""
     try:
         config = load_config(
             config_path,
@@ -82,20 +90,34 @@ def serve(
 
 
 @cli.group()
-def ctl() -> None:
-    """Inspect a running broker (on this machine, through its data directory)."""
+@click.option("--data-dir", default=None, help="The running broker's data directory.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
+@click.pass_context
+def ctl(ctx: click.Context, data_dir: str | None, config_path: str | None) -> None:
+    """Inspect and change a running broker (on this machine, through its data directory)."""
+    ctx.obj = {"data_dir": data_dir, "config": config_path}
+
+
+for _command in ctl_commands.COMMANDS:
+    ctl.add_command(_command)
 
 
 @ctl.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--data-dir", default=None, help="The broker's data directory.")
 @click.option("--json", "as_json_flag", is_flag=True, help="Machine-readable output.")
-def status(config_path: str | None, data_dir: str | None, as_json_flag: bool) -> None:
+@click.pass_context
+def status(
+    ctx: click.Context, config_path: str | None, data_dir: str | None, as_json_flag: bool
+) -> None:
     """Workers, their connections and the queues each one owns."""
     from workers.status import as_json, as_table, not_found_message, read_broker_status
 
+    group = ctx.find_object(dict) or {}  # --config / --data-dir given to ctl itself
     try:
-        config = load_config(config_path, data_dir=data_dir)
+        config = load_config(
+            config_path or group.get("config"), data_dir=data_dir or group.get("data_dir")
+        )
     except ConfigError as exc:
         fail(str(exc))
     where = config.server.data_dir

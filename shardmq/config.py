@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
+from shardmq.auth.settings import AuthSettings
 from shardmq.store.settings import StoreSettings
 from workers.settings import SupervisorConfig
 
@@ -69,6 +70,7 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     vhosts: list[str] = msgspec.field(default_factory=lambda: ["/"])
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: object) -> Config:

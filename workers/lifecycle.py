@@ -149,13 +149,16 @@ async def serve_broker(
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
     wrap_factory: Callable[[ProtocolFactory], ProtocolFactory] | None = None,
+    admin: bool = False,
 ) -> None:
     """Recover ``broker``'s storage, serve AMQP on ``sock`` (or ``server.host:port``)
     until SIGTERM/SIGINT or ``stop``, then close the connections and the storage.
 
     ``ready(addresses)`` is called once the listener accepts; ``wrap_factory`` receives
     the protocol factory and returns the one the listener uses (a worker keeps it to
-    serve handed-off sockets and to count connections)."""
+    serve handed-off sockets and to count connections). ``admin``: this process orders
+    metadata changes (one worker), so it serves the control socket (``workers.admin``)."""
+    from shardmq.broker.broker import LocalSequencer
     from shardmq.net.server import serve
     from workers.status import StatusWriter
 
@@ -169,9 +172,17 @@ async def serve_broker(
     memory = MemoryWatch(broker, loop, memory_limit(config.server.memory_high_watermark))
     status.start(loop)
     memory.start()
+    control = None
     try:
+        if admin and isinstance(broker.sequencer, LocalSequencer):
+            from workers.admin import AdminServer
+
+            control = AdminServer(config.server.data_dir, broker.sequencer)
+            await control.start()
         await serve(config, broker, sock=sock, ready=ready, stop=stop, wrap_factory=wrap_factory)
     finally:
+        if control is not None:
+            await control.stop()
         memory.stop()
         status.stop()
     await broker.close_storage()

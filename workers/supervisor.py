@@ -1,11 +1,18 @@
 """Process layer: run the broker as one process (N=1) or as a supervisor of N workers.
 
-Owns: process start-up and its exit code (``workers.exitcodes``), the data directory,
-systemd notifications, and with N>1 the worker lifecycle: listening sockets, shared
+Owns: process start-up and its exit code (``workers.exitcodes``): the data directory
+and port claimed first (``workers.startup.claim_broker``; a failure is one log line and
+its own exit code), systemd notifications, and with N>1 the worker lifecycle: listening
+sockets (the SO_REUSEPORT group, or the claimed socket as the hand-off acceptor), shared
 memory (``MeshHost``), spawn, readiness, respawn in the same slot, stall detection,
 SIGTERM drain, SIGHUP reload, and the hand-off acceptor. With N=1 the broker runs in
 this process (``workers.lifecycle.serve_broker``, as in every worker). It never touches
 a message. No AMQP logic.
+
+Invariants (both paths): nothing listens, and systemd hears no READY=1, before the data
+dir is locked and the port is this broker's alone (port lock and a plain bind); with
+N=1 the claimed socket listens only once recovery is done. The claims are held until
+the last process of the broker exits (the workers inherit them).
 
 Invariants (N>1):
 - The supervisor keeps every listening socket open for its whole life, so a respawned
@@ -46,10 +53,18 @@ from shardmq.config import Config, ConfigError, load_config
 from shardmq.ipc.control import F_ACCEPTED, F_CONNS
 from shardmq.ipc.mesh import MeshError, MeshHost
 from workers import channel
+from workers.admin import AdminServer
 from workers.exitcodes import ExitCode, describe_exit
 from workers.lifecycle import run_loop, serve_broker, set_log_level, setup_logging
 from workers.sdnotify import feed_watchdog, notify
 from workers.settings import SupervisorConfig, parse_settings, supervisor_settings
+from workers.startup import (
+    BrokerClaim,
+    StartupError,
+    bind_error,
+    claim_broker,
+    report_startup_error,
+)
 
 log = logging.getLogger("shardmq.supervisor")
 
@@ -72,8 +87,9 @@ def worker_count(config: Config) -> int:
 
 
 # ---------------------------------------------------------------------- one process
-async def _one_process(config: Config) -> None:
-    """``--workers 1``: the broker in this process, no supervisor, no shared memory."""
+async def _one_process(config: Config, sock: socket.socket) -> None:
+    """``--workers 1``: the broker in this process, no supervisor, no shared memory;
+    ``sock`` is bound (``workers.startup.claim_port``) and listens once recovery is done."""
     from shardmq.broker.broker import Broker
 
     loop = asyncio.get_running_loop()
@@ -82,7 +98,8 @@ async def _one_process(config: Config) -> None:
     def ready(addrs: str) -> None:
         notify(f"READY=1\nSTATUS=accepting AMQP on {addrs}\nMAINPID={os.getpid()}")
 
-    await serve_broker(config, Broker(config), ready=ready)
+    sock.setblocking(False)
+    await serve_broker(config, Broker(config), sock=sock, ready=ready, admin=True)
     notify("STOPPING=1")
 
 
@@ -102,20 +119,28 @@ def run(
     memory exist and before the first worker is spawned (wire hooks there).
     """
     setup_logging(config.server.log_level)
-    os.makedirs(config.server.data_dir, exist_ok=True)
-    n = worker_count(config)
-    if n == 1:
-        run_loop(_one_process(config))
-        return ExitCode.OK
-    sup = Supervisor(
-        config,
-        settings or supervisor_settings(config),
-        n,
-        config_path=config_path,
-        overrides=overrides or {},
-        on_start=on_start,
-    )
-    return int(run_loop(sup.run()))
+    cfg = config.server
+    try:
+        claim = claim_broker(cfg.data_dir, cfg.host, cfg.port)
+    except StartupError as err:
+        return report_startup_error(err)
+    try:
+        n = worker_count(config)
+        if n == 1:
+            run_loop(_one_process(config, claim.port.take_socket()))
+            return ExitCode.OK
+        sup = Supervisor(
+            config,
+            settings or supervisor_settings(config),
+            n,
+            config_path=config_path,
+            overrides=overrides or {},
+            on_start=on_start,
+            claim=claim,
+        )
+        return int(run_loop(sup.run()))
+    finally:
+        claim.release()
 
 
 # ---------------------------------------------------------------------- supervisor
@@ -189,8 +214,10 @@ class Supervisor:
         config_path: str | None = None,
         overrides: dict[str, Any] | None = None,
         on_start: Callable[[Supervisor], None] | None = None,
+        claim: BrokerClaim | None = None,
     ) -> None:
         self.config = config
+        self.claim = claim
         self.on_start = on_start
         self.settings = settings
         self.n = n
@@ -204,6 +231,7 @@ class Supervisor:
         self.stopping = False
         self.exit_code = ExitCode.OK
         self.done = asyncio.Event()
+        self.admin: AdminServer | None = None  # the control socket (``workers.admin``)
         self.all_ready_notified = False
         self.deaths: deque[float] = deque()
         self.on_worker_message: Callable[[int, bytes], None] = self._default_message
@@ -244,12 +272,24 @@ class Supervisor:
                 self.mesh.stale_removed,
             )
         handoff = self.settings.acceptor == "handoff"
+        claim = self.claim.port if self.claim is not None else None
+        try:
+            if handoff and claim is not None:
+                self.acceptor = claim.take_socket()
+                self.acceptor.listen(1024)
+                self.acceptor.setblocking(False)
+            elif handoff:
+                (self.acceptor,) = listening_sockets(cfg.host, cfg.port, 1, reuseport=False)
+            else:
+                # the port is this broker's (port lock, plain bind): now the group
+                if claim is not None:
+                    claim.close_socket()
+                socks = listening_sockets(cfg.host, cfg.port, self.n, reuseport=True)
+                self.slots = [Slot(i, s) for i, s in enumerate(socks)]
+        except OSError as exc:
+            raise bind_error(cfg.host, cfg.port, exc) from None
         if handoff:
-            (self.acceptor,) = listening_sockets(cfg.host, cfg.port, 1, reuseport=False)
             self.slots = [Slot(i, None) for i in range(self.n)]
-        else:
-            socks = listening_sockets(cfg.host, cfg.port, self.n, reuseport=True)
-            self.slots = [Slot(i, s) for i, s in enumerate(socks)]
         self._write_spec()
 
     @property
@@ -265,6 +305,9 @@ class Supervisor:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent.setblocking(False)
         pass_fds = [child.fileno(), *self.mesh.pass_fds()]
+        if self.claim is not None:
+            # the data dir and port locks stay held until the last worker exits
+            pass_fds += self.claim.inherit_fds()
         cmd = [
             sys.executable,
             "-m",
@@ -620,11 +663,17 @@ class Supervisor:
             self._setup()
             from workers.wiring import wire_supervisor
 
-            wire_supervisor(self)
+            seq = wire_supervisor(self)
+            self.admin = AdminServer(self.config.server.data_dir, seq)
+            await self.admin.start()
             if self.on_start is not None:
                 self.on_start(self)
+        except StartupError as err:
+            self._cleanup()
+            return report_startup_error(err)
         except (OSError, MeshError) as exc:
             log.critical("cannot start: %s", exc)
+            notify(f"STATUS=cannot start: {exc}")
             self._cleanup()
             return ExitCode.FAILED
         except BaseException:
@@ -643,6 +692,8 @@ class Supervisor:
         finally:
             self._kill_leftovers()
             self._cleanup()
+            if self.admin is not None:
+                await self.admin.stop()
         log.info("shardmq stopped")
         return self.exit_code
 

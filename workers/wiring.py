@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from shardmq.auth.seed import seed
 from shardmq.broker.broker import Broker
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.sequencer import Sequencer, WorkerMeta
@@ -75,6 +76,7 @@ def wire_supervisor(sup: Supervisor) -> Sequencer:
     if n:
         log.info("restored %d durable definition(s)", n)
     seq.keeper = keeper
+    seed(seq.metadata, sup.config)  # users from the config on a fresh data dir
 
     def on_worker_message(slot: int, payload: bytes) -> None:
         seq.on_message(slot, _decode(payload))

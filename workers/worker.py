@@ -9,7 +9,13 @@ SIGTERM drain: clients get connection.close 320, exit 0; storage recovery and cl
 memory alarm, status file) are ``workers.lifecycle``'s. No AMQP logic.
 
 The supervisor channel (``--chan-fd``) is defined in ``workers.channel``; EOF on it
-means the supervisor is gone: the worker drains and exits.
+means the supervisor is gone, and so does ``ORPHAN_SIGNAL`` (the parent-death signal
+the kernel sends when the supervisor dies, even by SIGKILL): the worker closes its
+clients (320), waits at most ``ORPHAN_DRAIN`` seconds for them, flushes and closes its
+stores and exits, so the port and the data dir are free within about a second.
+The worker also holds, without using them, the supervisor's data dir and port locks
+(``workers.startup``; inherited fds): they are released when the last process of the
+broker exits.
 
 Invariants: the worker reports ready only after its listener (or hand-off receiver) and
 mesh are up; an exception before that exits non-zero, which the supervisor treats as a
@@ -53,6 +59,10 @@ from workers.settings import SupervisorConfig, cpu_for_slot  # noqa: E402
 log = logging.getLogger("shardmq.worker")
 
 PR_SET_PDEATHSIG = 1
+# the parent-death signal: not SIGTERM, which the supervisor sends for a full drain
+ORPHAN_SIGNAL = signal.SIGUSR1
+# seconds an orphaned worker waits for its clients' close-ok before it aborts them
+ORPHAN_DRAIN = 0.25
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
@@ -69,7 +79,7 @@ def load_spec(path: str) -> WorkerSpec:
         return msgspec.json.decode(f.read(), type=WorkerSpec)
 
 
-def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
+def set_parent_death_signal(sig: int = ORPHAN_SIGNAL) -> None:
     """Linux: get ``sig`` when the supervisor dies (no-op elsewhere)."""
     if not sys.platform.startswith("linux"):
         return
@@ -144,6 +154,7 @@ class Worker:
         self.spec_path: str = args.spec
         spec = load_spec(self.spec_path)
         self.config: Config = spec.config
+        self._serving: Config = spec.config  # the config serve_broker runs with
         self.settings: SupervisorConfig = spec.supervisor
         self.listen_fd: int | None = args.listen_fd
         self.chan = socket.socket(fileno=args.chan_fd)
@@ -223,8 +234,12 @@ class Worker:
                     log.exception("on_message failed")
 
     def _supervisor_gone(self) -> None:
-        if self._loop is not None:
+        if self._loop is not None and self.chan.fileno() >= 0:
             self._loop.remove_reader(self.chan.fileno())
+        # nobody is left to wait for: a short drain, so the port and data dir are free
+        # soon (the config object serve_broker reads its shutdown_timeout from)
+        server = self._serving.server
+        server.shutdown_timeout = min(server.shutdown_timeout, ORPHAN_DRAIN)
         if not self.stop.is_set():
             log.warning("supervisor is gone; stopping")
             self.stop.set()
@@ -295,6 +310,7 @@ class Worker:
         self._loop = loop
         self.sender.loop = loop
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.add_signal_handler(ORPHAN_SIGNAL, self._supervisor_gone)
         stop_on_signals(loop, self.stop)  # also while waiting for the definitions
         broker = Broker(self.config, slot=self.slot, workers=self.n)
         synced: asyncio.Event | None = None
@@ -326,9 +342,10 @@ class Worker:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind("")
             sock.listen(1)
+        self._serving = self.config
         try:
             await serve_broker(
-                self.config,
+                self._serving,
                 broker,
                 sock=sock,
                 ready=self.ready,
@@ -355,7 +372,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    set_parent_death_signal(signal.SIGTERM)
+    set_parent_death_signal()  # until the loop handles it, its default action kills
     if os.getppid() != args.parent:
         return ExitCode.ORPHANED  # the supervisor died before we could watch it
     # a worker has its own process group: a terminal's Ctrl-C reaches the supervisor,

@@ -16,7 +16,9 @@ Invariants:
   (``Message.raw``), and a delivery is written from them (``codec.write_deliver``), one
   call each way beyond the engine.
 - Replies to synchronous methods are written before any delivery they enable
-  (consume-ok before the first basic.deliver).
+  (consume-ok before the first basic.deliver), and before any server-side basic.cancel
+  their method caused on the same channel (queue.delete-ok first, as RabbitMQ): a
+  cancel for a channel whose method is running or suspended is held until its reply.
 - A channel waiting for another process is suspended in the engine; its answer is
   dropped if the channel or the connection is gone by then.
 """
@@ -36,7 +38,7 @@ from shardmq.amqp.codec import (
     write_deliver,
     write_return,
 )
-from shardmq.amqp.connection import OPEN, AMQPConnection
+from shardmq.amqp.connection import EXPECT_SUSPENDED, OPEN, AMQPConnection, log_internal_error
 from shardmq.amqp.errors import (
     INTERNAL_ERROR,
     NOT_IMPLEMENTED,
@@ -94,6 +96,9 @@ class AMQP091Connection:
         self.broker = broker
         self.peer = peer
         self.confirms_due = False  # the domain has confirms to write before output
+        self._busy: Channel | None = None  # the channel whose method is being handled
+        # server-side cancels held until the reply of their channel's current method
+        self._held_cancels: list[Consumer] = []
 
     # ------------------------------------------------------------ I/O layer side
     def feed(self, data: bytes) -> None:
@@ -164,9 +169,12 @@ class AMQP091Connection:
         return self.domain.open_channel(number, self)
 
     def on_channel_closed(self, ch: Channel) -> None:
+        if self._held_cancels:
+            self._drop_cancels(ch)
         self.domain.close_channel(ch)
 
     def on_connection_closed(self) -> None:
+        self._held_cancels = []
         self.domain.closed()
 
     def on_method(self, ch: Channel, method: M.Method) -> None:
@@ -178,7 +186,16 @@ class AMQP091Connection:
                 method.CLASS_ID,
                 method.METHOD_ID,
             )
-        handler(self, ch, method)
+        self._busy = ch
+        try:
+            handler(self, ch, method)
+        except BaseException:
+            self._busy = None
+            self._drop_cancels(ch)
+            raise
+        self._busy = None
+        if self._held_cancels and not self._suspended(ch):
+            self._release_cancels(ch)
 
     def on_publish(
         self, ch: Channel, exrk: bytes, exlen: int, flags: int, raw: bytes, hsize: int, fmax: int
@@ -273,6 +290,30 @@ class AMQP091Connection:
                 engine.send_method(0, M.ConnectionUnblocked())
 
     def consumer_cancelled(self, c: Consumer) -> None:
+        ch = c.channel
+        if ch is self._busy or self._suspended(ch):
+            # as RabbitMQ: the reply to the channel's method (queue.delete-ok) first
+            self._held_cancels.append(c)
+            return
+        self._send_cancel(c)
+
+    def _suspended(self, ch: Channel) -> bool:
+        frames = self.engine.channels.get(ch.number)
+        return frames is not None and frames.user is ch and frames.expect == EXPECT_SUSPENDED
+
+    def _release_cancels(self, ch: Channel) -> None:
+        """``ch``'s method was answered: send the cancels held meanwhile."""
+        held = self._held_cancels
+        self._held_cancels = [c for c in held if c.channel is not ch]
+        for c in held:
+            if c.channel is ch:
+                self._send_cancel(c)
+
+    def _drop_cancels(self, ch: Channel) -> None:
+        """``ch`` fails (channel.close follows): its consumers are gone with it."""
+        self._held_cancels = [c for c in self._held_cancels if c.channel is not ch]
+
+    def _send_cancel(self, c: Consumer) -> None:
         engine = self.engine
         frames = engine.channels.get(c.channel.number)
         if (
@@ -302,7 +343,9 @@ class AMQP091Connection:
 
     def submit(self, ch: Channel, m: M.Method, op: md.Op, reply: Reply) -> None:
         """Apply a metadata op, then answer with ``reply`` (a method, a function of the
-        op's result returning a method or None, or None for no-wait)."""
+        op's result returning a method or None, or None for no-wait). Refused with 403
+        when the user lacks the permission the op needs (``shardmq.auth.authorize``)."""
+        self.domain.authz.check_op(op)
         sequencer = self.broker.sequencer
         if sequencer.synchronous:
             self._answer(ch, reply, sequencer.execute(op))
@@ -327,7 +370,7 @@ class AMQP091Connection:
             if not self.is_current(ch):
                 return
             then()
-            self.engine.resume(ch.number, ch)
+            self._resume(ch)
 
         return done
 
@@ -344,6 +387,7 @@ class AMQP091Connection:
                 raise err
             self._answer(ch, reply, result)
         except SoftError as exc:
+            self._drop_cancels(ch)
             engine.channel_error(frames, exc, m.INDEX)
             return
         except HardError as exc:
@@ -351,11 +395,20 @@ class AMQP091Connection:
                 exc.class_id, exc.method_id = m.CLASS_ID, m.METHOD_ID
             engine.connection_error(exc)
             return
-        except Exception:
-            log.exception("connection %s: internal error completing %s", self.peer, m.NAME)
+        except Exception as exc:
+            log_internal_error(
+                log, f"connection {self.peer}: internal error completing {m.NAME}", exc
+            )
             engine.connection_error(HardError(INTERNAL_ERROR, "internal error"))
             return
-        engine.resume(ch.number, ch)
+        self._resume(ch)
+
+    def _resume(self, ch: Channel) -> None:
+        """``ch``'s suspended method was answered: the cancels it held, then the frames
+        that arrived meanwhile."""
+        if self._held_cancels:
+            self._release_cancels(ch)
+        self.engine.resume(ch.number, ch)
 
     def _answer(self, ch: Channel, reply: Reply, result: Any) -> None:
         if reply is None:

@@ -11,7 +11,11 @@ keeps its own object per channel (``ChannelFrames.user``).
 
 Invariants:
 - ``feed`` never raises: bad peer input becomes a channel.close (``SoftError``) or a
-  connection.close (``HardError``) with a log line; an unexpected exception becomes 541.
+  connection.close (``HardError``) with a log line; an unexpected exception becomes 541
+  and one ERROR line (``log_internal_error``: its traceback once per process and place).
+- As RabbitMQ 3.10: the negotiated channel_max bounds how many channels are open at
+  once (530 past it), not their numbers (1-65535); a heartbeat frame with a payload is
+  501, one on another channel than 0 is 505, with RabbitMQ's texts.
 - Output goes to ``self.out``; ``self.wake()`` is called once when it turns non-empty,
   so the I/O layer writes once per loop turn.
 - After the server sent connection.close, only close / close-ok are processed; after it
@@ -62,6 +66,29 @@ from shardmq.amqp.errors import (
 )
 
 log = logging.getLogger("shardmq.connection")
+
+# Where internal errors were already logged with their traceback: (type, file, line).
+_TRACED: set[tuple[str, str, int]] = set()
+_TRACED_MAX = 256
+
+
+def log_internal_error(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """An unexpected exception while serving a client (a bug): one ERROR line each
+    time, the traceback only the first time this failure (exception type and where it
+    was raised) is seen in this process, and at DEBUG level. A client that can trigger
+    it cannot multiply the log."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = (type(exc).__name__, tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb else None
+    line = f"{what}: {type(exc).__name__}: {str(exc)[:200]}"
+    if where is not None and where not in _TRACED and len(_TRACED) < _TRACED_MAX:
+        _TRACED.add(where)
+        logger.error("%s", line, exc_info=exc)
+        return
+    logger.error("%s (traceback logged before, or at debug level)", line)
+    logger.debug("%s", what, exc_info=exc)
+
 
 _unpack_hdr = FRAME_HDR.unpack_from
 _unpack_u32 = U32.unpack_from
@@ -249,8 +276,8 @@ class AMQPConnection(Generic[U]):
         except AMQPError as exc:
             self.connection_error(exc)
             return
-        except Exception:  # a bug: never let it kill the worker
-            log.exception("connection %s: internal error while parsing", self.peer)
+        except Exception as exc:  # a bug: never let it kill the worker
+            log_internal_error(log, f"connection {self.peer}: internal error while parsing", exc)
             self.connection_error(HardError(INTERNAL_ERROR, "internal error"))
             return
         if pos >= len(buf):
@@ -382,7 +409,7 @@ class AMQPConnection(Generic[U]):
                 self._content_body(ch, bytes(view[pos : end + 1]), size)
                 pos = end + 1
             elif ftype == FRAME_HEARTBEAT:
-                raise HardError(UNEXPECTED_FRAME, "heartbeat frame on non-zero channel")
+                raise _bad_heartbeat(chnum, bytes(view[pos + 7 : end]))
             else:
                 raise HardError(FRAME_ERROR, f"unknown frame type {ftype}")
             if self.state >= CLOSED:
@@ -412,8 +439,8 @@ class AMQPConnection(Generic[U]):
             elif idx == _CHANNEL_CLOSE_OK or idx == _CHANNEL_CLOSE:
                 self._channel_closed_by_ok(ch, idx)
         elif ftype == FRAME_HEARTBEAT:
-            if chnum != 0:
-                raise HardError(UNEXPECTED_FRAME, "heartbeat frame on non-zero channel")
+            if chnum != 0 or end > pos + 7:
+                raise _bad_heartbeat(chnum, bytes(buf[pos + 7 : end]))
         elif ftype == FRAME_HEADER or ftype == FRAME_BODY:
             if ch is None:
                 what = "content header" if ftype == FRAME_HEADER else "content body"
@@ -487,8 +514,8 @@ class AMQPConnection(Generic[U]):
             self._parse_frames(data, 0)
         except AMQPError as exc:
             self.connection_error(exc)
-        except Exception:
-            log.exception("connection %s: internal error while resuming", self.peer)
+        except Exception as exc:
+            log_internal_error(log, f"connection {self.peer}: internal error while resuming", exc)
             self.connection_error(HardError(INTERNAL_ERROR, "internal error"))
 
     def _publish(self, ch: ChannelFrames[U], raw: bytes, hsize: int, fmax: int) -> None:
@@ -534,12 +561,13 @@ class AMQPConnection(Generic[U]):
 
     def _unopened_channel_method(self, chnum: int, idx: int) -> None:
         if idx == _CHANNEL_OPEN:
-            if chnum > self.channel_max:
+            # RabbitMQ 3.10 limits how many channels are open, not their numbers
+            opened = len(self.channels)
+            if opened >= self.channel_max:
                 raise HardError(
                     NOT_ALLOWED,
-                    f"channel {chnum} is above the negotiated channel_max {self.channel_max}",
-                    20,
-                    10,
+                    f"number of channels opened ({opened}) has reached the negotiated "
+                    f"channel_max ({self.channel_max})",
                 )
             self.channels[chnum] = ChannelFrames(chnum, self.handler.on_channel_open(chnum))
             self.send_method(chnum, M.ChannelOpenOk())
@@ -781,6 +809,37 @@ class AMQPConnection(Generic[U]):
         self._silent_ticks += 1
         return self._silent_ticks < 4
 
+
+def _bad_heartbeat(chnum: int, payload: bytes) -> HardError:
+    """A heartbeat with a payload (501) or on a channel other than 0 (505), with
+    RabbitMQ's text: ``type 8, all octets = <<"xyz">>: unknown_frame``."""
+    if payload:
+        return HardError(FRAME_ERROR, f"type 8, {payload_snippet(payload)}: unknown_frame")
+    return HardError(UNEXPECTED_FRAME, f"type 8, {payload_snippet(payload)}")
+
+
+def payload_snippet(payload: bytes) -> str:
+    """``all octets = <<...>>`` or ``first 16 octets = <<...>>``, the binary as Erlang
+    prints it: a quoted string when every byte is printable ASCII, else the numbers."""
+    what = "all" if len(payload) <= 16 else "first 16"
+    snippet = payload[:16]
+    if snippet and all(32 <= b < 127 or b in _ERL_ESCAPES for b in snippet):
+        text = "".join(_ERL_ESCAPES.get(b, chr(b)) for b in snippet)
+        return f'{what} octets = <<"{text}">>'
+    return f"{what} octets = <<{','.join(map(str, snippet))}>>"
+
+
+_ERL_ESCAPES = {
+    8: "\\b",
+    9: "\\t",
+    10: "\\n",
+    11: "\\v",
+    12: "\\f",
+    13: "\\r",
+    27: "\\e",
+    34: '\\"',
+    92: "\\\\",
+}
 
 _HANDSHAKE_EXPECT = {
     AWAIT_START_OK: M.ConnectionStartOk.INDEX,

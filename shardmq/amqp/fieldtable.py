@@ -21,6 +21,8 @@ Invariants:
 - the public decoders accept bytes, bytearray or (byte) memoryview and never raise
   anything but :class:`HardError` (FRAME_ERROR) for malformed or truncated input;
 - a table or array whose content does not end exactly at its length prefix is malformed;
+- tables and arrays nest at most ``MAX_DEPTH`` levels: deeper is FRAME_ERROR at decode,
+  so whatever decodes also re-encodes;
 - encoding errors (value out of range, unsupported type, key > 255 bytes) are programmer
   errors and raise ``ValueError`` / ``TypeError``.
 """
@@ -38,6 +40,7 @@ from shardmq.amqp.errors import FRAME_ERROR, HardError
 
 __all__ = [
     "EMPTY_TABLE",
+    "MAX_DEPTH",
     "ByteArray",
     "Timestamp",
     "decode_array",
@@ -93,6 +96,11 @@ _DECODE_ERRORS = (
     TypeError,
     RecursionError,
 )
+
+# Tables and arrays nest at most this deep (the outermost is level 1). RabbitMQ has no
+# limit, but no real client nests more than a few levels, and a value decoded here must
+# re-encode (three Python frames per level) and compare within the recursion limit.
+MAX_DEPTH = 100
 
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -184,7 +192,11 @@ def _d_void(buf: _Bytes, o: int) -> tuple[Any, int]:
     return None, o
 
 
-def _table(buf: _Bytes, o: int) -> tuple[dict[str, Any], int]:
+def _too_deep() -> HardError:
+    return HardError(FRAME_ERROR, f"field table nested deeper than {MAX_DEPTH} levels")
+
+
+def _table(buf: _Bytes, o: int, depth: int = 1) -> tuple[dict[str, Any], int]:
     n = _u32_unpack(buf, o)[0]
     o += 4
     if n == 0:
@@ -219,6 +231,10 @@ def _table(buf: _Bytes, o: int) -> tuple[dict[str, Any], int]:
         elif tag == 108:  # l
             result[key] = _i64_unpack(buf, o + 1)[0]
             o += 9
+        elif tag == 70 or tag == 65:  # F, A: one level deeper
+            if depth >= MAX_DEPTH:
+                raise _too_deep()
+            result[key], o = (_table if tag == 70 else _array)(buf, o + 1, depth + 1)
         else:
             result[key], o = dec[tag](buf, o + 1)
     if o != end:
@@ -226,7 +242,7 @@ def _table(buf: _Bytes, o: int) -> tuple[dict[str, Any], int]:
     return result, end
 
 
-def _array(buf: _Bytes, o: int) -> tuple[list[Any], int]:
+def _array(buf: _Bytes, o: int, depth: int = 1) -> tuple[list[Any], int]:
     n = _u32_unpack(buf, o)[0]
     o += 4
     end = o + n
@@ -236,7 +252,13 @@ def _array(buf: _Bytes, o: int) -> tuple[list[Any], int]:
     append = result.append
     dec = _DECODERS
     while o < end:
-        v, o = dec[buf[o]](buf, o + 1)
+        tag = buf[o]
+        if tag == 70 or tag == 65:  # F, A: one level deeper
+            if depth >= MAX_DEPTH:
+                raise _too_deep()
+            v, o = (_table if tag == 70 else _array)(buf, o + 1, depth + 1)
+        else:
+            v, o = dec[tag](buf, o + 1)
         append(v)
     if o != end:
         raise IndexError("array content overruns its length")

@@ -17,12 +17,14 @@ Invariants:
   the supervisor's sequencer does.
 - Publishers are blocked while either alarm is on (memory, disk); unblocked only once
   both have cleared.
+- ``delayed`` (``shardmq.broker.delayed``) holds this worker's delayed-exchange
+  messages; with storage on, ``start_storage`` (after the definitions are in place)
+  recovers the durable ones, ``close_storage`` closes their store.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import logging
 import platform
@@ -30,10 +32,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shardmq import __version__
-from shardmq.amqp.errors import INTERNAL_ERROR, AMQPError, HardError
+from shardmq.amqp.errors import CONNECTION_FORCED, INTERNAL_ERROR, AMQPError, HardError
+from shardmq.auth.seed import seed
 from shardmq.broker.connection import BrokerConnection
+from shardmq.broker.delayed import DelayedScheduler
 from shardmq.broker.durable import DefinitionsKeeper
-from shardmq.broker.metadata import Metadata, Op, OpResult, shard_for
+from shardmq.broker.metadata import DeleteUser, DeleteVHost, Metadata, Op, OpResult, shard_for
 from shardmq.broker.queue import Consumer, DurableQueue, Queue
 from shardmq.broker.remote import RemoteQueue
 from shardmq.broker.storage import WorkerStorage
@@ -125,9 +129,12 @@ class Broker:
         self.config = config
         self.slot = slot
         self.workers = workers
-        self.users = {u.name: u for u in config.users}
         self.metadata = Metadata(config.vhosts or ["/"], self._make_queue)
         self.metadata.on_queue_deleted = self._queue_deleted
+        self.metadata.on_access_change = self._access_changed
+        if workers == 1:
+            # with several workers the users come with the sequencer's snapshot
+            seed(self.metadata, config)
         self.vhosts = self.metadata.vhosts
         self.storage: WorkerStorage | None = None
         self.definitions: DefinitionsKeeper | None = None
@@ -152,6 +159,7 @@ class Broker:
         self.memory_alarm = False  # memory high watermark passed
         self.disk_alarm = False  # free disk below store.disk_free_limit
         self._conn_ids = itertools.count(1)
+        self.delayed = DelayedScheduler(self)  # x-delayed-message exchanges' held messages
         self.server_properties = {
             "product": "shardmq",
             "version": __version__,
@@ -215,20 +223,36 @@ class Broker:
         return n
 
     def start_storage(self) -> None:
-        """The worker is about to serve: start watching free disk space."""
+        """The worker is about to serve: start watching free disk space; recover the
+        held delayed messages (their exchanges exist by now)."""
         if self.storage is not None:
             self.storage.start()
+            # after the definitions: held messages find their exchanges
+            self.delayed.open(self.storage.data_dir, self.config.store.fsync, self.storage.loop)
 
     async def close_storage(self) -> None:
         """Clean shutdown, after the connections are closed: flush, close, last fsync."""
+        self.delayed.close()
         if self.storage is not None:
             await self.storage.close()
 
     def check_password(self, user: str, password: str) -> bool:
-        u = self.users.get(user)
-        if u is None:
-            return False
-        return hmac.compare_digest(u.password.encode(), password.encode())
+        return self.metadata.access.authenticate(user, password) is not None
+
+    def _access_changed(self, op: Op) -> None:
+        """A user or vhost was deleted: close the connections that were using it
+        (320, RabbitMQ's texts)."""
+        if isinstance(op, DeleteUser):
+            gone = [c for c in self.connections if c.user == op.name]
+            text = f"CONNECTION_FORCED - user '{op.name}' is deleted"
+        elif isinstance(op, DeleteVHost):
+            gone = [c for c in self.connections if c.vhost.name == op.vhost]
+            text = f"CONNECTION_FORCED - vhost '{op.vhost}' is deleted"
+        else:
+            return
+        for conn in gone:
+            log.info("closing connection %s: %s", conn.peer, text)
+            conn.client.close(CONNECTION_FORCED, text)
 
     def _queue_deleted(self, q: AnyQueue) -> None:
         """Consumers of a deleted queue on this worker's connections get basic.cancel;

@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import TYPE_CHECKING, Protocol
 
@@ -32,13 +33,15 @@ from shardmq.amqp.errors import (
     HardError,
     SoftError,
 )
+from shardmq.auth.access import Access
+from shardmq.auth.authorize import Authorizer
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel, ChannelSink
 from shardmq.broker.qos import GlobalQos
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import REMOTE_CREDIT_CHUNK, RemoteQueue
 from shardmq.broker.storage import ConfirmWaiter
-from shardmq.broker.vhost import AnyQueue, VHost
+from shardmq.broker.vhost import HELD, AnyQueue, VHost, delay_of
 from shardmq.message import Message
 
 if TYPE_CHECKING:
@@ -46,9 +49,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shardmq.connection")
 
+
 # The vhost of a connection that is not open yet (never routes: the engine allows no
 # channel before connection.open).
+def is_loopback(peer: str) -> bool:
+    """``peer`` ("host:port", as the listener names connections) is a loopback address."""
+    host = peer.rsplit(":", 1)[0].strip("[]")
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a dual-stack socket
+    return bool((mapped or addr).is_loopback)
+
+
 NOT_OPEN = VHost("")
+UNOPENED = Authorizer(Access(), "", NOT_OPEN)  # may do nothing
 
 # What throttles a connection (``throttle(cause, on)``): a backed-up local queue, or a
 # tuple naming a full ring ("shard", n) or a backed-up queue on another worker
@@ -83,6 +99,7 @@ class BrokerConnection:
         self.client = client
         self.gid = broker.new_gid()
         self.user = ""
+        self.authz = UNOPENED  # set by open(): what this user may do in its vhost
         self.vhost = NOT_OPEN  # set by open()
         self.channels: dict[int, Channel] = {}
         self.closing = False  # the connection is going: no more deliveries
@@ -102,6 +119,13 @@ class BrokerConnection:
     def login(self, user: str, password: str) -> bool:
         """Check a user name and password (logs a refusal, never the password)."""
         ok = self.broker.check_password(user, password)
+        if ok and user in self.broker.config.auth.loopback_users and not is_loopback(self.peer):
+            log.warning(
+                "connection %s: user '%s' can only connect via localhost (loopback_users)",
+                self.peer,
+                user,
+            )
+            return False
         if ok:
             self.user = user
         else:
@@ -112,6 +136,18 @@ class BrokerConnection:
         vh = self.broker.vhosts.get(vhost)
         if vh is None:
             raise HardError(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)
+        perm = self.broker.metadata.access.permission(self.user, vhost)
+        if perm is None:
+            log.warning(
+                "connection %s: access to vhost '%s' refused for user '%s': no permissions",
+                self.peer,
+                vhost,
+                self.user,
+            )
+            raise HardError(
+                NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{self.user}'", 10, 40
+            )
+        self.authz = Authorizer(self.broker.metadata.access, self.user, vh)
         self.vhost = vh
         self.broker.connections.add(self)
         self.broker.conns_by_gid[self.gid] = self
@@ -237,6 +273,9 @@ class BrokerConnection:
         """Route one complete publish on ``ch`` (``flags``: 1 = mandatory), or keep it
         for the commit in tx mode. ``conf``: who waits for durable queues to store it
         (the channel itself in confirm mode; a tx commit passes its own waiter)."""
+        authz = self.authz
+        if authz.version != authz.access.version or not authz.unrestricted:
+            authz.check_publish(msg.exrk)
         if not self.published:
             self.published = True
             if self.broker.alarm:
@@ -245,7 +284,11 @@ class BrokerConnection:
             self.vhost.route(msg, exlen)  # 404 / 403 now, like RabbitMQ
             ch.tx_publishes.append((msg, exlen, flags))
             return
-        local, remote = self.vhost.route(msg, exlen)
+        route = self.vhost.route(msg, exlen)
+        if route is HELD:  # a delayed exchange holds it (shardmq.broker.delayed)
+            self.broker.delayed.hold(self, ch, msg, conf, delay_of(msg))
+            return
+        local, remote = route
         target: Channel | ConfirmWaiter | None = ch if ch.confirm else conf
         for q in local:
             q.publish(msg, target)  # a durable queue takes a token (persistent msg)
@@ -296,8 +339,12 @@ class BrokerConnection:
             self.broker.sequencer.fire(md.DeleteQueue(q.vhost, q.name, True, False, 0))
 
     def queue_for(self, ch: Channel, name: str) -> AnyQueue:
+        """The queue a read operation (queue.purge, basic.get, basic.consume) names ("":
+        the channel's last declared queue), after the ``read`` permission check (403
+        comes before 404, as in RabbitMQ)."""
         if not name:
             name = ch.last_queue
             if not name:
                 raise SoftError(NOT_FOUND, "no previously declared queue")
+        self.authz.check("read", "queue", name)
         return self.vhost.queue(name, self.gid)

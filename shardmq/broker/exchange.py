@@ -9,6 +9,10 @@ Invariants:
   exactly while it has at least one binding to ``dest``.
 - An auto-delete exchange goes away when its last binding as a source is removed, and
   only after it had one.
+- The alternate exchange is read only through ``effective_alternate`` (a policy
+  overlays the argument there).
+- A destination's identity for consistent hashing (``dest_ident``) is its kind and
+  name, the same in every process.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Union
 from shardmq.broker.routing import Router, make_router
 
 if TYPE_CHECKING:
+    from shardmq.broker.policies import Policy
     from shardmq.broker.queue import Queue
     from shardmq.broker.remote import RemoteQueue
 
@@ -37,6 +42,7 @@ class Exchange:
         "had_bindings",
         "sources",
         "deleted",
+        "policy",
     )
 
     def __init__(
@@ -55,10 +61,26 @@ class Exchange:
         self.auto_delete = auto_delete
         self.internal = internal
         self.arguments = arguments or {}  # a decoded field table
-        self.router: Router[Destination] = make_router(type)
+        self.router: Router[Destination] = make_router(type, self.arguments, dest_ident)
         self.had_bindings = False
         self.sources: set[Exchange] = set()
+        self.policy: Policy | None = None  # the policy that applies (``VHost.assign_policy``)
         self.deleted = False
 
     def __repr__(self) -> str:
         return f"Exchange({self.name!r}, {self.type!r})"
+
+
+def effective_alternate(ex: Exchange) -> str | None:
+    """The name of ``ex``'s alternate exchange, or None: its ``alternate-exchange``
+    argument (the one place a policy's ``alternate-exchange`` key will overlay)."""
+    ae = ex.arguments.get("alternate-exchange")
+    if isinstance(ae, bytes):
+        ae = ae.decode("utf-8", "surrogatepass")
+    return ae if isinstance(ae, str) else None
+
+
+def dest_ident(dest: Destination) -> bytes:
+    """A destination's identity, the same on every worker (queue or exchange, name)."""
+    kind = b"e\x00" if isinstance(dest, Exchange) else b"q\x00"
+    return kind + dest.name.encode("utf-8", "surrogatepass")

@@ -17,16 +17,21 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import dataclasses
+import json
 import os
+import re
 import zlib
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
-from shardmq.amqp.errors import AMQPError, HardError, SoftError
+from shardmq.amqp.errors import NOT_FOUND, PRECONDITION_FAILED, AMQPError, HardError, SoftError
 from shardmq.amqp.fieldtable import decode_table, encode_table
+from shardmq.auth.access import Access, Permission, TopicPermission, User
 from shardmq.broker.exchange import Exchange
+from shardmq.broker.policies import PolicyError, make_policy
 from shardmq.broker.queue import Queue
 from shardmq.broker.vhost import AnyQueue, QueueFactory, VHost
 
@@ -87,13 +92,108 @@ class DropOwners(Op, frozen=True):
     slot: int
 
 
+class SetPolicy(Op, frozen=True):
+    """Create or replace policy ``name`` (validated by ``policies.make_policy`` first;
+    ``definition`` is its JSON text)."""
+
+    name: str
+    pattern: str
+    apply_to: str
+    priority: int
+    definition: str
+
+
+class ClearPolicy(Op, frozen=True):
+    name: str
+
+
+class AddVHost(Op, frozen=True):
+    """Create vhost ``vhost`` with its amq.* exchanges (no-op when it exists)."""
+
+
+class DeleteVHost(Op, frozen=True):
+    """Delete vhost ``vhost``: its queues (with their messages), exchanges, bindings,
+    policies and permissions; its connections are closed (``on_access_change``)."""
+
+
+class AddUser(Op, frozen=True):
+    """Create a user (``vhost`` unused: ""); refused when it exists."""
+
+    name: str
+    password_hash: str
+    hashing_algorithm: str
+    tags: list[str]
+
+
+class UpdateUser(Op, frozen=True):
+    """Change an existing user's password hash and/or tags (None: unchanged)."""
+
+    name: str
+    password_hash: str | None
+    hashing_algorithm: str | None
+    tags: list[str] | None
+
+
+class DeleteUser(Op, frozen=True):
+    """Delete a user and its permissions; its connections are closed."""
+
+    name: str
+
+
+class SetPermissions(Op, frozen=True):
+    user: str
+    configure: str
+    write: str
+    read: str
+
+
+class ClearPermissions(Op, frozen=True):
+    user: str
+
+
+class SetTopicPermissions(Op, frozen=True):
+    user: str
+    exchange: str
+    write: str
+    read: str
+
+
+class ClearTopicPermissions(Op, frozen=True):
+    """``exchange`` "": every topic permission of ``user`` in ``vhost``."""
+
+    user: str
+    exchange: str
+
+
 class QueueInfo(msgspec.Struct, array_like=True, frozen=True):
     name: str
     message_count: int
     consumer_count: int
 
 
-AnyOp = DeclareExchange | DeleteExchange | Bind | Unbind | DeclareQueue | DeleteQueue | DropOwners
+AnyOp = (
+    DeclareExchange
+    | DeleteExchange
+    | Bind
+    | Unbind
+    | DeclareQueue
+    | DeleteQueue
+    | DropOwners
+    | SetPolicy
+    | ClearPolicy
+    | AddVHost
+    | DeleteVHost
+    | AddUser
+    | UpdateUser
+    | DeleteUser
+    | SetPermissions
+    | ClearPermissions
+    | SetTopicPermissions
+    | ClearTopicPermissions
+)
+
+# Ops that change who may do what: the broker closes connections they affect.
+ACCESS_OPS = (DeleteVHost, DeleteUser)
 
 # What ``Metadata.apply`` returns: QueueInfo for queue.declare, the message count for
 # queue.delete, None for the rest.
@@ -143,6 +243,9 @@ class Metadata:
         self.vhosts: dict[str, VHost] = {}
         self.version = 0
         self.on_queue_deleted: Callable[[AnyQueue], None] = lambda q: None
+        # called after an op of ``ACCESS_OPS`` applied (the broker closes connections)
+        self.on_access_change: Callable[[Op], None] = lambda op: None
+        self.access = Access()
         for name in vhost_names:
             self.add_vhost(name)
 
@@ -156,6 +259,17 @@ class Metadata:
     def _queue_deleted(self, q: AnyQueue) -> None:
         self.on_queue_deleted(q)
 
+    def delete_vhost(self, name: str) -> bool:
+        """Remove vhost ``name`` and everything in it (False: there was none)."""
+        vh = self.vhosts.get(name)
+        if vh is None:
+            return False
+        for q in list(vh.queues.values()):
+            vh.remove_queue(q)
+        del self.vhosts[name]
+        self.access.vhost_deleted(name)
+        return True
+
     def vhost(self, name: str) -> VHost:
         vh = self.vhosts.get(name)
         if vh is None:
@@ -168,6 +282,8 @@ class Metadata:
         handler = _APPLY[type(op)]
         result = handler(self, op)
         self.version += 1
+        if isinstance(op, ACCESS_OPS):
+            self.on_access_change(op)
         return result
 
     def owner_check(self, op: Op) -> bool:
@@ -176,7 +292,8 @@ class Metadata:
 
 
 def _declare_exchange(md: Metadata, op: DeclareExchange) -> None:
-    md.vhost(op.vhost).declare_exchange(
+    vh = md.vhost(op.vhost)
+    vh.declare_exchange(
         op.name,
         op.type,
         passive=op.passive,
@@ -185,6 +302,9 @@ def _declare_exchange(md: Metadata, op: DeclareExchange) -> None:
         internal=op.internal,
         arguments=table_of(op.arguments),
     )
+    ex = vh.exchanges.get(op.name)
+    if ex is not None and not op.passive:
+        vh.assign_policy(ex)
 
 
 def _delete_exchange(md: Metadata, op: DeleteExchange) -> None:
@@ -192,6 +312,7 @@ def _delete_exchange(md: Metadata, op: DeleteExchange) -> None:
 
 
 def _bind_dest(vh: VHost, op: Bind) -> AnyQueue | Exchange:
+    vh.check_binding_ends(op.dest_is_queue, op.dest, op.source)
     if op.dest_is_queue:
         return vh.queue(op.dest, op.requester)
     return vh.exchange(op.dest)
@@ -203,19 +324,14 @@ def _bind(md: Metadata, op: Bind) -> None:
 
 
 def _unbind(md: Metadata, op: Unbind) -> None:
-    vh = md.vhost(op.vhost)
-    if op.dest_is_queue:
-        dest: AnyQueue | Exchange = vh.queue(op.dest, op.requester)
-    else:
-        ex = vh.exchanges.get(op.dest)
-        if ex is None:
-            return
-        dest = ex
-    vh.unbind(dest, op.source, op.routing_key, table_of(op.arguments))
+    md.vhost(op.vhost).unbind(
+        op.dest_is_queue, op.dest, op.source, op.routing_key, table_of(op.arguments), op.requester
+    )
 
 
 def _declare_queue(md: Metadata, op: DeclareQueue) -> QueueInfo:
-    q = md.vhost(op.vhost).declare_queue(
+    vh = md.vhost(op.vhost)
+    q = vh.declare_queue(
         op.name,
         op.requester,
         passive=op.passive,
@@ -225,6 +341,8 @@ def _declare_queue(md: Metadata, op: DeclareQueue) -> QueueInfo:
         arguments=table_of(op.arguments),
         server_named=op.server_named,
     )
+    if not op.passive:
+        vh.assign_policy(q)
     if isinstance(q, Queue):
         return QueueInfo(q.name, q.message_count, len(q.consumers))
     return QueueInfo(q.name, 0, 0)
@@ -247,6 +365,104 @@ def _drop_owners(md: Metadata, op: DropOwners) -> None:
                 vh.remove_queue(q)
 
 
+def _set_policy(md: Metadata, op: SetPolicy) -> None:
+    try:
+        policy = make_policy(
+            op.vhost,
+            op.name,
+            op.pattern,
+            json.loads(op.definition),
+            priority=op.priority,
+            apply_to=op.apply_to,
+        )
+    except (PolicyError, ValueError) as exc:
+        raise SoftError(PRECONDITION_FAILED, str(exc)) from None
+    md.vhost(op.vhost).set_policy(policy)
+
+
+def _clear_policy(md: Metadata, op: ClearPolicy) -> None:
+    if not md.vhost(op.vhost).clear_policy(op.name):
+        raise SoftError(NOT_FOUND, "Parameter does not exist")
+
+
+def _add_vhost(md: Metadata, op: AddVHost) -> None:
+    if not op.vhost:
+        raise SoftError(PRECONDITION_FAILED, "virtual host name must not be empty")
+    md.add_vhost(op.vhost)
+
+
+def _delete_vhost(md: Metadata, op: DeleteVHost) -> None:
+    if not md.delete_vhost(op.vhost):
+        raise SoftError(NOT_FOUND, f"Virtual host '{op.vhost}' does not exist")
+
+
+def _user(md: Metadata, name: str) -> User:
+    user = md.access.users.get(name)
+    if user is None:
+        raise SoftError(NOT_FOUND, f'User "{name}" does not exist')
+    return user
+
+
+def _add_user(md: Metadata, op: AddUser) -> None:
+    if op.name in md.access.users:
+        raise SoftError(PRECONDITION_FAILED, f'User "{op.name}" already exists')
+    md.access.put_user(User(op.name, op.password_hash, op.hashing_algorithm, tuple(op.tags)))
+
+
+def _update_user(md: Metadata, op: UpdateUser) -> None:
+    user = _user(md, op.name)
+    if op.password_hash is not None:
+        algorithm = op.hashing_algorithm or user.hashing_algorithm
+        user = dataclasses.replace(
+            user, password_hash=op.password_hash, hashing_algorithm=algorithm
+        )
+    if op.tags is not None:
+        user = dataclasses.replace(user, tags=tuple(op.tags))
+    md.access.put_user(user)
+
+
+def _delete_user(md: Metadata, op: DeleteUser) -> None:
+    _user(md, op.name)
+    md.access.delete_user(op.name)
+
+
+def _set_permissions(md: Metadata, op: SetPermissions) -> None:
+    _user(md, op.user)
+    if op.vhost not in md.vhosts:
+        raise SoftError(NOT_FOUND, f"Virtual host '{op.vhost}' does not exist")
+    try:
+        perm = Permission.make(op.user, op.vhost, op.configure, op.write, op.read)
+    except re.error as exc:
+        raise SoftError(PRECONDITION_FAILED, f"invalid regular expression: {exc}") from None
+    md.access.set_permission(perm)
+
+
+def _clear_permissions(md: Metadata, op: ClearPermissions) -> None:
+    _user(md, op.user)
+    if op.vhost not in md.vhosts:
+        raise SoftError(NOT_FOUND, f"Virtual host '{op.vhost}' does not exist")
+    md.access.clear_permission(op.vhost, op.user)
+
+
+def _set_topic_permissions(md: Metadata, op: SetTopicPermissions) -> None:
+    _user(md, op.user)
+    if op.vhost not in md.vhosts:
+        raise SoftError(NOT_FOUND, f"Virtual host '{op.vhost}' does not exist")
+    for pattern in (op.write, op.read):
+        try:
+            re.compile(pattern.replace("{username}", "u").replace("{vhost}", "v"))
+        except re.error as exc:
+            raise SoftError(PRECONDITION_FAILED, f"invalid regular expression: {exc}") from None
+    md.access.set_topic_permission(
+        TopicPermission(op.user, op.vhost, op.exchange, op.write, op.read)
+    )
+
+
+def _clear_topic_permissions(md: Metadata, op: ClearTopicPermissions) -> None:
+    _user(md, op.user)
+    md.access.clear_topic_permissions(op.vhost, op.user, op.exchange or None)
+
+
 # Any: each handler takes the Op subclass it is keyed by (a dict cannot say so)
 _APPLY: dict[type[Op], Callable[[Metadata, Any], OpResult]] = {
     DeclareExchange: _declare_exchange,
@@ -256,6 +472,17 @@ _APPLY: dict[type[Op], Callable[[Metadata, Any], OpResult]] = {
     DeclareQueue: _declare_queue,
     DeleteQueue: _delete_queue,
     DropOwners: _drop_owners,
+    SetPolicy: _set_policy,
+    ClearPolicy: _clear_policy,
+    AddVHost: _add_vhost,
+    DeleteVHost: _delete_vhost,
+    AddUser: _add_user,
+    UpdateUser: _update_user,
+    DeleteUser: _delete_user,
+    SetPermissions: _set_permissions,
+    ClearPermissions: _clear_permissions,
+    SetTopicPermissions: _set_topic_permissions,
+    ClearTopicPermissions: _clear_topic_permissions,
 }
 
 

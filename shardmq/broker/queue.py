@@ -35,6 +35,7 @@ from shardmq.store.queue_store import RawCodec
 if TYPE_CHECKING:
     from shardmq.broker.channel import Channel
     from shardmq.broker.exchange import Exchange
+    from shardmq.broker.policies import Policy
     from shardmq.broker.remote import RemoteQueue
     from shardmq.store.queue_store import DiskQueueStore
 
@@ -143,6 +144,7 @@ class Queue:
         "rr",
         "had_consumers",
         "deleted",
+        "policy",
         "redelivered",
         "sources",
         "throttled",
@@ -174,6 +176,7 @@ class Queue:
         self.rr = 0
         self.had_consumers = False
         self.deleted = False
+        self.policy: Policy | None = None  # the policy that applies (``VHost.assign_policy``)
         self.redelivered: set[Message] = set()
         self.sources: set[Exchange] = set()
         self.throttled: set[Throttleable] = set()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from shardmq.broker.exchange import Exchange
+    from shardmq.broker.policies import Policy
     from shardmq.broker.queue import Consumer
     from shardmq.message import Message
 
@@ -62,6 +63,7 @@ class RemoteQueue:
         "sources",
         "local_consumers",
         "router",
+        "policy",
     )
 
     def __init__(
@@ -86,6 +88,7 @@ class RemoteQueue:
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
         self.deleted = False
+        self.policy: Policy | None = None  # the policy that applies (``VHost.assign_policy``)
         self.sources: set[Exchange] = set()
         self.local_consumers: dict[tuple[int, int, str], Consumer] = {}
         self.router = router

@@ -1,5 +1,9 @@
 """Exchange routing tables: direct, fanout, topic (trie) and headers, as RabbitMQ routes.
 
+``make_router`` also builds the two built-in plugin types: ``x-consistent-hash``
+(``shardmq.broker.chash``) and ``x-delayed-message``, whose router is the one of its
+``x-delayed-type`` (holding delayed messages is ``shardmq.broker.delayed``'s job).
+
 Owns: the bindings of one exchange and the question "which destinations does this
 publish go to". Pure Python, no I/O, no knowledge of queues: a destination is any
 hashable object (a queue or an exchange), compared by its own ``__eq__``/``__hash__``;
@@ -27,7 +31,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from operator import itemgetter
@@ -37,6 +41,8 @@ from shardmq.amqp.errors import PRECONDITION_FAILED, SoftError
 from shardmq.amqp.fieldtable import ByteArray, Timestamp
 
 __all__ = [
+    "DELAYED_TYPE",
+    "EXCHANGE_TYPES",
     "ROUTER_TYPES",
     "BindingArgumentError",
     "DirectRouter",
@@ -46,6 +52,7 @@ __all__ = [
     "TopicRouter",
     "args_key",
     "make_router",
+    "rabbit_type_name",
     "topic_words",
 ]
 
@@ -273,6 +280,12 @@ class Router(Generic[D]):
     def route(self, routing_key: str, headers: dict | None = None) -> Collection[D]:
         """Destinations of a message, each at most once."""
         raise NotImplementedError
+
+    def route_message(self, routing_key: str, props: Any) -> Collection[D]:
+        """Routing of a type with ``NEEDS_HEADERS``: ``props`` are the message's decoded
+        ``BasicProperties`` (the headers exchange reads their headers; the consistent
+        hash exchange may hash a header or a property)."""
+        return self.route(routing_key, props.headers or {})
 
 
 def _inc(counts: dict[D, int], dest: D) -> None:
@@ -540,6 +553,9 @@ def _rabbit_type_name(v: Any) -> str:
     return type(v).__name__
 
 
+rabbit_type_name = _rabbit_type_name  # the field type RabbitMQ names in its error texts
+
+
 def _erl_binary(v: str | bytes) -> str:
     text = v if isinstance(v, str) else v.decode("utf-8", "backslashreplace")
     return '<<"' + text.replace("\\", "\\\\").replace('"', '\\"') + '">>'
@@ -708,9 +724,39 @@ ROUTER_TYPES: dict[str, type[Router[Any]]] = {
 }
 
 
-def make_router(exchange_type: str) -> Router[Any]:
-    """A fresh, empty router for an exchange type; ValueError for an unknown type."""
+def make_router(
+    exchange_type: str,
+    arguments: Mapping[str, Any] | None = None,
+    ident: Callable[[Any], bytes] | None = None,
+) -> Router[Any]:
+    """A fresh, empty router for an exchange type; ValueError for an unknown type.
+
+    ``arguments`` are the exchange's (a delayed exchange routes as its
+    ``x-delayed-type``; a consistent hash exchange reads ``hash-header`` /
+    ``hash-property``); ``ident`` gives a destination's stable identity, the same in
+    every process (consistent hashing places destinations by it).
+    """
+    if exchange_type == DELAYED_TYPE:
+        inner = (arguments or {}).get("x-delayed-type")
+        if not isinstance(inner, str) or inner == DELAYED_TYPE:
+            raise ValueError(f"bad x-delayed-type {inner!r}")
+        exchange_type = inner
+    if exchange_type == "x-consistent-hash":
+        from shardmq.broker.chash import make_chash_router
+
+        return make_chash_router(arguments or {}, ident or _default_ident)
     cls = ROUTER_TYPES.get(exchange_type)
     if cls is None:
         raise ValueError(f"unknown exchange type {exchange_type!r}")
     return cls()
+
+
+# The delayed message exchange: it holds messages carrying ``x-delay``, then routes them
+# as its ``x-delayed-type`` (``shardmq.broker.delayed``).
+DELAYED_TYPE = "x-delayed-message"
+# Every exchange type a client may declare.
+EXCHANGE_TYPES = frozenset([*ROUTER_TYPES, "x-consistent-hash", DELAYED_TYPE])
+
+
+def _default_ident(dest: Any) -> bytes:
+    return repr(dest).encode("utf-8", "surrogatepass")

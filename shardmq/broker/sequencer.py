@@ -22,6 +22,7 @@ ready once it applied the chunk with ``last`` true).
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -48,6 +49,7 @@ Send = Callable[[int, list[Any]], None]
 PlainResult = list[Any] | int | None
 
 SNAPSHOT_CHUNK = 32 * 1024  # encoded op bytes per snapshot message
+LOCAL = -1  # the requester "slot" of ops submitted in this process (``Sequencer.request``)
 
 
 def chunks(ops: list[bytes], limit: int = SNAPSHOT_CHUNK) -> list[list[bytes]]:
@@ -66,9 +68,24 @@ def chunks(ops: list[bytes], limit: int = SNAPSHOT_CHUNK) -> list[list[bytes]]:
 
 def snapshot(metadata: md.Metadata) -> list[bytes]:
     """Ops that rebuild ``metadata``'s definitions from scratch (encoded)."""
-    ops: list[md.Op] = []
+    ops: list[md.Op] = [md.AddVHost(name) for name in metadata.vhosts]
     bindings: list[md.Op] = []
+    access = metadata.access
+    for u in access.users.values():
+        ops.append(md.AddUser("", u.name, u.password_hash, u.hashing_algorithm, list(u.tags)))
+    for perm in access.permissions.values():
+        ops.append(md.SetPermissions(perm.vhost, perm.user, perm.configure, perm.write, perm.read))
+    for topics in access.topics.values():
+        for tp in topics.values():
+            ops.append(md.SetTopicPermissions(tp.vhost, tp.user, tp.exchange, tp.write, tp.read))
     for vh in metadata.vhosts.values():
+        # policies first: the queues and exchanges declared below get theirs at once
+        for p in vh.policies:
+            ops.append(
+                md.SetPolicy(
+                    vh.name, p.name, p.pattern, p.apply_to, p.priority, json.dumps(p.definition)
+                )
+            )
         for ex in vh.exchanges.values():
             if ex.name == "" or ex.name.startswith("amq."):
                 pass
@@ -126,6 +143,9 @@ class Sequencer:
         # durable definitions, saved after each op the replica applied and before any
         # worker (or client) hears of it
         self.keeper: DefinitionsKeeper | None = None
+        # ops asked for in this process (the control socket): request id -> callback
+        self._local: dict[int, Callable[[AMQPError | None, Any], None]] = {}
+        self._local_ids = itertools.count(1)
 
     def _placeholder(self, name: str, vhost: str, **kw: Any) -> RemoteQueue:
         return RemoteQueue(name, vhost, md.shard_for(vhost, name, self.workers), **kw)
@@ -159,6 +179,13 @@ class Sequencer:
             self.submit(slot, message[1], md.decode_op(message[2]))
         elif kind == "ack":
             self._on_ack(slot, message[1], message[2], message[3])
+
+    def request(self, op: md.Op, callback: Callable[[AMQPError | None, Any], None]) -> None:
+        """Sequence ``op`` for a requester in this process (the control socket):
+        ``callback(error, result)`` once every live worker applied it."""
+        req = next(self._local_ids)
+        self._local[req] = callback
+        self.submit(LOCAL, req, op)  # type: ignore[arg-type]
 
     def submit(self, slot: int, req: int, op: md.AnyOp) -> None:
         self._queue.append((slot, req, op))
@@ -256,7 +283,11 @@ class Sequencer:
 
     def _finish(self, cur: _Current, err: md.ErrorData | None, result: PlainResult) -> None:
         self._current = None
-        if cur.req and cur.slot in self.live:
+        if cur.slot == LOCAL:
+            callback = self._local.pop(cur.req, None)
+            if callback is not None:
+                callback(md.error_from(err) if err is not None else None, result)
+        elif cur.req and cur.slot in self.live:
             self.send(cur.slot, ["reply", cur.req, err, result])
         self._next()
 

@@ -10,12 +10,27 @@ Invariants:
   the message and are never cached.
 - Exchange-to-exchange routing visits each exchange at most once (cycles are fine) and
   yields each queue at most once.
-- Errors raised are ``SoftError`` / ``HardError`` with RabbitMQ's codes and texts.
+- Alternate exchanges as RabbitMQ's ``rabbit_exchange:route``: an exchange whose own
+  bindings give no destination at all passes the message to its alternate exchange
+  (``effective_alternate``), which joins the same traversal (chains followed, each
+  exchange visited once, so cycles stop); a missing alternate is skipped (unroutable,
+  one warning logged per exchange and alternate name). Routing happens on the
+  publisher's worker over its replica of the exchanges, so the result is the same
+  with any number of workers, and it is cached like any other route.
+- A publish to an ``x-delayed-message`` exchange with a positive integer ``x-delay``
+  header is not routed: ``route`` answers ``HELD`` (no side effect) and the connection
+  hands it to ``shardmq.broker.delayed``, which routes it later through
+  ``route_from``. ``route`` never caches a route through a delayed exchange;
+  ``route_from`` has its own cache (``from_cache``), cleared with the other.
+- Errors raised are ``SoftError`` / ``HardError`` with RabbitMQ's codes and texts, and
+  in RabbitMQ 3.10's order; unbind is idempotent (a missing queue, exchange or binding
+  is ok) and the default exchange is refused (403) even to a passive declare.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, Union
@@ -30,13 +45,17 @@ from shardmq.amqp.errors import (
     HardError,
     SoftError,
 )
-from shardmq.broker.exchange import Exchange
+from shardmq.broker import chash
+from shardmq.broker.exchange import Exchange, effective_alternate
+from shardmq.broker.policies import Policy, PolicySet
 from shardmq.broker.queue import Queue
-from shardmq.broker.routing import ROUTER_TYPES
+from shardmq.broker.routing import DELAYED_TYPE, EXCHANGE_TYPES, rabbit_type_name
 from shardmq.message import Message
 
 if TYPE_CHECKING:
     from shardmq.broker.remote import RemoteQueue
+
+log = logging.getLogger("shardmq.vhost")
 
 _ROUTE_CACHE_MAX = 8192
 _STANDARD_EXCHANGES = (
@@ -72,6 +91,21 @@ RemoteGroups = tuple[tuple[int, tuple["RemoteQueue", ...]], ...]
 # (local queues, remote groups)
 Route = tuple[tuple[Queue, ...], RemoteGroups]
 _NO_ROUTE: Route = ((), ())
+# ``route``'s answer for a publish a delayed exchange holds: compared by identity (it
+# equals ``_NO_ROUTE`` but is a different object).
+HELD: Route = tuple([(), ()])  # type: ignore[assignment]
+
+
+def delay_of(msg: Message) -> int:
+    """The ``x-delay`` header of a publish to a delayed exchange, in ms; 0 when absent,
+    not an integer, or not positive (routed at once, as the plugin does)."""
+    headers = msg.properties().headers
+    if not headers:
+        return 0
+    d = headers.get("x-delay")
+    if isinstance(d, bool) or not isinstance(d, int):
+        return 0
+    return d if d > 0 else 0
 
 
 class QueueFactory(Protocol):
@@ -102,7 +136,10 @@ class VHost:
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, AnyQueue] = {}
         self.route_cache: dict[bytes, Route] = {}
+        self.from_cache: dict[bytes, Route] = {}  # route_from's, for due delayed messages
         self.on_queue_deleted: Callable[[AnyQueue], None] = lambda q: None
+        self._missing_ae_logged: set[tuple[str, str]] = set()  # (exchange, alternate)
+        self.policies = PolicySet()
         self.exchanges[""] = Exchange("", "direct", durable=True)
         for name_, type_ in _STANDARD_EXCHANGES:
             self.exchanges[name_] = Exchange(name_, type_, durable=True)
@@ -110,6 +147,8 @@ class VHost:
     def _changed(self) -> None:
         if self.route_cache:
             self.route_cache.clear()
+        if self.from_cache:
+            self.from_cache.clear()
 
     # ------------------------------------------------------------ lookup
     def _where(self) -> str:
@@ -151,8 +190,7 @@ class VHost:
         arguments: dict[str, Any],
     ) -> Exchange:
         if passive:
-            if not name:
-                return self.exchanges[""]
+            self._check_bindable(name)  # RabbitMQ 3.10: 403, passive or not
             return self.exchange(name)
         if name.startswith("amq.") or name == "":
             existing = self.exchanges.get(name)
@@ -163,9 +201,11 @@ class VHost:
                     if name
                     else "operation not permitted on the default exchange",
                 )
-        if type not in ROUTER_TYPES:
+        if type not in EXCHANGE_TYPES:
             raise HardError(COMMAND_INVALID, f"unknown exchange type '{type}'")
         ex = self.exchanges.get(name)
+        if ex is None:
+            self._check_exchange_arguments(name, type, arguments)
         if ex is not None:
             for attr, got, have in (
                 ("type", type, ex.type),
@@ -201,6 +241,36 @@ class VHost:
         self.exchanges[name] = ex
         self._changed()
         return ex
+
+    def _check_exchange_arguments(self, name: str, type: str, arguments: dict[str, Any]) -> None:
+        """RabbitMQ's (and its plugins') checks of a new exchange's arguments."""
+        ae = arguments.get("alternate-exchange")
+        if ae is not None and not isinstance(ae, str | bytes):
+            raise SoftError(
+                PRECONDITION_FAILED,
+                f"invalid type '{rabbit_type_name(ae)}' for arg 'alternate-exchange' in "
+                f"exchange '{name}' {self._where()}",
+            )
+        if type == "x-consistent-hash":
+            chash.check_arguments(arguments)
+        elif type == DELAYED_TYPE:
+            inner = arguments.get("x-delayed-type")
+            if isinstance(inner, bytes):
+                inner = inner.decode("utf-8", "replace")
+            if not isinstance(inner, str):
+                raise SoftError(
+                    PRECONDITION_FAILED,
+                    "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+                )
+            if inner == DELAYED_TYPE:
+                raise SoftError(
+                    PRECONDITION_FAILED,
+                    "Invalid argument, 'x-delayed-type' can't be of type 'x-delayed-message'",
+                )
+            if inner not in EXCHANGE_TYPES:
+                raise HardError(COMMAND_INVALID, f"unknown exchange type '{inner}'")
+            if inner == "x-consistent-hash":
+                chash.check_arguments(arguments)
 
     def delete_exchange(self, name: str, *, if_unused: bool) -> None:
         if name == "" or name.startswith("amq."):
@@ -322,6 +392,14 @@ class VHost:
         if name == "":
             raise SoftError(ACCESS_REFUSED, "operation not permitted on the default exchange")
 
+    def check_binding_ends(self, dest_is_queue: bool, dest_name: str, source_name: str) -> None:
+        """A bind's first checks, in RabbitMQ's order: the default exchange at either end
+        (403), then the source exchange (404); the destination is looked up after."""
+        self._check_bindable(source_name)
+        if not dest_is_queue:
+            self._check_bindable(dest_name)
+        self.exchange(source_name)
+
     def bind(
         self, dest: AnyQueue | Exchange, source_name: str, routing_key: str, arguments: dict
     ) -> None:
@@ -335,17 +413,33 @@ class VHost:
             self._changed()
 
     def unbind(
-        self, dest: AnyQueue | Exchange, source_name: str, routing_key: str, arguments: dict
+        self,
+        dest_is_queue: bool,
+        dest_name: str,
+        source_name: str,
+        routing_key: str,
+        arguments: dict,
+        requester: int,
     ) -> None:
+        """As RabbitMQ 3.10: 403 when either end is the default exchange; otherwise
+        idempotent (a missing source, destination or binding is ok), and a locked
+        exclusive queue is refused (405) only when the binding exists."""
         self._check_bindable(source_name)
+        if not dest_is_queue:
+            self._check_bindable(dest_name)
         src = self.exchanges.get(source_name)
-        if src is None:
-            return  # RabbitMQ 3.10: unbinding from a missing exchange succeeds
-        if src.router.remove_binding(dest, routing_key, arguments):
-            if not src.router.has_destination(dest):
-                dest.sources.discard(src)
-            self._changed()
-            self._maybe_auto_delete(src)
+        dest: AnyQueue | Exchange | None = (
+            self.queues.get(dest_name) if dest_is_queue else self.exchanges.get(dest_name)
+        )
+        if src is None or dest is None or not src.router.has_binding(dest, routing_key, arguments):
+            return
+        if not isinstance(dest, Exchange):
+            self.check_exclusive(dest, requester)
+        src.router.remove_binding(dest, routing_key, arguments)
+        if not src.router.has_destination(dest):
+            dest.sources.discard(src)
+        self._changed()
+        self._maybe_auto_delete(src)
 
     # ------------------------------------------------------------ routing
     def route(self, msg: Message, exlen: int) -> Route:
@@ -367,6 +461,33 @@ class VHost:
                 ACCESS_REFUSED,
                 f"cannot publish to internal exchange '{exchange_name}' {self._where()}",
             )
+        if ex.type == DELAYED_TYPE:
+            if delay_of(msg):
+                return HELD
+            route, _ = self._traverse(ex, msg, routing_key)
+            return route  # never cached: the next publish may carry x-delay
+        route, cacheable = self._traverse(ex, msg, routing_key)
+        if cacheable:
+            self._cache(exrk, route)
+        return route
+
+    def route_from(self, ex: Exchange, msg: Message) -> Route:
+        """Route ``msg`` from ``ex`` now, whatever its ``x-delay`` (a delayed message
+        that is due); cached apart from ``route``'s cache (same rules)."""
+        exrk = msg.exrk
+        route = self.from_cache.get(exrk)
+        if route is not None:
+            return route
+        route, cacheable = self._traverse(ex, msg, msg.routing_key)
+        if cacheable:
+            if len(self.from_cache) >= _ROUTE_CACHE_MAX:
+                self.from_cache.clear()
+            self.from_cache[exrk] = route
+        return route
+
+    def _traverse(self, ex: Exchange, msg: Message, routing_key: str) -> tuple[Route, bool]:
+        """(route, cacheable) of ``msg`` entering at ``ex``: exchange-to-exchange
+        bindings and alternate exchanges followed, each exchange visited once."""
         cacheable = True
         found: dict[AnyQueue, None] = {}
         seen: set[Exchange] = set()
@@ -379,25 +500,87 @@ class VHost:
             router = e.router
             if router.NEEDS_HEADERS:
                 cacheable = False
-                headers = msg.properties().headers
-                dests = router.route(routing_key, headers or {})
+                dests = router.route_message(routing_key, msg.properties())
             else:
                 dests = router.route(routing_key, None)
+            if not dests:
+                ae_name = effective_alternate(e)
+                if ae_name is not None:
+                    self._to_alternate(e, ae_name, routing_key, stack, found)
+                continue
             for d in dests:
                 if isinstance(d, Exchange):
                     stack.append(d)
                 else:
                     found[d] = None
-        route = _group(tuple(found))
-        if cacheable:
-            self._cache(exrk, route)
-        return route
+        return _group(tuple(found)), cacheable
+
+    def _to_alternate(
+        self,
+        e: Exchange,
+        ae_name: str,
+        routing_key: str,
+        stack: list[Exchange],
+        found: dict[AnyQueue, None],
+    ) -> None:
+        if ae_name == "":  # the default exchange: the queue named by the routing key
+            q = self.queues.get(routing_key)
+            if q is not None:
+                found[q] = None
+            return
+        ae = self.exchanges.get(ae_name)
+        if ae is not None:
+            stack.append(ae)
+            return
+        key = (e.name, ae_name)
+        if key not in self._missing_ae_logged:
+            self._missing_ae_logged.add(key)
+            log.warning(
+                "alternate exchange '%s' of exchange '%s' %s does not exist; "
+                "messages it would take are unroutable",
+                ae_name,
+                e.name,
+                self._where(),
+            )
 
     def _cache(self, exrk: bytes, route: Route) -> None:
         cache = self.route_cache
         if len(cache) >= _ROUTE_CACHE_MAX:
             cache.clear()
         cache[exrk] = route
+
+    # ------------------------------------------------------------ policies
+    def assign_policy(self, obj: AnyQueue | Exchange) -> None:
+        """Give ``obj`` the policy that applies to it now (None: none does); a queue or
+        exchange with a ``policy_changed`` method hears of a change."""
+        kind = "exchange" if isinstance(obj, Exchange) else "queue"
+        policy = None if obj.name == "" else self.policies.match(kind, obj.name)
+        if obj.policy is policy:
+            return
+        obj.policy = policy
+        hook: Callable[[], None] | None = getattr(obj, "policy_changed", None)
+        if hook is not None:
+            hook()
+
+    def _reassign_policies(self) -> None:
+        for q in list(self.queues.values()):
+            self.assign_policy(q)
+        for ex in list(self.exchanges.values()):
+            self.assign_policy(ex)
+        self._changed()
+
+    def set_policy(self, policy: Policy) -> None:
+        """Create or replace a policy; it applies at once to existing queues and
+        exchanges."""
+        self.policies.put(policy)
+        self._reassign_policies()
+
+    def clear_policy(self, name: str) -> bool:
+        """Remove policy ``name`` (False: there was none)."""
+        if self.policies.remove(name) is None:
+            return False
+        self._reassign_policies()
+        return True
 
 
 def _group(queues: tuple[AnyQueue, ...]) -> Route:

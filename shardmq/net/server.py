@@ -15,6 +15,8 @@ Invariants:
   so a message a client may have seen comes back redelivered=true after a kill -9.
 - A socket whose write buffer is above the high-water mark pauses deliveries to its
   consumers (credit returns when it drains); nothing is dropped.
+- A connection not open (connection.open-ok sent) ``amqp.handshake_timeout`` seconds
+  after it was accepted is aborted, whatever it negotiated (heartbeats included).
 - After connection.close was sent by the server, the socket is closed when the peer
   answers close-ok or after ``CLOSE_GRACE`` seconds, whichever comes first.
 """
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from typing import cast
 
 from shardmq.adapter.amqp091 import AMQP091Connection
-from shardmq.amqp.connection import CLOSING, OPEN
+from shardmq.amqp.connection import CLOSING, OPEN, log_internal_error
 from shardmq.amqp.errors import CONNECTION_FORCED
 from shardmq.broker.broker import Broker
 from shardmq.config import Config
@@ -76,7 +78,8 @@ class AMQPProtocol(asyncio.Protocol):
         self.hub = hub
         self.transport: asyncio.Transport | None = None
         self.conn: AMQP091Connection | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # heartbeats
+        self._hs_timer: asyncio.TimerHandle | None = None  # handshake, until open-ok
         self._close_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ transport events
@@ -96,7 +99,7 @@ class AMQPProtocol(asyncio.Protocol):
         self.conn = AMQP091Connection(hub.broker, peer_s, self, lambda: hub.wake(self))
         self.hub.protocols.add(self)
         timeout = self.hub.broker.config.amqp.handshake_timeout
-        self._timer = self.hub.loop.call_later(timeout, self._handshake_timeout)
+        self._hs_timer = self.hub.loop.call_later(timeout, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         self.conn.feed(data)  # type: ignore[union-attr]
@@ -106,15 +109,15 @@ class AMQPProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.hub.protocols.discard(self)
-        for t in (self._timer, self._close_timer):
+        for t in (self._timer, self._hs_timer, self._close_timer):
             if t is not None:
                 t.cancel()
         conn = self.conn
         if conn is not None:
             try:
                 conn.connection_lost()
-            except Exception:
-                log.exception("connection %s: error while releasing", conn.peer)
+            except Exception as err:
+                log_internal_error(log, f"connection {conn.peer}: error while releasing", err)
 
     def set_reading(self, active: bool) -> None:
         """Flow control from the broker: stop or resume reading this socket."""
@@ -150,19 +153,18 @@ class AMQPProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------ timers
     def _handshake_timeout(self) -> None:
-        self._timer = None
+        """Not open ``handshake_timeout`` after connect (whatever was tuned): close."""
+        self._hs_timer = None
         conn = self.conn
-        if conn is not None and conn.state < OPEN and conn.heartbeat == 0:
+        if conn is not None and conn.state < OPEN:
             log.warning("connection %s: handshake timeout", conn.peer)
             if self.transport is not None:
                 self.transport.abort()
 
     def tuned(self) -> None:
-        """The client accepted the tuning: the handshake timer gives way to heartbeats."""
+        """The client accepted the tuning: heartbeats start (the handshake timer runs on
+        until connection.open-ok)."""
         conn = self.conn
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if conn is not None and conn.heartbeat:
             self._timer = self.hub.loop.call_later(conn.heartbeat / 2, self._heartbeat)
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from shardmq.amqp.errors import FRAME_ERROR, AMQPError, HardError
 from shardmq.amqp.fieldtable import (
     EMPTY_TABLE,
+    MAX_DEPTH,
     ByteArray,
     Timestamp,
     decode_array,
@@ -348,3 +349,76 @@ def test_fuzz_mutated_tables_only_amqp_errors(table: dict[str, Any], data: st.Da
         decode_table(bytes(raw[:cut]), 0)
     except AMQPError as exc:
         assert exc.reply_code == FRAME_ERROR
+
+
+# --------------------------------------------------------------------------- nesting depth
+# RabbitMQ has no limit; shardmq refuses more than MAX_DEPTH levels at decode (501), so
+# whatever decodes also re-encodes (issue 16: 330-980 levels decoded, then failed to
+# re-encode with a RecursionError, 541 and a long traceback per request).
+
+
+def nested(kinds: str, leaf: bytes = b"V") -> bytes:
+    """A value nesting tables (``F``) and arrays (``A``), outermost first, around
+    ``leaf``; built iteratively, so any depth."""
+    raw = leaf
+    for kind in reversed(kinds):
+        raw = b"F" + table_of(b"\x01k" + raw) if kind == "F" else b"A" + table_of(raw)
+    return raw
+
+
+@pytest.mark.parametrize("kinds", ["F", "A", "FA", "AF"])
+def test_nesting_up_to_max_depth_decodes_and_reencodes(kinds: str) -> None:
+    shape = (kinds * MAX_DEPTH)[:MAX_DEPTH]
+    raw = nested(shape)
+    value, end = decode_value(raw, 0)
+    assert end == len(raw)
+    assert encode_value(value) == raw
+    # as a table: the table itself is the first level
+    inner = nested(shape[1:])
+    table = table_of(b"\x01k" + inner)
+    decoded, _ = decode_table(table, 0)
+    assert encode_table(decoded) == table
+    items = table_of(inner)
+    assert encode_array(decode_array(memoryview(items), 0)[0]) == items
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 330, 980, 5000])
+@pytest.mark.parametrize("kinds", ["F", "A", "FA"])
+def test_nesting_deeper_than_max_depth_is_a_clean_frame_error(depth: int, kinds: str) -> None:
+    raw = nested((kinds * depth)[:depth])
+    for fn, buf in (
+        (decode_value, raw),
+        (decode_value, memoryview(raw)),
+        (decode_table, raw[1:] if raw[:1] == b"F" else table_of(b"\x01k" + raw)),
+        (decode_array, raw[1:] if raw[:1] == b"A" else table_of(raw)),
+    ):
+        err = assert_frame_error(fn, buf, 0)
+        assert err.text == f"field table nested deeper than {MAX_DEPTH} levels"
+        assert err.__cause__ is None and err.__context__ is None  # no recursion behind it
+
+
+@st.composite
+def nested_values(draw: st.DrawFn) -> bytes:
+    depth = draw(st.integers(min_value=1, max_value=MAX_DEPTH + 20))
+    kinds = "".join(draw(st.lists(st.sampled_from("FA"), min_size=depth, max_size=depth)))
+    leaf = draw(st.sampled_from([b"V", b"I\x00\x00\x00\x07", b"S\x00\x00\x00\x01z"]))
+    return nested(kinds, leaf)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nested_values(), st.data())
+def test_fuzz_nesting_and_truncation_only_frame_errors(raw: bytes, data: st.DataObject) -> None:
+    """Nested values, possibly truncated or with one byte changed: they decode (and then
+    re-encode) or raise the codec's FRAME_ERROR, never anything else."""
+    buf = bytearray(raw)
+    if data.draw(st.booleans()):
+        pos = data.draw(st.integers(min_value=0, max_value=len(buf) - 1))
+        buf[pos] = data.draw(st.integers(min_value=0, max_value=255))
+    cut = data.draw(st.integers(min_value=0, max_value=len(buf)))
+    for b in (bytes(buf[:cut]), memoryview(bytes(buf[:cut]))):
+        try:
+            value, _end = decode_value(b, 0)
+        except HardError as exc:
+            assert exc.reply_code == FRAME_ERROR
+            continue
+        encode_value(value)  # whatever decodes re-encodes

@@ -68,7 +68,7 @@ def test_make_router_types() -> None:
     assert make_router("direct") is not make_router("direct")
 
 
-@pytest.mark.parametrize("bad", ["", "Direct", "x-consistent-hash", "topic "])
+@pytest.mark.parametrize("bad", ["", "Direct", "x-consistent-hashing", "topic "])
 def test_make_router_unknown(bad: str) -> None:
     with pytest.raises(ValueError):
         make_router(bad)

@@ -80,6 +80,15 @@ def test_ctl_status_shows_workers_and_the_queues_each_owns(
         for w in range(3):
             assert f"worker {w}: pid" in text.stdout
         assert "ctl-q8" in text.stdout
+        # --data-dir given to ctl itself, as the other ctl commands take it
+        res = subprocess.run(
+            [sys.executable, "-m", "shardmq", "ctl", "--data-dir", str(sup.data_dir), "status"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert res.returncode == 0 and "ctl-q8" in res.stdout, res.stderr
     finally:
         conn.close()
 

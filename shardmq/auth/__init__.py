@@ -1,0 +1,1 @@
+"""Authentication and authorisation: password hashes, users, permissions."""
