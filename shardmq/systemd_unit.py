@@ -107,6 +107,20 @@ def parse_exec(command: str) -> list[str]:
     return [os.path.abspath(found), *argv[1:]]
 
 
+def _no_restart() -> str:
+    """Exit codes of failures a restart cannot cure (``workers.exitcodes``)."""
+    from workers.exitcodes import ExitCode
+
+    codes = (
+        ExitCode.USAGE,
+        ExitCode.LISTEN_FAILED,
+        ExitCode.DATA_DIR_NOT_WRITABLE,
+        ExitCode.DATA_DIR_NOT_A_DIRECTORY,
+        ExitCode.DATA_DIR_UNUSABLE,
+    )
+    return " ".join(str(int(c)) for c in codes)
+
+
 def _under(path: str, trees: tuple[str, ...]) -> bool:
     return any(path == t or path.startswith(t + "/") for t in trees)
 
@@ -178,8 +192,10 @@ KillSignal=SIGTERM
 TimeoutStopSec=30
 Restart=on-failure
 RestartSec=2
-# a bad command line (exit 2) is not retried
-RestartPreventExitStatus=2
+# not retried: a bad command line (2), an address it cannot listen on (11), a data dir
+# it cannot write (13), that is a file (14) or unusable (15); a port or data dir in use
+# (10, 12) may be freed, so those are retried
+RestartPreventExitStatus={_no_restart()}
 WatchdogSec={spec.watchdog_sec}
 LimitNOFILE=1048576
 {state}UMask=0027

@@ -111,6 +111,9 @@ def test_notify_watchdog_and_sandbox_directives(tmp_path: Path) -> None:
     assert d["Type"] == ["notify"] and d["NotifyAccess"] == ["main"]
     assert d["WatchdogSec"] == ["20"]
     assert d["KillMode"] == ["mixed"]  # SIGTERM to the supervisor, which drains its workers
+    # start-up errors a restart cannot cure are not retried; a port in use may be freed
+    assert d["Restart"] == ["on-failure"]
+    assert d["RestartPreventExitStatus"] == ["2 11 13 14 15"]
     exec_start = d["ExecStart"][0].split()
     assert exec_start[0] == default_exec()[0] and Path(exec_start[0]).is_file()
     assert exec_start[-3:] == ["serve", "--data-dir", "/var/lib/shardmq"]
