@@ -52,6 +52,7 @@ from shardmq.broker import metadata as md
 from shardmq.broker.channel import OUT_LIMIT, Channel
 from shardmq.broker.connection import BrokerConnection
 from shardmq.broker.queue import Consumer
+from shardmq.broker.replyto import NEEDLE as REPLY_NEEDLE
 from shardmq.broker.xshard.records import DELIVER_ITEM
 from shardmq.message import Message, next_seq
 
@@ -214,6 +215,8 @@ class AMQP091Connection:
                     60,
                     40,
                 )
+        if raw[19] & 0x02 and raw.find(REPLY_NEEDLE, 19, 7 + hsize) >= 0:
+            msg = domain.broker.replies.rewrite(ch, msg)  # reply_to: direct reply-to
         domain.publish(ch, msg, exlen, flags)
 
     def on_ack(self, ch: Channel, delivery_tag: int, multiple: int) -> None:
@@ -276,6 +279,15 @@ class AMQP091Connection:
         engine = self.engine
         write_return(engine.out, ch.number, code, text, msg.exrk, msg, engine.frame_max)
         engine.wake_once()
+
+    def close_channel(self, ch: Channel, code: int, text: str) -> None:
+        if not self.is_current(ch):
+            return
+        frames = self.engine.channels[ch.number]
+        if frames.closing:
+            return
+        self.engine.channel_error(frames, SoftError(code, text), 0)
+        self.engine.wake_once()
 
     # ------------------------------------------------------------ ClientLink
     def set_reading(self, active: bool) -> None:

@@ -15,8 +15,10 @@ Invariants:
   when it is deleted. With one worker the broker also keeps ``definitions.json``
   itself (``load_definitions`` at start-up, before accepting clients); with several
   the supervisor's sequencer does.
-- Publishers are blocked while either alarm is on (memory, disk); unblocked only once
-  both have cleared.
+- Publishers are blocked while any alarm is on (memory, disk, file descriptors);
+  unblocked only once all have cleared.
+- ``max_connections`` is the whole broker's: this worker's open connections plus the
+  other workers' (``peer_connections``, from the control block; a heartbeat behind).
 - ``delayed`` (``shardmq.broker.delayed``) holds this worker's delayed-exchange
   messages; with storage on, ``start_storage`` (after the definitions are in place)
   recovers the durable ones, ``close_storage`` closes their store.
@@ -32,14 +34,22 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shardmq import __version__
-from shardmq.amqp.errors import CONNECTION_FORCED, INTERNAL_ERROR, AMQPError, HardError
+from shardmq.amqp.errors import (
+    CONNECTION_FORCED,
+    INTERNAL_ERROR,
+    NOT_ALLOWED,
+    AMQPError,
+    HardError,
+)
 from shardmq.auth.seed import seed
 from shardmq.broker.connection import BrokerConnection
+from shardmq.broker.consumer_timeout import AckTimeouts
 from shardmq.broker.delayed import DelayedScheduler
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.metadata import DeleteUser, DeleteVHost, Metadata, Op, OpResult, shard_for
 from shardmq.broker.queue import Consumer, DurableQueue, Queue
 from shardmq.broker.remote import RemoteQueue
+from shardmq.broker.replyto import ReplyRegistry
 from shardmq.broker.storage import WorkerStorage
 from shardmq.broker.vhost import AnyQueue
 from shardmq.config import Config
@@ -58,7 +68,7 @@ CAPABILITIES = {
     "connection.blocked": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
-    "direct_reply_to": False,
+    "direct_reply_to": True,
 }
 
 
@@ -155,9 +165,14 @@ class Broker:
         self.shards: ShardRouter | None = None  # the cross-worker router (workers > 1)
         self.connections: set[BrokerConnection] = set()
         self.conns_by_gid: dict[int, BrokerConnection] = {}
+        self.replies = ReplyRegistry(self)  # direct reply-to consumers (replyto.py)
+        self.ack_timeouts = AckTimeouts(self, config.amqp.consumer_timeout)
         self.alarm = False  # publishers blocked: memory or disk alarm
         self.memory_alarm = False  # memory high watermark passed
         self.disk_alarm = False  # free disk below store.disk_free_limit
+        self.fd_alarm = False  # file descriptors nearly all in use
+        # connections the other workers serve (set by the net layer with several)
+        self.peer_connections: Callable[[], int] = lambda: 0
         self._conn_ids = itertools.count(1)
         self.delayed = DelayedScheduler(self)  # x-delayed-message exchanges' held messages
         self.server_properties = {
@@ -223,12 +238,17 @@ class Broker:
         return n
 
     def start_storage(self) -> None:
-        """The worker is about to serve: start watching free disk space; recover the
-        held delayed messages (their exchanges exist by now)."""
+        """The worker is about to serve: start watching free disk space (and the
+        unacked deliveries' age: ``consumer_timeout``); recover the held delayed
+        messages (their exchanges exist by now)."""
         if self.storage is not None:
             self.storage.start()
             # after the definitions: held messages find their exchanges
             self.delayed.open(self.storage.data_dir, self.config.store.fsync, self.storage.loop)
+        try:
+            self.ack_timeouts.start(asyncio.get_running_loop())
+        except RuntimeError:  # no loop: an in-process broker of the unit tests
+            pass
 
     async def close_storage(self) -> None:
         """Clean shutdown, after the connections are closed: flush, close, last fsync."""
@@ -278,16 +298,39 @@ class Broker:
         self.disk_alarm = on
         self._update_alarm()
 
+    def set_fd_alarm(self, on: bool) -> None:
+        """File descriptors nearly exhausted (or back under the mark)."""
+        self.fd_alarm = on
+        self._update_alarm()
+
     @property
     def alarm_reason(self) -> str:
-        if self.memory_alarm and self.disk_alarm:
-            return "low on memory, low on disk"
-        return "low on disk" if self.disk_alarm else "low on memory"
+        reasons = [
+            text
+            for on, text in (
+                (self.memory_alarm, "low on memory"),
+                (self.disk_alarm, "low on disk"),
+                (self.fd_alarm, "low on file descriptors"),
+            )
+            if on
+        ]
+        return ", ".join(reasons) or "low on memory"
+
+    def check_connection_limit(self) -> None:
+        """connection.open past ``server.max_connections``: refused as RabbitMQ does."""
+        limit = self.config.server.max_connections
+        if limit and len(self.connections) + self.peer_connections() >= limit:
+            raise HardError(
+                NOT_ALLOWED,
+                f"connection refused: node connection limit ({limit}) is reached",
+                10,
+                40,
+            )
 
     def _update_alarm(self) -> None:
-        """Block every connection that publishes while either alarm is on; unblock once
-        both are off."""
-        on = self.memory_alarm or self.disk_alarm
+        """Block every connection that publishes while any alarm is on; unblock once
+        all are off."""
+        on = self.memory_alarm or self.disk_alarm or self.fd_alarm
         if on == self.alarm:
             return
         self.alarm = on

@@ -39,7 +39,7 @@ from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel, ChannelSink
 from shardmq.broker.qos import GlobalQos
 from shardmq.broker.queue import Consumer, Queue
-from shardmq.broker.remote import REMOTE_CREDIT_CHUNK, RemoteQueue
+from shardmq.broker.remote import REMOTE_BYTES_CHUNK, REMOTE_CREDIT_CHUNK, RemoteQueue
 from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.vhost import HELD, AnyQueue, VHost, delay_of
 from shardmq.message import Message
@@ -112,6 +112,7 @@ class BrokerConnection:
         self.exclusive_queues: list[str] = []
         # credit to return to other workers for deliveries our socket has taken
         self.credit_due: dict[Consumer, int] = {}
+        self.credit_due_bytes = 0  # their bytes (at least): REMOTE_BYTES_CHUNK returns all
         self.qos = GlobalQos(self)
         self._confirm_channels: list[Channel] = []
 
@@ -133,6 +134,7 @@ class BrokerConnection:
         return ok
 
     def open(self, vhost: str) -> None:
+        self.broker.check_connection_limit()  # first, as RabbitMQ's node limit
         vh = self.broker.vhosts.get(vhost)
         if vh is None:
             raise HardError(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)
@@ -227,9 +229,13 @@ class BrokerConnection:
         router = self.broker.shards
         if router is None:
             return
+        # owners stop at REMOTE_INFLIGHT_BYTES: what they wait for is returned, however few
+        force = self.credit_due_bytes >= REMOTE_BYTES_CHUNK
+        if force:
+            self.credit_due_bytes = 0
         for consumer, n in due.items():
             if consumer.tag in consumer.channel.consumers:
-                if n < REMOTE_CREDIT_CHUNK:
+                if n < REMOTE_CREDIT_CHUNK and not force:
                     self.credit_due[consumer] = n  # later, with more
                 else:
                     router.grant(consumer, n)
@@ -289,6 +295,8 @@ class BrokerConnection:
             self.broker.delayed.hold(self, ch, msg, conf, delay_of(msg))
             return
         local, remote = route
+        if not local and not remote:  # a reply to a direct reply-to address?
+            local, remote = self.broker.replies.route(msg.exrk, self.vhost.name)
         target: Channel | ConfirmWaiter | None = ch if ch.confirm else conf
         for q in local:
             q.publish(msg, target)  # a durable queue takes a token (persistent msg)

@@ -12,7 +12,9 @@ Invariants:
   to ``store`` after a delivery.
 - Dispatch happens whenever readiness can have changed: a publish, an ack that returned
   credit, a new consumer, a qos change, a writable socket, channel.flow on.
-- Round robin: consumers are tried in turn starting after the last one served.
+- Round robin: consumers are tried in turn starting after the last one served, unless
+  the queue has a single active consumer or consumers with priorities: then ``order``
+  (``consumer_order.ConsumerOrder``) picks, kept current on every consumer change.
 - Publishers throttled by this queue are released when the backlog drains, the queue
   is purged or deleted.
 - ``publish(msg, conf)``: ``conf`` is the publisher's confirm target (or None). A plain
@@ -28,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
+from shardmq.broker.consumer_order import ConsumerOrder, single_active
 from shardmq.broker.storage import ConfirmTarget, MemoryStore, MessageStore
 from shardmq.message import Message
 from shardmq.store.queue_store import RawCodec
@@ -75,6 +78,9 @@ class QueueConsumer(Protocol):
     @property
     def channel(self) -> DeliveryTarget[Self]: ...
 
+    @property
+    def priority(self) -> int: ...
+
     def ready(self) -> bool: ...
 
 
@@ -89,6 +95,7 @@ class Consumer:
         "prefetch",
         "unacked",
         "arguments",
+        "priority",
     )
 
     def __init__(
@@ -101,6 +108,7 @@ class Consumer:
         exclusive: bool,
         prefetch: int,
         arguments: dict[str, Any],
+        priority: int = 0,
     ) -> None:
         self.tag = tag
         self.ctag = ctag
@@ -111,6 +119,7 @@ class Consumer:
         self.prefetch = prefetch
         self.unacked = 0
         self.arguments = arguments
+        self.priority = priority  # x-priority (consumer_order.py)
 
     def ready(self) -> bool:
         ch = self.channel
@@ -150,6 +159,7 @@ class Queue:
         "throttled",
         "release_at",
         "_dispatching",
+        "order",
     )
 
     def __init__(
@@ -182,6 +192,8 @@ class Queue:
         self.throttled: set[Throttleable] = set()
         self.release_at = 0
         self._dispatching = False
+        # single active consumer / consumer priorities; None: plain round robin
+        self.order: ConsumerOrder | None = None
 
     # ------------------------------------------------------------ messages
     def publish(self, msg: Message, conf: ConfirmTarget | None = None) -> None:
@@ -238,9 +250,11 @@ class Queue:
     def _next_consumer(self) -> QueueConsumer | None:
         cs = self.consumers
         n = len(cs)
-        if n == 1:
+        if n == 1:  # (whatever the order: the one consumer)
             c = cs[0]
             return c if c.ready() else None
+        if self.order is not None:
+            return self.order.next(cs)  # type: ignore[no-any-return]
         rr = self.rr
         for i in range(n):
             j = (rr + i) % n
@@ -297,10 +311,20 @@ class Queue:
         }
 
     # ------------------------------------------------------------ consumers
-    def add_consumer(self, c: QueueConsumer) -> None:
+    def add_consumer(self, c: QueueConsumer, dispatch: bool = True) -> None:
         self.consumers.append(c)
         self.had_consumers = True
-        self.dispatch()
+        if self.order is not None or c.priority or single_active(self.arguments):
+            self._reorder()
+        if dispatch:
+            self.dispatch()
+
+    def _reorder(self) -> None:
+        """The consumer list changed on a queue with a single active consumer or
+        consumer priorities (``consumer_order.py``)."""
+        if self.order is None:
+            self.order = ConsumerOrder(single_active(self.arguments))
+        self.order.rebuild(self.consumers)
 
     def remove_consumer(self, c: QueueConsumer) -> bool:
         """Returns True when the queue should now be auto-deleted."""
@@ -310,6 +334,8 @@ class Queue:
             return False
         if self.rr >= len(self.consumers):
             self.rr = 0
+        if self.order is not None:
+            self.order.rebuild(self.consumers)
         return self.auto_delete and not self.consumers and self.had_consumers
 
     def exclusive_consumer(self) -> bool:

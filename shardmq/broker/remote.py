@@ -27,6 +27,12 @@ REMOTE_WINDOW = 4096
 # once more per burst. Smaller than the window, so the owner never waits for it (when
 # its credit runs out, the whole window is owed, which is more than this).
 REMOTE_CREDIT_CHUNK = REMOTE_WINDOW // 8
+# The same window in bytes: the owner stops delivering to such a consumer once this much
+# is in flight uncredited (a socket that does not drain holds no more than this), and
+# the consumer's worker returns its credit once it owes REMOTE_BYTES_CHUNK, whatever the
+# count, so a stopped owner always gets credit back when the socket drains.
+REMOTE_INFLIGHT_BYTES = 8 * 1024 * 1024
+REMOTE_BYTES_CHUNK = REMOTE_INFLIGHT_BYTES // 8
 
 
 class Settler(Protocol):
