@@ -13,8 +13,9 @@ headless or in the web UI:
   message, response time = end-to-end latency (send time carried in the body).
 - ``RpcCallerUser``  request/reply through the RPC queue with a private reply queue; one
   request ``rpc`` per call, response time = round trip; no reply in time = failure.
-- ``RpcServerUser``  (exactly one, ``fixed_count``) answers the RPC calls; reports
-  ``rpc-serve`` requests.
+- ``RpcServerUser``  (exactly one, ``fixed_count``) answers the RPC calls; one request
+  ``rpc-serve`` per call, response time = its handling (reply published, request acked),
+  not the wait for the next request.
 
 Options (after the usual locust ones): ``--amqp-prefix`` (queue names), ``--message-size``,
 ``--publish-rate`` and ``--rpc-rate`` (per user, per second), ``--rpc-timeout``.
@@ -221,11 +222,17 @@ class RpcServerUser(AmqpUser):
 
     @task
     def serve(self) -> None:
-        t0 = time.perf_counter()
+        """One request answered; its time is the handling only (reply published and
+        request acked), not the wait for the request to arrive."""
         try:
             method, props, body = next(self.requests)
-            if method is None:
-                return
+        except Exception as exc:  # the connection failed while waiting: no handling time
+            self.report("rpc-serve", time.perf_counter(), 0, exc)
+            return
+        if method is None:
+            return  # idle second: no request, not a failure
+        t0 = time.perf_counter()
+        try:
             self.ch.basic_publish(
                 "",
                 props.reply_to,

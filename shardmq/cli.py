@@ -1,12 +1,14 @@
-"""Command line: ``shardmq serve``, ``shardmq ctl ...``, ``shardmq bench``.
+"""Command line: ``shardmq serve``, ``shardmq ctl ...``, ``shardmq systemd-unit``,
+``shardmq bench``.
 
 Owns: argument parsing and turning flags into a validated ``Config``; it delegates the
-process work to ``workers`` and the load generator to ``loadtest``.
+process work to ``workers``, the unit's text to ``shardmq.systemd_unit`` and the load
+generator to ``loadtest``.
 
 Invariants: ``shardmq serve`` exits with the broker's ``workers.exitcodes.ExitCode``
 (a start-up error, e.g. the port or the data dir in use, is one log line and its own
-code, never a traceback); every error reported here (bad config, no broker found)
-exits ``ExitCode.FAILED``.
+code, never a traceback); every error reported here (bad config, no broker found, a
+unit that cannot work) is one line and exits ``ExitCode.FAILED``.
 """
 
 from __future__ import annotations
@@ -104,19 +106,94 @@ for _command in ctl_commands.COMMANDS:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--data-dir", default=None, help="The broker's data directory.")
 @click.option("--json", "as_json_flag", is_flag=True, help="Machine-readable output.")
-def status(config_path: str | None, data_dir: str | None, as_json_flag: bool) -> None:
+@click.pass_context
+def status(
+    ctx: click.Context, config_path: str | None, data_dir: str | None, as_json_flag: bool
+) -> None:
     """Workers, their connections and the queues each one owns."""
-    from workers.status import as_json, as_table, read_broker_status
+    from workers.status import as_json, as_table, not_found_message, read_broker_status
 
+    group = ctx.find_object(dict) or {}  # --config / --data-dir given to ctl itself
     try:
-        config = load_config(config_path, data_dir=data_dir)
+        config = load_config(
+            config_path or group.get("config"), data_dir=data_dir or group.get("data_dir")
+        )
     except ConfigError as exc:
         fail(str(exc))
     where = config.server.data_dir
     current = read_broker_status(where)
     if not current.found:
-        fail(f"no running broker found on data dir {where}")
+        fail(not_found_message(where))
     click.echo(as_json(current) if as_json_flag else as_table(current))
+
+
+@cli.command("systemd-unit")
+@click.option(
+    "--exec",
+    "command",
+    default=None,
+    help="Command that runs shardmq [default: the shardmq script beside this "
+    "interpreter, else this interpreter with -m shardmq].",
+)
+@click.option("--user", default="shardmq", show_default=True, help="User= (and Group=).")
+@click.option("--group", default=None, help="Group= [default: the user's name].")
+@click.option(
+    "--data-dir",
+    default="/var/lib/shardmq",
+    show_default=True,
+    help="The broker's data directory (absolute).",
+)
+@click.option("--config", "config_path", default=None, help="serve --config FILE (absolute).")
+@click.option("--watchdog-sec", type=int, default=30, show_default=True, help="WatchdogSec=.")
+@click.option("--low-port", is_flag=True, help="Listens below 1024: keeps CAP_NET_BIND_SERVICE.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to FILE."
+)
+def systemd_unit(
+    command: str | None,
+    user: str,
+    group: str | None,
+    data_dir: str,
+    config_path: str | None,
+    watchdog_sec: int,
+    low_port: bool,
+    output: str | None,
+) -> None:
+    """Print a systemd unit (Type=notify, watchdog, sandboxed) for this installation."""
+    from shardmq.systemd_unit import (
+        UnitError,
+        UnitSpec,
+        default_exec,
+        default_pythonpath,
+        parse_exec,
+        render,
+        warnings,
+    )
+
+    try:
+        spec = UnitSpec(
+            exec_argv=parse_exec(command) if command else default_exec(),
+            user=user,
+            group=group,
+            data_dir=data_dir,
+            config=config_path,
+            watchdog_sec=watchdog_sec,
+            low_port=low_port,
+            pythonpath=[] if command else default_pythonpath(),
+        )
+        text = render(spec)
+    except UnitError as exc:
+        fail(str(exc))
+    for warning in warnings(spec):
+        click.echo(f"warning: {warning}", err=True)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output, "w") as f:
+            f.write(text)
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror}")
 
 
 @cli.command(

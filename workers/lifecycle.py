@@ -15,8 +15,8 @@ Owns, each step once:
 - ``serve_broker``: the order of a broker's life around ``shardmq.net.server.serve``
   (the listener and the connections): definitions and durable queues recovered and the
   disk alarm started (``Broker.load_definitions``, ``Broker.start_storage``), the status
-  file (``workers.status.StatusWriter``) and the memory alarm started, then serve until
-  ``stop``; after the connections are closed, the status file and memory alarm stopped
+  socket (``workers.status.StatusWriter``) and the memory alarm started, then serve until
+  ``stop``; after the connections are closed, the status socket and memory alarm stopped
   and the stores flushed and closed (``Broker.close_storage``).
 
 What differs between the two paths stays with them: the supervisor of one process tells
@@ -27,7 +27,7 @@ Invariants:
 - A client never finds the broker listening before every durable queue is recovered.
 - The stores are closed (last flush and fsync) only after every connection is closed
   or aborted, so no delivery is written after its queue's store closed; a clean stop
-  removes the worker's status file.
+  removes the worker's status socket.
 - SIGTERM and SIGINT are handled from before recovery on: a stop asked during start-up
   is a clean stop (exit 0), never a kill.
 """

@@ -2,35 +2,45 @@
 the one way to read them.
 
 Owns:
-- the status files: ``StatusWriter`` (each worker, and the one-process broker, rewrites
-  ``data_dir/status/worker-<slot>.json`` every ``interval`` seconds: its pid,
-  connections, and the queues it owns with their counts) and ``read_reports``;
+- the status sockets: ``StatusWriter`` (each worker, and the one-process broker,
+  listens on ``data_dir/status/worker-<slot>.sock`` and answers every connection with
+  a report made at that moment: its pid, connections, and the queues it owns with
+  RabbitMQ's counts ``messages`` = ``messages_ready`` + ``messages_unacknowledged``,
+  ``consumers``, and a durable queue's store detail) and ``read_reports``, which asks
+  every worker at once;
 - the workers' shared-memory control block, read-only (``read_workers``: pid,
   incarnation, readiness, heartbeat, connections and hand-offs per slot; N>1 only);
 - ``read_broker_status(data_dir)``, which reads both (the one reading path of ``ctl
-  status``), and its two renderings, ``as_table`` and ``as_json``.
+  status``), and its two renderings, ``as_table`` and ``as_json``;
+- ``running_brokers`` and ``not_found_message``: where the brokers running on this
+  machine keep their data (their command lines), for the error of a ctl that found none.
 
-Invariants: a status file is replaced atomically (write to a temporary name, then
-rename), so a reader sees a whole snapshot or the previous one; a worker's file is
-removed when it stops cleanly, and a file whose process is gone is ignored. Writing
-costs one pass over the worker's own queues per interval, never anything per message.
+Invariants: a report is made when asked, so ``ctl status`` shows the state at the
+moment it runs (a connection closed before it ran is not counted); nothing is written
+periodically and nothing costs anything per message (a report walks the worker's
+queues and its unacked deliveries once). A worker's socket is removed when it stops
+cleanly; a socket left by a process that died refuses connections and is ignored, and
+a worker that does not answer within ``REQUEST_TIMEOUT`` is listed as not answering.
 Reading writes nothing and never attaches to the control block of a dead supervisor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import shlex
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 import posix_ipc
 
-from shardmq.broker.broker import Broker
-from shardmq.broker.queue import Queue
+from shardmq.broker.queue import DurableQueue, Queue
 from shardmq.ipc.control import (
     F_ACCEPTED,
     F_CONNS,
@@ -42,9 +52,17 @@ from shardmq.ipc.control import (
 )
 from shardmq.ipc.mesh import INSTANCE_FILE, _read_instance_file
 
+if TYPE_CHECKING:
+    from shardmq.broker.broker import Broker
+
 log = logging.getLogger("shardmq.status")
 
 STATUS_DIR = "status"
+REQUEST_TIMEOUT = 3.0  # seconds a worker has to answer ctl
+SEND_TIMEOUT = 10.0  # seconds a worker spends at most writing one report
+# counts shown as columns, so not repeated from a store's stats()
+_COLUMNS = frozenset({"messages", "unacked", "consumers"})
+_SUN_PATH_MAX = 107  # bytes of a unix socket path (sun_path less its NUL)
 
 
 class QueueStatus(msgspec.Struct, kw_only=True):
@@ -53,16 +71,18 @@ class QueueStatus(msgspec.Struct, kw_only=True):
     durable: bool
     exclusive: bool
     auto_delete: bool
-    messages: int  # ready
+    messages: int  # ready + unacknowledged, as RabbitMQ's ``messages``
+    messages_ready: int
+    messages_unacknowledged: int  # delivered (to consumers or basic.get), not yet acked
     consumers: int
-    # durable queues: what the disk store reports (messages on disk, in memory, ...)
+    # a durable queue's disk store: ready in memory / on disk only, bytes, segments
     store: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class WorkerReport(msgspec.Struct, kw_only=True):
     slot: int
     pid: int
-    written_at: float
+    written_at: float  # when the report was made (at the request)
     connections: int
     queues: list[QueueStatus]
 
@@ -71,19 +91,41 @@ def status_dir(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / STATUS_DIR
 
 
+def socket_path(data_dir: str | os.PathLike[str], slot: int) -> Path:
+    return status_dir(data_dir) / f"worker-{slot}.sock"
+
+
+def _unacked_by_queue(broker: Broker) -> dict[int, int]:
+    """Unacked deliveries per queue (by ``id``): this worker's channels' (to consumers
+    and basic.get, of any worker's queue) and, of this worker's queues, those held by
+    consumers and basic.gets on other workers."""
+    counts: dict[int, int] = {}
+    for conn in broker.connections:
+        for ch in conn.channels.values():
+            for entry in ch.unacked.values():
+                key = id(entry[1])
+                counts[key] = counts.get(key, 0) + 1
+    if broker.shards is not None:
+        for _proxy, q, _msg in broker.shards.owner.held.values():
+            counts[id(q)] = counts.get(id(q), 0) + 1
+    return counts
+
+
 def report(broker: Broker) -> WorkerReport:
+    unacked = _unacked_by_queue(broker)
     queues: list[QueueStatus] = []
     for vh in broker.vhosts.values():
         for q in vh.queues.values():
             if not isinstance(q, Queue):
                 continue  # owned by another worker, which reports it
-            stats = getattr(q, "stats", None)
             store: dict[str, int] = {}
-            if callable(stats):
+            if isinstance(q, DurableQueue):
                 try:
-                    store = {k: int(v) for k, v in stats().items()}
+                    store = {k: int(v) for k, v in q.stats().items() if k not in _COLUMNS}
                 except Exception:  # a status page must never take the worker down
                     log.exception("queue stats failed")
+            ready = q.message_count
+            held = unacked.get(id(q), 0)
             queues.append(
                 QueueStatus(
                     vhost=vh.name,
@@ -91,7 +133,9 @@ def report(broker: Broker) -> WorkerReport:
                     durable=q.durable,
                     exclusive=q.exclusive,
                     auto_delete=q.auto_delete,
-                    messages=q.message_count,
+                    messages=ready + held,
+                    messages_ready=ready,
+                    messages_unacknowledged=held,
                     consumers=len(q.consumers),
                     store=store,
                 )
@@ -105,63 +149,149 @@ def report(broker: Broker) -> WorkerReport:
     )
 
 
+@contextlib.contextmanager
+def _addressable(path: Path) -> Iterator[str]:
+    """``path`` as a unix socket address: itself, or when longer than sun_path allows,
+    the same file reached through an O_PATH descriptor of its directory."""
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
 class StatusWriter:
-    def __init__(self, broker: Broker, data_dir: str, interval: float = 1.0) -> None:
+    """Writes this process's report to whoever asks: listens on
+    ``data_dir/status/worker-<slot>.sock`` from ``start`` to ``stop`` and answers each
+    connection with ``report(broker)`` made then, and closes it."""
+
+    def __init__(self, broker: Broker, data_dir: str) -> None:
         self.broker = broker
-        self.dir = status_dir(data_dir)
-        self.path = self.dir / f"worker-{broker.slot}.json"
-        self.interval = interval
-        self._handle: asyncio.TimerHandle | None = None
+        self.path = socket_path(data_dir, broker.slot)
+        self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._answers: set[asyncio.Task[None]] = set()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._tick()
-
-    def write(self) -> None:
-        data = msgspec.json.encode(report(self.broker))
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         try:
-            tmp.write_bytes(data)
-            os.replace(tmp, self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()  # left by a process of this slot that died
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                with _addressable(self.path) as addr:
+                    sock.bind(addr)
+                sock.listen(16)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
         except OSError as exc:
-            log.warning("cannot write %s: %s", self.path, exc)
+            log.warning("no status for shardmq ctl: cannot listen on %s: %s", self.path, exc)
+            return
+        self._sock = sock
+        loop.add_reader(sock.fileno(), self._accept)
 
-    def _tick(self) -> None:
-        self.write()
+    def _accept(self) -> None:
+        assert self._sock is not None and self._loop is not None
+        try:
+            conn, _ = self._sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("status socket: %s", exc)
+            return
+        conn.setblocking(False)
+        task = self._loop.create_task(self._answer(conn))
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
+
+    async def _answer(self, conn: socket.socket) -> None:
         assert self._loop is not None
-        self._handle = self._loop.call_later(self.interval, self._tick)
+        try:
+            data = msgspec.json.encode(report(self.broker))
+            await asyncio.wait_for(self._loop.sock_sendall(conn, data), SEND_TIMEOUT)
+        except (TimeoutError, OSError):
+            pass  # the reader went away or does not read: its loss
+        except Exception:  # a status page must never take the worker down
+            log.exception("status report failed")
+        finally:
+            conn.close()
 
     def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        try:
+        if self._sock is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._sock = None
+        for task in list(self._answers):
+            task.cancel()
+        with contextlib.suppress(OSError):
             self.path.unlink()
-        except OSError:
-            pass
 
 
-def read_reports(data_dir: str) -> list[WorkerReport]:
-    """The reports of the workers of the broker on ``data_dir`` whose process lives."""
-    out: list[WorkerReport] = []
-    d = status_dir(data_dir)
-    if not d.is_dir():
-        return out
-    for path in sorted(d.glob("worker-*.json")):
-        try:
-            rep = msgspec.json.decode(path.read_bytes(), type=WorkerReport)
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-            continue
-        try:
-            os.kill(rep.pid, 0)
-        except ProcessLookupError:
-            continue  # left by a process that died
-        except PermissionError:
-            pass
-        out.append(rep)
-    return sorted(out, key=lambda r: r.slot)
+async def _ask(path: Path, timeout: float) -> bytes | bool:
+    """The report behind ``path``; False when nobody listens there (a socket left by a
+    process that died refuses), True when one accepted but did not answer within
+    ``timeout`` (stopped, or its loop stuck)."""
+    try:
+        with _addressable(path) as addr:
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(addr), timeout)
+    except (TimeoutError, OSError):
+        return False
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    except (TimeoutError, OSError):
+        return True
+    finally:
+        writer.close()
+
+
+class _Answers(NamedTuple):
+    reports: list[WorkerReport]
+    silent: list[int]  # slots whose socket accepts but that did not answer
+
+
+def _slot_of(path: Path) -> int:
+    try:
+        return int(path.stem.rpartition("-")[2])
+    except ValueError:
+        return -1
+
+
+def _ask_all(data_dir: str, timeout: float) -> _Answers:
+    """Every worker's report, asked at once (not from inside a running event loop)."""
+    paths = sorted(status_dir(data_dir).glob("worker-*.sock"), key=_slot_of)
+    if not paths:
+        return _Answers([], [])
+
+    async def ask_all() -> list[bytes | bool]:
+        return await asyncio.gather(*(_ask(p, timeout) for p in paths))
+
+    reports: list[WorkerReport] = []
+    silent: list[int] = []
+    for path, answer in zip(paths, asyncio.run(ask_all()), strict=True):
+        if answer is False:
+            continue  # stale
+        rep: WorkerReport | None = None
+        if not isinstance(answer, bool):
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                rep = msgspec.json.decode(answer, type=WorkerReport)
+        if rep is None:
+            silent.append(_slot_of(path))
+        else:
+            reports.append(rep)
+    return _Answers(sorted(reports, key=lambda r: r.slot), silent)
+
+
+def read_reports(data_dir: str, timeout: float = REQUEST_TIMEOUT) -> list[WorkerReport]:
+    """The reports of the live workers of the broker on ``data_dir``, made now."""
+    return _ask_all(data_dir, timeout).reports
 
 
 # ---------------------------------------------------------------------- control block
@@ -213,25 +343,42 @@ def read_workers(data_dir: str) -> list[WorkerStatus] | None:
 class BrokerStatus(msgspec.Struct, kw_only=True):
     workers: list[WorkerStatus] | None  # None: no supervisor (none, or --workers 1)
     reports: list[WorkerReport]
+    silent: list[int] = msgspec.field(default_factory=list)  # slots that did not answer
 
     @property
     def found(self) -> bool:
-        return bool(self.reports or self.workers)
+        return bool(self.reports or self.workers or self.silent)
 
 
-def read_broker_status(data_dir: str) -> BrokerStatus:
-    """What the broker on ``data_dir`` reports (``found`` false when none runs)."""
-    return BrokerStatus(workers=read_workers(data_dir), reports=read_reports(data_dir))
+def read_broker_status(data_dir: str, timeout: float = REQUEST_TIMEOUT) -> BrokerStatus:
+    """What the broker on ``data_dir`` reports now (``found`` false when none runs). A
+    worker's ``connections`` is its report's (current), not its last heartbeat's."""
+    workers = read_workers(data_dir)
+    answers = _ask_all(data_dir, timeout)
+    if workers is not None:
+        now = {r.slot: r.connections for r in answers.reports}
+        workers = [w._replace(connections=now.get(w.slot, w.connections)) for w in workers]
+    return BrokerStatus(workers=workers, reports=answers.reports, silent=answers.silent)
 
 
 def as_json(status: BrokerStatus) -> str:
     return msgspec.json.encode(
-        {"workers": [w._asdict() for w in status.workers or []], "reports": status.reports}
+        {
+            "workers": [w._asdict() for w in status.workers or []],
+            "reports": status.reports,
+            "silent": status.silent,
+        }
     ).decode()
 
 
+def _flags(q: QueueStatus) -> str:
+    return "".join(
+        f for f, on in (("D", q.durable), ("E", q.exclusive), ("A", q.auto_delete)) if on
+    )
+
+
 def as_table(status: BrokerStatus) -> str:
-    """Human-readable: one block per worker, then its queues."""
+    """Human-readable: one block per worker, then its queues (RabbitMQ's column names)."""
     lines: list[str] = []
     reports = status.reports
     by_slot = {w.slot: w for w in status.workers or []}
@@ -245,15 +392,107 @@ def as_table(status: BrokerStatus) -> str:
             f"{len(rep.queues)} queue(s)"
         )
         for q in sorted(rep.queues, key=lambda q: (q.vhost, q.name)):
-            flags = "".join(
-                f for f, on in (("D", q.durable), ("E", q.exclusive), ("A", q.auto_delete)) if on
-            )
             store = " ".join(f"{k}={v}" for k, v in sorted(q.store.items()))
             lines.append(
-                f"  {q.vhost:<8} {q.name:<40} {flags:<3} ready={q.messages} "
+                f"  {q.vhost:<8} {q.name:<40} {_flags(q):<3} messages={q.messages} "
+                f"messages_ready={q.messages_ready} "
+                f"messages_unacknowledged={q.messages_unacknowledged} "
                 f"consumers={q.consumers}{(' ' + store) if store else ''}"
             )
-    for slot, w in sorted(by_slot.items()):
-        if slot not in {r.slot for r in reports}:
-            lines.append(f"worker {slot}: pid {w.pid} (no report yet)")
+    answered = {r.slot for r in reports}
+    for slot in sorted(set(by_slot) | set(status.silent)):
+        if slot in answered:
+            continue
+        w = by_slot.get(slot)
+        pid = f"pid {w.pid} " if w is not None else ""
+        why = "not answering" if slot in status.silent else "no report yet"
+        lines.append(f"worker {slot}: {pid}({why})")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- not found
+class RunningBroker(NamedTuple):
+    pid: int
+    data_dir: str  # absolute when it could be resolved
+    args: str  # its command line
+
+
+def _serve_args(argv: list[str]) -> list[str] | None:
+    """The arguments after ``shardmq serve`` / ``-m workers.supervisor`` in ``argv``, or
+    None when it is not a broker's command line."""
+    for i, arg in enumerate(argv):
+        base = os.path.basename(arg)
+        if base == "workers.supervisor":
+            return argv[i + 1 :]
+        if base == "shardmq" and argv[i + 1 : i + 2] == ["serve"]:
+            return argv[i + 2 :]
+    return None
+
+
+def _option(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1 :]
+    return None
+
+
+def running_brokers(proc: str = "/proc") -> list[RunningBroker]:
+    """The brokers running on this machine (``shardmq serve`` or ``python -m
+    workers.supervisor`` command lines) and the data dir each was given: ``--data-dir``,
+    else its ``--config`` file's, else the default, relative to its working directory."""
+    from shardmq.config import ConfigError, load_config
+
+    found: list[RunningBroker] = []
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(os.path.join(entry.path, "cmdline"), "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+        except OSError:
+            continue
+        args = _serve_args(argv)
+        if args is None:
+            continue
+        try:
+            cwd = os.readlink(os.path.join(entry.path, "cwd"))
+        except OSError:
+            cwd = ""
+        data_dir = _option(args, "--data-dir")
+        if data_dir is None:
+            config = _option(args, "--config")
+            try:
+                path = os.path.join(cwd, config) if config and cwd else config
+                data_dir = load_config(path).server.data_dir
+            except (ConfigError, OSError):
+                data_dir = f"(the data_dir of {config})"
+        if cwd and not data_dir.startswith("("):
+            data_dir = os.path.normpath(os.path.join(cwd, data_dir))
+        found.append(RunningBroker(int(entry.name), data_dir, shlex.join(argv)))
+    return sorted(found)
+
+
+def not_found_message(data_dir: str, brokers: list[RunningBroker] | None = None) -> str:
+    """One line: no broker answers on ``data_dir``, and where the running ones are."""
+    if brokers is None:
+        brokers = running_brokers()
+    where = os.path.abspath(data_dir)
+    if brokers:
+        dirs = sorted({b.data_dir for b in brokers if b.data_dir != where})
+        pids = ", ".join(str(b.pid) for b in brokers)
+        if dirs:
+            return (
+                f"no running broker found on data dir {where}; the running broker(s) "
+                f"(pid {pids}) use --data-dir {' or '.join(dirs)}: pass that as --data-dir"
+            )
+        return (
+            f"no broker answers on data dir {where} although pid {pids} serves it "
+            "(still starting, or run ctl as the user the broker runs as)"
+        )
+    return (
+        f"no running broker found on data dir {where} and no shardmq serve process on "
+        "this machine; pass the --data-dir of the running broker (its command line: "
+        "pgrep -af 'shardmq serve', or ExecStart in: systemctl cat shardmq)"
+    )
