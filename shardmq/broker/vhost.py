@@ -49,6 +49,7 @@ from shardmq.broker import chash
 from shardmq.broker.exchange import Exchange, effective_alternate
 from shardmq.broker.policies import Policy, PolicySet
 from shardmq.broker.qargs import parse_queue_args
+from shardmq.broker.qtype import check_queue_type
 from shardmq.broker.queue import Queue
 from shardmq.broker.routing import DELAYED_TYPE, EXCHANGE_TYPES, rabbit_type_name
 from shardmq.message import Message
@@ -329,6 +330,14 @@ class VHost:
         elif name.startswith("amq.") and not server_named:
             raise SoftError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
         parse_queue_args(arguments, name, self.name)  # 406 for an invalid x- argument
+        check_queue_type(
+            arguments,
+            name,
+            self.name,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+        )
         q = self.queues.get(name)
         if q is not None:
             self.check_exclusive(q, requester)
