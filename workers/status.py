@@ -61,7 +61,7 @@ STATUS_DIR = "status"
 REQUEST_TIMEOUT = 3.0  # seconds a worker has to answer ctl
 SEND_TIMEOUT = 10.0  # seconds a worker spends at most writing one report
 # counts shown as columns, so not repeated from a store's stats()
-_COLUMNS = frozenset({"messages", "unacked", "consumers"})
+_COLUMNS = frozenset({"messages", "unacked", "consumers", "expired", "dead_lettered", "dropped"})
 _SUN_PATH_MAX = 107  # bytes of a unix socket path (sun_path less its NUL)
 
 
@@ -75,6 +75,11 @@ class QueueStatus(msgspec.Struct, kw_only=True):
     messages_ready: int
     messages_unacknowledged: int  # delivered (to consumers or basic.get), not yet acked
     consumers: int
+    # messages that left by TTL, were dead-lettered, were dropped by a length limit
+    expired: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+    policy: str = ""  # the policy that applies ("" none)
     # a durable queue's disk store: ready in memory / on disk only, bytes, segments
     store: dict[str, int] = msgspec.field(default_factory=dict)
 
@@ -137,7 +142,9 @@ def report(broker: Broker) -> WorkerReport:
                     messages_ready=ready,
                     messages_unacknowledged=held,
                     consumers=len(q.consumers),
+                    policy=q.policy.name if q.policy is not None else "",
                     store=store,
+                    **q.counters(),
                 )
             )
     return WorkerReport(
@@ -393,6 +400,15 @@ def as_table(status: BrokerStatus) -> str:
         )
         for q in sorted(rep.queues, key=lambda q: (q.vhost, q.name)):
             store = " ".join(f"{k}={v}" for k, v in sorted(q.store.items()))
+            gone = " ".join(
+                f"{k}={getattr(q, k)}"
+                for k in ("expired", "dead_lettered", "dropped")
+                if getattr(q, k)
+            )
+            if q.policy:
+                gone = f"policy={q.policy} {gone}".rstrip()
+            if gone:
+                store = f"{gone} {store}".rstrip()
             lines.append(
                 f"  {q.vhost:<8} {q.name:<40} {_flags(q):<3} messages={q.messages} "
                 f"messages_ready={q.messages_ready} "

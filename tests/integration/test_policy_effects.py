@@ -4,6 +4,7 @@ precedence against queue arguments."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -59,6 +60,10 @@ def test_max_length_policy_applies_to_new_and_existing_queues(
         eventually(lambda: count(ch, existing) == 2)
         got = ch.basic_get(existing, auto_ack=True)
         assert got[2] == b"3"
+        if not broker.external:  # ctl status: the policy that applies, the drops
+            status = json.loads(ok(broker, "status", "--json"))
+            row = next(q for r in status["reports"] for q in r["queues"] if q["name"] == existing)
+            assert row["policy"] == f"{policy}-a" and row["dropped"] == 3
         new = f"{policy}.new"
         ch.queue_declare(new, auto_delete=False)
         for i in range(5):
