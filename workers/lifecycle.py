@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
     from shardmq.config import Config
+    from shardmq.net.tls import TLSServer
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 T = TypeVar("T")
@@ -141,6 +142,16 @@ class MemoryWatch:
 
 
 # ---------------------------------------------------------------------- the broker's life
+def unreachable_listener() -> socket.socket:
+    """A listener nobody can reach (an autobound abstract Unix socket), for a process
+    whose plain AMQP listener is off or whose clients are handed off."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind("")
+    sock.listen(1)
+    sock.setblocking(False)
+    return sock
+
+
 async def serve_broker(
     config: Config,
     broker: Broker,
@@ -150,6 +161,8 @@ async def serve_broker(
     stop: asyncio.Event | None = None,
     wrap_factory: Callable[[ProtocolFactory], ProtocolFactory] | None = None,
     admin: bool = False,
+    tls: TLSServer | None = None,
+    tls_sock: socket.socket | None = None,
 ) -> None:
     """Recover ``broker``'s storage, serve AMQP on ``sock`` (or ``server.host:port``)
     until SIGTERM/SIGINT or ``stop``, then close the connections and the storage.
@@ -157,7 +170,9 @@ async def serve_broker(
     ``ready(addresses)`` is called once the listener accepts; ``wrap_factory`` receives
     the protocol factory and returns the one the listener uses (a worker keeps it to
     serve handed-off sockets and to count connections). ``admin``: this process orders
-    metadata changes (one worker), so it serves the control socket (``workers.admin``)."""
+    metadata changes (one worker), so it serves the control socket (``workers.admin``).
+    ``tls`` and ``tls_sock``: the AMQPS listener (``shardmq.net.tls``), served beside
+    ``sock``."""
     from shardmq.broker.broker import LocalSequencer
     from shardmq.net.server import serve
     from workers.status import StatusWriter
@@ -179,7 +194,16 @@ async def serve_broker(
 
             control = AdminServer(config.server.data_dir, broker.sequencer)
             await control.start()
-        await serve(config, broker, sock=sock, ready=ready, stop=stop, wrap_factory=wrap_factory)
+        await serve(
+            config,
+            broker,
+            sock=sock,
+            ready=ready,
+            stop=stop,
+            wrap_factory=wrap_factory,
+            tls=tls,
+            tls_sock=tls_sock,
+        )
     finally:
         if control is not None:
             await control.stop()
