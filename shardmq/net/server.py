@@ -1,4 +1,5 @@
-"""The only code that touches sockets: the asyncio protocol and the listener.
+"""The only code that touches client sockets (with ``shardmq.net.tls`` for AMQPS): the
+asyncio protocol and the listener.
 
 Owns: ``AMQPProtocol`` (one per TCP connection), ``IOHub`` (writes every dirty
 connection once per loop turn, runs heartbeat and handshake timers) and ``serve`` (the

@@ -182,8 +182,8 @@ def _reason(exc: BaseException) -> str:
         return f"certificate refused: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         return str(exc.reason or exc).lower().replace("_", " ")
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        return "timed out"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) or "taking longer" in str(exc):
+        return "timed out (amqp.handshake_timeout)"
     if isinstance(exc, (ConnectionError, EOFError)):
         return "the client closed the connection"
     return f"{type(exc).__name__}: {exc}"

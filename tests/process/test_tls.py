@@ -344,6 +344,22 @@ def test_bad_input_on_both_ports(serve: ServeFactory, pki: PKI, mode: tuple[int,
     assert_healthy_with_cert(broker, pids)
 
 
+def test_silent_client_times_out(serve: ServeFactory, pki: PKI) -> None:
+    workers, acceptor = 1, "reuseport"
+    tls_port = free_port()
+    config = {
+        "tls": {"port": tls_port, "certfile": str(pki.server.cert), "keyfile": str(pki.server.key)},
+        "amqp": {"handshake_timeout": 1.0},
+        "supervisor": {"acceptor": acceptor},
+    }
+    served = serve(workers, config=config)
+    served.wait_ready()
+    with socket.create_connection(("127.0.0.1", tls_port), timeout=30) as s:
+        assert s.recv(1) == b""  # closed by the broker, nothing sent
+    wait_for(lambda: "TLS handshake failed: timed out" in served.log(), 10, "logged", served.log)
+    assert served.proc.poll() is None and "Traceback" not in served.log()
+
+
 # ---------------------------------------------------------------------- listeners
 @pytest.mark.parametrize("mode", MODES)
 def test_plain_listener_off(serve: ServeFactory, pki: PKI, mode: tuple[int, str]) -> None:
