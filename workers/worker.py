@@ -45,7 +45,7 @@ import msgspec  # noqa: E402
 from shardmq.config import Config  # noqa: E402
 from shardmq.ipc.control import F_ACCEPTED, F_CONNS, ControlBlock  # noqa: E402
 from shardmq.ipc.mesh import Mesh  # noqa: E402
-from shardmq.net.tls import TLSServer  # noqa: E402
+from shardmq.net.tls import TLSConfigError, TLSServer  # noqa: E402
 from workers import channel  # noqa: E402
 from workers.exitcodes import ExitCode  # noqa: E402
 from workers.lifecycle import (  # noqa: E402
@@ -356,8 +356,6 @@ class Worker:
             # it one nobody can reach; adopted sockets use its protocol factory
             sock = unreachable_listener()
         tls_sock = socket.socket(fileno=self.tls_fd) if self.tls_fd is not None else None
-        if self.config.tls.enabled:
-            self.tls = TLSServer(self.config.tls, self.config.amqp.handshake_timeout)
         self._serving = self.config
         try:
             await serve_broker(
@@ -400,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker(args)
     setup_logging(worker.config.server.log_level, f"w{args.slot}")
+    if worker.config.tls.enabled:
+        # before SIGHUP is handled, so that every reload finds the context to replace
+        try:
+            worker.tls = TLSServer(worker.config.tls, worker.config.amqp.handshake_timeout)
+        except TLSConfigError as exc:  # the files changed since the supervisor checked
+            log.critical("worker %d cannot start: %s", args.slot, exc)
+            return ExitCode.TLS_CONFIG_INVALID
     cpu = cpu_for_slot(worker.settings.cpu_affinity, args.slot)
     if cpu is not None:
         try:

@@ -137,11 +137,10 @@ def start(
     served = serve(workers, config=config)
     broker = TLSBroker(served, tls_port, pki)
     if wait:
-        if (server or {}).get("tcp_listener", True):
-            served.wait_ready()
-        else:
-            wait_for(lambda: "shardmq ready" in served.log() or served.proc.poll(), 30, "ready")
-            assert served.proc.poll() is None, served.log()
+        # every worker ready (with hand-off the port answers once the first one is)
+        ready = f"shardmq ready: {workers} workers" if workers > 1 else "shardmq ready"
+        wait_for(lambda: ready in served.log() or served.proc.poll(), 30, "ready", served.log)
+        assert served.proc.poll() is None, served.log()
     return broker
 
 
