@@ -89,6 +89,8 @@ class BenchConfig:
     # amqps:// only: the CA file that signed the broker's certificate, or no check
     tls_ca: str = ""
     tls_insecure: bool = False
+    # queue features: x-message-ttl of the benchmark's queues in ms (-1 = none)
+    message_ttl: int = -1
 
     def normalized(self) -> BenchConfig:
         c = dataclasses.replace(self)
@@ -216,7 +218,8 @@ async def _declare(cfg: BenchConfig, topo: Topology) -> None:
         if topo.exchange:
             await c.exchange_declare(topo.exchange, topo.exchange_type, durable=cfg.durable)
         for q in topo.queues:
-            await c.queue_declare(q, durable=cfg.durable)
+            args = {"x-message-ttl": cfg.message_ttl} if cfg.message_ttl >= 0 else None
+            await c.queue_declare(q, durable=cfg.durable, arguments=args)
         for q, k in topo.bindings:
             await c.queue_bind(q, topo.exchange, k)
     finally:
@@ -843,6 +846,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--queue-worker",
         metavar="N/W",
         help="shardmq: queue names that worker N of a W-worker broker owns",
+    )
+    a(
+        "--message-ttl",
+        type=int,
+        metavar="MS",
+        help="declare the queues with x-message-ttl MS (default: none)",
     )
     a("--quiet", action="store_true", help="no live progress on stderr")
     a("--json", action="store_true", help="print the report as JSON")

@@ -18,7 +18,7 @@ from typing import Any
 from shardmq.adapter.amqp091 import AMQP091Connection
 from shardmq.amqp import methods as M
 from shardmq.amqp.codec import PROTOCOL_HEADER
-from shardmq.broker.broker import Broker
+from shardmq.broker.broker import Broker, LocalSequencer
 from shardmq.broker.connection import BrokerConnection
 from shardmq.config import load_config
 
@@ -58,12 +58,16 @@ class FakeIO:
 
     def __init__(self) -> None:
         self.reading = True
+        self.held = 0.0  # the last hold asked for (a delayed login refusal)
 
     def set_reading(self, active: bool) -> None:
         self.reading = active
 
     def tuned(self) -> None:
         pass
+
+    def hold(self, seconds: float) -> None:
+        self.held = seconds
 
 
 def new_connection(
@@ -84,6 +88,9 @@ class Client:
 
     def send(self, data: bytes) -> None:
         self.conn.feed(data)
+        seq = self.conn.broker.sequencer
+        if isinstance(seq, LocalSequencer) and seq.waiting:
+            seq.commit()  # what the end of the loop turn does: commit, then answer
         self.pump()
 
     def call(self, channel: int, m: M.Method) -> None:

@@ -54,21 +54,23 @@ def lean_client(client: Client) -> None:
     client.pump = pump  # type: ignore[method-assign]
 
 
-def one_run(pub_w: int, queue_w: int, con_w: int, n: int) -> float:
-    """CPU microseconds per message for ``n`` messages with that placement."""
+def one_run(pub_w: int, queue_w: int, con_w: int, n: int, ttl: int = -1) -> float:
+    """CPU microseconds per message for ``n`` messages with that placement (``ttl`` >=
+    0: the queue has that x-message-ttl)."""
     cl = MeshCluster(3)
     try:
-        return _measure(cl, pub_w, queue_w, con_w, n)
+        return _measure(cl, pub_w, queue_w, con_w, n, ttl)
     finally:
         cl.close()
 
 
-def _measure(cl: MeshCluster, pub_w: int, queue_w: int, con_w: int, n: int) -> float:
+def _measure(cl: MeshCluster, pub_w: int, queue_w: int, con_w: int, n: int, ttl: int) -> float:
     q = cl.queue_on(queue_w, "cost")
     pub, con = cl.connect(pub_w), cl.connect(con_w)
     pub.open_channel(1)
     con.open_channel(1)
-    pub.conn.feed(method_frame(1, M.QueueDeclare(queue=q)))
+    args = {"x-message-ttl": ttl} if ttl >= 0 else {}
+    pub.conn.feed(method_frame(1, M.QueueDeclare(queue=q, arguments=args)))
     cl.pump()
     con.conn.feed(method_frame(1, M.BasicConsume(queue=q, no_ack=True)))
     cl.pump()
@@ -100,9 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         "timing: repeatable on a busy machine; slow (about a minute)",
     )
     ap.add_argument("--only", choices=sorted(PLACEMENTS), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--message-ttl", type=int, default=-1, metavar="MS", help="queue with x-message-ttl MS"
+    )
     args = ap.parse_args(argv)
     if args.only:  # one run, for --instructions (the parent counts the instructions)
-        one_run(*PLACEMENTS[args.only], args.messages)
+        one_run(*PLACEMENTS[args.only], args.messages, args.message_ttl)
         return 0
     results: dict[str, float] = {}
     unit = "instr/msg" if args.instructions else "us/msg"
@@ -110,9 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.instructions:
             n = min(args.messages, 20_000)
             # the difference of two runs cancels start-up and imports
-            results[name] = (count_instructions(name, 2 * n) - count_instructions(name, n)) / n
+            ttl = args.message_ttl
+            results[name] = (
+                count_instructions(name, 2 * n, ttl) - count_instructions(name, n, ttl)
+            ) / n
         else:
-            runs = [one_run(p, q, c, args.messages) for _ in range(args.rounds)]
+            runs = [one_run(p, q, c, args.messages, args.message_ttl) for _ in range(args.rounds)]
             results[name] = statistics.median(runs)
     base = results[LOCAL]
     for name, v in results.items():
@@ -120,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def count_instructions(placement: str, n: int) -> int:
+def count_instructions(placement: str, n: int, ttl: int = -1) -> int:
     """Instructions executed by one ``--only`` run of ``n`` messages under callgrind."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (apt install valgrind)")
     cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
     cmd += ["-m", "loadtest.xshard_cost", "--only", placement, "--messages", str(n)]
+    if ttl >= 0:
+        cmd += ["--message-ttl", str(ttl)]
     root = Path(__file__).resolve().parents[1]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=root, check=True)
     found = re.search(r"Collected : (\d+)", res.stderr)

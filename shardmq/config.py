@@ -41,12 +41,60 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     log_level: str = "info"
     shutdown_timeout: Annotated[float, Meta(ge=0)] = 5.0
     memory_high_watermark: Annotated[float, Meta(gt=0, le=1.0)] = 0.4
+    # bytes (int) or a size with a unit ("512MiB", "2GB"); 0 = use the fraction above
+    memory_high_watermark_absolute: int | str = 0
+    # client connections the whole broker holds at once (0 = no limit)
+    max_connections: Annotated[int, Meta(ge=0)] = 0
+    # connections one address may hold before connection.open-ok, per worker (0 = no limit)
+    max_unauthenticated_per_address: Annotated[int, Meta(ge=0)] = 256
     # false: no plain AMQP listener, TLS only (RabbitMQ's ``listeners.tcp = none``)
     tcp_listener: bool = True
 
     def __post_init__(self) -> None:
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ValueError(f"unknown log_level {self.log_level!r}")
+        parse_size(self.memory_high_watermark_absolute)  # a bad value fails the load
+
+    @property
+    def memory_limit_absolute(self) -> int:
+        """``memory_high_watermark_absolute`` in bytes (0: not set)."""
+        return parse_size(self.memory_high_watermark_absolute)
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "k": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a string such as "512MiB", "2GB", "1073741824" (RabbitMQ's
+    units: kB/MB/GB are powers of 1000, KiB/MiB/GiB and K/M/G of 1024)."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"size {value} is negative")
+        return value
+    text = value.strip()
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ ")
+    unit = text[len(digits) :].strip().lower()
+    try:
+        number = float(digits)
+    except ValueError:
+        raise ValueError(f"size {value!r} is not a number with a unit (e.g. 512MiB)") from None
+    if unit not in _UNITS or number < 0:
+        raise ValueError(f"size {value!r}: unit must be one of B, kB, MB, GB, KiB, MiB, GiB")
+    return int(number * _UNITS[unit])
 
 
 class AMQPConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -55,6 +103,9 @@ class AMQPConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     heartbeat: Annotated[int, Meta(ge=0, le=65535)] = 60
     max_message_size: Annotated[int, Meta(ge=1, le=512 * 1024 * 1024)] = 128 * 1024 * 1024
     handshake_timeout: Annotated[float, Meta(gt=0)] = 10.0
+    # ms a delivery may stay unacked before its channel is closed (406), as RabbitMQ's
+    # consumer_timeout; 0 = never. A queue's x-consumer-timeout argument overrides it.
+    consumer_timeout: Annotated[int, Meta(ge=0)] = 1_800_000
 
 
 class UserConfig(Struct, forbid_unknown_fields=True, kw_only=True):

@@ -11,6 +11,10 @@ Invariants:
 - ``header`` / ``body`` / ``properties()`` are derived on demand, only for features
   that need them (headers exchange, persistence, TTL). Per-queue state (redelivered,
   delivery tags) never lives here.
+- ``ts`` is when the message entered a queue with a TTL (wall-clock ms; 0: never
+  stamped). Set once by the first such queue (the queues of one publish take it in the
+  same instant) and kept on disk with the message, so that a deadline (``ts`` + the
+  queue's or the message's TTL) is absolute and survives a restart.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ next_seq = itertools.count(1).__next__
 
 
 class Message:
-    __slots__ = ("exrk", "raw", "ch", "hsize", "fmax", "seq", "_props")
+    __slots__ = ("exrk", "raw", "ch", "hsize", "fmax", "seq", "ts", "_props")
 
     def __init__(
         self, exrk: bytes, raw: bytes, ch: int, hsize: int, fmax: int, seq: int = 0
@@ -39,6 +43,7 @@ class Message:
         self.hsize = hsize
         self.fmax = fmax
         self.seq = seq
+        self.ts = 0
         self._props: BasicProperties | None = None
 
     @classmethod

@@ -6,9 +6,12 @@ Owns, each step once:
   with its slot), the level a SIGHUP reload changes;
 - ``run_loop``: the event loop a process runs on (uvloop);
 - ``stop_on_signals``: SIGTERM and SIGINT set the process's ``stop`` event;
-- ``MemoryWatch`` (with ``rss_bytes`` and ``memory_limit``): the memory alarm, RSS
-  against ``server.memory_high_watermark`` of physical memory, every
-  ``MEMORY_CHECK_INTERVAL`` seconds;
+- ``MemoryWatch`` (with ``rss_bytes`` and ``memory_limit``): the broker-wide memory
+  alarm, every ``MEMORY_CHECK_INTERVAL`` seconds: each worker publishes its RSS in the
+  control block and compares the sum over the ready workers (the broker's RSS, less
+  the supervisor's) with the one broker budget, ``server.memory_high_watermark`` of
+  physical memory or ``server.memory_high_watermark_absolute``; any worker's growth
+  thus blocks publishers on every worker within one interval;
 - ``serve_broker``: the order of a broker's life around ``shardmq.net.server.serve``
   (the listener and the connections): definitions and durable queues recovered and the
   disk alarm started (``Broker.load_definitions``, ``Broker.start_storage``), the status
@@ -39,6 +42,8 @@ import socket
 import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from shardmq.ipc.control import F_RSS, ControlBlock
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
@@ -97,8 +102,12 @@ def rss_bytes() -> int:
         return 0
 
 
-def memory_limit(fraction: float) -> int:
-    """``fraction`` of the physical memory in bytes (0 where unknown: no alarm)."""
+def memory_limit(fraction: float, absolute: int = 0) -> int:
+    """The broker's memory budget in bytes: ``absolute`` when set (the server's
+    ``memory_high_watermark_absolute``), else ``fraction`` of the physical memory (0
+    where unknown: no alarm)."""
+    if absolute:
+        return absolute
     try:
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
@@ -106,29 +115,56 @@ def memory_limit(fraction: float) -> int:
     return int(total * fraction)
 
 
+def worker_control(broker: Broker) -> ControlBlock | None:
+    """The control block of a worker of N (None with one worker)."""
+    from shardmq.ipc.mesh import Mesh
+
+    link = broker.shards.link if broker.shards is not None else None
+    return link.control if isinstance(link, Mesh) else None
+
+
 class MemoryWatch:
-    """Sets the broker's memory alarm while this process's RSS is above ``limit`` bytes
-    (publishers blocked) and clears it once back under; checks every
+    """Sets the broker's memory alarm while the broker's RSS (every ready worker's,
+    summed through the control block; this process's alone with one worker) is above
+    ``limit`` bytes, and clears it once back under; checks every
     ``MEMORY_CHECK_INTERVAL`` seconds from ``start`` to ``stop``."""
 
-    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        loop: asyncio.AbstractEventLoop,
+        limit: int,
+        control: ControlBlock | None = None,
+    ) -> None:
         self.broker = broker
         self.loop = loop
         self.limit = limit
+        self.control = control  # several workers: where the others' RSS is
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         self.check()
 
+    def total(self, rss: int) -> int:
+        """The broker's RSS given this process's: the ready workers' sum."""
+        ctl = self.control
+        if ctl is None:
+            return rss
+        slot = self.broker.slot
+        ctl.put(slot, F_RSS, rss)
+        return ctl.total(F_RSS) + (0 if ctl.is_ready(slot) else rss)
+
     def check(self) -> None:
         rss = rss_bytes()
         limit = self.limit
         if rss and limit:
-            on = rss > limit
+            total = self.total(rss)
+            on = total > limit
             if on != self.broker.memory_alarm:
                 log.warning(
-                    "memory alarm %s: RSS %d MiB, limit %d MiB",
+                    "memory alarm %s: broker RSS %d MiB (this worker %d MiB), limit %d MiB",
                     "set" if on else "cleared",
+                    total >> 20,
                     rss >> 20,
                     limit >> 20,
                 )
@@ -184,7 +220,9 @@ async def serve_broker(
     broker.load_definitions()
     broker.start_storage()
     status = StatusWriter(broker, config.server.data_dir)
-    memory = MemoryWatch(broker, loop, memory_limit(config.server.memory_high_watermark))
+    server = config.server
+    limit = memory_limit(server.memory_high_watermark, server.memory_limit_absolute)
+    memory = MemoryWatch(broker, loop, limit, worker_control(broker))
     status.start(loop)
     memory.start()
     control = None

@@ -76,7 +76,8 @@ def wire_supervisor(sup: Supervisor) -> Sequencer:
     if n:
         log.info("restored %d durable definition(s)", n)
     seq.keeper = keeper
-    seed(seq.metadata, sup.config)  # users from the config on a fresh data dir
+    if seed(seq.metadata, sup.config, keeper):  # users from the config on a fresh data dir
+        log.info("users seeded from the config (no users stored)")
 
     def on_worker_message(slot: int, payload: bytes) -> None:
         seq.on_message(slot, _decode(payload))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shardmq.adapter.amqp091_methods import HANDLERS
@@ -50,8 +51,10 @@ from shardmq.amqp.errors import (
 from shardmq.amqp.fieldtable import decode_table
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import OUT_LIMIT, Channel
-from shardmq.broker.connection import BrokerConnection
+from shardmq.broker.connection import BrokerConnection, peer_host
+from shardmq.broker.qargs import parse_expiration
 from shardmq.broker.queue import Consumer
+from shardmq.broker.replyto import NEEDLE as REPLY_NEEDLE
 from shardmq.broker.xshard.records import DELIVER_ITEM
 from shardmq.message import Message, next_seq
 
@@ -75,6 +78,9 @@ class IOHooks(Protocol):
 
     def tuned(self) -> None:
         """The client accepted the tuning: heartbeats may start."""
+
+    def hold(self, seconds: float) -> None:
+        """Send nothing and read nothing for ``seconds`` (a delayed login refusal)."""
 
 
 class AMQP091Connection:
@@ -173,9 +179,12 @@ class AMQP091Connection:
                 return False
             user = _as_bytes(table.get("LOGIN"))
             password = _as_bytes(table.get("PASSWORD"))
-        return self.domain.login(
-            user.decode("utf-8", "replace"), password.decode("utf-8", "replace")
-        )
+        ok = self.domain.login(user.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
+        if not ok:
+            # repeated failures from one address: the refusal is held (brute force)
+            delay = self.broker.auth_throttle.failed(peer_host(self.domain.peer), monotonic())
+            self.io.hold(delay)
+        return ok
 
     def on_tuned(self) -> None:
         self.io.tuned()
@@ -232,6 +241,16 @@ class AMQP091Connection:
                     60,
                     40,
                 )
+        if raw[19] & 0x01:  # expiration property present: RabbitMQ validates it
+            exp = msg.properties().expiration
+            if exp is not None:
+                try:
+                    parse_expiration(exp)
+                except SoftError as exc:
+                    exc.class_id, exc.method_id = 60, 40
+                    raise
+        if raw[19] & 0x02 and raw.find(REPLY_NEEDLE, 19, 7 + hsize) >= 0:
+            msg = domain.broker.replies.rewrite(ch, msg)  # reply_to: direct reply-to
         domain.publish(ch, msg, exlen, flags)
 
     def on_ack(self, ch: Channel, delivery_tag: int, multiple: int) -> None:
@@ -294,6 +313,15 @@ class AMQP091Connection:
         engine = self.engine
         write_return(engine.out, ch.number, code, text, msg.exrk, msg, engine.frame_max)
         engine.wake_once()
+
+    def close_channel(self, ch: Channel, code: int, text: str) -> None:
+        if not self.is_current(ch):
+            return
+        frames = self.engine.channels[ch.number]
+        if frames.closing:
+            return
+        self.engine.channel_error(frames, SoftError(code, text), 0)
+        self.engine.wake_once()
 
     # ------------------------------------------------------------ ClientLink
     def set_reading(self, active: bool) -> None:

@@ -34,7 +34,9 @@ from shardmq.amqp.errors import (
     SoftError,
 )
 from shardmq.broker import metadata as md
+from shardmq.broker import replyto
 from shardmq.broker.channel import Channel
+from shardmq.broker.consumer_order import check_queue_arguments, consumer_priority
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import RemoteQueue
 from shardmq.broker.storage import ConfirmWaiter
@@ -122,7 +124,12 @@ def _exchange_unbind(a: AMQP091Connection, ch: Channel, m: M.ExchangeUnbind) -> 
 # ---------------------------------------------------------------- queue class
 @handles(M.QueueDeclare)
 def _queue_declare(a: AMQP091Connection, ch: Channel, m: M.QueueDeclare) -> None:
+    if m.queue.startswith(replyto.REPLY_TO):
+        _declare_reply_to(a, ch, m)
+        return
     name = m.queue or md.server_named_queue()
+    if not m.passive:
+        check_queue_arguments(name, a.domain.vhost.name, m.arguments)
     op = md.DeclareQueue(
         a.domain.vhost.name,
         name,
@@ -151,6 +158,29 @@ def _queue_declare(a: AMQP091Connection, ch: Channel, m: M.QueueDeclare) -> None
             )
 
     a.submit(ch, m, op, declared)
+
+
+def _declare_reply_to(a: AMQP091Connection, ch: Channel, m: M.QueueDeclare) -> None:
+    """queue.declare of ``amq.rabbitmq.reply-to`` (or of a reply address) answers as
+    RabbitMQ: declare-ok with 0 messages and 1 consumer while it exists, else 404."""
+    registry = a.broker.replies
+    counts = replyto.declare_ok_counts(registry, m.queue)
+    shard = registry.shard_of(m.queue) if counts is None else None
+
+    def ok(counts: tuple[int, int] | list[int] | int | None) -> M.Method | None:
+        if not counts:
+            raise SoftError(NOT_FOUND, f"no queue '{m.queue}' in vhost '{a.domain.vhost.name}'")
+        ch.last_queue = m.queue
+        if m.no_wait:
+            return None
+        return M.QueueDeclareOk(queue=m.queue, message_count=0, consumer_count=1)
+
+    if shard is None:
+        reply = ok(counts)
+        if reply is not None:
+            a.send_method(ch, reply)
+        return
+    a.remote_call(ch, m, lambda cb: a.broker.router().reply_exists(shard, m.queue, cb), ok)
 
 
 def _queue_name(a: AMQP091Connection, ch: Channel, name: str) -> str:
@@ -215,17 +245,18 @@ def _basic_qos(a: AMQP091Connection, ch: Channel, m: M.BasicQos) -> None:
 
 @handles(M.BasicConsume)
 def _basic_consume(a: AMQP091Connection, ch: Channel, m: M.BasicConsume) -> None:
+    if m.queue == replyto.REPLY_TO:
+        _consume_reply_to(a, ch, m)
+        return
     q = a.domain.queue_for(ch, m.queue)
     if isinstance(q, Queue) and q.consumers and (m.exclusive or q.exclusive_consumer()):
         raise SoftError(
             ACCESS_REFUSED, f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use", 60, 20
         )
-    tag = m.consumer_tag
-    if not tag:
-        tag = "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
-    elif tag in ch.consumers:
-        raise HardError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
-    c = Consumer(tag, shortstr(tag), ch, q, m.no_ack, m.exclusive, ch.prefetch, m.arguments or {})
+    priority = consumer_priority(q.name, q.vhost, m.arguments)
+    tag = _consumer_tag(ch, m)
+    args = m.arguments or {}
+    c = Consumer(tag, shortstr(tag), ch, q, m.no_ack, m.exclusive, ch.prefetch, args, priority)
     ch.consumers[tag] = c
     ok = None if m.no_wait else M.BasicConsumeOk(consumer_tag=tag)
     if isinstance(q, RemoteQueue):
@@ -251,6 +282,27 @@ def _basic_consume(a: AMQP091Connection, ch: Channel, m: M.BasicConsume) -> None
         return
     if ok is not None:
         a.send_method(ch, ok)
+    q.add_consumer(c)
+
+
+def _consumer_tag(ch: Channel, m: M.BasicConsume) -> str:
+    tag = m.consumer_tag
+    if not tag:
+        tag = "amq.ctag-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    elif tag in ch.consumers:
+        raise HardError(NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
+    return tag
+
+
+def _consume_reply_to(a: AMQP091Connection, ch: Channel, m: M.BasicConsume) -> None:
+    """basic.consume from ``amq.rabbitmq.reply-to``: the channel's reply consumer."""
+    replyto.consume_args_ok(m.no_ack)
+    tag = _consumer_tag(ch, m)
+    q = a.broker.replies.open(ch)
+    c = Consumer(tag, shortstr(tag), ch, q, True, m.exclusive, 0, m.arguments or {})
+    ch.consumers[tag] = c
+    if not m.no_wait:
+        a.send_method(ch, M.BasicConsumeOk(consumer_tag=tag))
     q.add_consumer(c)
 
 

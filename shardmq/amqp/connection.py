@@ -22,6 +22,9 @@ Invariants:
   sent channel.close on a channel, frames on that channel are dropped until close-ok.
 - A suspended channel (its method awaits another process) keeps every later frame in
   ``pending``, in order, until ``resume``: one rule for every frame type.
+- With ``out_hold`` set, parsing stops after the channel method whose reply took
+  ``out`` past it; the unparsed frames keep their order (in ``_buf``, or in the
+  channel's ``pending`` when it was being resumed) until ``continue_input``.
 """
 
 from __future__ import annotations
@@ -234,6 +237,12 @@ class AMQPConnection(Generic[U]):
         self._silent_ticks = 0
         self.want_close = False  # the I/O layer closes the transport after flushing
         self._woken = False
+        # Input back-pressure: parsing stops after a channel method once ``out`` holds
+        # more than ``out_hold`` bytes (0: never); the rest waits (``input_held``)
+        # until the I/O layer calls ``continue_input``.
+        self.out_hold = 0
+        self._stopped = False  # parsing of _buf stopped at out_hold
+        self._held_channels: list[ChannelFrames[U]] = []  # resumed, stopped at out_hold
 
     # ----------------------------------------------------------------- output
     def wake_once(self) -> None:
@@ -264,6 +273,7 @@ class AMQPConnection(Generic[U]):
     def feed(self, data: bytes) -> None:
         """Process bytes from the peer. Never raises."""
         self.recv_activity = True
+        self._stopped = False
         if self.state >= CLOSED:
             return
         if self._buf:
@@ -287,6 +297,24 @@ class AMQPConnection(Generic[U]):
             del self._buf[:pos]
         else:
             self._buf = bytearray(memoryview(buf)[pos:])
+
+    @property
+    def input_held(self) -> bool:
+        """Received frames wait because ``out`` passed ``out_hold``: call
+        ``continue_input`` once the output is written."""
+        return self._stopped or bool(self._held_channels)
+
+    def continue_input(self) -> None:
+        """Parse what ``out_hold`` held back: resumed channels first, then ``_buf``
+        (stopping again if the output passes ``out_hold``)."""
+        held, self._held_channels = self._held_channels, []
+        self._stopped = False
+        for i, ch in enumerate(held):
+            self.resume(ch.number, ch.user)
+            if self.input_held:
+                self._held_channels += held[i + 1 :]
+                return
+        self.feed(b"")
 
     def _parse(self, buf: bytes | bytearray) -> int:
         n = len(buf)
@@ -368,6 +396,9 @@ class AMQPConnection(Generic[U]):
                         self.channel_error(ch, exc, idx)
                 else:
                     self._channel_method(ch, idx, buf, pos + 11)
+                    if self.out_hold and len(self.out) > self.out_hold:
+                        self._stopped = True  # replies pile up: the rest once written
+                        return end + 1
                 pos = end + 1
             elif ftype == FRAME_HEADER:
                 if ch.expect != EXPECT_HEADER:
@@ -511,7 +542,13 @@ class AMQPConnection(Generic[U]):
         data = bytes(ch.pending)
         ch.pending = bytearray()
         try:
-            self._parse_frames(data, 0)
+            pos = self._parse_frames(data, 0)
+            if pos < len(data):  # stopped at out_hold: the rest waits, in order
+                self._stopped = False
+                ch.pending += data[pos:]
+                if ch.expect != EXPECT_SUSPENDED:  # (else its answer resumes it)
+                    ch.expect = EXPECT_SUSPENDED
+                    self._held_channels.append(ch)
         except AMQPError as exc:
             self.connection_error(exc)
         except Exception as exc:

@@ -4,11 +4,14 @@ Owns: ``seed_ops`` — the config file's ``[[users]]`` (default: guest/guest,
 administrator) as metadata ops: each user added with a salted hash of its password and
 full permissions (``.*`` for configure, write and read) on every configured vhost.
 
-Invariant: seeding happens only on an empty user set (a fresh data directory); users
-managed at run time (``shardmq ctl add_user`` ...) are never overwritten by the config.
+Invariant: seeding happens only on an empty user set (a fresh data directory, after its
+stored definitions loaded); users managed at run time (``shardmq ctl add_user`` ...) are
+never overwritten by the config. Seeded users are saved like any other.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from shardmq.auth.passwords import SHA256, hash_password
 from shardmq.broker import metadata as md
@@ -25,10 +28,17 @@ def seed_ops(config: Config) -> list[md.Op]:
     return ops
 
 
-def seed(metadata: md.Metadata, config: Config) -> int:
-    """Apply ``seed_ops`` when ``metadata`` has no users; returns how many users."""
+class Recorder(Protocol):
+    def after(self, op: md.Op) -> bool: ...
+
+
+def seed(metadata: md.Metadata, config: Config, keeper: Recorder | None = None) -> int:
+    """Apply ``seed_ops`` when ``metadata`` has no users (and save them with ``keeper``,
+    the durable definitions, when there is one); returns how many users."""
     if metadata.access.users:
         return 0
     for op in seed_ops(config):
         metadata.apply(op)
+        if keeper is not None:
+            keeper.after(op)
     return len(config.users)

@@ -3,7 +3,7 @@
 Owns: ``Broker`` — the root of the domain state of one shard, plus the hooks that
 cross connections (a deleted queue cancels consumers on every connection, an alarm
 blocks every publisher), and ``LocalSequencer`` (one worker: ops apply at once, and
-durable definitions are saved before the op returns).
+durable definitions are committed before the op is answered).
 
 Invariants:
 - No socket I/O here; the net layer creates connections (through a protocol adapter,
@@ -12,11 +12,14 @@ Invariants:
   ``shardmq serve`` process) or with ``storage=True``: then durable, non-exclusive
   queues this worker owns are ``DurableQueue``s with a store under
   ``data_dir/queues``, opened (and recovered) when the queue is created and destroyed
-  when it is deleted. With one worker the broker also keeps ``definitions.json``
-  itself (``load_definitions`` at start-up, before accepting clients); with several
-  the supervisor's sequencer does.
-- Publishers are blocked while either alarm is on (memory, disk); unblocked only once
-  both have cleared.
+  when it is deleted. With one worker the broker also keeps the durable definitions
+  itself (``load_definitions`` at start-up, before accepting clients; a change is
+  committed before its -ok, see ``LocalSequencer``); with several the supervisor's
+  sequencer does.
+- Publishers are blocked while any alarm is on (memory, disk, file descriptors);
+  unblocked only once all have cleared.
+- ``max_connections`` is the whole broker's: this worker's open connections plus the
+  other workers' (``peer_connections``, from the control block; a heartbeat behind).
 - ``delayed`` (``shardmq.broker.delayed``) holds this worker's delayed-exchange
   messages; with storage on, ``start_storage`` (after the definitions are in place)
   recovers the durable ones, ``close_storage`` closes their store.
@@ -32,14 +35,24 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shardmq import __version__
-from shardmq.amqp.errors import CONNECTION_FORCED, INTERNAL_ERROR, AMQPError, HardError
+from shardmq.amqp.errors import (
+    CONNECTION_FORCED,
+    INTERNAL_ERROR,
+    NOT_ALLOWED,
+    AMQPError,
+    HardError,
+)
 from shardmq.auth.seed import seed
+from shardmq.auth.throttle import AuthThrottle
 from shardmq.broker.connection import BrokerConnection
+from shardmq.broker.consumer_timeout import AckTimeouts
+from shardmq.broker.deadletter import BrokerServices
 from shardmq.broker.delayed import DelayedScheduler
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.metadata import DeleteUser, DeleteVHost, Metadata, Op, OpResult, shard_for
 from shardmq.broker.queue import Consumer, DurableQueue, Queue
 from shardmq.broker.remote import RemoteQueue
+from shardmq.broker.replyto import ReplyRegistry
 from shardmq.broker.storage import WorkerStorage
 from shardmq.broker.vhost import AnyQueue
 from shardmq.config import Config
@@ -58,7 +71,7 @@ CAPABILITIES = {
     "connection.blocked": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
-    "direct_reply_to": False,
+    "direct_reply_to": True,
 }
 
 
@@ -82,13 +95,27 @@ class MetadataOps(Protocol):
 
 
 class LocalSequencer:
-    """One worker: metadata ops apply at once, in this process, in call order."""
+    """One worker: metadata ops apply at once, in this process, in call order.
 
-    synchronous = True
+    With a keeper and an event loop (``call_soon``), the durable definitions an op
+    changed are committed at the end of the loop turn, one fdatasync for every op of
+    the turn (group commit), and the ops' answers wait for it (``request``); so does
+    the answer of any op that comes while a commit is pending, so a client never hears
+    of a change that a crash could still undo. Without a loop each op commits before
+    ``execute`` returns."""
 
-    def __init__(self, metadata: Metadata, keeper: DefinitionsKeeper | None = None) -> None:
+    def __init__(
+        self,
+        metadata: Metadata,
+        keeper: DefinitionsKeeper | None = None,
+        call_soon: Callable[[Callable[[], None]], object] | None = None,
+    ) -> None:
         self.metadata = metadata
         self.keeper = keeper
+        self.call_soon = call_soon
+        self.synchronous = keeper is None or call_soon is None
+        self._waiting: list[tuple[OpCallback, AMQPError | None, OpResult]] = []
+        self._scheduled = False
 
     def execute(self, op: Op) -> OpResult:
         result = self.metadata.apply(op)
@@ -97,12 +124,27 @@ class LocalSequencer:
         return result
 
     def request(self, op: Op, callback: OpCallback) -> None:
-        try:
-            result = self.execute(op)
-        except AMQPError as exc:
-            callback(exc, None)
+        keeper = self.keeper
+        if self.synchronous or keeper is None:
+            try:
+                answer = self.execute(op)
+            except AMQPError as exc:
+                callback(exc, None)
+                return
+            callback(None, answer)
             return
-        callback(None, result)
+        err: AMQPError | None = None
+        result: OpResult = None
+        try:
+            result = self.metadata.apply(op)
+            keeper.record(op)
+        except AMQPError as exc:
+            err = exc
+        if not keeper.pending:
+            callback(err, result)
+            return
+        self._waiting.append((callback, err, result))
+        self._schedule()
 
     def fire(self, op: Op) -> None:
         """Apply an op nobody waits for (auto-delete, exclusive owner gone)."""
@@ -111,8 +153,42 @@ class LocalSequencer:
         except AMQPError as exc:
             log.debug("internal op %r not applied: %s", op, exc.reply_text)
             return
-        if self.keeper is not None:
-            self._save(op)
+        if self.keeper is None:
+            return
+        if self.synchronous:
+            try:
+                self._save(op)
+            except HardError:
+                pass  # logged; nobody to tell
+            return
+        self.keeper.record(op)
+        if self.keeper.pending:
+            self._schedule()
+
+    @property
+    def waiting(self) -> bool:
+        """Answers held until the next ``commit``."""
+        return bool(self._waiting)
+
+    def _schedule(self) -> None:
+        if not self._scheduled and self.call_soon is not None:
+            self._scheduled = True
+            self.call_soon(self.commit)
+
+    def commit(self) -> None:
+        """End of the loop turn: one commit for the changes of every op since the last
+        one, then their answers, in order."""
+        self._scheduled = False
+        waiting, self._waiting = self._waiting, []
+        failed: AMQPError | None = None
+        try:
+            self.keeper.commit()  # type: ignore[union-attr]
+        except OSError as exc:
+            log.error("cannot save the definitions: %s", exc)
+            failed = HardError(INTERNAL_ERROR, f"cannot save the definitions: {exc}")
+        for callback, err, result in waiting:
+            err = err or failed
+            callback(err, None if err else result)
 
     def _save(self, op: Op) -> None:
         try:
@@ -129,21 +205,19 @@ class Broker:
         self.config = config
         self.slot = slot
         self.workers = workers
+        self.queue_services = BrokerServices(self)  # dead-lettering, x-expires
         self.metadata = Metadata(config.vhosts or ["/"], self._make_queue)
         self.metadata.on_queue_deleted = self._queue_deleted
         self.metadata.on_access_change = self._access_changed
-        if workers == 1:
-            # with several workers the users come with the sequencer's snapshot
-            seed(self.metadata, config)
         self.vhosts = self.metadata.vhosts
         self.storage: WorkerStorage | None = None
         self.definitions: DefinitionsKeeper | None = None
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         if storage is None:
-            try:
-                asyncio.get_running_loop()
-                storage = True
-            except RuntimeError:
-                storage = False
+            storage = running is not None
         if storage:
             data_dir = config.server.data_dir
             self.storage = WorkerStorage(
@@ -151,14 +225,27 @@ class Broker:
             )
             if workers == 1:
                 self.definitions = DefinitionsKeeper(self.metadata, DefinitionsStore(data_dir))
-        self.sequencer: MetadataOps = LocalSequencer(self.metadata, self.definitions)
+        # with a running loop, definitions are committed once per loop turn
+        call_soon = running.call_soon if running is not None else None
+        if workers == 1 and self.definitions is None:
+            # no data dir (in-process use): the config's users now; with one it is
+            # after the stored definitions (load_definitions); with several workers the
+            # users come with the sequencer's snapshot
+            seed(self.metadata, config)
+        self.sequencer: MetadataOps = LocalSequencer(self.metadata, self.definitions, call_soon)
         self.shards: ShardRouter | None = None  # the cross-worker router (workers > 1)
         self.connections: set[BrokerConnection] = set()
         self.conns_by_gid: dict[int, BrokerConnection] = {}
+        self.replies = ReplyRegistry(self)  # direct reply-to consumers (replyto.py)
+        self.ack_timeouts = AckTimeouts(self, config.amqp.consumer_timeout)
         self.alarm = False  # publishers blocked: memory or disk alarm
         self.memory_alarm = False  # memory high watermark passed
         self.disk_alarm = False  # free disk below store.disk_free_limit
+        self.fd_alarm = False  # file descriptors nearly all in use
+        # connections the other workers serve (set by the net layer with several)
+        self.peer_connections: Callable[[], int] = lambda: 0
         self._conn_ids = itertools.count(1)
+        self.auth_throttle = AuthThrottle()  # failed logins per address (brute force)
         self.delayed = DelayedScheduler(self)  # x-delayed-message exchanges' held messages
         self.server_properties = {
             "product": "shardmq",
@@ -202,6 +289,7 @@ class Broker:
                 log.error("cannot open the store of queue '%s' in vhost '%s': %s", name, vhost, exc)
                 raise HardError(INTERNAL_ERROR, f"cannot open queue storage: {exc}") from exc
             q = DurableQueue(name, vhost, store=store, **kw)
+            q.start(self.queue_services)
             if store.recovered:
                 log.info(
                     "queue '%s' in vhost '%s': %d message(s) recovered",
@@ -210,7 +298,9 @@ class Broker:
                     store.recovered,
                 )
             return q
-        return Queue(name, vhost, **kw)
+        plain = Queue(name, vhost, **kw)
+        plain.start(self.queue_services)
+        return plain
 
     def load_definitions(self) -> int:
         """One worker, at start-up: declare the stored durable exchanges, queues and
@@ -218,17 +308,24 @@ class Broker:
         if self.definitions is None:
             return 0
         n = self.definitions.load()
+        if seed(self.metadata, self.config, self.definitions):
+            log.info("users seeded from the config (no users stored)")
         if n:
             log.info("restored %d durable definition(s) from %s", n, self.config.server.data_dir)
         return n
 
     def start_storage(self) -> None:
-        """The worker is about to serve: start watching free disk space; recover the
-        held delayed messages (their exchanges exist by now)."""
+        """The worker is about to serve: start watching free disk space (and the
+        unacked deliveries' age: ``consumer_timeout``); recover the held delayed
+        messages (their exchanges exist by now)."""
         if self.storage is not None:
             self.storage.start()
             # after the definitions: held messages find their exchanges
             self.delayed.open(self.storage.data_dir, self.config.store.fsync, self.storage.loop)
+        try:
+            self.ack_timeouts.start(asyncio.get_running_loop())
+        except RuntimeError:  # no loop: an in-process broker of the unit tests
+            pass
 
     async def close_storage(self) -> None:
         """Clean shutdown, after the connections are closed: flush, close, last fsync."""
@@ -278,16 +375,39 @@ class Broker:
         self.disk_alarm = on
         self._update_alarm()
 
+    def set_fd_alarm(self, on: bool) -> None:
+        """File descriptors nearly exhausted (or back under the mark)."""
+        self.fd_alarm = on
+        self._update_alarm()
+
     @property
     def alarm_reason(self) -> str:
-        if self.memory_alarm and self.disk_alarm:
-            return "low on memory, low on disk"
-        return "low on disk" if self.disk_alarm else "low on memory"
+        reasons = [
+            text
+            for on, text in (
+                (self.memory_alarm, "low on memory"),
+                (self.disk_alarm, "low on disk"),
+                (self.fd_alarm, "low on file descriptors"),
+            )
+            if on
+        ]
+        return ", ".join(reasons) or "low on memory"
+
+    def check_connection_limit(self) -> None:
+        """connection.open past ``server.max_connections``: refused as RabbitMQ does."""
+        limit = self.config.server.max_connections
+        if limit and len(self.connections) + self.peer_connections() >= limit:
+            raise HardError(
+                NOT_ALLOWED,
+                f"connection refused: node connection limit ({limit}) is reached",
+                10,
+                40,
+            )
 
     def _update_alarm(self) -> None:
-        """Block every connection that publishes while either alarm is on; unblock once
-        both are off."""
-        on = self.memory_alarm or self.disk_alarm
+        """Block every connection that publishes while any alarm is on; unblock once
+        all are off."""
+        on = self.memory_alarm or self.disk_alarm or self.fd_alarm
         if on == self.alarm:
             return
         self.alarm = on

@@ -20,6 +20,9 @@ Invariants:
   a publish still waiting, and a failed one is nacked. A released channel forgets what
   it waited for: late answers are dropped.
 - In tx mode, publishes and acks are buffered until commit and dropped on rollback.
+- The delivery path keeps no time: the consumer acknowledgement timeout reads the age
+  of unacked deliveries from ``ack_marks`` (``consumer_timeout.py``) and closes the
+  channel through ``ChannelSink.close_channel``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from shardmq.message import Message
 
 if TYPE_CHECKING:
     from shardmq.broker.connection import BrokerConnection
+    from shardmq.broker.consumer_timeout import Marks
 
 # Deliveries written to one connection in one loop turn stop past this many bytes and
 # resume after the I/O layer wrote them (bounded memory, fair turns between sockets).
@@ -68,6 +72,10 @@ class ChannelSink(Protocol):
     def returned(self, ch: Channel, code: int, text: str, msg: Message) -> None:
         """An unroutable mandatory publish goes back to its publisher."""
 
+    def close_channel(self, ch: Channel, code: int, text: str) -> None:
+        """The broker closes the channel (a soft error not caused by a method, e.g. the
+        consumer acknowledgement timeout); the channel is released as on any close."""
+
 
 class Channel:
     __slots__ = (
@@ -94,6 +102,7 @@ class Channel:
         "tx_publishes",
         "tx_acks",
         "last_queue",
+        "ack_marks",
     )
 
     def __init__(self, number: int, conn: BrokerConnection, sink: ChannelSink) -> None:
@@ -120,6 +129,7 @@ class Channel:
         self.tx_publishes: list[tuple[Message, int, int]] = []
         self.tx_acks: list[tuple[int, int, int, bool]] = []  # (kind, tag, multiple, requeue)
         self.last_queue = ""  # for the spec's "empty queue name = last declared queue"
+        self.ack_marks: Marks | None = None  # the ack timeout's marks (consumer_timeout.py)
 
     # ------------------------------------------------------------ delivery
     def deliver(self, consumer: Consumer, queue: AnyQueue, msg: Message, redelivered: bool) -> None:
@@ -226,7 +236,10 @@ class Channel:
             if requeue:
                 touched.setdefault(queue, []).append(msg)
             else:
-                queue.settle(msg)
+                if requeue is None:
+                    queue.settle(msg)
+                else:
+                    queue.reject(msg)  # dead-lettered where the queue says so
                 touched.setdefault(queue, [])
         for queue, msgs in touched.items():
             if msgs:

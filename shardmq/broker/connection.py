@@ -39,7 +39,7 @@ from shardmq.broker import metadata as md
 from shardmq.broker.channel import Channel, ChannelSink
 from shardmq.broker.qos import GlobalQos
 from shardmq.broker.queue import Consumer, Queue
-from shardmq.broker.remote import REMOTE_CREDIT_CHUNK, RemoteQueue
+from shardmq.broker.remote import REMOTE_BYTES_CHUNK, REMOTE_CREDIT_CHUNK, RemoteQueue
 from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.vhost import HELD, AnyQueue, VHost, delay_of
 from shardmq.message import Message
@@ -52,9 +52,14 @@ log = logging.getLogger("shardmq.connection")
 
 # The vhost of a connection that is not open yet (never routes: the engine allows no
 # channel before connection.open).
+def peer_host(peer: str) -> str:
+    """The address part of ``peer`` ("host:port", as the listener names connections)."""
+    return peer.rsplit(":", 1)[0].strip("[]")
+
+
 def is_loopback(peer: str) -> bool:
-    """``peer`` ("host:port", as the listener names connections) is a loopback address."""
-    host = peer.rsplit(":", 1)[0].strip("[]")
+    """``peer`` ("host:port") is a loopback address."""
+    host = peer_host(peer)
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
@@ -112,6 +117,7 @@ class BrokerConnection:
         self.exclusive_queues: list[str] = []
         # credit to return to other workers for deliveries our socket has taken
         self.credit_due: dict[Consumer, int] = {}
+        self.credit_due_bytes = 0  # their bytes (at least): REMOTE_BYTES_CHUNK returns all
         self.qos = GlobalQos(self)
         self._confirm_channels: list[Channel] = []
 
@@ -147,6 +153,7 @@ class BrokerConnection:
         return False
 
     def open(self, vhost: str) -> None:
+        self.broker.check_connection_limit()  # first, as RabbitMQ's node limit
         vh = self.broker.vhosts.get(vhost)
         if vh is None:
             raise HardError(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)
@@ -241,9 +248,13 @@ class BrokerConnection:
         router = self.broker.shards
         if router is None:
             return
+        # owners stop at REMOTE_INFLIGHT_BYTES: what they wait for is returned, however few
+        force = self.credit_due_bytes >= REMOTE_BYTES_CHUNK
+        if force:
+            self.credit_due_bytes = 0
         for consumer, n in due.items():
             if consumer.tag in consumer.channel.consumers:
-                if n < REMOTE_CREDIT_CHUNK:
+                if n < REMOTE_CREDIT_CHUNK and not force:
                     self.credit_due[consumer] = n  # later, with more
                 else:
                     router.grant(consumer, n)
@@ -303,6 +314,8 @@ class BrokerConnection:
             self.broker.delayed.hold(self, ch, msg, conf, delay_of(msg))
             return
         local, remote = route
+        if not local and not remote:  # a reply to a direct reply-to address?
+            local, remote = self.broker.replies.route(msg.exrk, self.vhost.name)
         target: Channel | ConfirmWaiter | None = ch if ch.confirm else conf
         for q in local:
             q.publish(msg, target)  # a durable queue takes a token (persistent msg)

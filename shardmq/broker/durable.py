@@ -1,39 +1,44 @@
-"""Durable definitions: keep ``data_dir/definitions.json`` in step with a ``Metadata``.
+"""Durable definitions: keep the definitions store in step with a ``Metadata``.
 
 Owns: ``DefinitionsKeeper`` — reads the stored definitions back as metadata ops at
-start-up (``load`` / ``ops``) and rewrites the file after an op that changed a durable
-exchange, queue or binding (``after``). It works on any ``Metadata``: a worker's own
-(one worker, real ``Queue`` objects) or the sequencer's replica in the supervisor
-(``RemoteQueue`` placeholders): it only reads ``durable`` / ``exclusive`` /
-``auto_delete`` / ``arguments`` of queues and never touches messages.
+start-up (``load`` / ``ops``) and, after each op, records what it changed in the durable
+exchanges, queues and bindings as puts and deletes in the ``DefinitionsStore``
+(``record``), made durable by ``commit`` (one log append + fdatasync for every change
+recorded since the last one: group commit). ``after(op)`` is both. It works on any
+``Metadata``: a worker's own (one worker, real ``Queue`` objects) or the sequencer's
+replica in the supervisor (``RemoteQueue`` placeholders): it only reads ``durable`` /
+``exclusive`` / ``auto_delete`` / ``arguments`` of queues and never touches messages.
 
 Invariants:
 - Durable = a durable exchange (not the default or ``amq.*`` ones, which always
   exist), a durable non-exclusive queue, a binding whose source is durable and whose
   destination is a durable exchange or a durable non-exclusive queue. Nothing else is
   ever written.
-- After ``after(op)`` returns, the file holds exactly the durable definitions of the
-  metadata (written atomically by ``DefinitionsStore.save``, two fsyncs): call it
-  before the client gets its -ok. ``after`` is cheap when the op cannot have changed
-  them (transient or exclusive declares, re-declares, binds already saved, deletes of
-  things never saved): a dict lookup, no walk, no write.
-- Definitions for vhosts this metadata does not have are kept in the file as they are
+- After ``commit()`` returns, the store holds exactly the durable definitions of the
+  metadata: call it before the client gets its -ok (``LocalSequencer`` and the
+  ``Sequencer`` do). ``record`` costs O(what the op changed), never a walk of all the
+  definitions: a declare or bind is a dict lookup (nothing at all for transient or
+  exclusive things, re-declares, binds already saved); a delete removes the thing and
+  its bindings through per-exchange and per-destination indexes, and checks the saved
+  auto-delete exchanges of the vhost (a removal can delete those, in cascade).
+- Definitions for vhosts this metadata does not have are kept in the store as they are
   (a vhost missing from the config does not lose its definitions).
 - A stored definition that fails to apply at start-up is logged and skipped; the
-  others still load.
+  others still load, and the store is brought in line with what did (one commit).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
 from shardmq.amqp.errors import AMQPError
 from shardmq.broker import metadata as md
+from shardmq.broker.durable_access import ACCESS_KINDS, access_ops, drop_vhost_access, record_access
 from shardmq.broker.exchange import Exchange
 from shardmq.broker.vhost import AnyQueue
 from shardmq.store.definitions import (
     BindingDef,
-    Definitions,
     DefinitionsStore,
     ExchangeDef,
     QueueDef,
@@ -44,6 +49,8 @@ log = logging.getLogger("shardmq.definitions")
 
 ExKey = tuple[str, str]
 BindKey = tuple[str, str, bool, str, str, bytes]  # vhost, source, to queue, dest, rk, args
+DestKey = tuple[str, bool, str]  # vhost, to queue, dest
+_K = TypeVar("_K", ExKey, DestKey)
 
 
 class DefinitionsKeeper:
@@ -53,26 +60,28 @@ class DefinitionsKeeper:
         self.exchanges: dict[ExKey, ExchangeDef] = {}
         self.queues: dict[ExKey, QueueDef] = {}
         self.bindings: dict[BindKey, BindingDef] = {}
-        self.saves = 0
-        # saved sources with bindings and saved auto-delete exchanges, per vhost: a
-        # removal elsewhere can only change durable definitions through them
-        self._sources: set[ExKey] = set()
-        self._autodel: set[str] = set()
-        self._foreign: Definitions = Definitions()
+        self.saves = 0  # commits that wrote something
+        # indexes of the saved bindings, and the saved auto-delete exchanges per vhost:
+        # a removal can only change durable definitions through them
+        self._by_source: dict[ExKey, set[BindKey]] = {}
+        self._by_dest: dict[DestKey, set[BindKey]] = {}
+        self._autodel: dict[str, set[str]] = {}
+        self._vhosts_saved = False
         self._loading = False
 
     # ------------------------------------------------------------ start-up
     def ops(self) -> list[md.Op]:
         """The stored definitions of this metadata's vhosts as ops (exchanges, queues,
-        then bindings). Remembers the rest (other vhosts) to write back unchanged."""
+        then bindings). The rest (other vhosts) stays in the store untouched."""
         defs = self.store.load()
-        known = self.metadata.vhosts
-        foreign = Definitions()
-        ops: list[md.Op] = []
+        # vhosts, users, permissions and policies first: the stored vhosts are created
+        ops: list[md.Op] = access_ops(defs)
+        known = set(self.metadata.vhosts) | {v.name for v in defs.vhosts}
         binds: list[md.Op] = []
+        skipped: set[str] = set()
         for e in defs.exchanges:
             if e.vhost not in known:
-                foreign.exchanges.append(e)
+                skipped.add(e.vhost)
                 continue
             args = md.table_bytes(e.arguments)
             ops.append(
@@ -82,7 +91,7 @@ class DefinitionsKeeper:
             )
         for q in defs.queues:
             if q.vhost not in known:
-                foreign.queues.append(q)
+                skipped.add(q.vhost)
                 continue
             args = md.table_bytes(q.arguments)
             ops.append(
@@ -90,7 +99,7 @@ class DefinitionsKeeper:
             )
         for b in defs.bindings:
             if b.vhost not in known:
-                foreign.bindings.append(b)
+                skipped.add(b.vhost)
                 continue
             binds.append(
                 md.Bind(
@@ -103,10 +112,6 @@ class DefinitionsKeeper:
                     0,
                 )
             )
-        foreign.vhosts = [v for v in defs.vhosts if v.name not in known]
-        self._foreign = foreign
-        skipped = {e.vhost for e in foreign.exchanges} | {q.vhost for q in foreign.queues}
-        skipped |= {b.vhost for b in foreign.bindings}
         for name in sorted(skipped):
             log.warning("definitions for vhost '%s' kept but not loaded: no such vhost", name)
         return ops + binds
@@ -126,12 +131,53 @@ class DefinitionsKeeper:
         finally:
             self._loading = False
         self._replace(*self.collect())
+        self._reconcile()
         return n
+
+    def _reconcile(self) -> None:
+        """Bring the store in line with what loaded (a definition that failed to
+        apply is dropped): one commit, only when something differs."""
+        known = self.metadata.vhosts
+        stored = self.store.definitions()
+        store = self.store
+        for e in stored.exchanges:
+            if e.vhost in known and (e.vhost, e.name) not in self.exchanges:
+                store.delete(e)
+        for q in stored.queues:
+            if q.vhost in known and (q.vhost, q.name) not in self.queues:
+                store.delete(q)
+        keys = {_binding_identity(b) for b in stored.bindings}
+        wanted = {_binding_identity(b): b for b in self.bindings.values()}
+        for b in stored.bindings:
+            if b.vhost in known and _binding_identity(b) not in wanted:
+                store.delete(b)
+        present = {(e.vhost, e.name) for e in stored.exchanges}
+        for key, e in self.exchanges.items():
+            if key not in present:
+                store.put(e)
+        present = {(q.vhost, q.name) for q in stored.queues}
+        for key, q in self.queues.items():
+            if key not in present:
+                store.put(q)
+        for ident, b in wanted.items():
+            if ident not in keys:
+                store.put(b)
+        if store.pending:
+            self.commit()
 
     # ------------------------------------------------------------ after every op
     def after(self, op: md.Op) -> bool:
-        """``op`` was applied successfully: save the definitions if it changed durable
-        ones. Returns True when the file was rewritten."""
+        """``op`` was applied successfully: record its changes and commit them (and any
+        recorded before). Returns True when the durable definitions changed."""
+        changed = self.record(op)
+        if self.store.pending:
+            self.commit()
+        return changed
+
+    def record(self, op: md.Op) -> bool:
+        """``op`` was applied successfully: record what it changed in the durable
+        definitions in the store (not yet durable: see ``commit``). Returns True when
+        it changed them."""
         if self._loading:
             return False
         # type(), not isinstance: an Unbind is a Bind
@@ -144,8 +190,9 @@ class DefinitionsKeeper:
             q = self.metadata.vhosts[op.vhost].queues.get(op.name)
             if q is None or not q.durable or q.exclusive:
                 return False
-            self.queues[key] = _queue_def(op.vhost, q)
-        elif type(op) is md.DeclareExchange:
+            self._put_queue(key, _queue_def(op.vhost, q))
+            return True
+        if type(op) is md.DeclareExchange:
             if op.passive or not op.durable:
                 return False
             key = (op.vhost, op.name)
@@ -154,24 +201,32 @@ class DefinitionsKeeper:
             ex = self.metadata.vhosts[op.vhost].exchanges.get(op.name)
             if ex is None or not ex.durable:
                 return False
-            self.exchanges[key] = _exchange_def(op.vhost, ex)
-            if ex.auto_delete:
-                self._autodel.add(op.vhost)
-        elif type(op) is md.Bind:
+            self._put_exchange(key, _exchange_def(op.vhost, ex))
+            return True
+        if type(op) is md.Bind:
             bkey = self._durable_binding(op)
             if bkey is None or bkey in self.bindings:
                 return False
-            self.bindings[bkey] = _binding_def(bkey, bkey[5])
-            self._sources.add((op.vhost, op.source))
-        elif not self._may_remove(op):
-            return False
-        else:
-            exchanges, queues, bindings = self.collect()
-            if (exchanges, queues, bindings) == (self.exchanges, self.queues, self.bindings):
-                return False
-            self._replace(exchanges, queues, bindings)
-        self.save()
-        return True
+            self._put_binding(bkey, _binding_def(bkey, bkey[5]))
+            return True
+        if isinstance(op, ACCESS_KINDS):
+            self._save_vhosts()
+            return record_access(self.store, self.metadata, op)
+        return self._removals(op)
+
+    def commit(self) -> bool:
+        """Make every recorded change durable (one append + fdatasync). Returns True
+        when something was written; raises ``OSError`` when that failed."""
+        self.store.version = self.metadata.version
+        if self.store.commit():
+            self.saves += 1
+            return True
+        return False
+
+    @property
+    def pending(self) -> bool:
+        """Changes recorded and not committed yet."""
+        return self.store.pending
 
     def _durable_binding(self, op: md.Bind) -> BindKey | None:
         vh = self.metadata.vhosts.get(op.vhost)
@@ -188,31 +243,128 @@ class DefinitionsKeeper:
             dest = vh.exchanges.get(op.dest)
             if dest is None or not dest.durable:
                 return None
-        # the arguments as the router holds them (re-encoded), as ``collect`` sees them
-        args = md.table_bytes(md.table_of(op.arguments)) if op.arguments else b""
-        return (op.vhost, op.source, op.dest_is_queue, op.dest, op.routing_key, args)
+        return _bind_key(op)
 
-    def _may_remove(self, op: md.Op) -> bool:
-        """Could ``op`` (a delete / unbind / owner drop) have removed a saved definition?
-        Removals cascade to bindings and to auto-delete exchanges only."""
+    def _removals(self, op: md.Op) -> bool:
+        """A delete / unbind / owner drop was applied: drop the saved definitions it
+        removed, directly or in cascade (bindings of a deleted queue or exchange,
+        auto-delete exchanges that lost their last binding, and theirs)."""
+        changed = False
+        metadata = self.metadata
+        if isinstance(op, md.DeleteVHost):
+            return self._drop_vhost(op.vhost)
         if isinstance(op, md.DropOwners):
-            return bool(self._autodel)
-        vhost = op.vhost
-        if vhost in self._autodel:
-            return True
-        if isinstance(op, md.DeleteQueue):
-            return (vhost, op.name) in self.queues
-        if isinstance(op, md.DeleteExchange):
-            return (vhost, op.name) in self.exchanges
-        if isinstance(op, md.Unbind):
-            return (vhost, op.source) in self._sources
-        return False
+            vhosts = list(self._autodel)
+        else:
+            vhosts = [op.vhost]
+            vh = metadata.vhosts.get(op.vhost)
+            if vh is None:
+                return False
+            if isinstance(op, md.DeleteQueue):
+                key = (op.vhost, op.name)
+                if key in self.queues and op.name not in vh.queues:
+                    changed = self._drop_queue(key)
+            elif isinstance(op, md.DeleteExchange):
+                key = (op.vhost, op.name)
+                if key in self.exchanges and op.name not in vh.exchanges:
+                    changed = self._drop_exchange(key)
+            elif isinstance(op, md.Unbind):
+                bkey = _bind_key(op)
+                if bkey in self.bindings:
+                    self._drop_binding(bkey)
+                    changed = True
+        for vhost in vhosts:
+            names = self._autodel.get(vhost)
+            if not names:
+                continue
+            exchanges = metadata.vhosts[vhost].exchanges if vhost in metadata.vhosts else {}
+            for name in [n for n in names if n not in exchanges]:
+                changed = self._drop_exchange((vhost, name)) or changed
+        return changed
 
     # ------------------------------------------------------------ state
+    def _save_vhosts(self) -> None:
+        if not self._vhosts_saved:
+            self._vhosts_saved = True
+            have = {v.name for v in self.store.definitions().vhosts}
+            for name in self.metadata.vhosts:
+                if name not in have:
+                    self.store.put(VHostDef(name=name))
+
+    def _put_queue(self, key: ExKey, qd: QueueDef) -> None:
+        self._save_vhosts()
+        self.queues[key] = qd
+        self.store.put(qd)
+
+    def _put_exchange(self, key: ExKey, ed: ExchangeDef) -> None:
+        self._save_vhosts()
+        self.exchanges[key] = ed
+        if ed.auto_delete:
+            self._autodel.setdefault(key[0], set()).add(key[1])
+        self.store.put(ed)
+
+    def _put_binding(self, bkey: BindKey, bd: BindingDef) -> None:
+        self._save_vhosts()
+        self._index(bkey, bd)
+        self.store.put(bd)
+
+    def _index(self, bkey: BindKey, bd: BindingDef) -> None:
+        self.bindings[bkey] = bd
+        self._by_source.setdefault((bkey[0], bkey[1]), set()).add(bkey)
+        self._by_dest.setdefault((bkey[0], bkey[2], bkey[3]), set()).add(bkey)
+
+    def _drop_binding(self, bkey: BindKey) -> None:
+        bd = self.bindings.pop(bkey)
+        _unindex(self._by_source, (bkey[0], bkey[1]), bkey)
+        _unindex(self._by_dest, (bkey[0], bkey[2], bkey[3]), bkey)
+        self.store.delete(bd)
+
+    def _drop_dest(self, dkey: DestKey) -> None:
+        for bkey in list(self._by_dest.get(dkey, ())):
+            self._drop_binding(bkey)
+
+    def _drop_queue(self, key: ExKey) -> bool:
+        self.store.delete(self.queues.pop(key))
+        self._drop_dest((key[0], True, key[1]))
+        return True
+
+    def _drop_exchange(self, key: ExKey) -> bool:
+        ed = self.exchanges.pop(key, None)
+        if ed is None:
+            return False
+        names = self._autodel.get(key[0])
+        if names is not None:
+            names.discard(key[1])
+            if not names:
+                del self._autodel[key[0]]
+        self.store.delete(ed)
+        for bkey in list(self._by_source.get(key, ())):
+            self._drop_binding(bkey)
+        self._drop_dest((key[0], False, key[1]))
+        return True
+
+    def _drop_vhost(self, vhost: str) -> bool:
+        """Vhost ``vhost`` was deleted with everything in it."""
+        if vhost in self.metadata.vhosts:
+            return False
+        changed = False
+        for key in [k for k in self.queues if k[0] == vhost]:
+            changed = self._drop_queue(key) or changed
+        for key in [k for k in self.exchanges if k[0] == vhost]:
+            changed = self._drop_exchange(key) or changed
+        for bkey in [k for k in self.bindings if k[0] == vhost]:
+            self._drop_binding(bkey)
+            changed = True
+        self._autodel.pop(vhost, None)
+        self.store.delete(VHostDef(name=vhost))
+        drop_vhost_access(self.store, vhost)
+        return True
+
     def collect(
         self,
     ) -> tuple[dict[ExKey, ExchangeDef], dict[ExKey, QueueDef], dict[BindKey, BindingDef]]:
-        """The durable definitions of the metadata now (walks everything)."""
+        """The durable definitions of the metadata now (walks everything: start-up and
+        tests only)."""
         exchanges: dict[ExKey, ExchangeDef] = {}
         queues: dict[ExKey, QueueDef] = {}
         bindings: dict[BindKey, BindingDef] = {}
@@ -245,23 +397,39 @@ class DefinitionsKeeper:
         queues: dict[ExKey, QueueDef],
         bindings: dict[BindKey, BindingDef],
     ) -> None:
-        self.exchanges, self.queues, self.bindings = exchanges, queues, bindings
-        self._sources = {(k[0], k[1]) for k in bindings}
-        self._autodel = {k[0] for k, e in exchanges.items() if e.auto_delete}
+        self.exchanges, self.queues = exchanges, queues
+        self.bindings, self._by_source, self._by_dest = {}, {}, {}
+        for bkey, bd in bindings.items():
+            self._index(bkey, bd)
+        self._autodel = {}
+        for (vhost, name), e in exchanges.items():
+            if e.auto_delete:
+                self._autodel.setdefault(vhost, set()).add(name)
 
-    def definitions(self) -> Definitions:
-        f = self._foreign
-        return Definitions(
-            version=self.metadata.version,
-            vhosts=[VHostDef(name=n) for n in self.metadata.vhosts] + list(f.vhosts),
-            exchanges=list(self.exchanges.values()) + list(f.exchanges),
-            queues=list(self.queues.values()) + list(f.queues),
-            bindings=list(self.bindings.values()) + list(f.bindings),
-        )
 
-    def save(self) -> None:
-        self.store.save(self.definitions())
-        self.saves += 1
+def _unindex(index: dict[_K, set[BindKey]], ikey: _K, bkey: BindKey) -> None:
+    keys = index.get(ikey)
+    if keys is not None:
+        keys.discard(bkey)
+        if not keys:
+            del index[ikey]
+
+
+def _bind_key(op: md.Bind) -> BindKey:
+    # the arguments as the router holds them (re-encoded), as ``collect`` sees them
+    args = md.table_bytes(md.table_of(op.arguments)) if op.arguments else b""
+    return (op.vhost, op.source, op.dest_is_queue, op.dest, op.routing_key, args)
+
+
+def _binding_identity(b: BindingDef) -> tuple[str, str, str, str, str, bytes]:
+    return (
+        b.vhost,
+        b.source,
+        b.destination_type,
+        b.destination,
+        b.routing_key,
+        md.table_bytes(b.arguments),
+    )
 
 
 def _savable(name: str) -> bool:

@@ -73,11 +73,16 @@ class Exchange:
 
 def effective_alternate(ex: Exchange) -> str | None:
     """The name of ``ex``'s alternate exchange, or None: its ``alternate-exchange``
-    argument (the one place a policy's ``alternate-exchange`` key will overlay)."""
+    argument, else the ``alternate-exchange`` key of the policy that applies to it (the
+    argument wins, as in RabbitMQ)."""
     ae = ex.arguments.get("alternate-exchange")
     if isinstance(ae, bytes):
         ae = ae.decode("utf-8", "surrogatepass")
-    return ae if isinstance(ae, str) else None
+    if isinstance(ae, str):
+        return ae
+    policy = ex.policy
+    pae = policy.definition.get("alternate-exchange") if policy is not None else None
+    return pae if isinstance(pae, str) else None
 
 
 def dest_ident(dest: Destination) -> bytes:

@@ -2,8 +2,9 @@
 
 Owns: ``Policy`` (one validated policy, its regex compiled), ``make_policy`` (validation
 with RabbitMQ's rules and error texts, as ``rabbitmqctl set_policy`` prints them),
-``PolicySet`` (a vhost's policies and which one applies to a given queue or exchange) and
-``effective`` (a queue argument overlaid by the applied policy's value).
+``PolicySet`` (a vhost's policies and which one applies to a given queue or exchange).
+A queue's settings are its arguments overlaid by its policy in ``qargs.effective``; an
+exchange's alternate in ``exchange.effective_alternate``.
 
 Invariants:
 - At most one policy applies to an object: among the policies of its vhost whose
@@ -13,10 +14,9 @@ Invariants:
   the same on every worker and across restarts).
 - A definition only ever holds known keys with valid values: anything else is refused
   with ``PolicyError`` before any state changes.
-- Merging with a queue's own argument follows RabbitMQ's classic queue: for the numeric
-  limits (``message-ttl``, ``expires``, ``max-length``, ``max-length-bytes``,
-  ``delivery-limit``, ``consumer-timeout``) the smaller value wins; for every other key
-  the argument wins over the policy.
+- Merging with an object's own argument follows RabbitMQ's classic queue: for the
+  numeric limits (``MIN_WINS``) the smaller value wins; for every other key the argument
+  wins over the policy (``qargs.effective``, ``exchange.effective_alternate``).
 """
 
 from __future__ import annotations
@@ -206,20 +206,3 @@ class PolicySet:
             if policy.applies_to(kind, name):
                 return policy
         return None
-
-
-def effective(key: str, argument: Any, policy: Policy | None) -> Any:
-    """The value of option ``key`` (the policy key, e.g. "max-length") for an object
-    whose own argument is ``argument`` (None when absent) and to which ``policy``
-    applies (or None)."""
-    value = policy.definition.get(key) if policy is not None else None
-    if value is None:
-        return argument
-    if argument is None:
-        return value
-    if key in MIN_WINS:
-        try:
-            return min(argument, value)
-        except TypeError:
-            return argument
-    return argument

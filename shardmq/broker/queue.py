@@ -12,7 +12,9 @@ Invariants:
   to ``store`` after a delivery.
 - Dispatch happens whenever readiness can have changed: a publish, an ack that returned
   credit, a new consumer, a qos change, a writable socket, channel.flow on.
-- Round robin: consumers are tried in turn starting after the last one served.
+- Round robin: consumers are tried in turn starting after the last one served, unless
+  the queue has a single active consumer or consumers with priorities: then ``order``
+  (``consumer_order.ConsumerOrder``) picks, kept current on every consumer change.
 - Publishers throttled by this queue are released when the backlog drains, the queue
   is purged or deleted.
 - ``publish(msg, conf)``: ``conf`` is the publisher's confirm target (or None). A plain
@@ -21,6 +23,15 @@ Invariants:
 - A ``DurableQueue`` shares its ``redelivered`` set with its store (recovered
   delivered-unacked messages come back redelivered), and its store is destroyed, not
   purged, when the queue is deleted.
+- ``settings`` (``qargs.QueueSettings``) is the one place a queue reads its TTL,
+  expiry, limits and dead-lettering from; ``apply_settings`` swaps it (policies).
+  While ``features`` is False (no such setting, and no message with its own
+  ``expiration`` seen) publish and dispatch take the plain path; otherwise
+  ``qfeatures`` does the per-message work.
+- ``settle`` is an ack; ``reject`` a reject/nack without requeue (dead-lettered
+  ``rejected`` when the queue has a dead-letter exchange).
+- ``expired`` / ``dead_lettered`` / ``dropped`` count messages that left by TTL, were
+  dead-lettered (any reason) and were dropped or refused by a length limit.
 """
 
 from __future__ import annotations
@@ -28,6 +39,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
+from shardmq.broker import qfeatures
+from shardmq.broker.consumer_order import ConsumerOrder, single_active
+from shardmq.broker.expiry import Timer, now_ms
+from shardmq.broker.qargs import NO_SETTINGS, QueueSettings, effective, parse_queue_args
 from shardmq.broker.storage import ConfirmTarget, MemoryStore, MessageStore
 from shardmq.message import Message
 from shardmq.store.queue_store import RawCodec
@@ -49,6 +64,17 @@ _persistent = RawCodec.persistent
 # costs nothing per message and is exact for uniform workloads.
 QUEUE_HIGH_WATER = 20000
 QUEUE_HIGH_BYTES = 64 * 1024 * 1024
+
+
+class QueueServices(Protocol):
+    """What a queue's features need from its broker (``deadletter.BrokerServices``)."""
+
+    def dead_letter(self, queue: Queue, msg: Message, reason: str, settle: bool) -> None:
+        """Publish a dead-lettered copy of ``msg`` to the queue's DLX; when ``settle``,
+        settle ``msg`` on the queue's store once the copy is stored."""
+
+    def delete_expired(self, queue: Queue) -> None:
+        """``x-expires`` passed unused: delete the queue everywhere."""
 
 
 class Throttleable(Protocol):
@@ -75,6 +101,9 @@ class QueueConsumer(Protocol):
     @property
     def channel(self) -> DeliveryTarget[Self]: ...
 
+    @property
+    def priority(self) -> int: ...
+
     def ready(self) -> bool: ...
 
 
@@ -89,6 +118,7 @@ class Consumer:
         "prefetch",
         "unacked",
         "arguments",
+        "priority",
     )
 
     def __init__(
@@ -101,6 +131,7 @@ class Consumer:
         exclusive: bool,
         prefetch: int,
         arguments: dict[str, Any],
+        priority: int = 0,
     ) -> None:
         self.tag = tag
         self.ctag = ctag
@@ -111,6 +142,7 @@ class Consumer:
         self.prefetch = prefetch
         self.unacked = 0
         self.arguments = arguments
+        self.priority = priority  # x-priority (consumer_order.py)
 
     def ready(self) -> bool:
         ch = self.channel
@@ -150,6 +182,17 @@ class Queue:
         "throttled",
         "release_at",
         "_dispatching",
+        "order",
+        "settings",
+        "features",
+        "services",
+        "ttl_timer",
+        "expires_timer",
+        "last_used",
+        "ready_bytes",
+        "expired",
+        "dead_lettered",
+        "dropped",
     )
 
     def __init__(
@@ -182,9 +225,61 @@ class Queue:
         self.throttled: set[Throttleable] = set()
         self.release_at = 0
         self._dispatching = False
+        # single active consumer / consumer priorities; None: plain round robin
+        self.order: ConsumerOrder | None = None
+        self.services: QueueServices | None = None
+        self.ttl_timer: Timer | None = None
+        self.expires_timer: Timer | None = None
+        self.last_used = now_ms()
+        self.ready_bytes = 0
+        self.expired = 0
+        self.dead_lettered = 0
+        self.dropped = 0
+        self.settings = NO_SETTINGS
+        self.features = False
+        self.apply_settings(parse_queue_args(self.arguments, name, vhost))
+
+    def apply_settings(self, settings: QueueSettings) -> None:
+        """The queue's effective settings (its arguments, later overlaid by a policy)."""
+        self.settings = settings
+        if settings.any:
+            self.features = True
+        if isinstance(self.store, MemoryStore):
+            self.ready_bytes = sum(m.body_size for m in self.store)
+        qfeatures.arm_expires(self)
+        qfeatures.arm_head(self)
+
+    def policy_changed(self) -> None:
+        """A policy now applies (or none does): the effective settings are the
+        arguments overlaid by its definition (``qargs.effective``). Called by the
+        policies' ``VHost.assign_policy`` through its ``policy_changed`` hook; reads
+        ``self.policy`` where the queue has one."""
+        policy = getattr(self, "policy", None)
+        definition = getattr(policy, "definition", None)
+        own = parse_queue_args(self.arguments, self.name, self.vhost)
+        self.apply_settings(effective(own, dict(definition) if definition else None))
+
+    def start(self, services: QueueServices | None) -> None:
+        """The broker made this queue where it lives: timers may run."""
+        self.services = services
+        qfeatures.arm_expires(self)
+        qfeatures.arm_head(self)
+
+    def touch(self) -> None:
+        """Used (basic.get, re-declare, a consumer left): x-expires counts from now."""
+        self.last_used = now_ms()
 
     # ------------------------------------------------------------ messages
+    def _push(self, msg: Message, conf: ConfirmTarget | None) -> None:
+        self.store.push(msg)
+
+    def _push_taken(self, msg: Message, conf: ConfirmTarget | None) -> None:
+        """``msg`` goes straight to a consumer (the store is empty)."""
+
     def publish(self, msg: Message, conf: ConfirmTarget | None = None) -> None:
+        if self.features or msg.raw[19] & 0x01:  # settings, or the expiration property
+            qfeatures.publish(self, msg, conf)
+            return
         store = self.store
         if self.consumers and not store:
             c = self._next_consumer()
@@ -197,6 +292,9 @@ class Queue:
 
     def dispatch(self) -> None:
         """Deliver ready messages while some consumer has credit."""
+        if self.features:
+            qfeatures.dispatch(self)
+            return
         if self._dispatching or self.deleted:
             return
         self._dispatching = True
@@ -238,9 +336,11 @@ class Queue:
     def _next_consumer(self) -> QueueConsumer | None:
         cs = self.consumers
         n = len(cs)
-        if n == 1:
+        if n == 1:  # (whatever the order: the one consumer)
             c = cs[0]
             return c if c.ready() else None
+        if self.order is not None:
+            return self.order.next(cs)  # type: ignore[no-any-return]
         rr = self.rr
         for i in range(n):
             j = (rr + i) % n
@@ -251,6 +351,8 @@ class Queue:
         return None
 
     def get(self) -> tuple[Message, bool] | None:
+        if self.features:
+            return qfeatures.get(self)
         if not self.store:
             return None
         msg = self.store.take()
@@ -261,8 +363,15 @@ class Queue:
         return msg, False
 
     def settle(self, msg: Message) -> None:
-        """The message is done with (acked, or rejected without requeue)."""
+        """The message is done with (acked)."""
         self.store.ack(msg)
+
+    def reject(self, msg: Message) -> None:
+        """Rejected or nacked without requeue: dead-lettered, or done with."""
+        if self.settings.dead_letter_exchange is not None:
+            qfeatures.dead_letter(self, msg, qfeatures.REJECTED)
+        else:
+            self.store.ack(msg)
 
     def requeue(self, msgs: Iterable[Message]) -> None:
         if self.deleted:
@@ -270,10 +379,15 @@ class Queue:
         msgs = list(msgs)
         self.redelivered.update(msgs)
         self.store.requeue(msgs)
+        if self.features:
+            qfeatures.requeued(self, msgs)
         self.dispatch()
 
     def purge(self) -> int:
+        if self.deleted:
+            qfeatures.stop_timers(self)
         self.redelivered.clear()
+        self.ready_bytes = 0
         n = self.store.purge()
         if self.throttled:
             self.release_publishers()
@@ -294,13 +408,32 @@ class Queue:
             "unacked": sum(_unacked(c) for c in self.consumers),
             "consumers": len(self.consumers),
             "disk_bytes": 0,
+            **self.counters(),
+        }
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "expired": self.expired,
+            "dead_lettered": self.dead_lettered,
+            "dropped": self.dropped,
         }
 
     # ------------------------------------------------------------ consumers
-    def add_consumer(self, c: QueueConsumer) -> None:
+    def add_consumer(self, c: QueueConsumer, dispatch: bool = True) -> None:
         self.consumers.append(c)
         self.had_consumers = True
-        self.dispatch()
+        self.last_used = now_ms()
+        if self.order is not None or c.priority or single_active(self.arguments):
+            self._reorder()
+        if dispatch:
+            self.dispatch()
+
+    def _reorder(self) -> None:
+        """The consumer list changed on a queue with a single active consumer or
+        consumer priorities (``consumer_order.py``)."""
+        if self.order is None:
+            self.order = ConsumerOrder(single_active(self.arguments))
+        self.order.rebuild(self.consumers)
 
     def remove_consumer(self, c: QueueConsumer) -> bool:
         """Returns True when the queue should now be auto-deleted."""
@@ -310,6 +443,9 @@ class Queue:
             return False
         if self.rr >= len(self.consumers):
             self.rr = 0
+        if self.order is not None:
+            self.order.rebuild(self.consumers)
+        self.last_used = now_ms()
         return self.auto_delete and not self.consumers and self.had_consumers
 
     def exclusive_consumer(self) -> bool:
@@ -338,7 +474,18 @@ class DurableQueue(Queue):
         self.disk = store
         self.redelivered = store.redelivered
 
+    def _push(self, msg: Message, conf: ConfirmTarget | None) -> None:
+        token = conf.durable_token() if conf is not None and _persistent(msg) else None
+        self.disk.push(msg, token)
+
+    def _push_taken(self, msg: Message, conf: ConfirmTarget | None) -> None:
+        token = conf.durable_token() if conf is not None and _persistent(msg) else None
+        self.disk.push_taken(msg, token)  # before deliver: a no-ack delivery acks it
+
     def publish(self, msg: Message, conf: ConfirmTarget | None = None) -> None:
+        if self.features or msg.raw[19] & 0x01:
+            qfeatures.publish(self, msg, conf)
+            return
         token = conf.durable_token() if conf is not None and _persistent(msg) else None
         disk = self.disk
         if self.consumers and not disk:
@@ -353,6 +500,7 @@ class DurableQueue(Queue):
 
     def purge(self) -> int:
         if self.deleted:  # being deleted: the store is destroyed right after
+            qfeatures.stop_timers(self)
             n = len(self.disk)
             if self.throttled:
                 self.release_publishers()
@@ -362,4 +510,5 @@ class DurableQueue(Queue):
     def stats(self) -> dict[str, int]:
         st = self.disk.stats()
         st["consumers"] = len(self.consumers)
+        st.update(self.counters())
         return st

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from shardmq.broker.queue import Consumer
     from shardmq.message import Message
 
-ACK, REQUEUE = 0, 2  # settle actions, as in shardmq.broker.xshard.records
+ACK, DROP, REQUEUE = 0, 1, 2  # settle actions, as in shardmq.broker.xshard.records
 # Credit window of remote consumers whose credit comes back as their socket drains.
 REMOTE_WINDOW = 4096
 # ...in returns of at least this much: a return is a record to the owner and, when its
@@ -27,6 +27,12 @@ REMOTE_WINDOW = 4096
 # once more per burst. Smaller than the window, so the owner never waits for it (when
 # its credit runs out, the whole window is owed, which is more than this).
 REMOTE_CREDIT_CHUNK = REMOTE_WINDOW // 8
+# The same window in bytes: the owner stops delivering to such a consumer once this much
+# is in flight uncredited (a socket that does not drain holds no more than this), and
+# the consumer's worker returns its credit once it owes REMOTE_BYTES_CHUNK, whatever the
+# count, so a stopped owner always gets credit back when the socket drains.
+REMOTE_INFLIGHT_BYTES = 8 * 1024 * 1024
+REMOTE_BYTES_CHUNK = REMOTE_INFLIGHT_BYTES // 8
 
 
 class Settler(Protocol):
@@ -99,6 +105,11 @@ class RemoteQueue:
     def settle(self, msg: Message) -> None:
         if msg.seq:
             self.router.settle(self.shard, msg.seq, ACK)
+
+    def reject(self, msg: Message) -> None:
+        """Rejected without requeue: the owner dead-letters it if its queue says so."""
+        if msg.seq:
+            self.router.settle(self.shard, msg.seq, DROP)
 
     def requeue(self, msgs: list[Message]) -> None:
         for m in msgs:

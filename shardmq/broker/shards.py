@@ -7,7 +7,8 @@ to the side that does it:
 
 - the user side (``shardmq.broker.xshard.user.UserSide``): this worker's publishers
   and consumers of queues owned elsewhere (``enqueue``, ``settle``, ``grant``,
-  ``consume``, ``cancel``, ``get``, ``purge``, ``tx_seq``, ``throttled``);
+  ``consume``, ``cancel``, ``get``, ``purge``, ``reply_exists``, ``tx_seq``,
+  ``throttled``);
 - the owner side (``shardmq.broker.xshard.owner.OwnerSide``): this worker's queues as
   other workers use them.
 
@@ -64,6 +65,7 @@ class ShardRouter:
         self.cancel = user.cancel
         self.get = user.get
         self.purge = user.purge
+        self.reply_exists = user.reply_exists
         self.tx_seq = user.tx_seq
         self.flush = user.flush
         self.throttled = user.throttled

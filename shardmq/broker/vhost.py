@@ -48,6 +48,7 @@ from shardmq.amqp.errors import (
 from shardmq.broker import chash
 from shardmq.broker.exchange import Exchange, effective_alternate
 from shardmq.broker.policies import Policy, PolicySet
+from shardmq.broker.qargs import parse_queue_args
 from shardmq.broker.queue import Queue
 from shardmq.broker.routing import DELAYED_TYPE, EXCHANGE_TYPES, rabbit_type_name
 from shardmq.message import Message
@@ -319,11 +320,15 @@ class VHost:
         server_named: bool = False,
     ) -> AnyQueue:
         if passive:
-            return self.queue(name, requester)
+            pq = self.queue(name, requester)
+            if isinstance(pq, Queue):
+                pq.touch()  # RabbitMQ: any declare uses the queue (x-expires)
+            return pq
         if not name:
             name = "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
         elif name.startswith("amq.") and not server_named:
             raise SoftError(ACCESS_REFUSED, f"queue name '{name}' contains reserved prefix 'amq.*'")
+        parse_queue_args(arguments, name, self.name)  # 406 for an invalid x- argument
         q = self.queues.get(name)
         if q is not None:
             self.check_exclusive(q, requester)
@@ -347,6 +352,8 @@ class VHost:
                         f"inequivalent arg '{key}' for queue '{name}' {self._where()}: "
                         f"received {_arg_repr(got_a)} but current is {_arg_repr(have_a)}",
                     )
+            if isinstance(q, Queue):
+                q.touch()  # a re-declare uses the queue (x-expires)
             return q
         q = self.queue_factory(
             name,

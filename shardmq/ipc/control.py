@@ -13,6 +13,10 @@ Layout (native unsigned 64-bit words)::
                    ready_gen  worker: ``gen`` once that incarnation is ready
                    conns      worker: client connections it serves now
                    accepted   worker: sockets it received by hand-off (monotonic)
+                   rss        worker: its resident bytes, for the broker-wide memory
+                              alarm (``workers.lifecycle.MemoryWatch``)
+                   fd_alarm   worker: 1 while its file descriptors run short
+                              (``shardmq.net.limits.Admission``)
     64 + 64*n    ring table: n*n words, serial of ring i -> j at [i*n + j] (0 on i == j)
 
 Invariants: every word has exactly one writer (noted above). The supervisor changes
@@ -39,7 +43,7 @@ _SLOT0 = 8  # word index of slot 0
 _SLOT_WORDS = 8
 _W_SEQ = 3
 
-F_GEN, F_PID, F_HEARTBEAT, F_READY, F_CONNS, F_ACCEPTED = range(6)
+F_GEN, F_PID, F_HEARTBEAT, F_READY, F_CONNS, F_ACCEPTED, F_RSS, F_FD_ALARM = range(8)
 
 
 def control_name(instance: str) -> str:
@@ -123,6 +127,10 @@ class ControlBlock:
     def set_ready(self, slot: int) -> None:
         """Worker: this incarnation of ``slot`` is ready."""
         self.put(slot, F_READY, self.get(slot, F_GEN))
+
+    def total(self, field: int) -> int:
+        """``field`` summed over the slots whose current incarnation is ready."""
+        return sum(self.get(s, field) for s in range(self.n) if self.is_ready(s))
 
     def is_ready(self, slot: int) -> bool:
         gen = self.get(slot, F_GEN)

@@ -4,9 +4,14 @@ asyncio protocol and the listener.
 Owns: ``AMQPProtocol`` (one per TCP connection), ``IOHub`` (writes every dirty
 connection once per loop turn, runs heartbeat and handshake timers) and ``serve`` (the
 listeners until ``stop``, then every connection closed: connection.close 320 to the open
-ones, the rest aborted after ``server.shutdown_timeout``). The AMQPS listener serves the
-same protocol through ``shardmq.net.tls.TLSListener`` (the handshake first); an
-``AMQPProtocol`` made on a TLS transport passes its ``TLSPeer`` to the connection. The process around it
+ones, the rest aborted after ``server.shutdown_timeout``). ``serve`` raises the file
+descriptor limit first and admits each new connection through
+``shardmq.net.limits.Admission`` (fd alarm, unauthenticated connections per address);
+with several workers it gives the broker the other workers' connection count
+(``max_connections``). The AMQPS listener serves the same protocol through
+``shardmq.net.tls.TLSListener`` (the handshake first, then admission); an
+``AMQPProtocol`` made on a TLS transport passes its ``TLSPeer`` to the connection. The
+process around it
 (signals, storage recovery and close, memory alarm, status file) is
 ``workers.lifecycle.serve_broker``.
 
@@ -20,6 +25,11 @@ Invariants:
   consumers (credit returns when it drains); nothing is dropped.
 - A connection not open (connection.open-ok sent) ``amqp.handshake_timeout`` seconds
   after it was accepted is aborted, whatever it negotiated (heartbeats included).
+- Replies of every kind are bounded per connection: once its unwritten output (the
+  transport's buffer plus this turn's) passes ``READ_HOLD``, the engine stops parsing
+  after the current frame and the socket is not read until the buffer is back under
+  ``WRITE_LOW_WATER``; held frames are then parsed in order. A client that pipelines
+  requests and never reads costs at most about ``READ_HOLD`` plus one reply.
 - After connection.close was sent by the server, the socket is closed when the peer
   answers close-ok or after ``CLOSE_GRACE`` seconds, whichever comes first.
 """
@@ -37,6 +47,9 @@ from shardmq.amqp.connection import CLOSING, OPEN, log_internal_error
 from shardmq.amqp.errors import CONNECTION_FORCED
 from shardmq.broker.broker import Broker
 from shardmq.config import Config
+from shardmq.ipc.control import F_CONNS, ControlBlock
+from shardmq.ipc.mesh import Mesh
+from shardmq.net.limits import Admission, raise_fd_limit
 from shardmq.net.tls import TLSServer, tls_peer
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
@@ -46,6 +59,10 @@ log = logging.getLogger("shardmq.net")
 CLOSE_GRACE = 3.0
 WRITE_HIGH_WATER = 1024 * 1024
 WRITE_LOW_WATER = 256 * 1024
+# Unwritten output above which a connection is no longer read (nor its read bytes
+# parsed): above WRITE_HIGH_WATER, so deliveries (paused at the high water) alone never
+# stop a consumer's acks from being read.
+READ_HOLD = 4 * 1024 * 1024
 SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
 
 
@@ -58,6 +75,7 @@ class IOHub:
         self._dirty: list[AMQPProtocol] = []
         self._scheduled = False
         self.protocols: set[AMQPProtocol] = set()
+        self.admission: Admission | None = None  # set by ``serve``
 
     def wake(self, proto: AMQPProtocol) -> None:
         self._dirty.append(proto)
@@ -85,6 +103,12 @@ class AMQPProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None  # heartbeats
         self._hs_timer: asyncio.TimerHandle | None = None  # handshake, until open-ok
         self._close_timer: asyncio.TimerHandle | None = None
+        self._want_reading = True  # the broker's flow control (alarms, throttles)
+        self._address = ""  # the peer's IP (admission)
+        self._admitted = False
+        self._held = False  # output over READ_HOLD: not reading until it drains
+        self._continue_due = False  # held input is parsed at the next loop turn
+        self._hold_until = 0.0  # loop time before which nothing is written (refusal)
 
     # ------------------------------------------------------------ transport events
     def connection_made(self, base: asyncio.BaseTransport) -> None:
@@ -98,8 +122,15 @@ class AMQPProtocol(asyncio.Protocol):
                 pass
         peer = transport.get_extra_info("peername")
         peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         hub = self.hub
+        admission = hub.admission
+        if admission is not None:
+            self._address = str(peer[0]) if isinstance(peer, tuple) else peer_s
+            self._admitted = True
+            if not admission.admit(self, self._address):
+                transport.close()  # refused: no descriptor or address over its bound
+                return
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         ssl_object = transport.get_extra_info("ssl_object")
         tls = None
         if ssl_object is not None:
@@ -110,13 +141,26 @@ class AMQPProtocol(asyncio.Protocol):
         self._hs_timer = self.hub.loop.call_later(timeout, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
-        self.conn.feed(data)  # type: ignore[union-attr]
+        conn = self.conn
+        transport = self.transport
+        engine = conn.engine  # type: ignore[union-attr]
+        engine.out_hold = max(READ_HOLD - transport.get_write_buffer_size(), 1)  # type: ignore[union-attr]
+        engine.feed(data)
+        if engine.input_held:
+            self._hold(True)
 
     def eof_received(self) -> bool:
         return False
 
+    @property
+    def opened(self) -> bool:
+        """The client got connection.open-ok (no longer unauthenticated)."""
+        return self.conn is not None and self.conn.state >= OPEN
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.hub.protocols.discard(self)
+        if self._admitted and self.hub.admission is not None:
+            self.hub.admission.closed(self, self._address)
         for t in (self._timer, self._hs_timer, self._close_timer):
             if t is not None:
                 t.cancel()
@@ -129,24 +173,70 @@ class AMQPProtocol(asyncio.Protocol):
 
     def set_reading(self, active: bool) -> None:
         """Flow control from the broker: stop or resume reading this socket."""
-        if self.transport is None or self.transport.is_closing():
+        self._want_reading = active
+        self._apply_reading()
+
+    def _apply_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
-        if active:
-            self.transport.resume_reading()
+        if self._want_reading and not self._held:
+            transport.resume_reading()
         else:
+            transport.pause_reading()
+
+    def hold(self, seconds: float) -> None:
+        """Write and read nothing for ``seconds`` (a failed login's refusal is held:
+        ``shardmq.auth.throttle``); the output written then, close included."""
+        if seconds <= 0:
+            return
+        self._hold_until = self.hub.loop.time() + seconds
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.pause_reading()
+        self.hub.loop.call_at(self._hold_until, self._release_hold)
+
+    def _release_hold(self) -> None:
+        self._hold_until = 0.0
+        self.flush()
+
+    def _hold(self, on: bool) -> None:
+        """Output over ``READ_HOLD`` (on) or drained with no held input (off)."""
+        if on != self._held:
+            self._held = on
+            self._apply_reading()
 
     def pause_writing(self) -> None:
         self.conn.set_write_paused(True)  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
         self.conn.set_write_paused(False)  # type: ignore[union-attr]
+        if self._held:
+            self._schedule_continue()
+
+    def _schedule_continue(self) -> None:
+        if not self._continue_due:
+            self._continue_due = True
+            self.hub.loop.call_soon(self._continue)
+
+    def _continue(self) -> None:
+        """The output drained: parse the held input, then read again if it all fit."""
+        self._continue_due = False
+        conn = self.conn
+        transport = self.transport
+        if conn is None or transport is None or transport.is_closing():
+            return
+        engine = conn.engine
+        if engine.input_held:
+            engine.out_hold = max(READ_HOLD - transport.get_write_buffer_size(), 1)
+            engine.continue_input()
+        if not engine.input_held and transport.get_write_buffer_size() <= READ_HOLD:
+            self._hold(False)
 
     # ------------------------------------------------------------ output
     def flush(self) -> None:
         conn = self.conn
         transport = self.transport
-        if conn is None or transport is None:
+        if conn is None or transport is None or self._hold_until:
             return
         data = conn.take_output()
         if transport.is_closing():
@@ -154,6 +244,13 @@ class AMQPProtocol(asyncio.Protocol):
         if data:
             transport.write(data)
             conn.after_flush()
+            buffered = transport.get_write_buffer_size()
+            # what output may still grow by (replies completed from other workers too)
+            conn.engine.out_hold = max(READ_HOLD - buffered, 1)
+            if buffered > READ_HOLD or conn.engine.input_held:
+                self._hold(True)
+        if self._held and transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+            self._schedule_continue()  # else resume_writing (under the low water) does
         if conn.want_close:
             transport.close()
         elif conn.state == CLOSING and self._close_timer is None:
@@ -180,6 +277,10 @@ class AMQPProtocol(asyncio.Protocol):
         conn = self.conn
         if conn is None or self.transport is None or self.transport.is_closing():
             return
+        if self._held or not self._want_reading:
+            # not reading it (output held, blocked, throttled): its heartbeats wait in
+            # the socket unread, as RabbitMQ pauses its monitor while it does not read
+            conn.engine.recv_activity = True
         if not conn.heartbeat_tick():
             log.warning(
                 "connection %s: missed heartbeats from client, timeout: %ds",
@@ -211,6 +312,13 @@ async def serve(
     (the worker keeps it to serve handed-off sockets and to count connections)."""
     loop = asyncio.get_running_loop()
     hub = IOHub(broker, loop)
+    link = broker.shards.link if broker.shards is not None else None
+    control = link.control if isinstance(link, Mesh) else None
+    admission = Admission(
+        broker, loop, raise_fd_limit(), config.server.max_unauthenticated_per_address, control
+    )
+    hub.admission = admission
+    _count_peer_connections(broker, control)
 
     def factory() -> asyncio.BaseProtocol:
         return AMQPProtocol(hub)
@@ -233,9 +341,11 @@ async def serve(
         names.append((*tls_sock.getsockname()[:1], f"{tls_sock.getsockname()[1]} (TLS)"))
     addrs = ", ".join(f"{name[0]}:{name[1]}" for name in names)
     log.info("shardmq ready: AMQP 0-9-1 on %s", addrs)
+    admission.start()
     if ready is not None:
         ready(addrs)
     await stop.wait()
+    admission.stop()
     log.info("shutting down: closing %d connection(s)", len(hub.protocols))
     server.close()
     if tls_listener is not None:
@@ -251,3 +361,17 @@ async def serve(
         if proto.transport is not None:
             proto.transport.abort()
     await asyncio.sleep(0)
+
+
+def _count_peer_connections(broker: Broker, ctl: ControlBlock | None) -> None:
+    """With several workers, ``max_connections`` counts the other workers' connections
+    too: what each reports in the control block at its heartbeat."""
+    if ctl is None:
+        return
+    slot = broker.slot
+    others = [s for s in range(ctl.n) if s != slot]
+
+    def peers() -> int:
+        return sum(ctl.get(s, F_CONNS) for s in others if ctl.is_ready(s))
+
+    broker.peer_connections = peers

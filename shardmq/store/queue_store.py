@@ -14,7 +14,10 @@ Message record payload (little endian)::
     u8 type=1 | u8 flags | u64 sid | u64 aux | u16 len(exrk) | u32 len(a) | exrk | a | b
 
 ``sid`` is the store's own sequence (monotonic across restarts); ``aux, a, b`` are the
-codec's (``RawCodec``: channel << 32 | fmax, the raw content frames, empty). Flag 1
+codec's (``RawCodec``: channel << 32 | fmax, the raw content frames, and either
+nothing or 8 bytes: ``Message.ts``, the wall-clock ms the message entered a queue with
+a TTL, so its deadline is absolute across restarts; records without it, as older
+segments hold, load with ``ts`` 0). Flag 1
 = the message went to a consumer as it was written (``push_taken``). Index records::
 
     u8 type (2 ack, 3 delivered, 4 keep) | u32 n | n x u64 sid
@@ -92,6 +95,7 @@ _pack_frame = _FRAME.pack
 _unpack_frame = _FRAME.unpack_from
 _crc32 = zlib.crc32
 _U32BE = struct.Struct(">I")
+_TS = struct.Struct("<Q")  # Message.ts in a record's ``b`` part
 _LITTLE = sys.byteorder == "little"
 
 MSG_OVERHEAD = 160  # bytes a ready message costs in memory beyond its content
@@ -129,12 +133,16 @@ class RawCodec:
 
     @staticmethod
     def parts(msg: Message) -> tuple[int, bytes, bytes, bytes]:
-        return msg.ch << 32 | msg.fmax, msg.exrk, msg.raw, b""
+        ts = msg.ts
+        return msg.ch << 32 | msg.fmax, msg.exrk, msg.raw, _TS.pack(ts) if ts else b""
 
     @staticmethod
     def load(aux: int, exrk: bytes, a: bytes, b: bytes, seq: int) -> Message:
         hsize = int.from_bytes(a[3:7], "big")
-        return Message(exrk, a, aux >> 32, hsize, aux & 0xFFFFFFFF, seq)  # type: ignore[call-arg]
+        msg = Message(exrk, a, aux >> 32, hsize, aux & 0xFFFFFFFF, seq)  # type: ignore[call-arg]
+        if len(b) >= 8:
+            msg.ts = _TS.unpack_from(b)[0]
+        return msg
 
     @staticmethod
     def size(msg: Message) -> int:
@@ -320,6 +328,7 @@ class DiskQueueStore:
         self._sync_data: list[str] = []
         self._sync_index: list[str] = []
         self._new_files = False
+        self._new_dir = False  # created by open: queues/ to be synced with the first round
         self._unlinks: list[str] = []
         self._inflight = 0
         self.error: OSError | None = None
@@ -350,10 +359,11 @@ class DiskQueueStore:
             on_dirty=on_dirty,
             codec=codec,
         )
-        parent = os.path.dirname(self.path)
         if not os.path.isdir(self.path):
             os.makedirs(self.path, exist_ok=True)
-            fsync_dir(parent)
+            # its entry in queues/ is made durable with the first commit round (before
+            # any message in it is confirmed), not here: a declare costs no fsync
+            self._new_dir = True
         self._recover()
         return self
 
@@ -671,6 +681,13 @@ class DiskQueueStore:
             sid = -sid
         self._unacked[msg] = sid
         return True
+
+    def peek(self) -> Message:
+        """The next ready message (the store is not empty), left in place."""
+        ready = self._ready
+        if not ready:
+            self._page_in()
+        return ready[0]
 
     def take(self) -> Message:
         ready = self._ready
@@ -1015,9 +1032,11 @@ class DiskQueueStore:
                 self._written_tokens,
                 self._sync_data,
                 self._sync_index,
-                [self.path] if self._new_files else [],
+                ([self.path] if self._new_files else [])
+                + ([os.path.dirname(self.path)] if self._new_dir else []),
                 self._unlinks,
             )
+            self._new_dir = False
             self._written_tokens = []
             self._sync_data = []
             self._sync_index = []

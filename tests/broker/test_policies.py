@@ -9,7 +9,7 @@ import pytest
 
 from shardmq.amqp.errors import NOT_FOUND, PRECONDITION_FAILED, SoftError
 from shardmq.broker import metadata as md
-from shardmq.broker.policies import PolicyError, PolicySet, effective, erl, make_policy
+from shardmq.broker.policies import PolicyError, PolicySet, erl, make_policy
 
 
 @pytest.mark.parametrize(
@@ -68,20 +68,6 @@ def test_highest_priority_matching_policy_applies_ties_by_name() -> None:
     assert ps.match("queue", "z").name == "a"  # type: ignore[union-attr]
     assert ps.remove("a") is not None and ps.remove("a") is None
     assert ps.match("queue", "z").name == "b"  # type: ignore[union-attr]
-
-
-def test_effective_numeric_limits_take_the_smaller_other_keys_the_argument() -> None:
-    p = make_policy(
-        "/", "p", ".*", {"max-length": 10, "message-ttl": 500, "dead-letter-exchange": "pdlx"}
-    )
-    assert effective("max-length", None, p) == 10
-    assert effective("max-length", 20, p) == 10
-    assert effective("max-length", 3, p) == 3
-    assert effective("message-ttl", 1000, p) == 500
-    assert effective("dead-letter-exchange", "adlx", p) == "adlx"
-    assert effective("dead-letter-exchange", None, p) == "pdlx"
-    assert effective("expires", 7, p) == 7
-    assert effective("expires", None, None) is None
 
 
 def _meta() -> md.Metadata:

@@ -90,13 +90,21 @@ def test_throttle() -> None:
 
 
 def test_request_consume() -> None:
-    req = r.Consume(4, "/", "q1", GID, 3, "ctg", True, False, 4096, False)
+    req = r.Consume(4, "/", "q1", GID, 3, "ctg", True, False, 4096, False, -2)
     data = r.request_record(req)
     # kind; msgpack [ "consume", req, vhost, name, gid, channel, tag, no_ack, exclusive,
-    # credit, credit_on_settle ]
+    # credit, credit_on_settle, priority ]
     assert data == golden(
-        "06 9b a7636f6e73756d65 04 a12f a27131 cf0000000100000002 03 a3637467 c3 c2 cd1000 c2"
+        "06 9c a7636f6e73756d65 04 a12f a27131 cf0000000100000002 03 a3637467 c3 c2 cd1000 c2 fe"
     )
+    assert r.parse_request(data) == req
+
+
+def test_request_reply_exists() -> None:
+    req = r.ReplyExists(7, "amq.rabbitmq.reply-to.x")
+    data = r.request_record(req)
+    # kind; msgpack [ "reply", req, address ]
+    assert data == golden("06 93 a57265706c79 07 b7 616d712e7261626269746d712e7265706c792d746f2e78")
     assert r.parse_request(data) == req
 
 

@@ -279,4 +279,7 @@ def test_transient_queue_stats() -> None:
         "unacked": 1,
         "consumers": 1,
         "disk_bytes": 0,
+        "expired": 0,
+        "dead_lettered": 0,
+        "dropped": 0,
     }

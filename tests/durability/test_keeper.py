@@ -3,6 +3,7 @@ sequencer): what gets saved, when the file is rewritten, and loading it back."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,85 @@ def test_bad_stored_definition_is_skipped(tmp_path: Path, caplog: pytest.LogCapt
     assert "not restored" in caplog.text
     with pytest.raises(AMQPError):
         k.metadata.vhosts["/"].exchange("bad")
+
+
+def test_incremental_record_matches_a_full_walk(tmp_path: Path) -> None:
+    """Random declares, binds, unbinds and deletes (auto-delete exchanges, e2e bindings,
+    exclusive and transient things among them): after every op the keeper's saved
+    definitions equal a full walk of the metadata (``collect``), and so does what a
+    fresh store loads from disk at the end."""
+    rng = random.Random(1616)
+    k = keeper(tmp_path)
+    queues = [f"q{i}" for i in range(6)]
+    exchanges = [f"x{i}" for i in range(5)]
+    most_bindings = cascades = 0
+    for step in range(1500):
+        r = rng.random()
+        name_q, name_x = rng.choice(queues), rng.choice(exchanges)
+        if r < 0.2:
+            durable = rng.random() < 0.7
+            op: md.Op = xq(name_q, durable=durable, exclusive=rng.random() < 0.1)
+        elif r < 0.35:
+            op = xe(name_x, durable=rng.random() < 0.7, auto_delete=rng.random() < 0.4)
+        elif r < 0.6:
+            if rng.random() < 0.7:
+                op = bind(name_q, name_x, rng.choice(["a", "b"]))
+            else:
+                op = bind(rng.choice(exchanges), name_x, "e", to_queue=False)
+        elif r < 0.75:
+            op = unbind(name_q, name_x, rng.choice(["a", "b"]))
+        elif r < 0.88:
+            op = md.DeleteQueue("/", name_q, False, False, 0)
+        elif r < 0.98:
+            op = md.DeleteExchange("/", name_x, False)
+        else:
+            op = md.DropOwners("", 1)
+        try:
+            k.metadata.apply(op)
+        except AMQPError:
+            continue
+        saved_exchanges = len(k.exchanges)
+        k.after(op)
+        if isinstance(op, md.DeleteQueue | md.Unbind) and len(k.exchanges) < saved_exchanges:
+            cascades += 1  # an auto-delete exchange went with its last binding
+        most_bindings = max(most_bindings, len(k.bindings))
+        exchanges_now, queues_now, bindings_now = k.collect()
+        assert (k.exchanges, k.queues, k.bindings) == (
+            exchanges_now,
+            queues_now,
+            bindings_now,
+        ), (step, op)
+    d = saved(tmp_path)
+    assert sorted(e.name for e in d.exchanges) == sorted(n for _, n in k.exchanges)
+    assert sorted(q.name for q in d.queues) == sorted(n for _, n in k.queues)
+    assert sorted(
+        (b.source, b.destination_type, b.destination, b.routing_key) for b in d.bindings
+    ) == sorted(
+        (s, "queue" if toq else "exchange", dst, rk) for _, s, toq, dst, rk, _ in k.bindings
+    )
+    assert k.saves > 50 and most_bindings >= 5 and cascades >= 3, (most_bindings, cascades)
+
+
+def test_a_delete_does_not_walk_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    k = keeper(tmp_path)
+    for i in range(50):
+        apply(k, xq(f"q{i}"))
+    monkeypatch.setattr(k, "collect", lambda: pytest.fail("walked all definitions"))
+    assert apply(k, md.DeleteQueue("/", "q7", False, False, 0)) is True
+    assert "q7" not in [q.name for q in saved(tmp_path).queues]
+
+
+def test_deleted_vhost_takes_its_definitions(tmp_path: Path) -> None:
+    k = keeper(tmp_path, ["/", "other"])
+    for op in (
+        md.DeclareQueue("other", "oq", False, True, False, False, b"", 0),
+        md.DeclareExchange("other", "ox", "direct", False, True, False, False, b""),
+        md.Bind("other", True, "oq", "ox", "k", b"", 0),
+        xq("kept"),
+    ):
+        apply(k, op)
+    assert apply(k, md.DeleteVHost("other")) is True
+    d = saved(tmp_path)
+    assert [(q.vhost, q.name) for q in d.queues] == [("/", "kept")]
+    assert d.exchanges == [] and d.bindings == []
+    assert [v.name for v in d.vhosts] == ["/"]

@@ -149,6 +149,10 @@ def test_damaged_file_falls_back_to_previous_or_refuses(tmp_path, caplog) -> Non
     open(store.path, "wb").write(data)
     assert store.load() == first  # the previous version, with an error logged
     assert any("checksum" in r.message for r in caplog.records)
+    caplog.clear()
+    assert DefinitionsStore(str(tmp_path)).load() == first  # repaired: a fresh snapshot
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    open(store.path, "wb").write(b"garbage")
     open(store.prev, "wb").write(b"garbage")
     with pytest.raises(DefinitionsError):
         store.load()  # never silently start with no definitions
@@ -162,7 +166,7 @@ def test_file_is_readable_json_after_the_header(tmp_path) -> None:
     store = DefinitionsStore(str(tmp_path))
     store.save(sample())
     head, body = open(store.path, "rb").read().split(b"\n", 1)
-    assert head.startswith(b"SHARDMQ-DEFINITIONS 1 ")
+    assert head.startswith(b"SHARDMQ-DEFINITIONS 2 ")
     doc = msgspec.json.decode(body)
     assert doc["queues"][0]["name"] == "q0" and doc["vhosts"][1]["name"] == "prod"
 

@@ -1,6 +1,7 @@
 """Owner side: this worker's queues used by publishers and consumers on other workers.
 
-Owns: ``OwnerSide`` (ENQUEUE in: publishes into local queues, CONFIRM out; consumers on
+Owns: ``OwnerSide`` (ENQUEUE in: publishes into local queues, or replies to a direct
+reply-to address of this worker (``shardmq.broker.replyto``), CONFIRM out; consumers on
 other workers as ``ProxyConsumer``\\ s, DELIVER out; SETTLE and CREDIT in; REQUEST in,
 REPLY out) and ``RemotePublisher`` (a publisher on another worker that a backed-up
 local queue throttles, THROTTLE out).
@@ -10,7 +11,8 @@ Invariants:
 - A proxy consumer gets a message only while it has credit and the ring to its worker
   is not blocked: credit is the consumer's prefetch (returned as deliveries are settled)
   or, for no-ack and unlimited-prefetch consumers, a window returned as the consumer's
-  socket accepts the data: a slow reader never makes the owner push without bound.
+  socket accepts the data: a slow reader never makes the owner push without bound
+  (the window is also bounded in bytes, ``REMOTE_INFLIGHT_BYTES``).
 - Under a channel's global prefetch limit (``shared`` proxies) credit an empty queue
   cannot use goes straight back (IDLE n) and the proxy then says once when a message
   waits (IDLE 0), so an idle queue never holds a share of the channel's window.
@@ -18,6 +20,9 @@ Invariants:
   worker's incarnation, so a settle meant for a dead incarnation never settles a
   message of this one.
 - A consume request is answered before the first delivery to its proxy (same ring).
+  Proxies join and leave the queue's consumer list through ``Queue.add_consumer`` /
+  ``remove_consumer``, so single-active-consumer and priority order (the consumer's
+  ``x-priority`` travels in the request) hold for them as for local consumers.
 - When a worker dies, its proxies go and what they held goes back to the queues; its
   publishers no longer throttle our queues.
 """
@@ -25,6 +30,7 @@ Invariants:
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +38,8 @@ from shardmq.amqp.codec import FRAME_END_BYTES, shortstr
 from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, SoftError
 from shardmq.broker import metadata as md
 from shardmq.broker.queue import Queue
+from shardmq.broker.remote import REMOTE_INFLIGHT_BYTES
+from shardmq.broker.replyto import PREFIX as REPLY_PREFIX
 from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.xshard import records as rec
 from shardmq.broker.xshard.link import Link
@@ -77,6 +85,9 @@ class ProxyConsumer:
         "hungry",
         "head",
         "flags",
+        "sizes",
+        "inflight",
+        "priority",
     )
 
     def __init__(
@@ -91,6 +102,7 @@ class ProxyConsumer:
         exclusive: bool,
         credit: int,
         credit_on_settle: bool,
+        priority: int = 0,
     ) -> None:
         self.owner = owner
         self.link = owner.link
@@ -112,9 +124,16 @@ class ProxyConsumer:
         self.hungry = False  # shared, gave its credit back: say when a message waits
         self.head = rec.deliver_head(gid, chnum, self.ctag)  # of its DELIVER records
         self.flags = 2 if no_ack else 0
+        # credit returned as its socket drains: sizes of the messages not credited yet
+        # (their total, ``inflight``, is bounded by REMOTE_INFLIGHT_BYTES)
+        self.sizes: deque[int] | None = (
+            deque() if not credit_on_settle and not self.shared else None
+        )
+        self.inflight = 0
+        self.priority = priority  # x-priority (consumer_order.py)
 
     def ready(self) -> bool:
-        if self.credit > 0:
+        if self.credit > 0 and self.inflight <= REMOTE_INFLIGHT_BYTES:
             # and the ring to its worker has room: credit bounds messages, the ring
             # bounds the bytes in flight (large messages, big windows). ``deliver``
             # asks the link whenever what is queued for the ring can have passed its
@@ -143,6 +162,10 @@ class ProxyConsumer:
             link.is_blocked(src)  # closed batches grew what is queued: see ``ready``
         exrk = msg.exrk
         raw = msg.raw
+        sizes = self.sizes
+        if sizes is not None:
+            sizes.append(len(raw))
+            self.inflight += len(raw)
         buf += pack_deliver_item(
             ref,
             self.flags | redelivered,  # bit 0 redelivered, bit 1 no-ack
@@ -211,6 +234,7 @@ class OwnerSide:
             rec.Cancel: self._cancel,
             rec.Get: self._get,
             rec.Purge: self._purge,
+            rec.ReplyExists: self._reply_exists,
         }
 
     def handlers(self) -> dict[int, Callable[[int, bytes], None]]:
@@ -242,6 +266,10 @@ class OwnerSide:
                 q = found.get(name)
                 if isinstance(q, Queue):
                     queues.append(q)
+                elif q is None and name.startswith(REPLY_PREFIX):  # a direct reply
+                    rq = self.broker.replies.lookup(name)
+                    if rq is not None:
+                        queues.append(rq)
         unpack_item = unpack_enqueue_item
         isize = ENQUEUE_ITEM_SIZE
         refs = self._refs
@@ -312,6 +340,8 @@ class OwnerSide:
             lst = touched.setdefault(queue, [])
             if action == rec.REQUEUE:
                 lst.append(msg)
+            elif action == rec.DROP:
+                queue.reject(msg)  # rejected without requeue: dead-lettered if set
             else:
                 queue.settle(msg)
         for queue, msgs in touched.items():
@@ -328,6 +358,10 @@ class OwnerSide:
             self.early_credit[key] = self.early_credit.get(key, 0) + n
             return
         proxy.credit += n
+        sizes = proxy.sizes
+        if sizes:
+            for _ in range(min(n, len(sizes))):
+                proxy.inflight -= sizes.popleft()
         proxy.queue.dispatch()
         if proxy.shared and proxy.credit > 0:
             # the queue ran dry: give the rest back for the channel's other consumers
@@ -383,11 +417,11 @@ class OwnerSide:
             r.exclusive,
             r.credit,
             r.credit_on_settle,
+            r.priority,
         )
         proxy.credit += early
         self.proxies[key] = proxy
-        q.consumers.append(proxy)
-        q.had_consumers = True
+        q.add_consumer(proxy, dispatch=False)  # dispatched after the reply
 
     def _cancel(self, src: int, r: rec.Cancel) -> None:
         key = (src, r.gid, r.chnum, r.consumer_tag)
@@ -418,6 +452,9 @@ class OwnerSide:
     def _purge(self, src: int, r: rec.Purge) -> int:
         return self._local_queue(r.vhost, r.name).purge()
 
+    def _reply_exists(self, src: int, r: rec.ReplyExists) -> int:
+        return 1 if self.broker.replies.lookup(r.address) is not None else 0
+
     # ---------------------------------------------------------------- ring, failures
     def on_writable(self, shard: int) -> None:
         """The ring to ``shard`` drained: its consumers waited for the ring, not for
@@ -447,8 +484,7 @@ class OwnerSide:
             del self.proxies[key]
             q = proxy.queue
             msgs = [self.held.pop(r)[2] for r in proxy.refs if r in self.held]
-            if proxy in q.consumers:
-                q.consumers.remove(proxy)
+            q.remove_consumer(proxy)  # (a single active consumer's successor takes over)
             if msgs:
                 q.requeue(msgs)
             else:

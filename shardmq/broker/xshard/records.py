@@ -180,6 +180,7 @@ class Consume(msgspec.Struct, array_like=True, tag="consume"):
     exclusive: bool
     credit: int
     credit_on_settle: bool
+    priority: int = 0  # the consumer's x-priority
 
 
 class Cancel(msgspec.Struct, array_like=True, tag="cancel"):
@@ -204,7 +205,14 @@ class Purge(msgspec.Struct, array_like=True, tag="purge"):
     name: str
 
 
-Request = Consume | Cancel | Get | Purge
+class ReplyExists(msgspec.Struct, array_like=True, tag="reply"):
+    """Is the direct reply-to ``address`` of the owner's worker live? (1 or 0)"""
+
+    req: int
+    address: str
+
+
+Request = Consume | Cancel | Get | Purge | ReplyExists
 
 
 class GetOk(msgspec.Struct, array_like=True):

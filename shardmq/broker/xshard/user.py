@@ -1,7 +1,7 @@
 """User side: this worker's connections using queues that live on other workers.
 
 Owns: ``UserSide`` (ENQUEUE out for publishes, CONFIRM in; DELIVER in to local
-consumers of remote queues, SETTLE and CREDIT out; consume/cancel/get/purge REQUESTs
+consumers of remote queues, SETTLE and CREDIT out; consume/cancel/get/purge/reply-exists REQUESTs
 out, REPLY in; IDLE and THROTTLE in) and the backpressure of publishers whose ring to
 an owner is full.
 
@@ -273,6 +273,7 @@ class UserSide:
                 c.exclusive,
                 credit,
                 credit_on_settle,
+                c.priority,
             ),
         )
 
@@ -289,6 +290,11 @@ class UserSide:
     def purge(self, rq: RemoteQueue, cb: Callback) -> None:
         req = self._request_id(rq.shard, cb)
         self._request(rq.shard, rec.Purge(req, rq.vhost, rq.name))
+
+    def reply_exists(self, shard: int, address: str, cb: Callback) -> None:
+        """Is the direct reply-to ``address`` of worker ``shard`` live (1) or not (0)?"""
+        req = self._request_id(shard, cb)
+        self._request(shard, rec.ReplyExists(req, address))
 
     def on_reply(self, src: int, data: bytes) -> None:
         reply = rec.parse_reply(data)
@@ -329,10 +335,13 @@ class UserSide:
             # writes the items straight to the client
             n = ch.sink.deliver_remote(ch, consumer, data, pos)
             conn.credit_due[consumer] = conn.credit_due.get(consumer, 0) + n
+            conn.credit_due_bytes += end - pos
             return
         queue = consumer.queue
         deliver = ch.deliver
         count_due = not shared and not consumer.prefetch
+        if count_due:
+            conn.credit_due_bytes += end - pos
         n = 0
         while pos < end:
             ref, flags, exlen, rawch, hsize, fmax, rlen = unpack_item(data, pos)
