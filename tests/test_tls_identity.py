@@ -54,3 +54,35 @@ def test_context_errors_are_one_line(tmp_path: Path) -> None:
         with pytest.raises(TLSConfigError) as err:
             build_context(settings)
         assert text in str(err.value) and "\n" not in str(err.value)
+
+
+def test_listener_pauses_after_a_failed_accept(tmp_path: Path) -> None:
+    """accept() failing (no descriptor left) is one line and a pause, not a busy loop."""
+    import asyncio
+    import socket
+
+    from shardmq.net.tls import TLSListener, TLSServer
+
+    ca = CA(tmp_path)
+    server = ca.issue(tmp_path / "server", "localhost", server=True)
+    tls = TLSServer(TLSSettings(certfile=str(server.cert), keyfile=str(server.key)), 5.0)
+
+    class Failing(socket.socket):
+        calls = 0
+
+        def accept(self):  # type: ignore[no-untyped-def]
+            Failing.calls += 1
+            raise OSError(24, "Too many open files")
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        sock = Failing(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        listener = TLSListener(tls, loop, asyncio.Protocol, sock)
+        client = socket.create_connection(sock.getsockname())
+        await asyncio.sleep(0.2)  # readable the whole time: a busy loop would call often
+        listener.close()
+        client.close()
+        return Failing.calls
+
+    assert asyncio.run(main()) == 1

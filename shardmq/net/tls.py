@@ -250,6 +250,7 @@ class TLSListener:
     ``ACCEPT_BATCH`` per wake-up) and hands each socket to ``TLSServer.adopt``."""
 
     ACCEPT_BATCH = 64
+    ACCEPT_RETRY = 0.5  # seconds without accepting after accept failed (no descriptor)
 
     def __init__(
         self,
@@ -262,6 +263,7 @@ class TLSListener:
         self.loop = loop
         self.factory = factory
         self.sock = sock
+        self._retry: asyncio.TimerHandle | None = None
         sock.setblocking(False)
         sock.listen(1024)
         loop.add_reader(sock.fileno(), self._on_accept)
@@ -272,12 +274,24 @@ class TLSListener:
                 conn, _addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and the like: the next wake-up retries
-                log.warning("TLS accept failed: %s", exc)
+            except OSError as exc:
+                # EMFILE and the like: stop listening for a while instead of spinning
+                # on a socket that stays readable (one line per pause)
+                log.warning("TLS accept failed: %s; retrying in %g s", exc, self.ACCEPT_RETRY)
+                self.loop.remove_reader(self.sock.fileno())
+                self._retry = self.loop.call_later(self.ACCEPT_RETRY, self._resume)
                 return
             self.server.adopt(self.loop, self.factory, conn)
 
+    def _resume(self) -> None:
+        self._retry = None
+        if self.sock.fileno() >= 0:
+            self.loop.add_reader(self.sock.fileno(), self._on_accept)
+
     def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self.sock.fileno() >= 0:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
