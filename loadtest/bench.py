@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any, TypeVar, cast
+from urllib.parse import quote
 
 from loadtest import procstat
 from loadtest.client import URI, AMQPClientError, connect
@@ -85,11 +86,22 @@ class BenchConfig:
     producer_worker: int = -1
     consumer_worker: int = -1
     queue_worker: str = ""
+    # amqps:// only: the CA file that signed the broker's certificate, or no check
+    tls_ca: str = ""
+    tls_insecure: bool = False
     # queue features: x-message-ttl of the benchmark's queues in ms (-1 = none)
     message_ttl: int = -1
 
     def normalized(self) -> BenchConfig:
         c = dataclasses.replace(self)
+        if c.tls_ca or c.tls_insecure:
+            if not c.uri.startswith("amqps://"):
+                raise ValueError("--tls-ca/--tls-insecure need an amqps:// --uri")
+            extra = [f"cacertfile={quote(c.tls_ca)}"] if c.tls_ca else []
+            extra += ["verify=verify_none"] if c.tls_insecure else []
+            for param in extra:  # as URI query parameters: every process gets them
+                if param not in c.uri:
+                    c.uri += ("&" if "?" in c.uri else "?") + param
         if c.fanout:
             c.exchange_type = "fanout"
             c.queues = c.fanout
@@ -736,7 +748,13 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
     )
     a = p.add_argument
-    a("--uri", help=f"broker URI (default {d.uri})")
+    a("--uri", help=f"broker URI, amqp:// or amqps:// (default {d.uri})")
+    a("--tls-ca", metavar="PEM", help="amqps://: CA file that signed the broker's certificate")
+    a(
+        "--tls-insecure",
+        action="store_true",
+        help="amqps://: do not check the broker's certificate",
+    )
     a("--producers", "-x", type=int, help=f"producer connections (default {d.producers})")
     a("--consumers", "-y", type=int, help=f"consumer connections (default {d.consumers})")
     a("--queues", "-q", type=int, help=f"queues (default {d.queues})")

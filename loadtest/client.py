@@ -1,6 +1,8 @@
 """A small, fast asyncio AMQP 0-9-1 client for the load generator.
 
-Owns: one TCP connection with one channel (number 1): the handshake, synchronous RPCs
+Owns: one TCP connection (or TLS: ``amqps://``, with RabbitMQ's URI query parameters
+``cacertfile``, ``certfile``, ``keyfile``, ``verify=verify_none``) with one channel
+(number 1): the handshake, synchronous RPCs
 (declare, bind, qos, consume, confirm.select, delete, close) encoded and decoded with the
 project's generated method table (``shardmq.amqp.methods``), and the hot paths written by
 hand: pre-encoded publish frames (:class:`PublishTemplate`, a whole batch built with one
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import struct
 import time
 from array import array
@@ -31,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from shardmq.amqp import methods as M
 
@@ -81,21 +84,45 @@ class URI:
     user: str
     password: str
     vhost: str
+    tls: bool = False
+    cacertfile: str = ""  # empty: the system's CAs
+    certfile: str = ""  # a client certificate (and keyfile) to present
+    keyfile: str = ""
+    verify: bool = True  # verify=verify_none: no check of the server's certificate
 
     @classmethod
     def parse(cls, uri: str) -> URI:
         u = urlsplit(uri)
-        if u.scheme not in ("amqp", ""):
-            raise ValueError(f"unsupported URI scheme {u.scheme!r} (only amqp://)")
+        if u.scheme not in ("amqp", "amqps", ""):
+            raise ValueError(f"unsupported URI scheme {u.scheme!r} (amqp:// or amqps://)")
+        tls = u.scheme == "amqps"
         path = u.path[1:] if u.path.startswith("/") else u.path
         vhost = unquote(path) if path else "/"
+        query = {k: v[-1] for k, v in parse_qs(u.query).items()}
         return cls(
             host=u.hostname or "127.0.0.1",
-            port=u.port or 5672,
+            port=u.port or (5671 if tls else 5672),
             user=unquote(u.username) if u.username else "guest",
             password=unquote(u.password) if u.password else "guest",
             vhost=vhost,
+            tls=tls,
+            cacertfile=query.get("cacertfile", ""),
+            certfile=query.get("certfile", ""),
+            keyfile=query.get("keyfile", ""),
+            verify=query.get("verify", "verify_peer") != "verify_none",
         )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client context for ``amqps://`` (None for ``amqp://``)."""
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.cacertfile or None)
+        if not self.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if self.certfile:
+            ctx.load_cert_chain(self.certfile, self.keyfile or None)
+        return ctx
 
 
 def frame(ftype: int, channel: int, payload: bytes) -> bytes:
@@ -596,7 +623,12 @@ async def connect(
     """Open a connection and channel 1; raises AMQPClientError / OSError on failure."""
     u = URI.parse(uri) if isinstance(uri, str) else uri
     loop = asyncio.get_running_loop()
-    _, proto = await asyncio.wait_for(loop.create_connection(Client, u.host, u.port), timeout)
+    ctx = u.ssl_context()
+    server_hostname = u.host if ctx is not None else None
+    _, proto = await asyncio.wait_for(
+        loop.create_connection(Client, u.host, u.port, ssl=ctx, server_hostname=server_hostname),
+        timeout,
+    )
     try:
         await proto._handshake(u, heartbeat, product)
     except BaseException:

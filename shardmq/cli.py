@@ -64,8 +64,8 @@ def serve(
     \b
     Exit codes: 0 stopped cleanly, 1 failed, 10 port in use, 11 cannot listen on the
     address, 12 data dir in use by another broker, 13 data dir not writable, 14 data
-    dir is a file, 15 data dir unusable (e.g. under /proc). Start-up errors are one
-    log line."""
+    dir is a file, 15 data dir unusable (e.g. under /proc), 16 TLS certificate, key or
+    CA file unusable. Start-up errors are one log line."""
     try:
         config = load_config(
             config_path,

@@ -1,8 +1,9 @@
 """Broker configuration: one msgspec Struct field per setting, loaded from TOML.
 
 Owns: the settings, their defaults and their validation; the ``[store]`` and
-``[supervisor]`` sections are defined beside their users (``shardmq.store.settings``,
-``workers.settings``) and included here. ``config/shardmq.toml`` documents every field
+``[supervisor]``, ``[auth]`` and ``[tls]`` sections are defined beside their users
+(``shardmq.store.settings``, ``workers.settings``, ``shardmq.auth.settings``,
+``shardmq.net.tls_settings``) and included here. ``config/shardmq.toml`` documents every field
 with its default; keep the two in step.
 
 Invariants: ``load_config`` either returns a fully validated ``Config`` or raises
@@ -20,6 +21,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from shardmq.auth.settings import AuthSettings
+from shardmq.net.tls_settings import TLSSettings
 from shardmq.store.settings import StoreSettings
 from workers.settings import SupervisorConfig
 
@@ -45,6 +47,8 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     max_connections: Annotated[int, Meta(ge=0)] = 0
     # connections one address may hold before connection.open-ok, per worker (0 = no limit)
     max_unauthenticated_per_address: Annotated[int, Meta(ge=0)] = 256
+    # false: no plain AMQP listener, TLS only (RabbitMQ's ``listeners.tcp = none``)
+    tcp_listener: bool = True
 
     def __post_init__(self) -> None:
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
@@ -122,6 +126,14 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    tls: TLSSettings = msgspec.field(default_factory=TLSSettings)
+
+    def __post_init__(self) -> None:
+        if not self.server.tcp_listener and not self.tls.enabled:
+            raise ValueError("server.tcp_listener = false needs a TLS listener (tls.certfile)")
+        if self.tls.enabled and self.server.tcp_listener and self.tls.port == self.server.port:
+            if self.tls.port:
+                raise ValueError(f"tls.port {self.tls.port} is also server.port: choose another")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: object) -> Config:

@@ -11,6 +11,7 @@ gets its end as ``--chan-fd``); one datagram is one message, its first byte the 
                         ``on_worker_message`` (the metadata sequencer, see wiring.py)
   supervisor -> worker  ``CONN`` with SCM_RIGHTS fds (at most ``MAX_FDS_PER_MSG``):
                         accepted client sockets (hand-off acceptor);
+                        ``CONN_TLS``: the same for the AMQPS acceptor;
                         ``USER + payload``: a message for the worker's ``on_message``
 
 Invariants: a datagram is at most ``MAX_MESSAGE`` bytes, kind included; either side
@@ -29,6 +30,7 @@ from collections.abc import Callable
 
 READY = b"R"
 CONN = b"C"
+CONN_TLS = b"T"  # as CONN, for the AMQPS listener: the worker runs the TLS handshake
 USER = b"M"
 MAX_MESSAGE = 1 << 18  # largest datagram on the channel, kind byte included
 MAX_FDS_PER_MSG = 32  # client sockets one CONN datagram may carry

@@ -44,6 +44,9 @@ class ExitCode(IntEnum):
     # the data directory is on a pseudo filesystem (/proc, /sys, ...) or unusable
     # for another reason (the error says which)
     DATA_DIR_UNUSABLE = 15
+    # the [tls] settings cannot make a TLS context: a certificate, key or CA file
+    # missing, unreadable or not PEM, a key that does not match the certificate
+    TLS_CONFIG_INVALID = 16
 
 
 def describe_exit(code: int) -> str:

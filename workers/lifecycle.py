@@ -48,6 +48,7 @@ from shardmq.ipc.control import F_RSS, ControlBlock
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
     from shardmq.config import Config
+    from shardmq.net.tls import TLSServer
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 T = TypeVar("T")
@@ -177,6 +178,16 @@ class MemoryWatch:
 
 
 # ---------------------------------------------------------------------- the broker's life
+def unreachable_listener() -> socket.socket:
+    """A listener nobody can reach (an autobound abstract Unix socket), for a process
+    whose plain AMQP listener is off or whose clients are handed off."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind("")
+    sock.listen(1)
+    sock.setblocking(False)
+    return sock
+
+
 async def serve_broker(
     config: Config,
     broker: Broker,
@@ -186,6 +197,8 @@ async def serve_broker(
     stop: asyncio.Event | None = None,
     wrap_factory: Callable[[ProtocolFactory], ProtocolFactory] | None = None,
     admin: bool = False,
+    tls: TLSServer | None = None,
+    tls_sock: socket.socket | None = None,
 ) -> None:
     """Recover ``broker``'s storage, serve AMQP on ``sock`` (or ``server.host:port``)
     until SIGTERM/SIGINT or ``stop``, then close the connections and the storage.
@@ -193,7 +206,9 @@ async def serve_broker(
     ``ready(addresses)`` is called once the listener accepts; ``wrap_factory`` receives
     the protocol factory and returns the one the listener uses (a worker keeps it to
     serve handed-off sockets and to count connections). ``admin``: this process orders
-    metadata changes (one worker), so it serves the control socket (``workers.admin``)."""
+    metadata changes (one worker), so it serves the control socket (``workers.admin``).
+    ``tls`` and ``tls_sock``: the AMQPS listener (``shardmq.net.tls``), served beside
+    ``sock``."""
     from shardmq.broker.broker import LocalSequencer
     from shardmq.net.server import serve
     from workers.status import StatusWriter
@@ -217,7 +232,16 @@ async def serve_broker(
 
             control = AdminServer(config.server.data_dir, broker.sequencer)
             await control.start()
-        await serve(config, broker, sock=sock, ready=ready, stop=stop, wrap_factory=wrap_factory)
+        await serve(
+            config,
+            broker,
+            sock=sock,
+            ready=ready,
+            stop=stop,
+            wrap_factory=wrap_factory,
+            tls=tls,
+            tls_sock=tls_sock,
+        )
     finally:
         if control is not None:
             await control.stop()

@@ -12,7 +12,11 @@ Owns:
   network namespace, share a port whatever their listen addresses and acceptor modes)
   and a plain bind (no SO_REUSEPORT) of host:port, which fails while any program
   listens there, SO_REUSEPORT or not.
-- ``claim_broker``: both, in that order (``BrokerClaim``).
+- ``claim_broker``: both, in that order (``BrokerClaim``); the AMQPS port is claimed
+  the same way (its own lock and plain bind, the same errors) when TLS is on, and the
+  plain port is not claimed when the plain listener is off.
+- ``tls_server``: the TLS context built once before anything is claimed, so a bad
+  ``[tls]`` setting is one line and ``ExitCode.TLS_CONFIG_INVALID``.
 
 Invariants:
 - Every lock is held by an open file description that the workers inherit
@@ -38,6 +42,8 @@ import socket
 import struct
 import time
 
+from shardmq.config import Config
+from shardmq.net.tls import TLSConfigError, TLSServer
 from workers.exitcodes import ExitCode
 from workers.sdnotify import notify
 
@@ -71,6 +77,7 @@ PSEUDO_FILESYSTEMS = frozenset(
 _OCTAL = re.compile(r"\\([0-7]{3})")
 FIX_DATA_DIR = "choose another with --data-dir or server.data_dir"
 FIX_PORT = "stop it, or start this broker with another --port (server.port)"
+FIX_TLS_PORT = "stop it, or choose another tls.port"
 
 
 class StartupError(Exception):
@@ -238,7 +245,7 @@ def _lock_holder(name: str) -> int | None:
     return pid or None
 
 
-def _port_lock(port: int) -> socket.socket | None:
+def _port_lock(port: int, fix: str = FIX_PORT) -> socket.socket | None:
     """The abstract socket that marks ``port`` as this shardmq's (None if this host does
     not allow one: the plain bind still refuses a port another broker listens on; the
     lock adds the pid to the message and closes the window between two brokers
@@ -266,17 +273,17 @@ def _port_lock(port: int) -> socket.socket | None:
                 if holder is not None and not alive
                 else "another running shardmq" + (f" (pid {holder})" if holder else "")
             )
-            raise StartupError(ExitCode.PORT_IN_USE, f"port {port} is in use by {who}: {FIX_PORT}")
+            raise StartupError(ExitCode.PORT_IN_USE, f"port {port} is in use by {who}: {fix}")
         time.sleep(RETRY_INTERVAL)
 
 
-def bind_error(host: str, port: int, exc: OSError) -> StartupError:
+def bind_error(host: str, port: int, exc: OSError, fix: str = FIX_PORT) -> StartupError:
     """``exc`` from binding ``host:port`` as the start-up error an operator reads."""
     where = f"{host or '*'}:{port}"
     if exc.errno == errno.EADDRINUSE:
         return StartupError(
             ExitCode.PORT_IN_USE,
-            f"port {port} is in use: another program listens on {where}: {FIX_PORT}",
+            f"port {port} is in use: another program listens on {where}: {fix}",
         )
     if exc.errno == errno.EACCES:
         return StartupError(
@@ -342,9 +349,9 @@ class PortClaim:
             self.lock = None
 
 
-def claim_port(host: str, port: int) -> PortClaim:
+def claim_port(host: str, port: int, fix: str = FIX_PORT) -> PortClaim:
     family, proto, addr = listen_address(host, port)
-    lock = _port_lock(port) if port else None
+    lock = _port_lock(port, fix) if port else None
     sock = socket.socket(family, socket.SOCK_STREAM, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -355,35 +362,62 @@ def claim_port(host: str, port: int) -> PortClaim:
         sock.close()
         if lock is not None:
             lock.close()
-        raise bind_error(host, port, exc) from None
+        raise bind_error(host, port, exc, fix) from None
     return PortClaim(host, port, lock, sock)
 
 
 # ---------------------------------------------------------------------- both
 class BrokerClaim:
-    """The data dir lock and the port claim of one broker, for its whole life."""
+    """The data dir lock and the port claims of one broker, for its whole life
+    (``port``: the plain AMQP port, None when that listener is off; ``tls``: the AMQPS
+    port, None when TLS is off)."""
 
-    def __init__(self, data_dir: DataDirLock, port: PortClaim) -> None:
+    def __init__(
+        self, data_dir: DataDirLock, port: PortClaim | None, tls: PortClaim | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = port
+        self.tls = tls
 
     def inherit_fds(self) -> list[int]:
         """Descriptors every worker keeps open until it exits (the locks)."""
         fds = [self.data_dir.fd]
-        if self.port.lock is not None:
-            fds.append(self.port.lock.fileno())
+        for claim in (self.port, self.tls):
+            if claim is not None and claim.lock is not None:
+                fds.append(claim.lock.fileno())
         return [fd for fd in fds if fd >= 0]
 
     def release(self) -> None:
-        self.port.release()
+        for claim in (self.port, self.tls):
+            if claim is not None:
+                claim.release()
         self.data_dir.release()
 
 
-def claim_broker(data_dir: str, host: str, port: int) -> BrokerClaim:
-    """Lock ``data_dir``, then claim ``host:port``; ``StartupError`` if either fails."""
+def claim_broker(
+    data_dir: str, host: str, port: int | None, tls_port: int | None = None
+) -> BrokerClaim:
+    """Lock ``data_dir``, then claim ``host:port`` (unless None: no plain listener) and
+    ``host:tls_port`` (unless None: no TLS); ``StartupError`` if any fails."""
     lock = lock_data_dir(data_dir)
+    plain: PortClaim | None = None
     try:
-        return BrokerClaim(lock, claim_port(host, port))
+        plain = claim_port(host, port) if port is not None else None
+        tls = claim_port(host, tls_port, FIX_TLS_PORT) if tls_port is not None else None
+        return BrokerClaim(lock, plain, tls)
     except BaseException:
+        if plain is not None:
+            plain.release()
         lock.release()
         raise
+
+
+def tls_server(config: Config) -> TLSServer | None:
+    """The broker's ``TLSServer`` (None when TLS is off); ``StartupError`` with
+    ``ExitCode.TLS_CONFIG_INVALID`` when its files cannot make a context."""
+    if not config.tls.enabled:
+        return None
+    try:
+        return TLSServer(config.tls, config.amqp.handshake_timeout)
+    except TLSConfigError as exc:
+        raise StartupError(ExitCode.TLS_CONFIG_INVALID, str(exc)) from None

@@ -1,8 +1,9 @@
 """Process layer: run the broker as one process (N=1) or as a supervisor of N workers.
 
 Owns: process start-up and its exit code (``workers.exitcodes``): the data directory
-and port claimed first (``workers.startup.claim_broker``; a failure is one log line and
-its own exit code), systemd notifications, and with N>1 the worker lifecycle: listening
+and ports claimed first (``workers.startup.claim_broker``; a failure is one log line
+and its own exit code; the TLS context is built before, ``workers.startup.tls_server``),
+systemd notifications, and with N>1 the worker lifecycle: listening
 sockets (the SO_REUSEPORT group, or the claimed socket as the hand-off acceptor), shared
 memory (``MeshHost``), spawn, readiness, respawn in the same slot, stall detection,
 SIGTERM drain, SIGHUP reload, and the hand-off acceptor. With N=1 the broker runs in
@@ -29,6 +30,9 @@ Invariants (N>1):
   exit path of this process (a SIGKILLed supervisor leaves it to the next start, which
   removes it).
 - READY=1 goes to systemd once every worker is ready; RELOADING=1/READY=1 around SIGHUP.
+- The AMQPS listener (``[tls]``) follows the plain one: an SO_REUSEPORT group of its
+  own, or a second acceptor whose sockets are handed off as ``channel.CONN_TLS``; either
+  listener may be absent (``server.tcp_listener = false``, no ``tls.certfile``).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -55,16 +59,28 @@ from shardmq.ipc.mesh import MeshError, MeshHost
 from workers import channel
 from workers.admin import AdminServer
 from workers.exitcodes import ExitCode, describe_exit
-from workers.lifecycle import run_loop, serve_broker, set_log_level, setup_logging
+from workers.lifecycle import (
+    run_loop,
+    serve_broker,
+    set_log_level,
+    setup_logging,
+    unreachable_listener,
+)
 from workers.sdnotify import feed_watchdog, notify
 from workers.settings import SupervisorConfig, parse_settings, supervisor_settings
 from workers.startup import (
+    FIX_TLS_PORT,
     BrokerClaim,
+    PortClaim,
     StartupError,
     bind_error,
     claim_broker,
     report_startup_error,
+    tls_server,
 )
+
+if TYPE_CHECKING:
+    from shardmq.net.tls import TLSServer
 
 log = logging.getLogger("shardmq.supervisor")
 
@@ -78,7 +94,7 @@ def _ignore_slot(slot: int) -> None:
 
 
 # settings a reload cannot change (they need a restart)
-STATIC_SERVER_FIELDS = ("host", "port", "workers", "data_dir")
+STATIC_SERVER_FIELDS = ("host", "port", "workers", "data_dir", "tcp_listener")
 
 
 def worker_count(config: Config) -> int:
@@ -87,9 +103,17 @@ def worker_count(config: Config) -> int:
 
 
 # ---------------------------------------------------------------------- one process
-async def _one_process(config: Config, sock: socket.socket) -> None:
+async def _one_process(
+    config: Config,
+    sock: socket.socket | None,
+    tls: TLSServer | None = None,
+    tls_sock: socket.socket | None = None,
+    reread: Callable[[], Config] | None = None,
+) -> None:
     """``--workers 1``: the broker in this process, no supervisor, no shared memory;
-    ``sock`` is bound (``workers.startup.claim_port``) and listens once recovery is done."""
+    ``sock`` (and ``tls_sock``) are bound (``workers.startup.claim_port``) and listen
+    once recovery is done. SIGHUP: ``reread()`` the config; new log level and TLS
+    certificates."""
     from shardmq.broker.broker import Broker
 
     loop = asyncio.get_running_loop()
@@ -98,8 +122,32 @@ async def _one_process(config: Config, sock: socket.socket) -> None:
     def ready(addrs: str) -> None:
         notify(f"READY=1\nSTATUS=accepting AMQP on {addrs}\nMAINPID={os.getpid()}")
 
-    sock.setblocking(False)
-    await serve_broker(config, Broker(config), sock=sock, ready=ready, admin=True)
+    def reload() -> None:
+        notify("RELOADING=1")
+        try:
+            new = reread() if reread is not None else config
+        except ConfigError as exc:
+            log.error("SIGHUP: %s; keeping the current configuration", exc)
+        else:
+            set_log_level(new.server.log_level)
+            if tls is not None:
+                tls.reload(new.tls)
+            log.info("configuration reloaded")
+        notify("READY=1")
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    for s in (sock, tls_sock):
+        if s is not None:
+            s.setblocking(False)
+    await serve_broker(
+        config,
+        Broker(config),
+        sock=sock if sock is not None else unreachable_listener(),
+        ready=ready,
+        admin=True,
+        tls=tls,
+        tls_sock=tls_sock,
+    )
     notify("STOPPING=1")
 
 
@@ -121,13 +169,25 @@ def run(
     setup_logging(config.server.log_level)
     cfg = config.server
     try:
-        claim = claim_broker(cfg.data_dir, cfg.host, cfg.port)
+        tls = tls_server(config)
+        claim = claim_broker(
+            cfg.data_dir,
+            cfg.host,
+            cfg.port if cfg.tcp_listener else None,
+            config.tls.port if tls is not None else None,
+        )
     except StartupError as err:
         return report_startup_error(err)
     try:
         n = worker_count(config)
         if n == 1:
-            run_loop(_one_process(config, claim.port.take_socket()))
+
+            def reread() -> Config:
+                return load_config(config_path, **(overrides or {})) if config_path else config
+
+            plain = claim.port.take_socket() if claim.port is not None else None
+            tls_sock = claim.tls.take_socket() if claim.tls is not None else None
+            run_loop(_one_process(config, plain, tls, tls_sock, reread))
             return ExitCode.OK
         sup = Supervisor(
             config,
@@ -174,9 +234,12 @@ def listening_sockets(host: str, port: int, count: int, reuseport: bool) -> list
 class Slot:
     """One worker position: its sockets survive the processes that fill it."""
 
-    def __init__(self, index: int, listen: socket.socket | None) -> None:
+    def __init__(
+        self, index: int, listen: socket.socket | None, tls_listen: socket.socket | None = None
+    ) -> None:
         self.index = index
         self.listen = listen
+        self.tls_listen = tls_listen
         self.proc: subprocess.Popen[bytes] | None = None
         self.pidfd = -1
         self.chan: socket.socket | None = None
@@ -228,6 +291,7 @@ class Supervisor:
         self.mesh: MeshHost | None = None
         self.slots: list[Slot] = []
         self.acceptor: socket.socket | None = None
+        self.tls_acceptor: socket.socket | None = None  # hand-off of AMQPS clients
         self.stopping = False
         self.exit_code = ExitCode.OK
         self.done = asyncio.Event()
@@ -263,6 +327,29 @@ class Supervisor:
             f.write(data)
         os.replace(tmp, self.spec_path)
 
+    def _listeners(
+        self, port: int, claim: PortClaim | None, fix: str | None = None
+    ) -> tuple[socket.socket | None, list[socket.socket]]:
+        """(hand-off acceptor, SO_REUSEPORT group) for ``port``: one of them is set."""
+        host = self.config.server.host
+        try:
+            if self.settings.acceptor == "handoff":
+                if claim is not None:
+                    acceptor = claim.take_socket()
+                    acceptor.listen(1024)
+                    acceptor.setblocking(False)
+                else:
+                    (acceptor,) = listening_sockets(host, port, 1, reuseport=False)
+                return acceptor, []
+            # the port is this broker's (port lock, plain bind): now the group
+            if claim is not None:
+                claim.close_socket()
+            return None, listening_sockets(host, port, self.n, reuseport=True)
+        except OSError as exc:
+            if fix is not None:
+                raise bind_error(host, port, exc, fix) from None
+            raise bind_error(host, port, exc) from None
+
     def _setup(self) -> None:
         cfg = self.config.server
         self.mesh = MeshHost(str(self.data_dir), self.n, self.settings.ring_capacity)
@@ -271,30 +358,24 @@ class Supervisor:
                 "removed %d shared-memory segment(s) left by a previous run that crashed",
                 self.mesh.stale_removed,
             )
-        handoff = self.settings.acceptor == "handoff"
-        claim = self.claim.port if self.claim is not None else None
-        try:
-            if handoff and claim is not None:
-                self.acceptor = claim.take_socket()
-                self.acceptor.listen(1024)
-                self.acceptor.setblocking(False)
-            elif handoff:
-                (self.acceptor,) = listening_sockets(cfg.host, cfg.port, 1, reuseport=False)
-            else:
-                # the port is this broker's (port lock, plain bind): now the group
-                if claim is not None:
-                    claim.close_socket()
-                socks = listening_sockets(cfg.host, cfg.port, self.n, reuseport=True)
-                self.slots = [Slot(i, s) for i, s in enumerate(socks)]
-        except OSError as exc:
-            raise bind_error(cfg.host, cfg.port, exc) from None
-        if handoff:
-            self.slots = [Slot(i, None) for i in range(self.n)]
+        plain: list[socket.socket] = []
+        tls: list[socket.socket] = []
+        if cfg.tcp_listener:
+            claim = self.claim.port if self.claim is not None else None
+            self.acceptor, plain = self._listeners(cfg.port, claim)
+        if self.config.tls.enabled:
+            claim = self.claim.tls if self.claim is not None else None
+            port = self.config.tls.port
+            self.tls_acceptor, tls = self._listeners(port, claim, FIX_TLS_PORT)
+        self.slots = [
+            Slot(i, plain[i] if plain else None, tls[i] if tls else None) for i in range(self.n)
+        ]
         self._write_spec()
 
     @property
     def address(self) -> tuple[str, int]:
-        sock = self.acceptor or self.slots[0].listen
+        sock = self.acceptor or self.slots[0].listen or self.tls_acceptor
+        sock = sock or self.slots[0].tls_listen
         assert sock is not None
         name = sock.getsockname()
         return name[0], name[1]
@@ -328,6 +409,9 @@ class Supervisor:
         if slot.listen is not None:
             cmd += ["--listen-fd", str(slot.listen.fileno())]
             pass_fds.append(slot.listen.fileno())
+        if slot.tls_listen is not None:
+            cmd += ["--tls-fd", str(slot.tls_listen.fileno())]
+            pass_fds.append(slot.tls_listen.fileno())
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
@@ -398,7 +482,8 @@ class Supervisor:
             slot.pid,
             slot.beat_at - slot.spawned_at,
         )
-        if self.acceptor is not None and not self._accepting and not self.stopping:
+        acceptors = self.acceptor is not None or self.tls_acceptor is not None
+        if acceptors and not self._accepting and not self.stopping:
             self._start_accepting()
         if not self.all_ready_notified and all(s.ready for s in self.slots):
             self.all_ready_notified = True
@@ -520,13 +605,18 @@ class Supervisor:
 
     # ------------------------------------------------------------------ hand-off
     def _start_accepting(self) -> None:
-        assert self._loop is not None and self.acceptor is not None
-        self._loop.add_reader(self.acceptor.fileno(), self._on_accept)
+        assert self._loop is not None
+        if self.acceptor is not None:
+            self._loop.add_reader(self.acceptor.fileno(), self._on_accept)
+        if self.tls_acceptor is not None:
+            self._loop.add_reader(self.tls_acceptor.fileno(), self._on_accept, True)
         self._accepting = True
 
     def _stop_accepting(self) -> None:
-        if self._accepting and self._loop is not None and self.acceptor is not None:
-            self._loop.remove_reader(self.acceptor.fileno())
+        if self._accepting and self._loop is not None:
+            for acceptor in (self.acceptor, self.tls_acceptor):
+                if acceptor is not None:
+                    self._loop.remove_reader(acceptor.fileno())
         self._accepting = False
 
     def _pick(self, exclude: set[int]) -> Slot | None:
@@ -548,8 +638,8 @@ class Supervisor:
         self._rr = (self._rr + 1) % n
         return best
 
-    def _on_accept(self) -> None:
-        acceptor = self.acceptor
+    def _on_accept(self, tls: bool = False) -> None:
+        acceptor = self.tls_acceptor if tls else self.acceptor
         assert acceptor is not None
         for _ in range(64):
             try:
@@ -560,11 +650,11 @@ class Supervisor:
                 log.warning("accept failed: %s", exc)
                 return
             try:
-                self._hand_off(conn)
+                self._hand_off(conn, channel.CONN_TLS if tls else channel.CONN)
             finally:
                 conn.close()
 
-    def _hand_off(self, conn: socket.socket) -> None:
+    def _hand_off(self, conn: socket.socket, kind: bytes = channel.CONN) -> None:
         tried: set[int] = set()
         while True:
             slot = self._pick(tried)
@@ -574,7 +664,7 @@ class Supervisor:
                     self._stop_accepting()
                 return
             try:
-                socket.send_fds(slot.chan, [channel.CONN], [conn.fileno()])  # type: ignore[arg-type]
+                socket.send_fds(slot.chan, [kind], [conn.fileno()])  # type: ignore[arg-type]
             except OSError:
                 tried.add(slot.index)
                 continue
@@ -633,6 +723,10 @@ class Supervisor:
                     new.server, **{f: getattr(self.config.server, f) for f in changed}
                 )
                 new = msgspec.structs.replace(new, server=server)
+            old_tls = self.config.tls
+            if new.tls.enabled != old_tls.enabled or new.tls.port != old_tls.port:
+                log.warning("SIGHUP: turning TLS on or off or moving tls.port needs a restart")
+                new = msgspec.structs.replace(new, tls=old_tls)
             self.config = new
             new_settings = supervisor_settings(new)
             if getattr(new, "supervisor", None) is not None:
@@ -717,11 +811,13 @@ class Supervisor:
                 s.chan.close()
                 s.chan = None
             s.sender = None
-            if s.listen is not None:
-                s.listen.close()
-        if self.acceptor is not None:
-            self._stop_accepting()
-            self.acceptor.close()
+            for listen in (s.listen, s.tls_listen):
+                if listen is not None:
+                    listen.close()
+        self._stop_accepting()
+        for acceptor in (self.acceptor, self.tls_acceptor):
+            if acceptor is not None:
+                acceptor.close()
         try:
             self.spec_path.unlink()
         except OSError:

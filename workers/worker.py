@@ -1,9 +1,9 @@
 """Worker process entry point: ``python -m workers.worker --slot N ...`` (spawned by the
 supervisor; a fresh interpreter, not a fork).
 
-Owns: what only a worker of N does: inherited fds (listening socket, supervisor channel,
-doorbells), CPU pinning, the mesh attachment, the shared-memory heartbeat, readiness,
-SIGHUP (re-read the config), hand-off of accepted sockets, and exit when the supervisor
+Owns: what only a worker of N does: inherited fds (listening sockets, plain and AMQPS,
+supervisor channel, doorbells), CPU pinning, the mesh attachment, the shared-memory heartbeat, readiness,
+SIGHUP (re-read the config, rebuild the TLS context), hand-off of accepted sockets, and exit when the supervisor
 disappears. The steps it shares with the one-process broker (logging, event loop,
 SIGTERM drain: clients get connection.close 320, exit 0; storage recovery and close,
 memory alarm, status file) are ``workers.lifecycle``'s. No AMQP logic.
@@ -45,6 +45,7 @@ import msgspec  # noqa: E402
 from shardmq.config import Config  # noqa: E402
 from shardmq.ipc.control import F_ACCEPTED, F_CONNS, ControlBlock  # noqa: E402
 from shardmq.ipc.mesh import Mesh  # noqa: E402
+from shardmq.net.tls import TLSConfigError, TLSServer  # noqa: E402
 from workers import channel  # noqa: E402
 from workers.exitcodes import ExitCode  # noqa: E402
 from workers.lifecycle import (  # noqa: E402
@@ -53,6 +54,7 @@ from workers.lifecycle import (  # noqa: E402
     set_log_level,
     setup_logging,
     stop_on_signals,
+    unreachable_listener,
 )
 from workers.settings import SupervisorConfig, cpu_for_slot  # noqa: E402
 
@@ -164,10 +166,12 @@ class Worker:
         self.mesh: Mesh | None = None
         self.control: ControlBlock | None = None
         self.protocol_factory: ProtocolFactory | None = None
+        self.tls_fd: int | None = args.tls_fd
+        self.tls: TLSServer | None = None  # the AMQPS listener's context (SIGHUP: rebuilt)
         self.counter = ConnectionCounter()
         self.accepted = 0  # sockets received by hand-off (monotonic)
         self._adopting = 0  # received, protocol not made yet
-        self._waiting_fds: list[int] = []
+        self._waiting_fds: list[tuple[int, bool]] = []
         self.sender = channel.ChannelSender(self.chan, self._send_failed)
         self.stop = asyncio.Event()
         self.on_message: Callable[[bytes], None] = self._default_message
@@ -204,8 +208,8 @@ class Worker:
 
         self.protocol_factory = make
         waiting, self._waiting_fds = self._waiting_fds, []
-        for fd in waiting:
-            self._adopt(fd)
+        for fd, tls in waiting:
+            self._adopt(fd, tls)
         return make
 
     # ------------------------------------------------------------------ channel
@@ -225,8 +229,9 @@ class Worker:
                 self._supervisor_gone()
                 return
             if fds:
+                tls = msg[:1] == channel.CONN_TLS
                 for fd in fds:
-                    self._adopt(fd)
+                    self._adopt(fd, tls)
             elif msg[:1] == channel.USER:
                 try:
                     self.on_message(msg[1:])
@@ -244,13 +249,21 @@ class Worker:
             log.warning("supervisor is gone; stopping")
             self.stop.set()
 
-    def _adopt(self, fd: int) -> None:
+    def _adopt(self, fd: int, tls: bool = False) -> None:
         if self.protocol_factory is None or self._loop is None:
-            self._waiting_fds.append(fd)
+            self._waiting_fds.append((fd, tls))
+            return
+        if tls and self.tls is None:
+            log.warning("an AMQPS socket was handed off but TLS is off; closing it")
+            os.close(fd)
             return
         self.accepted += 1
         self._adopting += 1
-        adopt_socket(self._loop, self.protocol_factory, fd, self._adopt_failed)
+        if tls and self.tls is not None:
+            # a failed handshake is logged there; the protocol was made (counted) already
+            self.tls.adopt(self._loop, self.protocol_factory, socket.socket(fileno=fd))
+        else:
+            adopt_socket(self._loop, self.protocol_factory, fd, self._adopt_failed)
 
     def _adopt_failed(self) -> None:
         if self._adopting:
@@ -286,6 +299,8 @@ class Worker:
             self.on_reload(spec.config)
         except Exception:
             log.exception("SIGHUP: reload hook failed")
+        if self.tls is not None:
+            self.tls.reload(spec.config.tls)
         log.info("configuration reloaded")
 
     def ready(self, addrs: str) -> None:
@@ -337,11 +352,10 @@ class Worker:
         if self.listen_fd is not None:
             sock = socket.socket(fileno=self.listen_fd)
         else:
-            # hand-off mode: serve_broker() needs a listener; give it one nobody can reach
-            # (an autobound abstract Unix socket); adopted sockets use its protocol factory
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind("")
-            sock.listen(1)
+            # hand-off mode (or no plain listener): serve_broker() needs a listener; give
+            # it one nobody can reach; adopted sockets use its protocol factory
+            sock = unreachable_listener()
+        tls_sock = socket.socket(fileno=self.tls_fd) if self.tls_fd is not None else None
         self._serving = self.config
         try:
             await serve_broker(
@@ -351,6 +365,8 @@ class Worker:
                 ready=self.ready,
                 stop=self.stop,
                 wrap_factory=self.set_protocol_factory,
+                tls=self.tls,
+                tls_sock=tls_sock,
             )
         finally:
             if self.mesh is not None:
@@ -365,6 +381,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--spec", required=True, help="worker config file (JSON)")
     ap.add_argument("--chan-fd", type=int, required=True)
     ap.add_argument("--listen-fd", type=int, default=None)
+    ap.add_argument("--tls-fd", type=int, default=None, help="AMQPS listening socket")
     ap.add_argument("--mesh", default=None, help="mesh spec from the supervisor")
     ap.add_argument("--parent", type=int, required=True, help="supervisor pid")
     return ap.parse_args(argv)
@@ -381,6 +398,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker(args)
     setup_logging(worker.config.server.log_level, f"w{args.slot}")
+    if worker.config.tls.enabled:
+        # before SIGHUP is handled, so that every reload finds the context to replace
+        try:
+            worker.tls = TLSServer(worker.config.tls, worker.config.amqp.handshake_timeout)
+        except TLSConfigError as exc:  # the files changed since the supervisor checked
+            log.critical("worker %d cannot start: %s", args.slot, exc)
+            return ExitCode.TLS_CONFIG_INVALID
     cpu = cpu_for_slot(worker.settings.cpu_affinity, args.slot)
     if cpu is not None:
         try:

@@ -60,6 +60,7 @@ from shardmq.message import Message, next_seq
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
+    from shardmq.net.tls import TLSPeer
 
 log = logging.getLogger("shardmq.connection")
 
@@ -85,9 +86,22 @@ class IOHooks(Protocol):
 class AMQP091Connection:
     """One AMQP 0-9-1 client connection (see the module block)."""
 
-    def __init__(self, broker: Broker, peer: str, io: IOHooks, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        peer: str,
+        io: IOHooks,
+        wake: Callable[[], None],
+        tls: TLSPeer | None = None,
+    ) -> None:
         cfg = broker.config.amqp
         self.io = io
+        self.tls = tls  # None: plain TCP
+        # EXTERNAL is offered only with a verified client certificate
+        external = tls is not None and tls.user is not None
+        self._mechanisms = tuple(
+            m for m in broker.config.auth.mechanisms if m != "EXTERNAL" or external
+        )
         self.engine: AMQPConnection[Channel] = AMQPConnection(
             self,
             wake,
@@ -146,9 +160,13 @@ class AMQP091Connection:
 
     # ------------------------------------------------------------ engine side
     def mechanisms(self) -> tuple[str, ...]:
-        return ("PLAIN", "AMQPLAIN")
+        return self._mechanisms
 
     def authenticate(self, mechanism: str, response: bytes) -> bool:
+        if mechanism == "EXTERNAL":
+            # the response is empty or an authorization identity: the certificate decides
+            user_name = self.tls.user if self.tls is not None else None
+            return user_name is not None and self.domain.login_external(user_name)
         if mechanism == "PLAIN":
             parts = response.split(b"\x00")
             if len(parts) != 3:

@@ -138,6 +138,20 @@ class BrokerConnection:
             log.warning("connection %s: authentication failed for user '%s'", self.peer, user)
         return ok
 
+    def login_external(self, user: str) -> bool:
+        """EXTERNAL: ``user`` is named by a verified TLS client certificate; it must exist
+        and needs no password (``loopback_users`` does not apply: nothing was guessed)."""
+        if user in self.broker.metadata.access.users:
+            self.user = user
+            return True
+        log.warning(
+            "connection %s: EXTERNAL login refused: user '%s' (from the client "
+            "certificate) does not exist",
+            self.peer,
+            user,
+        )
+        return False
+
     def open(self, vhost: str) -> None:
         self.broker.check_connection_limit()  # first, as RabbitMQ's node limit
         vh = self.broker.vhosts.get(vhost)

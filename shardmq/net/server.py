@@ -1,13 +1,17 @@
-"""The only code that touches sockets: the asyncio protocol and the listener.
+"""The only code that touches client sockets (with ``shardmq.net.tls`` for AMQPS): the
+asyncio protocol and the listener.
 
 Owns: ``AMQPProtocol`` (one per TCP connection), ``IOHub`` (writes every dirty
 connection once per loop turn, runs heartbeat and handshake timers) and ``serve`` (the
-listener until ``stop``, then every connection closed: connection.close 320 to the open
+listeners until ``stop``, then every connection closed: connection.close 320 to the open
 ones, the rest aborted after ``server.shutdown_timeout``). ``serve`` raises the file
 descriptor limit first and admits each new connection through
 ``shardmq.net.limits.Admission`` (fd alarm, unauthenticated connections per address);
 with several workers it gives the broker the other workers' connection count
-(``max_connections``). The process around it
+(``max_connections``). The AMQPS listener serves the same protocol through
+``shardmq.net.tls.TLSListener`` (the handshake first, then admission); an
+``AMQPProtocol`` made on a TLS transport passes its ``TLSPeer`` to the connection. The
+process around it
 (signals, storage recovery and close, memory alarm, status file) is
 ``workers.lifecycle.serve_broker``.
 
@@ -46,6 +50,7 @@ from shardmq.config import Config
 from shardmq.ipc.control import F_CONNS, ControlBlock
 from shardmq.ipc.mesh import Mesh
 from shardmq.net.limits import Admission, raise_fd_limit
+from shardmq.net.tls import TLSServer, tls_peer
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
@@ -126,7 +131,11 @@ class AMQPProtocol(asyncio.Protocol):
                 transport.close()  # refused: no descriptor or address over its bound
                 return
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
-        self.conn = AMQP091Connection(hub.broker, peer_s, self, lambda: hub.wake(self))
+        ssl_object = transport.get_extra_info("ssl_object")
+        tls = None
+        if ssl_object is not None:
+            tls = tls_peer(ssl_object, hub.broker.config.tls.ssl_cert_login_from)
+        self.conn = AMQP091Connection(hub.broker, peer_s, self, lambda: hub.wake(self), tls)
         self.hub.protocols.add(self)
         timeout = self.hub.broker.config.amqp.handshake_timeout
         self._hs_timer = self.hub.loop.call_later(timeout, self._handshake_timeout)
@@ -291,10 +300,13 @@ async def serve(
     sock: socket.socket | None = None,
     ready: Callable[[str], None] | None = None,
     wrap_factory: Callable[[ProtocolFactory], ProtocolFactory] | None = None,
+    tls: TLSServer | None = None,
+    tls_sock: socket.socket | None = None,
 ) -> None:
     """Serve AMQP for ``broker`` on ``sock`` (or ``server.host:port``) until ``stop`` is
     set, then close every connection (``workers.lifecycle.serve_broker`` runs it, after
-    the storage is recovered and before it is closed).
+    the storage is recovered and before it is closed). With ``tls`` and ``tls_sock``,
+    AMQPS on ``tls_sock`` too.
 
     ``wrap_factory`` receives the protocol factory and returns the one the listener uses
     (the worker keeps it to serve handed-off sockets and to count connections)."""
@@ -322,7 +334,12 @@ async def serve(
             backlog=1024,
             reuse_address=True,
         )
-    addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets or ())
+    names = [s.getsockname() for s in server.sockets or () if s.family != socket.AF_UNIX]
+    tls_listener = None
+    if tls is not None and tls_sock is not None:
+        tls_listener = tls.listen(loop, make, tls_sock)
+        names.append((*tls_sock.getsockname()[:1], f"{tls_sock.getsockname()[1]} (TLS)"))
+    addrs = ", ".join(f"{name[0]}:{name[1]}" for name in names)
     log.info("shardmq ready: AMQP 0-9-1 on %s", addrs)
     admission.start()
     if ready is not None:
@@ -331,6 +348,8 @@ async def serve(
     admission.stop()
     log.info("shutting down: closing %d connection(s)", len(hub.protocols))
     server.close()
+    if tls_listener is not None:
+        tls_listener.close()
     broker.close_all(CONNECTION_FORCED, SHUTDOWN_TEXT)
     for conn in [p.conn for p in hub.protocols if p.conn is not None and p.conn.state < OPEN]:
         conn.close(CONNECTION_FORCED, SHUTDOWN_TEXT)  # not open yet: closes the socket

@@ -275,3 +275,20 @@ def test_sink_mode_runs_producer_and_consumer() -> None:
     assert r["errors"] == 0, r["error_samples"]
     assert r["published"] > 0 and r["consumed"] > 0
     assert r["broker"] and r["broker"]["pids"]  # the sink process itself
+
+
+def test_amqps_uri_and_tls_options() -> None:
+    from loadtest.client import URI
+
+    u = URI.parse("amqps://u:p@localhost/v?cacertfile=/ca.pem&verify=verify_none")
+    assert (u.tls, u.port, u.cacertfile, u.verify, u.vhost) == (True, 5671, "/ca.pem", False, "v")
+    ctx = URI.parse("amqps://localhost/?verify=verify_none").ssl_context()
+    assert ctx is not None and not ctx.check_hostname
+    assert URI.parse("amqp://127.0.0.1/").ssl_context() is None
+    cfg = BenchConfig(uri="amqps://localhost:5671/", tls_ca="/tmp/ca.pem").normalized()
+    assert URI.parse(cfg.uri).cacertfile == "/tmp/ca.pem"
+    assert (
+        URI.parse(BenchConfig(uri="amqps://h/", tls_insecure=True).normalized().uri).verify is False
+    )
+    with pytest.raises(ValueError):
+        BenchConfig(uri="amqp://h/", tls_ca="/ca.pem").normalized()
