@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from shardmq.auth.settings import AuthSettings
+from shardmq.management import ManagementSettings
 from shardmq.store.settings import StoreSettings
 from workers.settings import SupervisorConfig
 
@@ -122,6 +123,7 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    management: ManagementSettings = msgspec.field(default_factory=ManagementSettings)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, **overrides: object) -> Config:
