@@ -99,7 +99,16 @@ async def put_vhost(request: web.Request) -> web.Response:
         raise bad_request("virtual host name must not be empty")
     existed = vhost in ops_of(request).metadata.vhosts
     await changed(submit(ops_of(request), md.AddVHost(vhost)))
-    return no_content() if existed else created()
+    if existed:
+        return no_content()
+    await grant_creator(request, vhost)
+    return created()
+
+
+async def grant_creator(request: web.Request, vhost: str) -> None:
+    """As RabbitMQ: the user who creates a vhost through the API may use it."""
+    op = md.SetPermissions(vhost, user_of(request).name, ".*", ".*", ".*")
+    await changed(submit(ops_of(request), op))
 
 
 @route("DELETE", "/api/vhosts/{vhost}")
@@ -149,7 +158,8 @@ async def get_user(request: web.Request) -> web.Response:
 
 def user_op(name: str, body: dict[str, Any], exists: bool) -> md.Op:
     """The op that creates or updates user ``name`` from an API body (RabbitMQ's:
-    ``password`` or ``password_hash`` [+ ``hashing_algorithm``], ``tags``)."""
+    ``password`` or ``password_hash`` [+ ``hashing_algorithm``], ``tags``; with
+    neither, the user has no password, as RabbitMQ does)."""
     tags = parse_tags(body.get("tags"))
     unknown = [t for t in tags if t not in TAGS]
     del unknown  # RabbitMQ keeps unknown tags as they are
@@ -160,10 +170,8 @@ def user_op(name: str, body: dict[str, Any], exists: bool) -> md.Op:
         raise bad_request(f"unknown hashing algorithm {algo}")
     if password is not None:
         pw_hash, algo = hash_password(password), SHA256
-    if pw_hash is None:
-        if not exists:
-            raise bad_request("Must specify either password or password_hash")
-        return md.UpdateUser("", name, None, None, tags)
+    if pw_hash is None:  # as RabbitMQ: a user put without either cannot log in
+        pw_hash = ""
     if exists:
         return md.UpdateUser("", name, pw_hash, algo, tags)
     return md.AddUser("", name, pw_hash, algo, tags)

@@ -23,7 +23,7 @@ from aiohttp import web
 from shardmq.broker import metadata as md
 from shardmq.broker.exchange import Exchange
 from workers.admin import submit
-from workers.mgmt_access import policy_op, user_op
+from workers.mgmt_access import grant_creator, policy_op, user_op
 from workers.mgmt_http import (
     bad_request,
     body_of,
@@ -264,8 +264,16 @@ async def _import(request: web.Request, only_vhost: str | None) -> web.Response:
     if only_vhost is not None and only_vhost not in ops.metadata.vhosts:
         raise bad_request(f"vhost {only_vhost} does not exist")
     doc = await body_of(request)
-    for op in import_ops(ops, doc, only_vhost):
+    plan = import_ops(ops, doc, only_vhost)
+    new_vhosts = [
+        op.vhost
+        for op in plan
+        if isinstance(op, md.AddVHost) and op.vhost not in ops.metadata.vhosts
+    ]
+    for op in plan:
         await changed(submit(ops, op))
+        if isinstance(op, md.AddVHost) and op.vhost in new_vhosts:
+            await grant_creator(request, op.vhost)
     return web.Response(status=204)
 
 

@@ -449,7 +449,8 @@ async def add_binding(request: web.Request) -> web.Response:
     op = md.Bind(vhost, to_queue, dest, source, rk, md.table_bytes(args), 0)
     await changed(submit(ops_of(request), op))
     resp = created()
-    resp.headers["Location"] = f"{quote(dest, safe='')}/{props_key(rk, args)}"
+    # RabbitMQ's: the destination and the properties key, URL-quoted (again)
+    resp.headers["Location"] = f"{quote(dest, safe='')}/{quote(props_key(rk, args), safe='')}"
     return resp
 
 
