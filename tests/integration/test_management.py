@@ -26,15 +26,17 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import pika
 import pytest
-import requests
 
 from tests.support.launch import REPO_ROOT, serve_args, spawn, terminate, wait_answering
 from tests.support.ports import free_port
+
+if TYPE_CHECKING:
+    import requests
 
 EXTERNAL = os.environ.get("SHARDMQ_TEST_MGMT_URL")
 RABBITMQADMIN = Path(__file__).parent.parent / "support" / "rabbitmqadmin"
@@ -54,6 +56,8 @@ class Mgmt:
     def call(
         self, method: str, path: str, body: Any = None, auth: tuple[str, str] | None = AUTH
     ) -> requests.Response:
+        import requests  # not at collection: locust's gevent patches ssl then
+
         data = body if isinstance(body, bytes | str) else None
         return requests.request(
             method,
@@ -664,6 +668,8 @@ def test_management_port_in_use(tmp_path: Path, workers: int) -> None:
 
 @pytest.mark.skipif(bool(EXTERNAL), reason="starts its own broker")
 def test_management_disabled(tmp_path: Path) -> None:
+    import requests
+
     m, proc, log = start_mgmt(tmp_path, 1, "enabled = false\n")
     try:
         with pytest.raises(requests.ConnectionError):
