@@ -297,7 +297,10 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
             log.info("HTTP access denied: user '%s' - Not management user", creds[0])
             return _error_response(401, "not_authorised", "Not management user")
         request["user"] = user
-        return await handler(request)
+        resp = await handler(request)
+        if request.method != "GET" and resp.status < 400:  # one line per change, no body
+            log.info("HTTP %s %s by '%s': %d", request.method, request.path, user.name, resp.status)
+        return resp
     except ApiError as exc:
         return _error_response(exc.status, exc.error, exc.reason)
     except web.HTTPException as exc:
