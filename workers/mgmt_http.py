@@ -139,9 +139,10 @@ def vhost_visible(request: web.Request, vhost: str, *, write: bool = False) -> b
 
 
 def need_vhost(request: web.Request, vhost: str, *, write: bool = False) -> None:
-    """``vhost`` exists (404) and the user may see it (or change its objects) (401)."""
+    """``vhost`` exists (404; a change names it as RabbitMQ: ``vhost_not_found``) and
+    the user may see it (or change its objects) (401)."""
     if vhost not in ops_of(request).metadata.vhosts:
-        raise not_found()
+        raise ApiError(404, "not_found", "vhost_not_found") if write else not_found()
     if not vhost_visible(request, vhost, write=write):
         raise not_authorised("User not authorised to access virtual host")
 

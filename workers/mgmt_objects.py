@@ -412,7 +412,7 @@ def _ends(request: web.Request) -> tuple[str, str, str, bool]:
     vhost, source, kind, dest = mi["vhost"], mi["source"], mi["kind"], mi["dest"]
     if kind not in ("q", "e"):
         raise not_found()
-    need_vhost(request, vhost)
+    need_vhost(request, vhost, write=request.method == "POST")
     vh = ops_of(request).metadata.vhosts[vhost]
     if source not in vh.exchanges:
         raise not_found()

@@ -204,6 +204,18 @@ def test_error_codes(mgmt: Mgmt) -> None:
             "received 'false' but current is 'true'"
         )
         assert mgmt.call("DELETE", "/api/queues/%2F/" + _name("nope")).status_code == 404
+        novh = {"error": "not_found", "reason": "vhost_not_found"}
+        for path, body in (
+            (f"/api/queues/{_name('novhost')}/{q}", {}),
+            (f"/api/exchanges/{_name('novhost')}/{q}", {"type": "direct"}),
+            (f"/api/policies/{_name('novhost')}/{q}", {"pattern": "x", "definition": {}}),
+        ):
+            r = mgmt.call("PUT", path, body)
+            assert (r.status_code, r.json()) == (404, novh), path
+        if mgmt.workers is not None:  # not sent to a shared RabbitMQ
+            big = mgmt.call("PUT", f"/api/queues/%2F/{q}-big", b"{" + b" " * (11 << 20) + b"}")
+            assert big.status_code == 413 and big.json()["error"] == "bad_request"
+            assert mgmt.call("GET", f"/api/queues/%2F/{q}-big").status_code == 404
     finally:
         mgmt.call("DELETE", f"/api/queues/%2F/{q}")
 
