@@ -269,10 +269,13 @@ def test_queue_counts_and_delete(mgmt: Mgmt) -> None:
         r = mgmt.call("DELETE", f"/api/queues/%2F/{q}?if-empty=true")
         assert r.status_code == 400 and r.json()["error"] == "bad_request"
         assert mgmt.call("GET", f"/api/queues/%2F/{q}").status_code == 200
-    finally:
         conn.close()
-    assert mgmt.call("DELETE", f"/api/queues/%2F/{q}").status_code == 204
-    assert mgmt.call("GET", f"/api/queues/%2F/{q}").status_code == 404
+        assert mgmt.call("DELETE", f"/api/queues/%2F/{q}").status_code == 204
+        assert mgmt.call("GET", f"/api/queues/%2F/{q}").status_code == 404
+    finally:
+        if conn.is_open:
+            conn.close()
+        mgmt.call("DELETE", f"/api/queues/%2F/{q}")
 
 
 def test_pagination(mgmt: Mgmt) -> None:
