@@ -22,6 +22,7 @@ from msgspec import Meta, Struct
 
 from shardmq.auth.settings import AuthSettings
 from shardmq.net.tls_settings import TLSSettings
+from shardmq.management import ManagementSettings
 from shardmq.store.settings import StoreSettings
 from workers.settings import SupervisorConfig
 
@@ -126,6 +127,7 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    management: ManagementSettings = msgspec.field(default_factory=ManagementSettings)
     tls: TLSSettings = msgspec.field(default_factory=TLSSettings)
 
     def __post_init__(self) -> None:

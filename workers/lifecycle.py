@@ -216,6 +216,14 @@ async def serve_broker(
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     stop_on_signals(loop, stop)
+    mgmt = None
+    if admin and isinstance(broker.sequencer, LocalSequencer):
+        from workers.mgmt_http import management_server
+
+        # claimed before recovery: a port in use is a start-up error, nothing served
+        mgmt = management_server(
+            config.management, config.server.data_dir, config.server.host, config.server.port
+        )
     # Recover before listening: a client must find every durable queue with its messages.
     broker.load_definitions()
     broker.start_storage()
@@ -232,6 +240,8 @@ async def serve_broker(
 
             control = AdminServer(config.server.data_dir, broker.sequencer)
             await control.start()
+            if mgmt is not None:
+                await mgmt.start(broker.sequencer)
         await serve(
             config,
             broker,
@@ -243,6 +253,8 @@ async def serve_broker(
             tls_sock=tls_sock,
         )
     finally:
+        if mgmt is not None:
+            await mgmt.stop()
         if control is not None:
             await control.stop()
         memory.stop()

@@ -66,6 +66,7 @@ from workers.lifecycle import (
     setup_logging,
     unreachable_listener,
 )
+from workers.mgmt_http import ManagementServer, management_server
 from workers.sdnotify import feed_watchdog, notify
 from workers.settings import SupervisorConfig, parse_settings, supervisor_settings
 from workers.startup import (
@@ -187,7 +188,10 @@ def run(
 
             plain = claim.port.take_socket() if claim.port is not None else None
             tls_sock = claim.tls.take_socket() if claim.tls is not None else None
-            run_loop(_one_process(config, plain, tls, tls_sock, reread))
+            try:
+                run_loop(_one_process(config, plain, tls, tls_sock, reread))
+            except StartupError as err:  # the management port (``serve_broker``)
+                return report_startup_error(err)
             return ExitCode.OK
         sup = Supervisor(
             config,
@@ -296,6 +300,7 @@ class Supervisor:
         self.exit_code = ExitCode.OK
         self.done = asyncio.Event()
         self.admin: AdminServer | None = None  # the control socket (``workers.admin``)
+        self.management: ManagementServer | None = None  # the HTTP API (``workers.mgmt_http``)
         self.all_ready_notified = False
         self.deaths: deque[float] = deque()
         self.on_worker_message: Callable[[int, bytes], None] = self._default_message
@@ -760,6 +765,12 @@ class Supervisor:
             seq = wire_supervisor(self)
             self.admin = AdminServer(self.config.server.data_dir, seq)
             await self.admin.start()
+            cfg = self.config
+            self.management = management_server(
+                cfg.management, cfg.server.data_dir, cfg.server.host, cfg.server.port
+            )
+            if self.management is not None:
+                await self.management.start(seq)
             if self.on_start is not None:
                 self.on_start(self)
         except StartupError as err:
@@ -786,6 +797,8 @@ class Supervisor:
         finally:
             self._kill_leftovers()
             self._cleanup()
+            if self.management is not None:
+                await self.management.stop()
             if self.admin is not None:
                 await self.admin.stop()
         log.info("shardmq stopped")

@@ -1,0 +1,400 @@
+"""The management HTTP API's server: RabbitMQ's ``/api`` on one port (aiohttp).
+
+Owns: ``ManagementServer`` (``bind`` the port, ``start`` serving over an ``AdminOps``,
+``stop``), the request plumbing the endpoint modules share: HTTP basic auth against the
+broker's users with RabbitMQ's tag rules (``need_admin``, ``need_vhost``, ...), RabbitMQ's
+error JSON (``ApiError``), body parsing, pagination and sorting of lists (``listing``),
+and ``worker_reports`` (the live counts of every worker, through ``workers.status``).
+The endpoints live in ``workers.mgmt_objects``, ``workers.mgmt_access`` and
+``workers.mgmt_definitions``; each registers its routes with ``route``.
+
+Invariants:
+- It runs where metadata changes are ordered (beside ``workers.admin.AdminServer``):
+  every change goes through ``workers.admin.submit``, so it is applied by every worker
+  (and saved) before the HTTP answer; the message path never sees this server.
+- Every request but none is authenticated (RabbitMQ asks credentials on every
+  endpoint, health checks included); a user without a management tag gets 401, as
+  RabbitMQ answers. Passwords are never logged.
+- A bad request gets RabbitMQ's ``{"error": ..., "reason": ...}`` with its status and
+  changes nothing; an unexpected exception gets a 500 with that JSON and one log line,
+  never a traceback to the client. Bodies over ``MAX_BODY`` are refused (413).
+- ``bind`` raises only ``workers.startup.StartupError`` (one line, exit code): a port in
+  use stops the broker's start-up before anything is served.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from shardmq.auth.access import User
+from shardmq.management import ManagementSettings
+from workers.admin import AdminOps, CommandError
+from workers.startup import StartupError, listen_address
+from workers.status import REQUEST_TIMEOUT, WorkerReport, _ask, status_dir
+
+log = logging.getLogger("shardmq.management")
+
+MAX_BODY = 10 * 1024 * 1024  # RabbitMQ's default http body limit is 10 MiB
+REALM = 'Basic realm="RabbitMQ Management"'
+MANAGEMENT_TAGS = frozenset({"administrator", "monitoring", "policymaker", "management"})
+OPS: web.AppKey[AdminOps] = web.AppKey("ops", AdminOps)  # type: ignore[type-abstract]
+SERVER: web.AppKey[ManagementServer] = web.AppKey("server", object)  # type: ignore[arg-type]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ROUTES: list[tuple[str, str, Handler]] = []
+
+
+def route(method: str, path: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        ROUTES.append((method, path, fn))
+        return fn
+
+    return register
+
+
+# ---------------------------------------------------------------------- errors
+class ApiError(Exception):
+    """An error answer as RabbitMQ's: status, ``error`` and ``reason``."""
+
+    def __init__(self, status: int, error: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.error = error
+        self.reason = reason
+
+
+def not_found() -> ApiError:
+    return ApiError(404, "Object Not Found", "Not Found")
+
+
+def bad_request(reason: str) -> ApiError:
+    return ApiError(400, "bad_request", reason)
+
+
+def not_authorised(reason: str) -> ApiError:
+    return ApiError(401, "not_authorised", reason)
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """``data`` as compact JSON (as RabbitMQ writes it)."""
+    return web.json_response(data, status=status, dumps=_dumps)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _error_response(status: int, error: str, reason: str) -> web.Response:
+    resp = json_response({"error": error, "reason": reason}, status=status)
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = REALM
+    return resp
+
+
+# ---------------------------------------------------------------------- requests
+def ops_of(request: web.Request) -> AdminOps:
+    return request.app[OPS]
+
+
+def user_of(request: web.Request) -> User:
+    user: User = request["user"]
+    return user
+
+
+def is_admin(user: User) -> bool:
+    return "administrator" in user.tags
+
+
+def sees_all(user: User) -> bool:
+    """Reads every vhost's objects (administrator, monitoring)."""
+    return "administrator" in user.tags or "monitoring" in user.tags
+
+
+def need_admin(request: web.Request) -> None:
+    if not is_admin(user_of(request)):
+        raise not_authorised("Not administrator user")
+
+
+def need_policymaker(request: web.Request) -> None:
+    tags = user_of(request).tags
+    if "administrator" not in tags and "policymaker" not in tags:
+        raise not_authorised("Not policymaker user")
+
+
+def vhost_visible(request: web.Request, vhost: str, *, write: bool = False) -> bool:
+    user = user_of(request)
+    if is_admin(user) or (not write and "monitoring" in user.tags):
+        return True
+    return ops_of(request).metadata.access.permission(user.name, vhost) is not None
+
+
+def need_vhost(request: web.Request, vhost: str, *, write: bool = False) -> None:
+    """``vhost`` exists (404; a change names it as RabbitMQ: ``vhost_not_found``) and
+    the user may see it (or change its objects) (401)."""
+    if vhost not in ops_of(request).metadata.vhosts:
+        raise ApiError(404, "not_found", "vhost_not_found") if write else not_found()
+    if not vhost_visible(request, vhost, write=write):
+        raise not_authorised("User not authorised to access virtual host")
+
+
+def vhosts_visible(request: web.Request) -> list[str]:
+    return [v for v in ops_of(request).metadata.vhosts if vhost_visible(request, v)]
+
+
+async def body_of(request: web.Request) -> dict[str, Any]:
+    """The JSON object of the body ({} when there is none)."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("not_json") from None
+    if not isinstance(data, dict):
+        raise bad_request("not_json")
+    return data
+
+
+def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    v = body.get(name, default)
+    if v is not None and not isinstance(v, kind):
+        if kind is bool and isinstance(v, str) and v in ("true", "false"):
+            return v == "true"
+        raise bad_request(f"{name} has the wrong type")
+    return v
+
+
+def flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "false").lower() == "true"
+
+
+async def changed(awaitable: Awaitable[Any]) -> Any:
+    """The result of a submitted op; a refusal is a 400 with the AMQP error's text."""
+    try:
+        return await awaitable
+    except CommandError as exc:
+        raise bad_request(str(exc)) from None
+
+
+def no_content() -> web.Response:
+    return web.Response(status=204)
+
+
+def created() -> web.Response:
+    return web.Response(status=201)
+
+
+def listing(request: web.Request, rows: list[dict[str, Any]]) -> web.Response:
+    """``rows`` as RabbitMQ lists them: sorted by ``sort`` (default ``name``, reversed
+    with ``sort_reverse``), filtered by ``name`` (``use_regex``), and with ``page`` a
+    page object (``page_size``, default 100) instead of the plain list."""
+    q = request.query
+    key = q.get("sort", "")
+    if key:
+        rows = sorted(
+            rows, key=lambda r: _sort_key(r.get(key)), reverse=flag(request, "sort_reverse")
+        )
+    if "page" not in q:
+        return json_response(rows)
+    total = len(rows)
+    name = q.get("name", "")
+    if name:
+        if flag(request, "use_regex"):
+            import re
+
+            try:
+                pat = re.compile(name)
+            except re.error:
+                raise bad_request("invalid regular expression") from None
+            rows = [r for r in rows if pat.search(str(r.get("name", "")))]
+        else:
+            rows = [r for r in rows if name in str(r.get("name", ""))]
+    try:
+        page = int(q.get("page", "1"))
+        size = int(q.get("page_size", "100"))
+    except ValueError:
+        raise bad_request("page and page_size must be integers") from None
+    if page < 1 or not 1 <= size <= 500:
+        raise bad_request("Invalid page number or page size")
+    filtered = len(rows)
+    page_count = max(1, -(-filtered // size))
+    if page > page_count:
+        raise bad_request(f"page out of range, page: {page} page size: {size}, len: {filtered}")
+    items = rows[(page - 1) * size : page * size]
+    return json_response(
+        {
+            "filtered_count": filtered,
+            "item_count": len(items),
+            "items": items,
+            "page": page,
+            "page_count": page_count,
+            "page_size": size,
+            "total_count": total,
+        }
+    )
+
+
+def _sort_key(v: Any) -> tuple[int, Any]:
+    if isinstance(v, bool | int | float):
+        return (0, v)
+    return (1, str(v) if v is not None else "")
+
+
+# ---------------------------------------------------------------------- statistics
+async def worker_reports(request: web.Request) -> list[WorkerReport]:
+    """Every live worker's report, asked now and at once (each worker answers from its
+    own loop; nothing is recorded per message)."""
+    import asyncio
+
+    server = request.app[SERVER]
+    paths = sorted(status_dir(server.data_dir).glob("worker-*.sock"))
+    answers = await asyncio.gather(*(_ask(p, REQUEST_TIMEOUT) for p in paths))
+    reports: list[WorkerReport] = []
+    for answer in answers:
+        if isinstance(answer, bool):
+            continue
+        try:
+            reports.append(msgspec.json.decode(answer, type=WorkerReport))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+    return reports
+
+
+# ---------------------------------------------------------------------- auth
+def _credentials(request: web.Request) -> tuple[str, str] | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        text = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    name, sep, password = text.partition(":")
+    return (name, password) if sep else None
+
+
+@web.middleware
+async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        creds = _credentials(request)
+        if creds is None:
+            return web.Response(status=401, headers={"WWW-Authenticate": REALM})
+        user = ops_of(request).metadata.access.authenticate(*creds)
+        if user is None:
+            log.info("HTTP access denied: user '%s' - invalid credentials", creds[0])
+            return _error_response(401, "not_authorized", "Login failed")
+        if not MANAGEMENT_TAGS.intersection(user.tags):
+            log.info("HTTP access denied: user '%s' - Not management user", creds[0])
+            return _error_response(401, "not_authorised", "Not management user")
+        request["user"] = user
+        resp = await handler(request)
+        if request.method != "GET" and resp.status < 400:  # one line per change, no body
+            log.info("HTTP %s %s by '%s': %d", request.method, request.path, user.name, resp.status)
+        return resp
+    except ApiError as exc:
+        return _error_response(exc.status, exc.error, exc.reason)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return _error_response(404, "Object Not Found", "Not Found")
+        if exc.status == 413:
+            return _error_response(413, "bad_request", "request body too large")
+        if exc.status == 405:
+            return _error_response(405, "Method Not Allowed", "Method Not Allowed")
+        raise
+    except Exception as exc:  # never a traceback to the client: one line, and a 500
+        log.error(
+            "HTTP %s %s failed: %s: %s", request.method, request.path, type(exc).__name__, exc
+        )
+        return _error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------------- the server
+class ManagementServer:
+    def __init__(self, settings: ManagementSettings, data_dir: str, node: str) -> None:
+        self.settings = settings
+        self.data_dir = data_dir
+        self.node = node
+        self.started_at = time.time()
+        self.listeners: list[dict[str, Any]] = []  # /api/overview's, filled by the caller
+        self._sock: socket.socket | None = None
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._sock is not None
+        return int(self._sock.getsockname()[1])
+
+    def bind(self) -> None:
+        """Claim host:port now (``StartupError`` when that cannot be done)."""
+        from workers.startup import bind_error
+
+        s = self.settings
+        port = s.effective_port()
+        family, proto, addr = listen_address(s.host, port)
+        sock = socket.socket(family, socket.SOCK_STREAM, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            err = bind_error(s.host, port, exc)
+            text = str(err).replace("--port (server.port)", "management.port")
+            raise StartupError(err.code, f"management API: {text}") from None
+        self._sock = sock
+
+    async def start(self, ops: AdminOps) -> None:
+        # the endpoint modules register their routes in ROUTES
+        from workers import mgmt_access, mgmt_definitions, mgmt_objects  # noqa: F401
+
+        if self._sock is None:
+            self.bind()
+        app = web.Application(middlewares=[_middleware], client_max_size=MAX_BODY)
+        app[OPS] = ops
+        app[SERVER] = self
+        for method, path, fn in ROUTES:
+            app.router.add_route(method, path, fn)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        assert self._sock is not None
+        await web.SockSite(self._runner, self._sock).start()
+        log.info("management API on http://%s:%d/api", self.settings.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def management_server(
+    settings: ManagementSettings, data_dir: str, amqp_host: str, amqp_port: int
+) -> ManagementServer | None:
+    """The management API's server with its port claimed (None when disabled);
+    ``StartupError`` when the port cannot be had."""
+    if not settings.enabled:
+        return None
+    from workers.mgmt_objects import node_name
+
+    node = node_name()
+    server = ManagementServer(settings, data_dir, node)
+    server.bind()
+    server.listeners = [
+        {"node": node, "protocol": "amqp", "ip_address": amqp_host or "::", "port": amqp_port},
+        {"node": node, "protocol": "http", "ip_address": settings.host, "port": server.port},
+    ]
+    return server
