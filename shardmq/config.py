@@ -21,8 +21,8 @@ import msgspec
 from msgspec import Meta, Struct
 
 from shardmq.auth.settings import AuthSettings
-from shardmq.net.tls_settings import TLSSettings
 from shardmq.management import ManagementSettings
+from shardmq.net.tls_settings import TLSSettings
 from shardmq.store.settings import StoreSettings
 from workers.settings import SupervisorConfig
 
