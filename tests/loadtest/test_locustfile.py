@@ -5,6 +5,7 @@ child interpreter, never in the test process."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -13,7 +14,10 @@ import pytest
 
 from tests.support.launch import REPO_ROOT
 
-pytest.importorskip("locust")
+# find_spec, not importorskip: importing locust here would monkey-patch the whole
+# test session (gevent) and break every later test that uses subprocess or sockets.
+if importlib.util.find_spec("locust") is None:
+    pytest.skip("locust is not installed", allow_module_level=True)
 
 # Drives RpcServerUser.serve on a fake clock: the request arrives after 1000 s of
 # waiting, answering and acking it take 1 s each. Prints every reported request.
