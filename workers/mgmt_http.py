@@ -341,7 +341,7 @@ class ManagementServer:
 
         s = self.settings
         port = s.effective_port()
-        family, proto, addr = listen_address(s.host, port)
+        family, proto, addr = listen_address(s.host or "", port)
         sock = socket.socket(family, socket.SOCK_STREAM, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -350,7 +350,7 @@ class ManagementServer:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            err = bind_error(s.host, port, exc)
+            err = bind_error(s.host or "", port, exc)
             text = str(err).replace("--port (server.port)", "management.port")
             raise StartupError(err.code, f"management API: {text}") from None
         self._sock = sock
@@ -391,6 +391,8 @@ def management_server(
     from workers.mgmt_objects import node_name
 
     node = node_name()
+    if settings.host is None:  # follows the AMQP listener's interface
+        settings = msgspec.structs.replace(settings, host=amqp_host)
     server = ManagementServer(settings, data_dir, node)
     server.bind()
     server.listeners = [
