@@ -336,6 +336,8 @@ async def serve(
         )
     names = [s.getsockname() for s in server.sockets or () if s.family != socket.AF_UNIX]
     tls_listener = None
+    if tls is not None:
+        tls.admission = admission  # handshakes count (also of handed-off sockets)
     if tls is not None and tls_sock is not None:
         tls_listener = tls.listen(loop, make, tls_sock)
         names.append((*tls_sock.getsockname()[:1], f"{tls_sock.getsockname()[1]} (TLS)"))
