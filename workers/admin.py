@@ -128,7 +128,12 @@ def need_vhost(ops: AdminOps, name: str, text: str = "Virtual host {} does not e
 class AdminServer:
     def __init__(self, data_dir: str | Path, ops: AdminOps) -> None:
         # the command modules register themselves in COMMANDS
-        from workers import admin_access, admin_objects, admin_policies  # noqa: F401
+        from workers import (  # noqa: F401
+            admin_access,
+            admin_lists,
+            admin_objects,
+            admin_policies,
+        )
 
         self.data_dir = str(data_dir)
         self.path = socket_path(data_dir)

@@ -6,7 +6,7 @@ Owns: the ops sockets (``OpsServer``: each worker, and the one-process broker, l
 on ``data_dir/status/ops-<slot>.sock``, mode 0600), their frames (one JSON object per
 line each way: ``{"op": NAME, "args": {...}}``, answered ``{"ok": true, "result":
 ...}`` or ``{"ok": false, "error": TEXT, "status": N}``), ``OPS`` (name -> handler,
-filled by ``workers.queue_ops`` and ``workers.conn_ops``) and the clients
+filled by ``workers.queue_ops`` and ``workers.conn_ops``; ``environment`` here) and the clients
 ``call_worker`` (one worker) and ``call_all`` (every live worker at once).
 
 Invariants:
@@ -172,6 +172,15 @@ class OpsServer:
 
 def _frame(answer: _Answer) -> bytes:
     return msgspec.json.encode(answer) + b"\n"
+
+
+@op("environment")
+def environment(broker: Broker, args: dict[str, Any]) -> dict[str, Any]:
+    """The settings this worker runs with (``ctl environment``), without the seed
+    users' passwords."""
+    env: dict[str, Any] = msgspec.to_builtins(broker.config)
+    env["users"] = [{k: v for k, v in u.items() if k != "password"} for u in env.get("users", [])]
+    return env
 
 
 # ---------------------------------------------------------------------- admin side

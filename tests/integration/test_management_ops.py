@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pika
+import pika.exceptions
 import pytest
 
 from tests.integration.test_management import (
@@ -320,5 +321,185 @@ def test_ctl_purge_and_delete_queue(ops: Ops) -> None:
 
 def test_ctl_unreachable(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "shardmq", "ctl", "--data-dir", str(tmp_path), "purge_queue", "q"]
+    res = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 69, res.stderr
+
+
+# ---------------------------------------------------------------------- ctl listings
+def _rows(res: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    assert res.returncode == 0, res.stderr
+    rows: list[dict[str, Any]] = json.loads(res.stdout)
+    return rows
+
+
+def _table(res: subprocess.CompletedProcess[str]) -> list[list[str]]:
+    assert res.returncode == 0, res.stderr
+    return [line.split("\t") for line in res.stdout.splitlines()[1:]]  # after "Listing ..."
+
+
+@pytest.mark.skipif(bool(EXTERNAL), reason="ctl talks to a broker's data dir")
+def test_ctl_listings(ops: Ops) -> None:
+    m = ops.m
+    conn = m.pika()
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=5)
+    q, idle, x = _name("lq"), _name("idle"), _name("lx")
+    try:
+        ch.queue_declare(q, durable=True)
+        ch.queue_declare(idle, arguments={"x-max-length": 10})
+        ch.exchange_declare(x, "topic")
+        ch.queue_bind(q, x, "a.#")
+        for body in (b"1", b"2", b"3"):
+            ch.basic_publish("", idle, body)
+        ch.basic_consume(q, lambda *a: None, consumer_tag="ctl-tag")
+        conn.process_data_events(0)
+        table = _table(ops.ctl("list_queues"))
+        assert table[0] == ["name", "messages"]
+        assert [idle, "3"] in table and [q, "0"] in table
+        rows = {
+            r["name"]: r
+            for r in _rows(
+                ops.ctl(
+                    "list_queues",
+                    "--formatter",
+                    "json",
+                    "name",
+                    "messages_ready",
+                    "consumers",
+                    "durable",
+                    "arguments",
+                )
+            )
+        }
+        assert rows[idle] == {
+            "name": idle,
+            "messages_ready": 3,
+            "consumers": 0,
+            "durable": False,
+            "arguments": {"x-max-length": 10},
+        }
+        assert rows[q]["consumers"] == 1 and rows[q]["durable"] is True
+        res = ops.ctl("list_queues", "name", "bogus_column")
+        assert res.returncode == 2 and "bogus_column" in res.stderr
+        table = _table(ops.ctl("list_exchanges"))
+        assert table[0] == ["name", "type"] and [x, "topic"] in table and ["", "direct"] in table
+        rows = _rows(ops.ctl("list_bindings", "--formatter", "json"))
+        assert {
+            "source_name": x,
+            "source_kind": "exchange",
+            "destination_name": q,
+            "destination_kind": "queue",
+            "routing_key": "a.#",
+            "arguments": {},
+        } in rows
+        port = _local_port(conn)
+        rows = _rows(ops.ctl("list_connections", "--formatter", "json"))
+        assert {
+            "user": "guest",
+            "peer_host": "127.0.0.1",
+            "peer_port": port,
+            "state": "running",
+        } in rows
+        names = [
+            r["name"] for r in _rows(ops.ctl("list_connections", "--formatter", "json", "name"))
+        ]
+        name = f"127.0.0.1:{port} -> 127.0.0.1:{m.amqp_port}"
+        assert name in names
+        rows = _rows(
+            ops.ctl(
+                "list_channels",
+                "--formatter",
+                "json",
+                "name",
+                "connection",
+                "prefetch_count",
+                "consumer_count",
+            )
+        )
+        assert {
+            "name": f"{name} (1)",
+            "connection": name,
+            "prefetch_count": 5,
+            "consumer_count": 1,
+        } in rows
+        rows = _rows(ops.ctl("list_consumers", "--formatter", "json"))
+        assert {
+            "queue_name": q,
+            "channel_pid": f"{name} (1)",
+            "consumer_tag": "ctl-tag",
+            "ack_required": True,
+            "prefetch_count": 5,
+            "active": True,
+            "arguments": {},
+        } in rows
+        # close_connection: the client gets 320 with the reason
+        res = ops.ctl("close_connection", name, "ctl says bye")
+        assert res.returncode == 0, res.stderr
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as err:
+            for _ in range(100):
+                conn.process_data_events(0.2)
+        assert (err.value.reply_code, err.value.reply_text) == (
+            320,
+            "CONNECTION_FORCED - ctl says bye",
+        )
+        res = ops.ctl("close_connection", name, "again")
+        assert res.returncode == 1 and "not found" in res.stderr
+    finally:
+        if conn.is_open:
+            conn.close()
+        with m.pika() as c2:
+            ch2 = c2.channel()
+            ch2.queue_delete(q)
+            ch2.queue_delete(idle)
+            ch2.exchange_delete(x)
+
+
+def _local_port(conn: pika.BlockingConnection) -> int:
+    return int(conn._impl._transport._sock.getsockname()[1])  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(bool(EXTERNAL), reason="ctl talks to a broker's data dir")
+def test_ctl_definitions_and_environment(ops: Ops, tmp_path: Path) -> None:
+    m = ops.m
+    q = _name("defq")
+    path = tmp_path / "defs.json"
+    res = ops.ctl("export_definitions", str(path))
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(path.read_text())
+    assert "guest" in {u["name"] for u in doc["users"]}
+    assert q not in {x["name"] for x in doc["queues"]}
+    doc["queues"].append(
+        {"name": q, "vhost": "/", "durable": True, "auto_delete": False, "arguments": {}}
+    )
+    path.write_text(json.dumps(doc))
+    try:
+        res = ops.ctl("import_definitions", str(path))
+        assert res.returncode == 0, res.stderr
+        assert m.ok("GET", f"/api/queues/%2F/{q}")["durable"] is True
+        again = tmp_path / "again.json"
+        assert ops.ctl("export_definitions", str(again)).returncode == 0
+        assert q in {x["name"] for x in json.loads(again.read_text())["queues"]}
+        bad = tmp_path / "bad.json"
+        bad.write_text("{nope")
+        res = ops.ctl("import_definitions", str(bad))
+        assert res.returncode == 1 and "not valid JSON" in res.stderr
+        res = ops.ctl("import_definitions", str(tmp_path / "missing.json"))
+        assert res.returncode == 1
+    finally:
+        m.call("DELETE", f"/api/queues/%2F/{q}")
+    env = _rows(ops.ctl("environment", "--formatter", "json"))
+    assert isinstance(env, dict)
+    assert env["server"]["port"] == m.amqp_port and env["server"]["workers"] == m.workers
+    assert all("password" not in u for u in env["users"])
+    res = ops.ctl("environment")
+    assert res.returncode == 0 and f"server.port = {m.amqp_port}" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["list_queues"], ["list_connections"], ["close_connection", "a", "b"], ["environment"]],
+)
+def test_ctl_listing_unreachable(tmp_path: Path, args: list[str]) -> None:
+    cmd = [sys.executable, "-m", "shardmq", "ctl", "--data-dir", str(tmp_path), *args]
     res = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 69, res.stderr
