@@ -65,7 +65,8 @@ def _queue(request: web.Request) -> tuple[str, Any]:
 async def purge(request: web.Request) -> web.Response:
     vhost, q = _queue(request)
     need_vhost(request, vhost, write=True)
-    await owner_call(request, q, "purge", {"vhost": vhost, "name": q.name})
+    args = {"vhost": vhost, "name": q.name, "not_exclusive": True}
+    await owner_call(request, q, "purge", args)
     return no_content()
 
 

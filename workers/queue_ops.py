@@ -15,7 +15,9 @@ Invariants:
   their order, marked redelivered, as RabbitMQ's management does. No message is ever
   left held by the admin side.
 - A queue this worker does not own (or that does not exist) is 404 with RabbitMQ's
-  ``NOT_FOUND - no queue 'q' in vhost 'v'``.
+  ``NOT_FOUND - no queue 'q' in vhost 'v'``; an exclusive queue is refused to the
+  management API (400, RabbitMQ's RESOURCE_LOCKED text), whose requests come from no
+  connection of its own.
 """
 
 from __future__ import annotations
@@ -50,15 +52,29 @@ def _names(args: dict[str, Any]) -> tuple[str, str]:
     return vhost, name
 
 
+def _locked(q: Queue) -> str:
+    return (
+        f"cannot obtain exclusive access to locked queue '{q.name}' in vhost '{q.vhost}'. "
+        "It could be originally declared on another connection or the exclusive property "
+        "value does not match that of the original declaration."
+    )
+
+
 @op("purge")
 def purge(broker: Broker, args: dict[str, Any]) -> int:
-    """Empty the queue's ready messages; the number purged."""
-    return local_queue(broker, *_names(args)).purge()
+    """Empty the queue's ready messages; the number purged. With ``not_exclusive`` (the
+    management API, a client of its own as in RabbitMQ) an exclusive queue is refused."""
+    q = local_queue(broker, *_names(args))
+    if q.exclusive and args.get("not_exclusive"):
+        raise OpError(400, _locked(q))
+    return q.purge()
 
 
 @op("get")
 def get(broker: Broker, args: dict[str, Any]) -> list[dict[str, Any]]:
     q = local_queue(broker, *_names(args))
+    if q.exclusive:  # RabbitMQ's management gets through a connection of its own
+        raise OpError(400, f"405 RESOURCE_LOCKED - {_locked(q)}")
     count, ackmode = args.get("count", 1), args.get("ackmode", "ack_requeue_true")
     encoding, truncate = args.get("encoding", "auto"), args.get("truncate")
     if not isinstance(count, int) or ackmode not in ACK_MODES or encoding not in ("auto", "base64"):

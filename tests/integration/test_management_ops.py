@@ -203,6 +203,26 @@ def test_get_bad_input(ops: Ops) -> None:
         m.call("DELETE", f"/api/queues/%2F/{q}")
 
 
+def test_exclusive_queue_refused(ops: Ops) -> None:
+    m = ops.m
+    conn = m.pika()
+    ch = conn.channel()
+    try:
+        q = ch.queue_declare("", exclusive=True).method.queue
+        ch.basic_publish("", q, b"mine")
+        wait_for(lambda: _ready(m, ch, q) == 1)
+        body = {"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"}
+        r = m.call("POST", f"/api/queues/%2F/{q}/get", body)
+        assert r.status_code == 400
+        assert r.json()["reason"].startswith("405 RESOURCE_LOCKED - cannot obtain exclusive")
+        r = m.call("DELETE", f"/api/queues/%2F/{q}/contents")
+        assert r.status_code == 400
+        assert r.json()["reason"].startswith("cannot obtain exclusive access to locked queue")
+        assert _ready(m, ch, q) == 1
+    finally:
+        conn.close()
+
+
 # ---------------------------------------------------------------------- purge
 def test_purge(ops: Ops) -> None:
     m = ops.m
