@@ -8,8 +8,9 @@ Owns: the two ops and the message rows ``get`` answers, in RabbitMQ's shape
 value as JSON, as RabbitMQ's management writes it).
 
 Invariants:
-- ``get`` takes up to ``count`` messages in queue order, as that many basic.gets would,
-  and settles them all before it returns (one loop turn): ``ack_requeue_false`` acks
+- ``get`` takes up to ``count`` messages in queue order, as that many basic.gets would
+  (fewer once the answer holds ``GET_BUDGET`` payload bytes), and settles them all
+  before it returns (one loop turn): ``ack_requeue_false`` acks
   them, ``reject_requeue_false`` rejects them (dead-lettered when the queue has a
   dead-letter exchange), the ``*_requeue_true`` modes put them back at the head in
   their order, marked redelivered, as RabbitMQ's management does. No message is ever
@@ -33,6 +34,11 @@ from workers.worker_ops import OpError, op
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
+
+# A get stops taking messages once its answer holds this many payload bytes (at least
+# one message is always taken): the answer stays well within what a socket line and an
+# HTTP body carry, and nothing is ever taken that could not be answered.
+GET_BUDGET = 8 * 1024 * 1024
 
 ACK_MODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false")
 
@@ -83,12 +89,17 @@ def get(broker: Broker, args: dict[str, Any]) -> list[dict[str, Any]]:
         raise OpError(400, "bad get arguments")
     rows: list[dict[str, Any]] = []
     taken: list[Message] = []
+    size = 0
     for _ in range(max(0, count)):
+        if size >= GET_BUDGET:
+            break
         got = q.get()
         if got is None:
             break
         msg, redelivered = got
-        rows.append(message_row(msg, redelivered, q.message_count, encoding, truncate))
+        row = message_row(msg, redelivered, q.message_count, encoding, truncate)
+        size += len(row["payload"])
+        rows.append(row)
         if ackmode == "ack_requeue_false":
             q.settle(msg)
         elif ackmode == "reject_requeue_false":

@@ -44,7 +44,8 @@ log = logging.getLogger("shardmq.ops")
 
 PREFIX = "ops-"
 TIMEOUT = 10.0  # seconds a worker has to answer one op
-MAX_FRAME = 64 * 1024 * 1024  # a get of many large messages
+MAX_FRAME = 64 * 1024 * 1024  # a request
+MAX_ANSWER = 1024 * 1024 * 1024  # an answer (a get of one message of the largest size)
 
 OpHandler = Callable[["Broker", dict[str, Any]], Any]
 OPS: dict[str, OpHandler] = {}
@@ -189,7 +190,7 @@ async def _call_path(path: Path, name: str, args: dict[str, Any], timeout: float
     try:
         with _addressable(path) as addr:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(addr, limit=MAX_FRAME), timeout
+                asyncio.open_unix_connection(addr, limit=MAX_ANSWER), timeout
             )
     except (TimeoutError, OSError):
         raise OpError(503, f"worker {slot} is not reachable (not running or restarting)") from None

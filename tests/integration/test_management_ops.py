@@ -100,7 +100,7 @@ def test_get_ack_modes(ops: Ops) -> None:
         for q in queues:
             ch.queue_declare(q)
             _fill(ch, q)
-            wait_for(lambda q=q: _ready(m, ch, q) == 3)
+            assert wait_for(lambda q=q: _ready(m, ch, q) == 3)
             rows = _get(m, q, count=5, ackmode="ack_requeue_true", encoding="auto", truncate=50000)
             assert [r["payload"] for r in rows] == ["hello", "/wBiaW4=", "third message long"]
             assert [r["payload_encoding"] for r in rows] == ["string", "base64", "string"]
@@ -149,7 +149,7 @@ def test_get_reject_dead_letters(ops: Ops) -> None:
         ch.queue_bind(dead, dlx)
         ch.queue_declare(q, arguments={"x-dead-letter-exchange": dlx})
         ch.basic_publish("", q, b"doomed")
-        wait_for(lambda: _ready(m, ch, q) == 1)
+        assert wait_for(lambda: _ready(m, ch, q) == 1)
         rows = _get(m, q, count=1, ackmode="reject_requeue_false", encoding="auto")
         assert [r["payload"] for r in rows] == ["doomed"]
         assert wait_for(lambda: _ready(m, ch, dead) == 1)
@@ -160,6 +160,29 @@ def test_get_reject_dead_letters(ops: Ops) -> None:
         ch.queue_delete(q)
         ch.queue_delete(dead)
         ch.exchange_delete(dlx)
+        conn.close()
+
+
+@pytest.mark.skipif(bool(EXTERNAL), reason="shardmq's answer budget (RabbitMQ has none)")
+def test_get_large_messages_within_budget(ops: Ops) -> None:
+    """A get answers at most ~GET_BUDGET payload bytes: what it does not answer stays in
+    the queue, even with ack_requeue_false (nothing taken is ever lost)."""
+    m = ops.m
+    conn = m.pika()
+    ch = conn.channel()
+    q = _name("big")
+    body = b"z" * (4_500_000)
+    try:
+        ch.queue_declare(q)
+        for _ in range(3):
+            ch.basic_publish("", q, body)
+        assert wait_for(lambda: _ready(m, ch, q) == 3)
+        rows = _get(m, q, count=3, ackmode="ack_requeue_false", encoding="auto")
+        assert [r["payload_bytes"] for r in rows] == [len(body), len(body)]
+        assert rows[0]["payload"] == body.decode()
+        assert wait_for(lambda: _ready(m, ch, q) == 1)
+    finally:
+        ch.queue_delete(q)
         conn.close()
 
 
@@ -210,7 +233,7 @@ def test_exclusive_queue_refused(ops: Ops) -> None:
     try:
         q = ch.queue_declare("", exclusive=True).method.queue
         ch.basic_publish("", q, b"mine")
-        wait_for(lambda: _ready(m, ch, q) == 1)
+        assert wait_for(lambda: _ready(m, ch, q) == 1)
         body = {"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"}
         r = m.call("POST", f"/api/queues/%2F/{q}/get", body)
         assert r.status_code == 400
@@ -234,7 +257,7 @@ def test_purge(ops: Ops) -> None:
             ch.queue_declare(q)
             for i in range(5):
                 ch.basic_publish("", q, f"m{i}".encode())
-            wait_for(lambda q=q: _ready(m, ch, q) == 5)
+            assert wait_for(lambda q=q: _ready(m, ch, q) == 5)
             # one message held unacked by a consumer: a purge leaves it alone
             method, _, _ = ch.basic_get(q, auto_ack=False)
             assert method is not None
@@ -244,6 +267,7 @@ def test_purge(ops: Ops) -> None:
             ch.basic_nack(method.delivery_tag, requeue=True)
             assert wait_for(lambda q=q: _ready(m, ch, q) == 1)
             ch.basic_publish("", q, b"after")
+            assert wait_for(lambda q=q: _ready(m, ch, q) == 2)
             rows = _get(m, q, count=5, ackmode="ack_requeue_false", encoding="auto")
             assert [r["payload"] for r in rows] == ["m0", "after"]
     finally:
@@ -263,7 +287,7 @@ def test_rabbitmqadmin_get_purge(ops: Ops) -> None:
         ch.queue_declare(q)
         ch.basic_publish("", q, b"one")
         ch.basic_publish("", q, b"two")
-        wait_for(lambda: _ready(m, ch, q) == 2)
+        assert wait_for(lambda: _ready(m, ch, q) == 2)
         out = json.loads(
             _rabbitmqadmin(
                 m, "-f", "raw_json", "get", f"queue={q}", "count=2", "ackmode=ack_requeue_true"
@@ -290,7 +314,7 @@ def test_amqpstorm_get_purge(ops: Ops) -> None:
         ch.queue_declare(q)
         for body in (b"a", b"b", b"c"):
             ch.basic_publish("", q, body)
-        wait_for(lambda: _ready(m, ch, q) == 3)
+        assert wait_for(lambda: _ready(m, ch, q) == 3)
         got = api.basic.get(q, virtual_host="/", requeue=True, count=2)
         assert [msg.body for msg in got] == ["a", "b"]
         got = api.basic.get(q, virtual_host="/", requeue=False)
@@ -316,11 +340,13 @@ def test_ctl_purge_and_delete_queue(ops: Ops) -> None:
             ch.basic_publish("", q, b"x")
             ch.basic_publish("", q, b"y")
         for q in queues:
+            assert wait_for(lambda q=q: _ready(m, ch, q) == 2)
             res = ops.ctl("purge_queue", q)
             assert res.returncode == 0, res.stderr
             assert res.stdout == f"Purging queue '{q}' in vhost '/' ...\n"
             assert _ready(m, ch, q) == 0
         ch.basic_publish("", queues[0], b"z")
+        assert wait_for(lambda: _ready(m, ch, queues[0]) == 1)
         res = ops.ctl("delete_queue", "--if-empty", queues[0])
         assert res.returncode == 1 and "not empty" in res.stderr, res.stderr
         res = ops.ctl("delete_queue", queues[0])
@@ -372,7 +398,7 @@ def test_ctl_listings(ops: Ops) -> None:
         for body in (b"1", b"2", b"3"):
             ch.basic_publish("", idle, body)
         ch.basic_consume(q, lambda *a: None, consumer_tag="ctl-tag")
-        conn.process_data_events(0)
+        assert wait_for(lambda: _ready(m, ch, idle) == 3)
         table = _table(ops.ctl("list_queues"))
         assert table[0] == ["name", "messages"]
         assert [idle, "3"] in table and [q, "0"] in table
