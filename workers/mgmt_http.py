@@ -357,7 +357,13 @@ class ManagementServer:
 
     async def start(self, ops: AdminOps) -> None:
         # the endpoint modules register their routes in ROUTES
-        from workers import mgmt_access, mgmt_definitions, mgmt_objects  # noqa: F401
+        from workers import (  # noqa: F401
+            mgmt_access,
+            mgmt_connections,
+            mgmt_definitions,
+            mgmt_messages,
+            mgmt_objects,
+        )
 
         if self._sock is None:
             self.bind()
