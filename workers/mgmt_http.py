@@ -366,7 +366,12 @@ class ManagementServer:
         import workers.mgmt_static  # noqa: F401  (the web UI's files)
 
         # the endpoint modules register their routes in ROUTES
-        from workers import mgmt_access, mgmt_definitions, mgmt_objects  # noqa: F401
+        from workers import (  # noqa: F401
+            mgmt_access,
+            mgmt_definitions,
+            mgmt_messages,
+            mgmt_objects,
+        )
 
         if self._sock is None:
             self.bind()
