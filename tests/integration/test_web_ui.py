@@ -1,0 +1,357 @@
+"""The management web UI (issue 14 item 3) in a real browser, against 1 and 3 workers.
+
+Owns: a broker with its management port (``ui``), a headless Debian ``chromium``
+driven through ``chromedriver`` by selenium (``browser``), and the checks: a queue made
+by pika shows its message count in the queues table, is purged through the UI and shows
+0 (and really is empty over AMQP); filter and sort of that table; a user without a
+management tag cannot log in (the UI shows the broker's 401 reason); no cookie is set;
+the static files and path-traversal attempts over plain HTTP. A screenshot of each run
+is saved under the test's tmp dir (path printed) and copied to ``test-artifacts/``.
+
+Invariants: only 127.0.0.1 is contacted (chromium runs with background networking,
+component updates and sync off, in a fresh profile); every wait is a bounded poll, never
+a timing assertion; skipped, saying why, only when chromium or chromedriver is not
+installed (``.ci/run`` installs them), or on an external broker (the UI is shardmq's).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError
+from urllib.request import Request, urlopen
+
+import pika
+import pytest
+
+from tests.support.launch import REPO_ROOT, serve_args, spawn, terminate, wait_answering
+from tests.support.ports import free_port
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+WAIT = 20.0
+N = 25
+
+pytestmark = [
+    pytest.mark.skipif(
+        bool(os.environ.get("SHARDMQ_TEST_URI") or os.environ.get("SHARDMQ_TEST_MGMT_URL")),
+        reason="the web UI is shardmq's own; an external broker (SHARDMQ_TEST_URI) serves its own",
+    ),
+    pytest.mark.skipif(
+        not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
+        reason="Debian's chromium and chromium-driver are not installed "
+        "(apt-get install chromium chromium-driver; .ci/run installs them)",
+    ),
+]
+
+
+@dataclass
+class Ui:
+    url: str  # http://127.0.0.1:PORT
+    amqp_port: int
+    workers: int
+
+    def http(
+        self, method: str, path: str, body: Any = None, auth: tuple[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request with urllib (``path`` sent as it is: no normalisation)."""
+        req = Request(self.url + path, method=method)
+        if body is not None:
+            req.data = json.dumps(body).encode()
+            req.add_header("content-type", "application/json")
+        if auth is not None:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        try:
+            with urlopen(req, timeout=30) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def pika(self) -> pika.BlockingConnection:
+        return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", self.amqp_port))
+
+
+@pytest.fixture(scope="module", params=[1, 3], ids=["1w", "3w"])
+def ui(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
+    tmp = tmp_path_factory.mktemp("webui")
+    port, mport = free_port(), free_port()
+    cfg = tmp / "shardmq.toml"
+    cfg.write_text(f'[management]\nhost = "127.0.0.1"\nport = {mport}\n')
+    log = tmp / "broker.log"
+    proc = spawn(serve_args(port, request.param, tmp / "data", cfg), log)
+    wait_answering(proc, port, lambda: log.read_text(errors="replace"), lambda: terminate(proc, 10))
+    try:
+        yield Ui(f"http://127.0.0.1:{mport}", port, request.param)
+    finally:
+        code = terminate(proc, 20)
+    text = log.read_text(errors="replace")
+    assert code == 0 and "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Headless chromium through chromedriver (selenium; no driver or browser download:
+    both are Debian's)."""
+    from selenium import webdriver  # not at collection
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",  # as root
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    log = tmp_path_factory.mktemp("chromedriver") / "chromedriver.log"
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(log)), options=opts)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+# ---------------------------------------------------------------------- helpers
+def _name(kind: str) -> str:
+    return f"ui-{kind}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(driver: Any, what: str, check: Callable[[], Any], timeout: float = WAIT) -> Any:
+    """``check()`` once it is truthy; fails saying ``what`` with the page's state."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (StaleElementReferenceException, WebDriverException) as exc:
+            last = exc  # the table was redrawn under us: look again
+        else:
+            if last:
+                return last
+        time.sleep(0.1)
+    body = driver.find_element("tag name", "body").text
+    pytest.fail(f"timed out waiting for {what} (last: {last!r}); page text:\n{body[:2000]}")
+
+
+def text_of(driver: Any, css: str) -> str | None:
+    els = driver.find_elements("css selector", css)
+    return els[0].text.strip() if els else None
+
+
+def css_str(s: str) -> str:
+    return json.dumps(s)  # a CSS string literal for the names used here (no quotes inside)
+
+
+def log_in(driver: Any, ui: Ui, user: str, password: str) -> None:
+    driver.get(ui.url + "/")
+    driver.execute_script("sessionStorage.clear()")
+    driver.get(ui.url + "/#/")
+    wait_for(driver, "the login form", lambda: driver.find_element("id", "login").is_displayed())
+    driver.find_element("id", "login-username").send_keys(user)
+    driver.find_element("id", "login-password").send_keys(password)
+    driver.find_element("id", "login-submit").click()
+
+
+def screenshot(driver: Any, tmp_path: Path, name: str) -> Path:
+    shot = tmp_path / name
+    driver.save_screenshot(str(shot))
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / name)
+    print(f"screenshot: {shot} (copy: {ARTIFACTS / name})")
+    return shot
+
+
+def js_errors(driver: Any) -> list[str]:
+    """Console errors other than the API's own refusals (a 401 answer is logged too)."""
+    return [
+        e["message"]
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE" and e.get("source") != "network"
+    ]
+
+
+# ---------------------------------------------------------------------- tests
+def test_queue_count_and_purge_in_browser(ui: Ui, browser: Any, tmp_path: Path) -> None:
+    queue, other = _name("q"), _name("q")
+    conn = ui.pika()
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(queue)
+        ch.queue_declare(other)
+        for i in range(N):
+            ch.basic_publish("", queue, f"m{i}".encode())
+        ch.basic_publish("", other, b"x")
+        browser.get_log("browser")  # start the console log afresh
+
+        log_in(browser, ui, "guest", "guest")
+        wait_for(
+            browser, "the navigation", lambda: browser.find_element("id", "nav").is_displayed()
+        )
+        assert browser.get_cookies() == []  # credentials live in sessionStorage only
+        browser.find_element("css selector", '#nav a[data-page="queues"]').click()
+
+        row = f"#queues tr[data-name={css_str(queue)}]"
+        wait_for(
+            browser,
+            f"{N} messages in the table",
+            lambda: text_of(browser, f"{row} td.messages") == str(N),
+        )
+        assert text_of(browser, f"{row} td.messages_ready") == str(N)
+        assert text_of(browser, f"{row} td.messages_unacknowledged") == "0"
+
+        # filterable: the other queue's row goes away; sortable: Total, largest first
+        other_row = f"#queues tr[data-name={css_str(other)}]"
+        assert text_of(browser, f"{other_row} td.messages") == "1"
+        browser.find_element("css selector", '#queues th[data-key="messages"]').click()
+        names = [
+            r.get_attribute("data-name")
+            for r in browser.find_elements("css selector", "#queues tbody tr")
+        ]
+        assert names.index(queue) < names.index(other), names
+        browser.find_element("id", "queues-filter").send_keys(queue)
+        wait_for(
+            browser, "the filter", lambda: not browser.find_elements("css selector", other_row)
+        )
+        assert text_of(browser, f"{row} td.messages") == str(N)
+
+        # the queue's page: purge through the UI
+        browser.find_element("css selector", f"{row} a.queue-link").click()
+        wait_for(browser, "the queue page", lambda: text_of(browser, "#queue-name") == queue)
+        wait_for(
+            browser, "its count", lambda: text_of(browser, "#queue-details td.messages") == str(N)
+        )
+        screenshot(browser, tmp_path, f"web-ui-queue-{ui.workers}w.png")
+        browser.find_element("id", "purge").click()
+        wait_for(browser, "the purge", lambda: text_of(browser, "#queue-status") == "Queue purged.")
+        wait_for(
+            browser, "a count of 0", lambda: text_of(browser, "#queue-details td.messages") == "0"
+        )
+        assert ch.queue_declare(queue, passive=True).method.message_count == 0
+        assert ch.queue_declare(other, passive=True).method.message_count == 1
+
+        browser.find_element("css selector", '#nav a[data-page="queues"]').click()
+        wait_for(browser, "0 in the table", lambda: text_of(browser, f"{row} td.messages") == "0")
+        screenshot(browser, tmp_path, f"web-ui-queues-{ui.workers}w.png")
+        browser.find_element("css selector", '#nav a[data-page="overview"]').click()
+        wait_for(browser, "the overview's totals", lambda: text_of(browser, "#total-queues"))
+        screenshot(browser, tmp_path, f"web-ui-overview-{ui.workers}w.png")
+        assert js_errors(browser) == []
+        ch.queue_delete(queue)
+        ch.queue_delete(other)
+    finally:
+        conn.close()
+
+
+def test_login_refused_without_management_tag(ui: Ui, browser: Any, tmp_path: Path) -> None:
+    user = _name("user")
+    status, _, body = ui.http(
+        "PUT", f"/api/users/{user}", {"password": "pw", "tags": ""}, ("guest", "guest")
+    )
+    assert status == 201, body
+    try:
+        log_in(browser, ui, user, "pw")
+        wait_for(
+            browser, "the refusal", lambda: browser.find_element("id", "login-error").is_displayed()
+        )
+        assert text_of(browser, "#login-error") == "Login failed: Not management user"
+        assert not browser.find_element("id", "nav").is_displayed()
+        assert browser.execute_script("return sessionStorage.length") == 0
+        screenshot(browser, tmp_path, f"web-ui-refused-{ui.workers}w.png")
+
+        log_in(browser, ui, "guest", "wrong")
+        wait_for(
+            browser,
+            "the refusal",
+            lambda: text_of(browser, "#login-error") == "Login failed: Login failed",
+        )
+        assert browser.get_cookies() == []
+    finally:
+        ui.http("DELETE", f"/api/users/{user}", auth=("guest", "guest"))
+
+
+def test_static_files_and_traversal(ui: Ui) -> None:
+    for path, kind in [
+        ("/", "text/html"),
+        ("/index.html", "text/html"),
+        ("/js/app.js", "text/javascript"),
+        ("/css/main.css", "text/css"),
+        ("/img/logo.svg", "image/svg+xml"),
+    ]:
+        status, headers, body = ui.http("GET", path)  # no credentials needed
+        assert status == 200 and headers["Content-Type"].startswith(kind), (path, status)
+        assert "Set-Cookie" not in headers
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+        assert body
+    secret = (REPO_ROOT / "shardmq" / "config.py").read_bytes()[:200]
+    for path in [
+        "/js/..%2F..%2Fconfig.py",
+        "/js/..%2f..%2f..%2fshardmq%2fconfig.py",
+        "/js/%2e%2e/%2e%2e/shardmq/config.py",
+        "/js/../../shardmq/config.py",
+        "/js/%2e%2e%2f%2e%2e%2fshardmq%2fconfig.py",
+        "/css/..%5c..%5cconfig.py",
+        "/js/.hidden",
+        "/js/app.js%00.css",
+        "/js/nothere.js",
+        "/img/%2Fetc%2Fpasswd",
+        "/js//etc/passwd",
+        "/../../etc/passwd",
+        "/index.html/../../etc/passwd",
+    ]:
+        for auth in (None, ("guest", "guest")):
+            status, _, body = ui.http("GET", path, auth=auth)
+            assert status in (401, 404), (path, auth, status)
+            assert secret not in body and b"root:" not in body, path
+    # the API itself still needs credentials
+    assert ui.http("GET", "/api/overview")[0] == 401
+    assert ui.http("GET", "/api/overview", auth=("guest", "guest"))[0] == 200
+
+
+def test_package_data_covers_the_ui() -> None:
+    """Every file of the UI is in the wheel's package data, and every file the page
+    loads (index.html's src/href, each module's imports) is there."""
+    import fnmatch
+    import re
+    import tomllib
+
+    www = REPO_ROOT / "shardmq" / "www"
+    globs = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["shardmq"]
+    files = [p.relative_to(www.parent).as_posix() for p in www.rglob("*") if p.is_file()]
+    assert files
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)]
+    assert missing == [], "not in [tool.setuptools.package-data]"
+    index = (www / "index.html").read_text()
+    refs = re.findall(r'(?:src|href)="([^"#:]+)"', index)
+    for js in www.glob("js/*.js"):
+        refs += [f"js/{m}" for m in re.findall(r'from "\./([^"]+)"', js.read_text())]
+    assert "js/app.js" in refs
+    assert [r for r in refs if not (www / r).is_file()] == []
+    # no inline script or handler: the Content-Security-Policy forbids them
+    assert "<script>" not in index and " onclick=" not in index
+    markup = re.compile(r"\.(innerHTML|outerHTML)\s*=|insertAdjacentHTML|document\.write")
+    assert [js.name for js in www.glob("js/*.js") if markup.search(js.read_text())] == []
