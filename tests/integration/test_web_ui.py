@@ -265,6 +265,103 @@ def test_queue_count_and_purge_in_browser(ui: Ui, browser: Any, tmp_path: Path) 
         conn.close()
 
 
+def submit_form(driver: Any, form_id: str, values: dict[str, str]) -> None:
+    """Fill the named fields of form ``form_id`` (text or select) and submit it."""
+    from selenium.webdriver.support.select import Select
+
+    for name, value in values.items():
+        el = driver.find_element("css selector", f"#{form_id} [name={name}]")
+        if el.tag_name == "select":
+            Select(el).select_by_value(value)
+        else:
+            el.clear()
+            el.send_keys(value)
+    driver.find_element("css selector", f"#{form_id} button[type=submit]").click()
+
+
+def accept_confirm(driver: Any) -> None:
+    alert = wait_for(driver, "the confirm dialog", lambda: _alert(driver))
+    alert.accept()
+
+
+def _alert(driver: Any) -> Any:
+    from selenium.common.exceptions import NoAlertPresentException
+
+    try:
+        return driver.switch_to.alert
+    except NoAlertPresentException:
+        return None
+
+
+def test_manage_objects_in_browser(ui: Ui, browser: Any) -> None:
+    """Add a queue, get from it, delete it; add and delete a vhost and a user."""
+    queue, vhost, user = _name("q"), _name("vhost"), _name("user")
+    admin = ("guest", "guest")
+    browser.get_log("browser")
+    log_in(browser, ui, *admin)
+    wait_for(browser, "the navigation", lambda: browser.find_element("id", "nav").is_displayed())
+    browser.find_element("css selector", '#nav a[data-page="queues"]').click()
+    wait_for(
+        browser,
+        "the vhost choice",
+        lambda: browser.find_elements("css selector", "#add-queue option[value='/']"),
+    )
+    submit_form(browser, "add-queue", {"name": queue, "durable": "Transient"})
+    row = f"#queues tr[data-name={css_str(queue)}]"
+    wait_for(browser, "the new queue", lambda: text_of(browser, f"{row} td.messages") == "0")
+
+    conn = ui.pika()
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for i in range(3):
+            ch.basic_publish("", queue, f"p{i}".encode())
+    finally:
+        conn.close()
+    browser.find_element("css selector", f"{row} a.queue-link").click()
+    wait_for(browser, "3 messages", lambda: text_of(browser, "#queue-details td.messages") == "3")
+    submit_form(browser, "get", {"count": "2", "ackmode": "ack_requeue_true"})
+    got = "#got-messages pre.payload"
+    wait_for(
+        browser, "two messages got", lambda: len(browser.find_elements("css selector", got)) == 2
+    )
+    assert [e.text for e in browser.find_elements("css selector", got)] == ["p0", "p1"]
+    wait_for(
+        browser, "them requeued", lambda: text_of(browser, "#queue-details td.messages") == "3"
+    )
+
+    browser.find_element("id", "delete").click()
+    accept_confirm(browser)
+    wait_for(browser, "the queues page", lambda: browser.current_url.endswith("#/queues"))
+    qpath = f"/api/queues/%2F/{queue}"
+    wait_for(browser, "the queue gone", lambda: ui.http("GET", qpath, auth=admin)[0] == 404)
+
+    browser.find_element("css selector", '#nav a[data-page="vhosts"]').click()
+    submit_form(browser, "add-vhost", {"name": vhost})
+    vrow = f"#vhosts tr[data-name={css_str(vhost)}]"
+    wait_for(browser, "the new vhost", lambda: browser.find_elements("css selector", vrow))
+    assert ui.http("GET", f"/api/vhosts/{vhost}", auth=admin)[0] == 200
+
+    browser.find_element("css selector", '#nav a[data-page="users"]').click()
+    submit_form(browser, "add-user", {"name": user, "password": "pw", "tags": "monitoring"})
+    urow = f"#users tr[data-name={css_str(user)}]"
+    wait_for(browser, "the new user", lambda: text_of(browser, f"{urow} td.tags") == "monitoring")
+    status, _, body = ui.http("GET", "/api/whoami", auth=(user, "pw"))
+    assert status == 200 and json.loads(body)["tags"] == ["monitoring"], body
+    browser.find_element("css selector", f"{urow} button.danger").click()
+    accept_confirm(browser)
+    wait_for(browser, "the user gone", lambda: not browser.find_elements("css selector", urow))
+    assert ui.http("GET", f"/api/users/{user}", auth=admin)[0] == 404
+
+    browser.find_element("css selector", '#nav a[data-page="vhosts"]').click()
+    wait_for(browser, "the vhost row", lambda: browser.find_elements("css selector", vrow))
+    browser.find_element("css selector", f"{vrow} button.danger").click()
+    accept_confirm(browser)
+    wait_for(browser, "the vhost gone", lambda: not browser.find_elements("css selector", vrow))
+    assert ui.http("GET", f"/api/vhosts/{vhost}", auth=admin)[0] == 404
+    assert js_errors(browser) == []
+
+
 def test_login_refused_without_management_tag(ui: Ui, browser: Any, tmp_path: Path) -> None:
     user = _name("user")
     status, _, body = ui.http(

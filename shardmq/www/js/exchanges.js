@@ -41,7 +41,7 @@ export function exchanges(root) {
     {
       key: "actions",
       label: "",
-      cell: (x) => (x.name === "" || x.name.startsWith("amq.") ? "" : h("button", { type: "button", class: "small danger", onclick: () => remove(x) }, "Delete")),
+      cell: (x) => (x.name === "" || x.name.startsWith("amq.") ? null : h("button", { type: "button", class: "small danger", onclick: () => remove(x) }, "Delete")),
     },
   ];
   table = table || new DataTable("exchanges", columns);

@@ -239,7 +239,7 @@ export function queue(root, [vhost, name]) {
       "section",
       { class: "panel" },
       h("h3", {}, "Purge and delete"),
-      h("div", { class: "actions" }, purge, del, h("label", { class: "inline" }, ifEmpty, " if empty"), h("label", { class: "inline" }, ifUnused, " if unused")),
+      h("div", { class: "action-bar" }, purge, del, h("label", { class: "inline" }, ifEmpty, " if empty"), h("label", { class: "inline" }, ifUnused, " if unused")),
       actionStatus,
     ),
   );
