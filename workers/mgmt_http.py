@@ -16,7 +16,8 @@ Invariants:
 - Every request is authenticated (RabbitMQ asks credentials on every endpoint, health
   checks included) but the web UI's static files (``route(..., public=True)``, in
   ``workers.mgmt_static``), which carry no data; a user without a management tag gets 401, as
-  RabbitMQ answers. Passwords are never logged.
+  RabbitMQ answers. Passwords are never logged. A browser's cross-site request to
+  ``/api`` is refused before that (403, ``workers.mgmt_origin``).
 - A bad request gets RabbitMQ's ``{"error": ..., "reason": ...}`` with its status and
   changes nothing; an unexpected exception gets a 500 with that JSON and one log line,
   never a traceback to the client. Bodies over ``MAX_BODY`` are refused (413).
@@ -375,7 +376,9 @@ class ManagementServer:
 
         if self._sock is None:
             self.bind()
-        app = web.Application(middlewares=[_middleware], client_max_size=MAX_BODY)
+        from workers.mgmt_origin import cross_site_guard  # CSRF: before authentication
+
+        app = web.Application(middlewares=[cross_site_guard, _middleware], client_max_size=MAX_BODY)
         app[OPS] = ops
         app[SERVER] = self
         for method, path, fn in ROUTES:

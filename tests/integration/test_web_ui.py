@@ -61,10 +61,15 @@ class Ui:
     workers: int
 
     def http(
-        self, method: str, path: str, body: Any = None, auth: tuple[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        auth: tuple[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """One request with urllib (``path`` sent as it is: no normalisation)."""
-        req = Request(self.url + path, method=method)
+        req = Request(self.url + path, method=method, headers=headers or {})
         if body is not None:
             req.data = json.dumps(body).encode()
             req.add_header("content-type", "application/json")
@@ -425,6 +430,32 @@ def test_static_files_and_traversal(ui: Ui) -> None:
     # the API itself still needs credentials
     assert ui.http("GET", "/api/overview")[0] == 401
     assert ui.http("GET", "/api/overview", auth=("guest", "guest"))[0] == 200
+
+
+def test_cross_site_requests_refused(ui: Ui) -> None:
+    """A page of another site cannot use credentials the browser holds (issue 14
+    item 7): its requests to /api are refused before anything changes."""
+    admin = ("guest", "guest")
+    vhost = _name("vhost")
+    own = ui.url  # http://127.0.0.1:PORT: the UI's own origin
+    for headers in [
+        {"Origin": "http://evil.example"},
+        {"Origin": own.replace("127.0.0.1", "localhost")},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": own},  # another port of this host
+    ]:
+        status, _, body = ui.http("PUT", f"/api/vhosts/{vhost}", {}, admin, headers)
+        assert status == 403, (headers, status, body)
+        assert json.loads(body) == {"error": "forbidden", "reason": "cross-site request refused"}
+        assert ui.http("GET", f"/api/vhosts/{vhost}", auth=admin)[0] == 404  # nothing changed
+    # the UI's own requests, the user's own navigation, and non-browser clients pass
+    same = {"Origin": own, "Sec-Fetch-Site": "same-origin"}
+    assert ui.http("PUT", f"/api/vhosts/{vhost}", {}, admin, same)[0] == 201
+    assert ui.http("GET", "/api/overview", auth=admin, headers={"Sec-Fetch-Site": "none"})[0] == 200
+    assert ui.http("DELETE", f"/api/vhosts/{vhost}", auth=admin)[0] == 204
+    # the static files are not data: a link from another site opens the UI
+    assert ui.http("GET", "/", headers={"Sec-Fetch-Site": "cross-site"})[0] == 200
 
 
 def test_package_data_covers_the_ui() -> None:
