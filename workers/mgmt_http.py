@@ -369,6 +369,7 @@ class ManagementServer:
         # the endpoint modules register their routes in ROUTES
         from workers import (  # noqa: F401
             mgmt_access,
+            mgmt_connections,
             mgmt_definitions,
             mgmt_messages,
             mgmt_objects,

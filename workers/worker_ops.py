@@ -93,7 +93,7 @@ def _slot_of(path: Path) -> int:
 # ---------------------------------------------------------------------- worker side
 def _handled() -> None:
     # the op modules register themselves in OPS
-    from workers import queue_ops  # noqa: F401
+    from workers import conn_ops, queue_ops  # noqa: F401
 
 
 class OpsServer:
