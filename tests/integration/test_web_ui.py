@@ -367,6 +367,45 @@ def test_manage_objects_in_browser(ui: Ui, browser: Any) -> None:
     assert js_errors(browser) == []
 
 
+def test_close_connection_in_browser(ui: Ui, browser: Any) -> None:
+    """The connections page lists a pika connection by its client-provided name and
+    closes it: the client gets 320 with the UI's reason."""
+    label = _name("conn")
+    params = pika.ConnectionParameters(
+        "127.0.0.1", ui.amqp_port, client_properties={"connection_name": label}
+    )
+    conn = pika.BlockingConnection(params)
+    try:
+        log_in(browser, ui, "guest", "guest")
+        wait_for(
+            browser, "the navigation", lambda: browser.find_element("id", "nav").is_displayed()
+        )
+        browser.find_element("css selector", '#nav a[data-page="connections"]').click()
+
+        def row() -> Any:
+            for tr in browser.find_elements("css selector", "#connections tbody tr"):
+                if tr.find_elements("css selector", "td.client") and (
+                    tr.find_element("css selector", "td.client").text == label
+                ):
+                    return tr
+            return None
+
+        tr = wait_for(browser, "the connection's row", row)
+        assert tr.find_element("css selector", "td.user").text == "guest"
+        tr.find_element("css selector", "button.close-connection").click()
+        accept_confirm(browser)
+        wait_for(browser, "the row gone", lambda: row() is None)
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as info:
+            deadline = time.monotonic() + WAIT
+            while time.monotonic() < deadline:
+                conn.process_data_events(time_limit=0.2)
+        assert info.value.reply_code == 320
+        assert "Closed via management UI" in info.value.reply_text
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 def test_login_refused_without_management_tag(ui: Ui, browser: Any, tmp_path: Path) -> None:
     user = _name("user")
     status, _, body = ui.http(

@@ -36,8 +36,8 @@ export function connections(root) {
     { key: "state", label: "State" },
     { key: "protocol", label: "Protocol" },
     { key: "channels", label: "Channels", num: true },
-    { key: "recv", label: "From client", num: true, value: (c) => c.recv_oct_details?.rate ?? -1, cell: (c) => rate(c.recv_oct_details) },
-    { key: "send", label: "To client", num: true, value: (c) => c.send_oct_details?.rate ?? -1, cell: (c) => rate(c.send_oct_details) },
+    { key: "recv", label: "From client", num: true, when: (rows) => rows.some((c) => c.recv_oct_details), value: (c) => c.recv_oct_details?.rate ?? -1, cell: (c) => rate(c.recv_oct_details) },
+    { key: "send", label: "To client", num: true, when: (rows) => rows.some((c) => c.send_oct_details), value: (c) => c.send_oct_details?.rate ?? -1, cell: (c) => rate(c.send_oct_details) },
     { key: "close", label: "", cell: (c) => h("button", { type: "button", class: "small danger close-connection", onclick: () => close(c) }, "Close") },
   ];
   table = table || new DataTable("connections", columns);
