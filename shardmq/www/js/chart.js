@@ -8,7 +8,10 @@
 // until the broker reports them: the chart then says so instead of drawing zeros); the
 // canvas is sized to its box times devicePixelRatio, so it is sharp on any screen.
 
-const COLOURS = ["#e8710a", "#1a73e8", "#188038", "#a142f4", "#d93025", "#12b5cb", "#f9ab00"];
+const COLOURS = [
+  "#e8710a", "#1a73e8", "#188038", "#a142f4", "#d93025", "#12b5cb",
+  "#f9ab00", "#5f6368", "#795548", "#0d652d", "#ff63b8", "#7baaf7",
+];
 
 export class History {
   constructor(span = 600) {
@@ -94,6 +97,7 @@ export class Chart {
     ctx.textBaseline = "top";
     for (let s = 0; s <= seconds; s += seconds / 5) {
       const xx = x(t0 + s);
+      ctx.textAlign = s === 0 ? "left" : s === seconds ? "right" : "center";
       ctx.fillText(s === seconds ? "now" : `-${Math.round(((seconds - s) / 60) * 10) / 10}m`, xx, top + ph + 4);
     }
 

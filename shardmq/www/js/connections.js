@@ -23,7 +23,8 @@ export function connections(root) {
     try {
       await api("DELETE", path("connections", c.name), undefined, { "X-Reason": "Closed via management UI" });
       notice(status, `Connection ${c.name} closed.`, "ok");
-      await refresh();
+      // the worker drops it in a moment: not listed again by the next poll
+      table.setRows(table.rows.filter((r) => r.name !== c.name));
     } catch (e) {
       notice(status, e.message, "error");
     }

@@ -17,6 +17,7 @@ const RATE_LABELS = {
   deliver_no_ack: "Deliver (auto ack)",
   get: "Get (manual ack)",
   get_no_ack: "Get (auto ack)",
+  get_empty: "Get (empty)",
   deliver_get: "Deliver / get",
   redeliver: "Redelivered",
   ack: "Consumer ack",
@@ -35,14 +36,19 @@ const TOTALS = [
 const queued = new History();
 const rates = new History();
 
-// {label: rate} of every *_details.rate in message_stats.
+// {label: rate} of every *_details.rate in message_stats, in RabbitMQ's chart order.
 export function rateValues(stats) {
   const out = {};
   if (!stats) return out;
   const detailed = DETAILED.some((k) => stats[`${k}_details`]);
-  for (const [key, value] of Object.entries(stats)) {
-    if (!key.endsWith("_details") || !value || typeof value.rate !== "number") continue;
-    const name = key.slice(0, -"_details".length);
+  const known = Object.keys(RATE_LABELS);
+  const keys = Object.keys(stats)
+    .filter((k) => k.endsWith("_details"))
+    .map((k) => k.slice(0, -"_details".length))
+    .sort((a, b) => (known.indexOf(a) + 1 || 99) - (known.indexOf(b) + 1 || 99));
+  for (const name of keys) {
+    const value = stats[`${name}_details`];
+    if (!value || typeof value.rate !== "number") continue;
     if (name === "deliver_get" && detailed) continue;
     out[RATE_LABELS[name] || name] = value.rate;
   }

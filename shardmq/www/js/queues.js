@@ -9,7 +9,7 @@
 // replaced); rate columns appear only when some queue reports `message_stats`; after a
 // change the page reloads what it shows at once rather than waiting for the next poll.
 
-import { api, get, path } from "./api.js";
+import { ApiError, api, get, path } from "./api.js";
 import { DataTable, fmt, form, h, notice, rate } from "./dom.js";
 
 export function queueHref(vhost, name) {
@@ -97,6 +97,18 @@ export function queues(root) {
   return { refresh };
 }
 
+// POST .../publish; a 404 while the queue exists means the broker lacks the endpoint.
+async function publishCall(url, body) {
+  try {
+    return await api("POST", url, body);
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) {
+      throw new Error("Publish failed: this broker does not publish through the management API (404)");
+    }
+    throw e;
+  }
+}
+
 function details(q) {
   const rows = [
     ["State", q.state, "state"],
@@ -164,7 +176,7 @@ export function queue(root, [vhost, name]) {
           throw new Error("Headers must be a JSON object");
         }
       }
-      const r = await api("POST", path("exchanges", vhost, "amq.default", "publish"), {
+      const r = await publishCall(path("exchanges", vhost, "amq.default", "publish"), {
         properties: { delivery_mode: v.delivery_mode.startsWith("2") ? 2 : 1, headers },
         routing_key: name,
         payload: v.payload,
