@@ -344,6 +344,23 @@ def test_manage_objects_in_browser(ui: Ui, browser: Any) -> None:
     qpath = f"/api/queues/%2F/{queue}"
     wait_for(browser, "the queue gone", lambda: ui.http("GET", qpath, auth=admin)[0] == 404)
 
+    exchange = _name("ex")
+    browser.find_element("css selector", '#nav a[data-page="exchanges"]').click()
+    wait_for(
+        browser,
+        "the vhost choice",
+        lambda: browser.find_elements("css selector", "#add-exchange option[value='/']"),
+    )
+    submit_form(browser, "add-exchange", {"name": exchange, "type": "topic"})
+    xrow = f"#exchanges tr[data-name={css_str(exchange)}]"
+    wait_for(browser, "the new exchange", lambda: text_of(browser, f"{xrow} td.type") == "topic")
+    assert ui.http("GET", f"/api/exchanges/%2F/{exchange}", auth=admin)[0] == 200
+    assert not browser.find_elements("css selector", '#exchanges tr[data-name="amq.topic"] button')
+    browser.find_element("css selector", f"{xrow} button.danger").click()
+    accept_confirm(browser)
+    wait_for(browser, "the exchange gone", lambda: not browser.find_elements("css selector", xrow))
+    assert ui.http("GET", f"/api/exchanges/%2F/{exchange}", auth=admin)[0] == 404
+
     browser.find_element("css selector", '#nav a[data-page="vhosts"]').click()
     submit_form(browser, "add-vhost", {"name": vhost})
     vrow = f"#vhosts tr[data-name={css_str(vhost)}]"
@@ -476,6 +493,45 @@ def test_login_refused_without_management_tag(ui: Ui, browser: Any, tmp_path: Pa
         assert browser.get_cookies() == []
     finally:
         ui.http("DELETE", f"/api/users/{user}", auth=("guest", "guest"))
+
+
+def test_management_user_sees_no_admin_pages(ui: Ui, browser: Any) -> None:
+    """A user tagged management logs in and sees its vhost's queues, but neither the
+    users nor the vhosts page (the broker refuses those to it anyway)."""
+    admin = ("guest", "guest")
+    user, queue = _name("user"), _name("q")
+    assert (
+        ui.http("PUT", f"/api/users/{user}", {"password": "pw", "tags": "management"}, admin)[0]
+        == 201
+    )
+    perm = {"configure": ".*", "write": ".*", "read": ".*"}
+    assert ui.http("PUT", f"/api/permissions/%2F/{user}", perm, admin)[0] == 201
+    assert ui.http("PUT", f"/api/queues/%2F/{queue}", {"durable": False}, admin)[0] == 201
+    try:
+        log_in(browser, ui, user, "pw")
+        wait_for(
+            browser, "the navigation", lambda: browser.find_element("id", "nav").is_displayed()
+        )
+        assert text_of(browser, "#whoami") == user
+        for page in ("users", "vhosts"):
+            assert not browser.find_element(
+                "css selector", f'#nav a[data-page="{page}"]'
+            ).is_displayed()
+        browser.find_element("css selector", '#nav a[data-page="queues"]').click()
+        row = f"#queues tr[data-name={css_str(queue)}]"
+        wait_for(browser, "its queue", lambda: text_of(browser, f"{row} td.messages") == "0")
+        browser.get(ui.url + "/#/users")
+        wait_for(
+            browser, "the refusal", lambda: text_of(browser, "#app h1") == "Administrators only"
+        )
+        browser.find_element("id", "logout").click()
+        wait_for(
+            browser, "the login form", lambda: browser.find_element("id", "login").is_displayed()
+        )
+        assert browser.execute_script("return sessionStorage.length") == 0
+    finally:
+        ui.http("DELETE", f"/api/queues/%2F/{queue}", auth=admin)
+        ui.http("DELETE", f"/api/users/{user}", auth=admin)
 
 
 def test_static_files_and_traversal(ui: Ui) -> None:
