@@ -2,7 +2,8 @@
 //
 // Owns: the login form (credentials checked with GET /api/whoami, then kept in this tab's
 // sessionStorage by api.js), the hash routes (#/, #/queues, #/queues/{vhost}/{name},
-// #/exchanges, #/connections, #/users, #/vhosts), and the 5 s refresh of the page shown.
+// #/exchanges, #/connections, #/users, #/vhosts), and the 5 s refresh of the page shown
+// (paused while the tab is hidden).
 //
 // Invariants: one page at a time: leaving a page stops its timer before the next page
 // starts; a refresh never overlaps the previous one; a failed refresh shows its reason in
@@ -89,7 +90,9 @@ function show() {
   document.body.dataset.page = name;
   const state = { page: fn(root, params), timer: 0, busy: false };
   current = state;
-  state.timer = setInterval(() => refresh(state), POLL_MS);
+  state.timer = setInterval(() => {
+    if (!document.hidden) refresh(state); // a tab in the background asks nothing
+  }, POLL_MS);
   refresh(state);
 }
 
