@@ -15,7 +15,8 @@ Invariants:
   (``SessionError``) or a close (``ConnError``, and decode/framing errors) with one
   log line; an unexpected exception becomes amqp:internal-error on the connection.
 - The broker's incoming window per session is ``session_window`` transfer frames; it
-  is topped up (a flow frame) once half of it is used; a peer that sends past it gets
+  is topped up (a flow frame) once half of it is used, at the end of a delivery (the
+  frames of one still being assembled stay counted: they are held in memory); a peer that sends past it gets
   amqp:session:window-violation. Outgoing transfers wait while the peer's incoming
   window is 0 and leave, in order, when its flow opens it.
 - A sending link sends only while it has credit; each delivery takes one credit and
@@ -214,7 +215,8 @@ class Engine:
         if not self.out:
             return None
         data, self.out = self.out, bytearray()
-        self.send_activity = True
+        if data != EMPTY_FRAME:  # our own heartbeat does not reset the send timer
+            self.send_activity = True
         return data
 
     def send(self, channel: int, performative: Any, payload: bytes = b"", ftype: int = 0) -> None:
@@ -488,6 +490,8 @@ class Engine:
         """An attach the broker cannot serve: attach with a null terminus, then detach
         with the error (as the spec's "link refused" sequence)."""
         log.warning("amqp1 connection %s: link '%s' refused: %s", self.peer, link.name, exc)
+        link.detached = True  # its handle stays taken until the peer's detach
+        s.links[link.remote_handle] = link
         self.send(
             s.channel,
             T.Attach(
@@ -507,26 +511,35 @@ class Engine:
             raise SessionError(
                 T.SESSION_ERROR_UNATTACHED_HANDLE, f"handle {int(d.handle)} is not attached"
             )
+        if link.detached:  # the broker detached it first: this is the answer
+            del s.links[link.remote_handle]
+            return
         self._forget_link(s, link, d.error)
-        if not link.detached:
-            link.detached = True
-            self.send(s.channel, T.Detach(handle=UInt(link.handle), closed=d.closed))
+        link.detached = True
+        self.send(s.channel, T.Detach(handle=UInt(link.handle), closed=d.closed))
 
     def detach_link(self, s: Session, link: Link, exc: AmqpError | None) -> None:
         """Detach (close) ``link`` from the broker's side."""
         if exc is not None:
             log.warning("amqp1 connection %s: link '%s' detached: %s", self.peer, link.name, exc)
-        self._forget_link(s, link, None)
+        if link.detached:
+            return
+        self._forget_link(s, link, None, keep_handle=True)
         link.detached = True
         err = exc.error() if exc is not None else None
         self.send(s.channel, T.Detach(handle=UInt(link.handle), closed=True, error=err))
 
-    def _forget_link(self, s: Session, link: Link, error: Any) -> None:
-        if s.links.get(link.remote_handle) is link:
-            del s.links[link.remote_handle]
+    def _forget_link(self, s: Session, link: Link, error: Any, keep_handle: bool = False) -> None:
+        """The link ends for the handler (once); its handle stays taken while the
+        broker waits for the peer's detach (``keep_handle``)."""
+        if s.links.get(link.remote_handle) is link and not link.detached:
+            if not keep_handle:
+                del s.links[link.remote_handle]
             if s.by_name.get(link.name) is link:
                 del s.by_name[link.name]
             self.handler.on_detach(s, link, error)
+        elif not keep_handle:
+            s.links.pop(link.remote_handle, None)
 
     # ------------------------------------------------------------ flow
     def _flow(self, s: Session, f: Any) -> None:
@@ -544,6 +557,8 @@ class Engine:
             raise SessionError(
                 T.SESSION_ERROR_UNATTACHED_HANDLE, f"handle {int(f.handle)} is not attached"
             )
+        if link.detached:
+            return  # the broker detached it; the peer's detach is on its way
         if not link.role:  # the broker sends on this link: the peer grants credit
             dc = int(f.delivery_count) if f.delivery_count is not None else 0
             credit = int(f.link_credit or 0)
@@ -594,7 +609,9 @@ class Engine:
             )
         s.incoming_window -= 1
         s.next_incoming_id = (s.next_incoming_id + 1) % SEQ
-        if s.incoming_window <= self.session_window // 2:
+        if not t.more and s.incoming_window <= self.session_window // 2:
+            # the frames held so far were all processed (none is part of a delivery
+            # still being assembled on this link): the window opens again
             s.incoming_window = self.session_window
             self.session_flow(s)
         link = s.links.get(int(t.handle))
@@ -602,6 +619,8 @@ class Engine:
             raise SessionError(
                 T.SESSION_ERROR_UNATTACHED_HANDLE, f"handle {int(t.handle)} is not attached"
             )
+        if link.detached:
+            return
         if not link.role:
             raise SessionError(T.AMQP_ERROR_ILLEGAL_STATE, "transfer on a link the broker sends on")
         try:
@@ -790,4 +809,11 @@ class Engine:
         if not self.idle_time_out:
             return True
         tick = self.tick_seconds()
-        return self._silent_ticks * tick < 2 * self.idle_time_out / 1000
+        alive = self._silent_ticks * tick < 2 * self.idle_time_out / 1000
+        if not alive:
+            log.warning(
+                "amqp1 connection %s: nothing received for twice the idle time-out (%d ms)",
+                self.peer,
+                self.idle_time_out,
+            )
+        return alive
