@@ -386,6 +386,13 @@ class AMQP10Connection:
             props, body = to_091(parsed)
         except DecodeError as exc:
             raise LinkError(T.AMQP_ERROR_DECODE_ERROR, f"message: {exc}") from None
+        if props.user_id is not None and props.user_id != self.domain.user:
+            text = (
+                f"user_id property set to '{props.user_id}' but authenticated user was "
+                f"'{self.domain.user}'"
+            )
+            self._refuse(session, link, d, T.AMQP_ERROR_UNAUTHORIZED_ACCESS, text)
+            return
         exchange, key = ls.exchange, ls.key
         if ls.anonymous:
             if parsed.to is None:
