@@ -36,12 +36,13 @@ from shardmq.adapter.amqp091 import IOHooks
 from shardmq.amqp.codec import shortstr
 from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, HardError, SoftError
 from shardmq.amqp1 import types_gen as T
-from shardmq.amqp1.address import source_queue, target_of
+from shardmq.amqp1.address import queue_address, source_queue, target_of
 from shardmq.amqp1.codec import DecodeError
 from shardmq.amqp1.convert import from_091, parse, to_091
 from shardmq.amqp1.engine import Delivery, Engine, Link, Session
 from shardmq.amqp1.errors import AmqpError, LinkError, SessionError
 from shardmq.amqp1.values import Symbol
+from shardmq.broker import metadata as md
 from shardmq.broker.channel import OUT_LIMIT, Channel
 from shardmq.broker.connection import BrokerConnection, peer_host
 from shardmq.broker.queue import Consumer, Queue
@@ -63,7 +64,7 @@ FRAME_MAX_091 = 131072
 class LinkConsumer(Consumer):
     """The consumer of a link the broker sends on: ready while the link has credit."""
 
-    __slots__ = ("link", "session", "waiting")
+    __slots__ = ("link", "session", "waiting", "dynamic")
 
     def __init__(self, link: Link, session: Session, ch: Channel, q: Any, settled: bool) -> None:
         tag = f"amqp1:{session.channel}:{link.name}"
@@ -72,6 +73,7 @@ class LinkConsumer(Consumer):
         self.session = session
         # deliveries that arrived beyond the link's credit: (tag, redelivered, message)
         self.waiting: deque[tuple[int, bool, Message]] = deque()
+        self.dynamic = ""  # the queue made for a dynamic source, deleted with the link
 
     def ready(self) -> bool:
         return (
@@ -250,7 +252,6 @@ class AMQP10Connection:
 
     # ------------------------------------------------------------ links
     def on_attach(self, session: Session, link: Link, a: Any) -> Any:
-        st: SessionState = session.user
         if link.role:  # the client publishes
             target = a.target
             if target is not None and not isinstance(target, T.Target):
@@ -286,10 +287,15 @@ class AMQP10Connection:
         if not isinstance(source, T.Source):
             raise LinkError(T.AMQP_ERROR_INVALID_FIELD, "a receiving link needs a source")
         if source.dynamic:
-            raise LinkError(T.AMQP_ERROR_NOT_IMPLEMENTED, "dynamic sources are not supported yet")
+            self._dynamic_source(session, link, a)
+            return None  # answered once the queue is declared
         if source.address is None:
             raise LinkError(T.AMQP_ERROR_INVALID_FIELD, "the source has no address")
-        name = source_queue(str(source.address))
+        return self._consume(session, link, a, source_queue(str(source.address)), a.source)
+
+    def _consume(self, session: Session, link: Link, a: Any, name: str, source: Any) -> Any:
+        """The reply to the attach of a link consuming from queue ``name``."""
+        st: SessionState = session.user
         try:
             q = self.domain.queue_for(st.ch, name)
         except SoftError as exc:
@@ -307,10 +313,58 @@ class AMQP10Connection:
             role=False,
             snd_settle_mode=a.snd_settle_mode,
             rcv_settle_mode=a.rcv_settle_mode,
-            source=a.source,
+            source=source,
             target=a.target,
             initial_delivery_count=0,
         )
+
+    def _dynamic_source(self, session: Session, link: Link, a: Any) -> None:
+        """A dynamic receiver: a server-named exclusive queue, deleted with the link
+        (or the connection), for request/reply."""
+        domain = self.domain
+        name = md.server_named_queue()
+        op = md.DeclareQueue(
+            domain.vhost.name, name, False, False, True, False, b"", domain.gid, True
+        )
+        try:
+            domain.authz.check_op(op)
+        except SoftError as exc:
+            raise _link_error(exc) from None
+
+        def declared(err: AMQPError | None, _info: Any) -> None:
+            if link.detached or self._closed:
+                if err is None:
+                    self._delete_queue(name)
+                return
+            if err is not None:
+                self.engine.refuse_pending(session, link, a, _link_error(err))
+                return
+            domain.exclusive_queues.append(name)
+            source = T.Source(**{f.name: getattr(a.source, f.name) for f in T.Source.FIELDS})
+            source.address = queue_address(name)
+            try:
+                reply = self._consume(session, link, a, name, source)
+            except LinkError as exc:
+                self.engine.refuse_pending(session, link, a, exc)
+                return
+            link.user.dynamic = name
+            self.engine.complete_attach(session, link, reply)
+
+        sequencer = self.broker.sequencer
+        if sequencer.synchronous:
+            try:
+                result = sequencer.execute(op)
+            except AMQPError as exc:
+                raise _link_error(exc) from None
+            declared(None, result)
+        else:
+            sequencer.request(op, declared)
+
+    def _delete_queue(self, name: str) -> None:
+        domain = self.domain
+        if name in domain.exclusive_queues:
+            domain.exclusive_queues.remove(name)
+        self.broker.sequencer.fire(md.DeleteQueue(domain.vhost.name, name, False, False, 0))
 
     def after_attach(self, session: Session, link: Link) -> None:
         if link.role:
@@ -348,6 +402,8 @@ class AMQP10Connection:
             return
         if not self._closed:
             self.domain.remove_consumer(c)
+            if c.dynamic:
+                self._delete_queue(c.dynamic)
         tags = [tag for did, (tag, lk) in st.outgoing.items() if lk is link]
         for did in [d for d, (_t, lk) in st.outgoing.items() if lk is link]:
             del st.outgoing[did]

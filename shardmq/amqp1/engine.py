@@ -483,8 +483,30 @@ class Engine:
             s.by_name.pop(link.name, None)
             self._refuse_attach(s, link, a, exc)
             return
+        if reply is None:
+            return  # answered later (``complete_attach``): it waits for another process
         self.send(s.channel, reply)
         self.handler.after_attach(s, link)
+
+    def complete_attach(self, s: Session, link: Link, reply: Any) -> None:
+        """Answer an attach the handler left pending (no-op if the link is gone)."""
+        if s.links.get(link.remote_handle) is not link or link.detached:
+            return
+        if self.sessions.get(s.remote_channel) is not s or self.state != OPEN:
+            return
+        self.send(s.channel, reply)
+        self.handler.after_attach(s, link)
+
+    def refuse_pending(self, s: Session, link: Link, a: Any, exc: AmqpError) -> None:
+        """Refuse an attach the handler left pending."""
+        if s.links.get(link.remote_handle) is not link or link.detached:
+            return
+        if self.sessions.get(s.remote_channel) is not s or self.state != OPEN:
+            return
+        del s.links[link.remote_handle]
+        s.by_name.pop(link.name, None)
+        self._refuse_attach(s, link, a, exc)
+        self.wake_once()
 
     def _refuse_attach(self, s: Session, link: Link, a: Any, exc: AmqpError) -> None:
         """An attach the broker cannot serve: attach with a null terminus, then detach

@@ -183,3 +183,39 @@ def test_user_id_must_be_the_authenticated_user(
         amqp.create_sender(f"/queues/{queue}").send(Message(body="x", user_id=b"mallory"))
     assert err.value.state == Delivery.REJECTED
     assert pk.basic_get(queue, auto_ack=True)[0] is None  # type: ignore[attr-defined]
+
+
+def test_request_reply_with_a_dynamic_receiver(
+    amqp: BlockingConnection, broker: Broker, pk: object, queue: str
+) -> None:
+    replies = amqp.create_receiver(None, dynamic=True, credit=5)
+    address = replies.link.remote_source.address
+    assert address.startswith("/queues/amq.gen-")
+    amqp.create_sender(f"/queues/{queue}").send(
+        Message(body="ping", reply_to=address, correlation_id="c-1")
+    )
+    # the server is a pika client: it replies to the request's reply_to
+    _m, props, _body = _get(pk, queue)  # type: ignore[arg-type]
+    assert props.reply_to == address[len("/queues/") :]
+    pk.basic_publish(  # type: ignore[attr-defined]
+        "", props.reply_to, b"pong", pika.BasicProperties(correlation_id=props.correlation_id)
+    )
+    m = replies.receive(timeout=10)
+    replies.accept()
+    assert bytes(m.body) == b"pong" and m.correlation_id == "c-1"
+    replies.close()
+    # the queue is deleted with the link
+    conn = broker.blocking()
+    try:
+        for _ in range(100):
+            ch = conn.channel()
+            try:
+                ch.queue_declare(props.reply_to, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                assert exc.reply_code == 404
+                break
+            conn.sleep(0.05)
+        else:
+            raise AssertionError("the dynamic queue outlived its link")
+    finally:
+        conn.close()
