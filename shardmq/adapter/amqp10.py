@@ -428,9 +428,16 @@ class AMQP10Connection:
 
     def _send_waiting(self, c: LinkConsumer) -> None:
         link = c.link
+        sent = 0
         while c.waiting and link.credit > 0 and not link.detached:
             tag, redelivered, msg = c.waiting.popleft()
             self._transfer(c, tag, redelivered, msg)
+            sent += 1
+        if sent and c.no_ack and isinstance(c.queue, RemoteQueue):
+            # settled deliveries from another worker: its credit for them returns now
+            # that they reached the socket (``deliver_remote`` did not count them)
+            due = self.domain.credit_due
+            due[c] = due.get(c, 0) + sent
 
     # ------------------------------------------------------------ publishing
     def on_transfer(self, session: Session, link: Link, d: Delivery) -> None:
@@ -553,6 +560,7 @@ class AMQP10Connection:
         isize = DELIVER_ITEM.size
         end = len(record)
         n = 0
+        waiting = consumer.waiting if isinstance(consumer, LinkConsumer) else None
         while pos < end:
             _r, flags, exlen, rawch, hsize, fmax, rlen = unpack(record, pos)
             pos += isize
@@ -560,10 +568,12 @@ class AMQP10Connection:
             raw = record[pos + exlen + 1 : pos + exlen + 1 + rlen]
             pos += exlen + 1 + rlen
             ch.next_tag += 1
+            before = len(waiting) if waiting is not None else 0
             self.deliver(
                 ch, consumer, ch.next_tag, bool(flags & 1), Message(exrk, raw, rawch, hsize, fmax)
             )
-            n += 1
+            if waiting is None or len(waiting) == before:
+                n += 1  # sent: its credit returns to the owner (held ones: when sent)
         return n
 
     def returned(self, ch: Channel, code: int, text: str, msg: Message) -> None:

@@ -12,8 +12,9 @@ own object per link (``Link.user``).
 
 Invariants:
 - ``feed`` never raises: bad input becomes a detach (``LinkError``), an end
-  (``SessionError``) or a close (``ConnError``, and decode/framing errors) with one
-  log line; an unexpected exception becomes amqp:internal-error on the connection.
+  (``SessionError``) or a close (``ConnError``) with one log line; after a decode or
+  framing error the stream cannot be read on, so the close is followed by the end of
+  the socket; an unexpected exception becomes amqp:internal-error on the connection.
 - The broker's incoming window per session is ``session_window`` transfer frames; it
   is topped up (a flow frame) once half of it is used, at the end of a delivery (the
   frames of one still being assembled stay counted: they are held in memory); a peer that sends past it gets
@@ -244,7 +245,9 @@ class Engine:
                 if isinstance(exc, DecodeError)
                 else T.CONNECTION_ERROR_FRAMING_ERROR
             )
+            # the byte stream cannot be read further: close, then the socket at once
             self.connection_error(ConnError(cond, str(exc)))
+            self._finish()
             return
         except ConnError as exc:
             self.connection_error(exc)
