@@ -10,8 +10,12 @@ descriptor limit first and admits each new connection through
 with several workers it gives the broker the other workers' connection count
 (``max_connections``). The AMQPS listener serves the same protocol through
 ``shardmq.net.tls.TLSListener`` (the handshake first, then admission); an
-``AMQPProtocol`` made on a TLS transport passes its ``TLSPeer`` to the connection. The
-process around it
+``AMQPProtocol`` made on a TLS transport passes its ``TLSPeer`` to the connection. Each
+connection starts as AMQP 0-9-1; until its first 8 bytes are in, ``_choose_protocol``
+looks at them, and an AMQP 1.0 header (``AMQP 0.1.0.0``, SASL ``AMQP 3.1.0.0``, TLS
+``AMQP 2.1.0.0``) swaps in ``shardmq.adapter.amqp10.AMQP10Connection``, which offers
+the same interface to this layer; after that the hot path is the 0-9-1 one unchanged.
+The process around it
 (signals, storage recovery and close, memory alarm, status file) is
 ``workers.lifecycle.serve_broker``.
 
