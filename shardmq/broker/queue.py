@@ -39,9 +39,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
-from shardmq.broker import qfeatures
+from shardmq.broker import delivery_limit, qfeatures
 from shardmq.broker.consumer_order import ConsumerOrder, single_active
 from shardmq.broker.expiry import Timer, now_ms
+from shardmq.broker.priority import MemoryPriorityStore, max_priority
 from shardmq.broker.qargs import NO_SETTINGS, QueueSettings, effective, parse_queue_args
 from shardmq.broker.storage import ConfirmTarget, MemoryStore, MessageStore
 from shardmq.message import Message
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from shardmq.broker.channel import Channel
     from shardmq.broker.exchange import Exchange
     from shardmq.broker.policies import Policy
+    from shardmq.broker.priority import DiskPriorityStore
     from shardmq.broker.remote import RemoteQueue
     from shardmq.store.queue_store import DiskQueueStore
 
@@ -214,7 +216,10 @@ class Queue:
         self.owner = owner
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
-        self.store: MessageStore = store if store is not None else MemoryStore()
+        if store is None:  # the container: a deque, or one per level (priority.py)
+            top = max_priority(self.arguments)
+            store = MemoryPriorityStore(top) if top else MemoryStore()
+        self.store: MessageStore = store
         self.consumers: list[QueueConsumer] = []
         self.rr = 0
         self.had_consumers = False
@@ -244,7 +249,7 @@ class Queue:
         self.settings = settings
         if settings.any:
             self.features = True
-        if isinstance(self.store, MemoryStore):
+        if isinstance(self.store, MemoryStore | MemoryPriorityStore):
             self.ready_bytes = sum(m.body_size for m in self.store)
         qfeatures.arm_expires(self)
         qfeatures.arm_head(self)
@@ -379,6 +384,8 @@ class Queue:
         if self.deleted:
             return
         msgs = list(msgs)
+        if self.settings.quorum:  # counted; over x-delivery-limit: dead-lettered
+            msgs = delivery_limit.returned(self, msgs)
         self.redelivered.update(msgs)
         self.store.requeue(msgs)
         if self.features:
@@ -471,7 +478,9 @@ class DurableQueue(Queue):
 
     __slots__ = ("disk",)
 
-    def __init__(self, name: str, vhost: str, *, store: DiskQueueStore, **kw: Any) -> None:
+    def __init__(
+        self, name: str, vhost: str, *, store: DiskQueueStore | DiskPriorityStore, **kw: Any
+    ) -> None:
         super().__init__(name, vhost, store=store, **kw)
         self.disk = store
         self.redelivered = store.redelivered
