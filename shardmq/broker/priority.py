@@ -25,7 +25,9 @@ Invariants (RabbitMQ's):
   dropped as soon as it is empty; a disk level stays open while the queue lives (it
   may hold unacked messages and pending writes), and only levels with messages are
   opened at recovery.
-- ``len`` is O(1) (a running count for memory levels; a sum over the open disk levels).
+- Each disk level pages on its own: the store's ``queue_memory_budget`` holds per level
+  (a priority queue's ready messages in memory are at most levels x budget).
+- ``len``: a running count for memory levels; a sum over the open disk levels.
 - Disk levels share one ``redelivered`` set (the queue's) and the worker's committer;
   ``destroy`` removes the whole queue directory.
 """
