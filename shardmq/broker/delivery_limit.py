@@ -2,14 +2,15 @@
 ``x-delivery-limit`` (policy key ``delivery-limit``), as RabbitMQ 3.10 quorum queues do.
 
 Owns: ``CountedMessage`` (a message as a quorum queue holds it: the publish with the
-``x-delivery-count`` header set, its count, and the publish it came from), ``stamp``
-(a message entering a quorum queue) and ``returned`` (messages handed back to a quorum
+``x-delivery-count`` header set, its count, and the publish it came from), ``got``
+(a message taken by basic.get) and ``returned`` (messages handed back to a quorum
 queue: nack/reject with requeue, a closed channel, a cancelled consumer).
 
 Invariants (checked against RabbitMQ 3.10.8):
-- The first delivery carries ``x-delivery-count: 0`` unless the publisher set that
-  header (then it is left as sent); every return adds one to the count and the next
-  delivery carries the count (overwriting any value the publisher set).
+- A first delivery to a consumer is the message as published; a first one by
+  basic.get carries ``x-delivery-count: 0`` unless the publisher set that header (then
+  it is left as sent); every return adds one to the count and the next delivery
+  carries the count (overwriting any value the publisher set).
 - A message returned more than ``delivery_limit`` times (count > limit; a limit of 0 or
   less: after its first return) is dead-lettered with reason ``delivery_limit``, or
   dropped without a dead-letter exchange. A non-integer ``x-delivery-limit`` is ignored
@@ -66,13 +67,18 @@ def _with_count(origin: Message, count: int, like: Message) -> CountedMessage:
     return new
 
 
-def stamp(msg: Message) -> Message:
-    """``msg`` enters a quorum queue: with ``x-delivery-count: 0`` unless it has one."""
+def got(q: Queue, msg: Message) -> Message:
+    """``msg`` (now unacked in ``q``'s store) goes out by basic.get: RabbitMQ 3.10 adds
+    ``x-delivery-count: 0`` to a first delivery there (not to a consumer's)."""
+    if isinstance(msg, CountedMessage):
+        return msg
     if msg.raw[19] & 0x20:  # headers present
         headers = msg.properties().headers
         if headers and HEADER in headers:
             return msg
-    return _with_count(msg, 0, msg)
+    c = _with_count(msg, 0, msg)
+    q.store.rebind(msg, c)
+    return c
 
 
 def returned(q: Queue, msgs: list[Message]) -> list[Message]:
@@ -96,4 +102,4 @@ def returned(q: Queue, msgs: list[Message]) -> list[Message]:
     return out
 
 
-__all__ = ["DELIVERY_LIMIT", "CountedMessage", "origin_of", "returned", "stamp"]
+__all__ = ["DELIVERY_LIMIT", "CountedMessage", "got", "origin_of", "returned"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from shardmq.broker.delivery_limit import stamp
 from shardmq.broker.expiry import (
     EXPIRE_BUDGET_S,
     EXPIRE_SLICE,
@@ -63,8 +62,6 @@ def deadline(q: Queue, msg: Message) -> int | None:
 def publish(q: Queue, msg: Message, conf: ConfirmTarget | None) -> None:
     q.features = True  # sticky: a message with its own TTL makes dispatch check
     s = q.settings
-    if s.quorum:
-        msg = stamp(msg)  # x-delivery-count: 0 (delivery_limit.py)
     store = q.store
     size = msg.body_size if s.max_length_bytes is not None else 0
     timed = msg.raw[19] & 0x01 or s.message_ttl is not None

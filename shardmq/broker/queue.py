@@ -359,7 +359,10 @@ class Queue:
 
     def get(self) -> tuple[Message, bool] | None:
         if self.features:
-            return qfeatures.get(self)
+            got = qfeatures.get(self)
+            if got is not None and self.settings.quorum:
+                return delivery_limit.got(self, got[0]), got[1]
+            return got
         if not self.store:
             return None
         msg = self.store.take()

@@ -1,6 +1,6 @@
 """Quorum-queue delivery counting, as RabbitMQ 3.10.8 does it (each test also passes
-against it with ``SHARDMQ_TEST_URI``): ``x-delivery-count`` is 0 on the first delivery
-and counts the returns (nack/reject with requeue, a closed channel) after; a message
+against it with ``SHARDMQ_TEST_URI``): ``x-delivery-count`` is 0 on a first delivery by
+basic.get, absent on a consumer's first delivery, and counts the returns (nack/reject with requeue, a closed channel) after; a message
 returned more than ``x-delivery-limit`` times is dead-lettered with reason
 ``delivery_limit`` (the copy without the count header), or dropped without a
 dead-letter exchange; the ``delivery-limit`` policy key; a classic queue refuses the
@@ -186,3 +186,49 @@ def test_delivery_limit_policy(env: Env, broker: Broker, policy: str) -> None:  
         ch.queue_purge(q)
         time.sleep(0.1)
     assert queue_counts(ch, q)[0] == 0
+
+
+def test_aio_pika_poison_message(env: Env, broker: Broker) -> None:
+    import asyncio
+
+    import aio_pika
+
+    q, dead = env.queue("aio"), env.queue("aio-dead")
+
+    async def run() -> tuple[list[Any], Any]:
+        conn = await aio_pika.connect(broker.uri)
+        async with conn:
+            ch = await conn.channel(publisher_confirms=True)
+            await ch.declare_queue(dead)
+            queue = await ch.declare_queue(
+                q,
+                durable=True,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-delivery-limit": 1,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": dead,
+                },
+            )
+            await ch.default_exchange.publish(
+                aio_pika.Message(b"bad", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=q,
+            )
+            counts = []
+            async with queue.iterator() as it:
+                async for msg in it:
+                    counts.append(msg.headers.get("x-delivery-count"))
+                    await msg.reject(requeue=True)
+                    if len(counts) == 2:
+                        break
+            dq = await ch.get_queue(dead)
+            for _ in range(100):
+                got = await dq.get(no_ack=True, fail=False)
+                if got is not None:
+                    return counts, got.headers["x-death"][0]["reason"]
+                await asyncio.sleep(0.05)
+            return counts, None
+
+    counts, reason = asyncio.run(asyncio.wait_for(run(), 30))
+    assert counts == [None, 1]  # a consumer's first delivery: as published
+    assert reason == "delivery_limit"
