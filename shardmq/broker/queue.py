@@ -28,6 +28,12 @@ Invariants:
   While ``features`` is False (no such setting, and no message with its own
   ``expiration`` seen) publish and dispatch take the plain path; otherwise
   ``qfeatures`` does the per-message work.
+- The ready container is chosen once, here or by ``WorkerStorage.open_queue``: a
+  ``MemoryStore`` / ``DiskQueueStore``, or for ``x-max-priority`` one per priority level
+  (``priority.py``); the code below does not know which.
+- ``requeue`` on a quorum queue counts the returns first (``delivery_limit.py``: the
+  ``x-delivery-count`` copy takes the message's place, over the limit it is
+  dead-lettered); ``get`` adds the count-0 header there.
 - ``settle`` is an ack; ``reject`` a reject/nack without requeue (dead-lettered
   ``rejected`` when the queue has a dead-letter exchange).
 - ``expired`` / ``dead_lettered`` / ``dropped`` count messages that left by TTL, were

@@ -2,7 +2,8 @@
 
 Owns: ``MessageStore`` (the interface), ``MemoryStore`` (transient messages),
 ``WorkerStorage`` (one worker's durable queue stores: their group-commit thread, the
-once-per-loop-turn flush, the disk alarm) and ``ConfirmWaiter`` (a cross-worker publish
+once-per-loop-turn flush, the disk alarm; a priority queue's store is a
+``priority.DiskPriorityStore`` of one ``DiskQueueStore`` per level) and ``ConfirmWaiter`` (a cross-worker publish
 whose confirm waits for the stores of the owner worker).
 
 Invariants:
