@@ -91,6 +91,9 @@ class BenchConfig:
     tls_insecure: bool = False
     # queue features: x-message-ttl of the benchmark's queues in ms (-1 = none)
     message_ttl: int = -1
+    # priority queues: x-max-priority N of the benchmark's queues, producers cycle the
+    # message priority over 0..N-1 message by message (0 = plain queues)
+    priorities: int = 0
 
     def normalized(self) -> BenchConfig:
         c = dataclasses.replace(self)
@@ -218,7 +221,11 @@ async def _declare(cfg: BenchConfig, topo: Topology) -> None:
         if topo.exchange:
             await c.exchange_declare(topo.exchange, topo.exchange_type, durable=cfg.durable)
         for q in topo.queues:
-            args = {"x-message-ttl": cfg.message_ttl} if cfg.message_ttl >= 0 else None
+            args: dict[str, Any] | None = (
+                {"x-message-ttl": cfg.message_ttl} if cfg.message_ttl >= 0 else None
+            )
+            if cfg.priorities:
+                args = {**(args or {}), "x-max-priority": cfg.priorities}
             await c.queue_declare(q, durable=cfg.durable, arguments=args)
         for q, k in topo.bindings:
             await c.queue_bind(q, topo.exchange, k)
@@ -446,6 +453,7 @@ class Bench:
             rate=cfg.rate,
             confirm=cfg.confirm,
             persistent=cfg.persistent,
+            priorities=cfg.priorities,
             batch=cfg.batch,
             prefetch=0 if cfg.auto_ack else cfg.prefetch,
             auto_ack=cfg.auto_ack,
@@ -852,6 +860,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="MS",
         help="declare the queues with x-message-ttl MS (default: none)",
+    )
+    a(
+        "--priorities",
+        type=int,
+        metavar="N",
+        help="priority queues: x-max-priority N, message priorities cycle over 0..N-1",
     )
     a("--quiet", action="store_true", help="no live progress on stderr")
     a("--json", action="store_true", help="print the report as JSON")
