@@ -173,6 +173,70 @@ def test_timer_expires_across_loop_turns() -> None:
     assert len(counts) >= 100_000 // EXPIRE_SLICE
 
 
+class _Sink:
+    def __init__(self) -> None:
+        self.got: list[Message] = []
+
+    def deliver(self, c: Any, q: Queue, m: Message, redelivered: bool) -> None:
+        self.got.append(m)
+
+
+class _Taker:
+    """A consumer with room for everything."""
+
+    exclusive = False
+    priority = 0
+
+    def __init__(self) -> None:
+        self.channel = _Sink()
+
+    def ready(self) -> bool:
+        return True
+
+
+def _due_then_live(q: Queue, n: int) -> Message:
+    past = now_ms() - 120_000
+    for _ in range(n):
+        m = msg()
+        m.ts = past  # due already, as if the timer had not had its turn yet
+        q.publish(m)
+    live = msg(b"live")
+    q.publish(live)
+    return live
+
+
+def test_dispatch_leaves_a_mass_of_due_heads_to_the_timer() -> None:
+    """A consumer with room arriving in front of many due heads: its dispatch expires
+    one slice at most and hands the rest to the TTL timer, which dispatches again once
+    they are gone (the live message behind them is delivered)."""
+    n = 5 * EXPIRE_SLICE
+
+    async def run() -> tuple[int, int, list[Message], Message]:
+        q = Queue("q", "/", arguments={"x-message-ttl": 60_000})
+        q.start(None)
+        live = _due_then_live(q, n)
+        taker = _Taker()
+        q.add_consumer(taker)  # type: ignore[arg-type]
+        in_one_turn = q.expired
+        for _ in range(10_000):
+            if taker.channel.got:
+                break
+            await asyncio.sleep(0)
+        return in_one_turn, q.expired, taker.channel.got, live
+
+    in_one_turn, expired, got, live = asyncio.run(run())
+    assert 0 < in_one_turn <= EXPIRE_SLICE
+    assert expired == n and got == [live]
+
+
+def test_dispatch_without_a_loop_expires_all_due_heads() -> None:
+    q = Queue("q", "/", arguments={"x-message-ttl": 60_000})
+    live = _due_then_live(q, 3 * EXPIRE_SLICE)
+    taker = _Taker()
+    q.add_consumer(taker)  # type: ignore[arg-type]
+    assert q.expired == 3 * EXPIRE_SLICE and taker.channel.got == [live]
+
+
 def test_per_message_ttl_expires_at_head_only() -> None:
     q = Queue("q", "/")
     a, b = msg(b"a"), msg(b"b", expiration="0")
