@@ -13,7 +13,7 @@ from shardmq.amqp.codec import shortstr
 from shardmq.amqp.errors import SoftError
 from shardmq.amqp.fieldtable import Timestamp
 from shardmq.amqp.methods import BasicProperties
-from shardmq.broker import qfeatures
+from shardmq.broker import deadletter, qfeatures
 from shardmq.broker.deadletter import dead_letter_copy, is_cycle
 from shardmq.broker.expiry import EXPIRE_SLICE, now_ms
 from shardmq.broker.qargs import (
@@ -256,6 +256,33 @@ def test_drop_head_and_bytes() -> None:
 
 
 # ---------------------------------------------------------------- x-death
+@pytest.mark.parametrize(
+    "props",
+    [
+        {},
+        {"headers": {}},
+        {"content_type": "text/plain", "expiration": "100"},
+        {"content_encoding": "gzip", "delivery_mode": 2, "priority": 3},
+        {"content_type": "a", "content_encoding": "b", "correlation_id": "c", "app_id": "d"},
+        {"expiration": "0", "message_id": "m", "timestamp": 5, "type": "t", "user_id": "u"},
+    ],
+)
+@pytest.mark.parametrize("dlrk", [None, "k2"])
+def test_first_death_of_a_headerless_message_matches_the_general_path(
+    props: dict[str, Any], dlrk: str | None
+) -> None:
+    """The cached first-death table (messages without headers) gives the same bytes as
+    decoding, merging and encoding the headers."""
+    m = msg(b"body", rk="rk", **props)
+    for reason in ("rejected", "expired", "rejected"):  # the second "rejected" is cached
+        fast, keys, deaths = dead_letter_copy(m, reason, "q1", "dlx", dlrk, 1000)
+        p = BasicProperties.decode(m.raw, 19)
+        slow, skeys, sdeaths = deadletter._general_copy(
+            m, p, "", "rk", reason, "q1", "dlx", dlrk, 1000
+        )
+        assert (fast.exrk, fast.raw, keys, deaths) == (slow.exrk, slow.raw, skeys, sdeaths)
+
+
 def test_x_death_first_and_repeat() -> None:
     m = msg(b"b", rk="rk", expiration="100", headers={"CC": ["c"]})
     c1, keys, _ = dead_letter_copy(m, "expired", "q1", "dlx", None, 1000)
