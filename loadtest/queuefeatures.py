@@ -52,7 +52,7 @@ def queue_arguments(message_ttl: int, dead_letter: bool, queue: str) -> dict[str
 
 def fill_allowance_s(n: int) -> float:
     """Seconds allowed for filling ``n`` messages before their common deadline."""
-    return 2.0 + n / 25_000
+    return 3.0 + n / 10_000
 
 
 async def fill_expiring(
