@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from shardmq.broker.expiry import (
     EXPIRE_BUDGET_S,
+    EXPIRE_CLOCK_MASK,
     EXPIRE_SLICE,
     Timer,
     message_ttl,
@@ -181,7 +182,8 @@ def dispatch(q: Queue) -> None:
                     if expired == 1:
                         stop = time.perf_counter() + EXPIRE_BUDGET_S
                     elif (
-                        expired >= EXPIRE_SLICE or (not expired & 63 and time.perf_counter() > stop)
+                        expired >= EXPIRE_SLICE
+                        or (not expired & EXPIRE_CLOCK_MASK and time.perf_counter() > stop)
                     ) and _continue_by_timer(q):
                         break
                     continue
@@ -254,7 +256,7 @@ def expire_due(q: Queue, limit: int = EXPIRE_SLICE, budget: float = EXPIRE_BUDGE
         d = deadline(q, msg)
         if d is None or d > now:
             break
-        if n >= limit or (not n & 63 and n and time.perf_counter() > stop):
+        if n >= limit or (not n & EXPIRE_CLOCK_MASK and n and time.perf_counter() > stop):
             return True
         store.take()
         if q.settings.max_length_bytes is not None:

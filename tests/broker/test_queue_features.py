@@ -15,7 +15,7 @@ from shardmq.amqp.fieldtable import Timestamp
 from shardmq.amqp.methods import BasicProperties
 from shardmq.broker import deadletter, qfeatures
 from shardmq.broker.deadletter import dead_letter_copy, is_cycle
-from shardmq.broker.expiry import EXPIRE_SLICE, now_ms
+from shardmq.broker.expiry import EXPIRE_CLOCK_MASK, EXPIRE_SLICE, now_ms
 from shardmq.broker.qargs import (
     NO_SETTINGS,
     QueueSettings,
@@ -144,7 +144,7 @@ def test_expire_slice_stops_on_time_budget() -> None:
         m.ts = past
         q.publish(m)
     assert qfeatures.expire_due(q, limit=10**9, budget=0.0) is True
-    assert q.expired == 64  # the clock is read every 64 messages
+    assert q.expired == EXPIRE_CLOCK_MASK + 1  # the clock is read every 16 messages
 
 
 def test_timer_expires_across_loop_turns() -> None:
