@@ -25,8 +25,7 @@ from shardmq.message import Message
 # costs more per message than dropping; the clock is read every EXPIRE_CLOCK_EVERY
 # messages); the rest continue on the next turn (call_soon), so 100,000 messages due at
 # once never stall the loop, and another queue's message waits at most about one slice
-# (2 ms: at 10 ms a mass expiry tripled the p99 latency of other queues' traffic at
-# 1,000 msg/s, BENCHMARKS.md section 14).
+# (BENCHMARKS.md section 15: 1.3-2.5 ms of CPU per slice for 100,000 due at once).
 EXPIRE_SLICE = 1000
 EXPIRE_BUDGET_S = 0.002
 EXPIRE_CLOCK_MASK = 15  # read the clock when (count & mask) == 0: every 16 messages
