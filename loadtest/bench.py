@@ -102,6 +102,9 @@ class BenchConfig:
     message_ttl: int = -1
     dead_letter: bool = False
     expire_burst: int = 0
+    # priority queues: x-max-priority N of the benchmark's queues, producers cycle the
+    # message priority over 0..N-1 message by message (0 = plain queues)
+    priorities: int = 0
 
     def normalized(self) -> BenchConfig:
         c = dataclasses.replace(self)
@@ -248,6 +251,8 @@ async def _declare(cfg: BenchConfig, topo: Topology) -> None:
             await c.queue_declare(q, durable=cfg.durable)
         for q in topo.queues:
             args = queue_arguments(cfg.message_ttl, cfg.dead_letter, q)
+            if cfg.priorities:
+                args = {**(args or {}), "x-max-priority": cfg.priorities}
             await c.queue_declare(q, durable=cfg.durable, arguments=args)
         if topo.burst_queue:
             await c.queue_declare(topo.burst_queue)
@@ -479,6 +484,7 @@ class Bench:
             rate=cfg.rate,
             confirm=cfg.confirm,
             persistent=cfg.persistent,
+            priorities=cfg.priorities,
             batch=cfg.batch,
             prefetch=0 if cfg.auto_ack else cfg.prefetch,
             auto_ack=cfg.auto_ack,
@@ -949,6 +955,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="N messages in a queue of their own, all expiring at one instant mid-window",
+    )
+    a(
+        "--priorities",
+        type=int,
+        metavar="N",
+        help="priority queues: x-max-priority N, message priorities cycle over 0..N-1",
     )
     a("--quiet", action="store_true", help="no live progress on stderr")
     a("--json", action="store_true", help="print the report as JSON")

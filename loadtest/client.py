@@ -155,7 +155,7 @@ class PublishTemplate:
         exchange: str,
         routing_keys: list[str],
         body_size: int,
-        properties: bytes,
+        properties: bytes | list[bytes],
         frame_max: int,
         max_batch: int,
     ) -> None:
@@ -163,12 +163,25 @@ class PublishTemplate:
             raise ValueError("message size must be at least 8 bytes (send timestamp)")
         if not routing_keys:
             raise ValueError("at least one routing key")
-        self.count = len(routing_keys)
+        # several property sets (message priorities): they cycle with the routing keys
+        props_list = [properties] if isinstance(properties, bytes) else properties
+        if len(props_list) > 1:
+            n = len(routing_keys) * len(props_list)
+            pairs = [
+                (routing_keys[i % len(routing_keys)], props_list[i % len(props_list)])
+                for i in range(n)
+            ]
+        else:
+            pairs = [(rk, props_list[0]) for rk in routing_keys]
+        self.count = len(pairs)
         self.max_batch = max_batch
         chunk = frame_max - 8
         filler = bytes(range(256)) * (body_size // 256 + 1)
         rest = filler[: body_size - 8]
-        header = frame(FRAME_HEADER, channel, _CONTENT_HDR.pack(60, 0, body_size) + properties)
+        headers = {
+            p: frame(FRAME_HEADER, channel, _CONTENT_HDR.pack(60, 0, body_size) + p)
+            for p in props_list
+        }
         # body frames: the first carries the timestamp; split on frame_max
         first_len = min(body_size, chunk)
         body_tail = b"" + rest[: first_len - 8] + b"\xce"
@@ -179,9 +192,9 @@ class PublishTemplate:
         first_hdr = _HDR.pack(FRAME_BODY, channel, first_len)
         pre: list[bytes] = []
         post: list[bytes] = []
-        for rk in routing_keys:
+        for rk, props in pairs:
             pub = M.BasicPublish(exchange=exchange, routing_key=rk).encode()
-            pre.append(frame(FRAME_METHOD, channel, pub) + header + first_hdr)
+            pre.append(frame(FRAME_METHOD, channel, pub) + headers[props] + first_hdr)
             post.append(body_tail)
         self.pre = pre
         self.post = post

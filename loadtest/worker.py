@@ -50,6 +50,7 @@ class WorkerPlan:
     rate: float = 0.0  # per connection, msg/s, 0 = unlimited
     confirm: int = 0  # window, 0 = no confirms
     persistent: bool = False
+    priorities: int = 0  # > 0: message priorities cycle over 0..priorities-1
     batch: int = 0  # 0 = automatic
     prefetch: int = 0
     auto_ack: bool = False
@@ -76,7 +77,13 @@ class Producer:
     def __init__(self, client: Client, plan: WorkerPlan, spec: tuple[str, list[str], int]):
         self.client = client
         exchange, keys, quota = spec
-        props = M.BasicProperties(delivery_mode=2 if plan.persistent else None).encode()
+        mode = 2 if plan.persistent else None
+        props: bytes | list[bytes] = M.BasicProperties(delivery_mode=mode).encode()
+        if plan.priorities:
+            props = [
+                M.BasicProperties(delivery_mode=mode, priority=p).encode()
+                for p in range(plan.priorities)
+            ]
         probe = PublishTemplate(1, exchange, keys[:1], plan.size, props, client.frame_max, 1)
         self.batch = plan.batch or auto_batch(probe.msg_bytes)
         self.tmpl = PublishTemplate(

@@ -54,28 +54,42 @@ def lean_client(client: Client) -> None:
     client.pump = pump  # type: ignore[method-assign]
 
 
-def one_run(pub_w: int, queue_w: int, con_w: int, n: int, ttl: int = -1) -> float:
+def one_run(
+    pub_w: int, queue_w: int, con_w: int, n: int, ttl: int = -1, priorities: int = 0
+) -> float:
     """CPU microseconds per message for ``n`` messages with that placement (``ttl`` >=
-    0: the queue has that x-message-ttl)."""
+    0: the queue has that x-message-ttl; ``priorities`` > 0: x-max-priority, message
+    priorities cycling over 0..priorities-1)."""
     cl = MeshCluster(3)
     try:
-        return _measure(cl, pub_w, queue_w, con_w, n, ttl)
+        return _measure(cl, pub_w, queue_w, con_w, n, ttl, priorities)
     finally:
         cl.close()
 
 
-def _measure(cl: MeshCluster, pub_w: int, queue_w: int, con_w: int, n: int, ttl: int) -> float:
+def _measure(
+    cl: MeshCluster, pub_w: int, queue_w: int, con_w: int, n: int, ttl: int, priorities: int = 0
+) -> float:
     q = cl.queue_on(queue_w, "cost")
     pub, con = cl.connect(pub_w), cl.connect(con_w)
     pub.open_channel(1)
     con.open_channel(1)
-    args = {"x-message-ttl": ttl} if ttl >= 0 else {}
+    args: dict[str, object] = {"x-message-ttl": ttl} if ttl >= 0 else {}
+    if priorities:
+        args["x-max-priority"] = priorities
     pub.conn.feed(method_frame(1, M.QueueDeclare(queue=q, arguments=args)))
     cl.pump()
     con.conn.feed(method_frame(1, M.BasicConsume(queue=q, no_ack=True)))
     cl.pump()
-    frame = method_frame(1, M.BasicPublish(routing_key=q)) + content_frames(1, b"x" * 16)
-    batch = frame * BATCH
+    method = method_frame(1, M.BasicPublish(routing_key=q))
+    if priorities:
+        frames = [
+            method + content_frames(1, b"x" * 16, M.BasicProperties(priority=p))
+            for p in range(priorities)
+        ]
+        batch = b"".join(frames[i % priorities] for i in range(BATCH))
+    else:
+        batch = (method + content_frames(1, b"x" * 16)) * BATCH
     con.deliveries.clear()
     lean_client(con)
     got = 0
@@ -103,32 +117,46 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--only", choices=sorted(PLACEMENTS), help=argparse.SUPPRESS)
     ap.add_argument(
+        "--priorities", type=int, default=0, metavar="N", help="queue with x-max-priority N"
+    )
+    ap.add_argument(
+        "--placement",
+        choices=sorted(PLACEMENTS),
+        action="append",
+        help="measure only this placement (repeatable; default: all)",
+    )
+    ap.add_argument(
         "--message-ttl", type=int, default=-1, metavar="MS", help="queue with x-message-ttl MS"
     )
     args = ap.parse_args(argv)
     if args.only:  # one run, for --instructions (the parent counts the instructions)
-        one_run(*PLACEMENTS[args.only], args.messages, args.message_ttl)
+        one_run(*PLACEMENTS[args.only], args.messages, args.message_ttl, args.priorities)
         return 0
     results: dict[str, float] = {}
     unit = "instr/msg" if args.instructions else "us/msg"
+    prio = args.priorities
     for name, (p, q, c) in PLACEMENTS.items():
+        if args.placement and name not in args.placement:
+            continue
         if args.instructions:
             n = min(args.messages, 20_000)
             # the difference of two runs cancels start-up and imports
             ttl = args.message_ttl
             results[name] = (
-                count_instructions(name, 2 * n, ttl) - count_instructions(name, n, ttl)
+                count_instructions(name, 2 * n, ttl, prio) - count_instructions(name, n, ttl, prio)
             ) / n
         else:
-            runs = [one_run(p, q, c, args.messages, args.message_ttl) for _ in range(args.rounds)]
+            runs = [
+                one_run(p, q, c, args.messages, args.message_ttl, prio) for _ in range(args.rounds)
+            ]
             results[name] = statistics.median(runs)
-    base = results[LOCAL]
+    base = next(iter(results.values()))
     for name, v in results.items():
         print(f"{name:<45} {v:9.2f} {unit}  x{v / base:.2f}")
     return 0
 
 
-def count_instructions(placement: str, n: int, ttl: int = -1) -> int:
+def count_instructions(placement: str, n: int, ttl: int = -1, priorities: int = 0) -> int:
     """Instructions executed by one ``--only`` run of ``n`` messages under callgrind."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (apt install valgrind)")
@@ -136,6 +164,8 @@ def count_instructions(placement: str, n: int, ttl: int = -1) -> int:
     cmd += ["-m", "loadtest.xshard_cost", "--only", placement, "--messages", str(n)]
     if ttl >= 0:
         cmd += ["--message-ttl", str(ttl)]
+    if priorities:
+        cmd += ["--priorities", str(priorities)]
     root = Path(__file__).resolve().parents[1]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=root, check=True)
     found = re.search(r"Collected : (\d+)", res.stderr)

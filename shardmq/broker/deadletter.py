@@ -37,6 +37,7 @@ from shardmq.amqp.codec import exrk_names, shortstr
 from shardmq.amqp.fieldtable import Timestamp, encode_table
 from shardmq.amqp.methods import BasicProperties
 from shardmq.broker import metadata as md
+from shardmq.broker.delivery_limit import origin_of
 from shardmq.broker.queue import DurableQueue, Queue
 from shardmq.broker.remote import RemoteQueue
 from shardmq.broker.storage import ConfirmWaiter
@@ -112,6 +113,7 @@ def dead_letter_copy(
 ) -> tuple[Message, list[str], list[Any]]:
     """(the dead-lettered copy of ``msg`` leaving ``queue``, the routing keys to route
     it with through ``dlx``, its ``x-death`` array)."""
+    msg = origin_of(msg)  # as published (a quorum queue's count header left out)
     props = BasicProperties.decode(msg.raw, 19)  # a fresh copy: we change it
     exchange, rk = exrk_names(msg.exrk)
     if not props.headers:

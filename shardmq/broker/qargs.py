@@ -41,6 +41,8 @@ class QueueSettings:
     dead_letter_exchange: str | None = None
     dead_letter_routing_key: str | None = None
     overflow_set: bool = False  # ``x-overflow`` given (an argument wins over a policy)
+    quorum: bool = False  # ``x-queue-type: quorum``: deliveries counted (delivery_limit.py)
+    delivery_limit: int | None = None  # quorum queues only
 
     @property
     def limited(self) -> bool:
@@ -63,8 +65,9 @@ _POLICY_KEYS = {
     "overflow": "overflow",
     "dead-letter-exchange": "dead_letter_exchange",
     "dead-letter-routing-key": "dead_letter_routing_key",
+    "delivery-limit": "delivery_limit",
 }
-_NUMERIC = {"message_ttl", "expires", "max_length", "max_length_bytes"}
+_NUMERIC = {"message_ttl", "expires", "max_length", "max_length_bytes", "delivery_limit"}
 
 
 def type_name(v: object) -> str:
@@ -128,6 +131,9 @@ def parse_queue_args(arguments: dict[str, Any], queue: str, vhost: str) -> Queue
     expires = _int_arg(arguments, "x-expires", queue, vhost, False)
     max_len = _int_arg(arguments, "x-max-length", queue, vhost, True)
     max_bytes = _int_arg(arguments, "x-max-length-bytes", queue, vhost, True)
+    top = _int_arg(arguments, "x-max-priority", queue, vhost, True)  # priority.py
+    if top is not None and top > 255:
+        raise _err("x-max-priority", queue, vhost, f"{{max_value_exceeded,{top}}}")
     overflow = "drop-head"
     overflow_set = "x-overflow" in arguments
     if overflow_set:
@@ -158,7 +164,13 @@ def parse_queue_args(arguments: dict[str, Any], queue: str, vhost: str) -> Queue
             )
         if dlx is None:
             raise _err("x-dead-letter-routing-key", queue, vhost, "routing_key_but_no_dlx_defined")
-    return QueueSettings(ttl, expires, max_len, max_bytes, overflow, dlx, dlrk, overflow_set)
+    quorum = _str_value(arguments.get("x-queue-type")) == "quorum"
+    limit = arguments.get("x-delivery-limit") if quorum else None
+    if isinstance(limit, bool) or not isinstance(limit, int) or isinstance(limit, Timestamp):
+        limit = None  # RabbitMQ 3.10 ignores a non-integer limit
+    return QueueSettings(
+        ttl, expires, max_len, max_bytes, overflow, dlx, dlrk, overflow_set, quorum, limit
+    )
 
 
 def effective(from_args: QueueSettings, policy: dict[str, Any] | None) -> QueueSettings:
@@ -172,6 +184,8 @@ def effective(from_args: QueueSettings, policy: dict[str, Any] | None) -> QueueS
             continue
         pv = policy[key]
         av = getattr(from_args, field_name)
+        if field_name == "delivery_limit" and not from_args.quorum:
+            continue  # a quorum-queue key
         if field_name in _NUMERIC:
             changes[field_name] = pv if av is None else min(av, pv)
         elif field_name == "overflow":

@@ -3,7 +3,8 @@
 Owns: ``check_queue_type`` — what a single-node broker accepts, with RabbitMQ 3.10's
 406 texts: ``classic`` (the default) and ``quorum`` are queues of this broker;
 ``quorum`` must be durable, not exclusive and not auto-delete, and refuses
-``x-max-priority``; ``stream`` and anything else are refused ("unsupported queue type",
+``x-max-priority``; ``classic`` refuses ``x-delivery-limit`` (a quorum-queue argument,
+``delivery_limit.py``); ``stream`` and anything else are refused ("unsupported queue type",
 as RabbitMQ words an unknown type; streams do not exist here). ``x-queue-mode`` may be
 ``default`` or ``lazy`` (accepted, no effect: every durable queue pages to disk).
 
@@ -20,6 +21,7 @@ from shardmq.amqp.errors import PRECONDITION_FAILED, SoftError
 QUEUE_TYPES = ("classic", "quorum")
 QUEUE_MODES = ("default", "lazy")
 QUORUM_REFUSED_ARGS = ("x-max-priority",)
+CLASSIC_REFUSED_ARGS = ("x-delivery-limit",)
 
 
 def _text(v: Any) -> str | None:
@@ -65,5 +67,12 @@ def check_queue_type(
                 raise SoftError(
                     PRECONDITION_FAILED,
                     f"invalid arg '{arg}' {where} of queue type rabbit_quorum_queue",
+                )
+    else:
+        for arg in CLASSIC_REFUSED_ARGS:
+            if arg in arguments:
+                raise SoftError(
+                    PRECONDITION_FAILED,
+                    f"invalid arg '{arg}' {where} of queue type rabbit_classic_queue",
                 )
     return qtype

@@ -28,6 +28,12 @@ Invariants:
   While ``features`` is False (no such setting, and no message with its own
   ``expiration`` seen) publish and dispatch take the plain path; otherwise
   ``qfeatures`` does the per-message work.
+- The ready container is chosen once, here or by ``WorkerStorage.open_queue``: a
+  ``MemoryStore`` / ``DiskQueueStore``, or for ``x-max-priority`` one per priority level
+  (``priority.py``); the code below does not know which.
+- ``requeue`` on a quorum queue counts the returns first (``delivery_limit.py``: the
+  ``x-delivery-count`` copy takes the message's place, over the limit it is
+  dead-lettered); ``get`` adds the count-0 header there.
 - ``settle`` is an ack; ``reject`` a reject/nack without requeue (dead-lettered
   ``rejected`` when the queue has a dead-letter exchange).
 - ``expired`` / ``dead_lettered`` / ``dropped`` count messages that left by TTL, were
@@ -39,9 +45,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
-from shardmq.broker import qfeatures
+from shardmq.broker import delivery_limit, qfeatures
 from shardmq.broker.consumer_order import ConsumerOrder, single_active
 from shardmq.broker.expiry import Timer, now_ms
+from shardmq.broker.priority import MemoryPriorityStore, max_priority
 from shardmq.broker.qargs import NO_SETTINGS, QueueSettings, effective, parse_queue_args
 from shardmq.broker.storage import ConfirmTarget, MemoryStore, MessageStore
 from shardmq.message import Message
@@ -51,6 +58,7 @@ if TYPE_CHECKING:
     from shardmq.broker.channel import Channel
     from shardmq.broker.exchange import Exchange
     from shardmq.broker.policies import Policy
+    from shardmq.broker.priority import DiskPriorityStore
     from shardmq.broker.remote import RemoteQueue
     from shardmq.store.queue_store import DiskQueueStore
 
@@ -214,7 +222,10 @@ class Queue:
         self.owner = owner
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
-        self.store: MessageStore = store if store is not None else MemoryStore()
+        if store is None:  # the container: a deque, or one per level (priority.py)
+            top = max_priority(self.arguments)
+            store = MemoryPriorityStore(top) if top else MemoryStore()
+        self.store: MessageStore = store
         self.consumers: list[QueueConsumer] = []
         self.rr = 0
         self.had_consumers = False
@@ -244,7 +255,7 @@ class Queue:
         self.settings = settings
         if settings.any:
             self.features = True
-        if isinstance(self.store, MemoryStore):
+        if isinstance(self.store, MemoryStore | MemoryPriorityStore):
             self.ready_bytes = sum(m.body_size for m in self.store)
         qfeatures.arm_expires(self)
         qfeatures.arm_head(self)
@@ -354,7 +365,10 @@ class Queue:
 
     def get(self) -> tuple[Message, bool] | None:
         if self.features:
-            return qfeatures.get(self)
+            got = qfeatures.get(self)
+            if got is not None and self.settings.quorum:
+                return delivery_limit.got(self, got[0]), got[1]
+            return got
         if not self.store:
             return None
         msg = self.store.take()
@@ -379,6 +393,8 @@ class Queue:
         if self.deleted:
             return
         msgs = list(msgs)
+        if self.settings.quorum:  # counted; over x-delivery-limit: dead-lettered
+            msgs = delivery_limit.returned(self, msgs)
         self.redelivered.update(msgs)
         self.store.requeue(msgs)
         if self.features:
@@ -471,7 +487,9 @@ class DurableQueue(Queue):
 
     __slots__ = ("disk",)
 
-    def __init__(self, name: str, vhost: str, *, store: DiskQueueStore, **kw: Any) -> None:
+    def __init__(
+        self, name: str, vhost: str, *, store: DiskQueueStore | DiskPriorityStore, **kw: Any
+    ) -> None:
         super().__init__(name, vhost, store=store, **kw)
         self.disk = store
         self.redelivered = store.redelivered

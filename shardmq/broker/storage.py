@@ -2,7 +2,8 @@
 
 Owns: ``MessageStore`` (the interface), ``MemoryStore`` (transient messages),
 ``WorkerStorage`` (one worker's durable queue stores: their group-commit thread, the
-once-per-loop-turn flush, the disk alarm) and ``ConfirmWaiter`` (a cross-worker publish
+once-per-loop-turn flush, the disk alarm; a priority queue's store is a
+``priority.DiskPriorityStore`` of one ``DiskQueueStore`` per level) and ``ConfirmWaiter`` (a cross-worker publish
 whose confirm waits for the stores of the owner worker).
 
 Invariants:
@@ -10,6 +11,8 @@ Invariants:
   and ``bool(store)`` count them and must be O(1) (the hot path asks per message).
 - ``take`` is only called on a non-empty store; the message taken belongs to the
   queue's consumers (unacked) until ``ack`` or ``requeue`` hands it back.
+- ``rebind(old, new)``: the unacked ``old`` is ``new`` from now on (same ``seq``; a
+  quorum queue's re-counted message, ``delivery_limit.py``), before ``new`` is requeued.
 - ``requeue`` puts messages back at their original position relative to each other
   (ordered by ``seq``) and ahead of messages that were never delivered.
 - Durable stores: a *confirm target* (``Channel``, ``ConfirmWaiter``) hands out a token
@@ -27,13 +30,16 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shardmq.message import Message
 from shardmq.store.commit import ThreadCommitter
 from shardmq.store.disk import DiskMonitor
 from shardmq.store.queue_store import DiskQueueStore, queue_dir, sweep_deleted
 from shardmq.store.settings import StoreSettings
+
+if TYPE_CHECKING:
+    from shardmq.broker.priority import DiskPriorityStore
 
 log = logging.getLogger("shardmq.store")
 
@@ -44,6 +50,7 @@ class MessageStore(Protocol):
     def peek(self) -> Message: ...
     def requeue(self, msgs: Iterable[Message]) -> None: ...
     def ack(self, msg: Message) -> None: ...
+    def rebind(self, old: Message, new: Message) -> None: ...
     def purge(self) -> int: ...
     def __len__(self) -> int: ...
 
@@ -72,6 +79,10 @@ class MemoryStore(deque[Message]):
         self.extendleft(ordered)
 
     def ack(self, msg: Message) -> None:
+        return None
+
+    def rebind(self, old: Message, new: Message) -> None:
+        """``new`` (same ``seq``) stands for the unacked ``old`` from now on."""
         return None
 
     def purge(self) -> int:
@@ -139,7 +150,7 @@ class WorkerStorage:
             log.info("removed %d queue director(ies) left by deletes before a crash", swept)
         self.committer = ThreadCommitter.from_settings(settings, loop)
         self.monitor = DiskMonitor(self.data_dir, settings.disk_free_limit, on_change=on_alarm)
-        self.stores: set[DiskQueueStore] = set()
+        self.stores: set[DiskQueueStore | DiskPriorityStore] = set()
         self._dirty: list[DiskQueueStore] = []
         self._scheduled = False
         self.closed = False
@@ -148,20 +159,34 @@ class WorkerStorage:
         """Check free disk now, then every ``disk_check_interval`` seconds."""
         self.monitor.start(self.loop, self.settings.disk_check_interval)
 
-    def open_queue(self, vhost: str, name: str) -> DiskQueueStore:
-        """Open (and recover) the store of durable queue ``name``."""
-        store = DiskQueueStore.open(
-            queue_dir(self.data_dir, vhost, name),
+    def open_queue(
+        self, vhost: str, name: str, max_priority: int = 0
+    ) -> DiskQueueStore | DiskPriorityStore:
+        """Open (and recover) the store of durable queue ``name``; a priority queue's
+        store (``max_priority`` > 0) is a ``priority.DiskPriorityStore`` of one
+        ``DiskQueueStore`` per level (it speaks the same contract)."""
+        path = queue_dir(self.data_dir, vhost, name)
+        if max_priority:
+            from shardmq.broker.priority import open_disk_priority
+
+            pstore = open_disk_priority(path, max_priority, self._open_store, self.committer)
+            self.stores.add(pstore)
+            return pstore
+        store = self._open_store(path)
+        self.stores.add(store)
+        return store
+
+    def _open_store(self, path: str) -> DiskQueueStore:
+        return DiskQueueStore.open(
+            path,
             settings=self.settings,
             committer=self.committer,
             on_durable=self._durable,
             on_failed=self._failed,
             on_dirty=self._on_dirty,
         )
-        self.stores.add(store)
-        return store
 
-    def drop(self, store: DiskQueueStore) -> None:
+    def drop(self, store: DiskQueueStore | DiskPriorityStore) -> None:
         """The queue was deleted: its directory goes, pending tokens complete."""
         self.stores.discard(store)
         if not store.closed:

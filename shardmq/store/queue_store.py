@@ -726,6 +726,12 @@ class DiskQueueStore:
         if not seg.live and seg is not self._cur:
             self._retire(seg)
 
+    def rebind(self, old: Message, new: Message) -> None:
+        """The unacked ``old`` is ``new`` from now on (same record on disk)."""
+        sid = self._unacked.pop(old, None)
+        if sid is not None:
+            self._unacked[new] = sid
+
     def requeue(self, msgs: Iterable[Message]) -> None:
         unacked = self._unacked
         items: list[tuple[int, int, Message]] = []

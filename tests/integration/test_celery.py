@@ -44,7 +44,6 @@ RESULT_TIMEOUT = 30.0  # seconds for one task's result
 WORKER_START_TIMEOUT = 60.0
 WORKER_STOP_TIMEOUT = 15.0
 CONTROL_TIMEOUT = 10.0
-PRIORITY_XFAIL = "priority queues land with branch prio"
 
 
 @dataclass
@@ -268,15 +267,11 @@ def test_expires_queue_deleted_once_unused(celery_worker: CeleryWorker) -> None:
         conn.close()
 
 
-def test_priority_queue_runs_highest_priority_first(
-    celery_worker: CeleryWorker, request: pytest.FixtureRequest
-) -> None:
+def test_priority_queue_runs_highest_priority_first(celery_worker: CeleryWorker) -> None:
     """Tasks wait in an ``x-max-priority`` queue until the worker starts consuming it,
     then run highest priority first, FIFO within a priority; a priority above the
     maximum counts as the maximum."""
     w = celery_worker
-    if not w.broker.external:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=PRIORITY_XFAIL))
     q = w.names.prio
     w.declare(q)
     prios = [1, 5, 9, 3, MAX_PRIORITY + 5, 0, 7, 5, MAX_PRIORITY, 9, 1]
