@@ -37,6 +37,13 @@ from urllib.parse import quote
 
 from loadtest import procstat
 from loadtest.client import URI, AMQPClientError, connect
+from loadtest.queuefeatures import (
+    BURST_SUFFIX,
+    dead_queue,
+    fill_allowance_s,
+    fill_expiring,
+    queue_arguments,
+)
 from loadtest.stats import Histogram
 from loadtest.worker import NEVER, WorkerPlan, worker_main
 from shardmq.broker.metadata import shard_for
@@ -89,8 +96,12 @@ class BenchConfig:
     # amqps:// only: the CA file that signed the broker's certificate, or no check
     tls_ca: str = ""
     tls_insecure: bool = False
-    # queue features: x-message-ttl of the benchmark's queues in ms (-1 = none)
+    # queue features: x-message-ttl of the benchmark's queues in ms (-1 = none); the
+    # reject -> dead-letter -> consume pipeline; N messages expiring at one instant
+    # mid-window in a queue of their own (loadtest/queuefeatures.py)
     message_ttl: int = -1
+    dead_letter: bool = False
+    expire_burst: int = 0
     # priority queues: x-max-priority N of the benchmark's queues, producers cycle the
     # message priority over 0..N-1 message by message (0 = plain queues)
     priorities: int = 0
@@ -129,6 +140,10 @@ class BenchConfig:
             raise ValueError("--backlog needs at least one producer")
         if c.queue_worker:
             queue_worker_of(c.queue_worker)  # raises ValueError when malformed
+        if c.dead_letter and (c.consumers < 1 or c.backlog):
+            raise ValueError("--dead-letter needs consumers and no --backlog")
+        if c.expire_burst < 0:
+            raise ValueError("--expire-burst must be >= 0")
         return c
 
 
@@ -154,6 +169,11 @@ class Topology:
     producer_keys: list[list[str]]  # per producer connection
     consumer_queues: list[list[str]]  # per consumer connection
     fanout_factor: int  # deliveries per published message
+    # --dead-letter: each queue's dead-letter target, and the queues each rejecter
+    # connection takes (and nacks) while the consumers consume the dead queues
+    dead_queues: list[str] = field(default_factory=list)
+    rejecter_queues: list[list[str]] = field(default_factory=list)
+    burst_queue: str = ""  # --expire-burst: the queue whose messages expire at once
 
 
 def plan_topology(cfg: BenchConfig, run_id: str) -> Topology:
@@ -203,7 +223,7 @@ def plan_topology(cfg: BenchConfig, run_id: str) -> Topology:
             mine = share(cfg.producers, p)
             producer_keys.append([pub_key(qi, j) for j in range(nb) for qi in mine])
     consumer_queues = [[queues[qi] for qi in share(cfg.consumers, c)] for c in range(cfg.consumers)]
-    return Topology(
+    topo = Topology(
         run_id=run_id,
         exchange=exchange,
         exchange_type=et,
@@ -213,6 +233,13 @@ def plan_topology(cfg: BenchConfig, run_id: str) -> Topology:
         consumer_queues=consumer_queues,
         fanout_factor=len(queues) if et == "fanout" else 1,
     )
+    if cfg.dead_letter:
+        topo.dead_queues = [dead_queue(q) for q in queues]
+        topo.rejecter_queues = consumer_queues
+        topo.consumer_queues = [[dead_queue(q) for q in qs] for qs in consumer_queues]
+    if cfg.expire_burst:
+        topo.burst_queue = base + BURST_SUFFIX
+    return topo
 
 
 async def _declare(cfg: BenchConfig, topo: Topology) -> None:
@@ -220,13 +247,15 @@ async def _declare(cfg: BenchConfig, topo: Topology) -> None:
     try:
         if topo.exchange:
             await c.exchange_declare(topo.exchange, topo.exchange_type, durable=cfg.durable)
+        for q in topo.dead_queues:
+            await c.queue_declare(q, durable=cfg.durable)
         for q in topo.queues:
-            args: dict[str, Any] | None = (
-                {"x-message-ttl": cfg.message_ttl} if cfg.message_ttl >= 0 else None
-            )
+            args = queue_arguments(cfg.message_ttl, cfg.dead_letter, q)
             if cfg.priorities:
                 args = {**(args or {}), "x-max-priority": cfg.priorities}
             await c.queue_declare(q, durable=cfg.durable, arguments=args)
+        if topo.burst_queue:
+            await c.queue_declare(topo.burst_queue)
         for q, k in topo.bindings:
             await c.queue_bind(q, topo.exchange, k)
     finally:
@@ -238,7 +267,7 @@ async def _cleanup(cfg: BenchConfig, topo: Topology) -> list[str]:
     problems: list[str] = []
     c = await connect(cfg.uri, product="shardmq-bench-admin")
     try:
-        for q in topo.queues:
+        for q in topo.queues + topo.dead_queues + ([topo.burst_queue] if topo.burst_queue else []):
             try:
                 ok = await c.queue_delete(q)
                 if ok.message_count:
@@ -426,7 +455,9 @@ class Bench:
                     problems = [f"cleanup failed: {exc!r}"]
                 errors.extend(problems)
                 report["cleanup_ok"] = not problems
-        report["queues"] = topo.queues
+        report["queues"] = (
+            topo.queues + topo.dead_queues + ([topo.burst_queue] if topo.burst_queue else [])
+        )
         report["exchange"] = topo.exchange
         report["errors"] = report.get("errors", 0) + len(errors)
         report.setdefault("error_samples", [])
@@ -442,7 +473,7 @@ class Bench:
                 wp.process.join(timeout=2)
             wp.conn.close()
 
-    def _plans(self, topo: Topology) -> tuple[list[WorkerPlan], list[WorkerPlan]]:
+    def _plans(self, topo: Topology) -> tuple[list[WorkerPlan], list[WorkerPlan], list[WorkerPlan]]:
         cfg = self.cfg
         # what every plan shares; each gets its role, index, connections and worker
         common = WorkerPlan(
@@ -482,25 +513,42 @@ class Bench:
                 _split(topo.consumer_queues, _procs(cfg.consumer_procs, len(topo.consumer_queues)))
             )
         ]
-        return pplans, cplans
+        rq = topo.rejecter_queues
+        rplans = [
+            dataclasses.replace(
+                common,
+                role="rejecter",
+                index=i,
+                consumers=chunk,
+                worker=cfg.consumer_worker,
+                prefetch=cfg.prefetch,
+                auto_ack=False,
+                ack_every=max(1, cfg.multi_ack_every or cfg.prefetch // 4),
+                reject=True,
+            )
+            for i, chunk in enumerate(_split(rq, _procs(cfg.consumer_procs, len(rq))))
+        ]
+        return pplans, cplans, rplans
 
     def _drive(self, topo: Topology, sampler: _Sampler, errors: list[str]) -> dict[str, Any]:
         cfg = self.cfg
-        pplans, cplans = self._plans(topo)
+        pplans, cplans, rplans = self._plans(topo)
         t_spawn = time.monotonic()
         cons = [self._spawn(p) for p in cplans]
+        rejs = [self._spawn(p) for p in rplans]
         prods = [self._spawn(p) for p in pplans]
         self._wait_for(self.procs, lambda wp: wp.ready is not None, time.monotonic() + 300, "ready")
         setup_s = time.monotonic() - t_spawn
         sampler.take("after_connections")
         out: dict[str, Any] = {
-            "connections": cfg.producers + cfg.consumers,
+            "connections": cfg.producers + cfg.consumers + len(topo.rejecter_queues),
             "setup_s": round(setup_s, 3),
             "connect_s": round(max((wp.ready or {}).get("setup_s", 0.0) for wp in self.procs), 3)
             if self.procs
             else 0.0,
             "producer_procs": len(prods),
             "consumer_procs": len(cons),
+            "rejecter_procs": len(rejs),
         }
         if any(wp.error for wp in self.procs):
             return self._finish(out, topo, errors)
@@ -508,6 +556,8 @@ class Bench:
         warm_ns = int(cfg.warmup * 1e9)
         dur_ns = int(cfg.duration * 1e9)
         t_go = time.monotonic_ns() + 300_000_000
+        if topo.burst_queue and not cfg.backlog:
+            t_go = self._fill_burst(topo, out, warm_ns, dur_ns)
         if cfg.backlog:
             self._send(prods, ("go", t_go, t_go, NEVER))
             self.log(f"filling a backlog of {cfg.backlog} messages ...")
@@ -531,9 +581,30 @@ class Bench:
         out["drain"] = self._drain(cons, expected)
         if cfg.backlog:
             sampler.take("stop")
-        self._send(cons, ("stop",))
-        self._wait_for(cons, lambda wp: wp.result is not None, time.monotonic() + 60, "result")
+        self._send(cons + rejs, ("stop",))
+        self._wait_for(
+            cons + rejs, lambda wp: wp.result is not None, time.monotonic() + 60, "result"
+        )
         return self._finish(out, topo, errors, expected)
+
+    def _fill_burst(self, topo: Topology, out: dict[str, Any], warm_ns: int, dur_ns: int) -> int:
+        """Fill the burst queue, all due mid-window; returns t_go (later than planned
+        only if the fill overran its allowance: the report says where the burst fell)."""
+        cfg = self.cfg
+        allowance = fill_allowance_s(cfg.expire_burst)
+        due = time.monotonic_ns() + int(allowance * 1e9) + warm_ns + dur_ns // 2
+        self.log(f"filling {cfg.expire_burst} messages that expire at one instant ...")
+        secs, held = _run_async(
+            fill_expiring(cfg.uri, topo.burst_queue, cfg.expire_burst, cfg.size, due, allowance)
+        )
+        t_go = max(time.monotonic_ns() + 300_000_000, due - warm_ns - dur_ns // 2)
+        out["expire_burst"] = {
+            "messages": cfg.expire_burst,
+            "held_after_fill": held,
+            "fill_s": round(secs, 3),
+            "due_after_window_start_s": round((due - t_go - warm_ns) / 1e9, 3),
+        }
+        return t_go
 
     def _live(
         self, prods: list[_Proc], cons: list[_Proc], done: Callable[[], bool], limit: float
@@ -589,6 +660,7 @@ class Bench:
         cfg = self.cfg
         prods = [wp for wp in self.procs if wp.plan.role == "producer"]
         cons = [wp for wp in self.procs if wp.plan.role == "consumer"]
+        rejs = [wp for wp in self.procs if wp.plan.role == "rejecter"]
         for wp in self.procs:
             if wp.error:
                 errors.append(wp.error.splitlines()[0] if wp.error else "")
@@ -596,6 +668,7 @@ class Bench:
                     _stderr(wp.error)
         pres = [wp.result for wp in prods if wp.result]
         cres = [wp.result for wp in cons if wp.result]
+        rres = [wp.result for wp in rejs if wp.result]
 
         def window_rate(results: list[dict], key: str) -> tuple[float, float]:
             total = 0.0
@@ -620,6 +693,8 @@ class Bench:
         out["published"] = sum(r["final"]["published"] for r in pres)
         out["confirmed"] = sum(r["final"]["confirmed"] for r in pres) if cfg.confirm else None
         out["consumed"] = sum(r["final"]["consumed"] for r in cres)
+        if rejs:
+            out["rejected"] = sum(r["final"]["consumed"] for r in rres)
         out["expected_consumed"] = expected
         out["returned"] = sum(r["returned"] for r in pres + cres)
         out["publish_rate"] = round(pub_rate, 1)
@@ -638,8 +713,8 @@ class Bench:
             "consumers": [_cpu_pct(r) for r in cres],
         }
         out["consumer_tags"] = [t for r in cres for t in r["tags"]]
-        out["errors"] = sum(r["errors"] for r in pres + cres) + len(errors)
-        out["error_samples"] = [t for r in pres + cres for t in r["error_samples"]][:10]
+        out["errors"] = sum(r["errors"] for r in pres + cres + rres) + len(errors)
+        out["error_samples"] = [t for r in pres + cres + rres for t in r["error_samples"]][:10]
         return out
 
     def _broker_report(self, sampler: _Sampler, connections: int) -> dict[str, Any] | None:
@@ -714,6 +789,14 @@ def format_report(r: dict[str, Any]) -> str:
                 else ""
             )
             + (f"   confirmed {r['confirmed']:,}" if r.get("confirmed") is not None else "")
+        )
+    if r.get("rejected") is not None:
+        lines.append(f"  rejected         {r['rejected']:>12,}   (dead-lettered to the consumers)")
+    if r.get("expire_burst"):
+        eb = r["expire_burst"]
+        lines.append(
+            f"  expiry burst     {eb['messages']:>12,}   (filled in {eb['fill_s']:.1f} s, due "
+            f"{eb['due_after_window_start_s']:.1f} s into the window)"
         )
     if r.get("latency"):
         lines.append("  latency          " + _lat(r["latency"]))
@@ -860,6 +943,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="MS",
         help="declare the queues with x-message-ttl MS (default: none)",
+    )
+    a(
+        "--dead-letter",
+        action="store_true",
+        help="reject -> dead-letter -> consume: rejecter connections nack every message "
+        "(requeue=false), consumers consume the dead-letter queues",
+    )
+    a(
+        "--expire-burst",
+        type=int,
+        metavar="N",
+        help="N messages in a queue of their own, all expiring at one instant mid-window",
     )
     a(
         "--priorities",

@@ -244,6 +244,7 @@ class Client(asyncio.BufferedProtocol):
         self.last_tag = 0
         self.acked_tag = 0
         self.ack_every = 0  # 0 = auto-ack / no acking
+        self.reject = False  # settle with basic.nack(requeue=False) instead of basic.ack
         self.last_delivery_ns = 0
         self.record = False
         self.lat_v = array("q")
@@ -412,9 +413,14 @@ class Client(asyncio.BufferedProtocol):
                     self.ack_pending()
 
     def ack_pending(self) -> None:
-        """Ack every delivery so far with one basic.ack(multiple=True) (manual-ack only)."""
+        """Ack every delivery so far with one basic.ack(multiple=True) (manual-ack only);
+        with ``reject``, one basic.nack(multiple=True, requeue=False) instead."""
         if self.ack_every and self.last_tag > self.acked_tag and self.transport is not None:
-            self.transport.write(_ACK_FRAME.pack(1, 1, 13, 60, 80, self.last_tag, 1, FRAME_END))
+            if self.reject:
+                frame_ = _ACK_FRAME.pack(1, 1, 13, 60, 120, self.last_tag, 1, FRAME_END)
+            else:
+                frame_ = _ACK_FRAME.pack(1, 1, 13, 60, 80, self.last_tag, 1, FRAME_END)
+            self.transport.write(frame_)
             self.acked_tag = self.last_tag
 
     # ------------------------------------------------------------- slow path

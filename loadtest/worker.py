@@ -39,7 +39,7 @@ NEVER = 1 << 62
 
 @dataclass
 class WorkerPlan:
-    role: str  # "producer" | "consumer"
+    role: str  # "producer" | "consumer" | "rejecter" (a consumer that nacks, --dead-letter)
     index: int
     uri: str
     # producer: one entry per connection: (exchange, routing keys, quota (0 = none))
@@ -58,6 +58,7 @@ class WorkerPlan:
     heartbeat: int = 0
     consume_on_go: bool = False  # backlog mode: basic.consume only at "go"
     connect_parallel: int = 32
+    reject: bool = False  # acks are basic.nack(multiple, requeue=False)
     worker: int = -1  # shardmq only: reconnect until the server says this worker took it
 
 
@@ -327,6 +328,7 @@ async def _run(plan: WorkerPlan, conn: Connection) -> None:
                 if plan.prefetch:
                     await c.basic_qos(plan.prefetch)
                 c.ack_every = max(1, plan.ack_every)
+                c.reject = plan.reject
         if not plan.consume_on_go:
             await _start_consuming(plan, clients)
     setup_s = time.monotonic() - t0
@@ -389,6 +391,9 @@ async def _run(plan: WorkerPlan, conn: Connection) -> None:
     async def progress() -> None:
         while True:
             await asyncio.sleep(0.25)
+            if plan.reject:  # nothing else settles the last few deliveries of a burst
+                for c in clients:
+                    c.ack_pending()
             fold()
             s = _snapshot(role, clients, producers)
             s["last_delivery"] = max((c.last_delivery_ns for c in clients), default=0)

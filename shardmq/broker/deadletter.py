@@ -19,6 +19,9 @@ Invariants:
 - Cycles: unless the reason is ``rejected``, a target queue the message already died
   in, with no ``rejected`` death since, is skipped (RabbitMQ logs and drops it).
 - A missing dead-letter exchange drops the copy (RabbitMQ does not check at declare).
+- A message without headers (the common first death) gets a headers table encoded once
+  per (reason, queue, exchange, routing key, second, expiration) and spliced into its
+  properties (``_first_death_table``): byte for byte what the general path builds.
 - Never lost: a persistent message leaving a durable queue is settled there only
   after every durable target queue (on any worker) has stored the copy; if that fails
   it stays unacked on disk and comes back after a restart (a duplicate, not a loss).
@@ -31,7 +34,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shardmq.amqp.codec import exrk_names, shortstr
-from shardmq.amqp.fieldtable import Timestamp
+from shardmq.amqp.fieldtable import Timestamp, encode_table
 from shardmq.amqp.methods import BasicProperties
 from shardmq.broker import metadata as md
 from shardmq.broker.delivery_limit import origin_of
@@ -55,6 +58,56 @@ def _str(v: object) -> str | None:
     return v if isinstance(v, str) else None
 
 
+# A first death of a message without headers: the encoded headers table depends only on
+# (reason, queue, exchange, routing key, second, expiration), so a stream of them (a
+# dead-letter pipeline, a mass expiry) encodes it once per second instead of per message.
+_FIRST_DEATHS: dict[tuple[str, str, str, str, int, str | None], tuple[bytes, list[Any]]] = {}
+_FIRST_DEATHS_MAX = 256
+
+
+def _first_death_table(
+    reason: str, queue: str, exchange: str, rk: str, now_s: int, expiration: str | None
+) -> tuple[bytes, list[Any]]:
+    """(the encoded headers table, its ``x-death``) of a headerless message's first
+    death; the same table the general path builds (and shared: read-only)."""
+    key = (reason, queue, exchange, rk, now_s, expiration)
+    got = _FIRST_DEATHS.get(key)
+    if got is None:
+        info: dict[str, Any] = {
+            "count": 1,
+            "reason": reason,
+            "queue": queue,
+            "time": Timestamp(now_s),
+            "exchange": exchange,
+            "routing-keys": [rk],
+        }
+        if expiration is not None:
+            info["original-expiration"] = expiration
+        deaths = [info]  # a first entry keeps RabbitMQ's order (a repeat is sorted)
+        headers = {
+            "x-death": deaths,
+            "x-first-death-exchange": exchange,
+            "x-first-death-queue": queue,
+            "x-first-death-reason": reason,
+        }
+        if len(_FIRST_DEATHS) >= _FIRST_DEATHS_MAX:
+            _FIRST_DEATHS.clear()
+        got = _FIRST_DEATHS[key] = (encode_table(headers), deaths)
+    return got
+
+
+def _with_table(props: BasicProperties, table: bytes) -> bytes:
+    """``props`` (headers None) encoded with the already encoded ``table`` as headers."""
+    enc = props.encode()
+    flags = int.from_bytes(enc[:2], "big")
+    o = 2
+    if flags & 0x8000:  # content-type, then content-encoding come before headers
+        o += 1 + enc[o]
+    if flags & 0x4000:
+        o += 1 + enc[o]
+    return (flags | 0x2000).to_bytes(2, "big") + enc[2:o] + table + enc[o:]
+
+
 def dead_letter_copy(
     msg: Message, reason: str, queue: str, dlx: str, dlrk: str | None, now_s: int
 ) -> tuple[Message, list[str], list[Any]]:
@@ -62,8 +115,31 @@ def dead_letter_copy(
     it with through ``dlx``, its ``x-death`` array)."""
     msg = origin_of(msg)  # as published (a quorum queue's count header left out)
     props = BasicProperties.decode(msg.raw, 19)  # a fresh copy: we change it
-    headers: dict[str, Any] = dict(props.headers or {})
     exchange, rk = exrk_names(msg.exrk)
+    if not props.headers:
+        table, deaths = _first_death_table(reason, queue, exchange, rk, now_s, props.expiration)
+        props.headers = props.expiration = None
+        body = msg.body
+        header = _HEADER_CLASS + len(body).to_bytes(8, "big") + _with_table(props, table)
+        key = rk if dlrk is None else dlrk
+        copy = Message.from_parts(shortstr(dlx) + shortstr(key), header, body, next_seq())
+        return copy, [key], deaths
+    return _general_copy(msg, props, exchange, rk, reason, queue, dlx, dlrk, now_s)
+
+
+def _general_copy(
+    msg: Message,
+    props: BasicProperties,
+    exchange: str,
+    rk: str,
+    reason: str,
+    queue: str,
+    dlx: str,
+    dlrk: str | None,
+    now_s: int,
+) -> tuple[Message, list[str], list[Any]]:
+    """``dead_letter_copy`` for any message (headers decoded, merged, encoded)."""
+    headers: dict[str, Any] = dict(props.headers or {})
     cc = headers.get("CC")
     cc_keys = [k for k in (_str(v) for v in cc) if k is not None] if isinstance(cc, list) else []
     rks = [rk, *cc_keys]

@@ -22,10 +22,13 @@ from collections.abc import Callable
 from shardmq.message import Message
 
 # Messages expired per loop turn at most, and seconds spent on it at most (dead-lettering
-# costs more per message than dropping); the rest continue on the next turn (call_soon),
-# so 100,000 messages due at once never stall the loop.
-EXPIRE_SLICE = 2000
-EXPIRE_BUDGET_S = 0.01
+# costs more per message than dropping; the clock is read every EXPIRE_CLOCK_EVERY
+# messages); the rest continue on the next turn (call_soon), so 100,000 messages due at
+# once never stall the loop, and another queue's message waits at most about one slice
+# (BENCHMARKS.md section 15: 1.3-2.5 ms of CPU per slice for 100,000 due at once).
+EXPIRE_SLICE = 1000
+EXPIRE_BUDGET_S = 0.002
+EXPIRE_CLOCK_MASK = 15  # read the clock when (count & mask) == 0: every 16 messages
 
 
 def now_ms() -> int:

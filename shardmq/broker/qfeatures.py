@@ -12,6 +12,10 @@ Invariants (RabbitMQ's):
   (``ts`` + the smaller of the queue's and the message's TTL). Only the head expires
   by timer (a per-message TTL behind a longer one waits, as in RabbitMQ); the timer is
   armed for the head's deadline whenever the head can have changed.
+- No loop turn expires more than one slice (``EXPIRE_SLICE`` messages or
+  ``EXPIRE_BUDGET_S``): the timer continues on the next turn, and a dispatch that meets
+  more due heads than that hands the rest to the timer, which dispatches again when
+  they are gone (without an event loop, sans-IO, the dispatch expires them all).
 - ``ready_bytes`` = body bytes of the ready messages (what ``x-max-length-bytes``
   limits), kept while the queue has that limit (``apply_settings`` recounts it).
 - ``reject-publish``/``reject-publish-dlx``: a publish that would exceed a limit never
@@ -29,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from shardmq.broker.expiry import (
     EXPIRE_BUDGET_S,
+    EXPIRE_CLOCK_MASK,
     EXPIRE_SLICE,
     Timer,
     message_ttl,
@@ -158,7 +163,8 @@ def dispatch(q: Queue) -> None:
         store = q.store
         redelivered = q.redelivered
         bytes_limited = q.settings.max_length_bytes is not None
-        now = 0
+        now = expired = 0
+        stop = 0.0
         while store:
             c = q._next_consumer()
             if c is None:
@@ -172,6 +178,14 @@ def dispatch(q: Queue) -> None:
                     now = now_ms()
                 if d <= now:
                     _expire_taken(q, msg)
+                    expired += 1
+                    if expired == 1:
+                        stop = time.perf_counter() + EXPIRE_BUDGET_S
+                    elif (
+                        expired >= EXPIRE_SLICE
+                        or (not expired & EXPIRE_CLOCK_MASK and time.perf_counter() > stop)
+                    ) and _continue_by_timer(q):
+                        break
                     continue
             if redelivered and msg in redelivered:
                 redelivered.discard(msg)
@@ -242,7 +256,7 @@ def expire_due(q: Queue, limit: int = EXPIRE_SLICE, budget: float = EXPIRE_BUDGE
         d = deadline(q, msg)
         if d is None or d > now:
             break
-        if n >= limit or (not n & 63 and n and time.perf_counter() > stop):
+        if n >= limit or (not n & EXPIRE_CLOCK_MASK and n and time.perf_counter() > stop):
             return True
         store.take()
         if q.settings.max_length_bytes is not None:
@@ -254,6 +268,20 @@ def expire_due(q: Queue, limit: int = EXPIRE_SLICE, budget: float = EXPIRE_BUDGE
     return False
 
 
+def _continue_by_timer(q: Queue) -> bool:
+    """A dispatch met a slice's worth of due heads: leave the rest to the TTL timer's
+    slices (which dispatch again once done), so a consumer with room in front of
+    100,000 due messages does not expire them all in one loop turn. False without an
+    event loop (sans-IO: the dispatch then goes on)."""
+    if running_loop() is None:
+        return False
+    timer = q.ttl_timer
+    if timer is None:
+        timer = q.ttl_timer = Timer(lambda: _on_ttl_timer(q))
+    timer.soon()
+    return True
+
+
 def _on_ttl_timer(q: Queue) -> None:
     if q.deleted:
         return
@@ -261,6 +289,8 @@ def _on_ttl_timer(q: Queue) -> None:
         if q.ttl_timer is not None:
             q.ttl_timer.soon()
         return
+    if q.consumers and q.store:
+        q.dispatch()  # heads gone: a consumer with room takes what is live now
     arm_head(q)
 
 

@@ -13,9 +13,9 @@ from shardmq.amqp.codec import shortstr
 from shardmq.amqp.errors import SoftError
 from shardmq.amqp.fieldtable import Timestamp
 from shardmq.amqp.methods import BasicProperties
-from shardmq.broker import qfeatures
+from shardmq.broker import deadletter, qfeatures
 from shardmq.broker.deadletter import dead_letter_copy, is_cycle
-from shardmq.broker.expiry import EXPIRE_SLICE, now_ms
+from shardmq.broker.expiry import EXPIRE_CLOCK_MASK, EXPIRE_SLICE, now_ms
 from shardmq.broker.qargs import (
     NO_SETTINGS,
     QueueSettings,
@@ -144,7 +144,7 @@ def test_expire_slice_stops_on_time_budget() -> None:
         m.ts = past
         q.publish(m)
     assert qfeatures.expire_due(q, limit=10**9, budget=0.0) is True
-    assert q.expired == 64  # the clock is read every 64 messages
+    assert q.expired == EXPIRE_CLOCK_MASK + 1  # the clock is read every 16 messages
 
 
 def test_timer_expires_across_loop_turns() -> None:
@@ -173,6 +173,70 @@ def test_timer_expires_across_loop_turns() -> None:
     assert len(counts) >= 100_000 // EXPIRE_SLICE
 
 
+class _Sink:
+    def __init__(self) -> None:
+        self.got: list[Message] = []
+
+    def deliver(self, c: Any, q: Queue, m: Message, redelivered: bool) -> None:
+        self.got.append(m)
+
+
+class _Taker:
+    """A consumer with room for everything."""
+
+    exclusive = False
+    priority = 0
+
+    def __init__(self) -> None:
+        self.channel = _Sink()
+
+    def ready(self) -> bool:
+        return True
+
+
+def _due_then_live(q: Queue, n: int) -> Message:
+    past = now_ms() - 120_000
+    for _ in range(n):
+        m = msg()
+        m.ts = past  # due already, as if the timer had not had its turn yet
+        q.publish(m)
+    live = msg(b"live")
+    q.publish(live)
+    return live
+
+
+def test_dispatch_leaves_a_mass_of_due_heads_to_the_timer() -> None:
+    """A consumer with room arriving in front of many due heads: its dispatch expires
+    one slice at most and hands the rest to the TTL timer, which dispatches again once
+    they are gone (the live message behind them is delivered)."""
+    n = 5 * EXPIRE_SLICE
+
+    async def run() -> tuple[int, int, list[Message], Message]:
+        q = Queue("q", "/", arguments={"x-message-ttl": 60_000})
+        q.start(None)
+        live = _due_then_live(q, n)
+        taker = _Taker()
+        q.add_consumer(taker)  # type: ignore[arg-type]
+        in_one_turn = q.expired
+        for _ in range(10_000):
+            if taker.channel.got:
+                break
+            await asyncio.sleep(0)
+        return in_one_turn, q.expired, taker.channel.got, live
+
+    in_one_turn, expired, got, live = asyncio.run(run())
+    assert 0 < in_one_turn <= EXPIRE_SLICE
+    assert expired == n and got == [live]
+
+
+def test_dispatch_without_a_loop_expires_all_due_heads() -> None:
+    q = Queue("q", "/", arguments={"x-message-ttl": 60_000})
+    live = _due_then_live(q, 3 * EXPIRE_SLICE)
+    taker = _Taker()
+    q.add_consumer(taker)  # type: ignore[arg-type]
+    assert q.expired == 3 * EXPIRE_SLICE and taker.channel.got == [live]
+
+
 def test_per_message_ttl_expires_at_head_only() -> None:
     q = Queue("q", "/")
     a, b = msg(b"a"), msg(b"b", expiration="0")
@@ -192,6 +256,33 @@ def test_drop_head_and_bytes() -> None:
 
 
 # ---------------------------------------------------------------- x-death
+@pytest.mark.parametrize(
+    "props",
+    [
+        {},
+        {"headers": {}},
+        {"content_type": "text/plain", "expiration": "100"},
+        {"content_encoding": "gzip", "delivery_mode": 2, "priority": 3},
+        {"content_type": "a", "content_encoding": "b", "correlation_id": "c", "app_id": "d"},
+        {"expiration": "0", "message_id": "m", "timestamp": 5, "type": "t", "user_id": "u"},
+    ],
+)
+@pytest.mark.parametrize("dlrk", [None, "k2"])
+def test_first_death_of_a_headerless_message_matches_the_general_path(
+    props: dict[str, Any], dlrk: str | None
+) -> None:
+    """The cached first-death table (messages without headers) gives the same bytes as
+    decoding, merging and encoding the headers."""
+    m = msg(b"body", rk="rk", **props)
+    for reason in ("rejected", "expired", "rejected"):  # the second "rejected" is cached
+        fast, keys, deaths = dead_letter_copy(m, reason, "q1", "dlx", dlrk, 1000)
+        p = BasicProperties.decode(m.raw, 19)
+        slow, skeys, sdeaths = deadletter._general_copy(
+            m, p, "", "rk", reason, "q1", "dlx", dlrk, 1000
+        )
+        assert (fast.exrk, fast.raw, keys, deaths) == (slow.exrk, slow.raw, skeys, sdeaths)
+
+
 def test_x_death_first_and_repeat() -> None:
     m = msg(b"b", rk="rk", expiration="100", headers={"CC": ["c"]})
     c1, keys, _ = dead_letter_copy(m, "expired", "q1", "dlx", None, 1000)

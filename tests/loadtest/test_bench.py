@@ -143,6 +143,46 @@ def test_backlog_then_drain(broker) -> None:
     _assert_gone(broker, r)
 
 
+def test_dead_letter_pipeline_delivers_every_rejected_message(broker) -> None:
+    cfg = BenchConfig(
+        uri=broker.uri,
+        rate=2000,
+        auto_ack=True,
+        prefetch=100,
+        dead_letter=True,
+        duration=1.5,
+        warmup=0.3,
+        quiet=True,
+    )
+    r = run_bench(cfg)
+    assert r["errors"] == 0, r["error_samples"]
+    assert r["published"] > 0
+    # every message was rejected once and reached the consumer through the dead queue
+    assert r["rejected"] == r["published"] == r["consumed"]
+    _assert_ordered(r["latency"])
+    _assert_gone(broker, r)
+
+
+def test_expire_burst_is_gone_by_the_end(broker) -> None:
+    cfg = BenchConfig(
+        uri=broker.uri,
+        rate=500,
+        prefetch=100,
+        multi_ack_every=1,
+        expire_burst=3000,
+        duration=1.0,
+        warmup=0.3,
+        quiet=True,
+    )
+    r = run_bench(cfg)
+    # the burst queue held them after the fill, and was empty at clean-up (expired)
+    assert r["errors"] == 0 and r["cleanup_ok"], r["error_samples"]
+    assert r["expire_burst"]["messages"] == 3000
+    assert r["expire_burst"]["held_after_fill"] <= 3000
+    assert r["consumed"] == r["published"] > 0
+    _assert_gone(broker, r)
+
+
 def test_locust_headless_zero_failures(broker, tmp_path: Path) -> None:
     prefix = tmp_path / "run"
     proc = subprocess.run(

@@ -15,6 +15,7 @@ import pytest
 from loadtest import procstat
 from loadtest.bench import BenchConfig, plan_topology, run_bench
 from loadtest.client import Client, PublishTemplate
+from loadtest.queuefeatures import dead_queue, queue_arguments
 from loadtest.scenarios import DEFAULT_SUITE, METRICS, load_suite, scenario_config
 from loadtest.stats import Histogram, bucket
 from shardmq.amqp import methods as M
@@ -157,6 +158,23 @@ def test_receive_loop_counts_acks_and_latency_across_split_reads() -> None:
     assert sum(c.lat_n) == 13 and all(v > 0 for v in c.lat_v)
 
 
+def test_rejecting_consumer_sends_nack_multiple_without_requeue() -> None:
+    async def go() -> Client:
+        c = Client()
+        c.transport = _FakeTransport()
+        c.ack_every = 4
+        c.reject = True
+        _feed(c, _deliveries(6, 1, 1000), 64)
+        c.ack_pending()  # the last two, as the rejecter's periodic flush does
+        return c
+
+    c = asyncio.run(go())
+    nacks = [M.decode_method(p) for t, p in _walk(bytes(c.transport.out)) if t == 1]
+    assert [type(n) for n in nacks] == [M.BasicNack, M.BasicNack]
+    assert all(n.multiple and not n.requeue for n in nacks)
+    assert [n.delivery_tag for n in nacks] == [4, 6]
+
+
 def test_auto_ack_consumer_never_sends_acks() -> None:
     async def go() -> Client:
         c = Client()
@@ -206,6 +224,23 @@ def test_topology_shares_queues_and_keys() -> None:
     assert [len(q) for q in f.consumer_queues] == [1, 1, 1, 1]
     d = plan_topology(BenchConfig(exchange_type="default", consumers=3).normalized(), "abc")
     assert d.exchange == "" and d.bindings == [] and d.producer_keys == [[d.queues[0]]]
+
+
+def test_dead_letter_topology_and_queue_arguments() -> None:
+    cfg = BenchConfig(consumers=2, queues=2, dead_letter=True, message_ttl=500).normalized()
+    t = plan_topology(cfg, "abc")
+    assert t.dead_queues == [dead_queue(q) for q in t.queues]
+    assert t.rejecter_queues == [[q] for q in t.queues]  # rejecters take the sources
+    assert t.consumer_queues == [[dead_queue(q)] for q in t.queues]  # consumers the dead
+    assert queue_arguments(cfg.message_ttl, True, "q") == {
+        "x-message-ttl": 500,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "q-dead",
+    }
+    assert queue_arguments(-1, False, "q") is None
+    assert plan_topology(BenchConfig(expire_burst=10).normalized(), "abc").burst_queue
+    with pytest.raises(ValueError):
+        BenchConfig(dead_letter=True, consumers=0).normalized()
 
 
 def test_queue_worker_picks_names_that_worker_owns() -> None:
