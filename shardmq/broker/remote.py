@@ -106,6 +106,10 @@ class RemoteQueue:
         if msg.seq:
             self.router.settle(self.shard, msg.seq, ACK)
 
+    # no-ack deliveries and gets: the owner counted and settled them
+    settle_auto = settle
+    settle_get_auto = settle
+
     def reject(self, msg: Message) -> None:
         """Rejected without requeue: the owner dead-letters it if its queue says so."""
         if msg.seq:

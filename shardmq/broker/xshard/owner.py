@@ -147,7 +147,7 @@ class ProxyConsumer:
     def deliver(self, c: ProxyConsumer, queue: Queue, msg: Message, redelivered: bool) -> None:
         self.credit -= 1
         if self.no_ack:
-            queue.settle(msg)
+            queue.settle_auto(msg)
             ref = 0
         else:
             owner = self.owner
@@ -440,7 +440,7 @@ class OwnerSide:
             return q.message_count
         msg, redelivered = got
         if r.no_ack:
-            q.settle(msg)
+            q.settle_get_auto(msg)
             ref = 0
         else:
             ref = self.new_ref()
