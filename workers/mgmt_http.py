@@ -4,7 +4,8 @@ Owns: ``ManagementServer`` (``bind`` the port, ``start`` serving over an ``Admin
 ``stop``), the request plumbing the endpoint modules share: HTTP basic auth against the
 broker's users with RabbitMQ's tag rules (``need_admin``, ``need_vhost``, ...), RabbitMQ's
 error JSON (``ApiError``), body parsing, pagination and sorting of lists (``listing``),
-and ``worker_reports`` (the live counts of every worker, through ``workers.status``).
+and ``worker_reports`` (the live counts of every worker, through ``workers.status``,
+folded into ``workers.mgmt_stats``' history for message counts and rates).
 The endpoints live in ``workers.mgmt_objects``, ``workers.mgmt_access`` and
 ``workers.mgmt_definitions``; each registers its routes with ``route``.
 
@@ -33,14 +34,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from shardmq.auth.access import User
 from shardmq.management import ManagementSettings
 from workers.admin import AdminOps, CommandError
+from workers.mgmt_stats import StatsHistory, history_for
 from workers.startup import StartupError, listen_address
-from workers.status import REQUEST_TIMEOUT, WorkerReport, _ask, status_dir
+from workers.status import WorkerReport
 
 log = logging.getLogger("shardmq.management")
 
@@ -253,21 +254,9 @@ def _sort_key(v: Any) -> tuple[int, Any]:
 # ---------------------------------------------------------------------- statistics
 async def worker_reports(request: web.Request) -> list[WorkerReport]:
     """Every live worker's report, asked now and at once (each worker answers from its
-    own loop; nothing is recorded per message)."""
-    import asyncio
-
-    server = request.app[SERVER]
-    paths = sorted(status_dir(server.data_dir).glob("worker-*.sock"))
-    answers = await asyncio.gather(*(_ask(p, REQUEST_TIMEOUT) for p in paths))
-    reports: list[WorkerReport] = []
-    for answer in answers:
-        if isinstance(answer, bool):
-            continue
-        try:
-            reports.append(msgspec.json.decode(answer, type=WorkerReport))
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            continue
-    return reports
+    own loop; nothing is recorded per message), folded into the statistics history
+    (``workers.mgmt_stats``: message counts and rates)."""
+    return await request.app[SERVER].history.fetch()
 
 
 # ---------------------------------------------------------------------- auth
@@ -327,6 +316,7 @@ class ManagementServer:
         self.node = node
         self.started_at = time.time()
         self.listeners: list[dict[str, Any]] = []  # /api/overview's, filled by the caller
+        self.history: StatsHistory = history_for(data_dir)  # counts and rates
         self._sock: socket.socket | None = None
         self._runner: web.AppRunner | None = None
 
@@ -370,10 +360,12 @@ class ManagementServer:
         await self._runner.setup()
         assert self._sock is not None
         await web.SockSite(self._runner, self._sock).start()
+        self.history.start()
         log.info("management API on http://%s:%d/api", self.settings.host, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:
+            await self.history.stop()
             await self._runner.cleanup()
             self._runner = None
         if self._sock is not None:

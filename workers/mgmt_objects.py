@@ -105,12 +105,12 @@ async def overview(request: web.Request) -> web.Response:
             "exchange_types": [
                 {"name": t, "description": "", "enabled": True} for t in EXCHANGE_TYPES
             ],
-            "message_stats": {},
-            "churn_rates": {},
+            "message_stats": server.history.overview_message_stats(),
+            "churn_rates": server.history.churn_rates(),
             "queue_totals": totals,
             "object_totals": {
                 "connections": sum(r.connections for r in reports),
-                "channels": 0,
+                "channels": sum(r.stats.channels for r in reports if r.stats is not None),
                 "consumers": consumers,
                 "exchanges": sum(len(md_.vhosts[v].exchanges) for v in vhosts),
                 "queues": sum(len(md_.vhosts[v].queues) for v in vhosts),
@@ -255,11 +255,14 @@ def queue_row(vhost: str, q: Any, st: QueueStatus | None) -> dict[str, Any]:
 async def _queues(request: web.Request, vhosts: list[str]) -> list[dict[str, Any]]:
     md_ = ops_of(request).metadata
     stats = await _queue_stats(request)
-    return [
-        queue_row(v, q, stats.get((v, q.name)))
-        for v in vhosts
-        for q in sorted(md_.vhosts[v].queues.values(), key=lambda q: q.name)
-    ]
+    history = request.app[SERVER].history
+    rows = []
+    for v in vhosts:
+        for q in sorted(md_.vhosts[v].queues.values(), key=lambda q: q.name):
+            row = queue_row(v, q, stats.get((v, q.name)))
+            row["message_stats"] = history.queue_message_stats(v, q.name)
+            rows.append(row)
+    return rows
 
 
 @route("GET", "/api/queues")
@@ -287,7 +290,9 @@ def _queue(request: web.Request) -> tuple[str, Any]:
 async def get_queue(request: web.Request) -> web.Response:
     vhost, q = _queue(request)
     stats = await _queue_stats(request)
-    return json_response(queue_row(vhost, q, stats.get((vhost, q.name))))
+    row = queue_row(vhost, q, stats.get((vhost, q.name)))
+    row["message_stats"] = request.app[SERVER].history.queue_message_stats(vhost, q.name)
+    return json_response(row)
 
 
 @route("PUT", "/api/queues/{vhost}/{name}")

@@ -1,0 +1,203 @@
+"""Statistics across workers for the management API and Prometheus: counts summed over
+every worker, and rates from successive samples.
+
+Owns: ``StatsHistory`` (one per data dir in the serving process, ``history_for``):
+``fetch`` asks every worker for its report now (``workers.status``), ``observe`` folds
+reports in: worker-wide counters summed into totals that never go back (a respawned
+worker starts from 0 again: what it counted before is kept), per-queue counters as the
+owners report them; a sample is kept every ``INTERVAL`` seconds (RabbitMQ's default
+statistics interval) and rates are the difference of the last two samples over their
+time. ``run`` fetches every ``INTERVAL`` seconds while a server uses the history, so
+counts are at most that old even when nobody asks; a request that fetches (the
+management endpoints do) sees them as of that moment. Also the RabbitMQ shapes built
+from them: ``overview_message_stats``, ``churn_rates``, ``queue_message_stats``.
+
+Invariants: nothing here touches the message path (workers only bump integers and
+answer report requests). Memory: two samples of each queue's eight counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import msgspec
+
+from workers.status import REQUEST_TIMEOUT, WorkerReport, _ask, status_dir
+
+log = logging.getLogger("shardmq.management")
+
+INTERVAL = 5.0  # seconds between samples (RabbitMQ's collect_statistics_interval)
+QKey = tuple[str, str]
+
+# /api/overview message_stats: RabbitMQ's name -> the sum of these worker counters
+OVERVIEW_FIELDS: dict[str, tuple[str, ...]] = {
+    "publish": ("published",),
+    "confirm": ("confirmed",),
+    "return_unroutable": ("unroutable_returned",),
+    "drop_unroutable": ("unroutable_dropped",),
+    "deliver": ("deliver_manual",),
+    "deliver_no_ack": ("deliver_auto",),
+    "get": ("get_manual",),
+    "get_no_ack": ("get_auto",),
+    "get_empty": ("get_empty",),
+    "deliver_get": ("deliver_manual", "deliver_auto", "get_manual", "get_auto"),
+    "redeliver": ("redelivered",),
+    "ack": ("acked",),
+}
+CHURN_FIELDS = {
+    "channel_closed": "channels_closed",
+    "channel_created": "channels_opened",
+    "connection_closed": "connections_closed",
+    "connection_created": "connections_opened",
+    "queue_created": "queues_created",
+    "queue_declared": "queues_declared",
+    "queue_deleted": "queues_deleted",
+}
+
+
+class Sample(msgspec.Struct):
+    t: float
+    totals: dict[str, int]
+    queues: dict[QKey, dict[str, int]]
+
+
+class StatsHistory:
+    def __init__(self, data_dir: str, interval: float = INTERVAL) -> None:
+        self.data_dir = data_dir
+        self.interval = interval
+        self.totals: dict[str, int] = {}  # worker counters summed, never going back
+        self.queues: dict[QKey, dict[str, int]] = {}  # as last reported
+        self.reports: list[WorkerReport] = []  # the last fetch's
+        self.fetched_at = 0.0  # time.monotonic() of the last fetch (0: never)
+        self.rates: dict[str, float] = {}
+        self.queue_rates: dict[QKey, dict[str, float]] = {}
+        self._seen: dict[int, tuple[int, dict[str, int]]] = {}  # slot -> (pid, counters)
+        self._last: Sample | None = None
+        self._users = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ gathering
+    async def fetch(self) -> list[WorkerReport]:
+        """Every live worker's report, asked now and at once, folded in."""
+        paths = sorted(status_dir(self.data_dir).glob("worker-*.sock"))
+        answers = await asyncio.gather(*(_ask(p, REQUEST_TIMEOUT) for p in paths))
+        reports: list[WorkerReport] = []
+        for answer in answers:
+            if isinstance(answer, bool):
+                continue
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                reports.append(msgspec.json.decode(answer, type=WorkerReport))
+        self.observe(reports)
+        return reports
+
+    def observe(self, reports: list[WorkerReport], now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.reports = reports
+        self.fetched_at = now
+        totals = self.totals
+        owned = 0
+        for rep in reports:
+            st = rep.stats
+            if st is None:
+                continue
+            owned += st.queues_owned
+            before = self._seen.get(rep.slot)
+            prev = before[1] if before is not None and before[0] == rep.pid else {}
+            for k, v in st.counters.items():
+                gained = v - prev.get(k, 0)
+                totals[k] = totals.get(k, 0) + (gained if gained >= 0 else v)
+            self._seen[rep.slot] = (rep.pid, st.counters)
+        totals["queues_deleted"] = max(0, totals.get("queues_created", 0) - owned)
+        self.queues = {(q.vhost, q.name): q.message_stats for r in reports for q in r.queues}
+        last = self._last
+        if last is None or now - last.t >= self.interval:
+            sample = Sample(now, dict(totals), self.queues)
+            if last is not None:
+                self._rates(last, sample)
+            self._last = sample
+
+    def _rates(self, a: Sample, b: Sample) -> None:
+        span = b.t - a.t
+        self.rates = {k: max(0.0, (v - a.totals.get(k, 0)) / span) for k, v in b.totals.items()}
+        rates: dict[QKey, dict[str, float]] = {}
+        for key, counts in b.queues.items():
+            old = a.queues.get(key)
+            if old is None:
+                continue
+            rates[key] = {k: max(0.0, (v - old.get(k, 0)) / span) for k, v in counts.items()}
+        self.queue_rates = rates
+
+    async def fresh(self, max_age: float) -> list[WorkerReport]:
+        """The last fetch's reports when not older than ``max_age`` seconds, else new."""
+        if self.fetched_at and time.monotonic() - self.fetched_at <= max_age:
+            return self.reports
+        return await self.fetch()
+
+    # ------------------------------------------------------------------ sampling
+    def start(self) -> None:
+        """A server uses this history: sample every ``interval`` until the last stops."""
+        self._users += 1
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._users -= 1
+        if self._users > 0 or self._task is None:
+            return
+        task, self._task = self._task, None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.fetch()
+            except Exception as exc:  # never let sampling die: the next one may work
+                log.warning("statistics: gathering the workers' reports failed: %s", exc)
+            await asyncio.sleep(self.interval)
+
+    # ------------------------------------------------------------------ shapes
+    def _stat(self, out: dict[str, Any], name: str, value: int, rate: float) -> None:
+        out[name] = value
+        out[name + "_details"] = {"rate": round(rate, 1)}
+
+    def overview_message_stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, parts in OVERVIEW_FIELDS.items():
+            value = sum(self.totals.get(p, 0) for p in parts)
+            rate = sum(self.rates.get(p, 0.0) for p in parts)
+            self._stat(out, name, value, rate)
+        return out
+
+    def churn_rates(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, field in CHURN_FIELDS.items():
+            self._stat(out, name, self.totals.get(field, 0), self.rates.get(field, 0.0))
+        return out
+
+    def queue_message_stats(self, vhost: str, name: str) -> dict[str, Any]:
+        counts = self.queues.get((vhost, name))
+        if not counts:
+            return {}
+        rates = self.queue_rates.get((vhost, name), {})
+        out: dict[str, Any] = {}
+        for k in sorted(counts):
+            self._stat(out, k, counts[k], rates.get(k, 0.0))
+        return out
+
+
+_HISTORIES: dict[str, StatsHistory] = {}
+
+
+def history_for(data_dir: str) -> StatsHistory:
+    """The one history of the broker on ``data_dir`` in this process (management and
+    Prometheus share it)."""
+    h = _HISTORIES.get(data_dir)
+    if h is None:
+        h = _HISTORIES[data_dir] = StatsHistory(data_dir)
+    return h
