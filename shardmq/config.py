@@ -1,9 +1,10 @@
 """Broker configuration: one msgspec Struct field per setting, loaded from TOML.
 
 Owns: the settings, their defaults and their validation; the ``[store]`` and
-``[supervisor]``, ``[auth]`` and ``[tls]`` sections are defined beside their users
-(``shardmq.store.settings``, ``workers.settings``, ``shardmq.auth.settings``,
-``shardmq.net.tls_settings``) and included here. ``config/shardmq.toml`` documents every field
+``[supervisor]``, ``[auth]``, ``[tls]``, ``[management]`` and ``[prometheus]`` sections are
+defined beside their users (``shardmq.store.settings``, ``workers.settings``,
+``shardmq.auth.settings``, ``shardmq.net.tls_settings``, ``shardmq.management``,
+``shardmq.prometheus``) and included here. ``config/shardmq.toml`` documents every field
 with its default; keep the two in step.
 
 Invariants: ``load_config`` either returns a fully validated ``Config`` or raises
@@ -23,6 +24,7 @@ from msgspec import Meta, Struct
 from shardmq.auth.settings import AuthSettings
 from shardmq.management import ManagementSettings
 from shardmq.net.tls_settings import TLSSettings
+from shardmq.prometheus import PrometheusSettings
 from shardmq.store.settings import StoreSettings
 from workers.settings import SupervisorConfig
 
@@ -128,6 +130,7 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     management: ManagementSettings = msgspec.field(default_factory=ManagementSettings)
+    prometheus: PrometheusSettings = msgspec.field(default_factory=PrometheusSettings)
     tls: TLSSettings = msgspec.field(default_factory=TLSSettings)
 
     def __post_init__(self) -> None:
