@@ -13,7 +13,8 @@ management endpoints do) sees them as of that moment. Also the RabbitMQ shapes b
 from them: ``overview_message_stats``, ``churn_rates``, ``queue_message_stats``.
 
 Invariants: nothing here touches the message path (workers only bump integers and
-answer report requests). Memory: two samples of each queue's eight counters.
+answer report requests). Memory: each queue's eight counters as a tuple, in the last
+report and in the two samples rates are taken from (shared while they are the same).
 """
 
 from __future__ import annotations
@@ -59,10 +60,23 @@ CHURN_FIELDS = {
 }
 
 
+# a queue's counters, in this order (``shardmq.broker.stats.queue_counters``' names)
+QUEUE_KEYS = (
+    "ack",
+    "deliver",
+    "deliver_get",
+    "deliver_no_ack",
+    "get",
+    "get_no_ack",
+    "publish",
+    "redeliver",
+)
+
+
 class Sample(msgspec.Struct):
     t: float
     totals: dict[str, int]
-    queues: dict[QKey, dict[str, int]]
+    queues: dict[QKey, tuple[int, ...]]  # QUEUE_KEYS' values
 
 
 class StatsHistory:
@@ -70,11 +84,11 @@ class StatsHistory:
         self.data_dir = data_dir
         self.interval = interval
         self.totals: dict[str, int] = {}  # worker counters summed, never going back
-        self.queues: dict[QKey, dict[str, int]] = {}  # as last reported
+        self.queues: dict[QKey, tuple[int, ...]] = {}  # QUEUE_KEYS, as last reported
         self.reports: list[WorkerReport] = []  # the last fetch's
         self.fetched_at = 0.0  # time.monotonic() of the last fetch (0: never)
         self.rates: dict[str, float] = {}
-        self.queue_rates: dict[QKey, dict[str, float]] = {}
+        self._prev: Sample | None = None  # the sample before ``_last`` (queue rates)
         self._seen: dict[int, tuple[int, dict[str, int]]] = {}  # slot -> (pid, counters)
         self._last: Sample | None = None
         self._users = 0
@@ -112,24 +126,20 @@ class StatsHistory:
                 totals[k] = totals.get(k, 0) + (gained if gained >= 0 else v)
             self._seen[rep.slot] = (rep.pid, st.counters)
         totals["queues_deleted"] = max(0, totals.get("queues_created", 0) - owned)
-        self.queues = {(q.vhost, q.name): q.message_stats for r in reports for q in r.queues}
+        self.queues = {
+            (q.vhost, q.name): tuple(q.message_stats.get(k, 0) for k in QUEUE_KEYS)
+            for r in reports
+            for q in r.queues
+        }
         last = self._last
         if last is None or now - last.t >= self.interval:
             sample = Sample(now, dict(totals), self.queues)
             if last is not None:
-                self._rates(last, sample)
-            self._last = sample
-
-    def _rates(self, a: Sample, b: Sample) -> None:
-        span = b.t - a.t
-        self.rates = {k: max(0.0, (v - a.totals.get(k, 0)) / span) for k, v in b.totals.items()}
-        rates: dict[QKey, dict[str, float]] = {}
-        for key, counts in b.queues.items():
-            old = a.queues.get(key)
-            if old is None:
-                continue
-            rates[key] = {k: max(0.0, (v - old.get(k, 0)) / span) for k, v in counts.items()}
-        self.queue_rates = rates
+                span = now - last.t
+                self.rates = {
+                    k: max(0.0, (v - last.totals.get(k, 0)) / span) for k, v in totals.items()
+                }
+            self._prev, self._last = last, sample
 
     async def fresh(self, max_age: float) -> list[WorkerReport]:
         """The last fetch's reports when not older than ``max_age`` seconds, else new."""
@@ -181,13 +191,19 @@ class StatsHistory:
         return out
 
     def queue_message_stats(self, vhost: str, name: str) -> dict[str, Any]:
-        counts = self.queues.get((vhost, name))
-        if not counts:
+        key = (vhost, name)
+        counts = self.queues.get(key)
+        if counts is None:
             return {}
-        rates = self.queue_rates.get((vhost, name), {})
+        a, b = self._prev, self._last
+        old = a.queues.get(key) if a is not None else None
+        new = b.queues.get(key) if b is not None else None
         out: dict[str, Any] = {}
-        for k in sorted(counts):
-            self._stat(out, k, counts[k], rates.get(k, 0.0))
+        for i, k in enumerate(QUEUE_KEYS):
+            rate = 0.0
+            if a is not None and b is not None and old is not None and new is not None:
+                rate = max(0.0, (new[i] - old[i]) / (b.t - a.t))
+            self._stat(out, k, counts[i], rate)
         return out
 
 
