@@ -69,7 +69,7 @@ def test_totals_survive_a_respawn_and_rates_come_from_samples() -> None:
 
 class _Q:
     st_publish = 9
-    st_deliver = 7
+    st_deliver_manual = 4
     st_deliver_auto = 3
     st_get = 4
     st_get_auto = 1
@@ -89,5 +89,11 @@ def test_queue_counters_shape() -> None:
         "redeliver": 2,
     }
     s = MessageStats()
-    s.published += 2
-    assert s.snapshot()["published"] == 2 and set(s.snapshot()) == set(FIELDS)
+    s.published += 3
+    s.unroutable_dropped += 1
+    s.fold(_Q())  # a deleted queue's counts stay
+    snap = s.snapshot([_Q()])
+    assert set(snap) == set(FIELDS)
+    assert (snap["published"], snap["routed"]) == (3, 2)
+    assert (snap["deliver_auto"], snap["deliver_manual"]) == (6, 8)
+    assert (snap["get_auto"], snap["get_manual"], snap["redelivered"]) == (2, 6, 4)

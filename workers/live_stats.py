@@ -4,7 +4,7 @@ few gauges of the process, read when a report is made (``workers.status``).
 Owns: ``WorkerStats`` (the worker's ``shardmq.broker.stats.MessageStats`` snapshot,
 its channels, consumers, unconfirmed publishes, and process gauges: event loop lag,
 CPU seconds, resident memory, open file descriptors, cross-worker records read and
-the fill of its outgoing rings), ``worker_stats(broker, probe)`` and ``LagProbe`` (a
+the fill of its outgoing rings), ``worker_stats(broker, probe, owned)`` and ``LagProbe`` (a
 timer a second that measures how late the loop runs it).
 
 Invariants: nothing here runs per message; a report walks the connections' channels
@@ -22,6 +22,7 @@ import msgspec
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
+    from shardmq.broker.queue import Queue
 
 LAG_INTERVAL = 1.0  # seconds between two lag probes
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -109,8 +110,8 @@ def _mesh_stats(broker: Broker) -> tuple[int, float]:
     return records, fill
 
 
-def worker_stats(broker: Broker, probe: LagProbe | None, owned: int) -> WorkerStats:
-    """``owned``: the queues this worker owns (the report counted them)."""
+def worker_stats(broker: Broker, probe: LagProbe | None, owned: list[Queue]) -> WorkerStats:
+    """``owned``: the queues this worker owns (their counters are part of its totals)."""
     channels = consumers = unconfirmed = 0
     for conn in broker.connections:
         for ch in conn.channels.values():
@@ -120,11 +121,11 @@ def worker_stats(broker: Broker, probe: LagProbe | None, owned: int) -> WorkerSt
     usage = resource.getrusage(resource.RUSAGE_SELF)
     records, fill = _mesh_stats(broker)
     return WorkerStats(
-        counters=broker.stats.snapshot(),
+        counters=broker.stats.snapshot(owned),
         channels=channels,
         consumers=consumers,
         unconfirmed=unconfirmed,
-        queues_owned=owned,
+        queues_owned=len(owned),
         loop_lag=probe.lag if probe is not None else 0.0,
         loop_lag_max=probe.take_max() if probe is not None else 0.0,
         cpu_seconds=usage.ru_utime + usage.ru_stime,

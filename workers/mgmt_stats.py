@@ -8,8 +8,8 @@ worker starts from 0 again: what it counted before is kept), per-queue counters 
 owners report them; a sample is kept every ``INTERVAL`` seconds (RabbitMQ's default
 statistics interval) and rates are the difference of the last two samples over their
 time. ``run`` fetches every ``INTERVAL`` seconds while a server uses the history, so
-counts are at most that old even when nobody asks; a request that fetches (the
-management endpoints do) sees them as of that moment. Also the RabbitMQ shapes built
+counts are at most that old even when nobody asks; a request (``fresh``) sees counts at
+most ``MAX_AGE`` seconds old, and concurrent requests share one fetch. Also the RabbitMQ shapes built
 from them: ``overview_message_stats``, ``churn_rates``, ``queue_message_stats``.
 
 Invariants: nothing here touches the message path (workers only bump integers and
@@ -32,6 +32,9 @@ from workers.status import REQUEST_TIMEOUT, WorkerReport, _ask, status_dir
 log = logging.getLogger("shardmq.management")
 
 INTERVAL = 5.0  # seconds between samples (RabbitMQ's collect_statistics_interval)
+# seconds a request may reuse the last reports: however often a dashboard polls, the
+# workers make at most one report a second for it
+MAX_AGE = 1.0
 QKey = tuple[str, str]
 
 # /api/overview message_stats: RabbitMQ's name -> the sum of these worker counters
@@ -72,6 +75,8 @@ QUEUE_KEYS = (
     "redeliver",
 )
 
+_DETAILS = tuple(k + "_details" for k in QUEUE_KEYS)
+
 
 class Sample(msgspec.Struct):
     t: float
@@ -92,6 +97,7 @@ class StatsHistory:
         self._seen: dict[int, tuple[int, dict[str, int]]] = {}  # slot -> (pid, counters)
         self._last: Sample | None = None
         self._users = 0
+        self._inflight: asyncio.Future[list[WorkerReport]] | None = None
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ gathering
@@ -141,11 +147,20 @@ class StatsHistory:
                 }
             self._prev, self._last = last, sample
 
-    async def fresh(self, max_age: float) -> list[WorkerReport]:
-        """The last fetch's reports when not older than ``max_age`` seconds, else new."""
+    async def fresh(self, max_age: float = MAX_AGE) -> list[WorkerReport]:
+        """The last fetch's reports when not older than ``max_age`` seconds, else new
+        ones (requests arriving meanwhile share that one fetch)."""
         if self.fetched_at and time.monotonic() - self.fetched_at <= max_age:
             return self.reports
-        return await self.fetch()
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self.fetch())
+            self._inflight.add_done_callback(self._fetched)
+        return await asyncio.shield(self._inflight)
+
+    def _fetched(self, fut: asyncio.Future[list[WorkerReport]]) -> None:
+        self._inflight = None
+        if not fut.cancelled():
+            fut.exception()  # retrieved: each awaiting request sees it
 
     # ------------------------------------------------------------------ sampling
     def start(self) -> None:
@@ -199,11 +214,15 @@ class StatsHistory:
         old = a.queues.get(key) if a is not None else None
         new = b.queues.get(key) if b is not None else None
         out: dict[str, Any] = {}
-        for i, k in enumerate(QUEUE_KEYS):
-            rate = 0.0
-            if a is not None and b is not None and old is not None and new is not None:
-                rate = max(0.0, (new[i] - old[i]) / (b.t - a.t))
-            self._stat(out, k, counts[i], rate)
+        if a is None or b is None or old is None or new is None or old == new:
+            for k, kd, v in zip(QUEUE_KEYS, _DETAILS, counts, strict=True):
+                out[k] = v
+                out[kd] = {"rate": 0.0}
+            return out
+        span = b.t - a.t
+        for k, kd, v, x, y in zip(QUEUE_KEYS, _DETAILS, counts, old, new, strict=True):
+            out[k] = v
+            out[kd] = {"rate": round(max(0.0, (y - x) / span), 1)}
         return out
 
 

@@ -10,8 +10,8 @@ the same, with the ``rabbitmq_queue_*`` series per queue (labels ``vhost``, ``qu
 
 Invariants: the numbers come from the workers' reports through the shared
 ``workers.mgmt_stats`` history (counters never go back, even across a worker's
-respawn); a scrape reuses reports at most ``MAX_AGE`` seconds old so that frequent
-scrapes do not make every worker walk its queues each time. No authentication, as the
+respawn); a scrape reuses reports at most ``mgmt_stats.MAX_AGE`` seconds old so that
+frequent scrapes do not make every worker walk its queues each time. No authentication, as the
 plugin. An unexpected failure is a 500 with one log line. ``bind`` raises only
 ``workers.startup.StartupError``.
 """
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("shardmq.prometheus")
 
-MAX_AGE = 1.0  # seconds a scrape may reuse the last reports
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RABBITMQ_VERSION = "3.10.8"
 
@@ -424,7 +423,7 @@ class PrometheusServer:
 
     async def _metrics(self, request: web.Request, per_object: bool) -> web.Response:
         try:
-            reports = await self.history.fresh(MAX_AGE)
+            reports = await self.history.fresh()
             text = render(
                 reports,
                 self.history,

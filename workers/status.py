@@ -126,10 +126,12 @@ def _unacked_by_queue(broker: Broker) -> dict[int, int]:
 def report(broker: Broker, probe: LagProbe | None = None) -> WorkerReport:
     unacked = _unacked_by_queue(broker)
     queues: list[QueueStatus] = []
+    owned: list[Queue] = []
     for vh in broker.vhosts.values():
         for q in vh.queues.values():
             if not isinstance(q, Queue):
                 continue  # owned by another worker, which reports it
+            owned.append(q)
             store: dict[str, int] = {}
             if isinstance(q, DurableQueue):
                 try:
@@ -161,7 +163,7 @@ def report(broker: Broker, probe: LagProbe | None = None) -> WorkerReport:
         written_at=time.time(),
         connections=len(broker.connections),
         queues=queues,
-        stats=worker_stats(broker, probe, len(queues)),
+        stats=worker_stats(broker, probe, owned),
     )
 
 

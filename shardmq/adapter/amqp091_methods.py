@@ -352,8 +352,6 @@ def _write_get_ok(
     no_ack: bool,
 ) -> None:
     tag = ch.take_get(q, msg, no_ack)  # type: ignore[arg-type]
-    if redelivered:
-        ch.stats.redelivered += 1
     write_get_ok(
         a.engine.out, ch.number, tag, redelivered, msg.exrk, count, msg, a.engine.frame_max
     )

@@ -361,6 +361,7 @@ class Broker:
         if isinstance(q, DurableQueue) and self.storage is not None:
             self.storage.drop(q.disk)
         if isinstance(q, Queue):
+            self.stats.fold(q)  # its counts stay in this worker's totals
             consumers = [c for c in q.consumers if isinstance(c, Consumer)]
             q.consumers = []
         else:

@@ -139,15 +139,12 @@ class Channel:
         tag = self.next_tag + 1
         self.next_tag = tag
         if consumer.no_ack:
-            queue.settle_auto(msg)
-            self.stats.deliver_auto += 1
+            queue.settle_auto(msg)  # the queue counts it (stats.py)
         else:
             self.unacked[tag] = (consumer, queue, msg)
             consumer.unacked += 1
             self.consumer_unacked += 1
-            self.stats.deliver_manual += 1
-        if redelivered:
-            self.stats.redelivered += 1
+            queue.st_deliver_manual += 1
         self._write(self, consumer, tag, redelivered, msg)
 
     def take_get(self, queue: AnyQueue, msg: Message, no_ack: bool) -> int:
@@ -155,10 +152,8 @@ class Channel:
         self.next_tag = tag
         if no_ack:
             queue.settle_get_auto(msg)
-            self.stats.get_auto += 1
         else:
             self.unacked[tag] = (None, queue, msg)
-            self.stats.get_manual += 1
         return tag
 
     def update_active(self) -> None:

@@ -316,8 +316,7 @@ class BrokerConnection:
             ch.tx_publishes.append((msg, exlen, flags))
             return
         route = self.vhost.route(msg, exlen)
-        stats = self.stats
-        stats.published += 1
+        self.stats.published += 1
         if route is HELD:  # a delayed exchange holds it (shardmq.broker.delayed)
             self.broker.delayed.hold(self, ch, msg, conf, delay_of(msg))
             return
@@ -348,18 +347,15 @@ class BrokerConnection:
             else:
                 seq = 0
             router.enqueue(remote, msg, self, ch.number, seq)
-            stats.routed += 1
             return
         if stored:
-            stats.routed += 1
             return
-        if local:
-            stats.routed += 1
-        elif flags & 1:
-            stats.unroutable_returned += 1
-            ch.sink.returned(ch, NO_ROUTE, "NO_ROUTE", msg)
-        else:
-            stats.unroutable_dropped += 1
+        if not local:  # (routed = published less these: stats.py)
+            if flags & 1:
+                self.stats.unroutable_returned += 1
+                ch.sink.returned(ch, NO_ROUTE, "NO_ROUTE", msg)
+            else:
+                self.stats.unroutable_dropped += 1
         if ch.confirm:
             ch.confirm_published()
 

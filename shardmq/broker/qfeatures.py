@@ -78,7 +78,6 @@ def publish(q: Queue, msg: Message, conf: ConfirmTarget | None) -> None:
             if timed and q.durable and not msg.ts:
                 msg.ts = now_ms()  # written with it: back after a crash, still absolute
             q._push_taken(msg, conf)
-            q.st_deliver += 1
             c.channel.deliver(c, q, msg, False)
             return
     if timed and not msg.ts:
@@ -174,7 +173,6 @@ def dispatch(q: Queue) -> None:
                 if d <= now:
                     _expire_taken(q, msg)
                     continue
-            q.st_deliver += 1
             if redelivered and msg in redelivered:
                 redelivered.discard(msg)
                 q.st_redeliver += 1

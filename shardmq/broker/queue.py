@@ -34,7 +34,8 @@ Invariants:
   dead-lettered (any reason) and were dropped or refused by a length limit; the
   ``st_*`` slots count messages published, delivered, fetched, acked and redelivered
   (``shardmq.broker.stats``): ``settle`` is a consumer's ack, ``settle_auto`` /
-  ``settle_get_auto`` the settlement of a no-ack delivery / basic.get.
+  ``settle_get_auto`` the settlement of a no-ack delivery / basic.get; a channel
+  bumps ``st_deliver_manual`` when it takes a delivery to be acked.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ class Queue:
         "dead_lettered",
         "dropped",
         "st_publish",
-        "st_deliver",
+        "st_deliver_manual",
         "st_deliver_auto",
         "st_get",
         "st_get_auto",
@@ -247,7 +248,7 @@ class Queue:
         self.dropped = 0
         # message counters (``shardmq.broker.stats.QUEUE_FIELDS``), read by reports
         self.st_publish = 0
-        self.st_deliver = 0
+        self.st_deliver_manual = 0
         self.st_deliver_auto = 0
         self.st_get = 0
         self.st_get_auto = 0
@@ -305,7 +306,6 @@ class Queue:
         if self.consumers and not store:
             c = self._next_consumer()
             if c is not None:
-                self.st_deliver += 1
                 c.channel.deliver(c, self, msg, False)
                 return
         store.push(msg)
@@ -328,7 +328,6 @@ class Queue:
                 if c is None:
                     break
                 msg = store.take()
-                self.st_deliver += 1
                 if redelivered and msg in redelivered:
                     redelivered.discard(msg)
                     self.st_redeliver += 1
@@ -535,7 +534,6 @@ class DurableQueue(Queue):
         if self.consumers and not disk:
             c = self._next_consumer()
             if c is not None:
-                self.st_deliver += 1
                 disk.push_taken(msg, token)  # before deliver: a no-ack delivery acks it
                 c.channel.deliver(c, self, msg, False)
                 return

@@ -10,21 +10,27 @@ management API names them).
 
 Invariants:
 - Counting costs one ``+= 1`` (or ``+= n``) on an attribute where the event happens
-  already; no lock, no record per message, no time taken. Counters only grow (a
-  restarted worker starts again from 0; the readers treat a drop as a restart).
-- Worker-wide counts are kept where the client is (publisher's, consumer's worker);
-  per-queue counts where the queue lives (its owner), so each event is counted once
-  whatever the number of workers.
+  already; no lock, no record per message, no time taken; and each event is counted
+  once: a no-ack publish-and-deliver costs three bumps (published on the connection,
+  publish and deliver_no_ack on the queue).
+- Deliveries, gets and redeliveries are counted by the queue (on the worker that owns
+  it), and the worker's totals of them are its queues' sums (``snapshot``) plus what
+  its deleted queues had counted (``fold``, when a queue goes). ``routed`` is
+  ``published`` less the unroutable ones (a delayed exchange's held message counts as
+  routed). Everything else is counted where the client is (publisher's, consumer's
+  worker). Counters only grow (a restarted worker starts again from 0; the readers
+  treat a drop as a restart).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 # the worker-wide counters, in the order reports carry them
 FIELDS = (
     "published",  # basic.publish received (committed ones in tx mode)
-    "routed",  # publishes routed to at least one queue
+    "routed",  # publishes routed to at least one queue (computed)
     "unroutable_dropped",  # routed nowhere, not mandatory
     "unroutable_returned",  # routed nowhere, mandatory: basic.return
     "confirmed",  # publishes confirmed (basic.ack) to confirm-mode publishers
@@ -44,8 +50,13 @@ FIELDS = (
 )
 
 
+# worker totals that are sums of its queues' counters (and of its deleted queues')
+FROM_QUEUES = ("deliver_auto", "deliver_manual", "get_auto", "get_manual", "redelivered")
+
+
 class MessageStats:
-    """A worker's counters (``FIELDS``), bumped in place."""
+    """A worker's counters (``FIELDS``), bumped in place; ``FROM_QUEUES`` and
+    ``routed`` are computed by ``snapshot``."""
 
     __slots__ = FIELDS
 
@@ -69,15 +80,38 @@ class MessageStats:
         self.queues_declared = 0
         self.queues_created = 0
 
-    def snapshot(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in FIELDS}
+    def fold(self, q: Any) -> None:
+        """Queue ``q`` (of this worker) is gone: keep what it counted."""
+        self.deliver_auto += q.st_deliver_auto
+        self.deliver_manual += q.st_deliver_manual
+        self.get_auto += q.st_get_auto
+        self.get_manual += q.st_get - q.st_get_auto
+        self.redelivered += q.st_redeliver
+
+    def snapshot(self, queues: Iterable[Any] = ()) -> dict[str, int]:
+        """The counters, with this worker's live ``queues`` (those it owns) added."""
+        out = {name: getattr(self, name) for name in FIELDS}
+        da = dm = ga = g = rd = 0
+        for q in queues:
+            da += q.st_deliver_auto
+            dm += q.st_deliver_manual
+            ga += q.st_get_auto
+            g += q.st_get
+            rd += q.st_redeliver
+        out["deliver_auto"] += da
+        out["deliver_manual"] += dm
+        out["get_auto"] += ga
+        out["get_manual"] += g - ga
+        out["redelivered"] += rd
+        out["routed"] = self.published - self.unroutable_dropped - self.unroutable_returned
+        return out
 
 
 # a queue's own counters: slot on Queue -> the management API's name
 QUEUE_FIELDS = {
     "st_publish": "publish",  # messages it took
-    "st_deliver": "deliver_all",  # consume deliveries (either ack mode)
-    "st_deliver_auto": "deliver_no_ack",  # of which to no-ack consumers
+    "st_deliver_manual": "deliver",  # consume deliveries to be acked
+    "st_deliver_auto": "deliver_no_ack",  # consume deliveries to no-ack consumers
     "st_get": "get_all",  # basic.get-oks
     "st_get_auto": "get_no_ack",  # of which no-ack
     "st_ack": "ack",  # acknowledged deliveries and get-oks
@@ -89,17 +123,17 @@ def queue_counters(q: Any) -> dict[str, int]:
     """A queue's counts by the management API's names: publish, deliver (manual ack),
     deliver_no_ack, get (manual ack), get_no_ack, deliver_get (all four), ack,
     redeliver."""
-    deliver_all = q.st_deliver
+    manual = q.st_deliver_manual
     deliver_auto = q.st_deliver_auto
     get_all = q.st_get
     get_auto = q.st_get_auto
     return {
         "publish": q.st_publish,
-        "deliver": deliver_all - deliver_auto,
+        "deliver": manual,
         "deliver_no_ack": deliver_auto,
         "get": get_all - get_auto,
         "get_no_ack": get_auto,
-        "deliver_get": deliver_all + get_all,
+        "deliver_get": manual + deliver_auto + get_all,
         "ack": q.st_ack,
         "redeliver": q.st_redeliver,
     }

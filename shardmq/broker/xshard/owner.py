@@ -154,6 +154,7 @@ class ProxyConsumer:
             ref = owner.new_ref()
             owner.held[ref] = (self, queue, msg)
             self.refs.add(ref)
+            queue.st_deliver_manual += 1
         link = self.link
         src = self.src
         buf = link.batch(src, self)

@@ -334,7 +334,6 @@ class UserSide:
             # the common fast path: no Message, no unacked entry, the channel's sink
             # writes the items straight to the client
             n = ch.sink.deliver_remote(ch, consumer, data, pos)
-            ch.stats.deliver_auto += n
             conn.credit_due[consumer] = conn.credit_due.get(consumer, 0) + n
             conn.credit_due_bytes += end - pos
             return

@@ -1,0 +1,140 @@
+"""Management API and Prometheus timings with many queues, and a steady poller.
+
+Owns: ``python -m loadtest.statsbench``:
+
+- ``--queues N``: declares N queues (pika, one connection, names ``statsbench-<i>``,
+  each with ``--messages`` messages), then times ``GET /api/queues?page=1&page_size=100``,
+  the full ``GET /api/queues``, ``GET /metrics/per-object`` and ``GET /metrics``
+  (medians of ``--repeat`` calls, seconds), prints the sizes and, given ``--pids``, the
+  resident memory of those processes before and after the queues were made; then
+  deletes the queues (unless ``--keep``). Works against RabbitMQ's management API too
+  (without ``--metrics``).
+- ``--poll SECONDS``: GETs ``/api/queues`` and ``/metrics`` every SECONDS until stopped
+  (the load of a dashboard and a Prometheus server during a throughput benchmark).
+
+Only 127.0.0.1 URLs are accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from urllib.parse import urlsplit
+
+AUTH = ("guest", "guest")
+
+
+def _local(url: str) -> str:
+    if urlsplit(url).hostname != "127.0.0.1":
+        raise SystemExit(f"{url}: only 127.0.0.1 is allowed")
+    return url.rstrip("/")
+
+
+def _rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * 4096
+        except OSError:
+            pass
+    return total
+
+
+def _time(url: str, repeat: int) -> tuple[float, int]:
+    import requests
+
+    times: list[float] = []
+    size = 0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        r = requests.get(url, auth=AUTH, timeout=120)
+        times.append(time.perf_counter() - t0)
+        assert r.status_code == 200, (url, r.status_code, r.text[:200])
+        size = len(r.content)
+    return statistics.median(times), size
+
+
+def bench_queues(args: argparse.Namespace) -> None:
+    import pika
+
+    mgmt = _local(args.mgmt)
+    parts = urlsplit(args.amqp)
+    assert parts.hostname == "127.0.0.1"
+    rss0 = _rss(args.pids)
+    conn = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            "127.0.0.1", parts.port or 5672, credentials=pika.PlainCredentials(*AUTH)
+        )
+    )
+    ch = conn.channel()
+    names = [f"statsbench-{i}" for i in range(args.queues)]
+    t0 = time.perf_counter()
+    for name in names:
+        ch.queue_declare(name)
+        for _ in range(args.messages):
+            ch.basic_publish("", name, b"x")
+    print(f"declared {args.queues} queues in {time.perf_counter() - t0:.1f} s")
+    time.sleep(args.settle)  # RabbitMQ's statistics lag (its 5 s interval)
+    rss1 = _rss(args.pids)
+    rows = [
+        ("/api/queues?page=1&page_size=100", mgmt + "/api/queues?page=1&page_size=100"),
+        ("/api/queues", mgmt + "/api/queues"),
+    ]
+    if args.metrics:
+        metrics = _local(args.metrics)
+        rows += [
+            ("/metrics/per-object", metrics + "/metrics/per-object"),
+            ("/metrics", metrics + "/metrics"),
+        ]
+    for label, url in rows:
+        t, size = _time(url, args.repeat)
+        print(f"{label:<36} median {t * 1000:8.1f} ms  ({size / 1024:.0f} KiB)")
+    if args.pids:
+        print(
+            f"RSS of pids {args.pids}: {rss0 / 2**20:.1f} MiB before, {rss1 / 2**20:.1f} MiB "
+            f"with the queues ({(rss1 - rss0) / max(1, args.queues):.0f} B per queue)"
+        )
+    if not args.keep:
+        for name in names:
+            ch.queue_delete(name)
+    conn.close()
+
+
+def poll(args: argparse.Namespace) -> None:
+    import requests
+
+    mgmt = _local(args.mgmt)
+    metrics = _local(args.metrics) if args.metrics else None
+    while True:
+        t0 = time.monotonic()
+        requests.get(mgmt + "/api/queues", auth=AUTH, timeout=30)
+        if metrics:
+            requests.get(metrics + "/metrics", timeout=30)
+        time.sleep(max(0.0, args.poll - (time.monotonic() - t0)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m loadtest.statsbench", description=__doc__)
+    p.add_argument("--mgmt", default="http://127.0.0.1:15672")
+    p.add_argument("--metrics", default="", help="http://127.0.0.1:15692 (shardmq)")
+    p.add_argument("--amqp", default="amqp://127.0.0.1:5672/")
+    p.add_argument("--queues", type=int, default=0)
+    p.add_argument("--messages", type=int, default=0, help="messages per queue")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--settle", type=float, default=6.0, help="seconds before timing")
+    p.add_argument("--pids", type=int, nargs="*", default=[])
+    p.add_argument("--keep", action="store_true")
+    p.add_argument("--poll", type=float, default=0.0)
+    args = p.parse_args()
+    if args.poll:
+        poll(args)
+    elif args.queues:
+        bench_queues(args)
+    else:
+        p.error("--queues N or --poll SECONDS")
+
+
+if __name__ == "__main__":
+    main()
