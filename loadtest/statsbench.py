@@ -5,7 +5,9 @@ Owns: ``python -m loadtest.statsbench``:
 - ``--queues N``: declares N queues (pika, one connection, names ``statsbench-<i>``,
   each with ``--messages`` messages), then times ``GET /api/queues?page=1&page_size=100``,
   the full ``GET /api/queues``, ``GET /metrics/per-object`` and ``GET /metrics``
-  (medians of ``--repeat`` calls, seconds), prints the sizes and, given ``--pids``, the
+  (medians of ``--repeat`` calls made back to back, and ``--gap`` seconds apart: shardmq
+  reuses workers' reports for 1 s, so the second series pays a fresh gathering each
+  time), prints the sizes and, given ``--pids``, the
   resident memory of those processes before and after the queues were made; then
   deletes the queues (unless ``--keep``). Works against RabbitMQ's management API too
   (without ``--metrics``).
@@ -42,12 +44,13 @@ def _rss(pids: list[int]) -> int:
     return total
 
 
-def _time(url: str, repeat: int) -> tuple[float, int]:
+def _time(url: str, repeat: int, gap: float) -> tuple[float, int]:
     import requests
 
     times: list[float] = []
     size = 0
     for _ in range(repeat):
+        time.sleep(gap)
         t0 = time.perf_counter()
         r = requests.get(url, auth=AUTH, timeout=120)
         times.append(time.perf_counter() - t0)
@@ -89,8 +92,9 @@ def bench_queues(args: argparse.Namespace) -> None:
             ("/metrics", metrics + "/metrics"),
         ]
     for label, url in rows:
-        t, size = _time(url, args.repeat)
-        print(f"{label:<36} median {t * 1000:8.1f} ms  ({size / 1024:.0f} KiB)")
+        for gap, how in ((0.0, "back to back"), (args.gap, f"{args.gap:g} s apart")):
+            t, size = _time(url, args.repeat, gap)
+            print(f"{label:<34} {how:<14} median {t * 1000:8.1f} ms  ({size / 1024:.0f} KiB)")
     if args.pids:
         print(
             f"RSS of pids {args.pids}: {rss0 / 2**20:.1f} MiB before, {rss1 / 2**20:.1f} MiB "
@@ -124,6 +128,9 @@ def main() -> None:
     p.add_argument("--messages", type=int, default=0, help="messages per queue")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--settle", type=float, default=6.0, help="seconds before timing")
+    p.add_argument(
+        "--gap", type=float, default=1.5, help="seconds between calls in the second series"
+    )
     p.add_argument("--pids", type=int, nargs="*", default=[])
     p.add_argument("--keep", action="store_true")
     p.add_argument("--poll", type=float, default=0.0)

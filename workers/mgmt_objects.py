@@ -12,9 +12,11 @@ implicit default-exchange bindings are listed as RabbitMQ lists them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 import socket
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -51,6 +53,7 @@ RABBITMQ_VERSION = "3.10.8"  # the API level answered (clients check it)
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers", "x-consistent-hash")
 
 
+@functools.cache
 def node_name() -> str:
     return f"shardmq@{socket.gethostname()}"
 
@@ -255,26 +258,34 @@ def queue_row(vhost: str, q: Any, st: QueueStatus | None) -> dict[str, Any]:
 async def _queues(request: web.Request, vhosts: list[str]) -> list[dict[str, Any]]:
     md_ = ops_of(request).metadata
     stats = await _queue_stats(request)
+    return [
+        queue_row(v, q, stats.get((v, q.name)))
+        for v in vhosts
+        for q in sorted(md_.vhosts[v].queues.values(), key=lambda q: q.name)
+    ]
+
+
+def _with_message_stats(request: web.Request) -> Callable[[dict[str, Any]], None]:
+    """Adds a listed queue's ``message_stats`` (``workers.mgmt_stats``)."""
     history = request.app[SERVER].history
-    rows = []
-    for v in vhosts:
-        for q in sorted(md_.vhosts[v].queues.values(), key=lambda q: q.name):
-            row = queue_row(v, q, stats.get((v, q.name)))
-            row["message_stats"] = history.queue_message_stats(v, q.name)
-            rows.append(row)
-    return rows
+
+    def finish(row: dict[str, Any]) -> None:
+        row["message_stats"] = history.queue_message_stats(row["vhost"], row["name"])
+
+    return finish
 
 
 @route("GET", "/api/queues")
 async def list_queues(request: web.Request) -> web.Response:
-    return listing(request, await _queues(request, vhosts_visible(request)))
+    rows = await _queues(request, vhosts_visible(request))
+    return listing(request, rows, _with_message_stats(request))
 
 
 @route("GET", "/api/queues/{vhost}")
 async def list_vhost_queues(request: web.Request) -> web.Response:
     vhost = request.match_info["vhost"]
     need_vhost(request, vhost)
-    return listing(request, await _queues(request, [vhost]))
+    return listing(request, await _queues(request, [vhost]), _with_message_stats(request))
 
 
 def _queue(request: web.Request) -> tuple[str, Any]:

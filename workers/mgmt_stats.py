@@ -7,10 +7,13 @@ reports in: worker-wide counters summed into totals that never go back (a respaw
 worker starts from 0 again: what it counted before is kept), per-queue counters as the
 owners report them; a sample is kept every ``INTERVAL`` seconds (RabbitMQ's default
 statistics interval) and rates are the difference of the last two samples over their
-time. ``run`` fetches every ``INTERVAL`` seconds while a server uses the history, so
-counts are at most that old even when nobody asks; a request (``fresh``) sees counts at
-most ``MAX_AGE`` seconds old, and concurrent requests share one fetch. Also the RabbitMQ shapes built
-from them: ``overview_message_stats``, ``churn_rates``, ``queue_message_stats``.
+time. While a server uses the history (``start``/``stop``) it fetches every
+``INTERVAL`` seconds, so counts are at most that old even when nobody asks; a request
+(``fresh``) gets the last reports at once when they are at most ``INTERVAL`` old
+(starting a new gathering when they are over ``MAX_AGE``, for the requests after it),
+so a request never waits for the workers unless nothing recent is known, and
+concurrent requests share one fetch. Also the RabbitMQ shapes built from them:
+``overview_message_stats``, ``churn_rates``, ``queue_message_stats``.
 
 Invariants: nothing here touches the message path (workers only bump integers and
 answer report requests). Memory: each queue's eight counters as a tuple, in the last
@@ -98,6 +101,7 @@ class StatsHistory:
         self._last: Sample | None = None
         self._users = 0
         self._inflight: asyncio.Future[list[WorkerReport]] | None = None
+        self._built: dict[QKey, dict[str, Any]] = {}  # queue_message_stats' answers
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ gathering
@@ -132,6 +136,7 @@ class StatsHistory:
                 totals[k] = totals.get(k, 0) + (gained if gained >= 0 else v)
             self._seen[rep.slot] = (rep.pid, st.counters)
         totals["queues_deleted"] = max(0, totals.get("queues_created", 0) - owned)
+        self._built = {}
         self.queues = {
             (q.vhost, q.name): tuple(q.message_stats.get(k, 0) for k in QUEUE_KEYS)
             for r in reports
@@ -148,14 +153,23 @@ class StatsHistory:
             self._prev, self._last = last, sample
 
     async def fresh(self, max_age: float = MAX_AGE) -> list[WorkerReport]:
-        """The last fetch's reports when not older than ``max_age`` seconds, else new
-        ones (requests arriving meanwhile share that one fetch)."""
-        if self.fetched_at and time.monotonic() - self.fetched_at <= max_age:
+        """The last fetch's reports when not older than ``max_age`` seconds; up to
+        ``interval`` old, the same while a new fetch starts for the next request (the
+        answer does not wait for the workers: RabbitMQ's statistics are up to 5 s old
+        too); older, or none yet, a new fetch (requests meanwhile share it)."""
+        age = time.monotonic() - self.fetched_at
+        if self.fetched_at and age <= max_age:
             return self.reports
+        inflight = self._refresh()
+        if self.fetched_at and age <= self.interval:
+            return self.reports
+        return await asyncio.shield(inflight)
+
+    def _refresh(self) -> asyncio.Future[list[WorkerReport]]:
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(self.fetch())
             self._inflight.add_done_callback(self._fetched)
-        return await asyncio.shield(self._inflight)
+        return self._inflight
 
     def _fetched(self, fut: asyncio.Future[list[WorkerReport]]) -> None:
         self._inflight = None
@@ -206,10 +220,18 @@ class StatsHistory:
         return out
 
     def queue_message_stats(self, vhost: str, name: str) -> dict[str, Any]:
+        """The queue's ``message_stats`` (built once per fetch: treat as read-only)."""
         key = (vhost, name)
+        cached = self._built.get(key)
+        if cached is not None:
+            return cached
         counts = self.queues.get(key)
         if counts is None:
             return {}
+        out = self._built[key] = self._build(key, counts)
+        return out
+
+    def _build(self, key: QKey, counts: tuple[int, ...]) -> dict[str, Any]:
         a, b = self._prev, self._last
         old = a.queues.get(key) if a is not None else None
         new = b.queues.get(key) if b is not None else None

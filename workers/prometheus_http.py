@@ -128,6 +128,13 @@ class Exposition:
         self.parts.append(f"# TYPE {name} {kind}\n# HELP {name} {help_}\n")
         self.parts.extend(f"{name}{_labels(lb)} {_num(v)}\n" for lb, v in samples)
 
+    def labelled(
+        self, name: str, kind: str, help_: str, samples: Iterable[tuple[str, int]]
+    ) -> None:
+        """Like ``family`` with labels already rendered (``_labels``) and int values."""
+        self.parts.append(f"# TYPE {name} {kind}\n# HELP {name} {help_}\n")
+        self.parts.extend(f"{name}{lb} {v}\n" for lb, v in samples)
+
     def one(self, name: str, kind: str, help_: str, value: float) -> None:
         self.family(name, kind, help_, [({}, value)])
 
@@ -206,26 +213,26 @@ def render(
     out.one("rabbitmq_queues", "gauge", "Queues available", len(queues))
     # ---------------------------------------------------------------- queues
     if per_object:
-        qlabels = [({"vhost": q.vhost, "queue": q.name}, q) for q in queues]
-        out.family(
+        qlabels = [(_labels({"vhost": q.vhost, "queue": q.name}), q) for q in queues]
+        out.labelled(
             "rabbitmq_queue_messages_ready",
             "gauge",
             "Messages ready to be delivered to consumers",
             [(lb, q.messages_ready) for lb, q in qlabels],
         )
-        out.family(
+        out.labelled(
             "rabbitmq_queue_messages_unacked",
             "gauge",
             "Messages delivered to consumers but not yet acknowledged",
             [(lb, q.messages_unacknowledged) for lb, q in qlabels],
         )
-        out.family(
+        out.labelled(
             "rabbitmq_queue_messages",
             "gauge",
             "Sum of ready and unacknowledged messages - total queue depth",
             [(lb, q.messages) for lb, q in qlabels],
         )
-        out.family(
+        out.labelled(
             "rabbitmq_queue_consumers",
             "gauge",
             "Consumers on a queue",
@@ -237,7 +244,7 @@ def render(
             ("ack", "shardmq_queue_messages_acked_total", "Messages acknowledged"),
             ("redeliver", "shardmq_queue_messages_redelivered_total", "Messages redelivered"),
         ):
-            out.family(
+            out.labelled(
                 name, "counter", help_, [(lb, q.message_stats.get(key, 0)) for lb, q in qlabels]
             )
     else:
@@ -395,6 +402,8 @@ class PrometheusServer:
         self.history: StatsHistory = history_for(data_dir)
         self._sock: socket.socket | None = None
         self._runner: web.AppRunner | None = None
+        # the last text of each endpoint, and the fetch it was rendered from
+        self._rendered: dict[bool, tuple[tuple[float, bool], bytes]] = {}
 
     @property
     def port(self) -> int:
@@ -424,6 +433,10 @@ class PrometheusServer:
     async def _metrics(self, request: web.Request, per_object: bool) -> web.Response:
         try:
             reports = await self.history.fresh()
+            key = (self.history.fetched_at, per_object)
+            cached = self._rendered.get(per_object)
+            if cached is not None and cached[0] == key:  # the same reports: the same text
+                return web.Response(body=cached[1], headers={"Content-Type": CONTENT_TYPE})
             text = render(
                 reports,
                 self.history,
@@ -437,7 +450,9 @@ class PrometheusServer:
         except Exception as exc:  # one line, never a traceback to the scraper
             log.error("GET %s failed: %s: %s", request.path, type(exc).__name__, exc)
             return web.Response(status=500, text=f"{type(exc).__name__}: {exc}\n")
-        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+        body = text.encode()
+        self._rendered[per_object] = (key, body)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def metrics(self, request: web.Request) -> web.Response:
         return await self._metrics(request, False)
