@@ -14,6 +14,10 @@ Owns: ``python -m loadtest.statsbench``:
 - ``--poll SECONDS``: GETs ``/api/queues`` and ``/metrics`` every SECONDS until stopped
   (the load of a dashboard and a Prometheus server during a throughput benchmark).
 
+- ``--inproc N``: the CPU time of each step of those calls in one process (an
+  in-process broker with N queues, its report, the gathering, the real handlers with
+  mocked requests): a measure that a busy machine does not distort.
+
 Only 127.0.0.1 URLs are accepted.
 """
 
@@ -119,6 +123,101 @@ def poll(args: argparse.Namespace) -> None:
         time.sleep(max(0.0, args.poll - (time.monotonic() - t0)))
 
 
+def cpu_inproc(args: argparse.Namespace) -> None:
+    """CPU milliseconds (this process's, ``time.process_time``: not the wall clock of a
+    busy machine) of each step of the same calls, in one process: an in-process broker
+    with N queues (``loadtest.inproc``), its report, the gathering, and the real
+    handlers called with mocked requests."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import msgspec
+    from aiohttp.test_utils import make_mocked_request
+
+    from loadtest.inproc import connect, make_broker
+    from workers import mgmt_objects
+    from workers.mgmt_http import OPS, SERVER
+    from workers.mgmt_stats import StatsHistory
+    from workers.prometheus_http import render
+    from workers.status import WorkerReport, report
+
+    b = make_broker()
+    c = connect(b)
+    c.open_channel(1)
+    for i in range(args.inproc):
+        c.declare(1, f"statsbench-{i}")
+    h = StatsHistory("/nonexistent")
+    results: dict[str, float] = {}
+
+    def cpu(label: str, fn: object, repeat: int = args.repeat) -> object:
+        times = []
+        out = None
+        for _ in range(repeat):
+            t0 = time.process_time()
+            out = fn()  # type: ignore[operator]
+            times.append(time.process_time() - t0)
+        results[label] = statistics.median(times) * 1000
+        return out
+
+    data = cpu("worker: report + encode", lambda: msgspec.json.encode(report(b)))
+
+    def gather() -> None:
+        h.observe([msgspec.json.decode(data, type=WorkerReport)])  # type: ignore[arg-type]
+
+    cpu("server: decode + fold", gather)
+    user = b.metadata.access.authenticate("guest", "guest")
+    server = SimpleNamespace(history=h, node="shardmq@bench")
+    ops = SimpleNamespace(metadata=b.metadata)
+
+    def call(path: str, handler: object) -> None:
+        app: dict[object, object] = {OPS: ops, SERVER: server}
+        req = make_mocked_request("GET", path, app=app)  # type: ignore[arg-type]
+        req["user"] = user
+        asyncio.run(handler(req))  # type: ignore[operator]
+
+    def fresh() -> None:
+        h.fetched_at = time.monotonic()  # the handlers take the reports observed here
+
+    for label, path in (
+        ("/api/queues?page=1&page_size=100", "/api/queues?page=1&page_size=100"),
+        ("/api/queues", "/api/queues"),
+    ):
+        cpu(f"server: {label}", lambda path=path: (fresh(), call(path, mgmt_objects.list_queues)))
+    reps = [msgspec.json.decode(data, type=WorkerReport)]  # type: ignore[arg-type]
+    for label, per in (("/metrics/per-object", True), ("/metrics", False)):
+        cpu(
+            f"server: {label}",
+            lambda per=per: render(
+                reps,
+                h,
+                node="shardmq@bench",
+                per_object=per,
+                memory_limit=0,
+                disk_free_limit=0,
+                data_dir="/",
+                supervisor=False,
+            ),
+        )
+    for label, ms in results.items():
+        print(f"{label:<48} {ms:8.1f} ms CPU")
+    # what statistics keep per queue: the queue's own counters (7 slots) and the
+    # history's (the last report's tuple and up to two samples'), measured
+    import tracemalloc
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    h2 = StatsHistory("/nonexistent", interval=0.0)
+    for _ in range(3):  # three gatherings: current, last and previous sample all distinct
+        h2.observe([msgspec.json.decode(data, type=WorkerReport)])  # type: ignore[arg-type]
+    kept = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    slots = 7 * 8
+    print(
+        f"statistics memory per queue: {slots} B of counter slots on the queue's worker, "
+        f"{kept / args.inproc:.0f} B in the serving process (history after 3 gatherings)"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m loadtest.statsbench", description=__doc__)
     p.add_argument("--mgmt", default="http://127.0.0.1:15672")
@@ -134,8 +233,11 @@ def main() -> None:
     p.add_argument("--pids", type=int, nargs="*", default=[])
     p.add_argument("--keep", action="store_true")
     p.add_argument("--poll", type=float, default=0.0)
+    p.add_argument("--inproc", type=int, default=0, help="N queues: CPU per step, in process")
     args = p.parse_args()
-    if args.poll:
+    if args.inproc:
+        cpu_inproc(args)
+    elif args.poll:
         poll(args)
     elif args.queues:
         bench_queues(args)

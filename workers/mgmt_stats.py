@@ -79,6 +79,11 @@ QUEUE_KEYS = (
 )
 
 _DETAILS = tuple(k + "_details" for k in QUEUE_KEYS)
+_NO_RATE: dict[str, float] = {"rate": 0.0}
+_NONE: dict[str, int] = {}
+
+# index of a counter in the tuples of ``StatsHistory.queues``
+QUEUE_INDEX = {k: i for i, k in enumerate(QUEUE_KEYS)}
 
 
 class Sample(msgspec.Struct):
@@ -101,7 +106,6 @@ class StatsHistory:
         self._last: Sample | None = None
         self._users = 0
         self._inflight: asyncio.Future[list[WorkerReport]] | None = None
-        self._built: dict[QKey, dict[str, Any]] = {}  # queue_message_stats' answers
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ gathering
@@ -136,12 +140,12 @@ class StatsHistory:
                 totals[k] = totals.get(k, 0) + (gained if gained >= 0 else v)
             self._seen[rep.slot] = (rep.pid, st.counters)
         totals["queues_deleted"] = max(0, totals.get("queues_created", 0) - owned)
-        self._built = {}
-        self.queues = {
-            (q.vhost, q.name): tuple(q.message_stats.get(k, 0) for k in QUEUE_KEYS)
-            for r in reports
-            for q in r.queues
-        }
+        queues: dict[QKey, tuple[int, ...]] = {}
+        for r in reports:
+            for q in r.queues:
+                queues[(q.vhost, q.name)] = tuple(q.message_stats.get(k, 0) for k in QUEUE_KEYS)
+                q.message_stats = _NONE  # kept as the tuple only (memory per queue)
+        self.queues = queues
         last = self._last
         if last is None or now - last.t >= self.interval:
             sample = Sample(now, dict(totals), self.queues)
@@ -220,18 +224,12 @@ class StatsHistory:
         return out
 
     def queue_message_stats(self, vhost: str, name: str) -> dict[str, Any]:
-        """The queue's ``message_stats`` (built once per fetch: treat as read-only)."""
+        """The queue's ``message_stats`` (zero rates share one ``_details`` object:
+        treat as read-only)."""
         key = (vhost, name)
-        cached = self._built.get(key)
-        if cached is not None:
-            return cached
         counts = self.queues.get(key)
         if counts is None:
             return {}
-        out = self._built[key] = self._build(key, counts)
-        return out
-
-    def _build(self, key: QKey, counts: tuple[int, ...]) -> dict[str, Any]:
         a, b = self._prev, self._last
         old = a.queues.get(key) if a is not None else None
         new = b.queues.get(key) if b is not None else None
@@ -239,7 +237,7 @@ class StatsHistory:
         if a is None or b is None or old is None or new is None or old == new:
             for k, kd, v in zip(QUEUE_KEYS, _DETAILS, counts, strict=True):
                 out[k] = v
-                out[kd] = {"rate": 0.0}
+                out[kd] = _NO_RATE
             return out
         span = b.t - a.t
         for k, kd, v, x, y in zip(QUEUE_KEYS, _DETAILS, counts, old, new, strict=True):

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from shardmq.prometheus import PrometheusSettings
-from workers.mgmt_stats import StatsHistory, history_for
+from workers.mgmt_stats import QUEUE_INDEX, QUEUE_KEYS, StatsHistory, history_for
 from workers.startup import StartupError, listen_address
 from workers.status import WorkerReport
 
@@ -40,6 +40,7 @@ log = logging.getLogger("shardmq.prometheus")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RABBITMQ_VERSION = "3.10.8"
+_ZEROS = (0,) * len(QUEUE_KEYS)
 
 # worker counter -> (RabbitMQ's counter name, help)
 CHANNEL_COUNTERS = (
@@ -214,6 +215,7 @@ def render(
     # ---------------------------------------------------------------- queues
     if per_object:
         qlabels = [(_labels({"vhost": q.vhost, "queue": q.name}), q) for q in queues]
+        counts = [history.queues.get((q.vhost, q.name), _ZEROS) for q in queues]
         out.labelled(
             "rabbitmq_queue_messages_ready",
             "gauge",
@@ -244,8 +246,12 @@ def render(
             ("ack", "shardmq_queue_messages_acked_total", "Messages acknowledged"),
             ("redeliver", "shardmq_queue_messages_redelivered_total", "Messages redelivered"),
         ):
+            i = QUEUE_INDEX[key]
             out.labelled(
-                name, "counter", help_, [(lb, q.message_stats.get(key, 0)) for lb, q in qlabels]
+                name,
+                "counter",
+                help_,
+                [(lb, c[i]) for (lb, _), c in zip(qlabels, counts, strict=True)],
             )
     else:
         for name, help_, value in (
@@ -271,7 +277,7 @@ def render(
             "rabbitmq_queue_messages_published_total",
             "counter",
             "Messages published to queues",
-            sum(q.message_stats.get("publish", 0) for q in queues),
+            sum(c[QUEUE_INDEX["publish"]] for c in history.queues.values()),
         )
     # ---------------------------------------------------------------- counters
     for field, name, help_ in CHANNEL_COUNTERS:
