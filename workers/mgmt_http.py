@@ -265,9 +265,10 @@ def _sort_key(v: Any) -> tuple[int, Any]:
 
 # ---------------------------------------------------------------------- statistics
 async def worker_reports(request: web.Request) -> list[WorkerReport]:
-    """Every live worker's report, at most ``mgmt_stats.MAX_AGE`` (1 s) old, asked of
-    all workers at once (each answers from its own loop; nothing is recorded per
-    message), folded into the statistics history (message counts and rates)."""
+    """Every live worker's report, at most ``mgmt_stats.INTERVAL`` (5 s) old (newer ones
+    are being gathered past ``MAX_AGE``, 1 s), asked of all workers at once (each
+    answers from its own loop; nothing is recorded per message) and folded into the
+    statistics history (message counts and rates): ``StatsHistory.fresh``."""
     return await request.app[SERVER].history.fresh()
 
 
