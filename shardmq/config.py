@@ -1,10 +1,11 @@
 """Broker configuration: one msgspec Struct field per setting, loaded from TOML.
 
 Owns: the settings, their defaults and their validation; the ``[store]`` and
-``[supervisor]``, ``[auth]``, ``[tls]`` and ``[amqp1]`` sections are defined beside their
-users (``shardmq.store.settings``, ``workers.settings``, ``shardmq.auth.settings``,
-``shardmq.net.tls_settings``, ``shardmq.amqp1.settings``) and included here. ``config/shardmq.toml`` documents every field
-with its default; keep the two in step.
+``[supervisor]``, ``[auth]``, ``[tls]``, ``[amqp1]``, ``[management]`` and ``[prometheus]``
+sections are defined beside their users (``shardmq.store.settings``, ``workers.settings``,
+``shardmq.auth.settings``, ``shardmq.net.tls_settings``, ``shardmq.amqp1.settings``,
+``shardmq.management``, ``shardmq.prometheus``) and included here. ``config/shardmq.toml``
+documents every field with its default; keep the two in step.
 
 Invariants: ``load_config`` either returns a fully validated ``Config`` or raises
 ``ConfigError`` whose message names the file and the offending setting.
@@ -24,6 +25,7 @@ from shardmq.amqp1.settings import AMQP1Settings
 from shardmq.auth.settings import AuthSettings
 from shardmq.management import ManagementSettings
 from shardmq.net.tls_settings import TLSSettings
+from shardmq.prometheus import PrometheusSettings
 from shardmq.store.settings import StoreSettings
 from workers.settings import SupervisorConfig
 
@@ -129,6 +131,7 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     management: ManagementSettings = msgspec.field(default_factory=ManagementSettings)
+    prometheus: PrometheusSettings = msgspec.field(default_factory=PrometheusSettings)
     tls: TLSSettings = msgspec.field(default_factory=TLSSettings)
     amqp1: AMQP1Settings = msgspec.field(default_factory=AMQP1Settings)
 

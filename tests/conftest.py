@@ -1,6 +1,6 @@
-"""Suite-wide: every broker a test starts serves its management API on a free port
-unless its config names one (``shardmq.management``), so parallel brokers never contend
-for 15672.
+"""Suite-wide: every broker a test starts serves its management API and its Prometheus
+metrics on free ports unless its config names them (``shardmq.management``,
+``shardmq.prometheus``), so parallel brokers never contend for 15672 and 15692.
 
 Also guards the session against a test module that imports locust (or gevent) at
 collection: gevent's monkey-patching would then reach every later test's subprocess
@@ -12,6 +12,7 @@ import sys
 import pytest
 
 os.environ.setdefault("SHARDMQ_MANAGEMENT_PORT", "0")
+os.environ.setdefault("SHARDMQ_PROMETHEUS_PORT", "0")
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -218,14 +218,16 @@ async def serve_broker(
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     stop_on_signals(loop, stop)
-    mgmt = None
+    mgmt = prom = None
     if admin and isinstance(broker.sequencer, LocalSequencer):
         from workers.mgmt_http import management_server
+        from workers.prometheus_http import prometheus_server
 
         # claimed before recovery: a port in use is a start-up error, nothing served
         mgmt = management_server(
             config.management, config.server.data_dir, config.server.host, config.server.port
         )
+        prom = prometheus_server(config, supervisor=False)
     # Recover before listening: a client must find every durable queue with its messages.
     broker.load_definitions()
     broker.start_storage()
@@ -246,6 +248,8 @@ async def serve_broker(
             await control.start()
             if mgmt is not None:
                 await mgmt.start(broker.sequencer)
+            if prom is not None:
+                await prom.start()
         await serve(
             config,
             broker,
@@ -257,6 +261,8 @@ async def serve_broker(
             tls_sock=tls_sock,
         )
     finally:
+        if prom is not None:
+            await prom.stop()
         if mgmt is not None:
             await mgmt.stop()
         if control is not None:

@@ -4,7 +4,8 @@ Owns: ``ManagementServer`` (``bind`` the port, ``start`` serving over an ``Admin
 ``stop``), the request plumbing the endpoint modules share: HTTP basic auth against the
 broker's users with RabbitMQ's tag rules (``need_admin``, ``need_vhost``, ...), RabbitMQ's
 error JSON (``ApiError``), body parsing, pagination and sorting of lists (``listing``),
-and ``worker_reports`` (the live counts of every worker, through ``workers.status``).
+and ``worker_reports`` (the live counts of every worker, through ``workers.status``,
+folded into ``workers.mgmt_stats``' history for message counts and rates).
 The endpoints live in ``workers.mgmt_objects``, ``workers.mgmt_access`` and
 ``workers.mgmt_definitions``, the web UI's files in ``workers.mgmt_static``; each
 registers its routes with ``route``.
@@ -42,8 +43,9 @@ from aiohttp import web
 from shardmq.auth.access import User
 from shardmq.management import ManagementSettings
 from workers.admin import AdminOps, CommandError
+from workers.mgmt_stats import StatsHistory, history_for
 from workers.startup import StartupError, listen_address
-from workers.status import REQUEST_TIMEOUT, WorkerReport, _ask, status_dir
+from workers.status import WorkerReport
 
 log = logging.getLogger("shardmq.management")
 
@@ -92,12 +94,11 @@ def not_authorised(reason: str) -> ApiError:
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    """``data`` as compact JSON (as RabbitMQ writes it)."""
-    return web.json_response(data, status=status, dumps=_dumps)
-
-
-def _dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"))
+    """``data`` as compact JSON (as RabbitMQ writes it; msgspec's encoder: a 10,000-queue
+    listing in a few tens of milliseconds)."""
+    return web.Response(
+        body=msgspec.json.encode(data), status=status, content_type="application/json"
+    )
 
 
 def _error_response(status: int, error: str, reason: str) -> web.Response:
@@ -200,10 +201,16 @@ def created() -> web.Response:
     return web.Response(status=201)
 
 
-def listing(request: web.Request, rows: list[dict[str, Any]]) -> web.Response:
+def listing(
+    request: web.Request,
+    rows: list[dict[str, Any]],
+    finish: Callable[[dict[str, Any]], None] | None = None,
+) -> web.Response:
     """``rows`` as RabbitMQ lists them: sorted by ``sort`` (default ``name``, reversed
     with ``sort_reverse``), filtered by ``name`` (``use_regex``), and with ``page`` a
-    page object (``page_size``, default 100) instead of the plain list."""
+    page object (``page_size``, default 100) instead of the plain list. ``finish``
+    completes each row that is answered (after paging: a page of 100 out of 10,000
+    queues builds 100 rows' statistics)."""
     q = request.query
     key = q.get("sort", "")
     if key:
@@ -211,6 +218,9 @@ def listing(request: web.Request, rows: list[dict[str, Any]]) -> web.Response:
             rows, key=lambda r: _sort_key(r.get(key)), reverse=flag(request, "sort_reverse")
         )
     if "page" not in q:
+        if finish is not None:
+            for r in rows:
+                finish(r)
         return json_response(rows)
     total = len(rows)
     name = q.get("name", "")
@@ -237,6 +247,9 @@ def listing(request: web.Request, rows: list[dict[str, Any]]) -> web.Response:
     if page > page_count:
         raise bad_request(f"page out of range, page: {page} page size: {size}, len: {filtered}")
     items = rows[(page - 1) * size : page * size]
+    if finish is not None:
+        for r in items:
+            finish(r)
     return json_response(
         {
             "filtered_count": filtered,
@@ -258,22 +271,11 @@ def _sort_key(v: Any) -> tuple[int, Any]:
 
 # ---------------------------------------------------------------------- statistics
 async def worker_reports(request: web.Request) -> list[WorkerReport]:
-    """Every live worker's report, asked now and at once (each worker answers from its
-    own loop; nothing is recorded per message)."""
-    import asyncio
-
-    server = request.app[SERVER]
-    paths = sorted(status_dir(server.data_dir).glob("worker-*.sock"))
-    answers = await asyncio.gather(*(_ask(p, REQUEST_TIMEOUT) for p in paths))
-    reports: list[WorkerReport] = []
-    for answer in answers:
-        if isinstance(answer, bool):
-            continue
-        try:
-            reports.append(msgspec.json.decode(answer, type=WorkerReport))
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            continue
-    return reports
+    """Every live worker's report, at most ``mgmt_stats.INTERVAL`` (5 s) old (newer ones
+    are being gathered past ``MAX_AGE``, 1 s), asked of all workers at once (each
+    answers from its own loop; nothing is recorded per message) and folded into the
+    statistics history (message counts and rates): ``StatsHistory.fresh``."""
+    return await request.app[SERVER].history.fresh()
 
 
 # ---------------------------------------------------------------------- auth
@@ -335,6 +337,7 @@ class ManagementServer:
         self.node = node
         self.started_at = time.time()
         self.listeners: list[dict[str, Any]] = []  # /api/overview's, filled by the caller
+        self.history: StatsHistory = history_for(data_dir)  # counts and rates
         self._sock: socket.socket | None = None
         self._runner: web.AppRunner | None = None
 
@@ -388,10 +391,12 @@ class ManagementServer:
         await self._runner.setup()
         assert self._sock is not None
         await web.SockSite(self._runner, self._sock).start()
+        self.history.start()
         log.info("management API on http://%s:%d/api", self.settings.host, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:
+            await self.history.stop()
             await self._runner.cleanup()
             self._runner = None
         if self._sock is not None:

@@ -12,9 +12,11 @@ implicit default-exchange bindings are listed as RabbitMQ lists them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 import socket
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -51,6 +53,7 @@ RABBITMQ_VERSION = "3.10.8"  # the API level answered (clients check it)
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers", "x-consistent-hash")
 
 
+@functools.cache
 def node_name() -> str:
     return f"shardmq@{socket.gethostname()}"
 
@@ -105,12 +108,12 @@ async def overview(request: web.Request) -> web.Response:
             "exchange_types": [
                 {"name": t, "description": "", "enabled": True} for t in EXCHANGE_TYPES
             ],
-            "message_stats": {},
-            "churn_rates": {},
+            "message_stats": server.history.overview_message_stats(),
+            "churn_rates": server.history.churn_rates(),
             "queue_totals": totals,
             "object_totals": {
                 "connections": sum(r.connections for r in reports),
-                "channels": 0,
+                "channels": sum(r.stats.channels for r in reports if r.stats is not None),
                 "consumers": consumers,
                 "exchanges": sum(len(md_.vhosts[v].exchanges) for v in vhosts),
                 "queues": sum(len(md_.vhosts[v].queues) for v in vhosts),
@@ -262,16 +265,27 @@ async def _queues(request: web.Request, vhosts: list[str]) -> list[dict[str, Any
     ]
 
 
+def _with_message_stats(request: web.Request) -> Callable[[dict[str, Any]], None]:
+    """Adds a listed queue's ``message_stats`` (``workers.mgmt_stats``)."""
+    history = request.app[SERVER].history
+
+    def finish(row: dict[str, Any]) -> None:
+        row["message_stats"] = history.queue_message_stats(row["vhost"], row["name"])
+
+    return finish
+
+
 @route("GET", "/api/queues")
 async def list_queues(request: web.Request) -> web.Response:
-    return listing(request, await _queues(request, vhosts_visible(request)))
+    rows = await _queues(request, vhosts_visible(request))
+    return listing(request, rows, _with_message_stats(request))
 
 
 @route("GET", "/api/queues/{vhost}")
 async def list_vhost_queues(request: web.Request) -> web.Response:
     vhost = request.match_info["vhost"]
     need_vhost(request, vhost)
-    return listing(request, await _queues(request, [vhost]))
+    return listing(request, await _queues(request, [vhost]), _with_message_stats(request))
 
 
 def _queue(request: web.Request) -> tuple[str, Any]:
@@ -287,7 +301,9 @@ def _queue(request: web.Request) -> tuple[str, Any]:
 async def get_queue(request: web.Request) -> web.Response:
     vhost, q = _queue(request)
     stats = await _queue_stats(request)
-    return json_response(queue_row(vhost, q, stats.get((vhost, q.name))))
+    row = queue_row(vhost, q, stats.get((vhost, q.name)))
+    row["message_stats"] = request.app[SERVER].history.queue_message_stats(vhost, q.name)
+    return json_response(row)
 
 
 @route("PUT", "/api/queues/{vhost}/{name}")

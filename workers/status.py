@@ -6,8 +6,9 @@ Owns:
   listens on ``data_dir/status/worker-<slot>.sock`` and answers every connection with
   a report made at that moment: its pid, connections, and the queues it owns with
   RabbitMQ's counts ``messages`` = ``messages_ready`` + ``messages_unacknowledged``,
-  ``consumers``, and a durable queue's store detail) and ``read_reports``, which asks
-  every worker at once;
+  ``consumers``, a durable queue's store detail and its message counters, and the
+  worker's own counters and gauges, ``workers.live_stats``) and ``read_reports``,
+  which asks every worker at once;
 - the workers' shared-memory control block, read-only (``read_workers``: pid,
   incarnation, readiness, heartbeat, connections and hand-offs per slot; N>1 only);
 - ``read_broker_status(data_dir)``, which reads both (the one reading path of ``ctl
@@ -18,7 +19,7 @@ Owns:
 Invariants: a report is made when asked, so ``ctl status`` shows the state at the
 moment it runs (a connection closed before it ran is not counted); nothing is written
 periodically and nothing costs anything per message (a report walks the worker's
-queues and its unacked deliveries once). A worker's socket is removed when it stops
+queues and its unacked deliveries once, and reads counters the message path bumps). A worker's socket is removed when it stops
 cleanly; a socket left by a process that died refuses connections and is ignored, and
 a worker that does not answer within ``REQUEST_TIMEOUT`` is listed as not answering.
 Reading writes nothing and never attaches to the control block of a dead supervisor.
@@ -41,6 +42,7 @@ import msgspec
 import posix_ipc
 
 from shardmq.broker.queue import DurableQueue, Queue
+from shardmq.broker.stats import queue_counters
 from shardmq.ipc.control import (
     F_ACCEPTED,
     F_CONNS,
@@ -51,6 +53,7 @@ from shardmq.ipc.control import (
     control_name,
 )
 from shardmq.ipc.mesh import INSTANCE_FILE, _read_instance_file
+from workers.live_stats import LagProbe, WorkerStats, worker_stats
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
@@ -82,6 +85,8 @@ class QueueStatus(msgspec.Struct, kw_only=True):
     policy: str = ""  # the policy that applies ("" none)
     # a durable queue's disk store: ready in memory / on disk only, bytes, segments
     store: dict[str, int] = msgspec.field(default_factory=dict)
+    # publish, deliver, ack, ... (``shardmq.broker.stats.queue_counters``)
+    message_stats: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class WorkerReport(msgspec.Struct, kw_only=True):
@@ -90,6 +95,8 @@ class WorkerReport(msgspec.Struct, kw_only=True):
     written_at: float  # when the report was made (at the request)
     connections: int
     queues: list[QueueStatus]
+    # message counters and process gauges (``workers.live_stats``)
+    stats: WorkerStats | None = None
 
 
 def status_dir(data_dir: str | os.PathLike[str]) -> Path:
@@ -116,13 +123,15 @@ def _unacked_by_queue(broker: Broker) -> dict[int, int]:
     return counts
 
 
-def report(broker: Broker) -> WorkerReport:
+def report(broker: Broker, probe: LagProbe | None = None) -> WorkerReport:
     unacked = _unacked_by_queue(broker)
     queues: list[QueueStatus] = []
+    owned: list[Queue] = []
     for vh in broker.vhosts.values():
         for q in vh.queues.values():
             if not isinstance(q, Queue):
                 continue  # owned by another worker, which reports it
+            owned.append(q)
             store: dict[str, int] = {}
             if isinstance(q, DurableQueue):
                 try:
@@ -144,6 +153,7 @@ def report(broker: Broker) -> WorkerReport:
                     consumers=len(q.consumers),
                     policy=q.policy.name if q.policy is not None else "",
                     store=store,
+                    message_stats=queue_counters(q),
                     **q.counters(),
                 )
             )
@@ -153,6 +163,7 @@ def report(broker: Broker) -> WorkerReport:
         written_at=time.time(),
         connections=len(broker.connections),
         queues=queues,
+        stats=worker_stats(broker, probe, owned),
     )
 
 
@@ -181,9 +192,11 @@ class StatusWriter:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._answers: set[asyncio.Task[None]] = set()
+        self.probe = LagProbe()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self.probe.start(loop)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
@@ -220,7 +233,7 @@ class StatusWriter:
     async def _answer(self, conn: socket.socket) -> None:
         assert self._loop is not None
         try:
-            data = msgspec.json.encode(report(self.broker))
+            data = msgspec.json.encode(report(self.broker, self.probe))
             await asyncio.wait_for(self._loop.sock_sendall(conn, data), SEND_TIMEOUT)
         except (TimeoutError, OSError):
             pass  # the reader went away or does not read: its loss
@@ -230,6 +243,7 @@ class StatusWriter:
             conn.close()
 
     def stop(self) -> None:
+        self.probe.stop()
         if self._sock is None:
             return
         if self._loop is not None:

@@ -67,6 +67,7 @@ from workers.lifecycle import (
     unreachable_listener,
 )
 from workers.mgmt_http import ManagementServer, management_server
+from workers.prometheus_http import PrometheusServer, prometheus_server
 from workers.sdnotify import feed_watchdog, notify
 from workers.settings import SupervisorConfig, parse_settings, supervisor_settings
 from workers.startup import (
@@ -301,6 +302,7 @@ class Supervisor:
         self.done = asyncio.Event()
         self.admin: AdminServer | None = None  # the control socket (``workers.admin``)
         self.management: ManagementServer | None = None  # the HTTP API (``workers.mgmt_http``)
+        self.prometheus: PrometheusServer | None = None  # /metrics (``workers.prometheus_http``)
         self.all_ready_notified = False
         self.deaths: deque[float] = deque()
         self.on_worker_message: Callable[[int, bytes], None] = self._default_message
@@ -769,8 +771,11 @@ class Supervisor:
             self.management = management_server(
                 cfg.management, cfg.server.data_dir, cfg.server.host, cfg.server.port
             )
+            self.prometheus = prometheus_server(cfg, supervisor=True)
             if self.management is not None:
                 await self.management.start(seq)
+            if self.prometheus is not None:
+                await self.prometheus.start()
             if self.on_start is not None:
                 self.on_start(self)
         except StartupError as err:
@@ -797,6 +802,8 @@ class Supervisor:
         finally:
             self._kill_leftovers()
             self._cleanup()
+            if self.prometheus is not None:
+                await self.prometheus.stop()
             if self.management is not None:
                 await self.management.stop()
             if self.admin is not None:

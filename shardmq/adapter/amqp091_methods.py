@@ -128,6 +128,7 @@ def _queue_declare(a: AMQP091Connection, ch: Channel, m: M.QueueDeclare) -> None
         _declare_reply_to(a, ch, m)
         return
     name = m.queue or md.server_named_queue()
+    a.domain.stats.queues_declared += 1
     if not m.passive:
         check_queue_arguments(name, a.domain.vhost.name, m.arguments)
     op = md.DeclareQueue(
@@ -323,6 +324,7 @@ def _basic_get(a: AMQP091Connection, ch: Channel, m: M.BasicGet) -> None:
 
         def got_remote(res: Any) -> None:
             if not isinstance(res, list):
+                a.domain.stats.get_empty += 1
                 a.send_method(ch, M.BasicGetEmpty())
                 return
             ref, redelivered, count, exrk, rawch, hsize, fmax, raw = res
@@ -333,6 +335,7 @@ def _basic_get(a: AMQP091Connection, ch: Channel, m: M.BasicGet) -> None:
         return
     got = q.get()
     if got is None:
+        a.domain.stats.get_empty += 1
         a.send_method(ch, M.BasicGetEmpty())
         return
     msg, redelivered = got

@@ -54,6 +54,7 @@ from shardmq.broker.priority import max_priority
 from shardmq.broker.queue import Consumer, DurableQueue, Queue
 from shardmq.broker.remote import RemoteQueue
 from shardmq.broker.replyto import ReplyRegistry
+from shardmq.broker.stats import MessageStats
 from shardmq.broker.storage import WorkerStorage
 from shardmq.broker.vhost import AnyQueue
 from shardmq.config import Config
@@ -235,6 +236,7 @@ class Broker:
             seed(self.metadata, config)
         self.sequencer: MetadataOps = LocalSequencer(self.metadata, self.definitions, call_soon)
         self.shards: ShardRouter | None = None  # the cross-worker router (workers > 1)
+        self.stats = MessageStats()  # message counters, read by status reports
         self.connections: set[BrokerConnection] = set()
         self.conns_by_gid: dict[int, BrokerConnection] = {}
         self.replies = ReplyRegistry(self)  # direct reply-to consumers (replyto.py)
@@ -291,6 +293,7 @@ class Broker:
                 raise HardError(INTERNAL_ERROR, f"cannot open queue storage: {exc}") from exc
             q = DurableQueue(name, vhost, store=store, **kw)
             q.start(self.queue_services)
+            self.stats.queues_created += 1
             if store.recovered:
                 log.info(
                     "queue '%s' in vhost '%s': %d message(s) recovered",
@@ -301,6 +304,7 @@ class Broker:
             return q
         plain = Queue(name, vhost, **kw)
         plain.start(self.queue_services)
+        self.stats.queues_created += 1
         return plain
 
     def load_definitions(self) -> int:
@@ -358,6 +362,7 @@ class Broker:
         if isinstance(q, DurableQueue) and self.storage is not None:
             self.storage.drop(q.disk)
         if isinstance(q, Queue):
+            self.stats.fold(q)  # its counts stay in this worker's totals
             consumers = [c for c in q.consumers if isinstance(c, Consumer)]
             q.consumers = []
         else:

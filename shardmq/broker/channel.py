@@ -39,6 +39,7 @@ from shardmq.message import Message
 if TYPE_CHECKING:
     from shardmq.broker.connection import BrokerConnection
     from shardmq.broker.consumer_timeout import Marks
+    from shardmq.broker.stats import MessageStats
 
 # Deliveries written to one connection in one loop turn stop past this many bytes and
 # resume after the I/O layer wrote them (bounded memory, fair turns between sockets).
@@ -103,6 +104,7 @@ class Channel:
         "tx_acks",
         "last_queue",
         "ack_marks",
+        "stats",
     )
 
     def __init__(self, number: int, conn: BrokerConnection, sink: ChannelSink) -> None:
@@ -130,24 +132,26 @@ class Channel:
         self.tx_acks: list[tuple[int, int, int, bool]] = []  # (kind, tag, multiple, requeue)
         self.last_queue = ""  # for the spec's "empty queue name = last declared queue"
         self.ack_marks: Marks | None = None  # the ack timeout's marks (consumer_timeout.py)
+        self.stats: MessageStats = conn.stats  # the worker's counters (stats.py)
 
     # ------------------------------------------------------------ delivery
     def deliver(self, consumer: Consumer, queue: AnyQueue, msg: Message, redelivered: bool) -> None:
         tag = self.next_tag + 1
         self.next_tag = tag
         if consumer.no_ack:
-            queue.settle(msg)
+            queue.settle_auto(msg)  # the queue counts it (stats.py)
         else:
             self.unacked[tag] = (consumer, queue, msg)
             consumer.unacked += 1
             self.consumer_unacked += 1
+            queue.st_deliver_manual += 1
         self._write(self, consumer, tag, redelivered, msg)
 
     def take_get(self, queue: AnyQueue, msg: Message, no_ack: bool) -> int:
         tag = self.next_tag + 1
         self.next_tag = tag
         if no_ack:
-            queue.settle(msg)
+            queue.settle_get_auto(msg)
         else:
             self.unacked[tag] = (None, queue, msg)
         return tag
@@ -201,6 +205,7 @@ class Channel:
                 raise SoftError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
             consumer, queue, msg = entry
             queue.settle(msg)
+            self.stats.acked += 1
             if consumer is not None:
                 consumer.unacked -= 1
                 self.consumer_unacked -= 1
@@ -226,6 +231,8 @@ class Channel:
 
     def _settle(self, entries: list[Unacked], requeue: bool | None) -> None:
         """requeue None: ack; False: drop; True: back to the queue as redelivered."""
+        if requeue is None:
+            self.stats.acked += len(entries)
         touched: dict[AnyQueue, list[Message]] = {}
         freed = False
         for consumer, queue, msg in entries:
@@ -298,8 +305,9 @@ class Channel:
         each nacked one. Every publish gets exactly one answer: a multiple ack never
         spans a nack, and a nack behind a publish still pending waits for it."""
         confirm = self.sink.confirm
-        done = self.confirm_done
+        done = start = self.confirm_done
         upto = next(iter(self.unconfirmed)) - 1 if self.unconfirmed else self.confirm_seq
+        nacked = 0
         if self.confirm_nacks:
             later = []
             for n in sorted(self.confirm_nacks):
@@ -309,12 +317,14 @@ class Channel:
                 if n - 1 > done:
                     confirm(self, n - 1, n - 1 > done + 1, True)
                 confirm(self, n, False, False)
+                nacked += 1
                 done = n
             self.confirm_nacks = later
         if upto > done:
             confirm(self, upto, upto > done + 1, True)
             done = upto
         self.confirm_done = done
+        self.stats.confirmed += done - start - nacked
 
     # ------------------------------------------------------------ teardown
     def release(self) -> None:

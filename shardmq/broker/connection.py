@@ -103,6 +103,7 @@ class BrokerConnection:
         self.peer = peer
         self.client = client
         self.gid = broker.new_gid()
+        self.stats = broker.stats  # the worker's message counters (stats.py)
         self.user = ""
         self.authz = UNOPENED  # set by open(): what this user may do in its vhost
         self.vhost = NOT_OPEN  # set by open()
@@ -172,15 +173,18 @@ class BrokerConnection:
         self.vhost = vh
         self.broker.connections.add(self)
         self.broker.conns_by_gid[self.gid] = self
+        self.stats.connections_opened += 1
 
     def open_channel(self, number: int, sink: ChannelSink) -> Channel:
         ch = Channel(number, self, sink)
+        self.stats.channels_opened += 1
         self.channels[number] = ch
         return ch
 
     def close_channel(self, ch: Channel) -> None:
         if self.channels.get(ch.number) is ch:
             del self.channels[ch.number]
+            self.stats.channels_closed += 1
         if ch in self._confirm_channels:
             self._confirm_channels.remove(ch)
         ch.release()
@@ -192,6 +196,8 @@ class BrokerConnection:
         for ch in list(self.channels.values()):
             self.close_channel(ch)
         self.qos.after_settle()
+        if self in self.broker.connections:
+            self.stats.connections_closed += 1
         self.broker.connections.discard(self)
         self.broker.conns_by_gid.pop(self.gid, None)
         for cause in list(self.throttled_by):
@@ -310,6 +316,7 @@ class BrokerConnection:
             ch.tx_publishes.append((msg, exlen, flags))
             return
         route = self.vhost.route(msg, exlen)
+        self.stats.published += 1
         if route is HELD:  # a delayed exchange holds it (shardmq.broker.delayed)
             self.broker.delayed.hold(self, ch, msg, conf, delay_of(msg))
             return
@@ -343,8 +350,12 @@ class BrokerConnection:
             return
         if stored:
             return
-        if not local and flags & 1:
-            ch.sink.returned(ch, NO_ROUTE, "NO_ROUTE", msg)
+        if not local:  # (routed = published less these: stats.py)
+            if flags & 1:
+                self.stats.unroutable_returned += 1
+                ch.sink.returned(ch, NO_ROUTE, "NO_ROUTE", msg)
+            else:
+                self.stats.unroutable_dropped += 1
         if ch.confirm:
             ch.confirm_published()
 

@@ -189,6 +189,7 @@ def dispatch(q: Queue) -> None:
                     continue
             if redelivered and msg in redelivered:
                 redelivered.discard(msg)
+                q.st_redeliver += 1
                 c.channel.deliver(c, q, msg, True)
             else:
                 c.channel.deliver(c, q, msg, False)

@@ -37,7 +37,11 @@ Invariants:
 - ``settle`` is an ack; ``reject`` a reject/nack without requeue (dead-lettered
   ``rejected`` when the queue has a dead-letter exchange).
 - ``expired`` / ``dead_lettered`` / ``dropped`` count messages that left by TTL, were
-  dead-lettered (any reason) and were dropped or refused by a length limit.
+  dead-lettered (any reason) and were dropped or refused by a length limit; the
+  ``st_*`` slots count messages published, delivered, fetched, acked and redelivered
+  (``shardmq.broker.stats``): ``settle`` is a consumer's ack, ``settle_auto`` /
+  ``settle_get_auto`` the settlement of a no-ack delivery / basic.get; a channel
+  bumps ``st_deliver_manual`` when it takes a delivery to be acked.
 """
 
 from __future__ import annotations
@@ -201,6 +205,13 @@ class Queue:
         "expired",
         "dead_lettered",
         "dropped",
+        "st_publish",
+        "st_deliver_manual",
+        "st_deliver_auto",
+        "st_get",
+        "st_get_auto",
+        "st_ack",
+        "st_redeliver",
     )
 
     def __init__(
@@ -246,6 +257,14 @@ class Queue:
         self.expired = 0
         self.dead_lettered = 0
         self.dropped = 0
+        # message counters (``shardmq.broker.stats.QUEUE_FIELDS``), read by reports
+        self.st_publish = 0
+        self.st_deliver_manual = 0
+        self.st_deliver_auto = 0
+        self.st_get = 0
+        self.st_get_auto = 0
+        self.st_ack = 0
+        self.st_redeliver = 0
         self.settings = NO_SETTINGS
         self.features = False
         self.apply_settings(parse_queue_args(self.arguments, name, vhost))
@@ -290,6 +309,7 @@ class Queue:
         """``msg`` goes straight to a consumer (the store is empty)."""
 
     def publish(self, msg: Message, conf: ConfirmTarget | None = None) -> None:
+        self.st_publish += 1
         if self.features or msg.raw[19] & 0x01:  # settings, or the expiration property
             qfeatures.publish(self, msg, conf)
             return
@@ -321,6 +341,7 @@ class Queue:
                 msg = store.take()
                 if redelivered and msg in redelivered:
                     redelivered.discard(msg)
+                    self.st_redeliver += 1
                     c.channel.deliver(c, self, msg, True)
                 else:
                     c.channel.deliver(c, self, msg, False)
@@ -364,6 +385,14 @@ class Queue:
         return None
 
     def get(self) -> tuple[Message, bool] | None:
+        got = self._get()
+        if got is not None:
+            self.st_get += 1
+            if got[1]:
+                self.st_redeliver += 1
+        return got
+
+    def _get(self) -> tuple[Message, bool] | None:
         if self.features:
             got = qfeatures.get(self)
             if got is not None and self.settings.quorum:
@@ -379,7 +408,18 @@ class Queue:
         return msg, False
 
     def settle(self, msg: Message) -> None:
-        """The message is done with (acked)."""
+        """The message is done with (acked by its consumer)."""
+        self.st_ack += 1
+        self.store.ack(msg)
+
+    def settle_auto(self, msg: Message) -> None:
+        """Delivered to a no-ack consumer: done with at once."""
+        self.st_deliver_auto += 1
+        self.store.ack(msg)
+
+    def settle_get_auto(self, msg: Message) -> None:
+        """Fetched by a no-ack basic.get: done with at once."""
+        self.st_get_auto += 1
         self.store.ack(msg)
 
     def reject(self, msg: Message) -> None:
@@ -503,6 +543,7 @@ class DurableQueue(Queue):
         self.disk.push_taken(msg, token)  # before deliver: a no-ack delivery acks it
 
     def publish(self, msg: Message, conf: ConfirmTarget | None = None) -> None:
+        self.st_publish += 1
         if self.features or msg.raw[19] & 0x01:
             qfeatures.publish(self, msg, conf)
             return

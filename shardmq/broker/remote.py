@@ -70,6 +70,7 @@ class RemoteQueue:
         "local_consumers",
         "router",
         "policy",
+        "st_deliver_manual",
     )
 
     def __init__(
@@ -98,6 +99,8 @@ class RemoteQueue:
         self.sources: set[Exchange] = set()
         self.local_consumers: dict[tuple[int, int, str], Consumer] = {}
         self.router = router
+        # bumped by a Channel's delivery as on a Queue; the owner counts the queue's
+        self.st_deliver_manual = 0
 
     # What a Channel calls on the queue of an unacked delivery (see channel.py):
     # settles travel to the owner, batched per loop turn. ``seq`` is the owner's ref
@@ -105,6 +108,10 @@ class RemoteQueue:
     def settle(self, msg: Message) -> None:
         if msg.seq:
             self.router.settle(self.shard, msg.seq, ACK)
+
+    # no-ack deliveries and gets: the owner counted and settled them
+    settle_auto = settle
+    settle_get_auto = settle
 
     def reject(self, msg: Message) -> None:
         """Rejected without requeue: the owner dead-letters it if its queue says so."""

@@ -448,6 +448,7 @@ class Mesh:
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.stats_flushes = 0
+        self.stats_records = 0  # records read from the inboxes (status reports)
         self.stats_wakeups = 0
         self._sync_rings(first=True)
 
@@ -817,6 +818,7 @@ class Mesh:
                     cring is not None and cring.writer_needs_wake()
                 ):
                     p.bell.ring()
+        self.stats_records += got
         return got
 
     def _run_poll(self) -> None:

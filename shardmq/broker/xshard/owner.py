@@ -147,13 +147,14 @@ class ProxyConsumer:
     def deliver(self, c: ProxyConsumer, queue: Queue, msg: Message, redelivered: bool) -> None:
         self.credit -= 1
         if self.no_ack:
-            queue.settle(msg)
+            queue.settle_auto(msg)
             ref = 0
         else:
             owner = self.owner
             ref = owner.new_ref()
             owner.held[ref] = (self, queue, msg)
             self.refs.add(ref)
+            queue.st_deliver_manual += 1
         link = self.link
         src = self.src
         buf = link.batch(src, self)
@@ -440,7 +441,7 @@ class OwnerSide:
             return q.message_count
         msg, redelivered = got
         if r.no_ack:
-            q.settle(msg)
+            q.settle_get_auto(msg)
             ref = 0
         else:
             ref = self.new_ref()
