@@ -115,7 +115,7 @@ def need_vhost(ops: AdminOps, name: str, text: str = "Virtual host {} does not e
 class AdminServer:
     def __init__(self, data_dir: str | Path, ops: AdminOps) -> None:
         # the command modules register themselves in COMMANDS
-        from workers import admin_access, admin_policies  # noqa: F401
+        from workers import admin_access, admin_limits, admin_policies  # noqa: F401
 
         self.path = socket_path(data_dir)
         self.ops = ops

@@ -104,6 +104,7 @@ class BrokerConnection:
         self.client = client
         self.gid = broker.new_gid()
         self.user = ""
+        self.counted = False  # in ``broker.counts`` (limits): from open() to closed()
         self.authz = UNOPENED  # set by open(): what this user may do in its vhost
         self.vhost = NOT_OPEN  # set by open()
         self.channels: dict[int, Channel] = {}
@@ -168,12 +169,16 @@ class BrokerConnection:
             raise HardError(
                 NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{self.user}'", 10, 40
             )
+        # vhost then user max-connections, counted on every worker (530 past them)
+        self.broker.counts.connection_opened(vhost, self.user)
+        self.counted = True
         self.authz = Authorizer(self.broker.metadata.access, self.user, vh)
         self.vhost = vh
         self.broker.connections.add(self)
         self.broker.conns_by_gid[self.gid] = self
 
     def open_channel(self, number: int, sink: ChannelSink) -> Channel:
+        self.broker.counts.channel_opened(self.user)  # the user's max-channels: 530
         ch = Channel(number, self, sink)
         self.channels[number] = ch
         return ch
@@ -181,6 +186,7 @@ class BrokerConnection:
     def close_channel(self, ch: Channel) -> None:
         if self.channels.get(ch.number) is ch:
             del self.channels[ch.number]
+            self.broker.counts.channel_closed(self.user)
         if ch in self._confirm_channels:
             self._confirm_channels.remove(ch)
         ch.release()
@@ -192,6 +198,9 @@ class BrokerConnection:
         for ch in list(self.channels.values()):
             self.close_channel(ch)
         self.qos.after_settle()
+        if self.counted:
+            self.counted = False
+            self.broker.counts.connection_closed(self.vhost.name, self.user)
         self.broker.connections.discard(self)
         self.broker.conns_by_gid.pop(self.gid, None)
         for cause in list(self.throttled_by):
