@@ -357,7 +357,7 @@ class ManagementServer:
 
     async def start(self, ops: AdminOps) -> None:
         # the endpoint modules register their routes in ROUTES
-        from workers import mgmt_access, mgmt_definitions, mgmt_objects  # noqa: F401
+        from workers import mgmt_access, mgmt_definitions, mgmt_limits, mgmt_objects  # noqa: F401
 
         if self._sock is None:
             self.bind()
