@@ -20,7 +20,9 @@ Invariants:
 - Entries are found by linear probing from ``hash % capacity``; they are never
   removed one by one. When half the table is in use, the writer rebuilds it with only
   the keys whose count is not 0, under the slot's seqlock (``seq`` odd while it
-  writes); a reader retries while a rebuild is under way or happened meanwhile.
+  writes); a reader retries while a rebuild is under way or happened meanwhile. One
+  entry always stays empty; a key that finds no room is not published (logged once:
+  it needs more than ``capacity / 2`` vhosts and users live on one worker).
 - A worker zeroes its slot when it attaches (a new incarnation holds nothing; its
   predecessor's counts die with it).
 - Hashes are 64-bit BLAKE2b of the key: two keys sharing one is not expected (if they
@@ -135,7 +137,7 @@ class SharedCounts:
     def put_total(self, slot: int, word: int, value: int) -> None:
         self._w[self._base(slot) + word] = value
 
-    def set(self, slot: int, h: int, count: int) -> None:
+    def set(self, slot: int, h: int, count: int, *, rebuilt: bool = False) -> None:
         """Publish ``count`` for key hash ``h`` in our ``slot``."""
         w = self._w
         cap = self.capacity
@@ -150,10 +152,11 @@ class SharedCounts:
             if got == 0:
                 if not count:
                     return
-                if self._used * 2 >= cap:
-                    self._rebuild(slot)
-                    self.set(slot, h, count)
+                if self._used * 2 >= cap and not rebuilt and self._rebuild(slot):
+                    self.set(slot, h, count, rebuilt=True)
                     return
+                if self._used >= cap - 1:  # one entry stays empty: probes end
+                    break
                 w[at + 1] = count
                 fence()
                 w[at] = h
@@ -162,7 +165,9 @@ class SharedCounts:
             i = (i + 1) % cap
         self._table_full()
 
-    def _rebuild(self, slot: int) -> None:
+    def _rebuild(self, slot: int) -> bool:
+        """Drop the entries whose count is 0; False (nothing done) when the live ones
+        alone fill half the table."""
         base = self._base(slot)
         entries = base + _SLOT_HEAD
         w = self._w
@@ -172,8 +177,7 @@ class SharedCounts:
             if w[entries + 2 * i] and w[entries + 2 * i + 1]
         ]
         if len(live) * 2 >= self.capacity:
-            self._table_full()
-            return
+            return False
         w[base + W_SEQ] = w[base + W_SEQ] + 1
         fence()
         end = entries + 2 * self.capacity
@@ -188,6 +192,7 @@ class SharedCounts:
             self._used += 1
         fence()
         w[base + W_SEQ] = w[base + W_SEQ] + 1
+        return True
 
     def _table_full(self) -> None:
         if not self._full:
