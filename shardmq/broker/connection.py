@@ -43,6 +43,7 @@ from shardmq.broker.remote import REMOTE_BYTES_CHUNK, REMOTE_CREDIT_CHUNK, Remot
 from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.vhost import HELD, AnyQueue, VHost, delay_of
 from shardmq.message import Message
+from shardmq.oplog import event
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
@@ -127,16 +128,27 @@ class BrokerConnection:
         """Check a user name and password (logs a refusal, never the password)."""
         ok = self.broker.check_password(user, password)
         if ok and user in self.broker.config.auth.loopback_users and not is_loopback(self.peer):
-            log.warning(
-                "connection %s: user '%s' can only connect via localhost (loopback_users)",
-                self.peer,
-                user,
+            event(
+                log,
+                logging.WARNING,
+                "login_refused",
+                f"connection {self.peer}: user '{user}' can only connect via localhost "
+                "(loopback_users)",
+                peer=self.peer,
+                user=user,
             )
             return False
         if ok:
             self.user = user
         else:
-            log.warning("connection %s: authentication failed for user '%s'", self.peer, user)
+            event(
+                log,
+                logging.WARNING,
+                "login_refused",
+                f"connection {self.peer}: authentication failed for user '{user}'",
+                peer=self.peer,
+                user=user,
+            )
         return ok
 
     def login_external(self, user: str) -> bool:
@@ -160,11 +172,15 @@ class BrokerConnection:
             raise HardError(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)
         perm = self.broker.metadata.access.permission(self.user, vhost)
         if perm is None:
-            log.warning(
-                "connection %s: access to vhost '%s' refused for user '%s': no permissions",
-                self.peer,
-                vhost,
-                self.user,
+            event(
+                log,
+                logging.WARNING,
+                "login_refused",
+                f"connection {self.peer}: access to vhost '{vhost}' refused for user "
+                f"'{self.user}': no permissions",
+                peer=self.peer,
+                user=self.user,
+                vhost=vhost,
             )
             raise HardError(
                 NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{self.user}'", 10, 40
