@@ -66,6 +66,7 @@ from shardmq.amqp.errors import (
     AMQPError,
     HardError,
     SoftError,
+    reply_name,
 )
 from shardmq.oplog import event
 
@@ -811,7 +812,8 @@ class AMQPConnection(Generic[U]):
         """Send connection.close and stop processing anything but close-ok."""
         if self.state >= CLOSING:
             return
-        self.close_reason = f"{exc.reply_code} {exc.reply_text}"
+        # the text is in the error line below: the closing line names the code only
+        self.close_reason = f"closed by the server: {exc.reply_code} {reply_name(exc.reply_code)}"
         event(
             log,
             logging.WARNING,
