@@ -9,9 +9,10 @@ per-kind bound behind ``event``.
 
 Invariants:
 - Never a line per message: events are connections, channels, alarms, logins.
-- A kind of event a client can repeat at will (failed logins, refused or churning
-  connections, channel errors) logs at most ``BURST`` lines at once and ``RATE`` per
-  second after that, per process; what was left out is counted, and the next line of
+- A kind of event a client can repeat at will (failed logins, refused connections,
+  channel errors) logs at most ``BURST`` lines at once and ``RATE`` per second after
+  that, per process (accepted and closed connections: 1000 at once, then 100 per
+  second, against churn only); what was left out is counted, and the next line of
   that kind says how many (``(N similar lines suppressed)``; the ``suppressed`` field
   in JSON). A flood of failed connections thus costs a few lines per second.
 - The JSON fields of an event are the same names in every line of its kind (``peer``,
@@ -90,6 +91,12 @@ class Budget:
 
 
 BUDGET = Budget()
+# accepted and closed connections are the normal business of a broker: a much larger
+# bound, only against churn (a client opening and closing in a loop)
+BUDGETS = {
+    "connection_accepted": Budget(burst=1000, rate=100.0),
+    "connection_closed": Budget(burst=1000, rate=100.0),
+}
 
 
 def event(logger: logging.Logger, level: int, kind: str, msg: str, **fields: Any) -> None:
@@ -97,7 +104,7 @@ def event(logger: logging.Logger, level: int, kind: str, msg: str, **fields: Any
     the JSON line as they are (the text line is ``msg``)."""
     if not logger.isEnabledFor(level):
         return
-    dropped = BUDGET.take(kind)
+    dropped = BUDGETS.get(kind, BUDGET).take(kind)
     if dropped < 0:
         return
     if dropped:
