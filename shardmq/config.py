@@ -1,9 +1,9 @@
 """Broker configuration: one msgspec Struct field per setting, loaded from TOML.
 
 Owns: the settings, their defaults and their validation; the ``[store]`` and
-``[supervisor]``, ``[auth]`` and ``[tls]`` sections are defined beside their users
-(``shardmq.store.settings``, ``workers.settings``, ``shardmq.auth.settings``,
-``shardmq.net.tls_settings``) and included here. ``config/shardmq.toml`` documents every field
+``[supervisor]``, ``[auth]``, ``[tls]`` and ``[amqp1]`` sections are defined beside their
+users (``shardmq.store.settings``, ``workers.settings``, ``shardmq.auth.settings``,
+``shardmq.net.tls_settings``, ``shardmq.amqp1.settings``) and included here. ``config/shardmq.toml`` documents every field
 with its default; keep the two in step.
 
 Invariants: ``load_config`` either returns a fully validated ``Config`` or raises
@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
+from shardmq.amqp1.settings import AMQP1Settings
 from shardmq.auth.settings import AuthSettings
 from shardmq.management import ManagementSettings
 from shardmq.net.tls_settings import TLSSettings
@@ -133,6 +134,7 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     management: ManagementSettings = msgspec.field(default_factory=ManagementSettings)
     tls: TLSSettings = msgspec.field(default_factory=TLSSettings)
+    amqp1: AMQP1Settings = msgspec.field(default_factory=AMQP1Settings)
 
     def __post_init__(self) -> None:
         if not self.server.tcp_listener and not self.tls.enabled:

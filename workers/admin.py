@@ -2,7 +2,9 @@
 
 Owns: ``AdminServer`` (an asyncio unix-socket server on ``<data_dir>/ctl.sock``, frames
 as ``shardmq.ctlclient`` defines them) and ``COMMANDS``, the table from command name to
-handler, filled by ``workers.admin_policies`` and ``workers.admin_access``. It runs where metadata changes are ordered: in the supervisor with N workers
+handler, filled by ``workers.admin_policies``, ``workers.admin_access`` and
+``workers.admin_objects`` (whose commands also reach the workers: ``WORKER_COMMANDS``,
+given the data dir). It runs where metadata changes are ordered: in the supervisor with N workers
 (over the ``Sequencer``), in the broker's own process with one (``LocalSequencer``).
 
 Invariants:
@@ -64,11 +66,22 @@ class CommandError(Exception):
 
 Handler = Callable[[AdminOps, dict[str, Any]], Awaitable[Any]]
 COMMANDS: dict[str, Handler] = {}
+# commands that also reach the workers (``workers.worker_ops``): given the data dir
+WorkerHandler = Callable[[AdminOps, str, dict[str, Any]], Awaitable[Any]]
+WORKER_COMMANDS: dict[str, WorkerHandler] = {}
 
 
 def command(name: str) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def worker_command(name: str) -> Callable[[WorkerHandler], WorkerHandler]:
+    def register(fn: WorkerHandler) -> WorkerHandler:
+        WORKER_COMMANDS[name] = fn
         return fn
 
     return register
@@ -115,8 +128,15 @@ def need_vhost(ops: AdminOps, name: str, text: str = "Virtual host {} does not e
 class AdminServer:
     def __init__(self, data_dir: str | Path, ops: AdminOps) -> None:
         # the command modules register themselves in COMMANDS
-        from workers import admin_access, admin_limits, admin_policies  # noqa: F401
+        from workers import (  # noqa: F401
+            admin_access,
+            admin_limits,
+            admin_lists,
+            admin_objects,
+            admin_policies,
+        )
 
+        self.data_dir = str(data_dir)
         self.path = socket_path(data_dir)
         self.ops = ops
         self._server: asyncio.AbstractServer | None = None
@@ -168,10 +188,15 @@ class AdminServer:
             log.warning("control socket: unreadable request: %s", exc)
             return Answer(False, error=f"unreadable request: {exc}")
         fn = COMMANDS.get(req.command)
-        if fn is None:
+        wfn = WORKER_COMMANDS.get(req.command)
+        if fn is None and wfn is None:
             return Answer(False, error=f"unknown command '{req.command}'")
         try:
-            result = await fn(self.ops, req.args)
+            if wfn is not None:
+                result = await wfn(self.ops, self.data_dir, req.args)
+            else:
+                assert fn is not None
+                result = await fn(self.ops, req.args)
         except CommandError as exc:
             log.info("ctl %s refused: %s", req.command, str(exc).replace("\n\n", ": "))
             return Answer(False, error=str(exc), code=exc.code)

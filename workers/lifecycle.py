@@ -16,9 +16,10 @@ Owns, each step once:
 - ``serve_broker``: the order of a broker's life around ``shardmq.net.server.serve``
   (the listener and the connections): definitions and durable queues recovered and the
   disk alarm started (``Broker.load_definitions``, ``Broker.start_storage``), the status
-  socket (``workers.status.StatusWriter``) and the memory alarm started, then serve until
-  ``stop``; after the connections are closed, the status socket and memory alarm stopped
-  and the stores flushed and closed (``Broker.close_storage``).
+  socket (``workers.status.StatusWriter``), the ops socket (``workers.worker_ops``) and
+  the memory alarm started, then serve until ``stop``; after the connections are closed,
+  the ops and status sockets and memory alarm stopped and the stores flushed and closed
+  (``Broker.close_storage``).
 
 What differs between the two paths stays with them: the supervisor of one process tells
 systemd it is ready; a worker attaches to the mesh, waits for the definitions snapshot,
@@ -213,6 +214,7 @@ async def serve_broker(
     from shardmq.broker.broker import LocalSequencer
     from shardmq.net.server import serve
     from workers.status import StatusWriter
+    from workers.worker_ops import OpsServer
 
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -246,7 +248,9 @@ async def serve_broker(
         totals = StatusLine(loop, lambda: (1, len(broker.connections), queued_messages(broker)))
         totals.start(delay=INTERVAL)
     control = None
+    ops = OpsServer(broker, config.server.data_dir)
     try:
+        await ops.start()
         if admin and isinstance(broker.sequencer, LocalSequencer):
             from workers.admin import AdminServer
 
@@ -269,6 +273,7 @@ async def serve_broker(
             await mgmt.stop()
         if control is not None:
             await control.stop()
+        await ops.stop()
         memory.stop()
         status.stop()
         totals.stop()

@@ -6,15 +6,18 @@ broker's users with RabbitMQ's tag rules (``need_admin``, ``need_vhost``, ...), 
 error JSON (``ApiError``), body parsing, pagination and sorting of lists (``listing``),
 and ``worker_reports`` (the live counts of every worker, through ``workers.status``).
 The endpoints live in ``workers.mgmt_objects``, ``workers.mgmt_access`` and
-``workers.mgmt_definitions``; each registers its routes with ``route``.
+``workers.mgmt_definitions``, the web UI's files in ``workers.mgmt_static``; each
+registers its routes with ``route``.
 
 Invariants:
 - It runs where metadata changes are ordered (beside ``workers.admin.AdminServer``):
   every change goes through ``workers.admin.submit``, so it is applied by every worker
   (and saved) before the HTTP answer; the message path never sees this server.
-- Every request but none is authenticated (RabbitMQ asks credentials on every
-  endpoint, health checks included); a user without a management tag gets 401, as
-  RabbitMQ answers. Passwords are never logged.
+- Every request is authenticated (RabbitMQ asks credentials on every endpoint, health
+  checks included) but the web UI's static files (``route(..., public=True)``, in
+  ``workers.mgmt_static``), which carry no data; a user without a management tag gets 401, as
+  RabbitMQ answers. Passwords are never logged. A browser's cross-site request to
+  ``/api`` is refused before that (403, ``workers.mgmt_origin``).
 - A bad request gets RabbitMQ's ``{"error": ..., "reason": ...}`` with its status and
   changes nothing; an unexpected exception gets a 500 with that JSON and one log line,
   never a traceback to the client. Bodies over ``MAX_BODY`` are refused (413).
@@ -52,11 +55,14 @@ SERVER: web.AppKey[ManagementServer] = web.AppKey("server", object)  # type: ign
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ROUTES: list[tuple[str, str, Handler]] = []
+PUBLIC: set[Handler] = set()  # handlers answered without credentials (the UI's files)
 
 
-def route(method: str, path: str) -> Callable[[Handler], Handler]:
+def route(method: str, path: str, *, public: bool = False) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         ROUTES.append((method, path, fn))
+        if public:
+            PUBLIC.add(fn)
         return fn
 
     return register
@@ -287,6 +293,8 @@ def _credentials(request: web.Request) -> tuple[str, str] | None:
 @web.middleware
 async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if request.match_info.handler in PUBLIC:
+            return await handler(request)
         creds = _credentials(request)
         if creds is None:
             return web.Response(status=401, headers={"WWW-Authenticate": REALM})
@@ -341,7 +349,7 @@ class ManagementServer:
 
         s = self.settings
         port = s.effective_port()
-        family, proto, addr = listen_address(s.host, port)
+        family, proto, addr = listen_address(s.host or "", port)
         sock = socket.socket(family, socket.SOCK_STREAM, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -350,18 +358,29 @@ class ManagementServer:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            err = bind_error(s.host, port, exc)
+            err = bind_error(s.host or "", port, exc)
             text = str(err).replace("--port (server.port)", "management.port")
             raise StartupError(err.code, f"management API: {text}") from None
         self._sock = sock
 
     async def start(self, ops: AdminOps) -> None:
+        import workers.mgmt_static  # noqa: F401  (the web UI's files)
+
         # the endpoint modules register their routes in ROUTES
-        from workers import mgmt_access, mgmt_definitions, mgmt_limits, mgmt_objects  # noqa: F401
+        from workers import (  # noqa: F401
+            mgmt_access,
+            mgmt_connections,
+            mgmt_definitions,
+            mgmt_limits,
+            mgmt_messages,
+            mgmt_objects,
+        )
 
         if self._sock is None:
             self.bind()
-        app = web.Application(middlewares=[_middleware], client_max_size=MAX_BODY)
+        from workers.mgmt_origin import cross_site_guard  # CSRF: before authentication
+
+        app = web.Application(middlewares=[cross_site_guard, _middleware], client_max_size=MAX_BODY)
         app[OPS] = ops
         app[SERVER] = self
         for method, path, fn in ROUTES:
@@ -391,6 +410,8 @@ def management_server(
     from workers.mgmt_objects import node_name
 
     node = node_name()
+    if settings.host is None:  # follows the AMQP listener's interface
+        settings = msgspec.structs.replace(settings, host=amqp_host)
     server = ManagementServer(settings, data_dir, node)
     server.bind()
     server.listeners = [

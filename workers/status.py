@@ -259,6 +259,20 @@ async def _ask(path: Path, timeout: float) -> bytes | bool:
         writer.close()
 
 
+async def gather_reports(data_dir: str, timeout: float = REQUEST_TIMEOUT) -> list[WorkerReport]:
+    """Every live worker's report, asked now and at once, from a running event loop (the
+    management API and the control socket); a worker that does not answer is left out."""
+    paths = sorted(status_dir(data_dir).glob("worker-*.sock"), key=_slot_of)
+    answers = await asyncio.gather(*(_ask(p, timeout) for p in paths))
+    reports: list[WorkerReport] = []
+    for answer in answers:
+        if isinstance(answer, bool):
+            continue
+        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+            reports.append(msgspec.json.decode(answer, type=WorkerReport))
+    return reports
+
+
 class _Answers(NamedTuple):
     reports: list[WorkerReport]
     silent: list[int]  # slots whose socket accepts but that did not answer

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from time import monotonic
+from time import monotonic, time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shardmq.adapter.amqp091_methods import HANDLERS
@@ -117,6 +117,8 @@ class AMQP091Connection:
         self.broker = broker
         self.peer = peer
         self.confirms_due = False  # the domain has confirms to write before output
+        self.connected_at = time()  # for the management API's listing
+        self.auth_mechanism = ""  # the mechanism of the accepted login
         self._busy: Channel | None = None  # the channel whose method is being handled
         # server-side cancels held until the reply of their channel's current method
         self._held_cancels: list[Consumer] = []
@@ -164,6 +166,7 @@ class AMQP091Connection:
         return self._mechanisms
 
     def authenticate(self, mechanism: str, response: bytes) -> bool:
+        self.auth_mechanism = mechanism
         if mechanism == "EXTERNAL":
             # the response is empty or an authorization identity: the certificate decides
             user_name = self.tls.user if self.tls is not None else None

@@ -10,8 +10,12 @@ descriptor limit first and admits each new connection through
 with several workers it gives the broker the other workers' connection count
 (``max_connections``). The AMQPS listener serves the same protocol through
 ``shardmq.net.tls.TLSListener`` (the handshake first, then admission); an
-``AMQPProtocol`` made on a TLS transport passes its ``TLSPeer`` to the connection. The
-process around it
+``AMQPProtocol`` made on a TLS transport passes its ``TLSPeer`` to the connection. Each
+connection starts as AMQP 0-9-1; until its first 8 bytes are in, ``_choose_protocol``
+looks at them, and an AMQP 1.0 header (``AMQP 0.1.0.0``, SASL ``AMQP 3.1.0.0``, TLS
+``AMQP 2.1.0.0``) swaps in ``shardmq.adapter.amqp10.AMQP10Connection``, which offers
+the same interface to this layer; after that the hot path is the 0-9-1 one unchanged.
+The process around it
 (signals, storage recovery and close, memory alarm, status file) is
 ``workers.lifecycle.serve_broker``.
 
@@ -43,14 +47,16 @@ from collections.abc import Callable
 from typing import cast
 
 from shardmq.adapter.amqp091 import AMQP091Connection
+from shardmq.adapter.amqp10 import AMQP10Connection
 from shardmq.amqp.connection import CLOSING, OPEN, log_internal_error
 from shardmq.amqp.errors import CONNECTION_FORCED
+from shardmq.amqp1.framing import is_amqp1_header
 from shardmq.broker.broker import Broker
 from shardmq.config import Config
 from shardmq.ipc.control import F_CONNS, ControlBlock
 from shardmq.ipc.mesh import Mesh
 from shardmq.net.limits import Admission, raise_fd_limit
-from shardmq.net.tls import TLSServer, tls_peer
+from shardmq.net.tls import TLSPeer, TLSServer, tls_peer
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
@@ -99,7 +105,10 @@ class AMQPProtocol(asyncio.Protocol):
     def __init__(self, hub: IOHub) -> None:
         self.hub = hub
         self.transport: asyncio.Transport | None = None
-        self.conn: AMQP091Connection | None = None
+        self.conn: AMQP091Connection | AMQP10Connection | None = None
+        # the first bytes, until the protocol header chooses 0-9-1 or 1.0 (then None)
+        self._sniff: bytearray | None = bytearray()
+        self._tls: TLSPeer | None = None
         self._timer: asyncio.TimerHandle | None = None  # heartbeats
         self._hs_timer: asyncio.TimerHandle | None = None  # handshake, until open-ok
         self._close_timer: asyncio.TimerHandle | None = None
@@ -135,12 +144,17 @@ class AMQPProtocol(asyncio.Protocol):
         tls = None
         if ssl_object is not None:
             tls = tls_peer(ssl_object, hub.broker.config.tls.ssl_cert_login_from)
+        self._tls = tls
         self.conn = AMQP091Connection(hub.broker, peer_s, self, lambda: hub.wake(self), tls)
         self.hub.protocols.add(self)
         timeout = self.hub.broker.config.amqp.handshake_timeout
         self._hs_timer = self.hub.loop.call_later(timeout, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._sniff is not None:
+            data = self._choose_protocol(data)
+            if not data:
+                return
         conn = self.conn
         transport = self.transport
         engine = conn.engine  # type: ignore[union-attr]
@@ -148,6 +162,23 @@ class AMQPProtocol(asyncio.Protocol):
         engine.feed(data)
         if engine.input_held:
             self._hold(True)
+
+    def _choose_protocol(self, data: bytes) -> bytes:
+        """Until 8 bytes are in: an AMQP 1.0 header (plain or SASL) swaps in the 1.0
+        adapter; anything else stays with 0-9-1 (which refuses a bad header). Returns
+        the bytes to feed (none while the header is incomplete)."""
+        sniff = self._sniff
+        assert sniff is not None
+        sniff += data
+        if len(sniff) < 8 and sniff[:4] == b"AMQP"[: len(sniff)]:
+            return b""
+        self._sniff = None
+        if len(sniff) >= 8 and is_amqp1_header(bytes(sniff[:8])) and self.conn is not None:
+            hub = self.hub
+            self.conn = AMQP10Connection(
+                hub.broker, self.conn.peer, self, lambda: hub.wake(self), self._tls
+            )
+        return bytes(sniff)
 
     def eof_received(self) -> bool:
         return False
@@ -336,6 +367,8 @@ async def serve(
         )
     names = [s.getsockname() for s in server.sockets or () if s.family != socket.AF_UNIX]
     tls_listener = None
+    if tls is not None:
+        tls.admission = admission  # handshakes count (also of handed-off sockets)
     if tls is not None and tls_sock is not None:
         tls_listener = tls.listen(loop, make, tls_sock)
         names.append((*tls_sock.getsockname()[:1], f"{tls_sock.getsockname()[1]} (TLS)"))

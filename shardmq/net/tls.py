@@ -20,6 +20,11 @@ Invariants:
 - A failed handshake (not TLS, truncated, timed out, certificate refused) is one
   warning line naming the peer and OpenSSL's reason; the socket is closed and the AMQP
   protocol is never made.
+- A socket in its handshake counts for admission (``admission``, set by
+  ``shardmq.net.server.serve``) as an unauthenticated connection of its address from
+  accept until the handshake ends: the fd alarm and
+  ``max_unauthenticated_per_address`` refuse a flood of handshakes that never finish
+  (closed at once, before any TLS byte), as they refuse plain connections.
 - A peer identity exists only for a certificate OpenSSL verified against ``cacertfile``
   (``verify_peer``); with ``verify_none`` no certificate is requested, so EXTERNAL is
   never offered.
@@ -34,9 +39,12 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shardmq.net.tls_settings import TLSSettings
+
+if TYPE_CHECKING:
+    from shardmq.net.limits import Admission
 
 log = logging.getLogger("shardmq.tls")
 
@@ -189,6 +197,13 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class _Handshaking:
+    """A socket in its TLS handshake, as admission sees it: not yet opened."""
+
+    __slots__ = ()
+    opened = False
+
+
 class TLSServer:
     """The TLS side of the AMQPS listener: ``context`` (the current ``SSLContext``),
     ``reload`` (a new context from new settings; the old one is kept if that fails,
@@ -199,6 +214,7 @@ class TLSServer:
         self.settings = settings
         self.handshake_timeout = handshake_timeout
         self.context = build_context(settings)
+        self.admission: Admission | None = None  # set by the server that listens
 
     def reload(self, settings: TLSSettings) -> bool:
         try:
@@ -225,8 +241,15 @@ class TLSServer:
         try:
             peer = sock.getpeername()
             where = f"{peer[0]}:{peer[1]}"
+            address = str(peer[0])
         except OSError:
-            where = "(gone)"
+            where = address = "(gone)"
+        admission = self.admission
+        gate = _Handshaking()
+        if admission is not None and not admission.admit(gate, address):
+            admission.closed(gate, address)  # refused: logged once by admission
+            sock.close()
+            return
         try:
             sock.setblocking(False)
             await loop.connect_accepted_socket(
@@ -238,6 +261,9 @@ class TLSServer:
         except Exception as exc:
             log.warning("connection %s: TLS handshake failed: %s", where, _reason(exc))
             sock.close()
+        finally:
+            if admission is not None:
+                admission.closed(gate, address)
 
     def listen(
         self, loop: asyncio.AbstractEventLoop, factory: ProtocolFactory, sock: socket.socket

@@ -691,3 +691,26 @@ def test_management_disabled(tmp_path: Path) -> None:
             requests.get(m.url + "/api/overview", auth=AUTH, timeout=5)
     finally:
         assert terminate(proc, 20) == 0, log.read_text()
+
+
+@pytest.mark.skipif(bool(EXTERNAL), reason="starts its own broker")
+def test_management_host_follows_the_amqp_host(tmp_path: Path) -> None:
+    """No ``host`` under [management]: the API listens where AMQP does (127.0.0.1 in
+    the tests' brokers), not on every interface."""
+    import requests
+
+    port, mport = free_port(), free_port()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[management]\nport = {mport}\n")
+    log = tmp_path / "log"
+    proc = spawn(serve_args(port, 1, tmp_path / "data", cfg), log)
+    try:
+        wait_answering(proc, port, lambda: log.read_text(errors="replace"), lambda: None)
+        ov = requests.get(f"http://127.0.0.1:{mport}/api/overview", auth=AUTH, timeout=10)
+        http = [x for x in ov.json()["listeners"] if x["protocol"] == "http"]
+        assert http and http[0]["ip_address"] == "127.0.0.1", http
+        with socket.socket() as probe:  # the port is free on another local address
+            probe.bind(("127.0.0.2", mport))
+    finally:
+        assert terminate(proc, 20) == 0, log.read_text()
+    assert f"management API on http://127.0.0.1:{mport}/api" in log.read_text()

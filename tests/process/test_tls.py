@@ -425,3 +425,47 @@ def test_tls_port_in_use(serve: ServeFactory, pki: PKI) -> None:
         assert broker.served.wait_exit(30) == ExitCode.PORT_IN_USE, broker.log()
     lines = startup_lines(broker.log())
     assert len(lines) == 1 and f"port {port}" in lines[0] and "tls.port" in lines[0]
+
+
+@pytest.mark.parametrize("mode", [(1, "reuseport"), (2, "handoff")])
+def test_pending_handshakes_count_per_address(
+    serve: ServeFactory, pki: PKI, mode: tuple[int, str]
+) -> None:
+    """Sockets that never finish their TLS handshake count as unauthenticated
+    connections of their address: past ``max_unauthenticated_per_address`` on a worker,
+    more are closed at once; a real TLS client from another address still gets in."""
+    workers, _acceptor = mode
+    limit = 3
+    broker = start(serve, pki, mode, server={"max_unauthenticated_per_address": limit}, wait=True)
+    pids = broker.served.worker_pids()
+    silent = []
+    try:
+        for _ in range(limit * workers + 6):
+            s = socket.create_connection(("127.0.0.1", broker.tls_port), timeout=5)
+            silent.append(s)
+        closed = 0
+        for s in silent:
+            s.settimeout(2.0)
+            try:
+                closed += s.recv(1) == b""
+            except TimeoutError:
+                pass  # held in its handshake
+            except ConnectionResetError:
+                closed += 1
+        # each worker holds at most ``limit`` of them; the rest were refused at once
+        assert closed >= len(silent) - limit * workers, (closed, len(silent))
+        assert closed < len(silent), "nothing was held at all"
+        wait_for(
+            lambda: "max_unauthenticated_per_address" in broker.log(), 10, "logged", broker.log
+        )
+        # another address is not affected (127.0.0.2 is loopback too)
+        raw = socket.create_connection(
+            ("127.0.0.1", broker.tls_port), timeout=10, source_address=("127.0.0.2", 0)
+        )
+        with broker.client_context(pki.client).wrap_socket(raw, server_hostname="localhost") as t:
+            t.sendall(b"AMQP\x00\x00\x09\x01")
+            assert t.recv(7)[:1] == b"\x01"  # connection.start's method frame
+    finally:
+        for s in silent:
+            s.close()
+    assert_healthy(broker, pids)

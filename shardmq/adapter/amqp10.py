@@ -1,0 +1,658 @@
+"""The AMQP 1.0 adapter: one client connection, from the 1.0 engine to the domain.
+
+Owns: ``AMQP10Connection`` — it composes the sans-IO engine (``shardmq.amqp1.engine``:
+frames, SASL, sessions, links, credit) with a ``BrokerConnection`` (login, vhost,
+routing, consumers), and implements the engine's ``Handler`` (SASL PLAIN / ANONYMOUS /
+EXTERNAL against the broker's users, the vhost from ``open.hostname`` ``vhost:NAME``,
+a domain ``Channel`` per session, links to queues and exchanges, publishes, settlements),
+the domain's ``ClientLink`` and ``ChannelSink`` (deliveries as transfers, confirms as
+dispositions), and the I/O layer's connection interface (as ``AMQP091Connection``).
+``LinkConsumer`` is the domain consumer of a link the broker sends on.
+
+Invariants:
+- Each session is one domain channel in confirm mode: an unsettled transfer from the
+  client is answered with ``accepted`` once the broker has it (for a persistent message
+  on a durable queue: once stored), ``rejected`` if it was refused; a settled one gets
+  nothing. Messages are converted at this edge (``shardmq.amqp1.convert``): queues
+  hold the 0-9-1 form.
+- A link the broker sends on is a consumer whose readiness is its link credit: a local
+  queue delivers only while credit remains; deliveries that arrive beyond it (from
+  another worker's queue, bounded by the consumer's prefetch ``LINK_WINDOW``) wait in
+  the link, in order, until credit comes.
+- Outcomes: accepted = ack; rejected = reject (dead-lettered where configured);
+  released and modified = requeue, modified with undeliverable-here = reject. A detached
+  link's or ended session's unsettled deliveries go back to their queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from shardmq.adapter.amqp091 import IOHooks
+from shardmq.amqp.codec import shortstr
+from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, HardError, SoftError
+from shardmq.amqp1 import types_gen as T
+from shardmq.amqp1.address import queue_address, source_queue, target_of
+from shardmq.amqp1.codec import DecodeError
+from shardmq.amqp1.convert import from_091, parse, to_091
+from shardmq.amqp1.engine import Delivery, Engine, Link, Session
+from shardmq.amqp1.errors import AmqpError, LinkError, SessionError
+from shardmq.amqp1.values import Symbol
+from shardmq.broker import metadata as md
+from shardmq.broker.channel import OUT_LIMIT, Channel
+from shardmq.broker.connection import BrokerConnection, peer_host
+from shardmq.broker.queue import Consumer, Queue
+from shardmq.broker.remote import RemoteQueue
+from shardmq.broker.xshard.records import DELIVER_ITEM
+from shardmq.message import Message, next_seq
+
+if TYPE_CHECKING:
+    from shardmq.broker.broker import Broker
+    from shardmq.net.tls import TLSPeer
+
+log = logging.getLogger("shardmq.amqp1")
+
+LINK_WINDOW = 256  # unsettled + waiting deliveries per sending link (its prefetch)
+_HEADER_CLASS = (60).to_bytes(2, "big") + b"\x00\x00"  # basic, weight 0
+FRAME_MAX_091 = 131072
+
+
+class LinkConsumer(Consumer):
+    """The consumer of a link the broker sends on: ready while the link has credit."""
+
+    __slots__ = ("link", "session", "waiting", "dynamic")
+
+    def __init__(self, link: Link, session: Session, ch: Channel, q: Any, settled: bool) -> None:
+        tag = f"amqp1:{session.channel}:{link.name}"
+        super().__init__(tag, shortstr(tag[:255]), ch, q, settled, False, LINK_WINDOW, {}, 0)
+        self.link = link
+        self.session = session
+        # deliveries that arrived beyond the link's credit: (tag, redelivered, message)
+        self.waiting: deque[tuple[int, bool, Message]] = deque()
+        self.dynamic = ""  # the queue made for a dynamic source, deleted with the link
+
+    def ready(self) -> bool:
+        return (
+            self.channel.active
+            and self.link.credit > len(self.waiting)
+            and (self.no_ack or self.unacked < self.prefetch)
+        )
+
+
+class SessionState:
+    __slots__ = ("ch", "confirms", "outgoing", "second")
+
+    def __init__(self, ch: Channel) -> None:
+        self.ch = ch
+        # confirm seq of an unsettled publish -> (link, delivery-id)
+        self.confirms: dict[int, tuple[Link, int]] = {}
+        # delivery-id of an unsettled delivery to the client -> (channel tag, link)
+        self.outgoing: dict[int, tuple[int, Link]] = {}
+        # publishes accepted in receiver-settle-mode second, waiting for the peer's settle
+        self.second: set[int] = set()
+
+
+class LinkState:
+    """A link the client publishes on."""
+
+    __slots__ = ("exchange", "key", "anonymous")
+
+    def __init__(self, exchange: str, key: str | None, anonymous: bool) -> None:
+        self.exchange = exchange
+        self.key = key
+        self.anonymous = anonymous
+
+
+class AMQP10Connection:
+    """One AMQP 1.0 client connection (see the module block)."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        peer: str,
+        io: IOHooks,
+        wake: Callable[[], None],
+        tls: TLSPeer | None = None,
+    ) -> None:
+        s = broker.config.amqp1
+        self.broker = broker
+        self.settings = s
+        self.peer = peer
+        self.io = io
+        self.tls = tls
+        self.engine = Engine(
+            self,
+            wake,
+            peer=peer,
+            container_id=f"shardmq-{broker.slot}",
+            max_frame_size=s.max_frame_size,
+            channel_max=s.channel_max,
+            idle_time_out=s.idle_time_out,
+            session_window=s.session_window,
+            max_message_size=broker.config.amqp.max_message_size,
+        )
+        self.domain = BrokerConnection(broker, peer, self)
+        self.confirms_due = False
+        self._closed = False
+        self._opened = False
+
+    # ------------------------------------------------------------ I/O layer side
+    def feed(self, data: bytes) -> None:
+        self.engine.feed(data)
+
+    def take_output(self) -> bytearray | None:
+        if self.confirms_due:
+            self.confirms_due = False
+            self.domain.flush_confirms()
+        return self.engine.take_output()
+
+    def after_flush(self) -> None:
+        self.domain.after_flush()
+
+    def set_write_paused(self, paused: bool) -> None:
+        self.domain.set_write_paused(paused)
+
+    def connection_lost(self) -> None:
+        self.engine.connection_lost()
+        self.on_close()
+
+    def heartbeat_tick(self) -> bool:
+        return self.engine.heartbeat_tick()
+
+    @property
+    def state(self) -> int:
+        return self.engine.state
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between two ``heartbeat_tick`` calls, doubled (the I/O layer ticks
+        every half of it)."""
+        return self.engine.tick_seconds() * 2
+
+    @property
+    def want_close(self) -> bool:
+        return self.engine.want_close
+
+    @property
+    def out(self) -> bytearray:
+        return self.engine.out
+
+    # ------------------------------------------------------------ SASL, open
+    def mechanisms(self) -> list[str]:
+        mechs = ["PLAIN"]
+        if self.tls is not None and self.tls.user is not None:
+            mechs.insert(0, "EXTERNAL")
+        if self.settings.anonymous:
+            mechs.append("ANONYMOUS")
+        return mechs
+
+    def authenticate(self, mechanism: str, response: bytes) -> bool:
+        domain = self.domain
+        if mechanism == "EXTERNAL":
+            user = self.tls.user if self.tls is not None else None
+            return user is not None and domain.login_external(user)
+        if mechanism == "ANONYMOUS":
+            return self._anonymous()
+        parts = response.split(b"\x00")
+        if len(parts) != 3:
+            return False
+        ok = domain.login(parts[1].decode("utf-8", "replace"), parts[2].decode("utf-8", "replace"))
+        if not ok:
+            delay = self.broker.auth_throttle.failed(peer_host(domain.peer), monotonic())
+            self.io.hold(delay)
+        return ok
+
+    def _anonymous(self) -> bool:
+        user = self.settings.anonymous_user
+        if user not in self.broker.metadata.access.users:
+            log.warning("connection %s: ANONYMOUS user '%s' does not exist", self.peer, user)
+            return False
+        self.domain.user = user
+        return True
+
+    def allow_no_sasl(self) -> bool:
+        return self.settings.anonymous and self._anonymous()
+
+    def on_open(self, hostname: str | None) -> None:
+        vhost = "/"
+        if hostname and hostname.startswith("vhost:"):
+            vhost = hostname[6:]
+        try:
+            self.domain.open(vhost)
+        except HardError as exc:
+            cond = (
+                T.AMQP_ERROR_NOT_FOUND
+                if "not found" in exc.text
+                else T.AMQP_ERROR_UNAUTHORIZED_ACCESS
+                if "refused" in exc.text
+                else T.AMQP_ERROR_RESOURCE_LIMIT_EXCEEDED
+            )
+            raise AmqpError(cond, exc.text) from None
+        self._opened = True
+        self.io.tuned()  # idle time-out ticks may start
+
+    # ------------------------------------------------------------ sessions
+    def on_begin(self, session: Session) -> None:
+        ch = self.domain.open_channel(session.channel, self)
+        ch.confirm = True
+        session.user = SessionState(ch)
+
+    def on_end(self, session: Session) -> None:
+        st: SessionState | None = session.user
+        if st is None:
+            return
+        session.user = None
+        st.confirms.clear()
+        if not self._closed:
+            self.domain.close_channel(st.ch)
+
+    # ------------------------------------------------------------ links
+    def on_attach(self, session: Session, link: Link, a: Any) -> Any:
+        if link.role:  # the client publishes
+            target = a.target
+            if target is not None and not isinstance(target, T.Target):
+                raise LinkError(T.AMQP_ERROR_NOT_IMPLEMENTED, "transactions are not supported")
+            if target is not None and target.dynamic:
+                raise LinkError(T.AMQP_ERROR_NOT_IMPLEMENTED, "dynamic targets are not supported")
+            address = target.address if target is not None else None
+            if address is None:
+                link.user = LinkState("", None, True)
+            else:
+                t = target_of(str(address))
+                vh = self.domain.vhost
+                if t.queue is not None and t.queue not in vh.queues:
+                    raise LinkError(
+                        T.AMQP_ERROR_NOT_FOUND, f"no queue '{t.queue}' in vhost '{vh.name}'"
+                    )
+                if t.queue is None and t.exchange not in vh.exchanges:
+                    raise LinkError(
+                        T.AMQP_ERROR_NOT_FOUND, f"no exchange '{t.exchange}' in vhost '{vh.name}'"
+                    )
+                link.user = LinkState(t.exchange, t.key, False)
+            return T.Attach(
+                name=a.name,
+                handle=link.handle,
+                role=True,
+                snd_settle_mode=a.snd_settle_mode,
+                rcv_settle_mode=a.rcv_settle_mode,
+                source=a.source,
+                target=a.target,
+                max_message_size=self.broker.config.amqp.max_message_size,
+            )
+        source = a.source
+        if not isinstance(source, T.Source):
+            raise LinkError(T.AMQP_ERROR_INVALID_FIELD, "a receiving link needs a source")
+        if source.dynamic:
+            self._dynamic_source(session, link, a)
+            return None  # answered once the queue is declared
+        if source.address is None:
+            raise LinkError(T.AMQP_ERROR_INVALID_FIELD, "the source has no address")
+        return self._consume(session, link, a, source_queue(str(source.address)), a.source)
+
+    def _consume(self, session: Session, link: Link, a: Any, name: str, source: Any) -> Any:
+        """The reply to the attach of a link consuming from queue ``name``."""
+        st: SessionState = session.user
+        try:
+            q = self.domain.queue_for(st.ch, name)
+        except SoftError as exc:
+            raise _link_error(exc) from None
+        if isinstance(q, Queue) and q.consumers and q.exclusive_consumer():
+            raise LinkError(
+                T.AMQP_ERROR_RESOURCE_LOCKED,
+                f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use",
+            )
+        settled = link.snd_settle_mode == T.SENDER_SETTLE_MODE_SETTLED
+        link.user = LinkConsumer(link, session, st.ch, q, settled)
+        return T.Attach(
+            name=a.name,
+            handle=link.handle,
+            role=False,
+            snd_settle_mode=a.snd_settle_mode,
+            rcv_settle_mode=a.rcv_settle_mode,
+            source=source,
+            target=a.target,
+            initial_delivery_count=0,
+        )
+
+    def _dynamic_source(self, session: Session, link: Link, a: Any) -> None:
+        """A dynamic receiver: a server-named exclusive queue, deleted with the link
+        (or the connection), for request/reply."""
+        domain = self.domain
+        name = md.server_named_queue()
+        op = md.DeclareQueue(
+            domain.vhost.name, name, False, False, True, False, b"", domain.gid, True
+        )
+        try:
+            domain.authz.check_op(op)
+        except SoftError as exc:
+            raise _link_error(exc) from None
+
+        def declared(err: AMQPError | None, _info: Any) -> None:
+            if link.detached or self._closed:
+                if err is None:
+                    self._delete_queue(name)
+                return
+            if err is not None:
+                self.engine.refuse_pending(session, link, a, _link_error(err))
+                return
+            domain.exclusive_queues.append(name)
+            source = T.Source(**{f.name: getattr(a.source, f.name) for f in T.Source.FIELDS})
+            source.address = queue_address(name)
+            try:
+                reply = self._consume(session, link, a, name, source)
+            except LinkError as exc:
+                self.engine.refuse_pending(session, link, a, exc)
+                return
+            link.user.dynamic = name
+            self.engine.complete_attach(session, link, reply)
+
+        sequencer = self.broker.sequencer
+        if sequencer.synchronous:
+            try:
+                result = sequencer.execute(op)
+            except AMQPError as exc:
+                raise _link_error(exc) from None
+            declared(None, result)
+        else:
+            sequencer.request(op, declared)
+
+    def _delete_queue(self, name: str) -> None:
+        domain = self.domain
+        if name in domain.exclusive_queues:
+            domain.exclusive_queues.remove(name)
+        self.broker.sequencer.fire(md.DeleteQueue(domain.vhost.name, name, False, False, 0))
+
+    def after_attach(self, session: Session, link: Link) -> None:
+        if link.role:
+            self.engine.grant(session, link, self.settings.link_credit)
+            return
+        c: LinkConsumer = link.user
+        st: SessionState = session.user
+        st.ch.consumers[c.tag] = c
+        q = c.queue
+        if isinstance(q, RemoteQueue):
+
+            def answered(err: AMQPError | None, _res: Any) -> None:
+                if err is None:
+                    return
+                st.ch.consumers.pop(c.tag, None)
+                q.local_consumers.pop((self.domain.gid, st.ch.number, c.tag), None)
+                if link.user is c and not link.detached:
+                    exc = _link_error(err) if isinstance(err, SoftError) else None
+                    self.engine.detach_link(session, link, exc)
+
+            self.broker.router().consume(q, c, answered)
+        else:
+            q.add_consumer(c)
+
+    def on_detach(self, session: Session, link: Link, error: Any) -> None:
+        st: SessionState | None = session.user
+        if st is None:
+            return
+        if link.role:
+            for seq in [s for s, (lk, _d) in st.confirms.items() if lk is link]:
+                del st.confirms[seq]
+            return
+        c = link.user
+        if not isinstance(c, LinkConsumer):
+            return
+        if not self._closed:
+            self.domain.remove_consumer(c)
+            if c.dynamic:
+                self._delete_queue(c.dynamic)
+        tags = [tag for did, (tag, lk) in st.outgoing.items() if lk is link]
+        for did in [d for d, (_t, lk) in st.outgoing.items() if lk is link]:
+            del st.outgoing[did]
+        tags += [tag for tag, _r, _m in c.waiting if not c.no_ack]
+        c.waiting.clear()
+        for tag in tags:
+            if tag in st.ch.unacked:
+                st.ch.reject(tag, 0, True)
+        self.domain.qos.after_settle()
+
+    # ------------------------------------------------------------ credit
+    def on_flow(self, session: Session, link: Link, drain: bool) -> None:
+        c = link.user
+        if not isinstance(c, LinkConsumer):
+            return
+        self._send_waiting(c)
+        q = c.queue
+        if isinstance(q, Queue) and link.credit > 0:
+            q.dispatch()
+        if drain and link.credit > 0 and not link.detached:
+            self.engine.drained(session, link)
+
+    def _send_waiting(self, c: LinkConsumer) -> None:
+        link = c.link
+        sent = 0
+        while c.waiting and link.credit > 0 and not link.detached:
+            tag, redelivered, msg = c.waiting.popleft()
+            self._transfer(c, tag, redelivered, msg)
+            sent += 1
+        if sent and c.no_ack and isinstance(c.queue, RemoteQueue):
+            # settled deliveries from another worker: its credit for them returns now
+            # that they reached the socket (``deliver_remote`` did not count them)
+            due = self.domain.credit_due
+            due[c] = due.get(c, 0) + sent
+
+    # ------------------------------------------------------------ publishing
+    def on_transfer(self, session: Session, link: Link, d: Delivery) -> None:
+        st: SessionState = session.user
+        ls: LinkState = link.user
+        ch = st.ch
+        try:
+            parsed = parse(d.payload)
+            props, body = to_091(parsed)
+        except DecodeError as exc:
+            raise LinkError(T.AMQP_ERROR_DECODE_ERROR, f"message: {exc}") from None
+        if props.user_id is not None and props.user_id != self.domain.user:
+            text = (
+                f"user_id property set to '{props.user_id}' but authenticated user was "
+                f"'{self.domain.user}'"
+            )
+            self._refuse(session, link, d, T.AMQP_ERROR_UNAUTHORIZED_ACCESS, text)
+            return
+        exchange, key = ls.exchange, ls.key
+        if ls.anonymous:
+            if parsed.to is None:
+                self._refuse(session, link, d, T.AMQP_ERROR_PRECONDITION_FAILED, "no 'to' address")
+                return
+            try:
+                t = target_of(parsed.to)
+            except LinkError as exc:
+                self._refuse(session, link, d, exc.condition, exc.description)
+                return
+            exchange, key = t.exchange, t.key
+        if key is None:
+            subject = parsed.properties.subject if parsed.properties is not None else None
+            key = str(subject) if isinstance(subject, str) else ""
+        try:
+            exrk = shortstr(exchange) + shortstr(key)
+        except (ValueError, UnicodeEncodeError):
+            self._refuse(session, link, d, T.AMQP_ERROR_INVALID_FIELD, "routing key too long")
+            return
+        header = _HEADER_CLASS + len(body).to_bytes(8, "big") + props.encode()
+        msg = Message.from_parts(exrk, header, body, next_seq(), ch.number, FRAME_MAX_091)
+        before = ch.confirm_seq
+        try:
+            self.domain.publish(ch, msg, len(exchange.encode("utf-8")) + 1, 0)
+        except SoftError as exc:
+            self._refuse(session, link, d, _link_error(exc).condition, exc.text)
+            return
+        if not d.settled:
+            if ch.confirm_seq != before:
+                st.confirms[ch.confirm_seq] = (link, d.delivery_id)
+            else:  # nothing to wait for
+                self._settle_publish(session, link, d.delivery_id, T.Accepted())
+        if link.credit <= self.settings.link_credit // 2 and not link.detached:
+            self.engine.grant(session, link, self.settings.link_credit)
+
+    def _refuse(self, session: Session, link: Link, d: Delivery, cond: str, text: str) -> None:
+        log.warning("connection %s: publish on link '%s' refused: %s", self.peer, link.name, text)
+        if not d.settled:
+            err = T.Error(condition=Symbol(cond), description=text)
+            self._settle_publish(session, link, d.delivery_id, T.Rejected(error=err))
+
+    def _settle_publish(self, session: Session, link: Link, did: int, state: Any) -> None:
+        second = link.rcv_settle_mode == T.RECEIVER_SETTLE_MODE_SECOND
+        if second:
+            st: SessionState = session.user
+            st.second.add(did)
+        self.engine.disposition(session, did, did, not second, state)
+
+    # ------------------------------------------------------------ ChannelSink
+    def confirm(self, ch: Channel, seq: int, multiple: bool, ack: bool) -> None:
+        session = self._session_of(ch)
+        if session is None:
+            return
+        st: SessionState = session.user
+        if multiple:
+            seqs = sorted(s for s in st.confirms if s <= seq)
+        else:
+            seqs = [seq] if seq in st.confirms else []
+        state: Any = (
+            T.Accepted()
+            if ack
+            else T.Rejected(
+                error=T.Error(condition=T.AMQP_ERROR_INTERNAL_ERROR, description="not stored")
+            )
+        )
+        for s in seqs:
+            link, did = st.confirms.pop(s)
+            if not link.detached:
+                self._settle_publish(session, link, did, state)
+
+    def _session_of(self, ch: Channel) -> Session | None:
+        for s in self.engine.sessions.values():
+            st = s.user
+            if st is not None and st.ch is ch:
+                return s
+        return None
+
+    def deliver(
+        self, ch: Channel, consumer: Consumer, tag: int, redelivered: bool, msg: Message
+    ) -> None:
+        if not isinstance(consumer, LinkConsumer):
+            return
+        link = consumer.link
+        if link.credit <= 0 or consumer.waiting or link.detached:
+            consumer.waiting.append((tag, redelivered, msg))
+            return
+        self._transfer(consumer, tag, redelivered, msg)
+
+    def _transfer(self, c: LinkConsumer, tag: int, redelivered: bool, msg: Message) -> None:
+        ex, rk = msg.exchange, msg.routing_key
+        payload = from_091(msg.properties(), msg.body, ex, rk, redelivered)
+        session = c.session
+        did = self.engine.send_transfer(session, c.link, tag.to_bytes(8, "big"), payload, c.no_ack)
+        if not c.no_ack:
+            st: SessionState = session.user
+            st.outgoing[did] = (tag, c.link)
+        if len(self.engine.out) > OUT_LIMIT:
+            self.domain.out_full()
+
+    def deliver_remote(self, ch: Channel, consumer: Consumer, record: bytes, pos: int) -> int:
+        unpack = DELIVER_ITEM.unpack_from
+        isize = DELIVER_ITEM.size
+        end = len(record)
+        n = 0
+        waiting = consumer.waiting if isinstance(consumer, LinkConsumer) else None
+        while pos < end:
+            _r, flags, exlen, rawch, hsize, fmax, rlen = unpack(record, pos)
+            pos += isize
+            exrk = record[pos : pos + exlen]
+            raw = record[pos + exlen + 1 : pos + exlen + 1 + rlen]
+            pos += exlen + 1 + rlen
+            ch.next_tag += 1
+            before = len(waiting) if waiting is not None else 0
+            self.deliver(
+                ch, consumer, ch.next_tag, bool(flags & 1), Message(exrk, raw, rawch, hsize, fmax)
+            )
+            if waiting is None or len(waiting) == before:
+                n += 1  # sent: its credit returns to the owner (held ones: when sent)
+        return n
+
+    def returned(self, ch: Channel, code: int, text: str, msg: Message) -> None:
+        pass  # never mandatory
+
+    def close_channel(self, ch: Channel, code: int, text: str) -> None:
+        session = self._session_of(ch)
+        if session is not None:
+            self.engine.end_session(session, SessionError(T.AMQP_ERROR_PRECONDITION_FAILED, text))
+
+    # ------------------------------------------------------------ settlements
+    def on_disposition(self, session: Session, d: Any) -> None:
+        st: SessionState = session.user
+        first = int(d.first)
+        last = int(d.last) if d.last is not None else first
+        if last < first or last - first > 1_000_000:
+            raise SessionError(T.AMQP_ERROR_INVALID_FIELD, f"disposition range {first}..{last}")
+        if not d.role:  # the client settles its own publishes (receiver-settle-mode second)
+            if d.settled:
+                for did in range(first, last + 1):
+                    st.second.discard(did)
+            return
+        state = d.state
+        ch = st.ch
+        for did in range(first, last + 1):
+            entry = st.outgoing.get(did)
+            if entry is None:
+                continue
+            if not d.settled and state is None:
+                continue  # no outcome yet
+            del st.outgoing[did]
+            tag = entry[0]
+            if tag not in ch.unacked:
+                continue
+            if isinstance(state, T.Rejected):
+                ch.reject(tag, 0, False)
+            elif isinstance(state, T.Released):
+                ch.reject(tag, 0, True)
+            elif isinstance(state, T.Modified):
+                ch.reject(tag, 0, not state.undeliverable_here)
+            else:
+                ch.ack(tag, 0)
+        if not d.settled and state is not None:
+            # receiver-settle-mode second: the broker settles after the outcome
+            self.engine.disposition(session, first, last, True, state, role=False)
+        self.domain.qos.after_settle()
+
+    def on_close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.domain.closed()
+
+    # ------------------------------------------------------------ ClientLink
+    def set_reading(self, active: bool) -> None:
+        self.io.set_reading(active)
+
+    def blocked(self, on: bool, reason: str) -> None:
+        pass  # AMQP 1.0 has no connection.blocked: reading stops, credit is not renewed
+
+    def consumer_cancelled(self, c: Consumer) -> None:
+        if isinstance(c, LinkConsumer) and not c.link.detached:
+            self.engine.detach_link(
+                c.session,
+                c.link,
+                LinkError(T.AMQP_ERROR_RESOURCE_DELETED, f"queue '{c.queue.name}' was deleted"),
+            )
+
+    def close(self, code: int, text: str) -> None:
+        self.engine.server_close(T.CONNECTION_ERROR_CONNECTION_FORCED, text)
+
+    def confirms_waiting(self) -> None:
+        self.confirms_due = True
+        self.engine.wake_once()
+
+
+def _link_error(exc: AMQPError) -> LinkError:
+    if exc.reply_code == NOT_FOUND:
+        return LinkError(T.AMQP_ERROR_NOT_FOUND, exc.text)
+    if exc.reply_code == ACCESS_REFUSED:
+        return LinkError(T.AMQP_ERROR_UNAUTHORIZED_ACCESS, exc.text)
+    return LinkError(T.AMQP_ERROR_PRECONDITION_FAILED, exc.text)

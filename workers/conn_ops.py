@@ -1,0 +1,176 @@
+"""Client operations the admin side runs on every worker (through
+``workers.worker_ops``): ``clients`` (this worker's open connections, their channels and
+consumers, as RabbitMQ's management rows) and ``close_connection`` (a forced close).
+
+Owns: the two ops and the row shapes (``connection_row``, ``channel_row``,
+``consumer_row``; RabbitMQ 3.10's field names; the admin side adds ``node``) and
+``connection_name`` (RabbitMQ's ``"PEER_HOST:PEER_PORT -> HOST:PORT"``).
+
+Invariants:
+- A connection lives on the worker that accepted it, so every worker is asked and each
+  answers for its own: a listing is the union, a close is done by the one that has it.
+- Only open connections (past connection.open) are listed, as RabbitMQ lists them.
+- A forced close is connection.close 320 with ``CONNECTION_FORCED - <reason>``, the
+  reason ``X-Reason`` gave (RabbitMQ's default otherwise), and one log line.
+- Rows are made when asked, by walking the worker's connections and channels once;
+  nothing is counted per message for them (``recv_oct``/``send_oct`` are not kept).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from shardmq.amqp.errors import CONNECTION_FORCED
+from shardmq.broker.connection import peer_host
+from workers.queue_ops import json_value
+from workers.worker_ops import op
+
+if TYPE_CHECKING:
+    from shardmq.broker.broker import Broker
+    from shardmq.broker.channel import Channel
+    from shardmq.broker.connection import BrokerConnection
+    from shardmq.broker.queue import Consumer
+
+log = logging.getLogger("shardmq.ops")
+
+DEFAULT_REASON = "Closed via management plugin"
+
+
+def _port(peer: str) -> int:
+    try:
+        return int(peer.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _local(conn: BrokerConnection, broker: Broker) -> tuple[str, int]:
+    """The address and port the client connected to."""
+    transport = getattr(getattr(conn.client, "io", None), "transport", None)
+    where = transport.get_extra_info("sockname") if transport is not None else None
+    if isinstance(where, tuple) and len(where) >= 2:
+        return str(where[0]), int(where[1])
+    return broker.config.server.host, broker.config.server.port
+
+
+def connection_name(conn: BrokerConnection, broker: Broker) -> str:
+    host, port = _local(conn, broker)
+    return f"{peer_host(conn.peer)}:{_port(conn.peer)} -> {host}:{port}"
+
+
+def connection_row(conn: BrokerConnection, broker: Broker) -> dict[str, Any]:
+    client: Any = conn.client
+    engine = getattr(client, "engine", None)
+    tls = getattr(client, "tls", None)
+    host, port = _local(conn, broker)
+    if conn.alarm_blocked:
+        state = "blocked" if conn.published else "blocking"
+    else:
+        state = "running"
+    return {
+        "name": connection_name(conn, broker),
+        "type": "network",
+        "protocol": "AMQP 0-9-1",
+        "user": conn.user,
+        "user_who_performed_action": conn.user,
+        "vhost": conn.vhost.name,
+        "host": host,
+        "port": port,
+        "peer_host": peer_host(conn.peer),
+        "peer_port": _port(conn.peer),
+        "channels": len(conn.channels),
+        "state": state,
+        "ssl": tls is not None,
+        "ssl_protocol": tls.version if tls is not None else "",
+        "ssl_key_exchange": "",
+        "ssl_cipher": "",
+        "ssl_hash": "",
+        "peer_cert_subject": "",
+        "peer_cert_issuer": "",
+        "peer_cert_validity": "",
+        "auth_mechanism": getattr(client, "auth_mechanism", ""),
+        "client_properties": json_value(engine.client_properties) if engine else {},
+        "connected_at": int(getattr(client, "connected_at", 0) * 1000),
+        "timeout": engine.heartbeat if engine else 0,
+        "frame_max": engine.frame_max if engine else 0,
+        "channel_max": engine.channel_max if engine else 0,
+        "send_pend": 0,
+    }
+
+
+def channel_row(ch: Channel, conn_row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": f"{conn_row['name']} ({ch.number})",
+        "number": ch.number,
+        "user": conn_row["user"],
+        "user_who_performed_action": conn_row["user"],
+        "vhost": conn_row["vhost"],
+        "connection_details": {
+            "name": conn_row["name"],
+            "peer_host": conn_row["peer_host"],
+            "peer_port": conn_row["peer_port"],
+        },
+        "consumer_count": len(ch.consumers),
+        "messages_unacknowledged": len(ch.unacked),
+        "messages_unconfirmed": len(ch.unconfirmed),
+        "messages_uncommitted": len(ch.tx_publishes),
+        "acks_uncommitted": len(ch.tx_acks),
+        "prefetch_count": ch.prefetch,
+        "global_prefetch_count": ch.global_prefetch,
+        "confirm": ch.confirm,
+        "transactional": ch.tx,
+        "state": "running" if ch.flow else "flow",
+    }
+
+
+def consumer_row(c: Consumer, ch_row: dict[str, Any], conn_row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "consumer_tag": c.tag,
+        "queue": {"name": c.queue.name, "vhost": conn_row["vhost"]},
+        "channel_details": {
+            "name": ch_row["name"],
+            "number": ch_row["number"],
+            "connection_name": conn_row["name"],
+            "peer_host": conn_row["peer_host"],
+            "peer_port": conn_row["peer_port"],
+            "user": conn_row["user"],
+        },
+        "ack_required": not c.no_ack,
+        "exclusive": c.exclusive,
+        "prefetch_count": c.prefetch,
+        "arguments": json_value(c.arguments or {}),
+        "active": True,
+        "activity_status": "up",
+    }
+
+
+@op("clients")
+def clients(broker: Broker, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """This worker's open connections, each with ``_channels`` (each with
+    ``_consumers``), which the admin side takes apart."""
+    rows: list[dict[str, Any]] = []
+    for conn in list(broker.connections):
+        row = connection_row(conn, broker)
+        chans = []
+        for ch in sorted(conn.channels.values(), key=lambda c: c.number):
+            ch_row = channel_row(ch, row)
+            ch_row["_consumers"] = [consumer_row(c, ch_row, row) for c in ch.consumers.values()]
+            chans.append(ch_row)
+        row["_channels"] = chans
+        rows.append(row)
+    return rows
+
+
+@op("close_connection")
+def close_connection(broker: Broker, args: dict[str, Any]) -> int:
+    """Close the connections named ``name`` (0 or 1 here); how many were closed."""
+    name = args.get("name")
+    reason = args.get("reason") or DEFAULT_REASON
+    closed = 0
+    for conn in list(broker.connections):
+        if connection_name(conn, broker) == name and not conn.closing:
+            text = f"CONNECTION_FORCED - {reason}"
+            log.info("closing connection %s: %s (management)", conn.peer, text)
+            conn.client.close(CONNECTION_FORCED, text)
+            closed += 1
+    return closed
