@@ -19,6 +19,7 @@ from typing import NoReturn
 import click
 
 from shardmq import ctlcommands as ctl_commands
+from shardmq import ctllimits as ctl_limits
 from shardmq import ctlobjects as ctl_objects
 from shardmq.config import ConfigError, load_config
 from workers.exitcodes import ExitCode
@@ -99,7 +100,7 @@ def ctl(ctx: click.Context, data_dir: str | None, config_path: str | None) -> No
     ctx.obj = {"data_dir": data_dir, "config": config_path}
 
 
-for _command in ctl_commands.COMMANDS + ctl_objects.COMMANDS:
+for _command in [*ctl_commands.COMMANDS, *ctl_objects.COMMANDS, *ctl_limits.COMMANDS]:
     ctl.add_command(_command)
 
 

@@ -43,6 +43,8 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     workers: Annotated[int, Meta(ge=0, le=1024)] = 0
     data_dir: str = "./shardmq-data"
     log_level: str = "info"
+    # "text", or "json": one JSON object per line (journald, Loki)
+    log_format: str = "text"
     shutdown_timeout: Annotated[float, Meta(ge=0)] = 5.0
     memory_high_watermark: Annotated[float, Meta(gt=0, le=1.0)] = 0.4
     # bytes (int) or a size with a unit ("512MiB", "2GB"); 0 = use the fraction above
@@ -57,6 +59,8 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ValueError(f"unknown log_level {self.log_level!r}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f'log_format must be "text" or "json", not {self.log_format!r}')
         parse_size(self.memory_high_watermark_absolute)  # a bad value fails the load
 
     @property

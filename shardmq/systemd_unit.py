@@ -153,7 +153,7 @@ def render(spec: UnitSpec) -> str:
     protect_home = "read-only" if any(_under(p, HOME_TREES) for p in used) else "yes"
     state = ""
     if os.path.dirname(data_dir) == "/var/lib":
-        state = f"StateDirectory={os.path.basename(data_dir)}\nStateDirectoryMode=0750\n"
+        state = f"StateDirectory={os.path.basename(data_dir)}\nStateDirectoryMode=0700\n"
     env = ""
     if spec.pythonpath:
         env = f"Environment={_quote('PYTHONPATH=' + os.pathsep.join(spec.pythonpath))}\n"

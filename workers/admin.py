@@ -130,6 +130,7 @@ class AdminServer:
         # the command modules register themselves in COMMANDS
         from workers import (  # noqa: F401
             admin_access,
+            admin_limits,
             admin_lists,
             admin_objects,
             admin_policies,

@@ -2,8 +2,9 @@
 (``--workers 1``, ``workers.supervisor.run``) and every worker of N (``workers.worker``).
 
 Owns, each step once:
-- ``setup_logging`` / ``set_log_level``: stderr, one format (a worker tags its lines
-  with its slot), the level a SIGHUP reload changes;
+- ``setup_logging`` / ``set_log_level``: stderr, one format (text, or JSON with
+  ``server.log_format = "json"``; a worker tags its lines with its slot), the level a
+  SIGHUP reload changes;
 - ``run_loop``: the event loop a process runs on (uvloop);
 - ``stop_on_signals``: SIGTERM and SIGINT set the process's ``stop`` event;
 - ``MemoryWatch`` (with ``rss_bytes`` and ``memory_limit``): the broker-wide memory
@@ -60,14 +61,14 @@ MEMORY_CHECK_INTERVAL = 0.5  # seconds between two RSS checks
 
 
 # ---------------------------------------------------------------------- logging, loop
-def setup_logging(level: str, tag: str = "") -> None:
-    """Log to stderr at ``level``; ``tag`` (a worker's ``w<slot>``) prefixes the name."""
-    prefix = f"{tag} " if tag else ""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, tag: str = "", fmt: str = "text") -> None:
+    """Log to stderr at ``level``; ``tag`` (a worker's ``w<slot>``) prefixes the name;
+    ``fmt`` "json": one JSON object per line (``shardmq.oplog``)."""
+    from shardmq.oplog import formatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(fmt, tag))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 def set_log_level(level: str) -> None:
@@ -237,6 +238,17 @@ async def serve_broker(
     memory = MemoryWatch(broker, loop, limit, worker_control(broker))
     status.start(loop)
     memory.start()
+    # systemd's STATUS= line: a worker of N publishes its queued messages for the
+    # supervisor; the one-process broker sends the line itself (workers.statusline)
+    from workers.statusline import INTERVAL, StatusLine, WorkerTotals, queued_messages
+
+    totals: WorkerTotals | StatusLine
+    if worker_control(broker) is not None:
+        totals = WorkerTotals(broker, loop)
+        totals.start()
+    else:
+        totals = StatusLine(loop, lambda: (1, len(broker.connections), queued_messages(broker)))
+        totals.start(delay=INTERVAL)
     control = None
     ops = OpsServer(broker, config.server.data_dir)
     try:
@@ -270,5 +282,6 @@ async def serve_broker(
         await ops.stop()
         memory.stop()
         status.stop()
+        totals.stop()
     await broker.close_storage()
     log.info("shardmq stopped")

@@ -9,8 +9,9 @@ stands for, in dependency order).
 Invariants: the whole document is checked and turned into ops before the first op is
 submitted (a malformed document changes nothing); objects that already exist are
 declared again (equivalent: no change; inequivalent: the op's 400 stops the import
-there, as RabbitMQ stops at its first error). ``parameters`` and
-``global_parameters`` are accepted and ignored (shardmq has none).
+there, as RabbitMQ stops at its first error). Vhost limits travel as RabbitMQ's
+``vhost-limits`` runtime parameters, user limits in each user's ``limits``; other
+``parameters`` and ``global_parameters`` are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shardmq.auth.limits import LimitError, parse_limits
 from shardmq.broker import metadata as md
 from shardmq.broker.exchange import Exchange
 from workers.admin import submit
@@ -56,7 +58,7 @@ def export(ops: Any, vhosts: list[str], *, with_access: bool = True) -> dict[str
                 "password_hash": u.password_hash,
                 "hashing_algorithm": u.hashing_algorithm,
                 "tags": list(u.tags),
-                "limits": {},
+                "limits": dict(access.limits.users.get(u.name, {})),
             }
             for u in sorted(access.users.values(), key=lambda u: u.name)
         ]
@@ -84,7 +86,12 @@ def export(ops: Any, vhosts: list[str], *, with_access: bool = True) -> dict[str
             if vh in vhosts
             for tp in topics.values()
         ]
-        out["parameters"] = []
+        # vhost limits are runtime parameters in RabbitMQ's export
+        out["parameters"] = [
+            {"value": dict(vlimits), "vhost": v, "component": "vhost-limits", "name": "limits"}
+            for v, vlimits in sorted(access.limits.vhosts.items())
+            if v in vhosts
+        ]
         out["global_parameters"] = []
     out["policies"] = [p.as_row() for v in vhosts for p in md_.vhosts[v].policies]
     queues: list[dict[str, Any]] = []
@@ -168,6 +175,27 @@ def _args(item: dict[str, Any]) -> bytes:
     return md.table_bytes(v)
 
 
+def _limits_of(value: Any, user: bool) -> str:
+    try:
+        return json.dumps(parse_limits(value, user))
+    except LimitError as exc:
+        raise bad_request(str(exc)) from None
+
+
+def _limit_ops(doc: dict[str, Any], vh: Any, with_users: bool) -> list[md.Op]:
+    """Users' ``limits`` and the ``vhost-limits`` parameters (after the queues, so an
+    import never refuses its own queues)."""
+    out: list[md.Op] = []
+    for p in _items(doc, "parameters"):
+        if p.get("component") == "vhost-limits":
+            out.append(md.SetVHostLimits(vh(p), _limits_of(p.get("value"), False)))
+    if with_users:
+        for u in _items(doc, "users"):
+            if u.get("limits"):
+                out.append(md.SetUserLimits("", _str(u, "name"), _limits_of(u["limits"], True)))
+    return out
+
+
 def import_ops(ops: Any, doc: dict[str, Any], only_vhost: str | None = None) -> list[md.Op]:
     """The ops ``doc`` stands for (``only_vhost``: its objects go into that vhost)."""
     users = dict(ops.metadata.access.users)
@@ -240,6 +268,7 @@ def import_ops(ops: Any, doc: dict[str, Any], only_vhost: str | None = None) -> 
                 0,
             )
         )
+    out += _limit_ops(doc, vh, only_vhost is None)
     for b in _items(doc, "bindings"):
         kind = _str(b, "destination_type", "queue")
         if kind not in ("queue", "exchange"):

@@ -374,6 +374,7 @@ class ManagementServer:
             mgmt_access,
             mgmt_connections,
             mgmt_definitions,
+            mgmt_limits,
             mgmt_messages,
             mgmt_objects,
         )

@@ -4,8 +4,9 @@ Owns:
 - ``StartupError``: a start-up failure an operator must fix, as one line (what, where,
   what to do) and its ``workers.exitcodes.ExitCode``; ``report_startup_error`` logs it
   and tells systemd (STATUS=, never READY=1).
-- ``lock_data_dir``: the data directory created, checked (a directory, writable, not on
-  a pseudo filesystem) and locked: ``flock`` on ``<data_dir>/shardmq.lock``, which
+- ``lock_data_dir``: the data directory created (mode 0700: its definitions hold
+  password hashes; one warning when an existing one is open to group or others),
+  checked (a directory, writable, not on a pseudo filesystem) and locked: ``flock`` on ``<data_dir>/shardmq.lock``, which
   holds the supervisor's pid.
 - ``claim_port``: the port checked and claimed: a lock named for the port (an abstract
   Unix socket ``@shardmq.port.<port>``, so no two shardmq brokers of this host, or
@@ -176,6 +177,28 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
+DATA_DIR_MODE = 0o700
+
+
+def warn_if_readable(where: str) -> bool:
+    """One warning when the data dir lets its group or others in (it holds password
+    hashes): True when it does."""
+    try:
+        mode = os.stat(where).st_mode & 0o777
+    except OSError:
+        return False
+    if not mode & 0o077:
+        return False
+    log.warning(
+        "data dir %s is open to its group or others (mode %04o); it holds password "
+        "hashes: chmod 700 %s",
+        where,
+        mode,
+        where,
+    )
+    return True
+
+
 def lock_data_dir(data_dir: str) -> DataDirLock:
     """Create ``data_dir`` if needed, check it and lock it for this broker's life."""
     where = os.path.abspath(data_dir)
@@ -187,11 +210,13 @@ def lock_data_dir(data_dir: str) -> DataDirLock:
             f"cannot hold data: {FIX_DATA_DIR}",
         )
     try:
-        os.makedirs(where, exist_ok=True)
+        # 0700: the definitions in it hold password hashes (parents get the default)
+        os.makedirs(where, mode=DATA_DIR_MODE, exist_ok=True)
     except OSError as exc:
         raise _dir_error(where, exc, "creating it") from None
     if not os.path.isdir(where):
         raise _dir_error(where, NotADirectoryError(errno.ENOTDIR, "not a directory"), "")
+    warn_if_readable(where)
     path = os.path.join(where, LOCK_FILE)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

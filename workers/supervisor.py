@@ -80,6 +80,8 @@ from workers.startup import (
     report_startup_error,
     tls_server,
 )
+from workers.statusline import INTERVAL as STATUS_INTERVAL
+from workers.statusline import StatusLine, supervisor_gather
 
 if TYPE_CHECKING:
     from shardmq.net.tls import TLSServer
@@ -168,7 +170,7 @@ def run(
     is called with the ``Supervisor`` inside its event loop, after the sockets and shared
     memory exist and before the first worker is spawned (wire hooks there).
     """
-    setup_logging(config.server.log_level)
+    setup_logging(config.server.log_level, fmt=config.server.log_format)
     cfg = config.server
     try:
         tls = tls_server(config)
@@ -304,6 +306,7 @@ class Supervisor:
         self.management: ManagementServer | None = None  # the HTTP API (``workers.mgmt_http``)
         self.prometheus: PrometheusServer | None = None  # /metrics (``workers.prometheus_http``)
         self.all_ready_notified = False
+        self.status_line: StatusLine | None = None  # systemd STATUS= (workers.statusline)
         self.deaths: deque[float] = deque()
         self.on_worker_message: Callable[[int, bytes], None] = self._default_message
         self.on_worker_up: Callable[[int], None] = _ignore_slot
@@ -500,6 +503,7 @@ class Supervisor:
                 f"READY=1\nSTATUS={self.n} workers accepting AMQP on {host}:{port}\n"
                 f"MAINPID={os.getpid()}"
             )
+            self._start_status_line()
 
     def _on_sigchld(self) -> None:
         for slot in self.slots:
@@ -678,11 +682,22 @@ class Supervisor:
             slot.handed += 1
             return
 
+    def _start_status_line(self) -> None:
+        """STATUS= every few seconds: workers, connections, queued messages."""
+        mesh = self.mesh
+        if self._loop is None or mesh is None or mesh.control is None or mesh.counts is None:
+            return
+        ctl, counts = mesh.control, mesh.counts
+        self.status_line = StatusLine(self._loop, lambda: supervisor_gather(self.n, ctl, counts))
+        self.status_line.start(delay=STATUS_INTERVAL)
+
     # ------------------------------------------------------------------ signals
     def begin_stop(self) -> None:
         if self.stopping:
             return
         self.stopping = True
+        if self.status_line is not None:
+            self.status_line.stop()
         notify("STOPPING=1")
         self._stop_accepting()
         alive = [s for s in self.slots if s.proc is not None]

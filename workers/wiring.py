@@ -25,6 +25,7 @@ from shardmq.broker.broker import Broker
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.sequencer import Sequencer, WorkerMeta
 from shardmq.broker.shards import ShardRouter
+from shardmq.ipc.counts import SharedCounts, counts_name
 from shardmq.store.definitions import DefinitionsStore
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ def wire_worker(worker: Worker, broker: Broker, loop: asyncio.AbstractEventLoop)
     def send(message: list[Any]) -> None:
         worker.send_message(_encode(message))
 
+    # connections per vhost / user, published for the other workers (limits)
+    broker.counts.attach(SharedCounts.attach(counts_name(mesh.instance)), mesh.control.is_ready)
     meta = WorkerMeta(broker.metadata, send)
     meta.on_ready = synced.set
     broker.join_workers(router, meta)

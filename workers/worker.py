@@ -397,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     # then stops it like SIGTERM
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker(args)
-    setup_logging(worker.config.server.log_level, f"w{args.slot}")
+    server = worker.config.server
+    setup_logging(server.log_level, f"w{args.slot}", server.log_format)
     if worker.config.tls.enabled:
         # before SIGHUP is handled, so that every reload finds the context to replace
         try:

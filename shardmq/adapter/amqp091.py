@@ -57,6 +57,7 @@ from shardmq.broker.queue import Consumer
 from shardmq.broker.replyto import NEEDLE as REPLY_NEEDLE
 from shardmq.broker.xshard.records import DELIVER_ITEM
 from shardmq.message import Message, next_seq
+from shardmq.oplog import event
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
@@ -194,6 +195,26 @@ class AMQP091Connection:
 
     def open_vhost(self, vhost: str) -> None:
         self.domain.open(vhost)
+        engine = self.engine
+        name = engine.client_properties.get("connection_name")
+        name = name.decode("utf-8", "replace") if isinstance(name, bytes) else name
+        user = self.domain.user
+        named = f" - {name}" if isinstance(name, str) and name else ""
+        engine.label = f"{self.peer}{named} (vhost: '{vhost}', user: '{user}')"
+        engine.log_fields = {
+            "peer": self.peer,
+            "user": user,
+            "vhost": vhost,
+            "connection_name": name if isinstance(name, str) else None,
+        }
+        event(
+            log,
+            logging.INFO,
+            "connection_accepted",
+            f"accepting AMQP connection {self.peer}{named}: user '{user}' authenticated and "
+            f"granted access to vhost '{vhost}'",
+            **engine.log_fields,
+        )
 
     def on_channel_open(self, number: int) -> Channel:
         return self.domain.open_channel(number, self)
@@ -205,6 +226,16 @@ class AMQP091Connection:
 
     def on_connection_closed(self) -> None:
         self._held_cancels = []
+        if self.domain.counted:  # it was open: one line, as RabbitMQ's "closing ..."
+            engine = self.engine
+            event(
+                log,
+                logging.INFO,
+                "connection_closed",
+                f"closing AMQP connection {engine.label}: {engine.close_reason}",
+                **engine.log_fields,
+                reason=engine.close_reason,
+            )
         self.domain.closed()
 
     def on_method(self, ch: Channel, method: M.Method) -> None:

@@ -66,7 +66,9 @@ from shardmq.amqp.errors import (
     AMQPError,
     HardError,
     SoftError,
+    reply_name,
 )
+from shardmq.oplog import event
 
 log = logging.getLogger("shardmq.connection")
 
@@ -218,6 +220,11 @@ class AMQPConnection(Generic[U]):
         self.wake = wake
         self.out = bytearray()
         self.peer = peer
+        # how log lines name this connection (the adapter adds user and vhost once open)
+        self.label = peer
+        self.log_fields: dict[str, Any] = {"peer": peer}
+        # why the connection ended ("" while it lives; see ``connection_lost``)
+        self.close_reason = ""
         self.state = AWAIT_HEADER
         self.server_frame_max = frame_max
         self.server_channel_max = channel_max
@@ -638,6 +645,7 @@ class AMQPConnection(Generic[U]):
             raise HardError(CHANNEL_ERROR, "channel methods are not allowed before connection.open")
         method = self._decode(idx, buf, off)
         if idx == _CONNECTION_CLOSE:
+            self.close_reason = "closed by the client"
             self.send_method(0, M.ConnectionCloseOk())
             self._finish_close()
             return
@@ -706,7 +714,16 @@ class AMQPConnection(Generic[U]):
             if self.client_capabilities.get("authentication_failure_close"):
                 self.connection_error(err)
             else:
-                log.warning("connection %s: %s", self.peer, err.reply_text)
+                self.close_reason = f"{err.reply_code} {err.reply_text}"
+                event(
+                    log,
+                    logging.WARNING,
+                    "connection_error",
+                    f"connection {self.peer}: {err.reply_text}",
+                    **self.log_fields,
+                    code=403,
+                    reason=err.reply_text,
+                )
                 self.state = CLOSED
                 self.want_close = True
                 self.wake_once()
@@ -766,7 +783,17 @@ class AMQPConnection(Generic[U]):
     def channel_error(self, ch: ChannelFrames[U], exc: SoftError, idx: int) -> None:
         class_id = exc.class_id or (idx >> 16)
         method_id = exc.method_id or (idx & 0xFFFF)
-        log.info("channel %s/%d closed: %s", self.peer, ch.number, exc.reply_text)
+        event(
+            log,
+            logging.WARNING,
+            "channel_error",
+            f"channel error on connection {self.label}, channel {ch.number}: "
+            f"{exc.reply_code} {exc.reply_text}",
+            **self.log_fields,
+            channel=ch.number,
+            code=exc.reply_code,
+            reason=exc.reply_text,
+        )
         ch.closing = True
         ch.expect = EXPECT_METHOD
         ch.asm_parts = []
@@ -785,7 +812,17 @@ class AMQPConnection(Generic[U]):
         """Send connection.close and stop processing anything but close-ok."""
         if self.state >= CLOSING:
             return
-        log.warning("connection %s closed: %s", self.peer, exc.reply_text)
+        # the text is in the error line below: the closing line names the code only
+        self.close_reason = f"closed by the server: {exc.reply_code} {reply_name(exc.reply_code)}"
+        event(
+            log,
+            logging.WARNING,
+            "connection_error",
+            f"connection {self.label} closed: {exc.reply_code} {exc.reply_text}",
+            **self.log_fields,
+            code=exc.reply_code,
+            reason=exc.reply_text,
+        )
         if self.state < AWAIT_TUNE_OK and self.state != AWAIT_START_OK:
             self.state = CLOSED
             self.want_close = True
@@ -807,6 +844,7 @@ class AMQPConnection(Generic[U]):
         """Initiate a close from the server side (shutdown, admin action)."""
         if self.state >= CLOSING:
             return
+        self.close_reason = f"{code} {text}"
         if self.state < OPEN:
             self._finish_close()
             self._release_channels()
@@ -827,6 +865,8 @@ class AMQPConnection(Generic[U]):
 
     def connection_lost(self) -> None:
         """The transport is gone: release everything (requeue unacked, drop exclusives)."""
+        if not self.close_reason:
+            self.close_reason = "client unexpectedly closed TCP connection"
         self.state = CLOSED
         self._release_channels()
         self.handler.on_connection_closed()

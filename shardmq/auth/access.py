@@ -8,7 +8,8 @@ Invariants:
 - Users hold only salted password hashes (``shardmq.auth.passwords``), never passwords.
 - A permission's three patterns are regexes searched in resource names (RabbitMQ's
   ``re:run``); an empty pattern grants nothing (RabbitMQ reads it as ``^$``).
-- Deleting a user deletes its permissions; deleting a vhost deletes the permissions in it.
+- Deleting a user deletes its permissions and limits; deleting a vhost deletes the
+  permissions in it and its limits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 
+from shardmq.auth.limits import Limits
 from shardmq.auth.passwords import SHA256, check_password
 
 TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonator")
@@ -88,6 +90,7 @@ class Access:
         # (vhost, user) -> exchange -> its topic permission
         self.topics: dict[tuple[str, str], dict[str, TopicPermission]] = {}
         self.version = 0  # changes with every change of users or permissions
+        self.limits = Limits()  # per vhost and per user (``shardmq.auth.limits``)
 
     def authenticate(self, name: str, password: str) -> User | None:
         user = self.users.get(name)
@@ -109,6 +112,7 @@ class Access:
             del self.permissions[key]
         for key in [k for k in self.topics if k[1] == name]:
             del self.topics[key]
+        self.limits.user_deleted(name)
         self.version += 1
         return True
 
@@ -141,4 +145,5 @@ class Access:
             del self.permissions[key]
         for key in [k for k in self.topics if k[0] == vhost]:
             del self.topics[key]
+        self.limits.vhost_deleted(vhost)
         self.version += 1

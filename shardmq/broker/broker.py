@@ -20,6 +20,8 @@ Invariants:
   unblocked only once all have cleared.
 - ``max_connections`` is the whole broker's: this worker's open connections plus the
   other workers' (``peer_connections``, from the control block; a heartbeat behind).
+  The per-vhost and per-user limits are exact across workers (``counts``,
+  ``shardmq.broker.conn_limits``).
 - ``delayed`` (``shardmq.broker.delayed``) holds this worker's delayed-exchange
   messages; with storage on, ``start_storage`` (after the definitions are in place)
   recovers the durable ones, ``close_storage`` closes their store.
@@ -44,6 +46,7 @@ from shardmq.amqp.errors import (
 )
 from shardmq.auth.seed import seed
 from shardmq.auth.throttle import AuthThrottle
+from shardmq.broker.conn_limits import ConnCounts
 from shardmq.broker.connection import BrokerConnection
 from shardmq.broker.consumer_timeout import AckTimeouts
 from shardmq.broker.deadletter import BrokerServices
@@ -249,6 +252,8 @@ class Broker:
         self.peer_connections: Callable[[], int] = lambda: 0
         self._conn_ids = itertools.count(1)
         self.auth_throttle = AuthThrottle()  # failed logins per address (brute force)
+        # connections and channels per vhost / user, across workers (limits)
+        self.counts = ConnCounts(slot, self.metadata.access.limits)
         self.delayed = DelayedScheduler(self)  # x-delayed-message exchanges' held messages
         self.server_properties = {
             "product": "shardmq",

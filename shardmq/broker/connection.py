@@ -43,6 +43,7 @@ from shardmq.broker.remote import REMOTE_BYTES_CHUNK, REMOTE_CREDIT_CHUNK, Remot
 from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.vhost import HELD, AnyQueue, VHost, delay_of
 from shardmq.message import Message
+from shardmq.oplog import event
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
@@ -105,6 +106,7 @@ class BrokerConnection:
         self.gid = broker.new_gid()
         self.stats = broker.stats  # the worker's message counters (stats.py)
         self.user = ""
+        self.counted = False  # in ``broker.counts`` (limits): from open() to closed()
         self.authz = UNOPENED  # set by open(): what this user may do in its vhost
         self.vhost = NOT_OPEN  # set by open()
         self.channels: dict[int, Channel] = {}
@@ -127,16 +129,27 @@ class BrokerConnection:
         """Check a user name and password (logs a refusal, never the password)."""
         ok = self.broker.check_password(user, password)
         if ok and user in self.broker.config.auth.loopback_users and not is_loopback(self.peer):
-            log.warning(
-                "connection %s: user '%s' can only connect via localhost (loopback_users)",
-                self.peer,
-                user,
+            event(
+                log,
+                logging.WARNING,
+                "login_refused",
+                f"connection {self.peer}: user '{user}' can only connect via localhost "
+                "(loopback_users)",
+                peer=self.peer,
+                user=user,
             )
             return False
         if ok:
             self.user = user
         else:
-            log.warning("connection %s: authentication failed for user '%s'", self.peer, user)
+            event(
+                log,
+                logging.WARNING,
+                "login_refused",
+                f"connection {self.peer}: authentication failed for user '{user}'",
+                peer=self.peer,
+                user=user,
+            )
         return ok
 
     def login_external(self, user: str) -> bool:
@@ -160,15 +173,22 @@ class BrokerConnection:
             raise HardError(NOT_ALLOWED, f"vhost {vhost} not found", 10, 40)
         perm = self.broker.metadata.access.permission(self.user, vhost)
         if perm is None:
-            log.warning(
-                "connection %s: access to vhost '%s' refused for user '%s': no permissions",
-                self.peer,
-                vhost,
-                self.user,
+            event(
+                log,
+                logging.WARNING,
+                "login_refused",
+                f"connection {self.peer}: access to vhost '{vhost}' refused for user "
+                f"'{self.user}': no permissions",
+                peer=self.peer,
+                user=self.user,
+                vhost=vhost,
             )
             raise HardError(
                 NOT_ALLOWED, f"access to vhost '{vhost}' refused for user '{self.user}'", 10, 40
             )
+        # vhost then user max-connections, counted on every worker (530 past them)
+        self.broker.counts.connection_opened(vhost, self.user)
+        self.counted = True
         self.authz = Authorizer(self.broker.metadata.access, self.user, vh)
         self.vhost = vh
         self.broker.connections.add(self)
@@ -176,6 +196,7 @@ class BrokerConnection:
         self.stats.connections_opened += 1
 
     def open_channel(self, number: int, sink: ChannelSink) -> Channel:
+        self.broker.counts.channel_opened(self.user)  # the user's max-channels: 530
         ch = Channel(number, self, sink)
         self.stats.channels_opened += 1
         self.channels[number] = ch
@@ -185,6 +206,7 @@ class BrokerConnection:
         if self.channels.get(ch.number) is ch:
             del self.channels[ch.number]
             self.stats.channels_closed += 1
+            self.broker.counts.channel_closed(self.user)
         if ch in self._confirm_channels:
             self._confirm_channels.remove(ch)
         ch.release()
@@ -196,6 +218,9 @@ class BrokerConnection:
         for ch in list(self.channels.values()):
             self.close_channel(ch)
         self.qos.after_settle()
+        if self.counted:
+            self.counted = False
+            self.broker.counts.connection_closed(self.vhost.name, self.user)
         if self in self.broker.connections:
             self.stats.connections_closed += 1
         self.broker.connections.discard(self)

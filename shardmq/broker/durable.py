@@ -34,7 +34,13 @@ from typing import TypeVar
 
 from shardmq.amqp.errors import AMQPError
 from shardmq.broker import metadata as md
-from shardmq.broker.durable_access import ACCESS_KINDS, access_ops, drop_vhost_access, record_access
+from shardmq.broker.durable_access import (
+    ACCESS_KINDS,
+    access_ops,
+    drop_vhost_access,
+    limit_ops,
+    record_access,
+)
 from shardmq.broker.exchange import Exchange
 from shardmq.broker.vhost import AnyQueue
 from shardmq.store.definitions import (
@@ -114,7 +120,7 @@ class DefinitionsKeeper:
             )
         for name in sorted(skipped):
             log.warning("definitions for vhost '%s' kept but not loaded: no such vhost", name)
-        return ops + binds
+        return ops + binds + limit_ops(defs)
 
     def load(self) -> int:
         """Apply the stored definitions to the metadata (a worker recovers its durable

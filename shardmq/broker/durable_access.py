@@ -1,14 +1,16 @@
-"""Durable users, vhosts, permissions, topic permissions and policies.
+"""Durable users, vhosts, permissions, topic permissions, policies and limits.
 
 Owns: ``access_ops`` (the stored ones as metadata ops, applied at start-up before the
-exchanges and queues) and ``record_access`` (after an op of ``ACCESS_KINDS`` applied:
+exchanges and queues), ``limit_ops`` (the vhost and user limits, applied after them) and ``record_access`` (after an op of ``ACCESS_KINDS`` applied:
 the puts and deletes it means in the ``DefinitionsStore``; the keeper commits them
 before the answer, as for a durable declare).
 
 Invariants:
 - What is stored is what the metadata holds after the op: a user's salted hash (never a
   password), its tags, the permission patterns and the policy definitions; a deleted
-  user or vhost takes its permissions, topic permissions and (vhost) policies with it.
+  user or vhost takes its permissions, topic permissions and (vhost) policies with it;
+  limits are kept in the vhost's and the user's own definition (``limits``), as
+  RabbitMQ's export keeps a user's.
 - These definitions are few and change rarely, so a delete may walk the stored ones.
 """
 
@@ -29,6 +31,10 @@ from shardmq.store.definitions import (
 
 ACCESS_KINDS = (
     md.AddVHost,
+    md.SetVHostLimits,
+    md.ClearVHostLimits,
+    md.SetUserLimits,
+    md.ClearUserLimits,
     md.AddUser,
     md.UpdateUser,
     md.DeleteUser,
@@ -64,23 +70,50 @@ def access_ops(defs: Definitions) -> list[md.Op]:
     return ops
 
 
+def limit_ops(defs: Definitions) -> list[md.Op]:
+    """The stored vhost and user limits: applied after the queues (a lowered
+    ``max-queues`` never keeps a stored queue from being recovered)."""
+    ops: list[md.Op] = []
+    for v in defs.vhosts:
+        if v.limits is not None:
+            ops.append(md.SetVHostLimits(v.name, json.dumps(v.limits)))
+    for u in defs.users:
+        if u.limits:
+            ops.append(md.SetUserLimits("", u.name, json.dumps(u.limits)))
+    return ops
+
+
+def _vhost_def(metadata: md.Metadata, name: str) -> VHostDef:
+    return VHostDef(name=name, limits=metadata.access.limits.vhosts.get(name))
+
+
+def _user_def(metadata: md.Metadata, name: str) -> UserDef | None:
+    access = metadata.access
+    u = access.users.get(name)
+    if u is None:
+        return None
+    return UserDef(
+        name=u.name,
+        password_hash=u.password_hash,
+        hashing_algorithm=u.hashing_algorithm,
+        tags=list(u.tags),
+        limits=dict(access.limits.users.get(name, {})),
+    )
+
+
 def record_access(store: DefinitionsStore, metadata: md.Metadata, op: md.Op) -> bool:
     """Record what the (applied) access op changed; True when something was."""
-    access = metadata.access
-    if isinstance(op, md.AddVHost):
-        store.put(VHostDef(name=op.vhost))
-    elif isinstance(op, md.AddUser | md.UpdateUser):
-        u = access.users.get(op.name)
-        if u is None:
+    if isinstance(op, md.AddVHost | md.SetVHostLimits | md.ClearVHostLimits):
+        if op.vhost not in metadata.vhosts:
             return False
-        store.put(
-            UserDef(
-                name=u.name,
-                password_hash=u.password_hash,
-                hashing_algorithm=u.hashing_algorithm,
-                tags=list(u.tags),
-            )
+        store.put(_vhost_def(metadata, op.vhost))
+    elif isinstance(op, md.AddUser | md.UpdateUser | md.SetUserLimits | md.ClearUserLimits):
+        user = _user_def(
+            metadata, op.user if isinstance(op, md.SetUserLimits | md.ClearUserLimits) else op.name
         )
+        if user is None:
+            return False
+        store.put(user)
     elif isinstance(op, md.DeleteUser):
         stored = store.definitions()
         store.delete(UserDef(name=op.name))

@@ -30,6 +30,7 @@ import msgspec
 from shardmq.amqp.errors import NOT_FOUND, PRECONDITION_FAILED, AMQPError, HardError, SoftError
 from shardmq.amqp.fieldtable import decode_table, encode_table
 from shardmq.auth.access import Access, Permission, TopicPermission, User
+from shardmq.auth.limits import LimitError, parse_limits, queue_limit_refused
 from shardmq.broker.exchange import Exchange
 from shardmq.broker.policies import PolicyError, make_policy
 from shardmq.broker.queue import Queue
@@ -165,6 +166,35 @@ class ClearTopicPermissions(Op, frozen=True):
     exchange: str
 
 
+class SetVHostLimits(Op, frozen=True):
+    """Set vhost ``vhost``'s limits (``limits``: a JSON object, validated by
+    ``shardmq.auth.limits.parse_limits``); ``merge``: into the ones set (the management
+    API's PUT of one limit), else replacing them (``set_vhost_limits``)."""
+
+    limits: str
+    merge: bool = False
+
+
+class ClearVHostLimits(Op, frozen=True):
+    """``name`` "": every limit of the vhost."""
+
+    name: str = ""
+
+
+class SetUserLimits(Op, frozen=True):
+    """Merge ``limits`` (a JSON object) into user ``user``'s (``vhost`` unused: "")."""
+
+    user: str
+    limits: str
+
+
+class ClearUserLimits(Op, frozen=True):
+    """``name`` "all": every limit of the user."""
+
+    user: str
+    name: str
+
+
 class QueueInfo(msgspec.Struct, array_like=True, frozen=True):
     name: str
     message_count: int
@@ -190,6 +220,10 @@ AnyOp = (
     | ClearPermissions
     | SetTopicPermissions
     | ClearTopicPermissions
+    | SetVHostLimits
+    | ClearVHostLimits
+    | SetUserLimits
+    | ClearUserLimits
 )
 
 # Ops that change who may do what: the broker closes connections they affect.
@@ -331,6 +365,10 @@ def _unbind(md: Metadata, op: Unbind) -> None:
 
 def _declare_queue(md: Metadata, op: DeclareQueue) -> QueueInfo:
     vh = md.vhost(op.vhost)
+    if not op.passive and op.name not in vh.queues:
+        limit = md.access.limits.vhost(op.vhost, "max-queues")
+        if limit >= 0 and len(vh.queues) >= limit:
+            raise queue_limit_refused(op.name, op.vhost, limit)
     q = vh.declare_queue(
         op.name,
         op.requester,
@@ -463,6 +501,34 @@ def _clear_topic_permissions(md: Metadata, op: ClearTopicPermissions) -> None:
     md.access.clear_topic_permissions(op.vhost, op.user, op.exchange or None)
 
 
+def _parse(text: str, user: bool) -> dict[str, int]:
+    try:
+        return parse_limits(text, user)
+    except LimitError as exc:
+        raise SoftError(PRECONDITION_FAILED, str(exc)) from None
+
+
+def _set_vhost_limits(md: Metadata, op: SetVHostLimits) -> None:
+    if op.vhost not in md.vhosts:
+        raise SoftError(NOT_FOUND, f"Virtual host '{op.vhost}' does not exist")
+    md.access.limits.set_vhost(op.vhost, _parse(op.limits, False), op.merge)
+
+
+def _clear_vhost_limits(md: Metadata, op: ClearVHostLimits) -> None:
+    if not md.access.limits.clear_vhost(op.vhost, op.name) and not op.name:
+        raise SoftError(NOT_FOUND, "Parameter does not exist")
+
+
+def _set_user_limits(md: Metadata, op: SetUserLimits) -> None:
+    _user(md, op.user)
+    md.access.limits.set_user(op.user, _parse(op.limits, True))
+
+
+def _clear_user_limits(md: Metadata, op: ClearUserLimits) -> None:
+    _user(md, op.user)
+    md.access.limits.clear_user(op.user, op.name)
+
+
 # Any: each handler takes the Op subclass it is keyed by (a dict cannot say so)
 _APPLY: dict[type[Op], Callable[[Metadata, Any], OpResult]] = {
     DeclareExchange: _declare_exchange,
@@ -483,6 +549,10 @@ _APPLY: dict[type[Op], Callable[[Metadata, Any], OpResult]] = {
     ClearPermissions: _clear_permissions,
     SetTopicPermissions: _set_topic_permissions,
     ClearTopicPermissions: _clear_topic_permissions,
+    SetVHostLimits: _set_vhost_limits,
+    ClearVHostLimits: _clear_vhost_limits,
+    SetUserLimits: _set_user_limits,
+    ClearUserLimits: _clear_user_limits,
 }
 
 

@@ -128,6 +128,12 @@ def snapshot(metadata: md.Metadata) -> list[bytes]:
                     True,
                 )
             )
+    # limits last: a worker's replica never refuses a queue that exists
+    limits = access.limits
+    for vhost, vlimits in limits.vhosts.items():
+        bindings.append(md.SetVHostLimits(vhost, json.dumps(vlimits)))
+    for user, ulimits in limits.users.items():
+        bindings.append(md.SetUserLimits("", user, json.dumps(ulimits)))
     return [md.encode_op(op) for op in ops + bindings]
 
 

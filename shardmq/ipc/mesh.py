@@ -11,7 +11,7 @@ its doorbell; a peer restart replaces the rings of one ``Peer`` and drops its qu
 Naming: a broker instance gets a random id, written with the supervisor's pid to
 ``data_dir/shm.instance`` (which is also ``flock``-ed while the supervisor lives, so two
 brokers cannot share a data dir). Segments are ``/shardmq.<instance>.ctl`` (control
-block) and ``/shardmq.<instance>.<i>.<j>.<serial>`` (ring i -> j). On start, the segments
+block), ``/shardmq.<instance>.counts`` (``shardmq.ipc.counts``) and ``/shardmq.<instance>.<i>.<j>.<serial>`` (ring i -> j). On start, the segments
 of the instance recorded in that file (a crashed previous run) are unlinked; on clean
 exit everything is unlinked and the file removed.
 
@@ -54,6 +54,7 @@ from collections.abc import Callable
 import posix_ipc  # type: ignore[import-not-found]  # (no type stubs)
 
 from shardmq.ipc.control import F_GEN, F_PID, ControlBlock, control_name, ring_name
+from shardmq.ipc.counts import SharedCounts, counts_name
 from shardmq.ipc.doorbell import Doorbell
 from shardmq.ipc.ring import Ring, fence
 
@@ -99,6 +100,7 @@ def unlink_instance(instance: str) -> int:
                     names.add(ring_name(instance, i, j, ctl.serial(i, j), 1))
         ctl.close()
         names.add(control_name(instance))
+        names.add(counts_name(instance))
     for name in names:
         try:
             posix_ipc.unlink_shared_memory(name)
@@ -178,8 +180,10 @@ class MeshHost:
         self._names: dict[tuple[int, int], tuple[str, str]] = {}
         self.doorbells: list[Doorbell] = []
         self.control: ControlBlock | None = None
+        self.counts: SharedCounts | None = None  # connections per vhost/user (limits)
         try:
             self.control = ControlBlock.create(control_name(self.instance), n)
+            self.counts = SharedCounts.create(counts_name(self.instance), n)
             self.doorbells = [Doorbell.create(prefer_eventfd=prefer_eventfd) for _ in range(n)]
             self.control.begin_update()
             for i in range(n):
@@ -258,6 +262,10 @@ class MeshHost:
             self.control.close()
             self.control.unlink()
             self.control = None
+        if self.counts is not None:
+            self.counts.close()
+            self.counts.unlink()
+            self.counts = None
         for d in self.doorbells:
             d.close()
         self.doorbells = []

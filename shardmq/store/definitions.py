@@ -84,6 +84,7 @@ class VHostDef(Struct, kw_only=True, forbid_unknown_fields=True):
     name: str
     description: str = ""
     tags: list[str] = field(default_factory=list)
+    limits: dict[str, int] | None = None  # None: none set; {} set empty (RabbitMQ keeps it)
 
 
 class UserDef(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -91,6 +92,7 @@ class UserDef(Struct, kw_only=True, forbid_unknown_fields=True):
     password_hash: str = ""  # base64, as in RabbitMQ's definitions export
     hashing_algorithm: str = "rabbit_password_hashing_sha256"
     tags: list[str] = field(default_factory=list)
+    limits: dict[str, int] = field(default_factory=dict)
 
 
 class PermissionDef(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -64,9 +64,9 @@ def test_create_attach_cleanup(tmp_path: Path) -> None:
     data = tmp_path / "data"
     h = MeshHost(str(data), 3, 4096)
     inst = h.instance
-    # 6 data rings + 6 control rings + control block; the instance file records the
+    # 6 data rings + 6 control rings + control block + counts; the instance file records the
     # instance and our pid
-    assert len(segments(inst)) == 13
+    assert len(segments(inst)) == 14
     assert (data / INSTANCE_FILE).read_text().split() == [inst, str(os.getpid())]
     ms = meshes(h)
     for m in ms:
@@ -100,13 +100,13 @@ def test_stale_segments_of_crashed_run_are_removed(tmp_path: Path) -> None:
     assert out.returncode == 9
     stale = out.stdout.strip()
     try:
-        assert len(segments(stale)) == 13  # a crash leaves them behind
+        assert len(segments(stale)) == 14  # a crash leaves them behind
         h = MeshHost(str(data), 3, 4096)
         try:
             assert segments(stale) == []
-            assert h.stale_removed == 13
+            assert h.stale_removed == 14
             assert h.instance != stale
-            assert len(segments(h.instance)) == 13
+            assert len(segments(h.instance)) == 14
         finally:
             h.close()
     finally:

@@ -44,7 +44,7 @@ def test_all_workers_accept_pika_connections(supervisor: Callable[..., Sup]) -> 
     sup = supervisor(3)
     first = sup.wait_ready()
     assert len({w.pid for w in first}) == 3
-    assert len(shm_segments(sup)) == 3 * 2 * 2 + 1  # data + control ring per pair
+    assert len(shm_segments(sup)) == 3 * 2 * 2 + 2  # data + control ring per pair, ctl, counts
     conns = [sup.connect() for _ in range(30)]
     try:
         for i, c in enumerate(conns):
@@ -177,7 +177,7 @@ def test_stale_shared_memory_of_a_killed_supervisor(
     first = supervisor(2)
     workers = first.wait_ready()
     stale = shm_segments(first)
-    assert len(stale) == 5  # 2 data rings, 2 control rings, the control block
+    assert len(stale) == 6  # 2 data rings, 2 control rings, the control block, the counts
     os.kill(first.proc.pid, signal.SIGKILL)
     first.proc.wait(5)
     # workers follow their supervisor (parent-death signal), leaving the segments behind
@@ -188,7 +188,7 @@ def test_stale_shared_memory_of_a_killed_supervisor(
     second = supervisor(2, data_dir=first.data_dir)
     second.wait_ready()
     assert not any(os.path.exists(os.path.join(SHM_DIR, s)) for s in stale)
-    assert "removed 5 shared-memory segment(s) left by a previous run" in second.log()
+    assert "removed 6 shared-memory segment(s) left by a previous run" in second.log()
     with second.connect() as c:
         roundtrip(c, "fresh")
 
