@@ -6,7 +6,7 @@ broker's users with RabbitMQ's tag rules (``need_admin``, ``need_vhost``, ...), 
 error JSON (``ApiError``), body parsing, pagination and sorting of lists (``listing``),
 and ``worker_reports`` (the live counts of every worker, through ``workers.status``).
 The endpoints live in ``workers.mgmt_objects``, ``workers.mgmt_access`` and
-``workers.mgmt_definitions``, ``workers.mgmt_messages``, ``workers.mgmt_publish``, the web UI's files in ``workers.mgmt_static``; each
+``workers.mgmt_definitions``, ``workers.mgmt_messages``, ``workers.mgmt_publish``, ``workers.mgmt_nodes``, the web UI's files in ``workers.mgmt_static``; each
 registers its routes with ``route``.
 
 Invariants:
@@ -372,6 +372,7 @@ class ManagementServer:
             mgmt_connections,
             mgmt_definitions,
             mgmt_messages,
+            mgmt_nodes,
             mgmt_objects,
             mgmt_publish,
         )

@@ -290,3 +290,85 @@ def test_amqpstorm_publish(pub: Mgmt) -> None:
     finally:
         ch.queue_delete(q)
         conn.close()
+
+
+# ---------------------------------------------------------------------- node and health
+def test_aliveness_passes_a_message(pub: Mgmt) -> None:
+    """The aliveness test really routes and gets a message: a policy that lets its queue
+    hold nothing makes it fail (RabbitMQ's answer), and it passes again without."""
+    m = pub
+    vhost, policy = _name("vh"), _name("pol")
+    assert m.call("PUT", f"/api/vhosts/{vhost}").status_code == 201
+    try:
+        perm = {"configure": ".*", "write": ".*", "read": ".*"}
+        assert m.call("PUT", f"/api/permissions/{vhost}/guest", perm).status_code in (201, 204)
+        assert m.ok("GET", f"/api/aliveness-test/{vhost}") == {"status": "ok"}
+        assert m.ok("GET", f"/api/aliveness-test/{vhost}") == {"status": "ok"}  # twice
+        body = {
+            "pattern": "^aliveness-test$",
+            "definition": {"max-length": 0},
+            "apply-to": "queues",
+        }
+        assert m.call("PUT", f"/api/policies/{vhost}/{policy}", body).status_code in (201, 204)
+        r = m.call("GET", f"/api/aliveness-test/{vhost}")
+        assert (r.status_code, r.json()) == (
+            503,
+            {"status": "failed", "reason": "aliveness-test queue is empty"},
+        )
+        assert m.call("DELETE", f"/api/policies/{vhost}/{policy}").status_code == 204
+        assert m.ok("GET", f"/api/aliveness-test/{vhost}") == {"status": "ok"}
+        q = m.ok("GET", f"/api/queues/{vhost}/aliveness-test")
+        assert wait_for(
+            lambda: m.ok("GET", f"/api/queues/{vhost}/aliveness-test").get("messages") == 0
+        )
+        assert q["name"] == "aliveness-test"
+    finally:
+        m.call("DELETE", f"/api/vhosts/{vhost}")
+
+
+def test_port_listener(pub: Mgmt) -> None:
+    m = pub
+    assert m.ok("GET", f"/api/health/checks/port-listener/{m.amqp_port}") == {
+        "status": "ok",
+        "port": m.amqp_port,
+    }
+    assert m.ok("GET", f"/api/health/checks/port-listener/{m.http_port}")["status"] == "ok"
+    r = m.call("GET", "/api/health/checks/port-listener/1")
+    assert r.status_code == 503
+    body = r.json()
+    assert (body["status"], body["reason"], body["missing"]) == ("failed", "No active listener", 1)
+    assert m.amqp_port in body["ports"] and m.http_port in body["ports"]
+    r = m.call("GET", "/api/health/checks/port-listener/abc")
+    assert (r.status_code, r.json()["reason"]) == (400, "Invalid port")
+    assert m.call("GET", "/api/health/checks/port-listener/1", auth=None).status_code == 401
+
+
+def test_nodes_and_channel_totals(pub: Mgmt) -> None:
+    m = pub
+    conn = m.pika()
+    try:
+        chans = [conn.channel() for _ in range(3)]
+        rows = m.ok("GET", "/api/nodes")
+        assert len(rows) == 1
+        node = rows[0]
+        assert node["type"] == "disc" and node["running"] is True
+        assert node["partitions"] == []
+        for key in ("mem_used", "mem_limit", "disk_free", "disk_free_limit", "fd_used"):
+            assert isinstance(node[key], int) and node[key] > 0, key
+        for key in ("uptime", "run_queue", "sockets_used", "proc_used", "processors"):
+            assert isinstance(node[key], int) and node[key] >= 0, key
+        assert node["fd_total"] >= node["fd_used"] and node["processors"] >= 1
+        assert node["mem_alarm"] is False and node["disk_free_alarm"] is False
+        one = m.ok("GET", f"/api/nodes/{node['name']}")
+        assert one["name"] == node["name"] and one["type"] == "disc"
+        assert wait_for(lambda: m.ok("GET", "/api/nodes")[0]["sockets_used"] >= 1)
+        totals = lambda: m.ok("GET", "/api/overview")["object_totals"]  # noqa: E731
+        assert wait_for(lambda: totals()["channels"] >= 3)
+        if m.workers is not None:  # a broker of its own: exactly these
+            assert totals()["channels"] == 3
+            assert m.call("GET", "/api/nodes/nope@nowhere").status_code == 404
+        chans[0].close()
+        if m.workers is not None:
+            assert wait_for(lambda: totals()["channels"] == 2)
+    finally:
+        conn.close()
