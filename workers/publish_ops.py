@@ -8,10 +8,11 @@ alternate exchanges, a delayed exchange's hold; direct reply-to addresses; local
 directly, other workers' queues through the rings); answers whether any queue took it.
 
 Invariants:
-- The op runs in one loop turn: the message is in every local queue it routes to (and
-  handed to the rings for the others) when the answer leaves. Durable queues store a
-  persistent message as they do for any publish (the answer does not wait for the
-  fsync: the management API publishes without confirms).
+- The message is routed in one loop turn (in every local queue it routes to, handed to
+  the rings for the others); the answer leaves once it is confirmed as a publisher
+  confirm would be: durable queues have stored a persistent message, and the owners of
+  the other workers' queues have taken it (so a get that follows finds it), as
+  RabbitMQ's management publishes on a channel in confirm mode.
 - The caller (``workers.mgmt_publish``) has checked the user's rights and the
   properties; a missing or internal exchange is refused here with RabbitMQ's text
   (``404 NOT_FOUND - no exchange ...``), as status 400 (what RabbitMQ's management
@@ -22,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from types import SimpleNamespace
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from shardmq.amqp.codec import make_exrk
 from shardmq.amqp.errors import AMQPError
+from shardmq.broker.storage import ConfirmWaiter
 from shardmq.broker.vhost import HELD, delay_of
 from shardmq.message import Message, next_seq
 from workers.worker_ops import OpError, op
@@ -63,8 +66,9 @@ def _bytes(args: dict[str, Any], key: str) -> bytes:
 
 
 @op("publish")
-def publish(broker: Broker, args: dict[str, Any]) -> bool:
-    """Route one message; True when at least one queue took it. ``args``: ``vhost``,
+def publish(broker: Broker, args: dict[str, Any]) -> bool | asyncio.Future[bool]:
+    """Route one message; True when at least one queue took it (a future of that while
+    queues are storing it or other workers have not confirmed it). ``args``: ``vhost``,
     ``exchange``, ``routing_key``, ``header`` (the content header payload, base64) and
     ``body`` (base64)."""
     vhost, exchange, rk = args.get("vhost"), args.get("exchange"), args.get("routing_key")
@@ -89,11 +93,27 @@ def publish(broker: Broker, args: dict[str, Any]) -> bool:
     local, remote = route
     if not local and not remote:  # a reply to a direct reply-to address?
         local, remote = broker.replies.route(msg.exrk, vh.name)
+    routed = bool(local or remote)
+    router = broker.shards
+    if remote and router is None:
+        raise OpError(500, "no cross-worker router")
+    waiter = ConfirmWaiter()
     for q in local:
-        q.publish(msg, None)
+        q.publish(msg, waiter)  # a durable queue takes a token for a persistent message
     if remote:
-        router = broker.shards
-        if router is None:
-            raise OpError(500, "no cross-worker router")
-        router.enqueue(remote, msg, _API, 0, 0)
-    return bool(local or remote)
+        assert router is not None
+        router.enqueue(remote, msg, _API, 0, router.tx_seq(waiter, len(remote)))
+    if not waiter.pending:
+        return routed
+    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def done(ok: bool) -> None:
+        if answer.done():
+            return
+        if ok:
+            answer.set_result(routed)
+        else:
+            answer.set_exception(OpError(500, "a queue failed to store the message"))
+
+    waiter.done = done
+    return answer
