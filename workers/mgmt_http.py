@@ -7,7 +7,7 @@ error JSON (``ApiError``), body parsing, pagination and sorting of lists (``list
 and ``worker_reports`` (the live counts of every worker, through ``workers.status``,
 folded into ``workers.mgmt_stats``' history for message counts and rates).
 The endpoints live in ``workers.mgmt_objects``, ``workers.mgmt_access`` and
-``workers.mgmt_definitions``, the web UI's files in ``workers.mgmt_static``; each
+``workers.mgmt_definitions``, ``workers.mgmt_messages``, ``workers.mgmt_publish``, ``workers.mgmt_nodes``, the web UI's files in ``workers.mgmt_static``; each
 registers its routes with ``route``.
 
 Invariants:
@@ -376,7 +376,9 @@ class ManagementServer:
             mgmt_definitions,
             mgmt_limits,
             mgmt_messages,
+            mgmt_nodes,
             mgmt_objects,
+            mgmt_publish,
         )
 
         if self._sock is None:

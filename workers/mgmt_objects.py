@@ -1,5 +1,5 @@
 """Management API endpoints for the broker's objects: overview, exchanges, queues,
-bindings, aliveness and health checks (RabbitMQ 3.10's paths, JSON and status codes).
+bindings and the alarm health checks (RabbitMQ 3.10's paths, JSON and status codes).
 
 Owns: the handlers and their rows (``exchange_row``, ``queue_row``, ``binding_rows``).
 
@@ -7,7 +7,8 @@ Invariants: reads come from this process's metadata replica (every declared obje
 and, for queue counts, from every worker's live report (``mgmt_http.worker_reports``);
 changes are metadata ops through ``workers.admin.submit``, checked first (404 for an
 unknown vhost/object, 400 for a bad body) so a refused request changes nothing. The
-implicit default-exchange bindings are listed as RabbitMQ lists them.
+implicit default-exchange bindings are listed as RabbitMQ lists them. The node, its
+listeners and the aliveness test are ``workers.mgmt_nodes``'s.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from workers.mgmt_http import (
     vhosts_visible,
     worker_reports,
 )
+from workers.mgmt_nodes import node_totals
 from workers.status import QueueStatus
 
 PRODUCT = "shardmq"
@@ -113,7 +115,7 @@ async def overview(request: web.Request) -> web.Response:
             "queue_totals": totals,
             "object_totals": {
                 "connections": sum(r.connections for r in reports),
-                "channels": sum(r.stats.channels for r in reports if r.stats is not None),
+                "channels": (await node_totals(request))["channels"],
                 "consumers": consumers,
                 "exchanges": sum(len(md_.vhosts[v].exchanges) for v in vhosts),
                 "queues": sum(len(md_.vhosts[v].queues) for v in vhosts),
@@ -130,15 +132,6 @@ async def overview(request: web.Request) -> web.Response:
             ],
         }
     )
-
-
-@route("GET", "/api/aliveness-test/{vhost}")
-async def aliveness(request: web.Request) -> web.Response:
-    vhost = request.match_info["vhost"]
-    need_vhost(request, vhost, write=True)
-    op = md.DeclareQueue(vhost, "aliveness-test", False, False, False, False, b"", 0)
-    await changed(submit(ops_of(request), op))
-    return json_response({"status": "ok"})
 
 
 @route("GET", "/api/health/checks/alarms")

@@ -6,13 +6,16 @@ Owns: the ops sockets (``OpsServer``: each worker, and the one-process broker, l
 on ``data_dir/status/ops-<slot>.sock``, mode 0600), their frames (one JSON object per
 line each way: ``{"op": NAME, "args": {...}}``, answered ``{"ok": true, "result":
 ...}`` or ``{"ok": false, "error": TEXT, "status": N}``), ``OPS`` (name -> handler,
-filled by ``workers.queue_ops`` and ``workers.conn_ops``; ``environment`` here) and the clients
+filled by ``workers.queue_ops``, ``workers.conn_ops``, ``workers.publish_ops`` and
+``workers.node_ops``; ``environment`` here) and the clients
 ``call_worker`` (one worker) and ``call_all`` (every live worker at once).
 
 Invariants:
 - A handler runs on the worker's event loop, synchronously, between two loop turns:
   what it does to a queue or a connection is never interleaved with the message path
-  (no lock, nothing recorded per message). It returns JSON-able data or raises
+  (no lock, nothing recorded per message). It returns JSON-able data (or an
+  ``asyncio.Future`` of it, answered when done, within ``TIMEOUT``: a publish waiting
+  for its queues' stores) or raises
   ``OpError`` (status and RabbitMQ's text); anything else is one log line and an
   error answer, never a dead worker.
 - The socket is created mode 0600 (the ops change state: only the broker's user may
@@ -94,7 +97,7 @@ def _slot_of(path: Path) -> int:
 # ---------------------------------------------------------------------- worker side
 def _handled() -> None:
     # the op modules register themselves in OPS
-    from workers import conn_ops, queue_ops  # noqa: F401
+    from workers import conn_ops, node_ops, publish_ops, queue_ops  # noqa: F401
 
 
 class OpsServer:
@@ -146,7 +149,10 @@ class OpsServer:
                     break
                 if not line:
                     break
-                writer.write(_frame(self.handle(line)))
+                answer = self.handle(line)
+                if isinstance(answer.result, asyncio.Future):  # an op that finishes later
+                    answer = await _settled(answer.result)
+                writer.write(_frame(answer))
                 await writer.drain()
         except ConnectionError:
             pass
@@ -169,6 +175,18 @@ class OpsServer:
         except Exception as exc:  # never a dead worker: one line, and an answer
             log.error("op %s failed: %s: %s", req.op, type(exc).__name__, exc)
             return _Answer(False, error=f"internal error: {type(exc).__name__}: {exc}")
+
+
+async def _settled(result: asyncio.Future[Any]) -> _Answer:
+    try:
+        return _Answer(True, result=await asyncio.wait_for(asyncio.shield(result), TIMEOUT))
+    except OpError as exc:
+        return _Answer(False, error=exc.text, status=exc.status)
+    except TimeoutError:
+        return _Answer(False, error=f"not done within {TIMEOUT:g} s", status=503)
+    except Exception as exc:
+        log.error("op failed: %s: %s", type(exc).__name__, exc)
+        return _Answer(False, error=f"internal error: {type(exc).__name__}: {exc}")
 
 
 def _frame(answer: _Answer) -> bytes:

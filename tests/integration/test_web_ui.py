@@ -338,6 +338,15 @@ def test_manage_objects_in_browser(ui: Ui, browser: Any) -> None:
         browser, "them requeued", lambda: text_of(browser, "#queue-details td.messages") == "3"
     )
 
+    # publish through the UI (POST /api/exchanges/%2F/amq.default/publish): routed, counted
+    submit_form(browser, "publish", {"payload": "from the UI"})
+    wait_for(
+        browser,
+        "the publish answered",
+        lambda: text_of(browser, "#publish .form-status") == "Message published.",
+    )
+    wait_for(browser, "4 messages", lambda: text_of(browser, "#queue-details td.messages") == "4")
+
     browser.find_element("id", "delete").click()
     accept_confirm(browser)
     wait_for(browser, "the queues page", lambda: browser.current_url.endswith("#/queues"))
