@@ -6,7 +6,9 @@ for ``amqps://``), protocol header, start / start-ok (PLAIN), tune / tune-ok,
 open / open-ok, then connection.close / close-ok and the socket closed, and again. A
 connection counts when its open-ok arrives inside the measured window (after
 ``--warmup``, for ``--duration`` seconds); the rate is those connections per second, all
-processes summed. Several rounds per broker, with ``--vs URI`` alternating two brokers
+processes summed, and the broker's CPU in that window per connection (a local broker:
+the processes listening on the URI's port) and the client processes' CPU per connection.
+Several rounds per broker, with ``--vs URI`` alternating two brokers
 (A B, B A, ...), report the median rate per broker and the ratio A/B, plus the median
 time from connect to open-ok.
 
@@ -30,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from loadtest import procstat
 from loadtest.bench import BenchConfig
 from loadtest.client import URI, AMQPClientError, connect
 from loadtest.stats import median
@@ -67,6 +70,14 @@ class ProcResult:
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     setup_us: list[int] = field(default_factory=list)  # connect -> open-ok, in the window
+    cpu_s: float = 0.0  # this process's CPU time in the window
+
+
+async def _cpu_in_window(t_warm: float, t_stop: float, res: ProcResult) -> None:
+    await asyncio.sleep(max(0.0, t_warm - time.monotonic()))
+    c0 = time.process_time()
+    await asyncio.sleep(max(0.0, t_stop - time.monotonic()))
+    res.cpu_s = time.process_time() - c0
 
 
 async def _task(
@@ -101,15 +112,19 @@ async def _proc_main(cfg: ConnRateConfig, t_go: float) -> ProcResult:
         await asyncio.sleep(delay)
     now = time.monotonic()
     t_warm, t_stop = now + cfg.warmup, now + cfg.warmup + cfg.duration
-    await asyncio.gather(*(_task(u, ctx, t_warm, t_stop, res) for _ in range(cfg.concurrency)))
+    tasks = [_task(u, ctx, t_warm, t_stop, res) for _ in range(cfg.concurrency)]
+    await asyncio.gather(_cpu_in_window(t_warm, t_stop, res), *tasks)
     return res
 
 
-def _proc_entry(cfg: ConnRateConfig, t_go: float, out: Any) -> None:
+def _proc_entry(cfg: ConnRateConfig, go: Any, out: Any) -> None:
     import uvloop
 
     try:
-        res = uvloop.run(_proc_main(cfg, t_go))
+        out.send("ready")  # imported: the parent picks t_go once every process is here
+        if not go.wait(120):
+            raise TimeoutError("no go from the parent")
+        res = uvloop.run(_proc_main(cfg, go.t_go.value))
         out.send(asdict(res))
     except BaseException as exc:  # report, never hang the parent
         out.send({"failed": repr(exc)})
@@ -117,22 +132,66 @@ def _proc_entry(cfg: ConnRateConfig, t_go: float, out: Any) -> None:
         out.close()
 
 
+class _Go:
+    """The start signal: every process waits for it, then starts at ``t_go`` (wall)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.event = ctx.Event()
+        self.t_go = ctx.Value("d", 0.0)
+
+    def set(self) -> None:
+        self.event.set()
+
+    def wait(self, timeout: float) -> bool:
+        return bool(self.event.wait(timeout))
+
+
+def _broker_cpu(cfg: ConnRateConfig, t_go: float) -> tuple[float, float] | None:
+    """The local broker's CPU over the measured window (percent of a core, seconds),
+    summed over the processes listening on the URI's port; None when not local."""
+    u = URI.parse(cfg.uri)
+    pids = procstat.find_broker_pids(u.port) if u.host in ("127.0.0.1", "localhost") else []
+    if not pids:
+        return None
+    time.sleep(max(0.0, t_go + cfg.warmup - time.time()))
+    a = procstat.sample(pids)
+    time.sleep(max(0.0, t_go + cfg.warmup + cfg.duration - time.time()))
+    b = procstat.sample(pids)
+    return round(procstat.cpu_percent(a, b), 1), b.cpu_s - a.cpu_s
+
+
 def run_round(cfg: ConnRateConfig) -> dict[str, Any]:
     """One measurement: ``cfg.procs`` processes against ``cfg.uri``; the merged report."""
     cfg = cfg.normalized()
     ctx = mp.get_context("spawn")
-    t_go = time.time() + 0.5 + 0.3 * cfg.procs  # every process started and waiting
+    go = _Go(ctx)
     pipes, procs = [], []
     for _ in range(cfg.procs):
         r, w = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_proc_entry, args=(cfg, t_go, w), daemon=True)
+        p = ctx.Process(target=_proc_entry, args=(cfg, go, w), daemon=True)
         p.start()
         w.close()
         pipes.append(r)
         procs.append(p)
+    early: dict[int, dict[str, Any]] = {}  # a process that failed before "ready"
+    ready_by = time.monotonic() + 120.0
+    for i, r in enumerate(pipes):  # every process started (spawning is slow when loaded)
+        if r.poll(max(ready_by - time.monotonic(), 0.0)):
+            got = r.recv()
+            if got != "ready":
+                early[i] = got
+        else:
+            early[i] = {"failed": "not started (timeout)"}
+    t_go = time.time() + 0.2
+    go.t_go.value = t_go
+    go.set()
+    broker = _broker_cpu(cfg, t_go)
     deadline = time.monotonic() + cfg.warmup + cfg.duration + 60.0
     results: list[dict[str, Any]] = []
-    for r in pipes:
+    for i, r in enumerate(pipes):
+        if i in early:
+            results.append(early[i])
+            continue
         left = deadline - time.monotonic()
         results.append(r.recv() if r.poll(max(left, 0.0)) else {"failed": "no result (timeout)"})
     for p in procs:
@@ -153,10 +212,22 @@ def run_round(cfg: ConnRateConfig) -> dict[str, Any]:
         "conn_rate": round(opened / cfg.duration, 1),
         "setup_p50_us": setup[len(setup) // 2] if setup else None,
         "setup_p99_us": setup[min(len(setup) - 1, len(setup) * 99 // 100)] if setup else None,
+        "broker_cpu_percent": broker[0] if broker else None,
+        "broker_cpu_ms_per_conn": (
+            round(broker[1] * 1000 / opened, 3) if broker and opened else None
+        ),
+        "client_cpu_ms_per_conn": (
+            round(sum(x["cpu_s"] for x in ok) * 1000 / opened, 3) if opened else None
+        ),
         "errors": sum(x["errors"] for x in ok) + len(failed),
         "error_samples": (failed + [s for x in ok for s in x["error_samples"]])[:MAX_ERROR_SAMPLES],
         "failed": bool(failed),
     }
+
+
+def _median_of(reports: list[dict[str, Any]], key: str) -> float | None:
+    values = [x[key] for x in reports if x.get(key) is not None]
+    return median(values) if values else None
 
 
 def run_rounds(cfg: ConnRateConfig, rounds: int, vs: str | None = None) -> dict[str, Any]:
@@ -171,7 +242,9 @@ def run_rounds(cfg: ConnRateConfig, rounds: int, vs: str | None = None) -> dict[
             runs[tag].append(rep)
             print(
                 f"conn-rate {tag} round {r + 1}/{rounds}: {rep['conn_rate']:,.0f} conn/s "
-                f"(p50 {rep['setup_p50_us']} us, errors {rep['errors']}) {uri}",
+                f"(p50 {rep['setup_p50_us']} us, broker {rep['broker_cpu_ms_per_conn']} "
+                f"CPU ms/conn, clients {rep['client_cpu_ms_per_conn']}, "
+                f"errors {rep['errors']}) {uri}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -181,11 +254,9 @@ def run_rounds(cfg: ConnRateConfig, rounds: int, vs: str | None = None) -> dict[
         out[tag] = {
             "uri": uri,
             "conn_rate": median(x["conn_rate"] for x in good) if good else None,
-            "setup_p50_us": (
-                median(x["setup_p50_us"] for x in good if x["setup_p50_us"] is not None)
-                if any(x["setup_p50_us"] is not None for x in good)
-                else None
-            ),
+            "setup_p50_us": _median_of(good, "setup_p50_us"),
+            "broker_cpu_ms_per_conn": _median_of(good, "broker_cpu_ms_per_conn"),
+            "client_cpu_ms_per_conn": _median_of(good, "client_cpu_ms_per_conn"),
             "errors": sum(x["errors"] for x in runs[tag]),
             "rounds": runs[tag],
         }
@@ -240,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                 o = out[tag]
                 print(
                     f"{tag} {o['uri']}: median {o['conn_rate']} conn/s, "
-                    f"setup p50 {o['setup_p50_us']} us, errors {o['errors']}"
+                    f"setup p50 {o['setup_p50_us']} us, "
+                    f"broker {o['broker_cpu_ms_per_conn']} CPU ms/conn, errors {o['errors']}"
                 )
         if "ratio" in out:
             print(f"A/B {out['ratio']:.2f}")
