@@ -962,6 +962,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="priority queues: x-max-priority N, message priorities cycle over 0..N-1",
     )
+    a(
+        "--conn-rate",
+        action="store_true",
+        help="connection set-up rate mode (its options: shardmq bench --conn-rate --help)",
+    )
     a("--quiet", action="store_true", help="no live progress on stderr")
     a("--json", action="store_true", help="print the report as JSON")
     s = p.add_argument_group("scenario suite")
@@ -995,6 +1000,11 @@ def config_from_args(ns: dict[str, Any], base: BenchConfig | None = None) -> Ben
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``shardmq bench``); returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--conn-rate" in argv:  # connection set-up rate mode: its own options
+        from loadtest.connrate import main as conn_rate_main
+
+        return conn_rate_main([a for a in argv if a != "--conn-rate"])
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     if args.get("suite") or args.get("list"):

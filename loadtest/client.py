@@ -2,7 +2,7 @@
 
 Owns: one TCP connection (or TLS: ``amqps://``, with RabbitMQ's URI query parameters
 ``cacertfile``, ``certfile``, ``keyfile``, ``verify=verify_none``) with one channel
-(number 1): the handshake, synchronous RPCs
+(number 1; ``connect(open_channel=False)`` stops at connection.open-ok): the handshake, synchronous RPCs
 (declare, bind, qos, consume, confirm.select, delete, close) encoded and decoded with the
 project's generated method table (``shardmq.amqp.methods``), and the hot paths written by
 hand: pre-encoded publish frames (:class:`PublishTemplate`, a whole batch built with one
@@ -500,7 +500,9 @@ class Client(asyncio.BufferedProtocol):
         return self._can_write.is_set()
 
     # ---------------------------------------------------------- handshake etc.
-    async def _handshake(self, uri: URI, heartbeat: int, product: str) -> None:
+    async def _handshake(
+        self, uri: URI, heartbeat: int, product: str, open_channel: bool = True
+    ) -> None:
         start = await self._await_method(10.0)
         if not isinstance(start, M.ConnectionStart):
             raise AMQPClientError(f"expected connection.start, got {type(start).__name__}")
@@ -542,6 +544,8 @@ class Client(asyncio.BufferedProtocol):
         ok = await self.rpc(0, M.ConnectionOpen(virtual_host=uri.vhost))
         if not isinstance(ok, M.ConnectionOpenOk):
             raise AMQPClientError(f"expected connection.open-ok, got {type(ok).__name__}")
+        if not open_channel:
+            return
         ok = await self.rpc(1, M.ChannelOpen())
         if not isinstance(ok, M.ChannelOpenOk):
             raise AMQPClientError(f"expected channel.open-ok, got {type(ok).__name__}")
@@ -637,19 +641,29 @@ def _txt(v: object) -> str:
 
 
 async def connect(
-    uri: str | URI, heartbeat: int = 0, product: str = "shardmq-bench", timeout: float = 30.0
+    uri: str | URI,
+    heartbeat: int = 0,
+    product: str = "shardmq-bench",
+    timeout: float = 30.0,
+    *,
+    open_channel: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Client:
-    """Open a connection and channel 1; raises AMQPClientError / OSError on failure."""
+    """Open a connection and channel 1; raises AMQPClientError / OSError on failure.
+
+    ``open_channel=False`` stops at connection.open-ok (the connection set-up rate mode);
+    ``ssl_context`` reuses a context made once by ``uri.ssl_context()`` (amqps:// only).
+    """
     u = URI.parse(uri) if isinstance(uri, str) else uri
     loop = asyncio.get_running_loop()
-    ctx = u.ssl_context()
+    ctx = (ssl_context if u.tls else None) or u.ssl_context()
     server_hostname = u.host if ctx is not None else None
     _, proto = await asyncio.wait_for(
         loop.create_connection(Client, u.host, u.port, ssl=ctx, server_hostname=server_hostname),
         timeout,
     )
     try:
-        await proto._handshake(u, heartbeat, product)
+        await proto._handshake(u, heartbeat, product, open_channel)
     except BaseException:
         proto.abort()
         raise
