@@ -33,9 +33,8 @@ from __future__ import annotations
 import mmap
 import time
 
-import posix_ipc
-
 from shardmq.ipc.ring import fence
+from shardmq.ipc.segment import WordSegment
 
 MAGIC = 0x4C5443514D4853  # b"SHMQCTL"
 VERSION = 1
@@ -55,18 +54,15 @@ def ring_name(instance: str, i: int, j: int, serial: int, lane: int = 0) -> str:
     return f"/shardmq.{instance}.{i}.{j}.{serial}" + ("c" if lane else "")
 
 
-class ControlBlock:
-    __slots__ = ("name", "n", "_mm", "_w", "_table0")
+class ControlBlock(WordSegment):
+    MAGIC = MAGIC
+    VERSION = VERSION
+    WHAT = "control block"
+    __slots__ = ("n", "_table0")
 
     def __init__(self, name: str, mm: mmap.mmap) -> None:
-        self.name = name
-        self._mm = mm
-        w = memoryview(mm).cast("Q")
-        self._w = w
-        if w[0] != MAGIC or w[1] != VERSION:
-            w.release()
-            mm.close()
-            raise ValueError(f"{name}: not a shardmq control block")
+        super().__init__(name, mm)
+        w = self._w
         self.n: int = w[2]
         self._table0 = _SLOT0 + self.n * _SLOT_WORDS
 
@@ -76,38 +72,7 @@ class ControlBlock:
 
     @classmethod
     def create(cls, name: str, n: int) -> ControlBlock:
-        size = cls.size_for(n)
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
-        try:
-            mm = mmap.mmap(shm.fd, size)
-        finally:
-            shm.close_fd()
-        w = memoryview(mm).cast("Q")
-        w[1] = VERSION
-        w[2] = n
-        w[0] = MAGIC
-        w.release()
-        return cls(name, mm)
-
-    @classmethod
-    def attach(cls, name: str) -> ControlBlock:
-        shm = posix_ipc.SharedMemory(name)
-        try:
-            mm = mmap.mmap(shm.fd, shm.size)
-        finally:
-            shm.close_fd()
-        return cls(name, mm)
-
-    def close(self) -> None:
-        if not self._mm.closed:
-            self._w.release()
-            self._mm.close()
-
-    def unlink(self) -> None:
-        try:
-            posix_ipc.unlink_shared_memory(self.name)
-        except posix_ipc.ExistentialError:
-            pass
+        return cls._create(name, cls.size_for(n), (n,))
 
     # ------------------------------------------------------------------ slots
     def get(self, slot: int, field: int) -> int:

@@ -35,9 +35,8 @@ import hashlib
 import logging
 import mmap
 
-import posix_ipc  # type: ignore[import-not-found]  # (no type stubs)
-
 from shardmq.ipc.ring import fence
+from shardmq.ipc.segment import WordSegment
 
 log = logging.getLogger("shardmq.ipc")
 
@@ -59,18 +58,15 @@ def key_hash(key: str) -> int:
     return h or 1
 
 
-class SharedCounts:
-    __slots__ = ("name", "n", "capacity", "slot_words", "_mm", "_w", "_used", "_full")
+class SharedCounts(WordSegment):
+    MAGIC = MAGIC
+    VERSION = VERSION
+    WHAT = "counts segment"
+    __slots__ = ("n", "capacity", "slot_words", "_used", "_full")
 
     def __init__(self, name: str, mm: mmap.mmap) -> None:
-        self.name = name
-        self._mm = mm
-        w = memoryview(mm).cast("Q")
-        self._w = w
-        if w[0] != MAGIC or w[1] != VERSION:
-            w.release()
-            mm.close()
-            raise ValueError(f"{name}: not a shardmq counts segment")
+        super().__init__(name, mm)
+        w = self._w
         self.n: int = w[2]
         self.capacity: int = w[3]
         self.slot_words = _SLOT_HEAD + 2 * self.capacity
@@ -83,39 +79,7 @@ class SharedCounts:
 
     @classmethod
     def create(cls, name: str, n: int, capacity: int = CAPACITY) -> SharedCounts:
-        size = cls.size_for(n, capacity)
-        shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
-        try:
-            mm = mmap.mmap(shm.fd, size)
-        finally:
-            shm.close_fd()
-        w = memoryview(mm).cast("Q")
-        w[1] = VERSION
-        w[2] = n
-        w[3] = capacity
-        w[0] = MAGIC
-        w.release()
-        return cls(name, mm)
-
-    @classmethod
-    def attach(cls, name: str) -> SharedCounts:
-        shm = posix_ipc.SharedMemory(name)
-        try:
-            mm = mmap.mmap(shm.fd, shm.size)
-        finally:
-            shm.close_fd()
-        return cls(name, mm)
-
-    def close(self) -> None:
-        if not self._mm.closed:
-            self._w.release()
-            self._mm.close()
-
-    def unlink(self) -> None:
-        try:
-            posix_ipc.unlink_shared_memory(self.name)
-        except posix_ipc.ExistentialError:
-            pass
+        return cls._create(name, cls.size_for(n, capacity), (n, capacity))
 
     # ------------------------------------------------------------ writer (own slot)
     def _base(self, slot: int) -> int:
