@@ -84,7 +84,7 @@ class LinkConsumer(Consumer):
 
 
 class SessionState:
-    __slots__ = ("ch", "confirms", "outgoing", "second")
+    __slots__ = ("ch", "confirms", "outgoing")
 
     def __init__(self, ch: Channel) -> None:
         self.ch = ch
@@ -92,8 +92,6 @@ class SessionState:
         self.confirms: dict[int, tuple[Link, int]] = {}
         # delivery-id of an unsettled delivery to the client -> (channel tag, link)
         self.outgoing: dict[int, tuple[int, Link]] = {}
-        # publishes accepted in receiver-settle-mode second, waiting for the peer's settle
-        self.second: set[int] = set()
 
 
 class LinkState:
@@ -498,11 +496,8 @@ class AMQP10Connection:
             self._settle_publish(session, link, d.delivery_id, T.Rejected(error=err))
 
     def _settle_publish(self, session: Session, link: Link, did: int, state: Any) -> None:
-        second = link.rcv_settle_mode == T.RECEIVER_SETTLE_MODE_SECOND
-        if second:
-            st: SessionState = session.user
-            st.second.add(did)
-        self.engine.disposition(session, did, did, not second, state)
+        # receiver-settle-mode second: the engine keeps the record until the client settles
+        self.engine.settle_received(session, link, did, state)
 
     # ------------------------------------------------------------ ChannelSink
     def confirm(self, ch: Channel, seq: int, multiple: bool, ack: bool) -> None:
@@ -591,10 +586,7 @@ class AMQP10Connection:
         last = int(d.last) if d.last is not None else first
         if last < first or last - first > 1_000_000:
             raise SessionError(T.AMQP_ERROR_INVALID_FIELD, f"disposition range {first}..{last}")
-        if not d.role:  # the client settles its own publishes (receiver-settle-mode second)
-            if d.settled:
-                for did in range(first, last + 1):
-                    st.second.discard(did)
+        if not d.role:  # the client settles its own publishes (the engine's records)
             return
         state = d.state
         ch = st.ch
