@@ -20,8 +20,11 @@ Invariants:
   another worker's queue, bounded by the consumer's prefetch ``LINK_WINDOW``) wait in
   the link, in order, until credit comes.
 - Outcomes: accepted = ack; rejected = reject (dead-lettered where configured);
-  released and modified = requeue, modified with undeliverable-here = reject. A detached
-  link's or ended session's unsettled deliveries go back to their queue.
+  released and modified = requeue, modified with undeliverable-here = reject. A closed
+  link's or ended session's unsettled deliveries go back to their queue; a link lost
+  without being closed parks them (``amqp10_recovery``) for a re-attach under its name
+  by the same container-id, which settles those the client's unsettled map gives an
+  outcome and sends the others again first (redelivered, on its own channel).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from shardmq.adapter.amqp091 import IOHooks
+from shardmq.adapter.amqp10_recovery import Parked, recovery_of, requeue
 from shardmq.amqp.codec import shortstr
 from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, HardError, SoftError
 from shardmq.amqp1 import types_gen as T
@@ -64,7 +68,7 @@ FRAME_MAX_091 = 131072
 class LinkConsumer(Consumer):
     """The consumer of a link the broker sends on: ready while the link has credit."""
 
-    __slots__ = ("link", "session", "waiting", "dynamic")
+    __slots__ = ("link", "session", "waiting", "dynamic", "resume")
 
     def __init__(self, link: Link, session: Session, ch: Channel, q: Any, settled: bool) -> None:
         tag = f"amqp1:{session.channel}:{link.name}"
@@ -74,6 +78,8 @@ class LinkConsumer(Consumer):
         # deliveries that arrived beyond the link's credit: (tag, redelivered, message)
         self.waiting: deque[tuple[int, bool, Message]] = deque()
         self.dynamic = ""  # the queue made for a dynamic source, deleted with the link
+        # link recovery: a lost link's deliveries to send again once attached
+        self.resume: Parked = []
 
     def ready(self) -> bool:
         return (
@@ -304,7 +310,8 @@ class AMQP10Connection:
                 f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use",
             )
         settled = link.snd_settle_mode == T.SENDER_SETTLE_MODE_SETTLED
-        link.user = LinkConsumer(link, session, st.ch, q, settled)
+        c = link.user = LinkConsumer(link, session, st.ch, q, settled)
+        unsettled = self._recover(link, a, c) if not source.dynamic else None
         return T.Attach(
             name=a.name,
             handle=link.handle,
@@ -313,8 +320,41 @@ class AMQP10Connection:
             rcv_settle_mode=a.rcv_settle_mode,
             source=source,
             target=a.target,
+            unsettled=unsettled,
             initial_delivery_count=0,
         )
+
+    def _recovery_key(self, link: Link) -> tuple[str, str, str]:
+        return (self.domain.vhost.name, self.engine.remote_container_id, link.name)
+
+    def _recover(self, link: Link, a: Any, c: LinkConsumer) -> dict[bytes, Any] | None:
+        """Link recovery: the deliveries a lost link of this name left unsettled. The
+        reply's unsettled map lists them; those the client's map gives an outcome are
+        settled with it, the others are sent again once the link is attached."""
+        parked = recovery_of(self.broker).take(self._recovery_key(link))
+        if not parked:
+            return None
+        theirs = a.unsettled if isinstance(a.unsettled, dict) else {}
+        for tag, queue, msg in parked:
+            state = theirs.get(tag)
+            if isinstance(state, T.Accepted):
+                queue.settle(msg)
+            elif isinstance(state, T.Rejected) or (
+                isinstance(state, T.Modified) and state.undeliverable_here
+            ):
+                queue.reject(msg)
+            elif isinstance(state, (T.Released, T.Modified)):
+                queue.requeue([msg])
+            else:
+                c.resume.append((tag, queue, msg))
+        log.info(
+            "connection %s: link '%s' recovered: %d unsettled, %d to send again",
+            self.peer,
+            link.name,
+            len(parked),
+            len(c.resume),
+        )
+        return {tag: None for tag, _q, _m in parked}
 
     def _dynamic_source(self, session: Session, link: Link, a: Any) -> None:
         """A dynamic receiver: a server-named exclusive queue, deleted with the link
@@ -371,6 +411,18 @@ class AMQP10Connection:
         c: LinkConsumer = link.user
         st: SessionState = session.user
         st.ch.consumers[c.tag] = c
+        if c.resume and not c.no_ack:
+            # recovered deliveries go first, as redelivered, on this link's channel
+            ch = st.ch
+            for _tag, queue, msg in c.resume:
+                ch.next_tag += 1
+                ch.unacked[ch.next_tag] = (c, queue, msg)
+                c.unacked += 1
+                ch.consumer_unacked += 1
+                self.deliver(ch, c, ch.next_tag, True, msg)
+        elif c.resume:  # an at-most-once link now: they go back to the queue
+            requeue(c.resume)
+        c.resume = []
         q = c.queue
         if isinstance(q, RemoteQueue):
 
@@ -405,12 +457,31 @@ class AMQP10Connection:
         tags = [tag for did, (tag, lk) in st.outgoing.items() if lk is link]
         for did in [d for d, (_t, lk) in st.outgoing.items() if lk is link]:
             del st.outgoing[did]
+        if link.lost and not c.dynamic and self.settings.link_recovery_timeout > 0:
+            self._park(st.ch, c, tags)
+            tags = []
         tags += [tag for tag, _r, _m in c.waiting if not c.no_ack]
         c.waiting.clear()
         for tag in tags:
             if tag in st.ch.unacked:
                 st.ch.reject(tag, 0, True)
         self.domain.qos.after_settle()
+
+    def _park(self, ch: Channel, c: LinkConsumer, tags: list[int]) -> None:
+        """Link recovery: the deliveries a lost link's client has not settled leave
+        the channel (closing it will not requeue them) and wait for a re-attach."""
+        parked: Parked = []
+        for tag in tags:
+            entry = ch.unacked.pop(tag, None)
+            if entry is None:
+                continue
+            consumer, queue, msg = entry
+            if consumer is not None:
+                consumer.unacked -= 1
+                ch.consumer_unacked -= 1
+            parked.append((tag.to_bytes(8, "big"), queue, msg))
+        if parked:
+            recovery_of(self.broker).park(self._recovery_key(c.link), parked)
 
     # ------------------------------------------------------------ credit
     def on_flow(self, session: Session, link: Link, drain: bool) -> None:

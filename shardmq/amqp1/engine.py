@@ -28,6 +28,9 @@ Invariants:
   every delivery-id it came under; the broker's outcome (``settle_received``) goes out
   unsettled; a delivery with the tag of a record is a duplicate: never passed to the
   handler, answered with the record's outcome. A link's records end with it.
+- A link that ends without being closed (the peer's detach with closed=false, or the
+  connection lost without a close) has ``lost`` set before the handler's ``on_detach``:
+  the handler may keep its unsettled deliveries for a re-attach (link recovery).
 - Output goes to ``out``; ``wake`` is called once when it turns non-empty.
 """
 
@@ -232,6 +235,7 @@ class Engine:
         self.out_hold = 0  # the I/O layer's output bound (this engine does not hold input)
         self.input_held = False
         self.user: str | None = None  # authenticated user (the handler sets it)
+        self.remote_container_id = ""  # the peer's, from its open
 
     # ------------------------------------------------------------ output
     def wake_once(self) -> None:
@@ -412,6 +416,7 @@ class Engine:
         self.send_max_frame = min(peer_max, self.local_max_frame)
         self.channel_max = min(int(o.channel_max), self.channel_max)
         self.remote_idle_time_out = int(o.idle_time_out or 0)
+        self.remote_container_id = str(o.container_id)
         try:
             self.handler.on_open(o.hostname)
         except AmqpError as exc:
@@ -570,6 +575,7 @@ class Engine:
         if link.detached:  # the broker detached it first: this is the answer
             del s.links[link.remote_handle]
             return
+        link.lost = not d.closed  # detached, not closed: it may be resumed
         self._forget_link(s, link, d.error)
         link.detached = True
         self.send(s.channel, T.Detach(handle=UInt(link.handle), closed=d.closed))
@@ -898,6 +904,10 @@ class Engine:
 
     def connection_lost(self) -> None:
         if self.state < CLOSED:
+            if self.state < CLOSING:  # gone without a close: its links may be resumed
+                for s in self.sessions.values():
+                    for link in s.links.values():
+                        link.lost = True
             self.state = CLOSED
             self._release()
         elif self.sessions:

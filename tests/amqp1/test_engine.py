@@ -343,6 +343,34 @@ def test_dispositions_and_detach_reach_the_handler() -> None:
     assert isinstance(p.performatives()[-1], T.End) and ("end", 0) in p.h.events
 
 
+def test_links_ended_without_close_are_marked_lost() -> None:
+    """Link recovery: a detach with closed=false or a connection lost without a close
+    leaves the link resumable (``lost``) for the handler; a closed link or a closed
+    connection does not."""
+    p = Peer()
+    p.open()
+    p.begin()
+    p.attach("a", T.ROLE_RECEIVER, handle=0)
+    p.attach("b", T.ROLE_RECEIVER, handle=1)
+    p.attach("c", T.ROLE_RECEIVER, handle=2)
+    s = p.e.sessions[0]
+    a, b, c = s.links[0], s.links[1], s.links[2]
+    assert p.e.remote_container_id == "c"
+    p.send(T.Detach(handle=UInt(0), closed=False))
+    p.send(T.Detach(handle=UInt(1), closed=True))
+    assert a.lost and not b.lost
+    p.e.connection_lost()
+    assert c.lost and ("detach", "c") in p.h.events
+    q = Peer()
+    q.open()
+    q.begin()
+    q.attach("d", T.ROLE_RECEIVER)
+    d = q.e.sessions[0].links[0]
+    q.send(T.Close())
+    q.e.connection_lost()
+    assert not d.lost and ("detach", "d") in q.h.events
+
+
 def test_refused_attach_keeps_its_handle_until_the_peer_detaches() -> None:
     p = Peer()
     p.open()
