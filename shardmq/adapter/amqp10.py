@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from time import monotonic
+from time import monotonic, time
 from typing import TYPE_CHECKING, Any
 
 from shardmq.adapter.amqp091 import IOHooks
@@ -143,6 +143,8 @@ class AMQP10Connection:
         self.confirms_due = False
         self._closed = False
         self._opened = False
+        self.connected_at = time()  # for the management API's listing
+        self.auth_mechanism = ""  # the mechanism of the accepted login
 
     # ------------------------------------------------------------ I/O layer side
     def feed(self, data: bytes) -> None:
@@ -185,6 +187,21 @@ class AMQP10Connection:
     def out(self) -> bytearray:
         return self.engine.out
 
+    def management_fields(self) -> dict[str, Any]:
+        """The protocol's part of this connection's management row
+        (``workers.conn_ops``): RabbitMQ's "AMQP 1-0", and its sessions and links."""
+        engine = self.engine
+        sessions = [s for s in engine.sessions.values() if not s.ending]
+        return {
+            "protocol": "AMQP 1-0",
+            "timeout": engine.idle_time_out // 1000,
+            "frame_max": engine.send_max_frame,
+            "channel_max": engine.channel_max,
+            "client_properties": {"container_id": engine.remote_container_id},
+            "sessions": len(sessions),
+            "links": sum(1 for s in sessions for lk in s.links.values() if not lk.detached),
+        }
+
     # ------------------------------------------------------------ SASL, open
     def mechanisms(self) -> list[str]:
         mechs = ["PLAIN"]
@@ -195,6 +212,7 @@ class AMQP10Connection:
         return mechs
 
     def authenticate(self, mechanism: str, response: bytes) -> bool:
+        self.auth_mechanism = mechanism
         domain = self.domain
         if mechanism == "EXTERNAL":
             user = self.tls.user if self.tls is not None else None
