@@ -3,7 +3,8 @@
 Owns: ``AMQP10Connection`` — it composes the sans-IO engine (``shardmq.amqp1.engine``:
 frames, SASL, sessions, links, credit) with a ``BrokerConnection`` (login, vhost,
 routing, consumers), and implements the engine's ``Handler`` (SASL PLAIN / ANONYMOUS /
-EXTERNAL against the broker's users, the vhost from ``open.hostname`` ``vhost:NAME``,
+EXTERNAL against the broker's users, PLAIN and EXTERNAL as ``[auth] mechanisms`` allow,
+EXTERNAL only with a verified client certificate, the vhost from ``open.hostname`` ``vhost:NAME``,
 a domain ``Channel`` per session, links to queues and exchanges, publishes, settlements),
 the domain's ``ClientLink`` and ``ChannelSink`` (deliveries as transfers, confirms as
 dispositions), and the I/O layer's connection interface (as ``AMQP091Connection``).
@@ -204,9 +205,10 @@ class AMQP10Connection:
 
     # ------------------------------------------------------------ SASL, open
     def mechanisms(self) -> list[str]:
-        mechs = ["PLAIN"]
-        if self.tls is not None and self.tls.user is not None:
-            mechs.insert(0, "EXTERNAL")
+        # [auth] mechanisms as for 0-9-1: EXTERNAL only with a verified client certificate
+        allowed = self.broker.config.auth.mechanisms
+        external = self.tls is not None and self.tls.user is not None
+        mechs = [m for m in ("EXTERNAL", "PLAIN") if m in allowed and (m != "EXTERNAL" or external)]
         if self.settings.anonymous:
             mechs.append("ANONYMOUS")
         return mechs
