@@ -208,7 +208,9 @@ class AMQP10Connection:
         # [auth] mechanisms as for 0-9-1: EXTERNAL only with a verified client certificate
         allowed = self.broker.config.auth.mechanisms
         external = self.tls is not None and self.tls.user is not None
-        mechs = [m for m in ("EXTERNAL", "PLAIN") if m in allowed and (m != "EXTERNAL" or external)]
+        mechs: list[str] = [
+            m for m in ("EXTERNAL", "PLAIN") if m in allowed and (m != "EXTERNAL" or external)
+        ]
         if self.settings.anonymous:
             mechs.append("ANONYMOUS")
         return mechs
