@@ -7,7 +7,8 @@ EXTERNAL against the broker's users, PLAIN and EXTERNAL as ``[auth] mechanisms``
 EXTERNAL only with a verified client certificate, the vhost from ``open.hostname`` ``vhost:NAME``,
 a domain ``Channel`` per session, links to queues and exchanges, publishes, settlements),
 the domain's ``ClientLink`` and ``ChannelSink`` (deliveries as transfers, confirms as
-dispositions), and the I/O layer's connection interface (as ``AMQP091Connection``).
+dispositions), and the I/O layer's connection interface (as ``AMQP091Connection``, its
+forwarding part in ``shardmq.adapter.iohooks.EngineIO``).
 ``LinkConsumer`` is the domain consumer of a link the broker sends on.
 
 Invariants:
@@ -36,8 +37,8 @@ from collections.abc import Callable
 from time import monotonic, time
 from typing import TYPE_CHECKING, Any
 
-from shardmq.adapter.amqp091 import IOHooks
 from shardmq.adapter.amqp10_recovery import Parked, recovery_of, requeue
+from shardmq.adapter.iohooks import EngineIO, IOHooks
 from shardmq.amqp.codec import shortstr
 from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, HardError, SoftError
 from shardmq.amqp1 import types_gen as T
@@ -112,7 +113,7 @@ class LinkState:
         self.anonymous = anonymous
 
 
-class AMQP10Connection:
+class AMQP10Connection(EngineIO[Engine]):
     """One AMQP 1.0 client connection (see the module block)."""
 
     def __init__(
@@ -148,45 +149,16 @@ class AMQP10Connection:
         self.auth_mechanism = ""  # the mechanism of the accepted login
 
     # ------------------------------------------------------------ I/O layer side
-    def feed(self, data: bytes) -> None:
-        self.engine.feed(data)
-
-    def take_output(self) -> bytearray | None:
-        if self.confirms_due:
-            self.confirms_due = False
-            self.domain.flush_confirms()
-        return self.engine.take_output()
-
-    def after_flush(self) -> None:
-        self.domain.after_flush()
-
-    def set_write_paused(self, paused: bool) -> None:
-        self.domain.set_write_paused(paused)
-
+    # (the rest of it: ``EngineIO``)
     def connection_lost(self) -> None:
         self.engine.connection_lost()
         self.on_close()
-
-    def heartbeat_tick(self) -> bool:
-        return self.engine.heartbeat_tick()
-
-    @property
-    def state(self) -> int:
-        return self.engine.state
 
     @property
     def heartbeat(self) -> float:
         """Seconds between two ``heartbeat_tick`` calls, doubled (the I/O layer ticks
         every half of it)."""
         return self.engine.tick_seconds() * 2
-
-    @property
-    def want_close(self) -> bool:
-        return self.engine.want_close
-
-    @property
-    def out(self) -> bytearray:
-        return self.engine.out
 
     def management_fields(self) -> dict[str, Any]:
         """The protocol's part of this connection's management row
