@@ -325,7 +325,7 @@ class AMQP10Connection(EngineIO[Engine]):
         """Link recovery: the deliveries a lost link of this name left unsettled. The
         reply's unsettled map lists them; those the client's map gives an outcome are
         settled with it, the others are sent again once the link is attached."""
-        parked = recovery_of(self.broker).take(self._recovery_key(link))
+        parked = recovery_of(self.broker).take(self._recovery_key(link), ask_others=True)
         if not parked:
             return None
         theirs = a.unsettled if isinstance(a.unsettled, dict) else {}

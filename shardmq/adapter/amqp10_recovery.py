@@ -11,17 +11,21 @@ is parked again) they go back to their queues as redelivered, as a closed link's
 Invariants:
 - Every parked delivery is settled exactly once: by the re-attached link (outcome or
   resend, see ``shardmq.adapter.amqp10``), or requeued at the time-out.
-- The registry is this worker's: a link re-attached on another worker finds nothing
-  here, and gets the deliveries from its queue once the time-out requeued them (none
-  lost, later). Without a running event loop (the in-process unit brokers) nothing
-  expires by itself.
+- The registry is this worker's. With several workers, ``hooks`` (set by
+  ``workers.amqp1_links``) tell the other workers which keys are parked here; a link
+  re-attached on another worker finds nothing here, that worker asks this one to
+  ``release`` the key, and the deliveries go back to their queue at once (redelivered,
+  to the new link as the queue's consumer: at-least-once, without the time-out's wait;
+  the client's unsettled map is not applied then). Without hooks they come back at the
+  time-out. Without a running event loop (the in-process unit brokers) nothing expires
+  by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from weakref import WeakKeyDictionary
 
 if TYPE_CHECKING:
@@ -35,11 +39,20 @@ Key = tuple[str, str, str]  # vhost, container-id, link name
 Parked = list[tuple[bytes, "AnyQueue", "Message"]]  # delivery-tag, queue, message
 
 
+class Hooks(Protocol):
+    """Telling the other workers (``workers.amqp1_links``)."""
+
+    def parked(self, key: Key) -> None: ...
+    def unparked(self, key: Key) -> None: ...
+    def missed(self, key: Key) -> None: ...
+
+
 class LinkRecovery:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.parked: dict[Key, Parked] = {}
         self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self.hooks: Hooks | None = None
 
     def park(self, key: Key, entries: Parked) -> None:
         """Keep ``entries`` for ``key`` until ``take`` or the time-out."""
@@ -49,21 +62,48 @@ class LinkRecovery:
         if not entries:
             return
         self.parked[key] = entries
+        if self.hooks is not None:
+            self.hooks.parked(key)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
         self._timers[key] = loop.call_later(self.timeout, self._expire, key)
 
-    def take(self, key: Key) -> Parked | None:
+    def take(self, key: Key, ask_others: bool = False) -> Parked | None:
+        """The entries parked under ``key`` (gone from here). Not here and
+        ``ask_others``: the other workers are asked to release theirs."""
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
-        return self.parked.pop(key, None)
+        entries = self.parked.pop(key, None)
+        if self.hooks is not None:
+            if entries is not None:
+                self.hooks.unparked(key)
+            elif ask_others:
+                self.hooks.missed(key)
+        return entries
+
+    def release(self, key: Key) -> int:
+        """Another worker's link took ``key``: what is parked here goes back to the
+        queues now; how many."""
+        entries = self.take(key)
+        if entries:
+            log.info(
+                "amqp1 link '%s' of container '%s' re-attached on another worker: "
+                "%d deliveries requeued",
+                key[2],
+                key[1],
+                len(entries),
+            )
+            requeue(entries)
+        return len(entries or ())
 
     def _expire(self, key: Key) -> None:
         self._timers.pop(key, None)
         entries = self.parked.pop(key, None)
+        if entries is not None and self.hooks is not None:
+            self.hooks.unparked(key)
         if entries:
             log.info(
                 "amqp1 link '%s' of container '%s' (vhost '%s') not recovered within %g s: "
