@@ -733,6 +733,11 @@ class Engine:
             parts[0] if len(parts) == 1 else b"".join(parts),
         )
         d.rcv_settle_mode = None if t.rcv_settle_mode is None else int(t.rcv_settle_mode)
+        self._deliver(s, link, d)
+
+    def _deliver(self, s: Session, link: Link, d: Delivery) -> None:
+        """A complete incoming delivery to the handler, unless it is a duplicate (every
+        path that completes a delivery ends here)."""
         mode = link.rcv_settle_mode if d.rcv_settle_mode is None else d.rcv_settle_mode
         if not d.settled and mode == T.RECEIVER_SETTLE_MODE_SECOND:
             rec = link.received.get(d.tag)
