@@ -4,7 +4,9 @@ consumers, as RabbitMQ's management rows) and ``close_connection`` (a forced clo
 
 Owns: the two ops and the row shapes (``connection_row``, ``channel_row``,
 ``consumer_row``; RabbitMQ 3.10's field names; the admin side adds ``node``) and
-``connection_name`` (RabbitMQ's ``"PEER_HOST:PEER_PORT -> HOST:PORT"``).
+``connection_name`` (RabbitMQ's ``"PEER_HOST:PEER_PORT -> HOST:PORT"``). A client with
+``management_fields`` (AMQP 1.0) gives its protocol's fields (``protocol`` "AMQP 1-0",
+``sessions``, ``links``); its sessions are its channels.
 
 Invariants:
 - A connection lives on the worker that accepted it, so every worker is asked and each
@@ -67,10 +69,9 @@ def connection_row(conn: BrokerConnection, broker: Broker) -> dict[str, Any]:
         state = "blocked" if conn.published else "blocking"
     else:
         state = "running"
-    return {
+    row: dict[str, Any] = {
         "name": connection_name(conn, broker),
         "type": "network",
-        "protocol": "AMQP 0-9-1",
         "user": conn.user,
         "user_who_performed_action": conn.user,
         "vhost": conn.vhost.name,
@@ -89,13 +90,21 @@ def connection_row(conn: BrokerConnection, broker: Broker) -> dict[str, Any]:
         "peer_cert_issuer": "",
         "peer_cert_validity": "",
         "auth_mechanism": getattr(client, "auth_mechanism", ""),
-        "client_properties": json_value(engine.client_properties) if engine else {},
         "connected_at": int(getattr(client, "connected_at", 0) * 1000),
-        "timeout": engine.heartbeat if engine else 0,
-        "frame_max": engine.frame_max if engine else 0,
-        "channel_max": engine.channel_max if engine else 0,
         "send_pend": 0,
     }
+    own = getattr(client, "management_fields", None)
+    if own is not None:  # AMQP 1.0: protocol, timeout, frame_max, sessions, links, ...
+        row.update(own())
+    else:
+        row.update(
+            protocol="AMQP 0-9-1",
+            client_properties=json_value(engine.client_properties) if engine else {},
+            timeout=engine.heartbeat if engine else 0,
+            frame_max=engine.frame_max if engine else 0,
+            channel_max=engine.channel_max if engine else 0,
+        )
+    return row
 
 
 def channel_row(ch: Channel, conn_row: dict[str, Any]) -> dict[str, Any]:

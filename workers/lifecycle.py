@@ -251,6 +251,9 @@ async def serve_broker(
         totals.start(delay=INTERVAL)
     control = None
     ops = OpsServer(broker, config.server.data_dir)
+    from workers.amqp1_links import install as amqp1_links
+
+    amqp1_links(broker, config.server.data_dir)  # AMQP 1.0 link recovery across workers
     try:
         await ops.start()
         if admin and isinstance(broker.sequencer, LocalSequencer):

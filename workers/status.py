@@ -4,7 +4,8 @@ the one way to read them.
 Owns:
 - the status sockets: ``StatusWriter`` (each worker, and the one-process broker,
   listens on ``data_dir/status/worker-<slot>.sock`` and answers every connection with
-  a report made at that moment: its pid, connections, and the queues it owns with
+  a report made at that moment: its pid, connections (and of them AMQP 1.0 ones with
+  their sessions and links), and the queues it owns with
   RabbitMQ's counts ``messages`` = ``messages_ready`` + ``messages_unacknowledged``,
   ``consumers``, a durable queue's store detail and its message counters, and the
   worker's own counters and gauges, ``workers.live_stats``) and ``read_reports``,
@@ -97,6 +98,8 @@ class WorkerReport(msgspec.Struct, kw_only=True):
     queues: list[QueueStatus]
     # message counters and process gauges (``workers.live_stats``)
     stats: WorkerStats | None = None
+    # AMQP 1.0 among ``connections``: connections, sessions, links (empty: none)
+    amqp1: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def status_dir(data_dir: str | os.PathLike[str]) -> Path:
@@ -121,6 +124,19 @@ def _unacked_by_queue(broker: Broker) -> dict[int, int]:
         for _proxy, q, _msg in broker.shards.owner.held.values():
             counts[id(q)] = counts.get(id(q), 0) + 1
     return counts
+
+
+def _amqp1_counts(broker: Broker) -> dict[str, int]:
+    conns = sessions = links = 0
+    for conn in broker.connections:
+        fields = getattr(conn.client, "management_fields", None)
+        if fields is None:
+            continue
+        f = fields()
+        conns += 1
+        sessions += f["sessions"]
+        links += f["links"]
+    return {"connections": conns, "sessions": sessions, "links": links} if conns else {}
 
 
 def report(broker: Broker, probe: LagProbe | None = None) -> WorkerReport:
@@ -164,6 +180,7 @@ def report(broker: Broker, probe: LagProbe | None = None) -> WorkerReport:
         connections=len(broker.connections),
         queues=queues,
         stats=worker_stats(broker, probe, owned),
+        amqp1=_amqp1_counts(broker),
     )
 
 
@@ -422,10 +439,15 @@ def as_table(status: BrokerStatus) -> str:
         extra = ""
         if w is not None:
             extra = f" incarnation {w.incarnation} {'ready' if w.ready else 'NOT READY'}"
-        lines.append(
-            f"worker {rep.slot}: pid {rep.pid}{extra}, {rep.connections} connection(s), "
-            f"{len(rep.queues)} queue(s)"
-        )
+        a1 = rep.amqp1
+        if a1:
+            extra += (
+                f", {rep.connections} connection(s) ({a1['connections']} AMQP 1.0: "
+                f"{a1['sessions']} session(s), {a1['links']} link(s))"
+            )
+        else:
+            extra += f", {rep.connections} connection(s)"
+        lines.append(f"worker {rep.slot}: pid {rep.pid}{extra}, {len(rep.queues)} queue(s)")
         for q in sorted(rep.queues, key=lambda q: (q.vhost, q.name)):
             store = " ".join(f"{k}={v}" for k, v in sorted(q.store.items()))
             gone = " ".join(

@@ -6,8 +6,8 @@ Owns: the ops sockets (``OpsServer``: each worker, and the one-process broker, l
 on ``data_dir/status/ops-<slot>.sock``, mode 0600), their frames (one JSON object per
 line each way: ``{"op": NAME, "args": {...}}``, answered ``{"ok": true, "result":
 ...}`` or ``{"ok": false, "error": TEXT, "status": N}``), ``OPS`` (name -> handler,
-filled by ``workers.queue_ops``, ``workers.conn_ops``, ``workers.publish_ops`` and
-``workers.node_ops``; ``environment`` here) and the clients
+filled by ``workers.queue_ops``, ``workers.conn_ops``, ``workers.publish_ops``,
+``workers.amqp1_links`` and ``workers.node_ops``; ``environment`` here) and the clients
 ``call_worker`` (one worker) and ``call_all`` (every live worker at once).
 
 Invariants:
@@ -97,7 +97,7 @@ def _slot_of(path: Path) -> int:
 # ---------------------------------------------------------------------- worker side
 def _handled() -> None:
     # the op modules register themselves in OPS
-    from workers import conn_ops, node_ops, publish_ops, queue_ops  # noqa: F401
+    from workers import amqp1_links, conn_ops, node_ops, publish_ops, queue_ops  # noqa: F401
 
 
 class OpsServer:

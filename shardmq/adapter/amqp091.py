@@ -7,7 +7,8 @@ the engine's ``ConnectionHandler`` (SASL PLAIN/AMQPLAIN, vhost, channel open/clo
 methods, publishes, acks), the domain's ``ClientLink`` (reading on/off,
 connection.blocked, server-side basic.cancel, server close) and ``ChannelSink``
 (basic.deliver, confirms, basic.return written as 0-9-1 frames), and the I/O layer's
-``ClientConnection`` (``shardmq.net.server``). Method handlers live in
+``ClientConnection`` (``shardmq.net.server``; its forwarding part is
+``shardmq.adapter.iohooks.EngineIO``, shared with the AMQP 1.0 adapter). Method handlers live in
 ``amqp091_methods``; channels suspended on another process's answer are completed here
 (``submit`` / ``remote_call`` / ``complete``).
 
@@ -28,9 +29,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from time import monotonic, time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from shardmq.adapter.amqp091_methods import HANDLERS
+from shardmq.adapter.iohooks import EngineIO, IOHooks
 from shardmq.amqp import methods as M
 from shardmq.amqp.codec import (
     FRAME_METHOD,
@@ -71,20 +73,7 @@ Reply = M.Method | Callable[[Any], "M.Method | None"] | None
 Answer = Callable[[AMQPError | None, Any], None]
 
 
-class IOHooks(Protocol):
-    """What the I/O layer does for a connection (``shardmq.net.server``)."""
-
-    def set_reading(self, active: bool) -> None:
-        """Stop or resume reading the socket."""
-
-    def tuned(self) -> None:
-        """The client accepted the tuning: heartbeats may start."""
-
-    def hold(self, seconds: float) -> None:
-        """Send nothing and read nothing for ``seconds`` (a delayed login refusal)."""
-
-
-class AMQP091Connection:
+class AMQP091Connection(EngineIO["AMQPConnection[Channel]"]):
     """One AMQP 0-9-1 client connection (see the module block)."""
 
     def __init__(
@@ -124,42 +113,13 @@ class AMQP091Connection:
         self._held_cancels: list[Consumer] = []
 
     # ------------------------------------------------------------ I/O layer side
-    def feed(self, data: bytes) -> None:
-        self.engine.feed(data)
-
-    def take_output(self) -> bytearray | None:
-        if self.confirms_due:
-            self.confirms_due = False
-            self.domain.flush_confirms()
-        return self.engine.take_output()
-
-    def after_flush(self) -> None:
-        self.domain.after_flush()
-
-    def set_write_paused(self, paused: bool) -> None:
-        self.domain.set_write_paused(paused)
-
+    # (the rest of it: ``EngineIO``)
     def connection_lost(self) -> None:
         self.engine.connection_lost()
-
-    def heartbeat_tick(self) -> bool:
-        return self.engine.heartbeat_tick()
-
-    @property
-    def state(self) -> int:
-        return self.engine.state
 
     @property
     def heartbeat(self) -> int:
         return self.engine.heartbeat
-
-    @property
-    def want_close(self) -> bool:
-        return self.engine.want_close
-
-    @property
-    def out(self) -> bytearray:
-        return self.engine.out
 
     # ------------------------------------------------------------ engine side
     def mechanisms(self) -> tuple[str, ...]:

@@ -3,10 +3,12 @@
 Owns: ``AMQP10Connection`` — it composes the sans-IO engine (``shardmq.amqp1.engine``:
 frames, SASL, sessions, links, credit) with a ``BrokerConnection`` (login, vhost,
 routing, consumers), and implements the engine's ``Handler`` (SASL PLAIN / ANONYMOUS /
-EXTERNAL against the broker's users, the vhost from ``open.hostname`` ``vhost:NAME``,
+EXTERNAL against the broker's users, PLAIN and EXTERNAL as ``[auth] mechanisms`` allow,
+EXTERNAL only with a verified client certificate, the vhost from ``open.hostname`` ``vhost:NAME``,
 a domain ``Channel`` per session, links to queues and exchanges, publishes, settlements),
 the domain's ``ClientLink`` and ``ChannelSink`` (deliveries as transfers, confirms as
-dispositions), and the I/O layer's connection interface (as ``AMQP091Connection``).
+dispositions), and the I/O layer's connection interface (as ``AMQP091Connection``, its
+forwarding part in ``shardmq.adapter.iohooks.EngineIO``).
 ``LinkConsumer`` is the domain consumer of a link the broker sends on.
 
 Invariants:
@@ -20,8 +22,11 @@ Invariants:
   another worker's queue, bounded by the consumer's prefetch ``LINK_WINDOW``) wait in
   the link, in order, until credit comes.
 - Outcomes: accepted = ack; rejected = reject (dead-lettered where configured);
-  released and modified = requeue, modified with undeliverable-here = reject. A detached
-  link's or ended session's unsettled deliveries go back to their queue.
+  released and modified = requeue, modified with undeliverable-here = reject. A closed
+  link's or ended session's unsettled deliveries go back to their queue; a link lost
+  without being closed parks them (``amqp10_recovery``) for a re-attach under its name
+  by the same container-id, which settles those the client's unsettled map gives an
+  outcome and sends the others again first (redelivered, on its own channel).
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from time import monotonic
+from time import monotonic, time
 from typing import TYPE_CHECKING, Any
 
-from shardmq.adapter.amqp091 import IOHooks
+from shardmq.adapter.amqp10_recovery import Parked, recovery_of, requeue
+from shardmq.adapter.iohooks import EngineIO, IOHooks
 from shardmq.amqp.codec import shortstr
 from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, HardError, SoftError
 from shardmq.amqp1 import types_gen as T
@@ -64,7 +70,7 @@ FRAME_MAX_091 = 131072
 class LinkConsumer(Consumer):
     """The consumer of a link the broker sends on: ready while the link has credit."""
 
-    __slots__ = ("link", "session", "waiting", "dynamic")
+    __slots__ = ("link", "session", "waiting", "dynamic", "resume")
 
     def __init__(self, link: Link, session: Session, ch: Channel, q: Any, settled: bool) -> None:
         tag = f"amqp1:{session.channel}:{link.name}"
@@ -74,6 +80,8 @@ class LinkConsumer(Consumer):
         # deliveries that arrived beyond the link's credit: (tag, redelivered, message)
         self.waiting: deque[tuple[int, bool, Message]] = deque()
         self.dynamic = ""  # the queue made for a dynamic source, deleted with the link
+        # link recovery: a lost link's deliveries to send again once attached
+        self.resume: Parked = []
 
     def ready(self) -> bool:
         return (
@@ -84,7 +92,7 @@ class LinkConsumer(Consumer):
 
 
 class SessionState:
-    __slots__ = ("ch", "confirms", "outgoing", "second")
+    __slots__ = ("ch", "confirms", "outgoing")
 
     def __init__(self, ch: Channel) -> None:
         self.ch = ch
@@ -92,8 +100,6 @@ class SessionState:
         self.confirms: dict[int, tuple[Link, int]] = {}
         # delivery-id of an unsettled delivery to the client -> (channel tag, link)
         self.outgoing: dict[int, tuple[int, Link]] = {}
-        # publishes accepted in receiver-settle-mode second, waiting for the peer's settle
-        self.second: set[int] = set()
 
 
 class LinkState:
@@ -107,7 +113,7 @@ class LinkState:
         self.anonymous = anonymous
 
 
-class AMQP10Connection:
+class AMQP10Connection(EngineIO[Engine]):
     """One AMQP 1.0 client connection (see the module block)."""
 
     def __init__(
@@ -139,33 +145,14 @@ class AMQP10Connection:
         self.confirms_due = False
         self._closed = False
         self._opened = False
+        self.connected_at = time()  # for the management API's listing
+        self.auth_mechanism = ""  # the mechanism of the accepted login
 
     # ------------------------------------------------------------ I/O layer side
-    def feed(self, data: bytes) -> None:
-        self.engine.feed(data)
-
-    def take_output(self) -> bytearray | None:
-        if self.confirms_due:
-            self.confirms_due = False
-            self.domain.flush_confirms()
-        return self.engine.take_output()
-
-    def after_flush(self) -> None:
-        self.domain.after_flush()
-
-    def set_write_paused(self, paused: bool) -> None:
-        self.domain.set_write_paused(paused)
-
+    # (the rest of it: ``EngineIO``)
     def connection_lost(self) -> None:
         self.engine.connection_lost()
         self.on_close()
-
-    def heartbeat_tick(self) -> bool:
-        return self.engine.heartbeat_tick()
-
-    @property
-    def state(self) -> int:
-        return self.engine.state
 
     @property
     def heartbeat(self) -> float:
@@ -173,24 +160,35 @@ class AMQP10Connection:
         every half of it)."""
         return self.engine.tick_seconds() * 2
 
-    @property
-    def want_close(self) -> bool:
-        return self.engine.want_close
-
-    @property
-    def out(self) -> bytearray:
-        return self.engine.out
+    def management_fields(self) -> dict[str, Any]:
+        """The protocol's part of this connection's management row
+        (``workers.conn_ops``): RabbitMQ's "AMQP 1-0", and its sessions and links."""
+        engine = self.engine
+        sessions = [s for s in engine.sessions.values() if not s.ending]
+        return {
+            "protocol": "AMQP 1-0",
+            "timeout": engine.idle_time_out // 1000,
+            "frame_max": engine.send_max_frame,
+            "channel_max": engine.channel_max,
+            "client_properties": {"container_id": engine.remote_container_id},
+            "sessions": len(sessions),
+            "links": sum(1 for s in sessions for lk in s.links.values() if not lk.detached),
+        }
 
     # ------------------------------------------------------------ SASL, open
     def mechanisms(self) -> list[str]:
-        mechs = ["PLAIN"]
-        if self.tls is not None and self.tls.user is not None:
-            mechs.insert(0, "EXTERNAL")
+        # [auth] mechanisms as for 0-9-1: EXTERNAL only with a verified client certificate
+        allowed = self.broker.config.auth.mechanisms
+        external = self.tls is not None and self.tls.user is not None
+        mechs: list[str] = [
+            m for m in ("EXTERNAL", "PLAIN") if m in allowed and (m != "EXTERNAL" or external)
+        ]
         if self.settings.anonymous:
             mechs.append("ANONYMOUS")
         return mechs
 
     def authenticate(self, mechanism: str, response: bytes) -> bool:
+        self.auth_mechanism = mechanism
         domain = self.domain
         if mechanism == "EXTERNAL":
             user = self.tls.user if self.tls is not None else None
@@ -306,7 +304,8 @@ class AMQP10Connection:
                 f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use",
             )
         settled = link.snd_settle_mode == T.SENDER_SETTLE_MODE_SETTLED
-        link.user = LinkConsumer(link, session, st.ch, q, settled)
+        c = link.user = LinkConsumer(link, session, st.ch, q, settled)
+        unsettled = self._recover(link, a, c) if not source.dynamic else None
         return T.Attach(
             name=a.name,
             handle=link.handle,
@@ -315,8 +314,41 @@ class AMQP10Connection:
             rcv_settle_mode=a.rcv_settle_mode,
             source=source,
             target=a.target,
+            unsettled=unsettled,
             initial_delivery_count=0,
         )
+
+    def _recovery_key(self, link: Link) -> tuple[str, str, str]:
+        return (self.domain.vhost.name, self.engine.remote_container_id, link.name)
+
+    def _recover(self, link: Link, a: Any, c: LinkConsumer) -> dict[bytes, Any] | None:
+        """Link recovery: the deliveries a lost link of this name left unsettled. The
+        reply's unsettled map lists them; those the client's map gives an outcome are
+        settled with it, the others are sent again once the link is attached."""
+        parked = recovery_of(self.broker).take(self._recovery_key(link), ask_others=True)
+        if not parked:
+            return None
+        theirs = a.unsettled if isinstance(a.unsettled, dict) else {}
+        for tag, queue, msg in parked:
+            state = theirs.get(tag)
+            if isinstance(state, T.Accepted):
+                queue.settle(msg)
+            elif isinstance(state, T.Rejected) or (
+                isinstance(state, T.Modified) and state.undeliverable_here
+            ):
+                queue.reject(msg)
+            elif isinstance(state, (T.Released, T.Modified)):
+                queue.requeue([msg])
+            else:
+                c.resume.append((tag, queue, msg))
+        log.info(
+            "connection %s: link '%s' recovered: %d unsettled, %d to send again",
+            self.peer,
+            link.name,
+            len(parked),
+            len(c.resume),
+        )
+        return {tag: None for tag, _q, _m in parked}
 
     def _dynamic_source(self, session: Session, link: Link, a: Any) -> None:
         """A dynamic receiver: a server-named exclusive queue, deleted with the link
@@ -373,6 +405,18 @@ class AMQP10Connection:
         c: LinkConsumer = link.user
         st: SessionState = session.user
         st.ch.consumers[c.tag] = c
+        if c.resume and not c.no_ack:
+            # recovered deliveries go first, as redelivered, on this link's channel
+            ch = st.ch
+            for _tag, queue, msg in c.resume:
+                ch.next_tag += 1
+                ch.unacked[ch.next_tag] = (c, queue, msg)
+                c.unacked += 1
+                ch.consumer_unacked += 1
+                self.deliver(ch, c, ch.next_tag, True, msg)
+        elif c.resume:  # an at-most-once link now: they go back to the queue
+            requeue(c.resume)
+        c.resume = []
         q = c.queue
         if isinstance(q, RemoteQueue):
 
@@ -407,12 +451,31 @@ class AMQP10Connection:
         tags = [tag for did, (tag, lk) in st.outgoing.items() if lk is link]
         for did in [d for d, (_t, lk) in st.outgoing.items() if lk is link]:
             del st.outgoing[did]
+        if link.lost and not c.dynamic and self.settings.link_recovery_timeout > 0:
+            self._park(st.ch, c, tags)
+            tags = []
         tags += [tag for tag, _r, _m in c.waiting if not c.no_ack]
         c.waiting.clear()
         for tag in tags:
             if tag in st.ch.unacked:
                 st.ch.reject(tag, 0, True)
         self.domain.qos.after_settle()
+
+    def _park(self, ch: Channel, c: LinkConsumer, tags: list[int]) -> None:
+        """Link recovery: the deliveries a lost link's client has not settled leave
+        the channel (closing it will not requeue them) and wait for a re-attach."""
+        parked: Parked = []
+        for tag in tags:
+            entry = ch.unacked.pop(tag, None)
+            if entry is None:
+                continue
+            consumer, queue, msg = entry
+            if consumer is not None:
+                consumer.unacked -= 1
+                ch.consumer_unacked -= 1
+            parked.append((tag.to_bytes(8, "big"), queue, msg))
+        if parked:
+            recovery_of(self.broker).park(self._recovery_key(c.link), parked)
 
     # ------------------------------------------------------------ credit
     def on_flow(self, session: Session, link: Link, drain: bool) -> None:
@@ -498,11 +561,8 @@ class AMQP10Connection:
             self._settle_publish(session, link, d.delivery_id, T.Rejected(error=err))
 
     def _settle_publish(self, session: Session, link: Link, did: int, state: Any) -> None:
-        second = link.rcv_settle_mode == T.RECEIVER_SETTLE_MODE_SECOND
-        if second:
-            st: SessionState = session.user
-            st.second.add(did)
-        self.engine.disposition(session, did, did, not second, state)
+        # receiver-settle-mode second: the engine keeps the record until the client settles
+        self.engine.settle_received(session, link, did, state)
 
     # ------------------------------------------------------------ ChannelSink
     def confirm(self, ch: Channel, seq: int, multiple: bool, ack: bool) -> None:
@@ -591,10 +651,7 @@ class AMQP10Connection:
         last = int(d.last) if d.last is not None else first
         if last < first or last - first > 1_000_000:
             raise SessionError(T.AMQP_ERROR_INVALID_FIELD, f"disposition range {first}..{last}")
-        if not d.role:  # the client settles its own publishes (receiver-settle-mode second)
-            if d.settled:
-                for did in range(first, last + 1):
-                    st.second.discard(did)
+        if not d.role:  # the client settles its own publishes (the engine's records)
             return
         state = d.state
         ch = st.ch

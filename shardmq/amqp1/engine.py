@@ -23,6 +23,14 @@ Invariants:
 - A sending link sends only while it has credit; each delivery takes one credit and
   adds one to delivery-count. Drain with nothing left to send advances delivery-count
   by the remaining credit and answers with a flow.
+- Receiver settle mode second on a link the peer sends on (exactly-once): an unsettled
+  delivery leaves a ``Received`` record under its delivery-tag until the peer settles
+  every delivery-id it came under; the broker's outcome (``settle_received``) goes out
+  unsettled; a delivery with the tag of a record is a duplicate: never passed to the
+  handler, answered with the record's outcome. A link's records end with it.
+- A link that ends without being closed (the peer's detach with closed=false, or the
+  connection lost without a close) has ``lost`` set before the handler's ``on_detach``:
+  the handler may keep its unsettled deliveries for a re-attach (link recovery).
 - Output goes to ``out``; ``wake`` is called once when it turns non-empty.
 """
 
@@ -109,6 +117,8 @@ class Link:
         "_partial_tag",
         "_partial_settled",
         "detached",
+        "received",
+        "lost",
     )
 
     def __init__(self, name: str, handle: int, remote_handle: int, role: bool) -> None:
@@ -128,6 +138,24 @@ class Link:
         self._partial_tag = b""
         self._partial_settled = False
         self.detached = False
+        # receiver-settle-mode second, a link the peer sends on: delivery-tag -> the
+        # record of a delivery received but not yet settled by the peer
+        self.received: dict[bytes, Received] = {}
+        # the link ended without being closed (connection lost, detach closed=false):
+        # it may be resumed (the handler decides)
+        self.lost = False
+
+
+class Received:
+    """An unsettled delivery received in receiver-settle-mode second: the broker's
+    outcome (None until decided) and the delivery-ids it came under (a re-sent
+    duplicate adds one)."""
+
+    __slots__ = ("state", "ids")
+
+    def __init__(self, delivery_id: int) -> None:
+        self.state: Any = None
+        self.ids = [delivery_id]
 
 
 class Session:
@@ -146,6 +174,7 @@ class Session:
         "out_queue",
         "user",
         "ending",
+        "received_ids",
     )
 
     def __init__(self, channel: int, remote_channel: int, window: int) -> None:
@@ -164,6 +193,8 @@ class Session:
         self.out_queue: deque[tuple[Link, bytes]] = deque()
         self.user: Any = None
         self.ending = False  # the broker sent end
+        # delivery-id -> (link, delivery-tag) of the ``Link.received`` records
+        self.received_ids: dict[int, tuple[Link, bytes]] = {}
 
 
 class Engine:
@@ -204,6 +235,7 @@ class Engine:
         self.out_hold = 0  # the I/O layer's output bound (this engine does not hold input)
         self.input_held = False
         self.user: str | None = None  # authenticated user (the handler sets it)
+        self.remote_container_id = ""  # the peer's, from its open
 
     # ------------------------------------------------------------ output
     def wake_once(self) -> None:
@@ -357,6 +389,9 @@ class Engine:
         if isinstance(perf, T.Transfer):
             self._transfer(session, perf, payload)
         elif isinstance(perf, T.Disposition):
+            if not perf.role and perf.settled:
+                last = perf.first if perf.last is None else perf.last
+                self._peer_settled(session, int(perf.first), int(last))
             self.handler.on_disposition(session, perf)
         elif isinstance(perf, T.Flow):
             self._flow(session, perf)
@@ -381,6 +416,7 @@ class Engine:
         self.send_max_frame = min(peer_max, self.local_max_frame)
         self.channel_max = min(int(o.channel_max), self.channel_max)
         self.remote_idle_time_out = int(o.idle_time_out or 0)
+        self.remote_container_id = str(o.container_id)
         try:
             self.handler.on_open(o.hostname)
         except AmqpError as exc:
@@ -539,6 +575,7 @@ class Engine:
         if link.detached:  # the broker detached it first: this is the answer
             del s.links[link.remote_handle]
             return
+        link.lost = not d.closed  # detached, not closed: it may be resumed
         self._forget_link(s, link, d.error)
         link.detached = True
         self.send(s.channel, T.Detach(handle=UInt(link.handle), closed=d.closed))
@@ -557,6 +594,11 @@ class Engine:
     def _forget_link(self, s: Session, link: Link, error: Any, keep_handle: bool = False) -> None:
         """The link ends for the handler (once); its handle stays taken while the
         broker waits for the peer's detach (``keep_handle``)."""
+        if link.received:
+            for rec in link.received.values():
+                for did in rec.ids:
+                    s.received_ids.pop(did, None)
+            link.received.clear()
         if s.links.get(link.remote_handle) is link and not link.detached:
             if not keep_handle:
                 del s.links[link.remote_handle]
@@ -691,7 +733,66 @@ class Engine:
             parts[0] if len(parts) == 1 else b"".join(parts),
         )
         d.rcv_settle_mode = None if t.rcv_settle_mode is None else int(t.rcv_settle_mode)
+        self._deliver(s, link, d)
+
+    def _deliver(self, s: Session, link: Link, d: Delivery) -> None:
+        """A complete incoming delivery to the handler, unless it is a duplicate (every
+        path that completes a delivery ends here)."""
+        mode = link.rcv_settle_mode if d.rcv_settle_mode is None else d.rcv_settle_mode
+        if not d.settled and mode == T.RECEIVER_SETTLE_MODE_SECOND:
+            rec = link.received.get(d.tag)
+            s.received_ids[d.delivery_id] = (link, d.tag)
+            if rec is not None:
+                # the same delivery-tag again while the first is not settled: a
+                # duplicate (the exactly-once handshake): dropped, answered as the first
+                log.info(
+                    "amqp1 connection %s: link '%s': duplicate delivery-tag %r dropped",
+                    self.peer,
+                    link.name,
+                    d.tag,
+                )
+                rec.ids.append(d.delivery_id)
+                if rec.state is not None:
+                    self.disposition(s, d.delivery_id, d.delivery_id, False, rec.state)
+                return
+            link.received[d.tag] = Received(d.delivery_id)
         self.handler.on_transfer(s, link, d)
+
+    def settle_received(self, s: Session, link: Link, delivery_id: int, state: Any) -> None:
+        """The broker's outcome for a delivery received on ``link``: settled at once,
+        or in receiver-settle-mode second sent unsettled (to each delivery-id the
+        delivery came under) and kept until the peer settles."""
+        entry = s.received_ids.get(delivery_id)
+        if entry is None or entry[0] is not link:
+            self.disposition(s, delivery_id, delivery_id, True, state)
+            return
+        rec = link.received.get(entry[1])
+        if rec is None:
+            return
+        rec.state = state
+        for did in rec.ids:
+            self.disposition(s, did, did, False, state)
+
+    def _peer_settled(self, s: Session, first: int, last: int) -> None:
+        """The peer (the sender) settled deliveries it sent: their records go."""
+        ids = s.received_ids
+        if not ids:
+            return
+        span = (last - first) % SEQ
+        if span < len(ids):
+            dids = [(first + i) % SEQ for i in range(span + 1)]
+        else:
+            dids = [did for did in ids if (did - first) % SEQ <= span]
+        for did in dids:
+            entry = ids.pop(did, None)
+            if entry is None:
+                continue
+            link, tag = entry
+            rec = link.received.get(tag)
+            if rec is not None:
+                rec.ids.remove(did)
+                if not rec.ids:
+                    del link.received[tag]
 
     # ------------------------------------------------------------ transfers out
     def send_transfer(
@@ -808,6 +909,10 @@ class Engine:
 
     def connection_lost(self) -> None:
         if self.state < CLOSED:
+            if self.state < CLOSING:  # gone without a close: its links may be resumed
+                for s in self.sessions.values():
+                    for link in s.links.values():
+                        link.lost = True
             self.state = CLOSED
             self._release()
         elif self.sessions:

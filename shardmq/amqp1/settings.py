@@ -8,7 +8,10 @@ of them is disconnected; 0 = none). ``max_frame_size``, ``channel_max``: offered
 open. ``session_window``: the incoming window (transfer frames) the broker gives each
 session, which bounds what one session can have in flight towards it.
 ``link_credit``: the credit the broker grants a sending client's link, topped up as
-its transfers arrive.
+its transfers arrive. ``link_recovery_timeout``: seconds the unsettled deliveries of a
+receiving link lost without being closed (connection dropped, detach closed=false) wait
+for the link to be re-attached under the same name by the same container (link
+recovery) before they are requeued; 0 = requeued at once.
 """
 
 from __future__ import annotations
@@ -26,3 +29,4 @@ class AMQP1Settings(Struct, forbid_unknown_fields=True, kw_only=True):
     channel_max: Annotated[int, Meta(ge=0, le=65535)] = 2047
     session_window: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 1024
     link_credit: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 256
+    link_recovery_timeout: Annotated[float, Meta(ge=0)] = 60.0

@@ -218,6 +218,63 @@ def test_incoming_transfers_multi_frame_aborted_and_credit() -> None:
     assert p.e.state == OPEN and 0 in p.e.sessions
 
 
+def test_receiver_settle_mode_second_drops_duplicate_tags() -> None:
+    """Exactly-once: an unsettled delivery received in mode second is kept (its tag)
+    until the peer settles it; the same tag sent again meanwhile is a duplicate, not a
+    new message, and gets the first one's outcome."""
+    p = Peer()
+    p.open()
+    p.begin()
+    p.attach("pub", T.ROLE_SENDER, rcv_settle_mode=T.RECEIVER_SETTLE_MODE_SECOND)
+    s = p.e.sessions[0]
+    link = s.links[0]
+    p.e.grant(s, link, 10)
+    p.performatives()
+
+    def transfer(did: int, tag: bytes, **kw: Any) -> None:
+        p.send(
+            T.Transfer(handle=UInt(0), delivery_id=UInt(did), delivery_tag=tag, **kw), payload=b"m"
+        )
+
+    def dispositions() -> list[Any]:
+        return [x for x in p.performatives() if isinstance(x, T.Disposition)]
+
+    def received() -> list[int]:
+        return [e[1] for e in p.h.events if e[0] == "transfer"]
+
+    transfer(0, b"a")
+    assert received() == [0]
+    p.e.settle_received(s, link, 0, T.Accepted())
+    (disp,) = dispositions()
+    assert disp.role is True and disp.first == 0 and not disp.settled
+    assert disp.state == T.Accepted()
+    transfer(1, b"a")  # re-sent: dropped, answered with the first one's outcome
+    assert received() == [0]
+    (disp,) = dispositions()
+    assert disp.first == 1 and not disp.settled and disp.state == T.Accepted()
+    # a duplicate before the outcome: both delivery-ids get it once it is decided
+    transfer(2, b"b")
+    transfer(3, b"b")
+    assert received() == [0, 2] and dispositions() == []
+    p.e.settle_received(s, link, 2, T.Accepted())
+    assert [(d.first, d.settled) for d in dispositions()] == [(2, False), (3, False)]
+    # the peer settles: the records go; the tag is then a new delivery
+    p.send(T.Disposition(role=T.ROLE_SENDER, first=UInt(0), last=UInt(3), settled=True))
+    assert link.received == {} and s.received_ids == {}
+    transfer(4, b"a")
+    assert received() == [0, 2, 4]
+    # a settled transfer or a transfer in mode first is settled at once, no record
+    transfer(5, b"c", settled=True)
+    transfer(6, b"d", rcv_settle_mode=T.RECEIVER_SETTLE_MODE_FIRST)
+    assert received() == [0, 2, 4, 5, 6] and set(link.received) == {b"a"}
+    p.e.settle_received(s, link, 6, T.Accepted())
+    (disp,) = dispositions()
+    assert disp.first == 6 and disp.settled
+    # the records of a detached link go with it
+    p.send(T.Detach(handle=UInt(0), closed=True))
+    assert link.received == {} and s.received_ids == {}
+
+
 def test_message_size_limit_detaches() -> None:
     p = Peer(max_message_size=10)
     p.open()
@@ -284,6 +341,34 @@ def test_dispositions_and_detach_reach_the_handler() -> None:
     assert isinstance(p.performatives()[-1], T.Detach)
     p.send(T.End())
     assert isinstance(p.performatives()[-1], T.End) and ("end", 0) in p.h.events
+
+
+def test_links_ended_without_close_are_marked_lost() -> None:
+    """Link recovery: a detach with closed=false or a connection lost without a close
+    leaves the link resumable (``lost``) for the handler; a closed link or a closed
+    connection does not."""
+    p = Peer()
+    p.open()
+    p.begin()
+    p.attach("a", T.ROLE_RECEIVER, handle=0)
+    p.attach("b", T.ROLE_RECEIVER, handle=1)
+    p.attach("c", T.ROLE_RECEIVER, handle=2)
+    s = p.e.sessions[0]
+    a, b, c = s.links[0], s.links[1], s.links[2]
+    assert p.e.remote_container_id == "c"
+    p.send(T.Detach(handle=UInt(0), closed=False))
+    p.send(T.Detach(handle=UInt(1), closed=True))
+    assert a.lost and not b.lost
+    p.e.connection_lost()
+    assert c.lost and ("detach", "c") in p.h.events
+    q = Peer()
+    q.open()
+    q.begin()
+    q.attach("d", T.ROLE_RECEIVER)
+    d = q.e.sessions[0].links[0]
+    q.send(T.Close())
+    q.e.connection_lost()
+    assert not d.lost and ("detach", "d") in q.h.events
 
 
 def test_refused_attach_keeps_its_handle_until_the_peer_detaches() -> None:

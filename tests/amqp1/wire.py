@@ -77,6 +77,13 @@ class RawClient:
             if isinstance(perf, cls):
                 return perf
 
+    def drop(self) -> None:
+        """Lose the connection without a close (a half-close the broker answers by
+        closing its side): once this returns, the broker saw the connection go."""
+        self.sock.shutdown(socket.SHUT_WR)
+        self.closed_by_peer(self.timeout)
+        self.sock.close()
+
     def closed_by_peer(self, within: float) -> bool:
         """The broker closes the socket within ``within`` seconds (frames are skipped)."""
         deadline = time.monotonic() + within
@@ -93,6 +100,7 @@ class RawClient:
         user: str = "guest",
         password: str = "guest",
         hostname: str | None = None,
+        container_id: str = "raw",
         **open_fields: Any,
     ) -> T.Open:
         self.send_raw(HEADER_SASL)
@@ -105,7 +113,7 @@ class RawClient:
         assert isinstance(outcome, T.SaslOutcome) and outcome.code == 0, outcome
         self.send_raw(HEADER_AMQP)
         assert self.read_header() == HEADER_AMQP
-        self.send(T.Open(container_id="raw", hostname=hostname, **open_fields))
+        self.send(T.Open(container_id=container_id, hostname=hostname, **open_fields))
         _c, opened, _p = self.read_frame()
         assert isinstance(opened, T.Open), opened
         return opened
