@@ -37,7 +37,9 @@ Invariants:
   (``priority.py``); the code below does not know which.
 - ``requeue`` on a quorum queue counts the returns first (``delivery_limit.py``: the
   ``x-delivery-count`` copy takes the message's place, over the limit it is
-  dead-lettered); ``get`` adds the count-0 header there.
+  dead-lettered); ``get`` adds the count-0 header there. Messages the client returned
+  (``back``: reject/nack with requeue, basic.recover) go to a quorum queue's back, in
+  the order returned; a closed channel's go back to the front (RabbitMQ 3.10.8).
 - ``settle`` is an ack; ``reject`` a reject/nack without requeue (dead-lettered
   ``rejected`` when the queue has a dead-letter exchange).
 - ``expired`` / ``dead_lettered`` / ``dropped`` count messages that left by TTL, were
@@ -441,14 +443,21 @@ class Queue:
         else:
             self.store.ack(msg)
 
-    def requeue(self, msgs: Iterable[Message]) -> None:
+    def requeue(self, msgs: Iterable[Message], back: bool = False) -> None:
+        """``msgs`` (unacked) come back, redelivered: to their places at the front, or,
+        on a quorum queue when the client returned them (``back``: reject/nack with
+        requeue, basic.recover), to the back in the order given, as RabbitMQ 3.10."""
         if self.deleted:
             return
         msgs = list(msgs)
-        if self.settings.quorum:  # counted; over x-delivery-limit: dead-lettered
+        quorum = self.settings.quorum
+        if quorum:  # counted; over x-delivery-limit: dead-lettered
             msgs = delivery_limit.returned(self, msgs)
         self.redelivered.update(msgs)
-        self.store.requeue(msgs)
+        if quorum and back:
+            delivery_limit.to_back(self.store, msgs)
+        else:
+            self.store.requeue(msgs)
         if self.features:
             qfeatures.requeued(self, msgs)
         self.dispatch()
