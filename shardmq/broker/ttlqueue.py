@@ -90,10 +90,10 @@ def dispatch(q: Queue) -> None:
     if q._dispatching or q.deleted:
         return
     store = q.store
-    if not store:
-        return
-    c = q._next_consumer()
-    if c is None:
+    c = q._next_consumer() if store else None
+    if c is None:  # nothing moves: only the publishers' release, as the plain path
+        if q.throttled and len(store) <= q.release_at:
+            q.release_publishers()
         return
     q._dispatching = True
     due = False

@@ -166,3 +166,28 @@ def test_turn_ms_is_read_once_per_loop_turn() -> None:
     a = turn_ms()  # without a loop: the clock every time
     time.sleep(0.005)
     assert turn_ms() >= a + 5
+
+
+class _Publisher:
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+
+    def throttle(self, queue: Queue, on: bool) -> None:
+        self.calls.append(on)
+
+
+def test_throttled_publishers_are_released_when_the_backlog_is_gone() -> None:
+    """As on the plain path: a dispatch that finds the backlog under the release mark
+    releases the publishers, also when nothing is left to deliver."""
+    q = Queue("q", "/", arguments={"x-message-ttl": 60_000})
+    c = _Consumer(room=False)
+    q.add_consumer(c)  # type: ignore[arg-type]
+    for i in range(4):
+        q.publish(msg(seq=i + 1))
+    pub = _Publisher()
+    q.throttle(pub)  # type: ignore[arg-type]
+    assert pub.calls == [True] and q.release_at == 2
+    while q.get() is not None:  # drained by basic.get
+        pass
+    q.dispatch()
+    assert pub.calls == [True, False] and not q.throttled
