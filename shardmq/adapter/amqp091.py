@@ -235,16 +235,17 @@ class AMQP091Connection(EngineIO["AMQPConnection[Channel]"]):
                     60,
                     40,
                 )
-        if raw[19] & 0x01:  # expiration property present: RabbitMQ validates it
-            exp = msg.properties().expiration
-            if exp is not None:
-                try:
-                    parse_expiration(exp)
-                except SoftError as exc:
-                    exc.class_id, exc.method_id = 60, 40
-                    raise
-        if raw[19] & 0x02 and raw.find(REPLY_NEEDLE, 19, 7 + hsize) >= 0:
-            msg = domain.broker.replies.rewrite(ch, msg)  # reply_to: direct reply-to
+        if raw[19] & 0x03:  # expiration or reply-to: one test for a plain publish
+            if raw[19] & 0x01:  # expiration property present: RabbitMQ validates it
+                exp = msg.properties().expiration
+                if exp is not None:
+                    try:
+                        parse_expiration(exp)
+                    except SoftError as exc:
+                        exc.class_id, exc.method_id = 60, 40
+                        raise
+            if raw[19] & 0x02 and raw.find(REPLY_NEEDLE, 19, 7 + hsize) >= 0:
+                msg = domain.broker.replies.rewrite(ch, msg)  # reply_to: direct reply-to
         domain.publish(ch, msg, exlen, flags)
 
     def on_ack(self, ch: Channel, delivery_tag: int, multiple: int) -> None:

@@ -54,6 +54,7 @@ from shardmq.broker.delayed import DelayedScheduler
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.metadata import DeleteUser, DeleteVHost, Metadata, Op, OpResult, shard_for
 from shardmq.broker.priority import max_priority
+from shardmq.broker.qargs import parse_queue_args
 from shardmq.broker.queue import Consumer, DurableQueue, Queue
 from shardmq.broker.remote import RemoteQueue
 from shardmq.broker.replyto import ReplyRegistry
@@ -292,7 +293,9 @@ class Broker:
         storage = self.storage
         if storage is not None and kw.get("durable") and not kw.get("exclusive"):
             try:
-                store = storage.open_queue(vhost, name, max_priority(kw.get("arguments")))
+                args = kw.get("arguments") or {}
+                quorum = parse_queue_args(args, name, vhost).quorum
+                store = storage.open_queue(vhost, name, max_priority(args), quorum)
             except OSError as exc:
                 log.error("cannot open the store of queue '%s' in vhost '%s': %s", name, vhost, exc)
                 raise HardError(INTERNAL_ERROR, f"cannot open queue storage: {exc}") from exc

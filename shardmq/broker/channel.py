@@ -10,6 +10,9 @@ Invariants:
 - Delivery tags start at 1 and grow by one per delivery or get-ok on this channel.
 - ``unacked`` maps tag -> (consumer or None, queue, message) in tag order; every entry
   is settled exactly once: ack, reject/nack, or requeue when the channel closes.
+- A requeue the client asked for (reject/nack with requeue, basic.recover) is a
+  ``back`` one: a quorum queue puts those messages at its back, as RabbitMQ 3.10 does;
+  what a closing channel held goes back to the front (``Queue.requeue``).
 - ``consumer_unacked`` counts unacked deliveries made to consumers (not basic.get), the
   figure ``global`` qos limits; each consumer counts its own for per-consumer qos.
 - Publisher confirms: ``confirm_seq`` numbers publishes from 1; confirms are coalesced
@@ -223,14 +226,15 @@ class Channel:
             self._check_tag(tag, multiple)
             self.tx_acks.append((1, tag, multiple, requeue))
             return
-        self._settle(self._collect(tag, multiple), requeue=requeue)
+        self._settle(self._collect(tag, multiple), requeue=requeue, back=True)
 
     def _check_tag(self, tag: int, multiple: int) -> None:
         if (tag or not multiple) and tag not in self.unacked:
             raise SoftError(PRECONDITION_FAILED, f"unknown delivery tag {tag}", 60, 80)
 
-    def _settle(self, entries: list[Unacked], requeue: bool | None) -> None:
-        """requeue None: ack; False: drop; True: back to the queue as redelivered."""
+    def _settle(self, entries: list[Unacked], requeue: bool | None, back: bool = False) -> None:
+        """requeue None: ack; False: drop; True: back to the queue as redelivered (at
+        its back, for a quorum queue, when ``back``: the client returned them)."""
         if requeue is None:
             self.stats.acked += len(entries)
         touched: dict[AnyQueue, list[Message]] = {}
@@ -250,20 +254,20 @@ class Channel:
                 touched.setdefault(queue, [])
         for queue, msgs in touched.items():
             if msgs:
-                queue.requeue(msgs)
+                queue.requeue(msgs, back)
             else:
                 queue.dispatch()
         if freed and self.global_prefetch:
             # the room is the channel's: its other queues may use it too
             self.kick(skip=touched)
 
-    def requeue_all(self) -> None:
+    def requeue_all(self, back: bool = False) -> None:
         entries = list(self.unacked.values())
         self.unacked.clear()
-        self._settle(entries, requeue=True)
+        self._settle(entries, requeue=True, back=back)
 
     def recover(self) -> None:
-        self.requeue_all()
+        self.requeue_all(back=True)
 
     # ------------------------------------------------------------ confirms
     def confirm_published(self) -> None:

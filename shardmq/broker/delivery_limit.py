@@ -3,8 +3,9 @@
 
 Owns: ``CountedMessage`` (a message as a quorum queue holds it: the publish with the
 ``x-delivery-count`` header set, its count, and the publish it came from), ``got``
-(a message taken by basic.get) and ``returned`` (messages handed back to a quorum
-queue: nack/reject with requeue, a closed channel, a cancelled consumer).
+(a message taken by basic.get), ``returned`` (messages handed back to a quorum
+queue: nack/reject with requeue, a closed channel, a cancelled consumer) and
+``to_back`` (where the ones the client returned go: the back of the queue).
 
 Invariants (checked against RabbitMQ 3.10.8):
 - A first delivery to a consumer is the message as published; a first one by
@@ -19,19 +20,27 @@ Invariants (checked against RabbitMQ 3.10.8):
   old one's place in the store (``MessageStore.rebind``), with the same ``seq`` and
   ``ts``, so order and deadlines are kept. A dead-lettered copy is made from the
   ``origin`` (RabbitMQ dead-letters the message as published, without the header).
-- Counts live in memory: after a restart a recovered message counts from 0 again
-  (it comes back redelivered). A single node has no Raft log to keep them in.
+- A durable quorum queue's store writes a message with its count (``CountingCodec``:
+  the publish as received plus ``ts`` and the count in the record's ``b`` part; it
+  loads back as the ``CountedMessage``). A return the client asked for (``to_back``)
+  writes such a record, so its count survives a restart or kill -9. What a closing
+  channel returns goes back to its place at the front: that count is kept in memory
+  only (the record there is the one written before), so after a restart the message
+  counts on from its last written count.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
 
 from shardmq.amqp.methods import BasicProperties
-from shardmq.message import Message
+from shardmq.message import Message, next_seq
+from shardmq.store.queue_store import RawCodec
 
 if TYPE_CHECKING:
     from shardmq.broker.queue import Queue
+    from shardmq.broker.storage import MessageStore
 
 DELIVERY_LIMIT = "delivery_limit"  # the dead-letter reason
 HEADER = "x-delivery-count"
@@ -45,6 +54,30 @@ class CountedMessage(Message):
 
     origin: Message
     count: int
+
+
+_TS_COUNT = struct.Struct("<QI")  # ts, count: a counted message's record ``b`` part
+
+
+class CountingCodec(RawCodec):
+    """The record codec of a durable quorum queue's store: a ``CountedMessage`` is
+    written as the publish it came from plus its count, and read back as one."""
+
+    @staticmethod
+    def parts(msg: Message) -> tuple[int, bytes, bytes, bytes]:
+        if isinstance(msg, CountedMessage):
+            o = msg.origin
+            return o.ch << 32 | o.fmax, o.exrk, o.raw, _TS_COUNT.pack(msg.ts, msg.count)
+        return RawCodec.parts(msg)
+
+    @staticmethod
+    def load(aux: int, exrk: bytes, a: bytes, b: bytes, seq: int) -> Message:
+        msg = RawCodec.load(aux, exrk, a, b, seq)
+        if len(b) < _TS_COUNT.size:
+            return msg
+        ts, count = _TS_COUNT.unpack_from(b)
+        msg.ts = ts
+        return _with_count(msg, count, msg)
 
 
 def origin_of(msg: Message) -> Message:
@@ -81,6 +114,17 @@ def got(q: Queue, msg: Message) -> Message:
     return c
 
 
+def to_back(store: MessageStore, msgs: list[Message]) -> None:
+    """The returned (counted) ``msgs`` go to the back of the quorum queue's ``store``,
+    in this order: each is settled where it was and stored again at the end, with a new
+    ``seq`` (a memory store orders requeues by it; a durable store writes a new record,
+    so the place holds across a restart)."""
+    for m in msgs:
+        store.ack(m)
+        m.seq = next_seq()
+        store.push(m)
+
+
 def returned(q: Queue, msgs: list[Message]) -> list[Message]:
     """``msgs`` (unacked in ``q``'s store) come back: counted, the ones over the limit
     dead-lettered (or dropped); returns the messages to requeue, which replaced the
@@ -102,4 +146,12 @@ def returned(q: Queue, msgs: list[Message]) -> list[Message]:
     return out
 
 
-__all__ = ["DELIVERY_LIMIT", "CountedMessage", "got", "origin_of", "returned"]
+__all__ = [
+    "DELIVERY_LIMIT",
+    "CountedMessage",
+    "CountingCodec",
+    "got",
+    "origin_of",
+    "returned",
+    "to_back",
+]

@@ -1,6 +1,7 @@
 """Time for queues: message deadlines, the per-queue timers, expiry in slices.
 
-Owns: ``now_ms`` (the wall clock deadlines use), ``message_ttl`` (a message's own
+Owns: ``now_ms`` (the wall clock deadlines use), ``turn_ms`` (the same clock read once
+per event-loop turn, for the per-message stamps and checks of a TTL queue), ``message_ttl`` (a message's own
 ``expiration`` in ms), ``Timer`` (one re-armable ``call_at`` handle on the running
 loop) and ``EXPIRE_SLICE`` (how many messages one loop turn expires at most).
 
@@ -9,6 +10,9 @@ Invariants:
   their meaning across a restart; timers convert them to the loop's clock when armed.
 - A ``Timer`` holds at most one pending callback; arming it for a later time than the
   pending one keeps the earlier one (the callback re-arms for what is due next).
+- ``turn_ms`` is at most one loop turn old (a ``call_soon`` forgets it); without a
+  running loop it reads the clock every time. A stamp taken from it is never later than
+  the true arrival, so a deadline is never later than ``ts`` + TTL.
 - Without a running event loop (sans-IO tests) timers are inert: expiry then happens
   only when a message reaches the head (dispatch, basic.get).
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from asyncio.events import _get_running_loop
 from collections.abc import Callable
 
 from shardmq.message import Message
@@ -33,6 +38,34 @@ EXPIRE_CLOCK_MASK = 15  # read the clock when (count & mask) == 0: every 16 mess
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# ``turn_ms``'s reading for this loop turn (0: none yet), and the loop it was read on
+_turn = 0
+_turn_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _forget_turn() -> None:
+    global _turn
+    _turn = 0
+
+
+def turn_ms() -> int:
+    """``now_ms`` read once per loop turn: a TTL queue stamps and checks thousands of
+    messages in one turn (BENCHMARKS.md section 15). Keyed by the running loop, so a
+    loop dropped before its next turn leaves no stale reading to another one."""
+    global _turn, _turn_loop
+    loop = _get_running_loop()
+    if loop is _turn_loop and loop is not None:
+        ms = _turn
+        if ms:
+            return ms
+    ms = int(time.time() * 1000)
+    if loop is not None:
+        _turn = ms
+        _turn_loop = loop
+        loop.call_soon(_forget_turn)
+    return ms
 
 
 def message_ttl(msg: Message) -> int | None:

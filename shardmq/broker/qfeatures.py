@@ -1,7 +1,9 @@
 """A queue's feature path: TTL, length limits, dead-lettering, queue expiry.
 
 Owns: the per-message work of a ``Queue`` whose ``settings`` ask for something
-(``Queue.features``), or that holds a message with its own ``expiration``:
+(``Queue.features`` ``FULL``; a queue whose only such setting is its TTL publishes and
+dispatches through ``ttlqueue`` instead, ``TTL``, and comes here for the rest), or that
+holds a message with its own ``expiration``:
 ``publish``, ``dispatch``, ``get``, ``requeue``, expiring heads in slices
 (``expire_due``, driven by the queue's TTL ``Timer``), dropping or rejecting over the
 length limit, and the x-expires timer. A plain queue never comes here: its hot path
@@ -48,6 +50,10 @@ if TYPE_CHECKING:
 
 EXPIRED, MAXLEN, REJECTED = "expired", "maxlen", "rejected"
 
+# ``Queue.features``: the plain path, ``ttlqueue``'s lean one (one queue-level TTL is the
+# only per-message feature), or this module's
+PLAIN, TTL, FULL = 0, 1, 2
+
 
 def deadline(q: Queue, msg: Message) -> int | None:
     """When ``msg`` expires in ``q`` (wall-clock ms), or None."""
@@ -65,7 +71,7 @@ def deadline(q: Queue, msg: Message) -> int | None:
 
 
 def publish(q: Queue, msg: Message, conf: ConfirmTarget | None) -> None:
-    q.features = True  # sticky: a message with its own TTL makes dispatch check
+    q.features = FULL  # sticky: a message with its own TTL makes dispatch check
     s = q.settings
     store = q.store
     size = msg.body_size if s.max_length_bytes is not None else 0
@@ -149,13 +155,15 @@ def dead_letter(q: Queue, msg: Message, reason: str, settle: bool = True) -> Non
         q.store.ack(msg)
 
 
-def _expire_taken(q: Queue, msg: Message) -> None:
+def expire_taken(q: Queue, msg: Message) -> None:
     q.redelivered.discard(msg)
     q.expired += 1
     dead_letter(q, msg, EXPIRED)
 
 
-def dispatch(q: Queue) -> None:
+def dispatch(q: Queue, expired: int = 0) -> None:
+    """Deliver ready messages while some consumer has credit, expiring due ones (at
+    most a slice; ``expired``: how many the caller expired already in this dispatch)."""
     if q._dispatching or q.deleted:
         return
     q._dispatching = True
@@ -163,8 +171,8 @@ def dispatch(q: Queue) -> None:
         store = q.store
         redelivered = q.redelivered
         bytes_limited = q.settings.max_length_bytes is not None
-        now = expired = 0
-        stop = 0.0
+        now = 0
+        stop = time.perf_counter() + EXPIRE_BUDGET_S if expired else 0.0
         while store:
             c = q._next_consumer()
             if c is None:
@@ -177,7 +185,7 @@ def dispatch(q: Queue) -> None:
                 if not now:
                     now = now_ms()
                 if d <= now:
-                    _expire_taken(q, msg)
+                    expire_taken(q, msg)
                     expired += 1
                     if expired == 1:
                         stop = time.perf_counter() + EXPIRE_BUDGET_S
@@ -215,7 +223,7 @@ def get(q: Queue) -> tuple[Message, bool] | None:
             if not now:
                 now = now_ms()
             if d <= now:
-                _expire_taken(q, msg)
+                expire_taken(q, msg)
                 continue
         redelivered = q.redelivered
         if redelivered and msg in redelivered:
@@ -262,7 +270,7 @@ def expire_due(q: Queue, limit: int = EXPIRE_SLICE, budget: float = EXPIRE_BUDGE
         store.take()
         if q.settings.max_length_bytes is not None:
             q.ready_bytes -= msg.body_size
-        _expire_taken(q, msg)
+        expire_taken(q, msg)
         n += 1
     if n and q.throttled and len(store) <= q.release_at:
         q.release_publishers()

@@ -25,15 +25,21 @@ Invariants:
   purged, when the queue is deleted.
 - ``settings`` (``qargs.QueueSettings``) is the one place a queue reads its TTL,
   expiry, limits and dead-lettering from; ``apply_settings`` swaps it (policies).
-  While ``features`` is False (no such setting, and no message with its own
-  ``expiration`` seen) publish and dispatch take the plain path; otherwise
-  ``qfeatures`` does the per-message work.
+  While ``features`` is ``PLAIN`` (0: no such setting, and no message with its own
+  ``expiration`` seen) publish and dispatch take the plain path; ``TTL`` (one
+  queue-level TTL is all) takes ``ttlqueue``'s lean one; otherwise (``FULL``)
+  ``qfeatures`` does the per-message work. The mode is chosen when the settings change
+  (``ttlqueue.mode``), so the plain path tests one int per publish and per dispatch. A
+  durable queue that recovered messages starts ``FULL`` (any of them may carry its own
+  ``expiration``, and paged ones are not read at recovery).
 - The ready container is chosen once, here or by ``WorkerStorage.open_queue``: a
   ``MemoryStore`` / ``DiskQueueStore``, or for ``x-max-priority`` one per priority level
   (``priority.py``); the code below does not know which.
 - ``requeue`` on a quorum queue counts the returns first (``delivery_limit.py``: the
   ``x-delivery-count`` copy takes the message's place, over the limit it is
-  dead-lettered); ``get`` adds the count-0 header there.
+  dead-lettered); ``get`` adds the count-0 header there. Messages the client returned
+  (``back``: reject/nack with requeue, basic.recover) go to a quorum queue's back, in
+  the order returned; a closed channel's go back to the front (RabbitMQ 3.10.8).
 - ``settle`` is an ack; ``reject`` a reject/nack without requeue (dead-lettered
   ``rejected`` when the queue has a dead-letter exchange).
 - ``expired`` / ``dead_lettered`` / ``dropped`` count messages that left by TTL, were
@@ -49,11 +55,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
-from shardmq.broker import delivery_limit, qfeatures
+from shardmq.broker import delivery_limit, qfeatures, ttlqueue
 from shardmq.broker.consumer_order import ConsumerOrder, single_active
 from shardmq.broker.expiry import Timer, now_ms
 from shardmq.broker.priority import MemoryPriorityStore, max_priority
 from shardmq.broker.qargs import NO_SETTINGS, QueueSettings, effective, parse_queue_args
+from shardmq.broker.qfeatures import FULL, PLAIN, TTL
 from shardmq.broker.storage import ConfirmTarget, MemoryStore, MessageStore
 from shardmq.message import Message
 from shardmq.store.queue_store import RawCodec
@@ -266,14 +273,13 @@ class Queue:
         self.st_ack = 0
         self.st_redeliver = 0
         self.settings = NO_SETTINGS
-        self.features = False
+        self.features = PLAIN
         self.apply_settings(parse_queue_args(self.arguments, name, vhost))
 
     def apply_settings(self, settings: QueueSettings) -> None:
         """The queue's effective settings (its arguments, later overlaid by a policy)."""
         self.settings = settings
-        if settings.any:
-            self.features = True
+        self.features = ttlqueue.mode(self.features, settings)
         if isinstance(self.store, MemoryStore | MemoryPriorityStore):
             self.ready_bytes = sum(m.body_size for m in self.store)
         qfeatures.arm_expires(self)
@@ -294,6 +300,8 @@ class Queue:
     def start(self, services: QueueServices | None) -> None:
         """The broker made this queue where it lives: timers may run."""
         self.services = services
+        if self.store:  # recovered: a message may have its own expiration
+            self.features = FULL
         qfeatures.arm_expires(self)
         qfeatures.arm_head(self)
 
@@ -311,7 +319,10 @@ class Queue:
     def publish(self, msg: Message, conf: ConfirmTarget | None = None) -> None:
         self.st_publish += 1
         if self.features or msg.raw[19] & 0x01:  # settings, or the expiration property
-            qfeatures.publish(self, msg, conf)
+            if self.features == TTL and not msg.raw[19] & 0x01:
+                ttlqueue.publish(self, msg, conf)
+            else:
+                qfeatures.publish(self, msg, conf)
             return
         store = self.store
         if self.consumers and not store:
@@ -326,7 +337,10 @@ class Queue:
     def dispatch(self) -> None:
         """Deliver ready messages while some consumer has credit."""
         if self.features:
-            qfeatures.dispatch(self)
+            if self.features == TTL:
+                ttlqueue.dispatch(self)
+            else:
+                qfeatures.dispatch(self)
             return
         if self._dispatching or self.deleted:
             return
@@ -429,14 +443,21 @@ class Queue:
         else:
             self.store.ack(msg)
 
-    def requeue(self, msgs: Iterable[Message]) -> None:
+    def requeue(self, msgs: Iterable[Message], back: bool = False) -> None:
+        """``msgs`` (unacked) come back, redelivered: to their places at the front, or,
+        on a quorum queue when the client returned them (``back``: reject/nack with
+        requeue, basic.recover), to the back in the order given, as RabbitMQ 3.10."""
         if self.deleted:
             return
         msgs = list(msgs)
-        if self.settings.quorum:  # counted; over x-delivery-limit: dead-lettered
+        quorum = self.settings.quorum
+        if quorum:  # counted; over x-delivery-limit: dead-lettered
             msgs = delivery_limit.returned(self, msgs)
         self.redelivered.update(msgs)
-        self.store.requeue(msgs)
+        if quorum and back:
+            delivery_limit.to_back(self.store, msgs)
+        else:
+            self.store.requeue(msgs)
         if self.features:
             qfeatures.requeued(self, msgs)
         self.dispatch()
@@ -545,7 +566,10 @@ class DurableQueue(Queue):
     def publish(self, msg: Message, conf: ConfirmTarget | None = None) -> None:
         self.st_publish += 1
         if self.features or msg.raw[19] & 0x01:
-            qfeatures.publish(self, msg, conf)
+            if self.features == TTL and not msg.raw[19] & 0x01:
+                ttlqueue.publish(self, msg, conf)
+            else:
+                qfeatures.publish(self, msg, conf)
             return
         token = conf.durable_token() if conf is not None and _persistent(msg) else None
         disk = self.disk

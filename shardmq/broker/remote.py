@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from shardmq.broker.queue import Consumer
     from shardmq.message import Message
 
-ACK, DROP, REQUEUE = 0, 1, 2  # settle actions, as in shardmq.broker.xshard.records
+# settle actions, as in shardmq.broker.xshard.records
+ACK, DROP, REQUEUE, REQUEUE_BACK = 0, 1, 2, 3
 # Credit window of remote consumers whose credit comes back as their socket drains.
 REMOTE_WINDOW = 4096
 # ...in returns of at least this much: a return is a record to the owner and, when its
@@ -118,10 +119,11 @@ class RemoteQueue:
         if msg.seq:
             self.router.settle(self.shard, msg.seq, DROP)
 
-    def requeue(self, msgs: list[Message]) -> None:
+    def requeue(self, msgs: list[Message], back: bool = False) -> None:
+        action = REQUEUE_BACK if back else REQUEUE
         for m in msgs:
             if m.seq:
-                self.router.settle(self.shard, m.seq, REQUEUE)
+                self.router.settle(self.shard, m.seq, action)
 
     def dispatch(self) -> None:
         """Delivery decisions are the owner's."""

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from shardmq.message import Message
 from shardmq.store.commit import ThreadCommitter
 from shardmq.store.disk import DiskMonitor
-from shardmq.store.queue_store import DiskQueueStore, queue_dir, sweep_deleted
+from shardmq.store.queue_store import DiskQueueStore, MessageCodec, queue_dir, sweep_deleted
 from shardmq.store.settings import StoreSettings
 
 if TYPE_CHECKING:
@@ -160,11 +160,12 @@ class WorkerStorage:
         self.monitor.start(self.loop, self.settings.disk_check_interval)
 
     def open_queue(
-        self, vhost: str, name: str, max_priority: int = 0
+        self, vhost: str, name: str, max_priority: int = 0, quorum: bool = False
     ) -> DiskQueueStore | DiskPriorityStore:
         """Open (and recover) the store of durable queue ``name``; a priority queue's
         store (``max_priority`` > 0) is a ``priority.DiskPriorityStore`` of one
-        ``DiskQueueStore`` per level (it speaks the same contract)."""
+        ``DiskQueueStore`` per level (it speaks the same contract). A quorum queue's
+        records keep delivery counts (``delivery_limit.CountingCodec``)."""
         path = queue_dir(self.data_dir, vhost, name)
         if max_priority:
             from shardmq.broker.priority import open_disk_priority
@@ -172,11 +173,16 @@ class WorkerStorage:
             pstore = open_disk_priority(path, max_priority, self._open_store, self.committer)
             self.stores.add(pstore)
             return pstore
-        store = self._open_store(path)
+        if quorum:
+            from shardmq.broker.delivery_limit import CountingCodec
+
+            store = self._open_store(path, CountingCodec())
+        else:
+            store = self._open_store(path)
         self.stores.add(store)
         return store
 
-    def _open_store(self, path: str) -> DiskQueueStore:
+    def _open_store(self, path: str, codec: MessageCodec | None = None) -> DiskQueueStore:
         return DiskQueueStore.open(
             path,
             settings=self.settings,
@@ -184,6 +190,7 @@ class WorkerStorage:
             on_durable=self._durable,
             on_failed=self._failed,
             on_dirty=self._on_dirty,
+            codec=codec,
         )
 
     def drop(self, store: DiskQueueStore | DiskPriorityStore) -> None:

@@ -109,3 +109,29 @@ def test_dead_letter_between_durable_queues_survives_kill9(make_durable: Any, wo
     # every message is somewhere (a duplicate is allowed, a loss is not)
     assert {int(b) for b in left} | {int(b) for b in moved} == set(range(n))
     conn.close()
+
+
+@pytest.mark.parametrize("args", [{}, {"x-message-ttl": 600_000}], ids=["plain", "queue-ttl"])
+def test_recovered_message_with_its_own_expiration_behind_a_live_head(
+    make_durable: Any, args: dict[str, Any]
+) -> None:
+    """After a restart, a message whose own ``expiration`` ran out while the broker was
+    down is not delivered even when a live message is in front of it (the timer only
+    sees the head): the recovered queue checks every message it hands out."""
+    broker: DurableBroker = make_durable()
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("mixed", durable=True, arguments=args)
+    ch.basic_publish("", "mixed", b"live", PERSISTENT)
+    ch.basic_publish("", "mixed", b"soon", pika.BasicProperties(delivery_mode=2, expiration="1000"))
+    ch.basic_publish("", "mixed", b"live2", PERSISTENT)
+    published = time.monotonic()
+    conn.close()
+    assert broker.stop() == 0
+    time.sleep(max(0.0, 1.3 - (time.monotonic() - published)))
+    broker.start()
+    conn = broker.connect()
+    ch = conn.channel()
+    assert _drain(ch, "mixed") == [b"live", b"live2"]
+    conn.close()

@@ -339,7 +339,7 @@ class OwnerSide:
                 if proxy.credit_on_settle:
                     proxy.credit += 1
             lst = touched.setdefault(queue, [])
-            if action == rec.REQUEUE:
+            if action == rec.REQUEUE or action == rec.REQUEUE_BACK:
                 lst.append(msg)
             elif action == rec.DROP:
                 queue.reject(msg)  # rejected without requeue: dead-lettered if set
@@ -347,7 +347,7 @@ class OwnerSide:
                 queue.settle(msg)
         for queue, msgs in touched.items():
             if msgs:
-                queue.requeue(msgs)
+                queue.requeue(msgs, action == rec.REQUEUE_BACK)
             else:
                 queue.dispatch()
 

@@ -16,7 +16,8 @@ Layouts (``>``: big-endian; ``shortstr``: one length octet and the bytes)::
               item  Q ref (0: no-ack), B flags (bit 0 redelivered, bit 1 no-ack),
                     H exrk len, H raw's channel, I header size, I largest frame,
                     I raw len; then exrk, one frame-end octet (0xCE) and raw
-    SETTLE          B kind, B action (ACK, DROP, REQUEUE), I count; count Q refs
+    SETTLE          B kind, B action (ACK, DROP, REQUEUE, REQUEUE_BACK: a requeue
+                    the client asked for), I count; count Q refs
     CONFIRM         B kind, Q publisher's conn gid, H channel, B ok, I count; count Q seqs
     CREDIT, IDLE    B kind, Q consumer's conn gid, H channel, I n; shortstr consumer tag
     THROTTLE        B kind, Q publisher's conn gid, B on; shortstr queue name
@@ -43,8 +44,8 @@ import msgspec
 from shardmq.amqp.codec import shortstr
 
 ENQUEUE, DELIVER, SETTLE, CONFIRM, CREDIT, REQUEST, REPLY, IDLE, THROTTLE = range(1, 10)
-# SETTLE actions
-ACK, DROP, REQUEUE = 0, 1, 2
+# SETTLE actions (REQUEUE_BACK: returned by reject/nack/recover, ``Queue.requeue``'s back)
+ACK, DROP, REQUEUE, REQUEUE_BACK = 0, 1, 2, 3
 # ENQUEUE seqs of tx commits (publisher confirms count up from 1 and never get here)
 TX_SEQ = 1 << 63
 
