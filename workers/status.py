@@ -7,7 +7,8 @@ Owns:
   a report made at that moment: its pid, connections, and the queues it owns with
   RabbitMQ's counts ``messages`` = ``messages_ready`` + ``messages_unacknowledged``,
   ``consumers``, a durable queue's store detail and its message counters, and the
-  worker's own counters and gauges, ``workers.live_stats``) and ``read_reports``,
+  worker's own counters and gauges, ``workers.live_stats``, and the publish_in/out
+  counts of the exchanges its clients published to) and ``read_reports``,
   which asks every worker at once;
 - the workers' shared-memory control block, read-only (``read_workers``: pid,
   incarnation, readiness, heartbeat, connections and hand-offs per slot; N>1 only);
@@ -89,6 +90,16 @@ class QueueStatus(msgspec.Struct, kw_only=True):
     message_stats: dict[str, int] = msgspec.field(default_factory=dict)
 
 
+class ExchangeCount(msgspec.Struct, array_like=True):
+    """An exchange this worker's clients published to: RabbitMQ's publish_in and
+    publish_out as counted by this worker's replica (``VHost.exchange_counts``)."""
+
+    vhost: str
+    name: str
+    publish_in: int
+    publish_out: int
+
+
 class WorkerReport(msgspec.Struct, kw_only=True):
     slot: int
     pid: int
@@ -97,6 +108,7 @@ class WorkerReport(msgspec.Struct, kw_only=True):
     queues: list[QueueStatus]
     # message counters and process gauges (``workers.live_stats``)
     stats: WorkerStats | None = None
+    exchanges: list[ExchangeCount] = msgspec.field(default_factory=list)
 
 
 def status_dir(data_dir: str | os.PathLike[str]) -> Path:
@@ -157,6 +169,11 @@ def report(broker: Broker, probe: LagProbe | None = None) -> WorkerReport:
                     **q.counters(),
                 )
             )
+    exchanges = [
+        ExchangeCount(vh.name, name, n_in, n_out)
+        for vh in broker.vhosts.values()
+        for name, n_in, n_out in vh.exchange_counts()
+    ]
     return WorkerReport(
         slot=broker.slot,
         pid=os.getpid(),
@@ -164,6 +181,7 @@ def report(broker: Broker, probe: LagProbe | None = None) -> WorkerReport:
         connections=len(broker.connections),
         queues=queues,
         stats=worker_stats(broker, probe, owned),
+        exchanges=exchanges,
     )
 
 
