@@ -2,7 +2,7 @@
 
 Owns: ``ManagementServer`` (``bind`` the port, ``start`` serving over an ``AdminOps``,
 ``stop``), the request plumbing the endpoint modules share: HTTP basic auth against the
-broker's users with RabbitMQ's tag rules (``need_admin``, ``need_vhost``, ...), RabbitMQ's
+broker's users with RabbitMQ's tag rules (``need_admin``, ``need_vhost``, ``queue_of``, ...), RabbitMQ's
 error JSON (``ApiError``), body parsing, pagination and sorting of lists (``listing``),
 and ``worker_reports`` (the live counts of every worker, through ``workers.status``,
 folded into ``workers.mgmt_stats``' history for message counts and rates).
@@ -152,6 +152,18 @@ def need_vhost(request: web.Request, vhost: str, *, write: bool = False) -> None
         raise ApiError(404, "not_found", "vhost_not_found") if write else not_found()
     if not vhost_visible(request, vhost, write=write):
         raise not_authorised("User not authorised to access virtual host")
+
+
+def queue_of(request: web.Request) -> tuple[str, Any]:
+    """The vhost and queue the path names (``{vhost}``, ``{name}``), from this
+    process's metadata replica: 404 for an unknown vhost or queue, 401 for a vhost the
+    user may not use (``need_vhost``)."""
+    vhost, name = request.match_info["vhost"], request.match_info["name"]
+    need_vhost(request, vhost)
+    q = ops_of(request).metadata.vhosts[vhost].queues.get(name)
+    if q is None:
+        raise not_found()
+    return vhost, q
 
 
 def vhosts_visible(request: web.Request) -> list[str]:
