@@ -350,6 +350,8 @@ class ManagementServer:
         self.started_at = time.time()
         self.listeners: list[dict[str, Any]] = []  # /api/overview's, filled by the caller
         self.history: StatsHistory = history_for(data_dir)  # counts and rates
+        # connection name -> (time, recv_oct, send_oct, rates): ``mgmt_connections``
+        self.octets: dict[str, tuple[float, int, int, float, float]] = {}
         self._sock: socket.socket | None = None
         self._runner: web.AppRunner | None = None
 
