@@ -262,42 +262,59 @@ def queue_row(vhost: str, q: Any, st: QueueStatus | None) -> dict[str, Any]:
         "messages_unacknowledged": st.messages_unacknowledged if st else 0,
         "consumers": st.consumers if st else 0,
     }
-    for k in ("messages", "messages_ready", "messages_unacknowledged"):
-        row[k + "_details"] = {"rate": 0.0}
+    for k in _COUNT_DETAILS:
+        row[k] = _ZERO_RATE  # one shared object (rows are only encoded): fewer allocations
     return row
 
 
-async def _queues(request: web.Request, vhosts: list[str]) -> list[dict[str, Any]]:
+_COUNT_DETAILS = ("messages_details", "messages_ready_details", "messages_unacknowledged_details")
+_ZERO_RATE: dict[str, float] = {"rate": 0.0}
+
+
+# sort keys a queue listing can order by before its rows are made
+_LIGHT_SORT = frozenset({"", "name", "vhost"})
+
+
+async def _list_queues(request: web.Request, vhosts: list[str]) -> web.Response:
+    """The queues of ``vhosts`` as ``listing`` answers them, with their counts (every
+    worker's report) and ``message_stats``. For a page, unless ``sort`` names another
+    field, a row is only its name and vhost until it is answered: a page of 100 out
+    of 10,000 queues makes 100 rows."""
     md_ = ops_of(request).metadata
     stats = await _queue_stats(request)
-    return [
-        queue_row(v, q, stats.get((v, q.name)))
-        for v in vhosts
-        for q in sorted(md_.vhosts[v].queues.values(), key=lambda q: q.name)
-    ]
-
-
-def _with_message_stats(request: web.Request) -> Callable[[dict[str, Any]], None]:
-    """Adds a listed queue's ``message_stats`` (``workers.mgmt_stats``)."""
     history = request.app[SERVER].history
+    queues = [(v, q) for v in vhosts for q in sorted(md_.vhosts[v].queues.values(), key=_by_name)]
+    if "page" in request.query and request.query.get("sort", "") in _LIGHT_SORT:
+        rows = [{"name": q.name, "vhost": v, "_q": q} for v, q in queues]
 
-    def finish(row: dict[str, Any]) -> None:
-        row["message_stats"] = history.queue_message_stats(row["vhost"], row["name"])
+        def finish(row: dict[str, Any]) -> None:
+            v, q = row["vhost"], row.pop("_q")
+            row.update(queue_row(v, q, stats.get((v, q.name))))
+            row["message_stats"] = history.queue_message_stats(v, q.name)
 
-    return finish
+    else:
+        rows = [queue_row(v, q, stats.get((v, q.name))) for v, q in queues]
+
+        def finish(row: dict[str, Any]) -> None:
+            row["message_stats"] = history.queue_message_stats(row["vhost"], row["name"])
+
+    return listing(request, rows, finish)
+
+
+def _by_name(q: Any) -> str:
+    return str(q.name)
 
 
 @route("GET", "/api/queues")
 async def list_queues(request: web.Request) -> web.Response:
-    rows = await _queues(request, vhosts_visible(request))
-    return listing(request, rows, _with_message_stats(request))
+    return await _list_queues(request, vhosts_visible(request))
 
 
 @route("GET", "/api/queues/{vhost}")
 async def list_vhost_queues(request: web.Request) -> web.Response:
     vhost = request.match_info["vhost"]
     need_vhost(request, vhost)
-    return listing(request, await _queues(request, [vhost]), _with_message_stats(request))
+    return await _list_queues(request, [vhost])
 
 
 @route("GET", "/api/queues/{vhost}/{name}")
