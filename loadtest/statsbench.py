@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 AUTH = ("guest", "guest")
@@ -110,7 +111,18 @@ def bench_queues(args: argparse.Namespace) -> None:
             args.vhost,
             credentials=pika.PlainCredentials(*AUTH),
             heartbeat=heartbeat,
+            stack_timeout=120,  # a busy broker accepting its 1,000th connection
         )
+
+    try:
+        _bench_queues(args, mgmt, params, rss0, db0)
+    finally:  # the vhost (and its queues) go even when a step failed
+        if args.vhost != "/" and not args.keep:
+            _vhost(mgmt, args.vhost, False)
+
+
+def _bench_queues(args: argparse.Namespace, mgmt: str, params: Any, rss0: int, db0: int) -> None:
+    import pika
 
     conn = pika.BlockingConnection(params())
     ch = conn.channel()
@@ -164,8 +176,6 @@ def bench_queues(args: argparse.Namespace) -> None:
         for name in names:
             ch.queue_delete(name)
     conn.close()
-    if args.vhost != "/" and not args.keep:
-        _vhost(mgmt, args.vhost, False)
 
 
 def poll(args: argparse.Namespace) -> None:
