@@ -143,6 +143,7 @@ def run_suite(
     only: list[str] | None = None,
     rounds: int | None = None,
     quiet: bool = False,
+    vs_protocol: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run the (filtered) suite; one summary dict per scenario."""
     rounds = rounds or suite.rounds
@@ -157,6 +158,8 @@ def run_suite(
                 cfg = scenario_config(suite, sc, cli, u)
                 if tag == "B":
                     cfg.broker_pid = []  # --broker-pid describes --uri's broker only
+                    if vs_protocol:
+                        cfg.protocol = vs_protocol
                 rep = _run_one(cfg, f"{sc.name} [{tag} round {r + 1}/{rounds}] {u}", quiet)
                 runs[tag].append(rep)
         summary: dict[str, Any] = {"scenario": sc.name, "about": sc.about, "metrics": sc.metrics}
@@ -240,6 +243,7 @@ def suite_main(args: dict[str, Any]) -> int:
         only=only,
         rounds=args.get("rounds"),
         quiet=bool(args.get("quiet")),
+        vs_protocol=args.get("vs_protocol"),
     )
     if args.get("json"):
         print(json.dumps(summaries, indent=2))

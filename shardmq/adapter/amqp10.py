@@ -38,7 +38,7 @@ from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, HardError,
 from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.address import queue_address, source_queue, target_of
 from shardmq.amqp1.codec import DecodeError
-from shardmq.amqp1.convert import from_091, parse, to_091
+from shardmq.amqp1.convert import from_091_raw, to_091_raw
 from shardmq.amqp1.engine import Delivery, Engine, Link, Session
 from shardmq.amqp1.errors import AmqpError, LinkError, SessionError
 from shardmq.amqp1.values import Symbol
@@ -99,12 +99,19 @@ class SessionState:
 class LinkState:
     """A link the client publishes on."""
 
-    __slots__ = ("exchange", "key", "anonymous")
+    __slots__ = ("exchange", "key", "anonymous", "exrk")
 
     def __init__(self, exchange: str, key: str | None, anonymous: bool) -> None:
         self.exchange = exchange
         self.key = key
         self.anonymous = anonymous
+        # the wire bytes of a fixed exchange and key (b"": not fixed, or too long)
+        self.exrk = b""
+        if key is not None and not anonymous:
+            try:
+                self.exrk = shortstr(exchange) + shortstr(key)
+            except (ValueError, UnicodeEncodeError):
+                pass
 
 
 class AMQP10Connection:
@@ -445,37 +452,37 @@ class AMQP10Connection:
         ls: LinkState = link.user
         ch = st.ch
         try:
-            parsed = parse(d.payload)
-            props, body = to_091(parsed)
+            conv, body = to_091_raw(d.payload)
         except DecodeError as exc:
             raise LinkError(T.AMQP_ERROR_DECODE_ERROR, f"message: {exc}") from None
-        if props.user_id is not None and props.user_id != self.domain.user:
+        if conv.user_id is not None and conv.user_id != self.domain.user:
             text = (
-                f"user_id property set to '{props.user_id}' but authenticated user was "
+                f"user_id property set to '{conv.user_id}' but authenticated user was "
                 f"'{self.domain.user}'"
             )
             self._refuse(session, link, d, T.AMQP_ERROR_UNAUTHORIZED_ACCESS, text)
             return
         exchange, key = ls.exchange, ls.key
         if ls.anonymous:
-            if parsed.to is None:
+            if conv.to is None:
                 self._refuse(session, link, d, T.AMQP_ERROR_PRECONDITION_FAILED, "no 'to' address")
                 return
             try:
-                t = target_of(parsed.to)
+                t = target_of(conv.to)
             except LinkError as exc:
                 self._refuse(session, link, d, exc.condition, exc.description)
                 return
             exchange, key = t.exchange, t.key
         if key is None:
-            subject = parsed.properties.subject if parsed.properties is not None else None
-            key = str(subject) if isinstance(subject, str) else ""
-        try:
-            exrk = shortstr(exchange) + shortstr(key)
-        except (ValueError, UnicodeEncodeError):
-            self._refuse(session, link, d, T.AMQP_ERROR_INVALID_FIELD, "routing key too long")
-            return
-        header = _HEADER_CLASS + len(body).to_bytes(8, "big") + props.encode()
+            key = conv.subject or ""
+        exrk = ls.exrk if key is ls.key and ls.exrk else None
+        if exrk is None:
+            try:
+                exrk = shortstr(exchange) + shortstr(key)
+            except (ValueError, UnicodeEncodeError):
+                self._refuse(session, link, d, T.AMQP_ERROR_INVALID_FIELD, "routing key too long")
+                return
+        header = _HEADER_CLASS + len(body).to_bytes(8, "big") + conv.props
         msg = Message.from_parts(exrk, header, body, next_seq(), ch.number, FRAME_MAX_091)
         before = ch.confirm_seq
         try:
@@ -521,10 +528,21 @@ class AMQP10Connection:
                 error=T.Error(condition=T.AMQP_ERROR_INTERNAL_ERROR, description="not stored")
             )
         )
+        run: list[Any] = []  # [link, first, last]: consecutive ids settle as one range
         for s in seqs:
             link, did = st.confirms.pop(s)
-            if not link.detached:
+            if link.detached:
+                continue
+            if link.rcv_settle_mode == T.RECEIVER_SETTLE_MODE_SECOND:
                 self._settle_publish(session, link, did, state)
+            elif run and run[0] is link and run[2] + 1 == did:
+                run[2] = did
+            else:
+                if run:
+                    self.engine.disposition(session, run[1], run[2], True, state)
+                run = [link, did, did]
+        if run:
+            self.engine.disposition(session, run[1], run[2], True, state)
 
     def _session_of(self, ch: Channel) -> Session | None:
         for s in self.engine.sessions.values():
@@ -545,8 +563,10 @@ class AMQP10Connection:
         self._transfer(consumer, tag, redelivered, msg)
 
     def _transfer(self, c: LinkConsumer, tag: int, redelivered: bool, msg: Message) -> None:
-        ex, rk = msg.exchange, msg.routing_key
-        payload = from_091(msg.properties(), msg.body, ex, rk, redelivered)
+        raw = msg.raw
+        payload = from_091_raw(
+            raw[19 : 7 + msg.hsize], msg.properties, msg.body, msg.exrk, redelivered
+        )
         session = c.session
         did = self.engine.send_transfer(session, c.link, tag.to_bytes(8, "big"), payload, c.no_ack)
         if not c.no_ack:

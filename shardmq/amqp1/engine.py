@@ -47,6 +47,7 @@ from shardmq.amqp1.framing import (
     parse_frame,
     write_frame,
 )
+from shardmq.amqp1.transfer import outcome_bytes, write_disposition, write_transfer
 from shardmq.amqp1.values import Symbol, UInt
 
 log = logging.getLogger("shardmq.amqp1")
@@ -705,7 +706,15 @@ class Engine:
         link.credit -= 1
         link.delivery_count = (link.delivery_count + 1) % SEQ
         room = self.send_max_frame - 64 - len(tag)
-        handle = UInt(link.handle)
+        channel = s.channel
+        handle = link.handle
+        if len(payload) <= room and not s.out_queue and s.remote_incoming_window > 0:
+            # the hot path: one frame, straight out
+            write_transfer(self.out, channel, handle, did, tag, settled, False, payload)
+            s.next_outgoing_id = (s.next_outgoing_id + 1) % SEQ
+            s.remote_incoming_window -= 1
+            self.wake_once()
+            return did
         first = True
         pos = 0
         n = len(payload)
@@ -713,20 +722,12 @@ class Engine:
             chunk = payload[pos : pos + room]
             pos += len(chunk)
             more = pos < n
+            frame = bytearray()
             if first:
-                perf = T.Transfer(
-                    handle=handle,
-                    delivery_id=UInt(did),
-                    delivery_tag=tag,
-                    message_format=UInt(0),
-                    settled=settled,
-                    more=more or None,
-                )
+                write_transfer(frame, channel, handle, did, tag, settled, more, chunk)
                 first = False
             else:
-                perf = T.Transfer(handle=handle, more=more or None)
-            frame = bytearray()
-            write_frame(frame, s.channel, perf, chunk)
+                write_transfer(frame, channel, handle, None, None, None, more, chunk)
             if s.out_queue or s.remote_incoming_window <= 0:
                 s.out_queue.append((link, bytes(frame)))
             else:
@@ -755,6 +756,11 @@ class Engine:
     def disposition(
         self, s: Session, first: int, last: int, settled: bool, state: Any, role: bool = True
     ) -> None:
+        enc = outcome_bytes(state)
+        if enc is not None:  # accepted, released: the hot path
+            write_disposition(self.out, s.channel, role, first, last, settled, enc)
+            self.wake_once()
+            return
         self.send(
             s.channel,
             T.Disposition(
