@@ -177,7 +177,7 @@ class Conn(asyncio.Protocol):
 
     def on_disposition(self, session: Session, d: Any) -> None:
         s = self.sender
-        if s is not None and not d.role:
+        if s is not None and d.role:  # the broker, as the receiver, settles our transfers
             first = int(d.first)
             last = int(d.last) if d.last is not None else first
             if not isinstance(d.state, T.Accepted):
@@ -286,6 +286,8 @@ class Sender:
             if not conn.writable.is_set():
                 await conn.writable.wait()
                 continue
+            if monotonic_ns() >= t_stop:
+                break
             n = min(self.batch, link.credit)
             if window:
                 n = min(n, window - (self.sent - self.confirmed))
@@ -314,9 +316,7 @@ class Sender:
             payload = prefix + pack(now) + pad
             first = -1
             for _ in range(n):
-                did = send(
-                    session, link, (self.sent & 0xFFFFFFFF).to_bytes(4, "big"), payload, settled
-                )
+                did = send(session, link, self.sent.to_bytes(8, "big"), payload, settled)
                 if first < 0:
                     first = did
                 self.sent += 1

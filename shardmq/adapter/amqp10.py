@@ -27,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable
 from time import monotonic
@@ -57,8 +58,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardmq.amqp1")
 
 LINK_WINDOW = 256  # unsettled + waiting deliveries per sending link (its prefetch)
+MAX_LINK_WINDOW = 4096  # ... raised up to this by the credit a local queue's link gets
 _HEADER_CLASS = (60).to_bytes(2, "big") + b"\x00\x00"  # basic, weight 0
 FRAME_MAX_091 = 131072
+_FRAME_HDR = struct.Struct(">BHI")  # a 0-9-1 frame's type, channel, size
+_FRAME_BODY_SEP = struct.Struct(">BBHI")  # frame-end, then the body frame's header
 
 
 class LinkConsumer(Consumer):
@@ -429,6 +433,8 @@ class AMQP10Connection:
         self._send_waiting(c)
         q = c.queue
         if isinstance(q, Queue) and link.credit > 0:
+            if link.credit > c.prefetch:  # unsettled deliveries may reach the credit given
+                c.prefetch = min(link.credit, MAX_LINK_WINDOW)
             q.dispatch()
         if drain and link.credit > 0 and not link.detached:
             self.engine.drained(session, link)
@@ -482,8 +488,24 @@ class AMQP10Connection:
             except (ValueError, UnicodeEncodeError):
                 self._refuse(session, link, d, T.AMQP_ERROR_INVALID_FIELD, "routing key too long")
                 return
-        header = _HEADER_CLASS + len(body).to_bytes(8, "big") + conv.props
-        msg = Message.from_parts(exrk, header, body, next_seq(), ch.number, FRAME_MAX_091)
+        n = len(body)
+        hsize = 12 + len(conv.props)
+        if 0 < n <= FRAME_MAX_091 - 8:  # one body frame: the raw frames in one join
+            raw = b"".join(
+                (
+                    _FRAME_HDR.pack(2, ch.number, hsize),
+                    _HEADER_CLASS,
+                    n.to_bytes(8, "big"),
+                    conv.props,
+                    _FRAME_BODY_SEP.pack(0xCE, 3, ch.number, n),
+                    body,
+                    b"\xce",
+                )
+            )
+            msg = Message(exrk, raw, ch.number, hsize, max(hsize, n), next_seq())
+        else:
+            header = _HEADER_CLASS + n.to_bytes(8, "big") + conv.props
+            msg = Message.from_parts(exrk, header, body, next_seq(), ch.number, FRAME_MAX_091)
         before = ch.confirm_seq
         try:
             self.domain.publish(ch, msg, len(exchange.encode("utf-8")) + 1, 0)

@@ -655,6 +655,31 @@ class Engine:
             self.detach_link(s, link, exc)
 
     def _link_transfer(self, s: Session, link: Link, t: Any, payload: bytes) -> None:
+        if link._partial is None and not t.more and not t.aborted:
+            # the hot path: a delivery in one frame
+            if t.delivery_id is None:
+                raise SessionError(T.AMQP_ERROR_INVALID_FIELD, "delivery-id is missing")
+            if link.credit <= 0:
+                raise LinkError(
+                    T.LINK_ERROR_TRANSFER_LIMIT_EXCEEDED, "transfer without link credit"
+                )
+            if len(payload) > self.max_message_size:
+                raise LinkError(
+                    T.LINK_ERROR_MESSAGE_SIZE_EXCEEDED,
+                    f"message larger than {self.max_message_size} bytes",
+                )
+            link.credit -= 1
+            link.delivery_count = (link.delivery_count + 1) % SEQ
+            tag = t.delivery_tag
+            d = Delivery(
+                int(t.delivery_id),
+                tag if type(tag) is bytes else bytes(tag or b""),
+                bool(t.settled),
+                payload,
+            )
+            d.rcv_settle_mode = None if t.rcv_settle_mode is None else int(t.rcv_settle_mode)
+            self.handler.on_transfer(s, link, d)
+            return
         if link._partial is None:
             if t.delivery_id is None:
                 raise SessionError(T.AMQP_ERROR_INVALID_FIELD, "delivery-id is missing")

@@ -22,13 +22,14 @@ import struct
 from typing import Any
 
 from shardmq.amqp1 import types_gen as T
-from shardmq.amqp1.values import UByte, UInt
 
 _I = struct.Struct(">I")
 _FH = struct.Struct(">IBBH")
 _new = object.__new__
+# frame header, then 00 53 14 (transfer) list8(size 20, 5 items): handle smalluint,
+# delivery-id uint, delivery-tag binary8 of 8, message-format uint0, settled
+_T8 = struct.Struct(">IBBH" + "BBBBBB" + "BB" + "BI" + "BB8s" + "BB")
 _TRANSFER = T.Transfer
-_setattr = object.__setattr__
 
 
 def _uint(v: int) -> bytes:
@@ -58,6 +59,32 @@ def write_transfer(
 ) -> None:
     """Append a transfer frame (the first of a delivery with ``delivery_id``; a
     continuation frame when it is None)."""
+    if not more and handle < 256 and tag is not None and len(tag) == 8 and settled is not None:
+        # the hot path: one struct for frame header and performative (delivery-id as a
+        # full uint, so that the layout is fixed)
+        out += _T8.pack(
+            33 + len(payload),
+            2,
+            0,
+            channel,
+            0x00,
+            0x53,
+            0x14,
+            0xC0,
+            20,
+            5,
+            0x52,
+            handle,
+            0x70,
+            delivery_id or 0,
+            0xA0,
+            8,
+            tag,
+            0x43,
+            0x41 if settled else 0x42,
+        )
+        out += payload
+        return
     h = _SMALL_UINT[handle] if handle < 256 else b"\x70" + _I.pack(handle)
     if delivery_id is None:  # continuation: handle [, nulls, more]
         fields = h + b"\x40\x40\x40\x40\x41" if more else h
@@ -89,95 +116,57 @@ def write_transfer(
     out += payload
 
 
-def _read_uint(buf: Any, p: int, stop: int) -> tuple[Any, int] | None:
-    c = buf[p]
-    if c == 0x52:
-        return UInt(buf[p + 1]), p + 2
-    if c == 0x43:
-        return UInt(0), p + 1
-    if c == 0x70 and p + 5 <= stop:
-        return UInt(_I.unpack_from(buf, p + 1)[0]), p + 5
-    if c == 0x40:
-        return None, p + 1
-    return None
-
-
-_NO = object()
-_BOOLS: dict[int, Any] = {0x41: True, 0x42: False, 0x40: None}
-
-
 def read_transfer(buf: Any, pos: int, end: int) -> tuple[Any, int] | None:
     """The transfer performative whose list starts at ``pos`` (after ``00 53 14``):
-    (Transfer, position after it), or None when it is not in the common shape."""
-    if pos + 2 > end or buf[pos] != 0xC0:
+    (Transfer, position after it), or None when it is not in the common shape (a list8
+    of null, uint, boolean, ubyte and binary8 fields: no delivery state)."""
+    if buf[pos] != 0xC0 or pos + 3 > end:
         return None
-    size = buf[pos + 1]
-    stop = pos + 2 + size  # size counts the count byte and the items
-    if size < 1 or stop > end:
-        return None
+    stop = pos + 2 + buf[pos + 1]  # the size counts the count octet and the items
     count = buf[pos + 2]
-    if count < 1 or count > 11:
+    if stop > end or count < 1 or count > 11:
         return None
     p = pos + 3
     vals: list[Any] = [None] * 11
-    for i in range(count):
+    i = 0
+    while i < count:
         if p >= stop:
             return None
-        if i == 2:  # delivery-tag: binary
-            c = buf[p]
-            if c == 0xA0:
-                if p + 2 > stop:
-                    return None
-                n = buf[p + 1]
-                q = p + 2 + n
-                if q > stop:
-                    return None
-                vals[2] = bytes(buf[p + 2 : q])
-                p = q
-            elif c == 0x40:
-                p += 1
-            else:
-                return None
-        elif i in (0, 1, 3):
-            if buf[p] == 0x52 and p + 2 > stop:
-                return None
-            got = _read_uint(buf, p, stop)
-            if got is None:
-                return None
-            vals[i], p = got
-        elif i == 6:  # rcv-settle-mode: ubyte
-            c = buf[p]
-            if c == 0x50 and p + 2 <= stop:
-                vals[6] = UByte(buf[p + 1])
-                p += 2
-            elif c == 0x40:
-                p += 1
-            else:
-                return None
-        elif i == 7:  # state: anything but null goes the generic way
-            if buf[p] != 0x40:
-                return None
+        c = buf[p]
+        if c == 0x40:
             p += 1
-        else:  # booleans
-            v = _BOOLS.get(buf[p], _NO)
-            if v is _NO:
-                return None
-            vals[i] = v
+        elif c == 0x52 or c == 0x50:
+            vals[i] = buf[p + 1]
+            p += 2
+        elif c == 0x43:
+            vals[i] = 0
             p += 1
+        elif c == 0x41:
+            vals[i] = True
+            p += 1
+        elif c == 0x42:
+            vals[i] = False
+            p += 1
+        elif c == 0xA0:
+            q = p + 2 + buf[p + 1]
+            vals[i] = bytes(buf[p + 2 : q])
+            p = q
+        elif c == 0x70:
+            vals[i] = _I.unpack_from(buf, p + 1)[0]
+            p += 5
+        else:
+            return None
+        i += 1
     if p != stop or vals[0] is None:
         return None
     t = _new(_TRANSFER)
-    _setattr(t, "handle", vals[0])
-    _setattr(t, "delivery_id", vals[1])
-    _setattr(t, "delivery_tag", vals[2])
-    _setattr(t, "message_format", vals[3])
-    _setattr(t, "settled", vals[4])
-    _setattr(t, "more", False if vals[5] is None else vals[5])
-    _setattr(t, "rcv_settle_mode", vals[6])
-    _setattr(t, "state", None)
-    _setattr(t, "resume", False if vals[8] is None else vals[8])
-    _setattr(t, "aborted", False if vals[9] is None else vals[9])
-    _setattr(t, "batchable", False if vals[10] is None else vals[10])
+    t.handle, t.delivery_id, t.delivery_tag, t.message_format, t.settled = vals[:5]
+    t.more = vals[5] or False
+    t.rcv_settle_mode = vals[6]
+    t.state = None
+    t.resume = vals[8] or False
+    t.aborted = vals[9] or False
+    t.batchable = vals[10] or False
     return t, stop
 
 
