@@ -45,6 +45,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "broker_rss_mb": ("broker RSS MiB", False),
     "rss_per_connection_kb": ("KiB/connection", False),
     "setup_s": ("setup s", False),
+    "producer_cpu_percent": ("producer CPU %", False),
+    "consumer_cpu_percent": ("consumer CPU %", False),
 }
 _FIELDS = {f.name for f in dataclasses.fields(BenchConfig)}
 _SCENARIO_META = {"name", "about", "metrics"}
@@ -104,6 +106,11 @@ def flatten(report: dict[str, Any]) -> dict[str, float]:
         if lat and lat.get("count"):
             for p in ("p50", "p95", "p99", "max"):
                 out[f"{prefix}_{p}_us"] = float(lat[f"{p}_us"])
+    gen = report.get("generator_cpu_percent") or {}
+    for role in ("producer", "consumer"):
+        cpus = gen.get(role + "s")
+        if cpus:
+            out[f"{role}_cpu_percent"] = float(max(cpus))  # the busiest process
     b = report.get("broker") or {}
     if "cpu_percent" in b:
         out["broker_cpu_percent"] = float(b["cpu_percent"])

@@ -326,6 +326,10 @@ def to_091_raw(payload: bytes) -> tuple[Incoming, bytes]:
     A message whose body is one data section is sliced, not decoded: its other sections
     are converted once per distinct bytes (cached); anything else goes the generic way.
     Raises ``DecodeError`` on malformed sections, as ``parse`` does."""
+    if payload[:4] == _DATA8 and len(payload) == 5 + payload[4]:  # a data section only
+        hit = _in_cache.get(b"")
+        if hit is not None:
+            return hit, payload[5:]
     secs = split(payload)
     if secs is not None:
         body_at = body_end = -1
@@ -385,3 +389,4 @@ def from_091_raw(
 
 
 _BYTE = [bytes((i,)) for i in range(256)]
+_DATA8 = b"\x00\x53\x75\xa0"

@@ -28,6 +28,8 @@ _FH = struct.Struct(">IBBH")
 _new = object.__new__
 # frame header, then 00 53 14 (transfer) list8(size 20, 5 items): handle smalluint,
 # delivery-id uint, delivery-tag binary8 of 8, message-format uint0, settled
+_T8_LIST = struct.Struct(">BBBBBBIBB8xBB")  # the same list, from its 0xC0
+_T8_HEAD = (0xC0, 20, 5, 0x52)
 _T8 = struct.Struct(">IBBH" + "BBBBBB" + "BB" + "BI" + "BB8s" + "BB")
 _TRANSFER = T.Transfer
 
@@ -120,6 +122,20 @@ def read_transfer(buf: Any, pos: int, end: int) -> tuple[Any, int] | None:
     """The transfer performative whose list starts at ``pos`` (after ``00 53 14``):
     (Transfer, position after it), or None when it is not in the common shape (a list8
     of null, uint, boolean, ubyte and binary8 fields: no delivery state)."""
+    if pos + 22 <= end:  # the layout ``write_transfer`` uses: one unpack
+        v = _T8_LIST.unpack_from(buf, pos)
+        if v[0:4] == _T8_HEAD and v[5] == 0x70 and v[7] == 0xA0 and v[8] == 8 and v[9] == 0x43:
+            settled = v[10]
+            if settled == 0x41 or settled == 0x42:
+                t = _new(_TRANSFER)
+                t.handle = v[4]
+                t.delivery_id = v[6]
+                t.delivery_tag = bytes(buf[pos + 12 : pos + 20])
+                t.message_format = 0
+                t.settled = settled == 0x41
+                t.more = t.resume = t.aborted = t.batchable = False
+                t.rcv_settle_mode = t.state = None
+                return t, pos + 22
     if buf[pos] != 0xC0 or pos + 3 > end:
         return None
     stop = pos + 2 + buf[pos + 1]  # the size counts the count octet and the items
