@@ -1,4 +1,6 @@
-"""``shardmq bench`` / ``python -m loadtest.bench``: a load generator for AMQP 0-9-1 brokers.
+"""``shardmq bench`` / ``python -m loadtest.bench``: a load generator for AMQP 0-9-1 brokers
+(and AMQP 1.0 ones with ``--protocol amqp10``: the worker processes run
+``loadtest.amqp10`` instead of ``loadtest.worker``, same pipe protocol and results).
 
 Owns: the command line (plain argparse; entry point :func:`main`), the benchmark
 configuration (:class:`BenchConfig`), the topology plan (exchange, queues, bindings,
@@ -867,7 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = BenchConfig()
     p = argparse.ArgumentParser(
         prog="shardmq bench",
-        description="Load generator for AMQP 0-9-1 brokers (shardmq, RabbitMQ, ...).",
+        description="Load generator for AMQP 0-9-1 (and 1.0) brokers (shardmq, RabbitMQ, ...).",
         argument_default=argparse.SUPPRESS,
     )
     a = p.add_argument

@@ -13,12 +13,14 @@ Invariants:
 - Each session is one domain channel in confirm mode: an unsettled transfer from the
   client is answered with ``accepted`` once the broker has it (for a persistent message
   on a durable queue: once stored), ``rejected`` if it was refused; a settled one gets
-  nothing. Messages are converted at this edge (``shardmq.amqp1.convert``): queues
-  hold the 0-9-1 form.
+  nothing; accepted publishes are settled in ranges. Messages are converted at this
+  edge (``shardmq.amqp1.convert``'s ``to_091_raw`` / ``from_091_raw``: bodies sliced,
+  the rest converted once per distinct bytes): queues hold the 0-9-1 form.
 - A link the broker sends on is a consumer whose readiness is its link credit: a local
   queue delivers only while credit remains; deliveries that arrive beyond it (from
   another worker's queue, bounded by the consumer's prefetch ``LINK_WINDOW``) wait in
-  the link, in order, until credit comes.
+  the link, in order, until credit comes. On a local queue the prefetch (unsettled
+  deliveries) grows with the credit the client grants, up to ``MAX_LINK_WINDOW``.
 - Outcomes: accepted = ack; rejected = reject (dead-lettered where configured);
   released and modified = requeue, modified with undeliverable-here = reject. A detached
   link's or ended session's unsettled deliveries go back to their queue.

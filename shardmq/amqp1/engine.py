@@ -1,4 +1,6 @@
-"""Sans-IO AMQP 1.0 connection, the accepting side: bytes in, performatives out.
+"""Sans-IO AMQP 1.0 connection, the accepting side: bytes in, performatives out
+(``shardmq.amqp1.client.ClientEngine`` is the same engine turned round: the initiating
+side).
 
 Owns: ``Engine`` — the protocol header exchange (SASL first, or plain AMQP when the
 handler allows it), SASL (mechanisms, init, outcome), open/close with max-frame-size,
@@ -24,6 +26,8 @@ Invariants:
   adds one to delivery-count. Drain with nothing left to send advances delivery-count
   by the remaining credit and answers with a flow.
 - Output goes to ``out``; ``wake`` is called once when it turns non-empty.
+- Transfers and accepted/released dispositions are written by ``shardmq.amqp1.transfer``
+  (no performative object); a delivery in one frame skips the assembly list.
 """
 
 from __future__ import annotations

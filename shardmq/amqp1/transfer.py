@@ -9,7 +9,9 @@ sender's settlement of a range with a terminal outcome of no fields).
 Invariants:
 - ``write_transfer`` and ``write_disposition`` write the performative the generic
   encoder writes for the same fields, without the trailing fields that hold their
-  default (the spec reads an absent field as its default); a test decodes both.
+  default (the spec reads an absent field as its default); a one-frame delivery with an
+  8-byte tag has a fixed layout (delivery-id as a full uint) that ``read_transfer``
+  recognises with one unpack; tests decode both with the generic decoder.
 - ``read_transfer`` only takes the shapes it fully understands (a list8 of up to 11
   fields, each null or in the encodings the spec allows for its type); anything else
   returns None and the caller decodes generically, so malformed input still gets the
