@@ -16,6 +16,9 @@ Invariants:
   after the count dropped by ``DROP_ABS`` or to ``DROP_FRACTION`` of its peak since
   the last trim (and by at least ``DROP_MIN``), so at most once per drop; a steady
   or growing broker never trims.
+- The trim runs on the event loop: a full ``gc.collect()`` (its cost grows with the
+  number of live objects, e.g. messages held in memory) and ``malloc_trim``; it pauses
+  this process's traffic for that long, which is why it happens only after such drops.
 - A shrink callback rebuilds a container in place (same object: nobody's reference
   goes stale), e.g. ``shrink_set`` / ``shrink_dict``.
 - One INFO log line per trim (connections, RSS before and after); a missing
