@@ -20,14 +20,15 @@ Invariants:
   ever written.
 - After ``commit()`` returns, the store holds exactly the durable definitions of the
   metadata (written; fdatasynced unless deferred): call it before the client gets its
-  -ok (``LocalSequencer`` and the ``Sequencer`` do).
-- Deferred: a committer round that completes a store job submitted after
-  ``queue_sync`` has synced the log (rounds go in submission order and complete after
-  all their files), so nothing confirmed can depend on an unsynced declaration. ``record`` costs O(what the op changed), never a walk of all the
+  -ok (``LocalSequencer`` and the ``Sequencer`` do). ``record`` costs O(what the op
+  changed), never a walk of all the
   definitions: a declare or bind is a dict lookup (nothing at all for transient or
   exclusive things, re-declares, binds already saved); a delete removes the thing and
   its bindings through per-exchange and per-destination indexes, and checks the saved
   auto-delete exchanges of the vhost (a removal can delete those, in cascade).
+- Deferred: a committer round that completes a store job submitted after
+  ``queue_sync`` has synced the log (rounds go in submission order and complete after
+  all their files), so nothing confirmed can depend on an unsynced declaration.
 - Definitions for vhosts this metadata does not have are kept in the store as they are
   (a vhost missing from the config does not lose its definitions).
 - A stored definition that fails to apply at start-up is logged and skipped; the
