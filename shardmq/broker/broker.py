@@ -107,8 +107,11 @@ class LocalSequencer:
     changed are committed at the end of the loop turn, one fdatasync for every op of
     the turn (group commit), and the ops' answers wait for it (``request``); so does
     the answer of any op that comes while a commit is pending, so a client never hears
-    of a change that a crash could still undo. Without a loop each op commits before
-    ``execute`` returns."""
+    of a change that a crash could still undo. With storage the commit only writes the
+    log (the fdatasync is deferred: ``DefinitionsKeeper.sync_through``), and
+    ``WorkerStorage.flush`` calls ``flush`` first, so a turn's changes are written and
+    their sync queued before any store job of the turn. Without a loop each op commits
+    before ``execute`` returns."""
 
     def __init__(
         self,
@@ -170,6 +173,12 @@ class LocalSequencer:
         self.keeper.record(op)
         if self.keeper.pending:
             self._schedule()
+
+    def flush(self) -> None:
+        """Commit now what the end of the turn would (``WorkerStorage.flush`` calls it
+        before the stores': the definitions' sync job goes to the committer first)."""
+        if self._scheduled:
+            self.commit()
 
     @property
     def waiting(self) -> bool:
@@ -238,7 +247,14 @@ class Broker:
             # after the stored definitions (load_definitions); with several workers the
             # users come with the sequencer's snapshot
             seed(self.metadata, config)
-        self.sequencer: MetadataOps = LocalSequencer(self.metadata, self.definitions, call_soon)
+        local = LocalSequencer(self.metadata, self.definitions, call_soon)
+        self.sequencer: MetadataOps = local
+        if self.definitions is not None and self.storage is not None and call_soon is not None:
+            # declare-ok once the log record is written; its fdatasync is a job of the
+            # stores' group commit, queued before theirs (see DefinitionsKeeper.sync_through)
+            assert running is not None
+            self.definitions.sync_through(self.storage.committer, running)
+            self.storage.before_flush = self._before_store_flush
         self.shards: ShardRouter | None = None  # the cross-worker router (workers > 1)
         self.stats = MessageStats()  # message counters, read by status reports
         self.connections: set[BrokerConnection] = set()
@@ -340,11 +356,31 @@ class Broker:
         except RuntimeError:  # no loop: an in-process broker of the unit tests
             pass
 
+    def sync_definitions(self) -> None:
+        """Write and fdatasync every definitions change made so far, now (one worker;
+        nothing with several: the supervisor syncs each change before it is applied).
+        Raises ``OSError``."""
+        if isinstance(self.sequencer, LocalSequencer):
+            self.sequencer.flush()
+        if self.definitions is not None:
+            self.definitions.store.sync()
+
+    def _before_store_flush(self) -> None:
+        """First in every ``WorkerStorage.flush``: this turn's definitions changes are
+        written and their fdatasync submitted before any store job (one worker)."""
+        if isinstance(self.sequencer, LocalSequencer):
+            self.sequencer.flush()
+        if self.definitions is not None:
+            self.definitions.queue_sync()
+
     async def close_storage(self) -> None:
         """Clean shutdown, after the connections are closed: flush, close, last fsync."""
         self.delayed.close()
         if self.storage is not None:
+            self._before_store_flush()
             await self.storage.close()
+        if self.definitions is not None:
+            self.definitions.store.close()  # fdatasyncs what no committer round did
 
     def check_password(self, user: str, password: str) -> bool:
         return self.metadata.access.authenticate(user, password) is not None

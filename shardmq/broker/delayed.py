@@ -108,6 +108,7 @@ class DelayedScheduler:
         self.loop = loop
         slot, workers = self.broker.slot, self.broker.workers
         store = DelayedStore(delayed_dir(data_dir, slot), fsync=fsync, loop=loop)
+        store.before_sync = self.broker.sync_definitions
         recovered = store.recover()
         self.store = store
         for directory in adoptable(data_dir, slot, workers):

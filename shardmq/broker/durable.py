@@ -4,7 +4,11 @@ Owns: ``DefinitionsKeeper`` — reads the stored definitions back as metadata op
 start-up (``load`` / ``ops``) and, after each op, records what it changed in the durable
 exchanges, queues and bindings as puts and deletes in the ``DefinitionsStore``
 (``record``), made durable by ``commit`` (one log append + fdatasync for every change
-recorded since the last one: group commit). ``after(op)`` is both. It works on any
+recorded since the last one: group commit). ``after(op)`` is both. With
+``sync_through(committer, loop)`` (one worker) ``commit`` only writes, and the
+fdatasync is a batched job of the queue stores' committer (``_DeferredSync``):
+submitted within ``SYNC_DELAY`` or by ``queue_sync``, which the worker calls before any
+store job of the turn. It works on any
 ``Metadata``: a worker's own (one worker, real ``Queue`` objects) or the sequencer's
 replica in the supervisor (``RemoteQueue`` placeholders): it only reads ``durable`` /
 ``exclusive`` / ``auto_delete`` / ``arguments`` of queues and never touches messages.
@@ -15,12 +19,16 @@ Invariants:
   destination is a durable exchange or a durable non-exclusive queue. Nothing else is
   ever written.
 - After ``commit()`` returns, the store holds exactly the durable definitions of the
-  metadata: call it before the client gets its -ok (``LocalSequencer`` and the
-  ``Sequencer`` do). ``record`` costs O(what the op changed), never a walk of all the
+  metadata (written; fdatasynced unless deferred): call it before the client gets its
+  -ok (``LocalSequencer`` and the ``Sequencer`` do). ``record`` costs O(what the op
+  changed), never a walk of all the
   definitions: a declare or bind is a dict lookup (nothing at all for transient or
   exclusive things, re-declares, binds already saved); a delete removes the thing and
   its bindings through per-exchange and per-destination indexes, and checks the saved
   auto-delete exchanges of the vhost (a removal can delete those, in cascade).
+- Deferred: a committer round that completes a store job submitted after
+  ``queue_sync`` has synced the log (rounds go in submission order and complete after
+  all their files), so nothing confirmed can depend on an unsynced declaration.
 - Definitions for vhosts this metadata does not have are kept in the store as they are
   (a vhost missing from the config does not lose its definitions).
 - A stored definition that fails to apply at start-up is logged and skipped; the
@@ -29,6 +37,7 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TypeVar
 
@@ -43,6 +52,7 @@ from shardmq.broker.durable_access import (
 )
 from shardmq.broker.exchange import Exchange
 from shardmq.broker.vhost import AnyQueue
+from shardmq.store.commit import CommitJob, Committer
 from shardmq.store.definitions import (
     BindingDef,
     DefinitionsStore,
@@ -52,6 +62,10 @@ from shardmq.store.definitions import (
 )
 
 log = logging.getLogger("shardmq.definitions")
+
+# the longest a written definitions change waits for its fdatasync to be submitted
+# (with one worker; sooner when a queue store commits: see ``sync_through``)
+SYNC_DELAY = 0.02
 
 ExKey = tuple[str, str]
 BindKey = tuple[str, str, bool, str, str, bytes]  # vhost, source, to queue, dest, rk, args
@@ -74,6 +88,7 @@ class DefinitionsKeeper:
         self._autodel: dict[str, set[str]] = {}
         self._vhosts_saved = False
         self._loading = False
+        self._deferred: _DeferredSync | None = None
 
     # ------------------------------------------------------------ start-up
     def ops(self) -> list[md.Op]:
@@ -233,6 +248,25 @@ class DefinitionsKeeper:
     def pending(self) -> bool:
         """Changes recorded and not committed yet."""
         return self.store.pending
+
+    def sync_through(self, committer: Committer, loop: asyncio.AbstractEventLoop) -> None:
+        """Let ``committer`` (the worker's group commit of the queue stores) fdatasync
+        the log instead of ``commit``: ``commit`` then returns once the records are
+        written (survives kill -9), and their fdatasync is a job of the committer,
+        submitted within ``SYNC_DELAY`` seconds (one for every commit in between: a
+        batch) or by ``queue_sync``, whichever comes first. The caller must call
+        ``queue_sync`` before submitting any store job that could confirm a message
+        depending on a change (``WorkerStorage.flush`` does, first): a round completes
+        its jobs only after syncing every file of the round, and rounds go in
+        submission order, so no confirm is reported durable before the declaration it
+        needs is on disk."""
+        self._deferred = _DeferredSync(self.store, committer, loop)
+        self.store.defer_sync = self._deferred.written
+
+    def queue_sync(self) -> None:
+        """Submit the log's fdatasync now if a commit is waiting for one."""
+        if self._deferred is not None:
+            self._deferred.submit()
 
     def _durable_binding(self, op: md.Bind) -> BindKey | None:
         vh = self.metadata.vhosts.get(op.vhost)
@@ -474,3 +508,43 @@ def _binding_def(key: BindKey, arguments: bytes) -> BindingDef:
         routing_key=rk,
         arguments=md.table_of(arguments),
     )
+
+
+class _DeferredSync:
+    """The definitions log's fdatasync as a job of the queue stores' committer, batched:
+    at most one submitted per ``SYNC_DELAY`` unless ``submit`` is called earlier."""
+
+    def __init__(
+        self, store: DefinitionsStore, committer: Committer, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.store = store
+        self.committer = committer
+        self.loop = loop
+        self._due: tuple[str, int] | None = None  # (log path, last append) to sync
+        self._timer: asyncio.TimerHandle | None = None
+
+    def written(self, path: str, n: int) -> bool:
+        """The store appended ``n`` to ``path`` without syncing: True = we sync it."""
+        if self.committer.policy == "off" or getattr(self.committer, "closing", False):
+            return False  # synced at once by the store (as before, whatever the policy)
+        self._due = (path, n)
+        if self._timer is None:
+            self._timer = self.loop.call_later(SYNC_DELAY, self.submit)
+        return True
+
+    def submit(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due, self._due = self._due, None
+        if due is None:
+            return
+        if getattr(self.committer, "closing", False):
+            self.store.sync()
+            return
+        self.committer.submit(CommitJob(self, [due[1]], [due[0]], [], [], []))
+
+    def _committed(self, job: CommitJob, exc: OSError | None) -> None:
+        n = job.tokens[0]
+        assert isinstance(n, int)
+        self.store.synced(n, exc)

@@ -154,6 +154,9 @@ class WorkerStorage:
         self._dirty: list[DiskQueueStore] = []
         self._scheduled = False
         self.closed = False
+        # called first in every ``flush`` (one worker: the definitions changes of the
+        # turn are written and their fdatasync queued before any store's job)
+        self.before_flush: Callable[[], None] | None = None
 
     def start(self) -> None:
         """Check free disk now, then every ``disk_check_interval`` seconds."""
@@ -214,6 +217,8 @@ class WorkerStorage:
     def flush(self) -> None:
         """Write what every dirty store buffered this turn; one committer kick."""
         self._scheduled = False
+        if self.before_flush is not None:
+            self.before_flush()
         dirty, self._dirty = self._dirty, []
         for store in dirty:
             if not store.closed:

@@ -6,7 +6,8 @@ connection once per loop turn, runs heartbeat and handshake timers) and ``serve`
 listeners until ``stop``, then every connection closed: connection.close 320 to the open
 ones, the rest aborted after ``server.shutdown_timeout``). ``serve`` raises the file
 descriptor limit first and admits each new connection through
-``shardmq.net.limits.Admission`` (fd alarm, unauthenticated connections per address);
+``shardmq.net.limits.Admission`` (fd alarm, unauthenticated connections per address),
+runs a ``shardmq.net.memtrim.MemoryTrimmer`` (memory back to the system after a flood);
 with several workers it gives the broker the other workers' connection count
 (``max_connections``). The AMQPS listener serves the same protocol through
 ``shardmq.net.tls.TLSListener`` (the handshake first, then admission); an
@@ -59,6 +60,7 @@ from shardmq.config import Config
 from shardmq.ipc.control import F_CONNS, ControlBlock
 from shardmq.ipc.mesh import Mesh
 from shardmq.net.limits import Admission, raise_fd_limit
+from shardmq.net.memtrim import MemoryTrimmer, shrink_set
 from shardmq.net.tls import TLSPeer, TLSServer, tls_peer
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
@@ -388,9 +390,12 @@ async def serve(
     addrs = ", ".join(f"{name[0]}:{name[1]}" for name in names)
     log.info("shardmq ready: AMQP 0-9-1 on %s", addrs)
     admission.start()
+    trimmer = MemoryTrimmer(loop, lambda: len(hub.protocols), _shrinks(hub, broker))
+    trimmer.start()
     if ready is not None:
         ready(addrs)
     await stop.wait()
+    trimmer.stop()
     admission.stop()
     log.info("shutting down: closing %d connection(s)", len(hub.protocols))
     server.close()
@@ -407,6 +412,15 @@ async def serve(
         if proto.transport is not None:
             proto.transport.abort()
     await asyncio.sleep(0)
+
+
+def _shrinks(hub: IOHub, broker: Broker) -> list[Callable[[], None]]:
+    """The containers that held one entry per connection (``memtrim``): rebuilt in
+    place after a flood so their tables fit what is left."""
+    return [
+        lambda: shrink_set(hub.protocols),
+        lambda: shrink_set(broker.connections),
+    ]
 
 
 def _count_peer_connections(broker: Broker, ctl: ControlBlock | None) -> None:

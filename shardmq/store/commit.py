@@ -222,6 +222,11 @@ class ThreadCommitter:
             sync_threads=settings.sync_threads,
         )
 
+    @property
+    def closing(self) -> bool:
+        """``close`` was called: ``submit`` raises."""
+        return self._closing
+
     # ------------------------------------------------------------ loop thread
     def submit(self, job: CommitJob) -> None:
         if self.policy == "off":

@@ -16,7 +16,12 @@ Files::
 
 How a change becomes durable: ``put`` / ``delete`` update the in-memory state and
 buffer a log record; ``commit`` appends every buffered record with one write and one
-fdatasync (group commit: the caller commits once per loop turn). When the log has grown
+fdatasync (group commit: the caller commits once per loop turn). With ``defer_sync``
+set, ``commit`` only writes (a process crash, kill -9, loses nothing: the bytes are in
+the kernel) and hands the fdatasync to the owner, who reports it with ``synced``
+(``unsynced`` says whether one is outstanding; ``sync`` does it now; ``close`` does it
+too). The owner decides what may depend on a change before it is synced (see
+``shardmq.broker.durable.DefinitionsKeeper.sync_through``). When the log has grown
 beyond ``compact_ratio`` x the snapshot (and ``compact_min`` bytes), ``commit`` then
 compacts: the whole state goes into a new snapshot of generation G+1 and an empty log
 G+1 starts; log G is kept for the ``.prev`` fallback, older ones are deleted. Cost per
@@ -43,7 +48,11 @@ Invariants:
   compacted into a fresh snapshot; if there is none ``DefinitionsError`` is raised
   rather than starting empty.
 - A failed write or fsync raises ``OSError`` from ``commit``; the in-memory state is
-  kept and the next ``commit`` writes all of it as a fresh snapshot.
+  kept and the next ``commit`` writes all of it as a fresh snapshot. A failed deferred
+  fdatasync (``synced`` with an error) is logged and does the same.
+- A compaction never starts over an unsynced log: the append before it is synced at
+  once (snapshot G + log G must be on disk before snapshot G+1 replaces them), and a
+  finished compaction counts every earlier append as synced.
 - Exclusive and non-durable things are never saved (the caller filters; ``put`` and
   ``save`` check ``durable``).
 """
@@ -295,7 +304,14 @@ class DefinitionsStore:
         self._snapshot_bytes = 0
         self._loaded = False
         self._broken = False  # a write failed: the next commit writes a fresh snapshot
-        self.commits = 0  # log appends that reached the disk
+        self.commits = 0  # log appends (written; durable once synced)
+        # Deferred fdatasync (set by the owner, e.g. the worker's group committer):
+        # called with (log path, append number) after an append that was written and
+        # not synced; returns True when it will sync it (then ``synced`` is called) and
+        # False when the caller must sync now. None: every append is synced at once.
+        self.defer_sync: Callable[[str, int], bool] | None = None
+        self._written = 0  # appends so far
+        self._synced = 0  # appends known to be on disk (fdatasync returned)
         self.compactions = 0
         # tests inject failures here: called with the name of each step of a compaction
         self.crash_point: Callable[[str], None] = _no_crash
@@ -314,6 +330,26 @@ class DefinitionsStore:
     def pending(self) -> bool:
         """Changes made and not committed yet."""
         return bool(self._buf) or self._broken
+
+    @property
+    def unsynced(self) -> bool:
+        """Some committed change is written to the log but not fdatasynced yet."""
+        return self._synced < self._written
+
+    def synced(self, upto: int, exc: OSError | None = None) -> None:
+        """The deferred fdatasync of appends ``<= upto`` returned (``exc``: it failed:
+        the next commit writes the whole state as a fresh, fsynced snapshot)."""
+        if exc is not None:
+            log.error("cannot sync the definitions log: %s", exc)
+            self._broken = True
+            return
+        self._synced = max(self._synced, upto)
+
+    def sync(self) -> None:
+        """fdatasync the log now if an append is not known to be on disk."""
+        if self.unsynced and self._log is not None:
+            os.fdatasync(self._log.fd)
+            self._synced = self._written
 
     # ------------------------------------------------------------ load
     def load(self) -> Definitions:
@@ -465,10 +501,19 @@ class DefinitionsStore:
         if self._broken or log_file is None:
             self._compact()
             return True
+        # synced at once when compacting next (snapshot G + log G must hold the whole
+        # state on disk before the compaction starts) or when nobody syncs it later
+        compacting = log_file.size + len(self._buf) > limit
+        defer = self.defer_sync if not compacting else None
         try:
             # into the log even when compacting next: the previous snapshot + its log
             # must give the state the new snapshot has (the fallback relies on it)
-            log_file.append(self._buf)
+            log_file.append(self._buf, sync=defer is None)
+            self._written += 1
+            if defer is None or not defer(log_file.path, self._written):
+                if defer is not None:
+                    os.fdatasync(log_file.fd)
+                self._synced = self._written
         except OSError:
             self._broken = True
             self._buf.clear()
@@ -546,6 +591,7 @@ class DefinitionsStore:
             raise
         self._switch(new_log, generation, len(data))
         self._broken = False
+        self._synced = self._written  # the snapshot (fsynced) holds every append
         self.compactions += 1
         for g in self._log_generations():
             if g < generation - 1:
@@ -560,8 +606,13 @@ class DefinitionsStore:
         self._snapshot_bytes = snapshot_bytes
 
     def close(self) -> None:
+        """Close the log, fdatasyncing what was written and not synced yet."""
         self._reopen = None
         if self._log is not None:
+            try:
+                self.sync()
+            except OSError as exc:
+                log.error("cannot sync the definitions log: %s", exc)
             self._log.close()
             self._log = None
 

@@ -18,6 +18,8 @@ Invariants:
   the buffer, syncs it (``fsync`` "always"/"batch": fdatasync; "off": none) and then
   answers the confirm tokens of the adds it covered, ``stored(key, True)``, or
   ``stored(key, False)`` if the write failed.
+- ``before_sync`` (when set) runs before each fdatasync of ``flush``; an error in it
+  nacks the adds like a failed write.
 - ``remove`` is called only once the routed copy is in every durable target (the
   caller waits for their stores), so a crash in between gives a duplicate, never a loss.
 - A segment file is deleted when it and every older file hold no live ``ADD``: a
@@ -109,6 +111,9 @@ class DelayedStore:
     ) -> None:
         self.dir = directory
         self.fsync = fsync
+        # called before each fdatasync (one worker: the definitions log is synced first,
+        # so no delayed publish is confirmed before its exchange's declaration is)
+        self.before_sync: Callable[[], None] | None = None
         self.loop = loop
         self.segment_size = segment_size
         self.segments: dict[int, _Segment] = {}
@@ -275,6 +280,8 @@ class DelayedStore:
             os.write(seg.fd, buf)
             seg.size += len(buf)
             if self.fsync != "off":
+                if self.before_sync is not None:
+                    self.before_sync()
                 os.fdatasync(seg.fd)
         except OSError as exc:
             ok = False

@@ -36,6 +36,9 @@ Invariants:
 - A live message at recovery = a message record not acked (and kept by the latest
   ``keep`` record, written by ``purge``); delivered markers make it come back with
   redelivered=true (``redelivered`` set, shared with the queue).
+- The directory exists once a persistent message was written (``_make_dir`` before the
+  first segment); a queue opened without one does no directory I/O until then
+  (``destroy`` then has nothing to remove).
 - Every ``flush()`` writes each dirty file with one write, then hands one
   ``CommitJob`` to the committer; tokens of pushed messages come back exactly once,
   through ``on_durable(tokens)`` or ``on_failed(tokens, exc)``, possibly in a different
@@ -328,7 +331,8 @@ class DiskQueueStore:
         self._sync_data: list[str] = []
         self._sync_index: list[str] = []
         self._new_files = False
-        self._new_dir = False  # created by open: queues/ to be synced with the first round
+        self._new_dir = False  # created by _make_dir: queues/ synced with the next round
+        self._no_dir = False  # the directory does not exist yet (``open`` found none)
         self._unlinks: list[str] = []
         self._inflight = 0
         self.error: OSError | None = None
@@ -347,8 +351,8 @@ class DiskQueueStore:
         on_dirty: Callable[[DiskQueueStore], None] | None = None,
         codec: MessageCodec | None = None,
     ) -> DiskQueueStore:
-        """Open (creating if needed) the queue directory ``path`` and recover its
-        messages: in order, acked ones dropped, delivered-unacked ones in
+        """Open the queue directory ``path`` (created with the first segment when it
+        does not exist) and recover its messages: in order, acked ones dropped, delivered-unacked ones in
         ``redelivered``. Corrupt or truncated tails are cut back with a warning."""
         self = cls(
             path,
@@ -360,12 +364,20 @@ class DiskQueueStore:
             codec=codec,
         )
         if not os.path.isdir(self.path):
-            os.makedirs(self.path, exist_ok=True)
-            # its entry in queues/ is made durable with the first commit round (before
-            # any message in it is confirmed), not here: a declare costs no fsync
-            self._new_dir = True
+            # created with the first segment (``_roll``), not here: a durable declare
+            # costs no mkdir, and a queue that never holds a persistent message never
+            # has a directory; nothing to recover
+            self._no_dir = True
+            return self
         self._recover()
         return self
+
+    def _make_dir(self) -> None:
+        """Create the queue directory (first segment); its entry in queues/ is made
+        durable with the first commit round, before any message in it is confirmed."""
+        os.makedirs(self.path, exist_ok=True)
+        self._no_dir = False
+        self._new_dir = True
 
     def _recover(self) -> None:
         nums: list[int] = []
@@ -542,6 +554,8 @@ class DiskQueueStore:
         num = self._next_num
         seg_path, idx_path = self._paths(num)
         try:
+            if self._no_dir:
+                self._make_dir()
             data = SegmentFile.create(seg_path, SEG_MAGIC)
         except OSError as exc:
             self._note_error(exc, f"cannot create {seg_path}")
@@ -1103,6 +1117,8 @@ class DiskQueueStore:
             self.on_durable(tokens)  # the queue is gone: nothing left to wait for
         # Rename first (instant), delete in the background: a queue re-declared right
         # away under the same name starts from an empty directory.
+        if self._no_dir:
+            return  # nothing was ever written: no directory to remove
         doomed = f"{self.path}.deleted-{os.getpid()}-{id(self):x}"
         try:
             os.replace(self.path, doomed)

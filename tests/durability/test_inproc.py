@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from loadtest.inproc import Client, connect, make_broker
+from loadtest.inproc import Client, connect, content_frames, make_broker, method_frame
 from shardmq.amqp import methods as M
 from shardmq.broker.broker import Broker
 from shardmq.broker.queue import DurableQueue, Queue
@@ -283,3 +283,61 @@ def test_transient_queue_stats() -> None:
         "dead_lettered": 0,
         "dropped": 0,
     }
+
+
+def test_confirm_waits_for_the_declarations_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """declare-ok goes out once the definitions record is written (no fdatasync), but a
+    publish into that queue is confirmed only after the definitions log was synced,
+    even when a store flush of the same loop turn ran first (a publish to another
+    queue before the declare)."""
+    gate = threading.Event()
+    blocking = threading.Event()
+    synced: list[str] = []
+    real_sync = commit._sync_file
+
+    def sync(path: str) -> None:
+        if blocking.is_set() and os.path.basename(path).startswith("definitions."):
+            gate.wait(10)
+        synced.append(path)
+        real_sync(path)
+
+    monkeypatch.setattr(commit, "_sync_file", sync)
+
+    async def main() -> None:
+        broker = new_broker(tmp_path)
+        c = connect(broker)
+        c.open_channel(1)
+        c.open_channel(2)
+        c.call(1, M.ConfirmSelect())
+        c.declare(2, "old", durable=True)
+        c.publish(1, "", "old", b"one", PERSISTENT)  # seq 1
+        await until(c, lambda: acked_upto(c) == 1, "confirm of seq 1")
+        blocking.set()
+        # one loop turn: a publish to "old" (its store flush is scheduled first), the
+        # declare of "new", a publish into "new"
+        c.conn.feed(
+            method_frame(1, M.BasicPublish(exchange="", routing_key="old"))
+            + content_frames(1, b"two", PERSISTENT)  # seq 2
+            + method_frame(2, M.QueueDeclare(queue="new", durable=True))
+            + method_frame(1, M.BasicPublish(exchange="", routing_key="new"))
+            + content_frames(1, b"three", PERSISTENT)  # seq 3
+        )
+        # declare-ok comes while the definitions log's sync is held: written is enough
+        await until(c, lambda: _declared(c, "new"), "declare-ok of new")
+        await turns(c)
+        assert acked_upto(c) < 3, "confirmed before the declaration was synced"
+        gate.set()
+        await until(c, lambda: acked_upto(c) == 3, "confirm of seq 2 and 3")
+        assert all(kind == "BasicAck" for kind, _, _ in confirms(c))
+        await broker.close_storage()
+
+    try:
+        run(main())
+    finally:
+        gate.set()
+
+
+def _declared(client: Client, queue: str) -> bool:
+    return any(isinstance(m, M.QueueDeclareOk) and m.queue == queue for _, m in client.methods)

@@ -85,6 +85,11 @@ def test_definitions_survive_restart(durable: DurableBroker, kill: bool) -> None
     ch = conn.channel()
     _declare(ch)
     ch.queue_declare("gone", durable=True)
+    # a queue directory is made with the first persistent message: one for each kind
+    ch.confirm_delivery()
+    for queue in ("dq", "tq", "dq-excl", "gone"):
+        ch.basic_publish("", queue, b"x", pika.BasicProperties(delivery_mode=2))
+        assert ch.basic_get(queue, auto_ack=True)[2] == b"x"
     ch.queue_delete("gone")
     before = durable.queue_dirs()
     assert len(before) == 1  # dq only: transient, exclusive and deleted queues have none
