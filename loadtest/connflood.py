@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from loadtest.brokerenv import quiet_ports_env
+
 HEADER = b"AMQP\x00\x00\x09\x01"
 
 
@@ -177,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "shardmq", "serve", "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--workers", str(args.workers)]
         cmd += ["--data-dir", os.path.join(tmp.name, "data"), "--log-level", "warning"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=quiet_ports_env()
+        )
         deadline = time.monotonic() + 30
         while not _answers(port):
             if proc.poll() is not None or time.monotonic() > deadline:

@@ -37,6 +37,8 @@ from typing import Any
 
 import pika
 
+from loadtest.brokerenv import quiet_ports_env
+
 HEADER = b"AMQP\x00\x00\x09\x01"
 
 
@@ -69,7 +71,12 @@ class Broker:
         args += ["--data-dir", os.path.join(self.root, "data"), "--log-level", "warning"]
         # cwd: the temp dir, so PYTHONPATH (not the current directory) picks the tree
         self.proc = subprocess.Popen(
-            args, cwd=self.root, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            args,
+            cwd=self.root,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=quiet_ports_env(),
         )
         deadline = time.monotonic() + 30
         while not _answers(self.port):
