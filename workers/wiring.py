@@ -56,6 +56,13 @@ def wire_worker(worker: Worker, broker: Broker, loop: asyncio.AbstractEventLoop)
     broker.counts.attach(SharedCounts.attach(counts_name(mesh.instance)), mesh.control.is_ready)
     meta = WorkerMeta(broker.metadata, send)
     meta.on_ready = synced.set
+
+    def drain_rings() -> None:
+        for _ in range(16):  # bounded: a ring written to without pause cannot hold it up
+            if not mesh.poll():
+                break
+
+    meta.before_ask = drain_rings
     broker.join_workers(router, meta)
 
     def on_message(payload: bytes) -> None:

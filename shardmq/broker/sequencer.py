@@ -10,6 +10,8 @@ Invariants:
   all of them acked, so a publish after declare-ok / bind-ok on any worker sees it.
 - Checks that need a queue's live state are asked of the queue's owner first ("ask"),
   and the op broadcast afterwards carries no such condition, so replicas never diverge.
+  The owner reads its inbound rings before it answers (``WorkerMeta.before_ask``), so
+  the answer includes the settles other workers wrote before the ask was sent.
 - A worker that (re)starts gets a snapshot of the current definitions before it serves.
 
 Messages (lists): worker -> sequencer ``["req", req, op]`` (req 0: nobody waits) and
@@ -334,6 +336,10 @@ class WorkerMeta:
         self.pending: dict[int, Callable[[AMQPError | None, Any], None]] = {}
         self.ready = False
         self.on_ready: Callable[[], None] | None = None
+        # reads what other workers wrote to this one's rings before an "ask" is answered,
+        # so the answer reflects every settle a client's worker sent before it asked
+        # (a reject on one channel, then a passive declare on another: the declare sees it)
+        self.before_ask: Callable[[], None] | None = None
 
     def request(self, op: md.Op, callback: Callable[[AMQPError | None, Any], None]) -> None:
         req = next(self._reqs)
@@ -382,6 +388,8 @@ class WorkerMeta:
 
     def _ask(self, token: int, data: bytes) -> None:
         """Owner-side checks that need live queue state (no change is made)."""
+        if self.before_ask is not None:
+            self.before_ask()
         op = md.decode_op(data)
         try:
             if isinstance(op, md.DeclareQueue):

@@ -255,6 +255,34 @@ def test_tx_reject_requeue_applies_on_commit(env: Env) -> None:
     assert queue_counts(observer, q) == (1, 0)
 
 
+def test_settles_before_commit_ok_are_seen_by_the_next_passive_declare(env: Env) -> None:
+    """A commit's requeues and acks are applied before anything the client asks next:
+    a passive declare on another channel counts them, every time (the queue may sit on
+    another worker than the connection: the owner reads its rings before it answers)."""
+    conn = env.conn()
+    observer = conn.channel()
+    q = env.queue()
+    observer.queue_declare(q)
+    observer.confirm_delivery()
+    for i in range(40):
+        observer.basic_publish("", q, b"m%d" % i)
+    ch = conn.channel()
+    ch.tx_select()
+    for i in range(40):
+        m, _p, _b = ch.basic_get(q)
+        assert m is not None
+        ch.basic_reject(m.delivery_tag, requeue=True)
+        ch.tx_commit()
+        assert queue_counts(observer, q) == (40, 0)
+        m, _p, _b = ch.basic_get(q)
+        assert m is not None
+        ch.basic_ack(m.delivery_tag)
+        ch.tx_commit()
+        assert queue_counts(observer, q) == (39, 0)
+        observer.basic_publish("", q, b"again")
+        assert queue_counts(observer, q) == (40, 0)
+
+
 @pytest.mark.parametrize("op", ["commit", "rollback"])
 def test_tx_without_select_is_406(env: Env, op: str) -> None:
     conn = env.conn()
