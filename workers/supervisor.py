@@ -498,7 +498,7 @@ class Supervisor:
         if not self.all_ready_notified and all(s.ready for s in self.slots):
             self.all_ready_notified = True
             host, port = self.address
-            log.info("shardmq ready: %d workers, AMQP 0-9-1 on %s:%d", self.n, host, port)
+            log.info("shardmq ready: %d workers, AMQP 0-9-1 and 1.0 on %s:%d", self.n, host, port)
             notify(
                 f"READY=1\nSTATUS={self.n} workers accepting AMQP on {host}:{port}\n"
                 f"MAINPID={os.getpid()}"

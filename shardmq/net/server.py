@@ -388,7 +388,7 @@ async def serve(
         tls_listener = tls.listen(loop, make, tls_sock)
         names.append((*tls_sock.getsockname()[:1], f"{tls_sock.getsockname()[1]} (TLS)"))
     addrs = ", ".join(f"{name[0]}:{name[1]}" for name in names)
-    log.info("shardmq ready: AMQP 0-9-1 on %s", addrs)
+    log.info("shardmq ready: AMQP 0-9-1 and 1.0 on %s", addrs)
     admission.start()
     trimmer = MemoryTrimmer(loop, lambda: len(hub.protocols), _shrinks(hub, broker))
     trimmer.start()

@@ -268,7 +268,7 @@ def test_settles_before_commit_ok_are_seen_by_the_next_passive_declare(env: Env)
         observer.basic_publish("", q, b"m%d" % i)
     ch = conn.channel()
     ch.tx_select()
-    for i in range(40):
+    for _ in range(40):
         m, _p, _b = ch.basic_get(q)
         assert m is not None
         ch.basic_reject(m.delivery_tag, requeue=True)
