@@ -351,7 +351,9 @@ class BrokerConnection:
         target: Channel | ConfirmWaiter | None = ch if ch.confirm else conf
         for q in local:
             q.publish(msg, target)  # a durable queue takes a token (persistent msg)
-            if q.consumers and q.backed_up(msg.fmax) and not self.consumes():
+            # (an empty store is never backed up: no call when the message went
+            # straight to a consumer)
+            if q.store and q.consumers and q.backed_up(msg.fmax) and not self.consumes():
                 # Connections that also consume are never throttled: their acks
                 # must keep flowing (the memory alarm still bounds them).
                 q.throttle(self)
