@@ -1,4 +1,6 @@
-"""``shardmq bench`` / ``python -m loadtest.bench``: a load generator for AMQP 0-9-1 brokers.
+"""``shardmq bench`` / ``python -m loadtest.bench``: a load generator for AMQP 0-9-1 brokers
+(and AMQP 1.0 ones with ``--protocol amqp10``: the worker processes run
+``loadtest.amqp10`` instead of ``loadtest.worker``, same pipe protocol and results).
 
 Owns: the command line (plain argparse; entry point :func:`main`), the benchmark
 configuration (:class:`BenchConfig`), the topology plan (exchange, queues, bindings,
@@ -105,6 +107,11 @@ class BenchConfig:
     # priority queues: x-max-priority N of the benchmark's queues, producers cycle the
     # message priority over 0..N-1 message by message (0 = plain queues)
     priorities: int = 0
+    # the protocol the producers and consumers speak (the parent declares and deletes
+    # the topology over 0-9-1 either way); amqp10: loadtest/amqp10.py, where --confirm
+    # means unsettled transfers, --auto-ack a settled receiver and --credit its credit
+    protocol: str = "amqp091"
+    credit: int = 0  # amqp10 receivers' link credit (0: --prefetch, or 1000 with --auto-ack)
 
     def normalized(self) -> BenchConfig:
         c = dataclasses.replace(self)
@@ -144,7 +151,27 @@ class BenchConfig:
             raise ValueError("--dead-letter needs consumers and no --backlog")
         if c.expire_burst < 0:
             raise ValueError("--expire-burst must be >= 0")
+        if c.protocol not in PROTOCOLS:
+            raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
+        if c.protocol == "amqp10":
+            for flag, on in (
+                ("--dead-letter", c.dead_letter),
+                ("--priorities", c.priorities),
+                ("--sink", c.sink),
+                (
+                    "--producer-worker/--consumer-worker",
+                    c.producer_worker >= 0 or c.consumer_worker >= 0,
+                ),
+                ("amqps://", c.uri.startswith("amqps://")),
+            ):
+                if on:
+                    raise ValueError(f"{flag} is not available with --protocol amqp10")
+            if c.credit <= 0:
+                c.credit = c.prefetch or 1000
         return c
+
+
+PROTOCOLS = ("amqp091", "amqp10")
 
 
 def queue_worker_of(spec: str) -> tuple[int, int]:
@@ -356,7 +383,12 @@ class Bench:
     # ---- worker plumbing
     def _spawn(self, plan: WorkerPlan) -> _Proc:
         parent, child = self.ctx.Pipe()
-        p = self.ctx.Process(target=worker_main, args=(plan, child), daemon=True)
+        target: Callable[..., None] = worker_main
+        if plan.protocol == "amqp10":
+            from loadtest.amqp10 import amqp10_worker_main
+
+            target = amqp10_worker_main
+        p = self.ctx.Process(target=target, args=(plan, child), daemon=True)
         p.start()
         child.close()
         wp = _Proc(plan, p, parent)
@@ -491,6 +523,8 @@ class Bench:
             ack_every=cfg.multi_ack_every,
             heartbeat=cfg.heartbeat,
             consume_on_go=bool(cfg.backlog),
+            protocol=cfg.protocol,
+            credit=cfg.credit,
         )
         quotas = [0] * cfg.producers
         if cfg.backlog:
@@ -835,7 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = BenchConfig()
     p = argparse.ArgumentParser(
         prog="shardmq bench",
-        description="Load generator for AMQP 0-9-1 brokers (shardmq, RabbitMQ, ...).",
+        description="Load generator for AMQP 0-9-1 (and 1.0) brokers (shardmq, RabbitMQ, ...).",
         argument_default=argparse.SUPPRESS,
     )
     a = p.add_argument
@@ -858,6 +892,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="WINDOW",
         help="publisher confirms, max unconfirmed per producer (0 = off)",
     )
+    a(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="what producers and consumers speak (default amqp091); amqp10: AMQP 1.0 "
+        "links to /exchange/X/KEY and /queue/NAME, --confirm = unsettled transfers, "
+        "--auto-ack = a settled receiver",
+    )
+    a("--credit", type=int, help="amqp10: receivers' link credit (default --prefetch, or 1000)")
     a("--persistent", action="store_true", help="delivery_mode 2 (implies --durable)")
     a("--durable", action="store_true", help="durable queues and exchange")
     a("--auto-ack", "-a", action="store_true", help="consume with no-ack")
@@ -982,6 +1024,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--vs", metavar="URI", help="also run every scenario against this broker, alternating"
     )
+    s.add_argument(
+        "--vs-protocol",
+        choices=PROTOCOLS,
+        help="the protocol of the --vs runs (default --protocol): e.g. the same broker "
+        "over AMQP 1.0 vs 0-9-1",
+    )
     s.add_argument("--rounds", type=int, help="rounds per scenario (default from the suite file)")
     return p
 
@@ -1011,8 +1059,8 @@ def main(argv: list[str] | None = None) -> int:
         from loadtest.scenarios import suite_main
 
         return suite_main(args)
-    if "vs" in args or "rounds" in args:
-        parser.error("--vs/--rounds apply to --suite")
+    if "vs" in args or "rounds" in args or "vs_protocol" in args:
+        parser.error("--vs/--vs-protocol/--rounds apply to --suite")
     try:
         cfg = config_from_args(args)
         cfg.normalized()

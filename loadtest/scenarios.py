@@ -45,6 +45,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "broker_rss_mb": ("broker RSS MiB", False),
     "rss_per_connection_kb": ("KiB/connection", False),
     "setup_s": ("setup s", False),
+    "producer_cpu_percent": ("producer CPU %", False),
+    "consumer_cpu_percent": ("consumer CPU %", False),
 }
 _FIELDS = {f.name for f in dataclasses.fields(BenchConfig)}
 _SCENARIO_META = {"name", "about", "metrics"}
@@ -104,6 +106,11 @@ def flatten(report: dict[str, Any]) -> dict[str, float]:
         if lat and lat.get("count"):
             for p in ("p50", "p95", "p99", "max"):
                 out[f"{prefix}_{p}_us"] = float(lat[f"{p}_us"])
+    gen = report.get("generator_cpu_percent") or {}
+    for role in ("producer", "consumer"):
+        cpus = gen.get(role + "s")
+        if cpus:
+            out[f"{role}_cpu_percent"] = float(max(cpus))  # the busiest process
     b = report.get("broker") or {}
     if "cpu_percent" in b:
         out["broker_cpu_percent"] = float(b["cpu_percent"])
@@ -143,6 +150,7 @@ def run_suite(
     only: list[str] | None = None,
     rounds: int | None = None,
     quiet: bool = False,
+    vs_protocol: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run the (filtered) suite; one summary dict per scenario."""
     rounds = rounds or suite.rounds
@@ -157,6 +165,8 @@ def run_suite(
                 cfg = scenario_config(suite, sc, cli, u)
                 if tag == "B":
                     cfg.broker_pid = []  # --broker-pid describes --uri's broker only
+                    if vs_protocol:
+                        cfg.protocol = vs_protocol
                 rep = _run_one(cfg, f"{sc.name} [{tag} round {r + 1}/{rounds}] {u}", quiet)
                 runs[tag].append(rep)
         summary: dict[str, Any] = {"scenario": sc.name, "about": sc.about, "metrics": sc.metrics}
@@ -240,6 +250,7 @@ def suite_main(args: dict[str, Any]) -> int:
         only=only,
         rounds=args.get("rounds"),
         quiet=bool(args.get("quiet")),
+        vs_protocol=args.get("vs_protocol"),
     )
     if args.get("json"):
         print(json.dumps(summaries, indent=2))

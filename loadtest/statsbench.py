@@ -3,13 +3,16 @@
 Owns: ``python -m loadtest.statsbench``:
 
 - ``--queues N``: declares N queues (pika, one connection, names ``statsbench-<i>``,
-  each with ``--messages`` messages), then times ``GET /api/queues?page=1&page_size=100``,
-  the full ``GET /api/queues``, ``GET /metrics/per-object`` and ``GET /metrics``
+  each with ``--messages`` messages; in ``--vhost``, made through the API and deleted
+  after; with ``--connections`` idle connections open), then times ``GET /api/queues?page=1&page_size=100``,
+  the full ``GET /api/queues``, ``GET /api/connections`` (a page and all),
+  ``GET /metrics/per-object`` and ``GET /metrics``
   (medians of ``--repeat`` calls made back to back, and ``--gap`` seconds apart: shardmq
   reuses workers' reports for 1 s, so the second series pays a fresh gathering each
   time), prints the sizes and, given ``--pids``, the
   resident memory of those processes before and after the queues were made; then
-  deletes the queues (unless ``--keep``). Works against RabbitMQ's management API too
+  deletes the queues (unless ``--keep``). ``--rabbit-node``: RabbitMQ's statistics
+  memory (``mgmt_db``) before and after. Works against RabbitMQ's management API too
   (without ``--metrics``).
 - ``--poll SECONDS``: GETs ``/api/queues`` and ``/metrics`` every SECONDS until stopped
   (the load of a dashboard and a Prometheus server during a throughput benchmark).
@@ -26,7 +29,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import quote, urlsplit
 
 AUTH = ("guest", "guest")
 
@@ -63,19 +67,73 @@ def _time(url: str, repeat: int, gap: float) -> tuple[float, int]:
     return statistics.median(times), size
 
 
+def _mgmt_db(mgmt: str, node: str) -> int:
+    """RabbitMQ's statistics memory (``mgmt_db`` of the node's memory breakdown)."""
+    import requests
+
+    r = requests.get(f"{mgmt}/api/nodes/{node}/memory", auth=AUTH, timeout=60)
+    r.raise_for_status()
+    return int(r.json()["memory"].get("mgmt_db", 0))
+
+
+def _vhost(mgmt: str, vhost: str, create: bool) -> None:
+    import requests
+
+    path = f"{mgmt}/api/vhosts/{quote(vhost, safe='')}"
+    r = (
+        requests.put(path, auth=AUTH, timeout=60)
+        if create
+        else requests.delete(path, auth=AUTH, timeout=60)
+    )
+    assert r.status_code in (201, 204), (r.status_code, r.text)
+    if create:  # RabbitMQ grants its creator nothing on a vhost made through the API
+        perms = f"{mgmt}/api/permissions/{quote(vhost, safe='')}/{AUTH[0]}"
+        body = {"configure": ".*", "write": ".*", "read": ".*"}
+        r = requests.put(perms, json=body, auth=AUTH, timeout=60)
+        assert r.status_code in (201, 204), (r.status_code, r.text)
+
+
 def bench_queues(args: argparse.Namespace) -> None:
     import pika
 
     mgmt = _local(args.mgmt)
     parts = urlsplit(args.amqp)
     assert parts.hostname == "127.0.0.1"
+    if args.vhost != "/":
+        _vhost(mgmt, args.vhost, True)
     rss0 = _rss(args.pids)
-    conn = pika.BlockingConnection(
-        pika.ConnectionParameters(
-            "127.0.0.1", parts.port or 5672, credentials=pika.PlainCredentials(*AUTH)
+    db0 = _mgmt_db(mgmt, args.rabbit_node) if args.rabbit_node else 0
+
+    def params(heartbeat: int | None = None) -> pika.ConnectionParameters:
+        return pika.ConnectionParameters(
+            "127.0.0.1",
+            parts.port or 5672,
+            args.vhost,
+            credentials=pika.PlainCredentials(*AUTH),
+            heartbeat=heartbeat,
+            stack_timeout=120,  # a busy broker accepting its 1,000th connection
         )
-    )
+
+    try:
+        _bench_queues(args, mgmt, params, rss0, db0)
+    finally:  # the vhost (and its queues) go even when a step failed
+        if args.vhost != "/" and not args.keep:
+            _vhost(mgmt, args.vhost, False)
+
+
+def _bench_queues(args: argparse.Namespace, mgmt: str, params: Any, rss0: int, db0: int) -> None:
+    import pika
+
+    conn = pika.BlockingConnection(params())
     ch = conn.channel()
+    idle: list[pika.BlockingConnection] = []
+    t0 = time.perf_counter()
+    for _ in range(args.connections):  # idle clients, each with a channel
+        c = pika.BlockingConnection(params(heartbeat=0))
+        c.channel()
+        idle.append(c)
+    if args.connections:
+        print(f"opened {args.connections} connections in {time.perf_counter() - t0:.1f} s")
     names = [f"statsbench-{i}" for i in range(args.queues)]
     t0 = time.perf_counter()
     for name in names:
@@ -85,9 +143,12 @@ def bench_queues(args: argparse.Namespace) -> None:
     print(f"declared {args.queues} queues in {time.perf_counter() - t0:.1f} s")
     time.sleep(args.settle)  # RabbitMQ's statistics lag (its 5 s interval)
     rss1 = _rss(args.pids)
+    db1 = _mgmt_db(mgmt, args.rabbit_node) if args.rabbit_node else 0
     rows = [
         ("/api/queues?page=1&page_size=100", mgmt + "/api/queues?page=1&page_size=100"),
         ("/api/queues", mgmt + "/api/queues"),
+        ("/api/connections?page=1&page_size=100", mgmt + "/api/connections?page=1&page_size=100"),
+        ("/api/connections", mgmt + "/api/connections"),
     ]
     if args.metrics:
         metrics = _local(args.metrics)
@@ -104,6 +165,13 @@ def bench_queues(args: argparse.Namespace) -> None:
             f"RSS of pids {args.pids}: {rss0 / 2**20:.1f} MiB before, {rss1 / 2**20:.1f} MiB "
             f"with the queues ({(rss1 - rss0) / max(1, args.queues):.0f} B per queue)"
         )
+    if args.rabbit_node:
+        print(
+            f"RabbitMQ mgmt_db: {db0 / 2**20:.1f} MiB before, {db1 / 2**20:.1f} MiB with the "
+            f"queues ({(db1 - db0) / max(1, args.queues):.0f} B per queue)"
+        )
+    for c in idle:
+        c.close()
     if not args.keep:
         for name in names:
             ch.queue_delete(name)
@@ -231,6 +299,11 @@ def main() -> None:
         "--gap", type=float, default=1.5, help="seconds between calls in the second series"
     )
     p.add_argument("--pids", type=int, nargs="*", default=[])
+    p.add_argument("--connections", type=int, default=0, help="idle connections held open")
+    p.add_argument("--vhost", default="/", help="made (and deleted after) through the API unless /")
+    p.add_argument(
+        "--rabbit-node", default="", help="RabbitMQ's node name: print its mgmt_db memory"
+    )
     p.add_argument("--keep", action="store_true")
     p.add_argument("--poll", type=float, default=0.0)
     p.add_argument("--inproc", type=int, default=0, help="N queues: CPU per step, in process")

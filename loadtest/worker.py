@@ -60,6 +60,8 @@ class WorkerPlan:
     connect_parallel: int = 32
     reject: bool = False  # acks are basic.nack(multiple, requeue=False)
     worker: int = -1  # shardmq only: reconnect until the server says this worker took it
+    protocol: str = "amqp091"  # or "amqp10" (loadtest/amqp10.py runs the process)
+    credit: int = 0  # amqp10: a receiver's link credit (0: prefetch, else 1000)
 
 
 # connections tried to land one on a chosen worker (the kernel spreads them by port)

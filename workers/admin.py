@@ -1,7 +1,7 @@
 """The control socket: how ``shardmq ctl`` changes and reads a running broker.
 
-Owns: ``AdminServer`` (an asyncio unix-socket server on ``<data_dir>/ctl.sock``, frames
-as ``shardmq.ctlclient`` defines them) and ``COMMANDS``, the table from command name to
+Owns: ``AdminServer`` (a ``workers.line_server.LineServer`` on ``<data_dir>/ctl.sock``,
+frames as ``shardmq.ctlclient`` defines them) and ``COMMANDS``, the table from command name to
 handler, filled by ``workers.admin_policies``, ``workers.admin_access`` and
 ``workers.admin_objects`` (whose commands also reach the workers: ``WORKER_COMMANDS``,
 given the data dir). It runs where metadata changes are ordered: in the supervisor with N workers
@@ -22,10 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,9 +36,9 @@ from shardmq.ctlclient import (
     MAX_FRAME,
     Answer,
     Request,
-    reachable,
     socket_path,
 )
+from workers.line_server import LineServer
 
 log = logging.getLogger("shardmq.admin")
 
@@ -139,47 +136,17 @@ class AdminServer:
         self.data_dir = str(data_dir)
         self.path = socket_path(data_dir)
         self.ops = ops
-        self._server: asyncio.AbstractServer | None = None
+        too_large = _answer(Answer(False, error="request too large"))
+        self._server = LineServer(self.path, self._answer, too_large, MAX_FRAME)
 
     async def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            old = os.umask(0o177)
-            try:
-                with reachable(self.path) as where:
-                    sock.bind(where)
-            finally:
-                os.umask(old)
-            self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=MAX_FRAME)
-        except BaseException:
-            sock.close()
-            raise
+        await self._server.start()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-            with contextlib.suppress(OSError):
-                self.path.unlink()
+        await self._server.stop()
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    writer.write(_answer(Answer(False, error="request too large")))
-                    break
-                if not line:
-                    break
-                writer.write(_answer(await self.handle(line)))
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+    async def _answer(self, line: bytes) -> bytes:
+        return _answer(await self.handle(line))
 
     async def handle(self, line: bytes) -> Answer:
         try:

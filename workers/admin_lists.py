@@ -138,9 +138,9 @@ def _jsonable(v: Any) -> Any:
 
 # ---------------------------------------------------------------------- clients
 async def _clients(data_dir: str) -> list[dict[str, Any]]:
-    rows = [row for _slot, answer in await call_all(data_dir, "clients", {}) for row in answer]
-    rows.sort(key=lambda r: r["name"])
-    return rows
+    from workers.conn_ops import gather_clients
+
+    return await gather_clients(data_dir)
 
 
 @worker_command("list_connections")

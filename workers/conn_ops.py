@@ -2,7 +2,8 @@
 ``workers.worker_ops``): ``clients`` (this worker's open connections, their channels and
 consumers, as RabbitMQ's management rows) and ``close_connection`` (a forced close).
 
-Owns: the two ops and the row shapes (``connection_row``, ``channel_row``,
+Owns: the ops (and ``sac_active``), ``gather_clients`` (the admin side's listing of
+them all) and the row shapes (``connection_row``, ``channel_row``,
 ``consumer_row``; RabbitMQ 3.10's field names; the admin side adds ``node``) and
 ``connection_name`` (RabbitMQ's ``"PEER_HOST:PEER_PORT -> HOST:PORT"``). A client with
 ``management_fields`` (AMQP 1.0) gives its protocol's fields (``protocol`` "AMQP 1-0",
@@ -15,7 +16,11 @@ Invariants:
 - A forced close is connection.close 320 with ``CONNECTION_FORCED - <reason>``, the
   reason ``X-Reason`` gave (RabbitMQ's default otherwise), and one log line.
 - Rows are made when asked, by walking the worker's connections and channels once;
-  nothing is counted per message for them (``recv_oct``/``send_oct`` are not kept).
+  nothing is counted per message for them (``recv_oct``/``send_oct`` and the read and
+  write counts are the socket layer's, one add per read or write call).
+- A consumer's ``active``/``activity_status`` on a single-active-consumer queue is
+  known to the queue's owner: ``sac_active`` lists the owner's first consumers, and
+  the admin side settles the rows of consumers whose queue is on another worker.
 """
 
 from __future__ import annotations
@@ -25,14 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 from shardmq.amqp.errors import CONNECTION_FORCED
 from shardmq.broker.connection import peer_host
+from shardmq.broker.consumer_order import single_active
+from shardmq.broker.queue import Consumer, Queue
 from workers.queue_ops import json_value
-from workers.worker_ops import op
+from workers.worker_ops import call_all, op
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
     from shardmq.broker.channel import Channel
     from shardmq.broker.connection import BrokerConnection
-    from shardmq.broker.queue import Consumer
 
 log = logging.getLogger("shardmq.ops")
 
@@ -92,6 +98,8 @@ def connection_row(conn: BrokerConnection, broker: Broker) -> dict[str, Any]:
         "auth_mechanism": getattr(client, "auth_mechanism", ""),
         "connected_at": int(getattr(client, "connected_at", 0) * 1000),
         "send_pend": 0,
+        "_gid": conn.gid,  # unique across workers (``sac_active``); the admin side drops it
+        **_traffic(client),
     }
     own = getattr(client, "management_fields", None)
     if own is not None:  # AMQP 1.0: protocol, timeout, frame_max, sessions, links, ...
@@ -105,6 +113,12 @@ def connection_row(conn: BrokerConnection, broker: Broker) -> dict[str, Any]:
             channel_max=engine.channel_max if engine else 0,
         )
     return row
+
+
+def _traffic(client: Any) -> dict[str, int]:
+    """Bytes and socket reads/writes so far (``shardmq.net.server.AMQPProtocol``)."""
+    io = getattr(client, "io", None)
+    return {k: int(getattr(io, k, 0)) for k in ("recv_oct", "recv_cnt", "send_oct", "send_cnt")}
 
 
 def channel_row(ch: Channel, conn_row: dict[str, Any]) -> dict[str, Any]:
@@ -148,9 +162,41 @@ def consumer_row(c: Consumer, ch_row: dict[str, Any], conn_row: dict[str, Any]) 
         "exclusive": c.exclusive,
         "prefetch_count": c.prefetch,
         "arguments": json_value(c.arguments or {}),
-        "active": True,
-        "activity_status": "up",
+        **_activity(c, ch_row, conn_row),
     }
+
+
+def _activity(c: Consumer, ch_row: dict[str, Any], conn_row: dict[str, Any]) -> dict[str, Any]:
+    """RabbitMQ 3.10's ``active`` and ``activity_status``: "up" but on a queue with a
+    single active consumer, where the first consumer is "single_active" and the others
+    "waiting" (inactive). A queue owned by another worker: that worker knows which is
+    first (``sac_active``), so the row carries ``_sac`` for the admin side to settle."""
+    q = c.queue
+    if not single_active(q.arguments):
+        return {"active": True, "activity_status": "up"}
+    if isinstance(q, Queue):
+        first = bool(q.consumers) and q.consumers[0] is c
+        return {"active": first, "activity_status": "single_active" if first else "waiting"}
+    key = [q.vhost, q.name, conn_row["_gid"], ch_row["number"], c.tag]
+    return {"active": False, "activity_status": "waiting", "_sac": key}
+
+
+@op("sac_active")
+def sac_active(broker: Broker, args: dict[str, Any]) -> list[list[Any]]:
+    """The active consumer of each single-active-consumer queue this worker owns:
+    ``[vhost, queue, connection gid, channel number, consumer tag]``."""
+    out: list[list[Any]] = []
+    for vh in broker.vhosts.values():
+        for q in vh.queues.values():
+            if not isinstance(q, Queue) or not q.consumers or not single_active(q.arguments):
+                continue
+            c: Any = q.consumers[0]
+            if isinstance(c, Consumer):
+                key = [c.channel.conn.gid, c.channel.number, c.tag]
+            else:  # a consumer on another worker (``xshard.owner.ProxyConsumer``)
+                key = [c.gid, c.chnum, c.tag]
+            out.append([vh.name, q.name, *key])
+    return out
 
 
 @op("clients")
@@ -183,3 +229,26 @@ def close_connection(broker: Broker, args: dict[str, Any]) -> int:
             conn.client.close(CONNECTION_FORCED, text)
             closed += 1
     return closed
+
+
+# ---------------------------------------------------------------------- admin side
+async def gather_clients(data_dir: str) -> list[dict[str, Any]]:
+    """Every worker's open connections (op ``clients``; each with ``_channels``, each
+    with ``_consumers``), sorted by name, with the consumers of single-active-consumer
+    queues owned by another worker settled (op ``sac_active`` of the owners, asked
+    only when there are such consumers)."""
+    rows = [row for _slot, answer in await call_all(data_dir, "clients", {}) for row in answer]
+    rows.sort(key=lambda r: r["name"])
+    pending = [
+        c for row in rows for ch in row["_channels"] for c in ch["_consumers"] if "_sac" in c
+    ]
+    if pending:
+        firsts = {
+            tuple(key)
+            for _slot, answer in await call_all(data_dir, "sac_active", {})
+            for key in answer
+        }
+        for c in pending:
+            if tuple(c.pop("_sac")) in firsts:
+                c["active"], c["activity_status"] = True, "single_active"
+    return rows

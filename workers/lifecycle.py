@@ -225,10 +225,8 @@ async def serve_broker(
         from workers.prometheus_http import prometheus_server
 
         # claimed before recovery: a port in use is a start-up error, nothing served
-        mgmt = management_server(
-            config.management, config.server.data_dir, config.server.host, config.server.port
-        )
         prom = prometheus_server(config, supervisor=False)
+        mgmt = management_server(config, prom)
     # Recover before listening: a client must find every durable queue with its messages.
     broker.load_definitions()
     broker.start_storage()

@@ -21,10 +21,12 @@ Invariants:
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiohttp import web
 
+from workers.conn_ops import gather_clients
 from workers.mgmt_http import (
     SERVER,
     json_response,
@@ -40,22 +42,44 @@ from workers.mgmt_http import (
 )
 from workers.worker_ops import call_all
 
+OCTET_INTERVAL = 5.0  # seconds between the samples octet rates are taken from
+
 
 async def _all_clients(request: web.Request) -> list[dict[str, Any]]:
     """Every worker's open connections (with ``_channels``, each with ``_consumers``),
     sorted by name, ``node`` filled in."""
     server = request.app[SERVER]
-    rows: list[dict[str, Any]] = []
-    for _slot, answer in await call_all(server.data_dir, "clients", {}):
-        for row in answer:
-            row["node"] = server.node
-            for ch in row["_channels"]:
-                ch["node"] = server.node
-                for c in ch["_consumers"]:
-                    c["channel_details"]["node"] = server.node
-            rows.append(row)
-    rows.sort(key=lambda r: r["name"])
+    rows = await gather_clients(server.data_dir)
+    now = time.monotonic()
+    for row in rows:
+        row["node"] = server.node
+        _octet_rates(server.octets, row, now)
+        for ch in row["_channels"]:
+            ch["node"] = server.node
+            for c in ch["_consumers"]:
+                c["channel_details"]["node"] = server.node
+    names = {r["name"] for r in rows}
+    for gone in [n for n in server.octets if n not in names]:
+        del server.octets[gone]
     return rows
+
+
+def _octet_rates(
+    seen: dict[str, tuple[float, int, int, float, float]], row: Any, now: float
+) -> None:
+    """``recv_oct_details``/``send_oct_details`` rates: the change since a sample of
+    this connection kept at least ``OCTET_INTERVAL`` before (kept by listings, at most
+    one per connection per interval; nothing is sampled between listings)."""
+    recv, send = row["recv_oct"], row["send_oct"]
+    prev = seen.get(row["name"])
+    if prev is None:
+        prev = seen[row["name"]] = (now, recv, send, 0.0, 0.0)
+    elif now - prev[0] >= OCTET_INTERVAL:
+        span = now - prev[0]
+        rates = (max(0.0, (recv - prev[1]) / span), max(0.0, (send - prev[2]) / span))
+        prev = seen[row["name"]] = (now, recv, send, *rates)
+    row["recv_oct_details"] = {"rate": round(prev[3], 1)}
+    row["send_oct_details"] = {"rate": round(prev[4], 1)}
 
 
 async def clients(request: web.Request) -> list[dict[str, Any]]:

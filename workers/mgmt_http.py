@@ -2,7 +2,7 @@
 
 Owns: ``ManagementServer`` (``bind`` the port, ``start`` serving over an ``AdminOps``,
 ``stop``), the request plumbing the endpoint modules share: HTTP basic auth against the
-broker's users with RabbitMQ's tag rules (``need_admin``, ``need_vhost``, ...), RabbitMQ's
+broker's users with RabbitMQ's tag rules (``need_admin``, ``need_vhost``, ``queue_of``, ...), RabbitMQ's
 error JSON (``ApiError``), body parsing, pagination and sorting of lists (``listing``),
 and ``worker_reports`` (the live counts of every worker, through ``workers.status``,
 folded into ``workers.mgmt_stats``' history for message counts and rates).
@@ -33,6 +33,7 @@ import binascii
 import json
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,7 +42,9 @@ import msgspec
 from aiohttp import web
 
 from shardmq.auth.access import User
+from shardmq.config import Config
 from shardmq.management import ManagementSettings
+from shardmq.net.tls_settings import TLSSettings
 from workers.admin import AdminOps, CommandError
 from workers.mgmt_stats import StatsHistory, history_for
 from workers.startup import StartupError, listen_address
@@ -152,6 +155,18 @@ def need_vhost(request: web.Request, vhost: str, *, write: bool = False) -> None
         raise ApiError(404, "not_found", "vhost_not_found") if write else not_found()
     if not vhost_visible(request, vhost, write=write):
         raise not_authorised("User not authorised to access virtual host")
+
+
+def queue_of(request: web.Request) -> tuple[str, Any]:
+    """The vhost and queue the path names (``{vhost}``, ``{name}``), from this
+    process's metadata replica: 404 for an unknown vhost or queue, 401 for a vhost the
+    user may not use (``need_vhost``)."""
+    vhost, name = request.match_info["vhost"], request.match_info["name"]
+    need_vhost(request, vhost)
+    q = ops_of(request).metadata.vhosts[vhost].queues.get(name)
+    if q is None:
+        raise not_found()
+    return vhost, q
 
 
 def vhosts_visible(request: web.Request) -> list[str]:
@@ -331,13 +346,22 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
 
 # ---------------------------------------------------------------------- the server
 class ManagementServer:
-    def __init__(self, settings: ManagementSettings, data_dir: str, node: str) -> None:
+    def __init__(
+        self,
+        settings: ManagementSettings,
+        data_dir: str,
+        node: str,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.settings = settings
+        self.ssl_context = ssl_context  # HTTPS (``management_tls``)
         self.data_dir = data_dir
         self.node = node
         self.started_at = time.time()
         self.listeners: list[dict[str, Any]] = []  # /api/overview's, filled by the caller
         self.history: StatsHistory = history_for(data_dir)  # counts and rates
+        # connection name -> (time, recv_oct, send_oct, rates): ``mgmt_connections``
+        self.octets: dict[str, tuple[float, int, int, float, float]] = {}
         self._sock: socket.socket | None = None
         self._runner: web.AppRunner | None = None
 
@@ -393,9 +417,10 @@ class ManagementServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         assert self._sock is not None
-        await web.SockSite(self._runner, self._sock).start()
+        await web.SockSite(self._runner, self._sock, ssl_context=self.ssl_context).start()
         self.history.start()
-        log.info("management API on http://%s:%d/api", self.settings.host, self.port)
+        scheme = "https" if self.ssl_context is not None else "http"
+        log.info("management API on %s://%s:%d/api", scheme, self.settings.host, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -407,22 +432,73 @@ class ManagementServer:
             self._sock = None
 
 
-def management_server(
-    settings: ManagementSettings, data_dir: str, amqp_host: str, amqp_port: int
-) -> ManagementServer | None:
+def management_tls(settings: ManagementSettings, tls: TLSSettings) -> ssl.SSLContext | None:
+    """The HTTPS context of the management listener (None: plain HTTP): the files of
+    ``[management.ssl]``, or with ``tls = true`` those of ``[tls]`` (its versions and
+    ciphers too); no client certificate is asked. ``StartupError`` (exit code
+    ``TLS_CONFIG_INVALID``, one line) when the files cannot make one."""
+    from shardmq.net.tls import TLSConfigError, build_context
+    from workers.exitcodes import ExitCode
+
+    own = settings.ssl
+    if own.certfile:
+        files = TLSSettings(certfile=own.certfile, keyfile=own.keyfile, cacertfile=own.cacertfile)
+        where = "management.ssl."
+    elif settings.tls:
+        if not tls.certfile:
+            raise StartupError(
+                ExitCode.TLS_CONFIG_INVALID,
+                "management.tls = true needs the [tls] section's certfile: set it, "
+                "or give [management.ssl] certfile",
+            )
+        files = msgspec.structs.replace(tls, verify="verify_none", fail_if_no_peer_cert=False)
+        where = "tls."
+    else:
+        return None
+    try:
+        return build_context(files)
+    except TLSConfigError as exc:
+        text = str(exc).replace("tls.", where)
+        raise StartupError(ExitCode.TLS_CONFIG_INVALID, f"management API: {text}") from None
+
+
+def management_server(config: Config, prometheus: Any = None) -> ManagementServer | None:
     """The management API's server with its port claimed (None when disabled);
-    ``StartupError`` when the port cannot be had."""
+    ``StartupError`` when the port cannot be had or its TLS files are bad. Its
+    ``/api/overview`` listeners: AMQP (``amqp``), AMQPS (``amqp/ssl``), itself (``http``
+    or ``https``) and ``prometheus`` (a ``PrometheusServer``, ``http/prometheus``), as
+    RabbitMQ names them."""
+    settings = config.management
     if not settings.enabled:
         return None
     from workers.mgmt_objects import node_name
 
     node = node_name()
+    amqp = config.server
     if settings.host is None:  # follows the AMQP listener's interface
-        settings = msgspec.structs.replace(settings, host=amqp_host)
-    server = ManagementServer(settings, data_dir, node)
+        settings = msgspec.structs.replace(settings, host=amqp.host)
+    server = ManagementServer(settings, amqp.data_dir, node, management_tls(settings, config.tls))
     server.bind()
-    server.listeners = [
-        {"node": node, "protocol": "amqp", "ip_address": amqp_host or "::", "port": amqp_port},
-        {"node": node, "protocol": "http", "ip_address": settings.host, "port": server.port},
-    ]
+    ip = amqp.host or "::"
+    listeners: list[dict[str, Any]] = []
+    if amqp.tcp_listener:
+        listeners.append({"node": node, "protocol": "amqp", "ip_address": ip, "port": amqp.port})
+    if config.tls.enabled:
+        listeners.append(
+            {"node": node, "protocol": "amqp/ssl", "ip_address": ip, "port": config.tls.port}
+        )
+    web_proto = "https" if server.ssl_context is not None else "http"
+    listeners.append(
+        {"node": node, "protocol": web_proto, "ip_address": settings.host, "port": server.port}
+    )
+    if prometheus is not None:
+        listeners.append(
+            {
+                "node": node,
+                "protocol": "http/prometheus",
+                "ip_address": prometheus.settings.host,
+                "port": prometheus.port,
+            }
+        )
+    server.listeners = listeners
     return server

@@ -26,8 +26,7 @@ from workers.mgmt_http import (
     json_response,
     need_vhost,
     no_content,
-    not_found,
-    ops_of,
+    queue_of,
     route,
 )
 from workers.queue_ops import ACK_MODES
@@ -52,18 +51,9 @@ async def owner_call(request: web.Request, queue: Any, name: str, args: dict[str
         raise ApiError(exc.status, "internal_error", exc.text) from None
 
 
-def _queue(request: web.Request) -> tuple[str, Any]:
-    vhost, name = request.match_info["vhost"], request.match_info["name"]
-    need_vhost(request, vhost)
-    q = ops_of(request).metadata.vhosts[vhost].queues.get(name)
-    if q is None:
-        raise not_found()
-    return vhost, q
-
-
 @route("DELETE", "/api/queues/{vhost}/{name}/contents")
 async def purge(request: web.Request) -> web.Response:
-    vhost, q = _queue(request)
+    vhost, q = queue_of(request)
     need_vhost(request, vhost, write=True)
     args = {"vhost": vhost, "name": q.name, "not_exclusive": True}
     await owner_call(request, q, "purge", args)
@@ -104,7 +94,7 @@ def _integer(v: Any) -> int:
 
 @route("POST", "/api/queues/{vhost}/{name}/get")
 async def get(request: web.Request) -> web.Response:
-    vhost, q = _queue(request)
+    vhost, q = queue_of(request)
     need_vhost(request, vhost, write=True)
     args = _get_args(await body_of(request))
     rows = await owner_call(request, q, "get", {"vhost": vhost, "name": q.name, **args})

@@ -4,7 +4,8 @@ bindings and the alarm health checks (RabbitMQ 3.10's paths, JSON and status cod
 Owns: the handlers and their rows (``exchange_row``, ``queue_row``, ``binding_rows``).
 
 Invariants: reads come from this process's metadata replica (every declared object)
-and, for queue counts, from every worker's live report (``mgmt_http.worker_reports``);
+and, for queue counts and queue and exchange ``message_stats``, from every worker's
+live report (``mgmt_http.worker_reports``);
 changes are metadata ops through ``workers.admin.submit``, checked first (404 for an
 unknown vhost/object, 400 for a bad body) so a refused request changes nothing. The
 implicit default-exchange bindings are listed as RabbitMQ lists them. The node, its
@@ -42,6 +43,7 @@ from workers.mgmt_http import (
     no_content,
     not_found,
     ops_of,
+    queue_of,
     route,
     vhosts_visible,
     worker_reports,
@@ -164,16 +166,31 @@ def _exchanges(request: web.Request, vhosts: list[str]) -> list[dict[str, Any]]:
     ]
 
 
+async def _exchange_message_stats(request: web.Request) -> Callable[[dict[str, Any]], None]:
+    """Adds an answered exchange's ``message_stats`` (publish_in/out, when it has
+    counts: RabbitMQ leaves the key out before), from reports at most 5 s old."""
+    await worker_reports(request)
+    history = request.app[SERVER].history
+
+    def finish(row: dict[str, Any]) -> None:
+        stats = history.exchange_message_stats(row["vhost"], row["name"])
+        if stats is not None:
+            row["message_stats"] = stats
+
+    return finish
+
+
 @route("GET", "/api/exchanges")
 async def list_exchanges(request: web.Request) -> web.Response:
-    return listing(request, _exchanges(request, vhosts_visible(request)))
+    rows = _exchanges(request, vhosts_visible(request))
+    return listing(request, rows, await _exchange_message_stats(request))
 
 
 @route("GET", "/api/exchanges/{vhost}")
 async def list_vhost_exchanges(request: web.Request) -> web.Response:
     vhost = request.match_info["vhost"]
     need_vhost(request, vhost)
-    return listing(request, _exchanges(request, [vhost]))
+    return listing(request, _exchanges(request, [vhost]), await _exchange_message_stats(request))
 
 
 def _exchange(request: web.Request) -> tuple[str, Exchange]:
@@ -188,7 +205,9 @@ def _exchange(request: web.Request) -> tuple[str, Exchange]:
 @route("GET", "/api/exchanges/{vhost}/{name}")
 async def get_exchange(request: web.Request) -> web.Response:
     vhost, ex = _exchange(request)
-    return json_response(exchange_row(vhost, ex))
+    row = exchange_row(vhost, ex)
+    (await _exchange_message_stats(request))(row)
+    return json_response(row)
 
 
 @route("PUT", "/api/exchanges/{vhost}/{name}")
@@ -243,56 +262,64 @@ def queue_row(vhost: str, q: Any, st: QueueStatus | None) -> dict[str, Any]:
         "messages_unacknowledged": st.messages_unacknowledged if st else 0,
         "consumers": st.consumers if st else 0,
     }
-    for k in ("messages", "messages_ready", "messages_unacknowledged"):
-        row[k + "_details"] = {"rate": 0.0}
+    for k in _COUNT_DETAILS:
+        row[k] = _ZERO_RATE  # one shared object (rows are only encoded): fewer allocations
     return row
 
 
-async def _queues(request: web.Request, vhosts: list[str]) -> list[dict[str, Any]]:
+_COUNT_DETAILS = ("messages_details", "messages_ready_details", "messages_unacknowledged_details")
+_ZERO_RATE: dict[str, float] = {"rate": 0.0}
+
+
+# sort keys a queue listing can order by before its rows are made
+_LIGHT_SORT = frozenset({"", "name", "vhost"})
+
+
+async def _list_queues(request: web.Request, vhosts: list[str]) -> web.Response:
+    """The queues of ``vhosts`` as ``listing`` answers them, with their counts (every
+    worker's report) and ``message_stats``. For a page, unless ``sort`` names another
+    field, a row is only its name and vhost until it is answered: a page of 100 out
+    of 10,000 queues makes 100 rows."""
     md_ = ops_of(request).metadata
     stats = await _queue_stats(request)
-    return [
-        queue_row(v, q, stats.get((v, q.name)))
-        for v in vhosts
-        for q in sorted(md_.vhosts[v].queues.values(), key=lambda q: q.name)
-    ]
-
-
-def _with_message_stats(request: web.Request) -> Callable[[dict[str, Any]], None]:
-    """Adds a listed queue's ``message_stats`` (``workers.mgmt_stats``)."""
     history = request.app[SERVER].history
+    queues = [(v, q) for v in vhosts for q in sorted(md_.vhosts[v].queues.values(), key=_by_name)]
+    if "page" in request.query and request.query.get("sort", "") in _LIGHT_SORT:
+        rows = [{"name": q.name, "vhost": v, "_q": q} for v, q in queues]
 
-    def finish(row: dict[str, Any]) -> None:
-        row["message_stats"] = history.queue_message_stats(row["vhost"], row["name"])
+        def finish(row: dict[str, Any]) -> None:
+            v, q = row["vhost"], row.pop("_q")
+            row.update(queue_row(v, q, stats.get((v, q.name))))
+            row["message_stats"] = history.queue_message_stats(v, q.name)
 
-    return finish
+    else:
+        rows = [queue_row(v, q, stats.get((v, q.name))) for v, q in queues]
+
+        def finish(row: dict[str, Any]) -> None:
+            row["message_stats"] = history.queue_message_stats(row["vhost"], row["name"])
+
+    return listing(request, rows, finish)
+
+
+def _by_name(q: Any) -> str:
+    return str(q.name)
 
 
 @route("GET", "/api/queues")
 async def list_queues(request: web.Request) -> web.Response:
-    rows = await _queues(request, vhosts_visible(request))
-    return listing(request, rows, _with_message_stats(request))
+    return await _list_queues(request, vhosts_visible(request))
 
 
 @route("GET", "/api/queues/{vhost}")
 async def list_vhost_queues(request: web.Request) -> web.Response:
     vhost = request.match_info["vhost"]
     need_vhost(request, vhost)
-    return listing(request, await _queues(request, [vhost]), _with_message_stats(request))
-
-
-def _queue(request: web.Request) -> tuple[str, Any]:
-    vhost, name = request.match_info["vhost"], request.match_info["name"]
-    need_vhost(request, vhost)
-    q = ops_of(request).metadata.vhosts[vhost].queues.get(name)
-    if q is None:
-        raise not_found()
-    return vhost, q
+    return await _list_queues(request, [vhost])
 
 
 @route("GET", "/api/queues/{vhost}/{name}")
 async def get_queue(request: web.Request) -> web.Response:
-    vhost, q = _queue(request)
+    vhost, q = queue_of(request)
     stats = await _queue_stats(request)
     row = queue_row(vhost, q, stats.get((vhost, q.name)))
     row["message_stats"] = request.app[SERVER].history.queue_message_stats(vhost, q.name)
@@ -332,7 +359,7 @@ def _reserved_name(name: str) -> ApiError:
 
 @route("DELETE", "/api/queues/{vhost}/{name}")
 async def delete_queue(request: web.Request) -> web.Response:
-    vhost, q = _queue(request)
+    vhost, q = queue_of(request)
     need_vhost(request, vhost, write=True)
     op = md.DeleteQueue(vhost, q.name, flag(request, "if-unused"), flag(request, "if-empty"), 0)
     await changed(submit(ops_of(request), op))
@@ -392,7 +419,7 @@ async def list_vhost_bindings(request: web.Request) -> web.Response:
 
 @route("GET", "/api/queues/{vhost}/{name}/bindings")
 async def queue_bindings(request: web.Request) -> web.Response:
-    vhost, q = _queue(request)
+    vhost, q = queue_of(request)
     rows = binding_rows(request, vhost)
     return listing(
         request,

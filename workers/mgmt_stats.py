@@ -13,11 +13,13 @@ time. While a server uses the history (``start``/``stop``) it fetches every
 (starting a new gathering when they are over ``MAX_AGE``, for the requests after it),
 so a request never waits for the workers unless nothing recent is known, and
 concurrent requests share one fetch. Also the RabbitMQ shapes built from them:
-``overview_message_stats``, ``churn_rates``, ``queue_message_stats``.
+``overview_message_stats``, ``churn_rates``, ``queue_message_stats``,
+``exchange_message_stats`` (publish_in/out, summed over the workers' replicas).
 
 Invariants: nothing here touches the message path (workers only bump integers and
 answer report requests). Memory: each queue's eight counters as a tuple, in the last
-report and in the two samples rates are taken from (shared while they are the same).
+report and in the two samples rates are taken from (shared while they are the same);
+two integers per exchange that clients published to.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class Sample(msgspec.Struct):
     t: float
     totals: dict[str, int]
     queues: dict[QKey, tuple[int, ...]]  # QUEUE_KEYS' values
+    exchanges: dict[QKey, tuple[int, int]] = msgspec.field(default_factory=dict)
 
 
 class StatsHistory:
@@ -98,6 +101,8 @@ class StatsHistory:
         self.interval = interval
         self.totals: dict[str, int] = {}  # worker counters summed, never going back
         self.queues: dict[QKey, tuple[int, ...]] = {}  # QUEUE_KEYS, as last reported
+        # (publish_in, publish_out) of each exchange, summed over the workers' replicas
+        self.exchanges: dict[QKey, tuple[int, int]] = {}
         self.reports: list[WorkerReport] = []  # the last fetch's
         self.fetched_at = 0.0  # time.monotonic() of the last fetch (0: never)
         self.rates: dict[str, float] = {}
@@ -146,9 +151,16 @@ class StatsHistory:
                 queues[(q.vhost, q.name)] = tuple(q.message_stats.get(k, 0) for k in QUEUE_KEYS)
                 q.message_stats = _NONE  # kept as the tuple only (memory per queue)
         self.queues = queues
+        exchanges: dict[QKey, tuple[int, int]] = {}
+        for r in reports:
+            for x in r.exchanges:
+                key = (x.vhost, x.name)
+                n_in, n_out = exchanges.get(key, (0, 0))
+                exchanges[key] = (n_in + x.publish_in, n_out + x.publish_out)
+        self.exchanges = exchanges
         last = self._last
         if last is None or now - last.t >= self.interval:
-            sample = Sample(now, dict(totals), self.queues)
+            sample = Sample(now, dict(totals), self.queues, exchanges)
             if last is not None:
                 span = now - last.t
                 self.rates = {
@@ -243,6 +255,27 @@ class StatsHistory:
         for k, kd, v, x, y in zip(QUEUE_KEYS, _DETAILS, counts, old, new, strict=True):
             out[k] = v
             out[kd] = {"rate": round(max(0.0, (y - x) / span), 1)}
+        return out
+
+    def exchange_message_stats(self, vhost: str, name: str) -> dict[str, Any] | None:
+        """The exchange's ``message_stats`` as RabbitMQ's: ``publish_in`` once a client
+        published to it, ``publish_out`` once it routed a copy to a queue (each with
+        its rate); None before either (RabbitMQ then leaves ``message_stats`` out)."""
+        key = (vhost, name)
+        counts = self.exchanges.get(key)
+        if counts is None:
+            return None
+        a, b = self._prev, self._last
+        old = a.exchanges.get(key, (0, 0)) if a is not None else None
+        new = b.exchanges.get(key, (0, 0)) if b is not None else None
+        out: dict[str, Any] = {}
+        for i, k in enumerate(("publish_in", "publish_out")):
+            if not counts[i]:
+                continue
+            rate = 0.0
+            if a is not None and b is not None and old is not None and new is not None:
+                rate = max(0.0, (new[i] - old[i]) / (b.t - a.t))
+            self._stat(out, k, counts[i], rate)
         return out
 
 

@@ -8,7 +8,8 @@ Owns:
   their sessions and links), and the queues it owns with
   RabbitMQ's counts ``messages`` = ``messages_ready`` + ``messages_unacknowledged``,
   ``consumers``, a durable queue's store detail and its message counters, and the
-  worker's own counters and gauges, ``workers.live_stats``) and ``read_reports``,
+  worker's own counters and gauges, ``workers.live_stats``, and the publish_in/out
+  counts of the exchanges its clients published to) and ``read_reports``,
   which asks every worker at once;
 - the workers' shared-memory control block, read-only (``read_workers``: pid,
   incarnation, readiness, heartbeat, connections and hand-offs per slot; N>1 only);
@@ -90,6 +91,16 @@ class QueueStatus(msgspec.Struct, kw_only=True):
     message_stats: dict[str, int] = msgspec.field(default_factory=dict)
 
 
+class ExchangeCount(msgspec.Struct, array_like=True):
+    """An exchange this worker's clients published to: RabbitMQ's publish_in and
+    publish_out as counted by this worker's replica (``VHost.exchange_counts``)."""
+
+    vhost: str
+    name: str
+    publish_in: int
+    publish_out: int
+
+
 class WorkerReport(msgspec.Struct, kw_only=True):
     slot: int
     pid: int
@@ -100,6 +111,7 @@ class WorkerReport(msgspec.Struct, kw_only=True):
     stats: WorkerStats | None = None
     # AMQP 1.0 among ``connections``: connections, sessions, links (empty: none)
     amqp1: dict[str, int] = msgspec.field(default_factory=dict)
+    exchanges: list[ExchangeCount] = msgspec.field(default_factory=list)
 
 
 def status_dir(data_dir: str | os.PathLike[str]) -> Path:
@@ -173,6 +185,11 @@ def report(broker: Broker, probe: LagProbe | None = None) -> WorkerReport:
                     **q.counters(),
                 )
             )
+    exchanges = [
+        ExchangeCount(vh.name, name, n_in, n_out)
+        for vh in broker.vhosts.values()
+        for name, n_in, n_out in vh.exchange_counts()
+    ]
     return WorkerReport(
         slot=broker.slot,
         pid=os.getpid(),
@@ -181,6 +198,7 @@ def report(broker: Broker, probe: LagProbe | None = None) -> WorkerReport:
         queues=queues,
         stats=worker_stats(broker, probe, owned),
         amqp1=_amqp1_counts(broker),
+        exchanges=exchanges,
     )
 
 

@@ -783,10 +783,8 @@ class Supervisor:
             self.admin = AdminServer(self.config.server.data_dir, seq)
             await self.admin.start()
             cfg = self.config
-            self.management = management_server(
-                cfg.management, cfg.server.data_dir, cfg.server.host, cfg.server.port
-            )
             self.prometheus = prometheus_server(cfg, supervisor=True)
+            self.management = management_server(cfg, self.prometheus)
             if self.management is not None:
                 await self.management.start(seq)
             if self.prometheus is not None:

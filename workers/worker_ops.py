@@ -3,7 +3,7 @@ object lives (a queue's purge and get on the worker that owns it, a connection's
 listing and forced close on the worker that accepted it).
 
 Owns: the ops sockets (``OpsServer``: each worker, and the one-process broker, listens
-on ``data_dir/status/ops-<slot>.sock``, mode 0600), their frames (one JSON object per
+on ``data_dir/status/ops-<slot>.sock``, mode 0600, a ``workers.line_server.LineServer``), their frames (one JSON object per
 line each way: ``{"op": NAME, "args": {...}}``, answered ``{"ok": true, "result":
 ...}`` or ``{"ok": false, "error": TEXT, "status": N}``), ``OPS`` (name -> handler,
 filled by ``workers.queue_ops``, ``workers.conn_ops``, ``workers.publish_ops``,
@@ -28,16 +28,15 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from workers.line_server import LineServer
 from workers.status import _addressable, status_dir
 
 if TYPE_CHECKING:
@@ -107,57 +106,24 @@ class OpsServer:
         _handled()
         self.broker = broker
         self.path = ops_path(data_dir, broker.slot)
-        self._server: asyncio.AbstractServer | None = None
+        too_large = _frame(_Answer(False, error="request too large", status=413))
+        self._server = LineServer(self.path, self._answer, too_large, MAX_FRAME)
 
     async def start(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()  # left by a process of this slot that died
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                old = os.umask(0o177)
-                try:
-                    with _addressable(self.path) as addr:
-                        sock.bind(addr)
-                finally:
-                    os.umask(old)
-                self._server = await asyncio.start_unix_server(
-                    self._client, sock=sock, limit=MAX_FRAME
-                )
-            except BaseException:
-                sock.close()
-                raise
+            await self._server.start()
         except OSError as exc:
             log.warning("no management ops: cannot listen on %s: %s", self.path, exc)
 
     async def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        self._server = None
-        with contextlib.suppress(OSError):
-            self.path.unlink()
+        await self._server.stop()
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except (ValueError, asyncio.LimitOverrunError):
-                    writer.write(_frame(_Answer(False, error="request too large", status=413)))
-                    break
-                if not line:
-                    break
-                answer = self.handle(line)
-                if isinstance(answer.result, asyncio.Future):  # an op that finishes later
-                    answer = await _settled(answer.result)
-                writer.write(_frame(answer))
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+    async def _answer(self, line: bytes) -> bytes:
+        answer = self.handle(line)  # in the loop turn that read the request
+        if isinstance(answer.result, asyncio.Future):  # an op that finishes later
+            answer = await _settled(answer.result)
+        return _frame(answer)
 
     def handle(self, line: bytes) -> _Answer:
         try:

@@ -15,12 +15,14 @@ Invariants:
 - Each session is one domain channel in confirm mode: an unsettled transfer from the
   client is answered with ``accepted`` once the broker has it (for a persistent message
   on a durable queue: once stored), ``rejected`` if it was refused; a settled one gets
-  nothing. Messages are converted at this edge (``shardmq.amqp1.convert``): queues
-  hold the 0-9-1 form.
+  nothing; accepted publishes are settled in ranges. Messages are converted at this
+  edge (``shardmq.amqp1.convert``'s ``to_091_raw`` / ``from_091_raw``: bodies sliced,
+  the rest converted once per distinct bytes): queues hold the 0-9-1 form.
 - A link the broker sends on is a consumer whose readiness is its link credit: a local
   queue delivers only while credit remains; deliveries that arrive beyond it (from
   another worker's queue, bounded by the consumer's prefetch ``LINK_WINDOW``) wait in
-  the link, in order, until credit comes.
+  the link, in order, until credit comes. On a local queue the prefetch (unsettled
+  deliveries) grows with the credit the client grants, up to ``MAX_LINK_WINDOW``.
 - Outcomes: accepted = ack; rejected = reject (dead-lettered where configured);
   released and modified = requeue, modified with undeliverable-here = reject. A closed
   link's or ended session's unsettled deliveries go back to their queue; a link lost
@@ -32,6 +34,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable
 from time import monotonic, time
@@ -44,7 +47,7 @@ from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, HardError,
 from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.address import queue_address, source_queue, target_of
 from shardmq.amqp1.codec import DecodeError
-from shardmq.amqp1.convert import from_091, parse, to_091
+from shardmq.amqp1.convert import from_091_raw, to_091_raw
 from shardmq.amqp1.engine import Delivery, Engine, Link, Session
 from shardmq.amqp1.errors import AmqpError, LinkError, SessionError
 from shardmq.amqp1.values import Symbol
@@ -63,8 +66,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("shardmq.amqp1")
 
 LINK_WINDOW = 256  # unsettled + waiting deliveries per sending link (its prefetch)
+MAX_LINK_WINDOW = 4096  # ... raised up to this by the credit a local queue's link gets
 _HEADER_CLASS = (60).to_bytes(2, "big") + b"\x00\x00"  # basic, weight 0
 FRAME_MAX_091 = 131072
+_FRAME_HDR = struct.Struct(">BHI")  # a 0-9-1 frame's type, channel, size
+_FRAME_BODY_SEP = struct.Struct(">BBHI")  # frame-end, then the body frame's header
 
 
 class LinkConsumer(Consumer):
@@ -105,12 +111,19 @@ class SessionState:
 class LinkState:
     """A link the client publishes on."""
 
-    __slots__ = ("exchange", "key", "anonymous")
+    __slots__ = ("exchange", "key", "anonymous", "exrk")
 
     def __init__(self, exchange: str, key: str | None, anonymous: bool) -> None:
         self.exchange = exchange
         self.key = key
         self.anonymous = anonymous
+        # the wire bytes of a fixed exchange and key (b"": not fixed, or too long)
+        self.exrk = b""
+        if key is not None and not anonymous:
+            try:
+                self.exrk = shortstr(exchange) + shortstr(key)
+            except (ValueError, UnicodeEncodeError):
+                pass
 
 
 class AMQP10Connection(EngineIO[Engine]):
@@ -485,6 +498,8 @@ class AMQP10Connection(EngineIO[Engine]):
         self._send_waiting(c)
         q = c.queue
         if isinstance(q, Queue) and link.credit > 0:
+            if link.credit > c.prefetch:  # unsettled deliveries may reach the credit given
+                c.prefetch = min(link.credit, MAX_LINK_WINDOW)
             q.dispatch()
         if drain and link.credit > 0 and not link.detached:
             self.engine.drained(session, link)
@@ -508,38 +523,54 @@ class AMQP10Connection(EngineIO[Engine]):
         ls: LinkState = link.user
         ch = st.ch
         try:
-            parsed = parse(d.payload)
-            props, body = to_091(parsed)
+            conv, body = to_091_raw(d.payload)
         except DecodeError as exc:
             raise LinkError(T.AMQP_ERROR_DECODE_ERROR, f"message: {exc}") from None
-        if props.user_id is not None and props.user_id != self.domain.user:
+        if conv.user_id is not None and conv.user_id != self.domain.user:
             text = (
-                f"user_id property set to '{props.user_id}' but authenticated user was "
+                f"user_id property set to '{conv.user_id}' but authenticated user was "
                 f"'{self.domain.user}'"
             )
             self._refuse(session, link, d, T.AMQP_ERROR_UNAUTHORIZED_ACCESS, text)
             return
         exchange, key = ls.exchange, ls.key
         if ls.anonymous:
-            if parsed.to is None:
+            if conv.to is None:
                 self._refuse(session, link, d, T.AMQP_ERROR_PRECONDITION_FAILED, "no 'to' address")
                 return
             try:
-                t = target_of(parsed.to)
+                t = target_of(conv.to)
             except LinkError as exc:
                 self._refuse(session, link, d, exc.condition, exc.description)
                 return
             exchange, key = t.exchange, t.key
         if key is None:
-            subject = parsed.properties.subject if parsed.properties is not None else None
-            key = str(subject) if isinstance(subject, str) else ""
-        try:
-            exrk = shortstr(exchange) + shortstr(key)
-        except (ValueError, UnicodeEncodeError):
-            self._refuse(session, link, d, T.AMQP_ERROR_INVALID_FIELD, "routing key too long")
-            return
-        header = _HEADER_CLASS + len(body).to_bytes(8, "big") + props.encode()
-        msg = Message.from_parts(exrk, header, body, next_seq(), ch.number, FRAME_MAX_091)
+            key = conv.subject or ""
+        exrk = ls.exrk if key is ls.key and ls.exrk else None
+        if exrk is None:
+            try:
+                exrk = shortstr(exchange) + shortstr(key)
+            except (ValueError, UnicodeEncodeError):
+                self._refuse(session, link, d, T.AMQP_ERROR_INVALID_FIELD, "routing key too long")
+                return
+        n = len(body)
+        hsize = 12 + len(conv.props)
+        if 0 < n <= FRAME_MAX_091 - 8:  # one body frame: the raw frames in one join
+            raw = b"".join(
+                (
+                    _FRAME_HDR.pack(2, ch.number, hsize),
+                    _HEADER_CLASS,
+                    n.to_bytes(8, "big"),
+                    conv.props,
+                    _FRAME_BODY_SEP.pack(0xCE, 3, ch.number, n),
+                    body,
+                    b"\xce",
+                )
+            )
+            msg = Message(exrk, raw, ch.number, hsize, max(hsize, n), next_seq())
+        else:
+            header = _HEADER_CLASS + n.to_bytes(8, "big") + conv.props
+            msg = Message.from_parts(exrk, header, body, next_seq(), ch.number, FRAME_MAX_091)
         before = ch.confirm_seq
         try:
             self.domain.publish(ch, msg, len(exchange.encode("utf-8")) + 1, 0)
@@ -581,10 +612,21 @@ class AMQP10Connection(EngineIO[Engine]):
                 error=T.Error(condition=T.AMQP_ERROR_INTERNAL_ERROR, description="not stored")
             )
         )
+        run: list[Any] = []  # [link, first, last]: consecutive ids settle as one range
         for s in seqs:
             link, did = st.confirms.pop(s)
-            if not link.detached:
-                self._settle_publish(session, link, did, state)
+            if link.detached:
+                continue
+            if link.rcv_settle_mode == T.RECEIVER_SETTLE_MODE_SECOND or did in session.received_ids:
+                self._settle_publish(session, link, did, state)  # kept until the peer settles
+            elif run and run[0] is link and run[2] + 1 == did:
+                run[2] = did
+            else:
+                if run:
+                    self.engine.disposition(session, run[1], run[2], True, state)
+                run = [link, did, did]
+        if run:
+            self.engine.disposition(session, run[1], run[2], True, state)
 
     def _session_of(self, ch: Channel) -> Session | None:
         for s in self.engine.sessions.values():
@@ -605,8 +647,10 @@ class AMQP10Connection(EngineIO[Engine]):
         self._transfer(consumer, tag, redelivered, msg)
 
     def _transfer(self, c: LinkConsumer, tag: int, redelivered: bool, msg: Message) -> None:
-        ex, rk = msg.exchange, msg.routing_key
-        payload = from_091(msg.properties(), msg.body, ex, rk, redelivered)
+        raw = msg.raw
+        payload = from_091_raw(
+            raw[19 : 7 + msg.hsize], msg.properties, msg.body, msg.exrk, redelivered
+        )
         session = c.session
         did = self.engine.send_transfer(session, c.link, tag.to_bytes(8, "big"), payload, c.no_ack)
         if not c.no_ack:

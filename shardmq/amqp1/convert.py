@@ -7,12 +7,16 @@ expiration, message-id / correlation-id (strings of up to 255 bytes; other types
 ``x-message-id`` / ``x-correlation-id`` headers), user-id, reply-to (``/queues/NAME``
 <-> NAME), subject <-> type, content-type, content-encoding, creation-time <->
 timestamp (ms <-> s), application-properties <-> headers, ``x-`` message annotations
-<-> ``x-`` headers; a single data section <-> the body.
+<-> ``x-`` headers; a single data section <-> the body. ``to_091_raw`` and
+``from_091_raw`` are the broker's hot path: the body is sliced, never decoded, and the
+other sections are converted once per distinct bytes (a bounded cache).
 
 Invariants:
 - A body that is not one data section (amqp-value, amqp-sequence, several data) is
   kept as its encoded sections, with the ``x-amqp-1.0-body`` header naming that, so a
   1.0 consumer gets the same sections back; a 0-9-1 consumer sees the encoded bytes.
+- ``to_091_raw`` / ``from_091_raw`` give the same result as ``parse`` + ``to_091`` /
+  ``from_091`` (tests compare them), including the errors.
 - Conversion never raises on well-formed sections; malformed ones are
   ``DecodeError`` (the publishing link gets amqp:decode-error).
 """
@@ -20,12 +24,28 @@ Invariants:
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
+from shardmq.amqp.codec import exrk_names
 from shardmq.amqp.methods import BasicProperties
 from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.address import queue_address, reply_to_name
 from shardmq.amqp1.codec import DecodeError, decode
+from shardmq.amqp1.sections import (
+    APP_PROPERTIES,
+    DATA,
+    DELIVERY_ANN,
+    FOOTER,
+    HEADER,
+    MESSAGE_ANN,
+    PROPERTIES,
+    SEQUENCE,
+    VALUE,
+    data_body,
+    data_header,
+    split,
+)
 from shardmq.amqp1.values import Symbol, Timestamp, UByte, UInt, ULong
 
 BODY_HEADER = "x-amqp-1.0-body"
@@ -205,6 +225,17 @@ def from_091(
     props: BasicProperties, body: bytes, exchange: str, routing_key: str, redelivered: bool
 ) -> bytes:
     """The AMQP 1.0 sections of a queued message, as a transfer's payload."""
+    prefix, raw_body = _prefix(props, exchange, routing_key, redelivered)
+    if raw_body:
+        return prefix + body
+    return prefix + data_header(len(body)) + body
+
+
+def _prefix(
+    props: BasicProperties, exchange: str, routing_key: str, redelivered: bool
+) -> tuple[bytes, bool]:
+    """The sections before the body, and whether the body is already encoded sections
+    (the ``x-amqp-1.0-body`` header) rather than one data section's bytes."""
     out = bytearray()
     T.Header(
         durable=props.delivery_mode == 2,
@@ -258,8 +289,104 @@ def from_091(
         pr.encode_into(out)
     if app:
         T.ApplicationProperties(app).encode_into(out)
-    if body_kind is not None:
-        out += body
-    else:
-        T.Data(body).encode_into(out)
-    return bytes(out)
+    return bytes(out), body_kind is not None
+
+
+# ---------------------------------------------------------------------- the hot path
+# Most messages of a flow share everything but the body (a producer's fixed header and
+# properties, a queue's exchange and routing key): both directions cache the converted
+# non-body part by its bytes. A bounded dict, emptied when full.
+CACHE_MAX = 512
+_in_cache: dict[bytes, Incoming] = {}
+_out_cache: dict[tuple[bytes, bytes, bool], tuple[bytes, bool]] = {}
+_NON_BODY = frozenset((HEADER, MESSAGE_ANN, PROPERTIES, APP_PROPERTIES))
+_BODY = frozenset((DATA, SEQUENCE, VALUE))
+
+
+class Incoming(NamedTuple):
+    """A received message converted: the 0-9-1 property bytes (flags and fields, as a
+    content header carries them) and what the publishing link needs to route it."""
+
+    props: bytes
+    user_id: str | None
+    to: str | None
+    subject: str | None
+
+
+def _incoming(p: Parsed, props: BasicProperties) -> Incoming:
+    subject = p.properties.subject if p.properties is not None else None
+    return Incoming(
+        props.encode(), props.user_id, p.to, str(subject) if isinstance(subject, str) else None
+    )
+
+
+def to_091_raw(payload: bytes) -> tuple[Incoming, bytes]:
+    """``to_091`` of a transfer's payload, with the properties encoded, and the body.
+
+    A message whose body is one data section is sliced, not decoded: its other sections
+    are converted once per distinct bytes (cached); anything else goes the generic way.
+    Raises ``DecodeError`` on malformed sections, as ``parse`` does."""
+    if payload[:4] == _DATA8 and len(payload) == 5 + payload[4]:  # a data section only
+        hit = _in_cache.get(b"")
+        if hit is not None:
+            return hit, payload[5:]
+    secs = split(payload)
+    if secs is not None:
+        body_at = body_end = -1
+        nbody = 0
+        key = b""
+        for code, start, end in secs:
+            if code in _BODY:
+                nbody += 1
+                body_at = start if code == DATA else -1
+                body_end = end
+            elif code in _NON_BODY:
+                key += payload[start:end]
+            elif code not in (DELIVERY_ANN, FOOTER):
+                body_at = -1
+                nbody = 2  # not a message section: the generic parse says so
+                break
+        body = data_body(payload, body_at, body_end) if nbody == 1 and body_at >= 0 else None
+        if body is not None:
+            hit = _in_cache.get(key)
+            if hit is None:
+                p = parse(key)
+                props, _ = to_091(p)
+                hit = _incoming(p, props)
+                if len(_in_cache) >= CACHE_MAX:
+                    _in_cache.clear()
+                _in_cache[key] = hit
+            return hit, body
+    p = parse(payload)
+    props, body = to_091(p)
+    return _incoming(p, props), body
+
+
+def from_091_raw(
+    props_raw: bytes,
+    props: Callable[[], BasicProperties],
+    body: bytes,
+    exrk: bytes,
+    redelivered: bool,
+) -> bytes:
+    """``from_091`` for a queued message given as its raw property bytes (the cache
+    key; ``props`` decodes them on a miss) and its ``exrk`` wire bytes."""
+    key = (props_raw, exrk, redelivered)
+    hit = _out_cache.get(key)
+    if hit is None:
+        ex, rk = exrk_names(exrk)
+        hit = _prefix(props(), ex, rk, redelivered)
+        if len(_out_cache) >= CACHE_MAX:
+            _out_cache.clear()
+        _out_cache[key] = hit
+    prefix, raw_body = hit
+    if raw_body:
+        return prefix + body
+    n = len(body)
+    if n < 256:
+        return b"".join((prefix, b"\x00\x53\x75\xa0", _BYTE[n], body))
+    return b"".join((prefix, data_header(n), body))
+
+
+_BYTE = [bytes((i,)) for i in range(256)]
+_DATA8 = b"\x00\x53\x75\xa0"

@@ -1,4 +1,6 @@
-"""Sans-IO AMQP 1.0 connection, the accepting side: bytes in, performatives out.
+"""Sans-IO AMQP 1.0 connection, the accepting side: bytes in, performatives out
+(``shardmq.amqp1.client.ClientEngine`` is the same engine turned round: the initiating
+side).
 
 Owns: ``Engine`` — the protocol header exchange (SASL first, or plain AMQP when the
 handler allows it), SASL (mechanisms, init, outcome), open/close with max-frame-size,
@@ -32,6 +34,8 @@ Invariants:
   connection lost without a close) has ``lost`` set before the handler's ``on_detach``:
   the handler may keep its unsettled deliveries for a re-attach (link recovery).
 - Output goes to ``out``; ``wake`` is called once when it turns non-empty.
+- Transfers and accepted/released dispositions are written by ``shardmq.amqp1.transfer``
+  (no performative object); a delivery in one frame skips the assembly list.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from shardmq.amqp1.framing import (
     parse_frame,
     write_frame,
 )
+from shardmq.amqp1.transfer import outcome_bytes, write_disposition, write_transfer
 from shardmq.amqp1.values import Symbol, UInt
 
 log = logging.getLogger("shardmq.amqp1")
@@ -696,6 +701,31 @@ class Engine:
             self.detach_link(s, link, exc)
 
     def _link_transfer(self, s: Session, link: Link, t: Any, payload: bytes) -> None:
+        if link._partial is None and not t.more and not t.aborted:
+            # the hot path: a delivery in one frame
+            if t.delivery_id is None:
+                raise SessionError(T.AMQP_ERROR_INVALID_FIELD, "delivery-id is missing")
+            if link.credit <= 0:
+                raise LinkError(
+                    T.LINK_ERROR_TRANSFER_LIMIT_EXCEEDED, "transfer without link credit"
+                )
+            if len(payload) > self.max_message_size:
+                raise LinkError(
+                    T.LINK_ERROR_MESSAGE_SIZE_EXCEEDED,
+                    f"message larger than {self.max_message_size} bytes",
+                )
+            link.credit -= 1
+            link.delivery_count = (link.delivery_count + 1) % SEQ
+            tag = t.delivery_tag
+            d = Delivery(
+                int(t.delivery_id),
+                tag if type(tag) is bytes else bytes(tag or b""),
+                bool(t.settled),
+                payload,
+            )
+            d.rcv_settle_mode = None if t.rcv_settle_mode is None else int(t.rcv_settle_mode)
+            self._deliver(s, link, d)  # duplicate detection (receiver settle mode second)
+            return
         if link._partial is None:
             if t.delivery_id is None:
                 raise SessionError(T.AMQP_ERROR_INVALID_FIELD, "delivery-id is missing")
@@ -806,7 +836,15 @@ class Engine:
         link.credit -= 1
         link.delivery_count = (link.delivery_count + 1) % SEQ
         room = self.send_max_frame - 64 - len(tag)
-        handle = UInt(link.handle)
+        channel = s.channel
+        handle = link.handle
+        if len(payload) <= room and not s.out_queue and s.remote_incoming_window > 0:
+            # the hot path: one frame, straight out
+            write_transfer(self.out, channel, handle, did, tag, settled, False, payload)
+            s.next_outgoing_id = (s.next_outgoing_id + 1) % SEQ
+            s.remote_incoming_window -= 1
+            self.wake_once()
+            return did
         first = True
         pos = 0
         n = len(payload)
@@ -814,20 +852,12 @@ class Engine:
             chunk = payload[pos : pos + room]
             pos += len(chunk)
             more = pos < n
+            frame = bytearray()
             if first:
-                perf = T.Transfer(
-                    handle=handle,
-                    delivery_id=UInt(did),
-                    delivery_tag=tag,
-                    message_format=UInt(0),
-                    settled=settled,
-                    more=more or None,
-                )
+                write_transfer(frame, channel, handle, did, tag, settled, more, chunk)
                 first = False
             else:
-                perf = T.Transfer(handle=handle, more=more or None)
-            frame = bytearray()
-            write_frame(frame, s.channel, perf, chunk)
+                write_transfer(frame, channel, handle, None, None, None, more, chunk)
             if s.out_queue or s.remote_incoming_window <= 0:
                 s.out_queue.append((link, bytes(frame)))
             else:
@@ -856,6 +886,11 @@ class Engine:
     def disposition(
         self, s: Session, first: int, last: int, settled: bool, state: Any, role: bool = True
     ) -> None:
+        enc = outcome_bytes(state)
+        if enc is not None:  # accepted, released: the hot path
+            write_disposition(self.out, s.channel, role, first, last, settled, enc)
+            self.wake_once()
+            return
         self.send(
             s.channel,
             T.Disposition(

@@ -8,6 +8,8 @@ what follows it, the payload of a transfer).
 Invariants:
 - A frame is ``size(4) doff(1) type(1) channel(2)``, the extended header
   (``doff * 4 - 8`` bytes, ignored), then the body; an empty body is a heartbeat.
+- ``parse_frame`` reads a transfer in its common shape without the generic decoder
+  (``shardmq.amqp1.transfer``), everything else with it.
 - ``parse_frame`` never reads past the buffer and raises ``FramingError`` for a size
   below 8, a data offset below 2 or beyond the frame, or a frame above ``max_size``.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import struct
 
 from shardmq.amqp1.codec import decode, encode
+from shardmq.amqp1.transfer import read_transfer
 
 HEADER_AMQP = b"AMQP\x00\x01\x00\x00"
 HEADER_TLS = b"AMQP\x02\x01\x00\x00"
@@ -81,6 +84,11 @@ def parse_frame(
     body = pos + doff * 4
     if body == end:
         return ftype, channel, None, b"", end
+    if buf[body] == 0 and body + 3 <= end and buf[body + 1] == 0x53 and buf[body + 2] == 0x14:
+        got = read_transfer(buf, body + 3, end)  # the hot path: most frames are transfers
+        if got is not None:
+            t, after = got
+            return ftype, channel, t, bytes(buf[after:end]) if after < end else b"", end
     performative, after = decode(buf, body, end)
     payload = bytes(buf[after:end]) if after < end else b""
     return ftype, channel, performative, payload, end

@@ -28,5 +28,5 @@ class AMQP1Settings(Struct, forbid_unknown_fields=True, kw_only=True):
     max_frame_size: Annotated[int, Meta(ge=512, le=2**32 - 1)] = 131072
     channel_max: Annotated[int, Meta(ge=0, le=65535)] = 2047
     session_window: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 1024
-    link_credit: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 256
+    link_credit: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 1000
     link_recovery_timeout: Annotated[float, Meta(ge=0)] = 60.0

@@ -336,7 +336,7 @@ class BrokerConnection:
             if self.broker.alarm:
                 self.alarm(True, self.broker.alarm_reason)
         if ch.tx:
-            self.vhost.route(msg, exlen)  # 404 / 403 now, like RabbitMQ
+            self.vhost.lookup(msg, exlen)  # 404 / 403 now, like RabbitMQ (not counted yet)
             ch.tx_publishes.append((msg, exlen, flags))
             return
         route = self.vhost.route(msg, exlen)

@@ -251,7 +251,7 @@ class BrokerServices:
             if i:  # a CC key: the same message, routed by another key
                 m = Message(shortstr(dlx) + shortstr(key), copy.raw, copy.ch, copy.hsize, copy.fmax)
             try:
-                local, remote = vh.route(m, 0)
+                local, remote = vh.lookup(m, 0)  # not counted on the exchange
             except Exception as exc:  # internal exchange etc.: RabbitMQ drops it
                 log.debug("dead-letter copy not routed: %s", exc)
                 continue

@@ -13,6 +13,8 @@ Invariants:
   overlays the argument there).
 - A destination's identity for consistent hashing (``dest_ident``) is its kind and
   name, the same in every process.
+- ``st_in``/``st_out`` only grow; they are not the whole count while the vhost's route
+  cache holds hits not folded in yet (``VHost.exchange_counts`` reads both).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class Exchange:
         "sources",
         "deleted",
         "policy",
+        "st_in",
+        "st_out",
     )
 
     def __init__(
@@ -66,6 +70,10 @@ class Exchange:
         self.sources: set[Exchange] = set()
         self.policy: Policy | None = None  # the policy that applies (``VHost.assign_policy``)
         self.deleted = False
+        # messages clients published to it, and copies it routed to queues (RabbitMQ's
+        # publish_in / publish_out; ``VHost.route`` counts them: see ``RouteEntry``)
+        self.st_in = 0
+        self.st_out = 0
 
     def __repr__(self) -> str:
         return f"Exchange({self.name!r}, {self.type!r})"

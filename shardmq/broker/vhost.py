@@ -8,6 +8,13 @@ Invariants:
   ones, and remote ones grouped by owning shard); any change of
   exchanges, queues or bindings clears it. Routes through a headers exchange depend on
   the message and are never cached.
+- Exchange statistics (RabbitMQ's ``publish_in``/``publish_out``): ``route`` (a client's
+  publish, counted) bumps one integer per publish, the cache entry's ``hits`` (or, for
+  an uncached route, the exchange's ``st_in``/``st_out``); hits are folded into the
+  exchange when the cache is cleared and when ``exchange_counts`` reads them, never
+  per message. ``lookup`` (the tx pre-check, dead-lettering) routes without counting,
+  as RabbitMQ counts neither. ``publish_out`` is per queue reached, on the exchange
+  published to (not on exchanges reached through bindings), as RabbitMQ.
 - Exchange-to-exchange routing visits each exchange at most once (cycles are fine) and
   yields each queue at most once.
 - Alternate exchanges as RabbitMQ's ``rabbit_exchange:route``: an exchange whose own
@@ -131,13 +138,39 @@ def _local_queue(name: str, vhost: str, **kw: Any) -> AnyQueue:
     return Queue(name, vhost, **kw)
 
 
+class RouteEntry:
+    """A cached route, the exchange it starts at, how many queues it reaches, and how
+    many publishes took it since its counts were last folded into the exchange."""
+
+    __slots__ = ("route", "ex", "n", "hits")
+
+    def __init__(self, route: Route, ex: Exchange, hits: int) -> None:
+        self.route = route
+        self.ex = ex
+        self.n = _reach(route)
+        self.hits = hits
+
+    def fold(self) -> None:
+        hits = self.hits
+        if hits:
+            self.hits = 0
+            ex = self.ex
+            ex.st_in += hits
+            ex.st_out += hits * self.n
+
+
+def _reach(route: Route) -> int:
+    local, remote = route
+    return len(local) + sum(len(qs) for _shard, qs in remote)
+
+
 class VHost:
     def __init__(self, name: str, queue_factory: QueueFactory = _local_queue) -> None:
         self.name = name
         self.queue_factory = queue_factory
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, AnyQueue] = {}
-        self.route_cache: dict[bytes, Route] = {}
+        self.route_cache: dict[bytes, RouteEntry] = {}
         self.from_cache: dict[bytes, Route] = {}  # route_from's, for due delayed messages
         self.on_queue_deleted: Callable[[AnyQueue], None] = lambda q: None
         self._missing_ae_logged: set[tuple[str, str]] = set()  # (exchange, alternate)
@@ -148,6 +181,7 @@ class VHost:
 
     def _changed(self) -> None:
         if self.route_cache:
+            self._fold()
             self.route_cache.clear()
         if self.from_cache:
             self.from_cache.clear()
@@ -459,17 +493,29 @@ class VHost:
 
     # ------------------------------------------------------------ routing
     def route(self, msg: Message, exlen: int) -> Route:
-        """(local queues, remote queues grouped by shard) the message goes to.
-        Raises 404 for a missing exchange, 403 for an internal one."""
+        """(local queues, remote queues grouped by shard) a client's publish goes to,
+        counted on the exchange (``RouteEntry``). Raises 404 for a missing exchange,
+        403 for an internal one."""
+        hit = self.route_cache.get(msg.exrk)
+        if hit is not None:
+            hit.hits += 1
+            return hit.route
+        return self._route(msg, True)
+
+    def lookup(self, msg: Message, exlen: int) -> Route:
+        """As ``route``, not counted (the tx pre-check, a dead-lettered copy)."""
+        hit = self.route_cache.get(msg.exrk)
+        if hit is not None:
+            return hit.route
+        return self._route(msg, False)
+
+    def _route(self, msg: Message, count: bool) -> Route:
         exrk = msg.exrk
-        route = self.route_cache.get(exrk)
-        if route is not None:
-            return route
         exchange_name, routing_key = exrk_names(exrk)
         if exchange_name == "":
             q = self.queues.get(routing_key)
             route = _group((q,) if q is not None else ())
-            self._cache(exrk, route)
+            self._cache(exrk, route, self.exchanges[""], count)
             return route
         ex = self.exchange(exchange_name)
         if ex.internal:
@@ -479,13 +525,31 @@ class VHost:
             )
         if ex.type == DELAYED_TYPE:
             if delay_of(msg):
+                if count:
+                    ex.st_in += 1
                 return HELD
             route, _ = self._traverse(ex, msg, routing_key)
-            return route  # never cached: the next publish may carry x-delay
+            if count:  # never cached: the next publish may carry x-delay
+                ex.st_in += 1
+                ex.st_out += _reach(route)
+            return route
         route, cacheable = self._traverse(ex, msg, routing_key)
         if cacheable:
-            self._cache(exrk, route)
+            self._cache(exrk, route, ex, count)
+        elif count:
+            ex.st_in += 1
+            ex.st_out += _reach(route)
         return route
+
+    def exchange_counts(self) -> list[tuple[str, int, int]]:
+        """(name, publish_in, publish_out) of the exchanges clients published to."""
+        self._fold()
+        return [(e.name, e.st_in, e.st_out) for e in self.exchanges.values() if e.st_in]
+
+    def _fold(self) -> None:
+        for entry in self.route_cache.values():
+            if entry.hits:
+                entry.fold()
 
     def route_from(self, ex: Exchange, msg: Message) -> Route:
         """Route ``msg`` from ``ex`` now, whatever its ``x-delay`` (a delayed message
@@ -559,11 +623,12 @@ class VHost:
                 self._where(),
             )
 
-    def _cache(self, exrk: bytes, route: Route) -> None:
+    def _cache(self, exrk: bytes, route: Route, ex: Exchange, count: bool) -> None:
         cache = self.route_cache
         if len(cache) >= _ROUTE_CACHE_MAX:
+            self._fold()
             cache.clear()
-        cache[exrk] = route
+        cache[exrk] = RouteEntry(route, ex, 1 if count else 0)
 
     # ------------------------------------------------------------ policies
     def assign_policy(self, obj: AnyQueue | Exchange) -> None:

@@ -36,6 +36,9 @@ Invariants:
   requests and never reads costs at most about ``READ_HOLD`` plus one reply.
 - After connection.close was sent by the server, the socket is closed when the peer
   answers close-ok or after ``CLOSE_GRACE`` seconds, whichever comes first.
+- Traffic counts (``recv_oct``/``recv_cnt``, ``send_oct``/``send_cnt``) cost one add
+  each per socket read and per ``transport.write``, never per message (TLS: the
+  application bytes).
 """
 
 from __future__ import annotations
@@ -118,6 +121,12 @@ class AMQPProtocol(asyncio.Protocol):
         self._held = False  # output over READ_HOLD: not reading until it drains
         self._continue_due = False  # held input is parsed at the next loop turn
         self._hold_until = 0.0  # loop time before which nothing is written (refusal)
+        # bytes and socket reads/writes (RabbitMQ's recv_oct/recv_cnt/send_oct/send_cnt):
+        # one add per read or write call, read by the management listing when asked
+        self.recv_oct = 0
+        self.recv_cnt = 0
+        self.send_oct = 0
+        self.send_cnt = 0
 
     # ------------------------------------------------------------ transport events
     def connection_made(self, base: asyncio.BaseTransport) -> None:
@@ -151,6 +160,8 @@ class AMQPProtocol(asyncio.Protocol):
         self._hs_timer = self.hub.loop.call_later(timeout, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
+        self.recv_oct += len(data)
+        self.recv_cnt += 1
         if self._sniff is not None:
             data = self._choose_protocol(data)
             if not data:
@@ -274,6 +285,8 @@ class AMQPProtocol(asyncio.Protocol):
             return
         if data:
             transport.write(data)
+            self.send_oct += len(data)
+            self.send_cnt += 1
             conn.after_flush()
             buffered = transport.get_write_buffer_size()
             # what output may still grow by (replies completed from other workers too)

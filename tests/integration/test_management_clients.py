@@ -155,6 +155,76 @@ def test_connections_channels_consumers(ops: Ops) -> None:
             conn.close()
 
 
+def test_traffic_counts(ops: Ops) -> None:
+    """``recv_oct``/``recv_cnt``/``send_oct``/``send_cnt`` grow with what the client sent
+    and got (RabbitMQ's counts lag: polled), with their rate objects."""
+    m = ops.m
+    conn = _connect(m, _name("octets"))
+    q = _name("q")
+    try:
+        ch = conn.channel()
+        ch.queue_declare(q)
+        for _ in range(40):
+            ch.basic_publish("", q, b"x" * 1000)
+        for _ in range(10):
+            assert ch.basic_get(q, auto_ack=True)[0] is not None
+        path = f"/api/connections/{_path(_conn_name(m, conn))}"
+
+        def counted() -> dict[str, Any] | None:
+            r = m.call("GET", path)
+            row: dict[str, Any] = r.json() if r.status_code == 200 else {}
+            ok = row.get("recv_oct", 0) >= 40_000 and row.get("send_oct", 0) >= 10_000
+            return row if ok else None
+
+        row = wait_for(counted)
+        assert row, m.call("GET", path).text
+        assert row["recv_cnt"] >= 1 and row["send_cnt"] >= 1
+        for k in ("recv_oct_details", "send_oct_details"):
+            assert isinstance(row[k]["rate"], int | float)
+        listed = {r["name"]: r for r in _listed(m, "/api/connections")}[row["name"]]
+        assert listed["recv_oct"] >= 40_000
+    finally:
+        ch.queue_delete(q)
+        conn.close()
+
+
+def test_single_active_consumer_activity(ops: Ops) -> None:
+    """RabbitMQ 3.10's ``active``/``activity_status``: the first consumer of an
+    ``x-single-active-consumer`` queue is "single_active", the others "waiting"
+    (inactive), a plain queue's consumers "up"; when the active one goes, the next one
+    is. Consumers on four connections (spread over the workers: the queue's owner
+    settles the others')."""
+    m = ops.m
+    conns = [_connect(m, _name(f"sac{i}")) for i in range(4)]
+    q, plain = _name("sac"), _name("plain")
+    chans = [c.channel() for c in conns]
+    try:
+        chans[0].queue_declare(q, arguments={"x-single-active-consumer": True})
+        chans[0].queue_declare(plain)
+        for i, ch in enumerate(chans):
+            ch.basic_consume(q, lambda *a: None, consumer_tag=f"sac-{i}")
+        chans[1].basic_consume(plain, lambda *a: None, consumer_tag="plain-1")
+
+        def states(queue: str) -> dict[str, tuple[bool, str]]:
+            rows = [c for c in _listed(m, "/api/consumers/%2F") if c["queue"]["name"] == queue]
+            return {c["consumer_tag"]: (c["active"], c["activity_status"]) for c in rows}
+
+        want = {f"sac-{i}": (False, "waiting") for i in range(1, 4)}
+        want["sac-0"] = (True, "single_active")
+        assert wait_for(lambda: states(q) == want), states(q)
+        assert wait_for(lambda: states(plain) == {"plain-1": (True, "up")}), states(plain)
+        assert all(not k.startswith("_") for c in _listed(m, "/api/consumers") for k in c)
+        chans[0].basic_cancel("sac-0")
+        del want["sac-0"]
+        want["sac-1"] = (True, "single_active")
+        assert wait_for(lambda: states(q) == want), states(q)
+    finally:
+        chans[0].queue_delete(q)
+        chans[0].queue_delete(plain)
+        for conn in conns:
+            conn.close()
+
+
 # ---------------------------------------------------------------------- closing
 def test_close_connection_with_reason(ops: Ops) -> None:
     m = ops.m

@@ -220,3 +220,127 @@ def test_rates_from_samples(sb: StatsBroker) -> None:
     finally:
         ch.queue_delete(q)
         conn.close()
+
+
+def test_exchange_message_stats(sb: StatsBroker) -> None:
+    """``publish_in`` counts the publishes to an exchange, ``publish_out`` each copy it
+    routed to a queue (directly, through an exchange-to-exchange binding or an alternate
+    exchange), on the exchange published to; a tx publish counts at commit, a rolled
+    back one never; the key is absent until there is a count (RabbitMQ's shapes). With
+    3 workers the publishers are four connections (spread over the workers) and the
+    counts are the sum over the workers' replicas."""
+    p = _name("x")
+    fan, e2e, lone, ae, withae = (p + s for s in ("-fan", "-e2e", "-lone", "-ae", "-withae"))
+    queues = [f"{p}-q{i}" for i in range(3)]
+    conns = [sb.connect() for _ in range(4)]
+    ch = conns[0].channel()
+    try:
+        ch.exchange_declare(fan, "fanout")
+        ch.exchange_declare(e2e, "direct")
+        ch.exchange_declare(lone, "direct")
+        ch.exchange_declare(ae, "fanout")
+        ch.exchange_declare(withae, "direct", arguments={"alternate-exchange": ae})
+        for q in queues:
+            ch.queue_declare(q)
+            ch.queue_bind(q, fan)
+        ch.queue_bind(queues[0], ae)
+        ch.exchange_bind(fan, e2e, "k")
+        for c in conns:  # 8 to fan, 4 to e2e, 4 to lone, 4 to withae, 8 to the default
+            pc = c.channel()
+            pc.confirm_delivery()
+            for _ in range(2):
+                pc.basic_publish(fan, "", b"x")
+                pc.basic_publish("", queues[1], b"x")
+            pc.basic_publish(e2e, "k", b"x")
+            pc.basic_publish(lone, "k", b"x")
+            pc.basic_publish(withae, "nowhere", b"x")
+        tx = conns[1].channel()
+        tx.tx_select()
+        tx.basic_publish(fan, "", b"x")
+        tx.tx_rollback()
+        tx.basic_publish(fan, "", b"x")
+        tx.tx_commit()  # fan: 9 in, 27 out
+        want = {
+            fan: {"publish_in": 9, "publish_out": 27},
+            e2e: {"publish_in": 4, "publish_out": 12},
+            lone: {"publish_in": 4},
+            withae: {"publish_in": 4, "publish_out": 4},
+        }
+        keys = ("publish_in", "publish_out")
+
+        def stats_of(name: str) -> dict[str, int]:
+            got = sb.api(f"/api/exchanges/%2F/{name}").get("message_stats", {})
+            return {k: got[k] for k in keys if k in got}
+
+        for name, counts in want.items():
+            assert wait_for(lambda n=name, c=counts: stats_of(n) == c), (name, stats_of(name))
+        one = sb.api(f"/api/exchanges/%2F/{fan}")["message_stats"]
+        for k in keys:
+            assert isinstance(one[k + "_details"]["rate"], int | float)
+        assert "message_stats" not in sb.api(f"/api/exchanges/%2F/{ae}")
+        rows = {r["name"]: r for r in sb.api("/api/exchanges") if r["vhost"] == "/"}
+        for name, counts in want.items():
+            got = rows[name]["message_stats"]
+            assert {k: got[k] for k in keys if k in got} == counts
+        assert "message_stats" not in rows[ae]
+        default = rows[""]["message_stats"]  # others publish to it too: lower bounds
+        assert default["publish_in"] >= 8 and default["publish_out"] >= 8, default
+        page = sb.api(f"/api/exchanges/%2F?page=1&page_size=100&name={p}")
+        assert {r["name"]: "message_stats" in r for r in page["items"]} == {
+            fan: True,
+            e2e: True,
+            lone: True,
+            ae: False,
+            withae: True,
+        }
+    finally:
+        for q in queues:
+            ch.queue_delete(q)
+        for x in (fan, e2e, lone, ae, withae):
+            ch.exchange_delete(x)
+        for c in conns:
+            c.close()
+
+
+def test_queue_page_rows_are_whole(sb: StatsBroker) -> None:
+    """A page of ``/api/queues`` has the same rows as the whole list (counts and
+    ``message_stats`` included: a page's rows are completed after paging), and sorting
+    by a count orders the page by it."""
+    p = _name("page")
+    big, small = p + "-a", p + "-b"
+    conn = sb.connect()
+    ch = conn.channel()
+    try:
+        ch.queue_declare(big)
+        ch.queue_declare(small)
+        ch.confirm_delivery()
+        for _ in range(3):
+            ch.basic_publish("", big, b"x")
+        ch.basic_publish("", small, b"x")
+
+        def page(extra: str = "") -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = sb.api(
+                f"/api/queues/%2F?page=1&page_size=100&name={p}{extra}"
+            )["items"]
+            return items
+
+        def counted() -> bool:
+            rows = {r["name"]: r for r in page()}
+            return [rows.get(q, {}).get("messages") for q in (big, small)] == [3, 1] and all(
+                rows[q].get("message_stats", {}).get("publish") for q in (big, small)
+            )
+
+        assert wait_for(counted), page()
+        whole = {r["name"]: r for r in sb.api("/api/queues/%2F") if r["name"].startswith(p)}
+        for row in page():
+            assert set(row) == set(whole[row["name"]]), row["name"]
+            for k in ("messages", "messages_ready", "consumers", "durable", "arguments"):
+                assert row[k] == whole[row["name"]][k], k
+        ordered = [r["name"] for r in page("&sort=messages&sort_reverse=true")]
+        assert ordered == [big, small]
+        assert [r["name"] for r in page("&sort=messages")] == [small, big]
+        assert [r["name"] for r in page("&sort=name&sort_reverse=true")] == [small, big]
+    finally:
+        ch.queue_delete(big)
+        ch.queue_delete(small)
+        conn.close()

@@ -61,11 +61,12 @@ class StatsBroker:
         )
 
 
-def start_stats_broker(tmp: Path, workers: int, extra: str = "") -> StatsBroker:
+def start_stats_broker(tmp: Path, workers: int, extra: str = "", mgmt: str = "") -> StatsBroker:
+    """``extra``: more config sections; ``mgmt``: more ``[management]`` keys."""
     port, mport, pport = free_port(), free_port(), free_port()
     cfg = tmp / f"stats-{port}.toml"
     cfg.write_text(
-        f'[management]\nhost = "127.0.0.1"\nport = {mport}\n'
+        f'[management]\nhost = "127.0.0.1"\nport = {mport}\n{mgmt}'
         f'[prometheus]\nhost = "127.0.0.1"\nport = {pport}\n{extra}'
     )
     log = tmp / f"stats-{port}.log"
