@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import functools
 import re
+import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 from shardmq.auth.limits import Limits
 from shardmq.auth.passwords import SHA256, check_password
@@ -91,6 +93,18 @@ class Access:
         self.topics: dict[tuple[str, str], dict[str, TopicPermission]] = {}
         self.version = 0  # changes with every change of users or permissions
         self.limits = Limits()  # per vhost and per user (``shardmq.auth.limits``)
+        # whoever caches a decision (``Authorizer``) and must drop it on a change
+        self._watchers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def watch(self, watcher: Any) -> None:
+        """``watcher.stale()`` is called at every change of users or permissions (held
+        weakly: a closed connection's ``Authorizer`` just goes)."""
+        self._watchers.add(watcher)
+
+    def _changed(self) -> None:
+        self.version += 1
+        for w in list(self._watchers):
+            w.stale()
 
     def authenticate(self, name: str, password: str) -> User | None:
         user = self.users.get(name)
@@ -103,7 +117,7 @@ class Access:
 
     def put_user(self, user: User) -> None:
         self.users[user.name] = user
-        self.version += 1
+        self._changed()
 
     def delete_user(self, name: str) -> bool:
         if self.users.pop(name, None) is None:
@@ -113,20 +127,20 @@ class Access:
         for key in [k for k in self.topics if k[1] == name]:
             del self.topics[key]
         self.limits.user_deleted(name)
-        self.version += 1
+        self._changed()
         return True
 
     def set_permission(self, perm: Permission) -> None:
         self.permissions[(perm.vhost, perm.user)] = perm
-        self.version += 1
+        self._changed()
 
     def clear_permission(self, vhost: str, user: str) -> bool:
-        self.version += 1
+        self._changed()
         return self.permissions.pop((vhost, user), None) is not None
 
     def set_topic_permission(self, perm: TopicPermission) -> None:
         self.topics.setdefault((perm.vhost, perm.user), {})[perm.exchange] = perm
-        self.version += 1
+        self._changed()
 
     def clear_topic_permissions(self, vhost: str, user: str, exchange: str | None) -> None:
         """Remove ``user``'s topic permission on ``exchange`` (None: on every one)."""
@@ -138,7 +152,7 @@ class Access:
                 mine.pop(exchange, None)
             if not mine:
                 del self.topics[(vhost, user)]
-        self.version += 1
+        self._changed()
 
     def vhost_deleted(self, vhost: str) -> None:
         for key in [k for k in self.permissions if k[0] == vhost]:
@@ -146,4 +160,4 @@ class Access:
         for key in [k for k in self.topics if k[0] == vhost]:
             del self.topics[key]
         self.limits.vhost_deleted(vhost)
-        self.version += 1
+        self._changed()

@@ -16,10 +16,11 @@ Invariants:
   routing key) are checked on publish (write) and on bind/unbind (read) to a topic
   exchange they name; other exchanges are not affected.
 - A connection whose permission is ``.*`` for all three and has no topic rules (the
-  common case) pays one integer compare per publish; otherwise one dict lookup per
-  publish after the first to an exchange.
+  common case) pays one attribute test per publish (``Authorizer.fast``); otherwise
+  one dict lookup per publish after the first to an exchange.
 - A change of users or permissions applies to the next operation of every open
-  connection (``Access.version``).
+  connection (``Access.version``; ``Access`` also clears every live ``fast`` flag
+  at once, so the publish path need not compare versions).
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ class Authorizer:
         "topics",
         "unrestricted",
         "version",
+        "fast",
         "_writable",
+        "__weakref__",
     )
 
     def __init__(self, access: Access, user: str, vhost: VHost) -> None:
@@ -86,7 +89,13 @@ class Authorizer:
         self.topics: dict[str, TopicPermission] = {}
         self.unrestricted = False
         self._writable: dict[bytes, bool] = {}
+        self.fast = False  # nothing to check on publish, as of ``version``
         self.refresh()
+        access.watch(self)
+
+    def stale(self) -> None:
+        """Users or permissions changed (``Access``): the next publish checks again."""
+        self.fast = False
 
     def refresh(self) -> None:
         access = self.access
@@ -99,6 +108,7 @@ class Authorizer:
             and not self.topics
         )
         self._writable = {}
+        self.fast = self.unrestricted
 
     @property
     def free(self) -> bool:

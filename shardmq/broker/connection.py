@@ -329,9 +329,8 @@ class BrokerConnection:
         """Route one complete publish on ``ch`` (``flags``: 1 = mandatory), or keep it
         for the commit in tx mode. ``conf``: who waits for durable queues to store it
         (the channel itself in confirm mode; a tx commit passes its own waiter)."""
-        authz = self.authz
-        if authz.version != authz.access.version or not authz.unrestricted:
-            authz.check_publish(msg.exrk)
+        if not self.authz.fast:  # (cleared by any change of permissions: authorize.py)
+            self.authz.check_publish(msg.exrk)
         if not self.published:
             self.published = True
             if self.broker.alarm:
@@ -342,16 +341,19 @@ class BrokerConnection:
             return
         route = self.vhost.route(msg, exlen)
         self.stats.published += 1
-        if route is HELD:  # a delayed exchange holds it (shardmq.broker.delayed)
-            self.broker.delayed.hold(self, ch, msg, conf, delay_of(msg))
-            return
         local, remote = route
-        if not local and not remote:  # a reply to a direct reply-to address?
+        if not local and not remote:  # (HELD is empty too: one test on the plain path)
+            if route is HELD:  # a delayed exchange holds it (shardmq.broker.delayed)
+                self.broker.delayed.hold(self, ch, msg, conf, delay_of(msg))
+                return
+            # a reply to a direct reply-to address?
             local, remote = self.broker.replies.route(msg.exrk, self.vhost.name)
         target: Channel | ConfirmWaiter | None = ch if ch.confirm else conf
         for q in local:
             q.publish(msg, target)  # a durable queue takes a token (persistent msg)
-            if q.consumers and q.backed_up(msg.fmax) and not self.consumes():
+            # (an empty store is never backed up: no call when the message went
+            # straight to a consumer)
+            if q.store and q.consumers and q.backed_up(msg.fmax) and not self.consumes():
                 # Connections that also consume are never throttled: their acks
                 # must keep flowing (the memory alarm still bounds them).
                 q.throttle(self)

@@ -191,6 +191,7 @@ class Queue:
         "auto_delete",
         "arguments",
         "store",
+        "acks",
         "consumers",
         "rr",
         "had_consumers",
@@ -244,6 +245,9 @@ class Queue:
             top = max_priority(self.arguments)
             store = MemoryPriorityStore(top) if top else MemoryStore()
         self.store: MessageStore = store
+        # a store that keeps messages until acked (on disk); the memory ones forget
+        # nothing, so a no-ack delivery skips the call (settle_auto)
+        self.acks = not isinstance(store, MemoryStore | MemoryPriorityStore)
         self.consumers: list[QueueConsumer] = []
         self.rr = 0
         self.had_consumers = False
@@ -429,7 +433,8 @@ class Queue:
     def settle_auto(self, msg: Message) -> None:
         """Delivered to a no-ack consumer: done with at once."""
         self.st_deliver_auto += 1
-        self.store.ack(msg)
+        if self.acks:
+            self.store.ack(msg)
 
     def settle_get_auto(self, msg: Message) -> None:
         """Fetched by a no-ack basic.get: done with at once."""

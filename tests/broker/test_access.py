@@ -69,6 +69,31 @@ def test_needs_maps_ops_to_rabbitmqs_permissions() -> None:
         authz.check_publish(b"\x00\x01k")
 
 
+def test_publish_fast_flag_follows_every_permission_change() -> None:
+    """The publish path tests only ``Authorizer.fast``: every change of users or
+    permissions must clear it on every live authorizer, and the next check decides
+    again from the new permissions."""
+    access = Access()
+    access.set_permission(Permission.make("u", "/", ".*", ".*", ".*"))
+    vhost = make_broker().vhosts["/"]
+    authz = Authorizer(access, "u", vhost)
+    other = Authorizer(access, "u", vhost)
+    assert authz.fast and other.fast
+    access.set_permission(Permission.make("u", "/", ".*", "^w", ".*"))
+    assert not authz.fast and not other.fast
+    authz.check_publish(b"\x02wx\x01k")  # decides again: still not fast (restricted)
+    assert not authz.fast
+    with pytest.raises(Exception, match="access to exchange 'amq.default' in vhost '/'"):
+        authz.check_publish(b"\x00\x01k")
+    access.set_permission(Permission.make("u", "/", ".*", ".*", ".*"))
+    authz.check_publish(b"\x00\x01k")
+    assert authz.fast  # unrestricted again
+    access.put_user(User("v", hash_password("pw")))  # any change, even another user's
+    assert not authz.fast
+    del other  # a closed connection's authorizer is not kept alive by the watch
+    assert len(access._watchers) == 1
+
+
 def test_loopback_users_may_only_log_in_over_loopback() -> None:
     assert is_loopback("127.0.0.1:5000") and is_loopback("[::1]:5000")
     assert is_loopback("::ffff:127.0.0.1:5000")

@@ -30,7 +30,6 @@ Invariants:
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -126,9 +125,8 @@ class ProxyConsumer:
         self.flags = 2 if no_ack else 0
         # credit returned as its socket drains: sizes of the messages not credited yet
         # (their total, ``inflight``, is bounded by REMOTE_INFLIGHT_BYTES)
-        self.sizes: deque[int] | None = (
-            deque() if not credit_on_settle and not self.shared else None
-        )
+        # (a list: a CREDIT record's share is summed and dropped in one slice, in C)
+        self.sizes: list[int] | None = [] if not credit_on_settle and not self.shared else None
         self.inflight = 0
         self.priority = priority  # x-priority (consumer_order.py)
 
@@ -163,10 +161,11 @@ class ProxyConsumer:
             link.is_blocked(src)  # closed batches grew what is queued: see ``ready``
         exrk = msg.exrk
         raw = msg.raw
+        rlen = len(raw)
         sizes = self.sizes
         if sizes is not None:
-            sizes.append(len(raw))
-            self.inflight += len(raw)
+            sizes.append(rlen)
+            self.inflight += rlen
         buf += pack_deliver_item(
             ref,
             self.flags | redelivered,  # bit 0 redelivered, bit 1 no-ack
@@ -174,7 +173,7 @@ class ProxyConsumer:
             msg.ch,
             msg.hsize,
             msg.fmax,
-            len(raw),
+            rlen,
         )
         buf += exrk
         buf += FRAME_END_BYTES
@@ -361,8 +360,8 @@ class OwnerSide:
         proxy.credit += n
         sizes = proxy.sizes
         if sizes:
-            for _ in range(min(n, len(sizes))):
-                proxy.inflight -= sizes.popleft()
+            proxy.inflight -= sum(sizes[:n])
+            del sizes[:n]
         proxy.queue.dispatch()
         if proxy.shared and proxy.credit > 0:
             # the queue ran dry: give the rest back for the channel's other consumers
