@@ -47,7 +47,7 @@ from shardmq.management import ManagementSettings
 from shardmq.net.tls_settings import TLSSettings
 from workers.admin import AdminOps, CommandError
 from workers.mgmt_stats import StatsHistory, history_for
-from workers.startup import StartupError, listen_address
+from workers.startup import StartupError
 from workers.status import WorkerReport
 
 log = logging.getLogger("shardmq.management")
@@ -372,23 +372,12 @@ class ManagementServer:
 
     def bind(self) -> None:
         """Claim host:port now (``StartupError`` when that cannot be done)."""
-        from workers.startup import bind_error
+        from workers.startup import http_listener
 
         s = self.settings
-        port = s.effective_port()
-        family, proto, addr = listen_address(s.host or "", port)
-        sock = socket.socket(family, socket.SOCK_STREAM, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr)
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            err = bind_error(s.host or "", port, exc)
-            text = str(err).replace("--port (server.port)", "management.port")
-            raise StartupError(err.code, f"management API: {text}") from None
-        self._sock = sock
+        self._sock = http_listener(
+            s.host or "", s.effective_port(), "management.port", "management API"
+        )
 
     async def start(self, ops: AdminOps) -> None:
         import workers.mgmt_static  # noqa: F401  (the web UI's files)

@@ -31,7 +31,6 @@ from aiohttp import web
 
 from shardmq.prometheus import PrometheusSettings
 from workers.mgmt_stats import QUEUE_INDEX, QUEUE_KEYS, StatsHistory, history_for
-from workers.startup import StartupError, listen_address
 from workers.status import WorkerReport
 
 if TYPE_CHECKING:
@@ -419,23 +418,12 @@ class PrometheusServer:
 
     def bind(self) -> None:
         """Claim host:port now (``StartupError`` when that cannot be done)."""
-        from workers.startup import bind_error
+        from workers.startup import http_listener
 
         s = self.settings
-        port = s.effective_port()
-        family, proto, addr = listen_address(s.host or "", port)
-        sock = socket.socket(family, socket.SOCK_STREAM, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr)
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            err = bind_error(s.host or "", port, exc)
-            text = str(err).replace("--port (server.port)", "prometheus.port")
-            raise StartupError(err.code, f"prometheus metrics: {text}") from None
-        self._sock = sock
+        self._sock = http_listener(
+            s.host or "", s.effective_port(), "prometheus.port", "prometheus metrics"
+        )
 
     async def _metrics(self, request: web.Request, per_object: bool) -> web.Response:
         try:

@@ -345,6 +345,25 @@ def listen_address(host: str, port: int) -> tuple[socket.AddressFamily, int, tup
     return family, proto, addr
 
 
+def http_listener(host: str, port: int, setting: str, what: str) -> socket.socket:
+    """A non-blocking listening socket on ``host:port`` for an HTTP endpoint of the
+    admin process (SO_REUSEADDR); ``StartupError`` naming ``what`` (e.g. "management
+    API") and its config ``setting`` (e.g. "management.port") when it cannot be had."""
+    family, proto, addr = listen_address(host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        err = bind_error(host, port, exc)
+        text = str(err).replace("--port (server.port)", setting)
+        raise StartupError(err.code, f"{what}: {text}") from None
+    return sock
+
+
 class PortClaim:
     """``lock``: the abstract socket naming the port (None for port 0); ``sock``: a
     plain socket bound to host:port, not listening yet (SO_REUSEADDR, no SO_REUSEPORT),
