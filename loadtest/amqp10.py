@@ -27,7 +27,6 @@ import os
 import socket
 import struct
 import time
-import traceback
 from array import array
 from collections import deque
 from multiprocessing.connection import Connection
@@ -35,7 +34,7 @@ from typing import Any, cast
 
 from loadtest.client import URI
 from loadtest.stats import Histogram
-from loadtest.worker import NEVER, WorkerPlan, _Ctrl, auto_batch
+from loadtest.worker import NEVER, WorkerPlan, _Ctrl, auto_batch, run_worker
 from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.client import ClientEngine
 from shardmq.amqp1.engine import CLOSED, Delivery, Link, Session
@@ -571,14 +570,4 @@ async def _run(plan: WorkerPlan, pipe: Connection) -> None:
 
 def amqp10_worker_main(plan: WorkerPlan, pipe: Connection) -> None:
     """Entry point of a spawned AMQP 1.0 worker process."""
-    import uvloop
-
-    try:
-        uvloop.run(_run(plan, pipe))
-    except BaseException as exc:  # report anything to the parent, then exit
-        try:
-            pipe.send(("error", f"{plan.role} {plan.index}: {exc!r}\n{traceback.format_exc()}"))
-        except OSError:
-            pass
-    finally:
-        pipe.close()
+    run_worker(plan, pipe, _run)

@@ -24,6 +24,7 @@ import struct
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -446,10 +447,20 @@ async def _run(plan: WorkerPlan, conn: Connection) -> None:
 
 def worker_main(plan: WorkerPlan, conn: Connection) -> None:
     """Entry point of a spawned worker process."""
+    run_worker(plan, conn, _run)
+
+
+def run_worker(
+    plan: WorkerPlan,
+    conn: Connection,
+    run: Callable[[WorkerPlan, Connection], Coroutine[Any, Any, None]],
+) -> None:
+    """Run ``run(plan, conn)`` on uvloop; anything it raises goes to the parent as an
+    ``("error", text)`` message (both protocols' worker processes)."""
     import uvloop
 
     try:
-        uvloop.run(_run(plan, conn))
+        uvloop.run(run(plan, conn))
     except BaseException as exc:  # report anything to the parent, then exit
         try:
             conn.send(("error", f"{plan.role} {plan.index}: {exc!r}\n{traceback.format_exc()}"))
