@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import struct
 import time
 from array import array
@@ -32,7 +31,7 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
-from loadtest.client import URI
+from loadtest.client import URI, tune_transport
 from loadtest.stats import Histogram
 from loadtest.worker import NEVER, WorkerPlan, _Ctrl, auto_batch, run_worker
 from shardmq.amqp1 import types_gen as T
@@ -75,13 +74,7 @@ class Conn(asyncio.Protocol):
     # ---------------------------------------------------------------- I/O
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        transport.set_write_buffer_limits(high=1 << 20, low=256 << 10)
+        tune_transport(transport)
         self.engine.start()
 
     def data_received(self, data: bytes) -> None:

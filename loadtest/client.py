@@ -69,6 +69,17 @@ HEARTBEAT_FRAME = _HDR.pack(FRAME_HEARTBEAT, 0, 0) + b"\xce"
 CLIENT_FRAME_MAX = 131072
 
 
+def tune_transport(transport: asyncio.Transport) -> None:
+    """A load client's socket: TCP_NODELAY, 1 MiB / 256 KiB write-buffer marks."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+    transport.set_write_buffer_limits(high=1 << 20, low=256 << 10)
+
+
 class AMQPClientError(Exception):
     """A server-side close or a protocol problem seen by the client."""
 
@@ -263,13 +274,7 @@ class Client(asyncio.BufferedProtocol):
     # ------------------------------------------------------------- transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        transport.set_write_buffer_limits(high=1 << 20, low=256 << 10)
+        tune_transport(transport)
         transport.write(PROTOCOL_HEADER)
 
     def connection_lost(self, exc: Exception | None) -> None:
