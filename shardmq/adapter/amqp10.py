@@ -90,8 +90,8 @@ class LinkConsumer(Consumer):
         self.dynamic = ""  # the queue made for a dynamic source, deleted with the link
         # link recovery: a lost link's deliveries to send again once attached
         self.resume: Parked = []
-        # the last delivery's conversion, kept while the next ones share it: (0-9-1
-        # property bytes, exrk, redelivered, body size or -1: any, sections before the body)
+        # the last delivery's conversion, kept while the next ones share it
+        # (``_conversion``)
         self.conv: tuple[bytes, bytes, bool, int, bytes] | None = None
 
     def ready(self) -> bool:
@@ -738,20 +738,22 @@ class AMQP10Connection(EngineIO[Engine]):
         raw = msg.raw
         hsize = msg.hsize
         n = len(raw) - 16 - hsize  # the body's size if it is in one frame
-        if n >= 0 and _U64.unpack_from(raw, 11)[0] == n:
-            body = raw[15 + hsize : -1]
-        else:
-            body = msg.body
-            n = len(body)
         cc = c.conv
-        if not (
+        if (
             cc is not None
+            and cc[3] == n
             and cc[2] is redelivered
-            and (cc[3] == n or cc[3] < 0)
-            and len(cc[0]) == hsize - 12
-            and raw.startswith(cc[0], 19)
+            and len(cc[0]) == hsize - 4
+            and raw.startswith(cc[0], 11)  # body size n (so one body frame), properties
             and msg.exrk == cc[1]
         ):
+            body = raw[15 + hsize : -1]
+        else:
+            if n >= 0 and _U64.unpack_from(raw, 11)[0] == n:
+                body = raw[15 + hsize : -1]
+            else:
+                body = msg.body
+                n = len(body)
             cc = c.conv = _conversion(msg, redelivered, n)
         engine = self.engine
         did = engine.send_transfer_q(c.session, c.link, tag, c.no_ack, cc[4], body)
@@ -867,12 +869,16 @@ class AMQP10Connection(EngineIO[Engine]):
 
 
 def _conversion(msg: Message, redelivered: bool, n: int) -> tuple[bytes, bytes, bool, int, bytes]:
-    """A ``LinkConsumer.conv`` for ``msg`` with an ``n``-byte body."""
-    props_raw = msg.raw[19 : 7 + msg.hsize]
+    """A ``LinkConsumer.conv`` for ``msg`` with an ``n``-byte body: (its content
+    header's body size and property bytes, exrk, redelivered, n, the sections before
+    the body); the first is ``n`` only when the body is one frame (the message's raw
+    frames are then its header, the size, those properties and the body frame)."""
+    raw = msg.raw
+    props_raw = raw[19 : 7 + msg.hsize]
     prefix, raw_body = from_091_prefix(props_raw, msg.properties, msg.exrk, redelivered)
-    if raw_body:
-        return (props_raw, msg.exrk, redelivered, -1, prefix)
-    return (props_raw, msg.exrk, redelivered, n, prefix + data_header(n))
+    head = prefix if raw_body else prefix + data_header(n)
+    one_frame = len(raw) - 16 - msg.hsize == n
+    return (raw[11:19] + props_raw, msg.exrk, redelivered, n if one_frame else -1, head)
 
 
 def _link_error(exc: AMQPError) -> LinkError:
