@@ -756,9 +756,15 @@ class AMQP10Connection(EngineIO[Engine]):
                 n = len(body)
             cc = c.conv = _conversion(msg, redelivered, n)
         engine = self.engine
-        did = engine.send_transfer_q(c.session, c.link, tag, c.no_ack, cc[4], body)
+        link = c.link
+        did = engine.send_transfer_q(c.session, link, tag, c.no_ack, cc[4], body)
         if not c.no_ack:
-            c.session.user.track(c.link, did, tag)
+            st = c.session.user
+            k = st.run_n
+            if k and st.run_link is link and st.run_tag + k == tag and st.run_did + k == did:
+                st.run_n = k + 1  # ``SessionState.track``'s common case
+            else:
+                st.track(link, did, tag)
         if len(engine.out) > OUT_LIMIT:
             self.domain.out_full()
 
