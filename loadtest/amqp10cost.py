@@ -47,15 +47,13 @@ def _commit(broker: Any) -> None:
         seq.commit()
 
 
-def run(n: int, settled: bool, credit: int, ack_every: int, size: int) -> dict[str, float]:
+def run(n: int, settled: bool, credit: int, ack_every: int, size: int) -> dict[str, Any]:
     broker = make_broker()
     c091 = connect(broker)
     c091.call(1, M.ChannelOpen())
     c091.call(1, M.QueueDeclare(queue=QUEUE))
     body = b"\x00" * size
-    pub = method_frame(1, M.BasicPublish(exchange="", routing_key=QUEUE)) + content_frames(
-        1, body
-    )
+    pub = method_frame(1, M.BasicPublish(exchange="", routing_key=QUEUE)) + content_frames(1, body)
     for _ in range(n // 1000):
         c091.conn.feed(pub * 1000)
         c091.conn.take_output()
@@ -125,11 +123,13 @@ def run(n: int, settled: bool, credit: int, ack_every: int, size: int) -> dict[s
         pass
     loop.close()
     got = rec.consumed
+    unacked = sum(len(st.user.ch.unacked) for st in broker_conn.engine.sessions.values())
     return {
         "messages": got,
         "broker_us": t_broker / max(got, 1) * 1e6,
         "consumer_us": t_client / max(got, 1) * 1e6,
         "left_in_queue": len(broker.vhosts["/"].queues[QUEUE].store),
+        "unacked": unacked,
     }
 
 
