@@ -41,11 +41,12 @@ from time import monotonic, time
 from typing import TYPE_CHECKING, Any
 
 from shardmq.adapter.amqp10_recovery import Parked, recovery_of, requeue
+from shardmq.adapter.amqp10_sources import attach_dynamic, attach_exchange
 from shardmq.adapter.iohooks import EngineIO, IOHooks
 from shardmq.amqp.codec import shortstr
 from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, HardError, SoftError
 from shardmq.amqp1 import types_gen as T
-from shardmq.amqp1.address import queue_address, source_queue, target_of
+from shardmq.amqp1.address import source_of, target_of
 from shardmq.amqp1.codec import DecodeError
 from shardmq.amqp1.convert import from_091_raw, to_091_raw
 from shardmq.amqp1.engine import Delivery, Engine, Link, Session
@@ -298,14 +299,21 @@ class AMQP10Connection(EngineIO[Engine]):
         if not isinstance(source, T.Source):
             raise LinkError(T.AMQP_ERROR_INVALID_FIELD, "a receiving link needs a source")
         if source.dynamic:
-            self._dynamic_source(session, link, a)
+            attach_dynamic(self, session, link, a)
             return None  # answered once the queue is declared
         if source.address is None:
             raise LinkError(T.AMQP_ERROR_INVALID_FIELD, "the source has no address")
-        return self._consume(session, link, a, source_queue(str(source.address)), a.source)
+        src = source_of(str(source.address))
+        if src.queue is None:  # an exchange: a queue of the link's own, bound to it
+            attach_exchange(self, session, link, a, src.exchange, src.key)
+            return None  # answered once the queue is declared and bound
+        return self._consume(session, link, a, src.queue, a.source, recover=True)
 
-    def _consume(self, session: Session, link: Link, a: Any, name: str, source: Any) -> Any:
-        """The reply to the attach of a link consuming from queue ``name``."""
+    def _consume(
+        self, session: Session, link: Link, a: Any, name: str, source: Any, recover: bool = False
+    ) -> Any:
+        """The reply to the attach of a link consuming from queue ``name`` (with
+        ``recover``: what a lost link of its name left unsettled comes back to it)."""
         st: SessionState = session.user
         try:
             q = self.domain.queue_for(st.ch, name)
@@ -318,7 +326,7 @@ class AMQP10Connection(EngineIO[Engine]):
             )
         settled = link.snd_settle_mode == T.SENDER_SETTLE_MODE_SETTLED
         c = link.user = LinkConsumer(link, session, st.ch, q, settled)
-        unsettled = self._recover(link, a, c) if not source.dynamic else None
+        unsettled = self._recover(link, a, c) if recover else None
         return T.Attach(
             name=a.name,
             handle=link.handle,
@@ -362,48 +370,6 @@ class AMQP10Connection(EngineIO[Engine]):
             len(c.resume),
         )
         return {tag: None for tag, _q, _m in parked}
-
-    def _dynamic_source(self, session: Session, link: Link, a: Any) -> None:
-        """A dynamic receiver: a server-named exclusive queue, deleted with the link
-        (or the connection), for request/reply."""
-        domain = self.domain
-        name = md.server_named_queue()
-        op = md.DeclareQueue(
-            domain.vhost.name, name, False, False, True, False, b"", domain.gid, True
-        )
-        try:
-            domain.authz.check_op(op)
-        except SoftError as exc:
-            raise _link_error(exc) from None
-
-        def declared(err: AMQPError | None, _info: Any) -> None:
-            if link.detached or self._closed:
-                if err is None:
-                    self._delete_queue(name)
-                return
-            if err is not None:
-                self.engine.refuse_pending(session, link, a, _link_error(err))
-                return
-            domain.exclusive_queues.append(name)
-            source = T.Source(**{f.name: getattr(a.source, f.name) for f in T.Source.FIELDS})
-            source.address = queue_address(name)
-            try:
-                reply = self._consume(session, link, a, name, source)
-            except LinkError as exc:
-                self.engine.refuse_pending(session, link, a, exc)
-                return
-            link.user.dynamic = name
-            self.engine.complete_attach(session, link, reply)
-
-        sequencer = self.broker.sequencer
-        if sequencer.synchronous:
-            try:
-                result = sequencer.execute(op)
-            except AMQPError as exc:
-                raise _link_error(exc) from None
-            declared(None, result)
-        else:
-            sequencer.request(op, declared)
 
     def _delete_queue(self, name: str) -> None:
         domain = self.domain
