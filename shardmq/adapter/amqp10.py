@@ -27,8 +27,8 @@ Invariants:
   released and modified = requeue, modified with undeliverable-here = reject. A closed
   link's or ended session's unsettled deliveries go back to their queue; a link lost
   without being closed parks them (``amqp10_recovery``) for a re-attach under its name
-  by the same container-id, which settles those the client's unsettled map gives an
-  outcome and sends the others again first (redelivered, on its own channel).
+  by the same container-id, on any worker (``amqp10_relink``: the client's unsettled
+  map applied, deliveries resumed under their delivery-tags or sent again first).
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ from collections.abc import Callable
 from time import monotonic, time
 from typing import TYPE_CHECKING, Any
 
+from shardmq.adapter import amqp10_relink as relink
 from shardmq.adapter.amqp10_recovery import Parked, recovery_of, requeue
+from shardmq.adapter.amqp10_relink import Resume
 from shardmq.adapter.amqp10_sources import attach_dynamic, attach_exchange
 from shardmq.adapter.iohooks import EngineIO, IOHooks
 from shardmq.amqp.codec import shortstr
@@ -77,7 +79,7 @@ _FRAME_BODY_SEP = struct.Struct(">BBHI")  # frame-end, then the body frame's hea
 class LinkConsumer(Consumer):
     """The consumer of a link the broker sends on: ready while the link has credit."""
 
-    __slots__ = ("link", "session", "waiting", "dynamic", "resume")
+    __slots__ = ("link", "session", "waiting", "dynamic", "resend", "resumes", "wire_tags")
 
     def __init__(self, link: Link, session: Session, ch: Channel, q: Any, settled: bool) -> None:
         tag = f"amqp1:{session.channel}:{link.name}"
@@ -86,9 +88,13 @@ class LinkConsumer(Consumer):
         self.session = session
         # deliveries that arrived beyond the link's credit: (tag, redelivered, message)
         self.waiting: deque[tuple[int, bool, Message]] = deque()
-        self.dynamic = ""  # the queue made for a dynamic source, deleted with the link
-        # link recovery: a lost link's deliveries to send again once attached
-        self.resume: Parked = []
+        self.dynamic = ""  # the queue made for the link (dynamic, exchange source)
+        # link recovery (``amqp10_relink``): a lost link's deliveries to send again as
+        # new ones once attached, those to resume under their delivery-tags first, and
+        # the delivery-tags of the resumed ones by channel tag
+        self.resend: Parked = []
+        self.resumes: deque[Resume] = deque()
+        self.wire_tags: dict[int, bytes] = {}
 
     def ready(self) -> bool:
         return (
@@ -325,8 +331,31 @@ class AMQP10Connection(EngineIO[Engine]):
                 f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use",
             )
         settled = link.snd_settle_mode == T.SENDER_SETTLE_MODE_SETTLED
+        parked: Parked | None = None
+        if recover:
+            key = self._recovery_key(link)
+            registry = recovery_of(self.broker)
+            parked = registry.take(key)
+            slot = registry.elsewhere(key) if parked is None else None
+            if slot is not None:  # parked on another worker: answered once it let go
+
+                def answer(unsettled: dict[bytes, Any] | None, resumes: list[Resume]) -> None:
+                    st2: SessionState = session.user
+                    c = link.user = LinkConsumer(link, session, st2.ch, q, settled)
+                    c.resumes.extend(resumes)
+                    relink.reserve_tags(c, [r.tag for r in resumes])
+                    reply = self._consumer_attach(link, a, source, unsettled)
+                    self.engine.complete_attach(session, link, reply)
+
+                relink.reclaim(self, session, link, slot, key, answer)
+                return None
         c = link.user = LinkConsumer(link, session, st.ch, q, settled)
-        unsettled = self._recover(link, a, c) if recover else None
+        unsettled = relink.recover(self, c, parked) if parked else None
+        return self._consumer_attach(link, a, source, unsettled)
+
+    def _consumer_attach(
+        self, link: Link, a: Any, source: Any, unsettled: dict[bytes, Any] | None
+    ) -> Any:
         return T.Attach(
             name=a.name,
             handle=link.handle,
@@ -342,35 +371,6 @@ class AMQP10Connection(EngineIO[Engine]):
     def _recovery_key(self, link: Link) -> tuple[str, str, str]:
         return (self.domain.vhost.name, self.engine.remote_container_id, link.name)
 
-    def _recover(self, link: Link, a: Any, c: LinkConsumer) -> dict[bytes, Any] | None:
-        """Link recovery: the deliveries a lost link of this name left unsettled. The
-        reply's unsettled map lists them; those the client's map gives an outcome are
-        settled with it, the others are sent again once the link is attached."""
-        parked = recovery_of(self.broker).take(self._recovery_key(link), ask_others=True)
-        if not parked:
-            return None
-        theirs = a.unsettled if isinstance(a.unsettled, dict) else {}
-        for tag, queue, msg in parked:
-            state = theirs.get(tag)
-            if isinstance(state, T.Accepted):
-                queue.settle(msg)
-            elif isinstance(state, T.Rejected) or (
-                isinstance(state, T.Modified) and state.undeliverable_here
-            ):
-                queue.reject(msg)
-            elif isinstance(state, (T.Released, T.Modified)):
-                queue.requeue([msg])
-            else:
-                c.resume.append((tag, queue, msg))
-        log.info(
-            "connection %s: link '%s' recovered: %d unsettled, %d to send again",
-            self.peer,
-            link.name,
-            len(parked),
-            len(c.resume),
-        )
-        return {tag: None for tag, _q, _m in parked}
-
     def _delete_queue(self, name: str) -> None:
         domain = self.domain
         if name in domain.exclusive_queues:
@@ -384,18 +384,20 @@ class AMQP10Connection(EngineIO[Engine]):
         c: LinkConsumer = link.user
         st: SessionState = session.user
         st.ch.consumers[c.tag] = c
-        if c.resume and not c.no_ack:
+        if c.resumes:  # link recovery: resumed deliveries first, then the resent ones
+            relink.send_resumes(self, c)
+        if c.resend and not c.no_ack:
             # recovered deliveries go first, as redelivered, on this link's channel
             ch = st.ch
-            for _tag, queue, msg in c.resume:
+            for _tag, queue, msg in c.resend:
                 ch.next_tag += 1
                 ch.unacked[ch.next_tag] = (c, queue, msg)
                 c.unacked += 1
                 ch.consumer_unacked += 1
                 self.deliver(ch, c, ch.next_tag, True, msg)
-        elif c.resume:  # an at-most-once link now: they go back to the queue
-            requeue(c.resume)
-        c.resume = []
+        elif c.resend:  # an at-most-once link now: they go back to the queue
+            requeue(c.resend)
+        c.resend = []
         q = c.queue
         if isinstance(q, RemoteQueue):
 
@@ -430,9 +432,12 @@ class AMQP10Connection(EngineIO[Engine]):
         tags = [tag for did, (tag, lk) in st.outgoing.items() if lk is link]
         for did in [d for d, (_t, lk) in st.outgoing.items() if lk is link]:
             del st.outgoing[did]
+        held = relink.pending(c) if c.resumes else []  # resumes not sent yet
         if link.lost and not c.dynamic and self.settings.link_recovery_timeout > 0:
-            self._park(st.ch, c, tags)
+            self._park(st.ch, c, tags, held)
             tags = []
+        elif held:
+            requeue(held)
         tags += [tag for tag, _r, _m in c.waiting if not c.no_ack]
         c.waiting.clear()
         for tag in tags:
@@ -440,10 +445,12 @@ class AMQP10Connection(EngineIO[Engine]):
                 st.ch.reject(tag, 0, True)
         self.domain.qos.after_settle()
 
-    def _park(self, ch: Channel, c: LinkConsumer, tags: list[int]) -> None:
+    def _park(self, ch: Channel, c: LinkConsumer, tags: list[int], held: Parked) -> None:
         """Link recovery: the deliveries a lost link's client has not settled leave
-        the channel (closing it will not requeue them) and wait for a re-attach."""
-        parked: Parked = []
+        the channel (closing it will not requeue them) and wait for a re-attach, under
+        the delivery-tags the client knows (``held``: resumes not sent yet)."""
+        parked: Parked = held
+        wire = c.wire_tags
         for tag in tags:
             entry = ch.unacked.pop(tag, None)
             if entry is None:
@@ -452,7 +459,7 @@ class AMQP10Connection(EngineIO[Engine]):
             if consumer is not None:
                 consumer.unacked -= 1
                 ch.consumer_unacked -= 1
-            parked.append((tag.to_bytes(8, "big"), queue, msg))
+            parked.append((wire.get(tag) or tag.to_bytes(8, "big"), queue, msg))
         if parked:
             recovery_of(self.broker).park(self._recovery_key(c.link), parked)
 
@@ -461,6 +468,8 @@ class AMQP10Connection(EngineIO[Engine]):
         c = link.user
         if not isinstance(c, LinkConsumer):
             return
+        if c.resumes:  # link recovery: resumed deliveries go first
+            relink.send_resumes(self, c)
         self._send_waiting(c)
         q = c.queue
         if isinstance(q, Queue) and link.credit > 0:
