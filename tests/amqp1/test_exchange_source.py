@@ -21,7 +21,7 @@ from proton.utils import BlockingConnection
 
 from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.values import UInt
-from tests.integration.test_management import Mgmt, _name, wait_for
+from tests.integration.test_management import Mgmt, _name, _user, wait_for
 from tests.integration.test_management_ops import Ops, ops
 
 from .wire import RawClient
@@ -179,3 +179,47 @@ def test_bad_exchange_sources_are_refused(
     finally:
         c.close()
     assert not [n for n in _queues(ops.m) if n not in before]  # nothing made
+
+
+@pytest.mark.parametrize(
+    ("perm", "refused"),
+    [
+        ({"configure": "^$", "write": ".*", "read": ".*"}, "queue 'amq.gen-"),
+        ({"configure": ".*", "write": ".*", "read": "^$"}, "exchange 'amq.direct'"),
+    ],
+)
+def test_exchange_source_needs_declare_and_bind_permissions(
+    ops: Ops, perm: dict[str, str], refused: str
+) -> None:
+    """As queue.declare and queue.bind: configure on the new queue, read on the
+    exchange; refused with amqp:unauthorized-access before anything is made."""
+    if ops.m.workers is None:
+        pytest.skip("RabbitMQ 3.10 ends the session (checked for addresses above)")
+    m = ops.m
+    user = _user(m, "")
+    assert m.call("PUT", f"/api/permissions/%2F/{user}", perm).status_code == 201
+    before = set(_queues(m))
+    c = RawClient(m.amqp_port)
+    try:
+        c.login(user=user, password="pw", container_id=_name("perm"))
+        c.send(
+            T.Begin(next_outgoing_id=UInt(0), incoming_window=UInt(10), outgoing_window=UInt(10))
+        )
+        c.read_until(T.Begin)
+        c.send(
+            T.Attach(
+                name="no",
+                handle=UInt(0),
+                role=T.ROLE_RECEIVER,
+                source=T.Source(address="/exchange/amq.direct/k"),
+                target=T.Target(),
+            )
+        )
+        detach = c.read_until(T.Detach)
+        assert str(detach.error.condition) == "amqp:unauthorized-access"
+        text = str(detach.error.description)
+        assert text.startswith(f"access to {refused}") and f"for user '{user}'" in text, text
+    finally:
+        c.close()
+        m.call("DELETE", f"/api/users/{user}")
+    assert not [n for n in _queues(m) if n not in before]
