@@ -90,11 +90,12 @@ class LinkConsumer(Consumer):
         self.waiting: deque[tuple[int, bool, Message]] = deque()
         self.dynamic = ""  # the queue made for the link (dynamic, exchange source)
         # link recovery (``amqp10_relink``): a lost link's deliveries to send again as
-        # new ones once attached, those to resume under their delivery-tags first, and
-        # the delivery-tags of the resumed ones by channel tag
+        # new ones once attached, those to resume under their delivery-tags first (a
+        # stack: the next one last), and the delivery-tags of the resumed ones by
+        # channel tag (made when the first is resumed)
         self.resend: Parked = []
-        self.resumes: deque[Resume] = deque()
-        self.wire_tags: dict[int, bytes] = {}
+        self.resumes: list[Resume] = []
+        self.wire_tags: dict[int, bytes] | None = None
 
     def ready(self) -> bool:
         return (
@@ -342,8 +343,7 @@ class AMQP10Connection(EngineIO[Engine]):
                 def answer(unsettled: dict[bytes, Any] | None, resumes: list[Resume]) -> None:
                     st2: SessionState = session.user
                     c = link.user = LinkConsumer(link, session, st2.ch, q, settled)
-                    c.resumes.extend(resumes)
-                    relink.reserve_tags(c, [r.tag for r in resumes])
+                    relink.set_resumes(c, resumes)
                     reply = self._consumer_attach(link, a, source, unsettled)
                     self.engine.complete_attach(session, link, reply)
 
@@ -449,8 +449,8 @@ class AMQP10Connection(EngineIO[Engine]):
         """Link recovery: the deliveries a lost link's client has not settled leave
         the channel (closing it will not requeue them) and wait for a re-attach, under
         the delivery-tags the client knows (``held``: resumes not sent yet)."""
-        parked: Parked = held
-        wire = c.wire_tags
+        parked: Parked = []
+        wire = c.wire_tags or {}
         for tag in tags:
             entry = ch.unacked.pop(tag, None)
             if entry is None:
@@ -460,6 +460,7 @@ class AMQP10Connection(EngineIO[Engine]):
                 consumer.unacked -= 1
                 ch.consumer_unacked -= 1
             parked.append((wire.get(tag) or tag.to_bytes(8, "big"), queue, msg))
+        parked += held  # after the sent ones: resumes go first
         if parked:
             recovery_of(self.broker).park(self._recovery_key(c.link), parked)
 

@@ -6,7 +6,7 @@ applied, ``amqp10_recovery.plan``), ``reclaim`` (parked on another worker: that 
 applies the map and requeues the rest; the attach is answered when it has),
 ``send_resumes`` (the resumed transfers, within the link's credit, before anything
 else the link sends), ``pending`` (what a link lost again before its resumes went out
-still holds), ``reserve_tags`` and ``Resume`` (one resumed delivery).
+still holds), ``set_resumes``, ``reserve_tags`` and ``Resume`` (one resumed delivery).
 
 Invariants:
 - The broker's attach answer carries its unsettled map: every delivery-tag it had
@@ -65,6 +65,12 @@ class Resume:
         self.state = state
 
 
+def set_resumes(c: LinkConsumer, resumes: list[Resume]) -> None:
+    """The deliveries ``c``'s link resumes first, in this order."""
+    c.resumes = resumes[::-1]  # a stack: the next one last
+    reserve_tags(c, [r.tag for r in resumes])
+
+
 def reserve_tags(c: LinkConsumer, tags: list[bytes]) -> None:
     """New deliveries on ``c``'s link get delivery-tags (the channel's tags, 8 bytes
     big-endian) above the resumed ones: a delivery-tag is unique among a link's
@@ -81,13 +87,14 @@ def recover(conn: AMQP10Connection, c: LinkConsumer, parked: Parked) -> dict[byt
     link = c.link
     p = plan(parked, link.peer_unsettled)
     reserve_tags(c, [tag for tag, _q, _m in parked])
-    c.resumes.extend(Resume(tag, None, None, state) for tag, state in p.settled)
+    resumes = [Resume(tag, None, None, state) for tag, state in p.settled]
     if c.no_ack:  # at-most-once now: back to the queue; the client's undecided aborted
         requeue(p.resumed + p.resent)
-        c.resumes.extend(Resume(tag, None, None, ABORT) for tag, _q, _m in p.resumed)
+        resumes += [Resume(tag, None, None, ABORT) for tag, _q, _m in p.resumed]
     else:
-        c.resumes.extend(Resume(tag, q, m, None) for tag, q, m in p.resumed)
+        resumes += [Resume(tag, q, m, None) for tag, q, m in p.resumed]
         c.resend = p.resent
+    set_resumes(c, resumes)
     log.info(
         "connection %s: link '%s' recovered: %d unsettled, %d settled by the client's "
         "map, %d resumed, %d sent again",
@@ -155,7 +162,7 @@ def send_resumes(conn: AMQP10Connection, c: LinkConsumer) -> None:
     st = session.user
     ch = st.ch
     while c.resumes and link.credit > 0 and not link.detached:
-        r = c.resumes.popleft()
+        r = c.resumes.pop()
         if r.msg is None or r.queue is None:
             if r.state is ABORT:
                 engine.resume_transfer(session, link, r.tag, aborted=True)
@@ -168,6 +175,8 @@ def send_resumes(conn: AMQP10Connection, c: LinkConsumer) -> None:
         ch.unacked[tag] = (c, r.queue, msg)
         c.unacked += 1
         ch.consumer_unacked += 1
+        if c.wire_tags is None:
+            c.wire_tags = {}
         c.wire_tags[tag] = r.tag
         raw = msg.raw
         payload = from_091_raw(raw[19 : 7 + msg.hsize], msg.properties, msg.body, msg.exrk, True)
@@ -177,6 +186,10 @@ def send_resumes(conn: AMQP10Connection, c: LinkConsumer) -> None:
 
 def pending(c: LinkConsumer) -> Parked:
     """The resumes of ``c`` not sent yet that hold a message (the link is gone)."""
-    held: Parked = [(r.tag, r.queue, r.msg) for r in c.resumes if r.msg and r.queue]
-    c.resumes.clear()
+    held: Parked = [
+        (r.tag, r.queue, r.msg)
+        for r in reversed(c.resumes)
+        if r.msg is not None and r.queue is not None
+    ]
+    c.resumes = []
     return held

@@ -25,7 +25,7 @@ from proton.utils import BlockingConnection
 
 from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.convert import parse
-from shardmq.amqp1.values import UInt
+from shardmq.amqp1.values import UByte, UInt
 from tests.integration.conftest import Broker
 from tests.integration.helpers import unique
 from workers.amqp1_links import MARKERS
@@ -53,7 +53,13 @@ def _count(b: Broker, q: str) -> int:
         conn.close()
 
 
-def _receiver(c: RawClient, q: str, unsettled: dict[bytes, Any] | None = None) -> T.Attach:
+def _receiver(
+    c: RawClient,
+    q: str,
+    unsettled: dict[bytes, Any] | None = None,
+    credit: int = 10,
+    settled: bool = False,
+) -> T.Attach:
     c.send(T.Begin(next_outgoing_id=UInt(0), incoming_window=UInt(100), outgoing_window=UInt(100)))
     c.read_until(T.Begin)
     c.send(
@@ -64,6 +70,7 @@ def _receiver(c: RawClient, q: str, unsettled: dict[bytes, Any] | None = None) -
             source=T.Source(address=f"/queues/{q}"),
             target=T.Target(),
             unsettled=unsettled,
+            snd_settle_mode=UByte(T.SENDER_SETTLE_MODE_SETTLED if settled else 2),
         )
     )
     attach = c.read_until(T.Attach)
@@ -75,7 +82,7 @@ def _receiver(c: RawClient, q: str, unsettled: dict[bytes, Any] | None = None) -
             outgoing_window=UInt(100),
             handle=UInt(0),
             delivery_count=UInt(0),
-            link_credit=UInt(10),
+            link_credit=UInt(credit),
         )
     )
     return attach
@@ -147,6 +154,74 @@ def test_raw_reattach_resumes_deliveries(own_broker: Callable[..., Broker]) -> N
     finally:
         c.close()
     assert _count(b, q) == 0  # m1 settled by the map, m2 and m3 accepted: nothing requeued
+
+
+def test_raw_resumed_deliveries_survive_another_loss(own_broker: Callable[..., Broker]) -> None:
+    """Lost again while resuming: one resumed delivery sent (credit 1) and unsettled,
+    two not sent yet; the next re-attach finds all three parked under the
+    delivery-tags the client knows, and resumes them with their messages."""
+    b = own_broker("[amqp1]\nlink_recovery_timeout = 600\n")
+    q = unique("rec")
+    _declare_with(b, q, [b"m1", b"m2", b"m3"])
+    cid = unique("container")
+    c = RawClient(b.port)
+    c.login(container_id=cid)
+    _receiver(c, q)
+    tags = [tag for _d, tag, _p in _transfers(c, 3)]
+    c.drop()
+    theirs: dict[bytes, Any] = dict.fromkeys(tags)
+    c = RawClient(b.port)
+    c.login(container_id=cid)
+    _receiver(c, q, unsettled=theirs, credit=1)
+    ((r1, p1),) = _frames(c, 1)
+    assert r1.resume and bytes(r1.delivery_tag) == tags[0] and _body(p1) == b"m1"
+    c.drop()
+    c = RawClient(b.port)
+    try:
+        c.login(container_id=cid)
+        attach = _receiver(c, q, unsettled=theirs)
+        assert attach.unsettled == theirs
+        got = _frames(c, 3)
+        assert [bytes(r.delivery_tag) for r, _p in got] == tags
+        assert all(r.resume and not r.settled for r, _p in got)
+        assert [_body(p) for _r, p in got] == [b"m1", b"m2", b"m3"]
+        for r, _p in got:
+            _accept(c, int(r.delivery_id))
+        c.send(T.Close())
+        c.read_until(T.Close)
+    finally:
+        c.close()
+    assert _count(b, q) == 0
+
+
+def test_raw_reattach_at_most_once(own_broker: Callable[..., Broker]) -> None:
+    """Re-attached with sender settle mode settled: nothing is resumed with its
+    message; m1 (accepted in the client's map) is settled, m2 (undecided) aborted, and
+    m2 and m3 come back from the queue, settled."""
+    b = own_broker("[amqp1]\nlink_recovery_timeout = 600\n")
+    q = unique("rec")
+    _declare_with(b, q, [b"m1", b"m2", b"m3"])
+    cid = unique("container")
+    c = RawClient(b.port)
+    c.login(container_id=cid)
+    _receiver(c, q)
+    tags = [tag for _d, tag, _p in _transfers(c, 3)]
+    c.drop()
+    c = RawClient(b.port)
+    try:
+        c.login(container_id=cid)
+        _receiver(c, q, unsettled={tags[0]: T.Accepted(), tags[1]: None}, settled=True)
+        (r1, p1), (r2, p2) = _frames(c, 2)
+        assert r1.resume and r1.settled and isinstance(r1.state, T.Accepted) and p1 == b""
+        assert r2.resume and r2.aborted and bytes(r2.delivery_tag) == tags[1]
+        again = _frames(c, 2)
+        assert sorted(_body(p) for _r, p in again) == [b"m2", b"m3"]
+        assert all(r.settled and not r.resume for r, _p in again)
+        c.send(T.Close())
+        c.read_until(T.Close)
+    finally:
+        c.close()
+    assert _count(b, q) == 0
 
 
 def test_raw_reattach_outcomes_of_the_map(own_broker: Callable[..., Broker]) -> None:
