@@ -356,7 +356,7 @@ class AMQP10Connection(EngineIO[Engine]):
     def _consumer_attach(
         self, link: Link, a: Any, source: Any, unsettled: dict[bytes, Any] | None
     ) -> Any:
-        return T.Attach(
+        reply = T.Attach(
             name=a.name,
             handle=link.handle,
             role=False,
@@ -367,6 +367,7 @@ class AMQP10Connection(EngineIO[Engine]):
             unsettled=unsettled,
             initial_delivery_count=0,
         )
+        return relink.fit_attach(reply, self.engine.send_max_frame) if unsettled else reply
 
     def _recovery_key(self, link: Link) -> tuple[str, str, str]:
         return (self.domain.vhost.name, self.engine.remote_container_id, link.name)

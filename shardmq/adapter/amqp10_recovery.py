@@ -204,9 +204,19 @@ def plan(parked: Parked, theirs: dict[bytes, Any] | None) -> Plan:
             p.unsettled[tag] = None
         else:
             apply_outcome(queue, msg, name)
-            p.settled.append((tag, state))
-            p.unsettled[tag] = state
+            p.settled.append((tag, plain_outcome(state)))
+            p.unsettled[tag] = plain_outcome(state)
     return p
+
+
+def plain_outcome(state: Any) -> Any:
+    """A client's terminal state as the broker echoes it: the outcome alone (no error
+    text or annotations of the client's, which could make a frame too large)."""
+    if isinstance(state, T.Modified):
+        return T.Modified(
+            delivery_failed=state.delivery_failed, undeliverable_here=state.undeliverable_here
+        )
+    return type(state)()
 
 
 def requeue(entries: Parked) -> None:

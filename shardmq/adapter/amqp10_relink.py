@@ -6,12 +6,14 @@ applied, ``amqp10_recovery.plan``), ``reclaim`` (parked on another worker: that 
 applies the map and requeues the rest; the attach is answered when it has),
 ``send_resumes`` (the resumed transfers, within the link's credit, before anything
 else the link sends), ``pending`` (what a link lost again before its resumes went out
-still holds), ``set_resumes``, ``reserve_tags`` and ``Resume`` (one resumed delivery).
+still holds), ``set_resumes``, ``reserve_tags``, ``fit_attach`` (the answer within the
+peer's max-frame-size) and ``Resume`` (one resumed delivery).
 
 Invariants:
 - The broker's attach answer carries its unsettled map: every delivery-tag it had
-  parked for the link (null, or the client's outcome it applied; with the deliveries
-  requeued by another worker: released).
+  parked for the link (null, or the client's outcome it applied, without its error
+  text; with the deliveries requeued by another worker: released); cut and marked
+  incomplete when it would not fit in one frame of the peer's size.
 - A resumed delivery keeps its delivery-tag on the wire (``LinkConsumer.wire_tags``,
   so that a link lost again parks it under the tag the client knows) and takes a new
   channel tag and a link credit; its outcome comes back as any delivery's.
@@ -34,12 +36,14 @@ from shardmq.adapter.amqp10_recovery import (
     Key,
     Parked,
     outcome_name,
+    plain_outcome,
     plan,
     recovery_of,
     requeue,
 )
 from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.convert import from_091_raw
+from shardmq.amqp1.framing import write_frame
 
 if TYPE_CHECKING:
     from shardmq.adapter.amqp10 import AMQP10Connection, LinkConsumer
@@ -132,6 +136,7 @@ def reclaim(
             for tag in tags:
                 state = theirs.get(tag)
                 if outcome_name(state) is not None:
+                    state = plain_outcome(state)
                     resumes.append(Resume(tag, None, None, state))
                     unsettled[tag] = state
                 else:
@@ -152,6 +157,20 @@ def reclaim(
     hooks = recovery_of(conn.broker).hooks
     assert hooks is not None
     hooks.reclaim(slot, key, outcomes, done)
+
+
+def fit_attach(reply: Any, max_frame: int) -> Any:
+    """The attach answer within the peer's max-frame-size: a map too large for it is
+    cut (halved until it fits) and marked ``incomplete-unsettled`` (spec 2.6.13)."""
+    while reply.unsettled:
+        frame = bytearray()
+        write_frame(frame, 0, reply)
+        if len(frame) <= max_frame:
+            break
+        items = list(reply.unsettled.items())
+        reply.unsettled = dict(items[: len(items) // 2])
+        reply.incomplete_unsettled = True
+    return reply
 
 
 def send_resumes(conn: AMQP10Connection, c: LinkConsumer) -> None:

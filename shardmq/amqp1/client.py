@@ -33,6 +33,7 @@ from shardmq.amqp1.engine import (
     Engine,
     Link,
     Session,
+    _is_tag,
 )
 from shardmq.amqp1.errors import ConnError
 from shardmq.amqp1.framing import HEADER_AMQP, HEADER_SASL, TYPE_SASL
@@ -246,7 +247,7 @@ class ClientEngine(Engine):
             raise ConnError(T.AMQP_ERROR_NOT_IMPLEMENTED, "a client does not accept links")
         link.remote_handle = int(a.handle)
         if isinstance(a.unsettled, dict):
-            link.peer_unsettled = {bytes(k): v for k, v in a.unsettled.items()}
+            link.peer_unsettled = {bytes(k): v for k, v in a.unsettled.items() if _is_tag(k)}
         s.links[link.remote_handle] = link
         s.by_name[link.name] = link
         refused = (a.source is None) if link.role else (a.target is None)

@@ -72,6 +72,11 @@ AWAIT_HEADER, AWAIT_SASL_INIT, AWAIT_AMQP_HEADER, AWAIT_OPEN, OPEN, CLOSING, CLO
 SEQ = 2**32  # sequence numbers (transfer, delivery, delivery-count) wrap here
 
 
+def _is_tag(key: object) -> bool:
+    """A delivery-tag of an unsettled map (binary; anything else is ignored)."""
+    return isinstance(key, (bytes, bytearray, memoryview))
+
+
 class Handler(Protocol):
     """What the engine asks of the broker side (``shardmq.adapter.amqp10``)."""
 
@@ -524,7 +529,7 @@ class Engine:
                 return
             link.delivery_count = int(a.initial_delivery_count)
         if isinstance(a.unsettled, dict):
-            link.peer_unsettled = {bytes(k): v for k, v in a.unsettled.items()}
+            link.peer_unsettled = {bytes(k): v for k, v in a.unsettled.items() if _is_tag(k)}
         s.links[handle] = link
         s.by_name[link.name] = link
         try:

@@ -115,3 +115,38 @@ def test_exchange_source_bind_failure_leaves_nothing() -> None:
     assert str(err.condition) == "amqp:not-found" and "amq.direct" in str(err.description)
     assert set(broker.vhosts["/"].queues) == before  # the declared queue was deleted
     assert not server.domain.exclusive_queues and link.detached
+
+
+def test_attach_answer_fits_the_peers_frame() -> None:
+    """A broker map too large for one frame of the peer's max-frame-size is cut and
+    marked incomplete-unsettled (spec 2.6.13); a small one is kept whole."""
+    from shardmq.adapter.amqp10_relink import fit_attach
+    from shardmq.amqp1.framing import write_frame
+    from shardmq.amqp1.values import UInt
+
+    def reply(n: int) -> Any:
+        tags = {i.to_bytes(8, "big"): None for i in range(n)}
+        return T.Attach(name="l", handle=UInt(0), role=False, unsettled=tags)
+
+    small = fit_attach(reply(3), 512)
+    assert len(small.unsettled) == 3 and not small.incomplete_unsettled
+    big = fit_attach(reply(500), 512)
+    frame = bytearray()
+    write_frame(frame, 0, big)
+    assert len(frame) <= 512 and big.incomplete_unsettled and 0 < len(big.unsettled) < 500
+
+
+def test_unsettled_map_keys_that_are_not_tags_are_ignored() -> None:
+    """Only binary delivery-tags count (an integer key is not turned into bytes)."""
+    broker = make_broker()
+    _fill(broker, "kq", [b"m1"])
+    client, rec, server, s = _open(broker, "odd-keys")
+    link = client.attach(
+        s, "in", receiver=True, address="/queues/kq", settled=False, unsettled={10**9: None}
+    )
+    _pump(client, server)
+    (ss,) = server.engine.sessions.values()
+    assert ss.by_name["in"].peer_unsettled == {}
+    client.grant(s, link, 1)
+    _pump(client, server)
+    assert [b"m1" in d.payload for d in rec.deliveries] == [True]
