@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import pika
-import pytest
 from proton.reactor import Container
 from proton.utils import BlockingConnection
 
