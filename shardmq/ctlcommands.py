@@ -6,93 +6,33 @@ DEFINITION``, ``clear_policy``, ``list_policies``; ``add_user NAME [PASSWORD]``,
 ``delete_user``, ``change_password``, ``clear_password``, ``set_user_tags NAME TAG...``,
 ``list_users``, ``authenticate_user``; ``add_vhost``, ``delete_vhost``, ``list_vhosts``;
 ``set_permissions [-p VHOST] USER CONF WRITE READ``, ``clear_permissions``,
-``list_permissions``, ``list_user_permissions USER``), how they
-find the broker (``--data-dir`` / ``--config`` given to ``ctl`` or to the command) and
-how they print: rabbitmqctl's progress line, tab-separated tables or ``--formatter
-json``.
+``list_permissions``, ``list_user_permissions USER``, and the topic permissions'
+four), each a plain action or listing (``shardmq.ctlbase``'s two shapes) unless it
+reads a password or shapes its output.
 
-Invariants: a refused or failed command prints ``Error:`` and the reason on stderr and
-exits ``EX_UNAVAILABLE`` (69), as rabbitmqctl does; success exits 0.
+Invariants: as ``shardmq.ctlbase``: a refused or failed command prints ``Error:`` and
+the reason on stderr and exits ``EX_UNAVAILABLE`` (69), as rabbitmqctl does; success
+exits 0.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import click
 
-from shardmq.config import ConfigError, load_config
-from shardmq.ctlclient import EX_DATAERR, EX_UNAVAILABLE, CtlError, call
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def broker_options(fn: F) -> F:
-    """``--config`` / ``--data-dir`` on a command as well as on ``ctl`` itself."""
-    fn = click.option(
-        "--data-dir", "cmd_data_dir", default=None, help="The broker's data directory."
-    )(fn)
-    fn = click.option(
-        "--config", "cmd_config", type=click.Path(dir_okay=False), default=None, hidden=True
-    )(fn)
-    return fn
-
-
-def vhost_option(fn: F) -> F:
-    return click.option("-p", "--vhost", default="/", show_default=True, help="Virtual host.")(fn)
-
-
-def refuse(message: str, code: int = EX_UNAVAILABLE) -> NoReturn:
-    click.echo(f"Error:\n{message}", err=True)
-    sys.exit(code)
-
-
-def data_dir_of(ctx: click.Context, cmd_config: str | None, cmd_data_dir: str | None) -> str:
-    group = ctx.find_object(dict) or {}
-    try:
-        config = load_config(
-            cmd_config or group.get("config"), data_dir=cmd_data_dir or group.get("data_dir")
-        )
-    except ConfigError as exc:
-        refuse(str(exc))
-    return config.server.data_dir
-
-
-def request(ctx: click.Context, opts: dict[str, Any], command: str, **args: Any) -> Any:
-    where = data_dir_of(ctx, opts.pop("cmd_config", None), opts.pop("cmd_data_dir", None))
-    try:
-        return call(where, command, **args)
-    except CtlError as exc:
-        refuse(str(exc), exc.code)
-
-
-def print_rows(rows: list[dict[str, Any]], columns: list[str], formatter: str) -> None:
-    if formatter == "json":
-        click.echo(json.dumps(rows, ensure_ascii=False))
-        return
-    click.echo("\t".join(columns))
-    for row in rows:
-        click.echo("\t".join(_cell(row.get(c)) for c in columns))
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else str(value)
-
-
-formatter_option = click.option(
-    "--formatter",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
+from shardmq.ctlbase import (
+    action_command,
+    broker_options,
+    formatter_option,
+    listing_command,
+    print_rows,
+    refuse,
+    request,
+    vhost_option,
 )
+from shardmq.ctlclient import EX_DATAERR
 
 
 # ---------------------------------------------------------------------- policies
@@ -140,29 +80,22 @@ def set_policy(
     )
 
 
-@click.command("clear_policy")
-@broker_options
-@vhost_option
-@click.argument("name")
-@click.pass_context
-def clear_policy(ctx: click.Context, vhost: str, name: str, **opts: Any) -> None:
-    """Remove policy NAME."""
-    click.echo(f'Clearing policy "{name}" on vhost "{vhost}" ...')
-    request(ctx, opts, "clear_policy", vhost=vhost, name=name)
+clear_policy = action_command(
+    "clear_policy",
+    "Remove policy NAME.",
+    'Clearing policy "{name}" on vhost "{vhost}" ...',
+    "name",
+    vhost=True,
+)
 
 
-@click.command("list_policies")
-@broker_options
-@vhost_option
-@formatter_option
-@click.pass_context
-def list_policies(ctx: click.Context, vhost: str, formatter: str, **opts: Any) -> None:
-    """The policies of a virtual host."""
-    rows = request(ctx, opts, "list_policies", vhost=vhost)
-    if formatter != "json":
-        click.echo(f'Listing policies for vhost "{vhost}" ...')
-    columns = ["vhost", "name", "pattern", "apply-to", "definition", "priority"]
-    print_rows(rows, columns, formatter)
+list_policies = listing_command(
+    "list_policies",
+    "The policies of a virtual host.",
+    'Listing policies for vhost "{vhost}" ...',
+    ["vhost", "name", "pattern", "apply-to", "definition", "priority"],
+    "vhost",
+)
 
 
 # ---------------------------------------------------------------------- users
@@ -191,14 +124,12 @@ def add_user(ctx: click.Context, name: str, password: str | None, **opts: Any) -
     request(ctx, opts, "add_user", name=name, password=_password(password))
 
 
-@click.command("delete_user")
-@broker_options
-@click.argument("name")
-@click.pass_context
-def delete_user(ctx: click.Context, name: str, **opts: Any) -> None:
-    """Delete user NAME and its permissions; its connections are closed (320)."""
-    click.echo(f'Deleting user "{name}" ...')
-    request(ctx, opts, "delete_user", name=name)
+delete_user = action_command(
+    "delete_user",
+    "Delete user NAME and its permissions; its connections are closed (320).",
+    'Deleting user "{name}" ...',
+    "name",
+)
 
 
 @click.command("change_password")
@@ -212,14 +143,12 @@ def change_password(ctx: click.Context, name: str, password: str | None, **opts:
     request(ctx, opts, "change_password", name=name, password=_password(password))
 
 
-@click.command("clear_password")
-@broker_options
-@click.argument("name")
-@click.pass_context
-def clear_password(ctx: click.Context, name: str, **opts: Any) -> None:
-    """Remove user NAME's password (it can then not log in with one)."""
-    click.echo(f'Clearing password for user "{name}" ...')
-    request(ctx, opts, "clear_password", name=name)
+clear_password = action_command(
+    "clear_password",
+    "Remove user NAME's password (it can then not log in with one).",
+    'Clearing password for user "{name}" ...',
+    "name",
+)
 
 
 @click.command("set_user_tags")
@@ -260,127 +189,76 @@ def authenticate_user(ctx: click.Context, name: str, password: str | None, **opt
 
 
 # ---------------------------------------------------------------------- vhosts
-@click.command("add_vhost")
-@broker_options
-@click.argument("name")
-@click.pass_context
-def add_vhost(ctx: click.Context, name: str, **opts: Any) -> None:
-    """Create virtual host NAME (with its amq.* exchanges)."""
-    click.echo(f'Adding vhost "{name}" ...')
-    request(ctx, opts, "add_vhost", name=name)
+add_vhost = action_command(
+    "add_vhost",
+    "Create virtual host NAME (with its amq.* exchanges).",
+    'Adding vhost "{name}" ...',
+    "name",
+)
 
 
-@click.command("delete_vhost")
-@broker_options
-@click.argument("name")
-@click.pass_context
-def delete_vhost(ctx: click.Context, name: str, **opts: Any) -> None:
-    """Delete virtual host NAME with its queues, messages, exchanges and bindings."""
-    click.echo(f'Deleting vhost "{name}" ...')
-    request(ctx, opts, "delete_vhost", name=name)
+delete_vhost = action_command(
+    "delete_vhost",
+    "Delete virtual host NAME with its queues, messages, exchanges and bindings.",
+    'Deleting vhost "{name}" ...',
+    "name",
+)
 
 
-@click.command("list_vhosts")
-@broker_options
-@formatter_option
-@click.pass_context
-def list_vhosts(ctx: click.Context, formatter: str, **opts: Any) -> None:
-    """Virtual hosts."""
-    rows = request(ctx, opts, "list_vhosts")
-    if formatter != "json":
-        click.echo("Listing vhosts ...")
-    print_rows(rows, ["name"], formatter)
+list_vhosts = listing_command("list_vhosts", "Virtual hosts.", "Listing vhosts ...", ["name"])
 
 
 # ---------------------------------------------------------------------- permissions
-@click.command("set_permissions")
-@broker_options
-@vhost_option
-@click.argument("user")
-@click.argument("configure")
-@click.argument("write")
-@click.argument("read")
-@click.pass_context
-def set_permissions(
-    ctx: click.Context, vhost: str, user: str, configure: str, write: str, read: str, **opts: Any
-) -> None:
-    """Grant USER the CONFIGURE, WRITE and READ regexes on a vhost."""
-    click.echo(f'Setting permissions for user "{user}" in vhost "{vhost}" ...')
-    request(
-        ctx,
-        opts,
-        "set_permissions",
-        vhost=vhost,
-        user=user,
-        configure=configure,
-        write=write,
-        read=read,
-    )
+set_permissions = action_command(
+    "set_permissions",
+    "Grant USER the CONFIGURE, WRITE and READ regexes on a vhost.",
+    'Setting permissions for user "{user}" in vhost "{vhost}" ...',
+    "user",
+    "configure",
+    "write",
+    "read",
+    vhost=True,
+)
 
 
-@click.command("clear_permissions")
-@broker_options
-@vhost_option
-@click.argument("user")
-@click.pass_context
-def clear_permissions(ctx: click.Context, vhost: str, user: str, **opts: Any) -> None:
-    """Revoke USER's permissions on a vhost."""
-    click.echo(f'Clearing permissions for user "{user}" in vhost "{vhost}" ...')
-    request(ctx, opts, "clear_permissions", vhost=vhost, user=user)
+clear_permissions = action_command(
+    "clear_permissions",
+    "Revoke USER's permissions on a vhost.",
+    'Clearing permissions for user "{user}" in vhost "{vhost}" ...',
+    "user",
+    vhost=True,
+)
 
 
-@click.command("list_permissions")
-@broker_options
-@vhost_option
-@formatter_option
-@click.pass_context
-def list_permissions(ctx: click.Context, vhost: str, formatter: str, **opts: Any) -> None:
-    """Every user's permissions on a vhost."""
-    rows = request(ctx, opts, "list_permissions", vhost=vhost)
-    if formatter != "json":
-        click.echo(f'Listing permissions for vhost "{vhost}" ...')
-    print_rows(rows, ["user", "configure", "write", "read"], formatter)
+list_permissions = listing_command(
+    "list_permissions",
+    "Every user's permissions on a vhost.",
+    'Listing permissions for vhost "{vhost}" ...',
+    ["user", "configure", "write", "read"],
+    "vhost",
+)
 
 
-@click.command("list_user_permissions")
-@broker_options
-@formatter_option
-@click.argument("user")
-@click.pass_context
-def list_user_permissions(ctx: click.Context, formatter: str, user: str, **opts: Any) -> None:
-    """USER's permissions on every vhost."""
-    rows = request(ctx, opts, "list_user_permissions", name=user)
-    if formatter != "json":
-        click.echo(f'Listing permissions for user "{user}" ...')
-    print_rows(rows, ["vhost", "configure", "write", "read"], formatter)
+list_user_permissions = listing_command(
+    "list_user_permissions",
+    "USER's permissions on every vhost.",
+    'Listing permissions for user "{user}" ...',
+    ["vhost", "configure", "write", "read"],
+    "user",
+)
 
 
-@click.command("set_topic_permissions")
-@broker_options
-@vhost_option
-@click.argument("user")
-@click.argument("exchange")
-@click.argument("write")
-@click.argument("read")
-@click.pass_context
-def set_topic_permissions(
-    ctx: click.Context, vhost: str, user: str, exchange: str, write: str, read: str, **opts: Any
-) -> None:
-    """Limit USER's routing keys on topic EXCHANGE: WRITE (publish) and READ (bind)
-    regexes; {username} and {vhost} expand."""
-    click.echo(
-        f'Setting topic permissions on "{exchange}" for user "{user}" in vhost "{vhost}" ...'
-    )
-    request(
-        ctx,
-        opts,
-        "set_topic_permissions",
-        vhost=vhost,
-        user=user,
-        exchange=exchange,
-        write=write,
-        read=read,
-    )
+set_topic_permissions = action_command(
+    "set_topic_permissions",
+    "Limit USER's routing keys on topic EXCHANGE: WRITE (publish) and READ (bind) "
+    "regexes; {username} and {vhost} expand.",
+    'Setting topic permissions on "{exchange}" for user "{user}" in vhost "{vhost}" ...',
+    "user",
+    "exchange",
+    "write",
+    "read",
+    vhost=True,
+)
 
 
 @click.command("clear_topic_permissions")
@@ -398,30 +276,23 @@ def clear_topic_permissions(
     request(ctx, opts, "clear_topic_permissions", vhost=vhost, user=user, exchange=exchange)
 
 
-@click.command("list_topic_permissions")
-@broker_options
-@vhost_option
-@formatter_option
-@click.pass_context
-def list_topic_permissions(ctx: click.Context, vhost: str, formatter: str, **opts: Any) -> None:
-    """Topic permissions of every user on a vhost."""
-    rows = request(ctx, opts, "list_topic_permissions", vhost=vhost)
-    if formatter != "json":
-        click.echo(f'Listing topic permissions for vhost "{vhost}" ...')
-    print_rows(rows, ["user", "exchange", "write", "read"], formatter)
+list_topic_permissions = listing_command(
+    "list_topic_permissions",
+    "Topic permissions of every user on a vhost.",
+    'Listing topic permissions for vhost "{vhost}" ...',
+    ["user", "exchange", "write", "read"],
+    "vhost",
+)
 
 
-@click.command("list_user_topic_permissions")
-@broker_options
-@formatter_option
-@click.argument("user")
-@click.pass_context
-def list_user_topic_permissions(ctx: click.Context, formatter: str, user: str, **opts: Any) -> None:
-    """USER's topic permissions on every vhost."""
-    rows = request(ctx, opts, "list_user_topic_permissions", name=user)
-    if formatter != "json":
-        click.echo(f'Listing topic permissions for user "{user}" ...')
-    print_rows(rows, ["vhost", "exchange", "write", "read"], formatter)
+list_user_topic_permissions = listing_command(
+    "list_user_topic_permissions",
+    "USER's topic permissions on every vhost.",
+    'Listing topic permissions for user "{user}" ...',
+    ["vhost", "exchange", "write", "read"],
+    "user",
+    header=False,  # as rabbitmqctl 3.10: no header row here (list_user_permissions has one)
+)
 
 
 COMMANDS = [

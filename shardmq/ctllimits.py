@@ -4,7 +4,8 @@
 ``clear_user_limits USER NAME|all``, ``list_user_limits [--user USER] [--global]``.
 
 Owns: the click commands (the broker side is ``workers.admin_limits``); they are
-added to ``shardmq ctl`` by ``shardmq.cli`` beside ``shardmq.ctlcommands.COMMANDS``.
+added to ``shardmq ctl`` by ``shardmq.cli`` beside ``shardmq.ctlcommands.COMMANDS``
+(the shared pieces are ``shardmq.ctlbase``'s).
 Output as rabbitmqctl 3.10: a progress line, then for one vhost or user its limits as
 compact JSON; with ``--global`` a tab-separated table (``vhost``/``user``, ``limits``).
 """
@@ -12,11 +13,19 @@ compact JSON; with ``--global`` a tab-separated table (``vhost``/``user``, ``lim
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from shardmq.ctlcommands import broker_options, formatter_option, print_rows, request, vhost_option
+from shardmq.ctlbase import (
+    action_command,
+    broker_options,
+    formatter_option,
+    print_rows,
+    request,
+    vhost_option,
+)
 
 
 @click.command("set_vhost_limits")
@@ -31,14 +40,41 @@ def set_vhost_limits(ctx: click.Context, vhost: str, definition: str, **opts: An
     request(ctx, opts, "set_vhost_limits", vhost=vhost, limits=definition)
 
 
-@click.command("clear_vhost_limits")
-@broker_options
-@vhost_option
-@click.pass_context
-def clear_vhost_limits(ctx: click.Context, vhost: str, **opts: Any) -> None:
-    """Remove every limit of a vhost."""
-    click.echo(f'Clearing vhost "{vhost}" limits ...')
-    request(ctx, opts, "clear_vhost_limits", vhost=vhost)
+clear_vhost_limits = action_command(
+    "clear_vhost_limits",
+    "Remove every limit of a vhost.",
+    'Clearing vhost "{vhost}" limits ...',
+    vhost=True,
+)
+
+
+def _show_limits(
+    ctx: click.Context,
+    opts: dict[str, Any],
+    kind: str,
+    name: str,
+    all_: bool,
+    formatter: str,
+    none: str,
+    as_json: Callable[[str], dict[str, Any]],
+) -> None:
+    """rabbitmqctl's output of ``list_{kind}_limits``: one vhost's or user's limits as
+    compact JSON (NONE when it has none), or with ``--global`` a table of all of them."""
+    rows = request(ctx, opts, f"list_{kind}_limits", **{kind: name}, all=all_)
+    if all_:
+        if formatter != "json":
+            click.echo(f"Listing limits for all {kind}s ...")
+        if rows or formatter == "json":
+            print_rows(rows, [kind, "limits"], formatter)
+        else:
+            click.echo("")
+        return
+    value = rows[0]["limits"] if rows else none
+    if formatter == "json":
+        click.echo(json.dumps(as_json(value)))
+        return
+    click.echo(f'Listing limits for {kind} "{name}" ...')
+    click.echo(value)
 
 
 @click.command("list_vhost_limits")
@@ -51,21 +87,9 @@ def list_vhost_limits(
     ctx: click.Context, vhost: str, all_: bool, formatter: str, **opts: Any
 ) -> None:
     """A vhost's limits (or, with --global, every vhost's)."""
-    rows = request(ctx, opts, "list_vhost_limits", vhost=vhost, all=all_)
-    if all_:
-        if formatter != "json":
-            click.echo("Listing limits for all vhosts ...")
-        if rows or formatter == "json":
-            print_rows(rows, ["vhost", "limits"], formatter)
-        else:
-            click.echo("")
-        return
-    value = rows[0]["limits"] if rows else ""
-    if formatter == "json":
-        click.echo(json.dumps({"result": "ok", "value": value}))
-        return
-    click.echo(f'Listing limits for vhost "{vhost}" ...')
-    click.echo(value)
+    _show_limits(
+        ctx, opts, "vhost", vhost, all_, formatter, "", lambda v: {"result": "ok", "value": v}
+    )
 
 
 @click.command("set_user_limits")
@@ -104,21 +128,7 @@ def list_user_limits(
     ctx: click.Context, user: str, all_: bool, formatter: str, **opts: Any
 ) -> None:
     """A user's limits (or, with --global, every user's)."""
-    rows = request(ctx, opts, "list_user_limits", user=user, all=all_)
-    if all_:
-        if formatter != "json":
-            click.echo("Listing limits for all users ...")
-        if rows or formatter == "json":
-            print_rows(rows, ["user", "limits"], formatter)
-        else:
-            click.echo("")
-        return
-    value = rows[0]["limits"] if rows else "{}"
-    if formatter == "json":
-        click.echo(json.dumps({"message": value}))
-        return
-    click.echo(f'Listing limits for user "{user}" ...')
-    click.echo(value)
+    _show_limits(ctx, opts, "user", user, all_, formatter, "{}", lambda v: {"message": v})
 
 
 COMMANDS = [

@@ -6,8 +6,8 @@ FILE`` (``-``: stdout / stdin) and ``environment`` (rabbitmqctl's names, argumen
 column names, progress lines and output; ``--formatter json|table``).
 
 Owns: those click commands (``COMMANDS``, added to ``shardmq ctl`` by ``shardmq.cli``).
-They talk to the control socket as the commands of ``shardmq.ctlcommands`` do (same
-``--data-dir``/``--config`` lookup, ``--formatter``).
+They talk to the control socket through ``shardmq.ctlbase`` as every ctl command does
+(same ``--data-dir``/``--config`` lookup, ``--formatter``).
 
 Invariants: exit codes as rabbitmqctl's: 0 done, 1 refused by the broker (unknown
 queue, precondition), 2 bad usage (click: a missing argument, an unknown column), 69
@@ -23,7 +23,8 @@ from typing import Any
 
 import click
 
-from shardmq.ctlcommands import (
+from shardmq.ctlbase import (
+    action_command,
     broker_options,
     formatter_option,
     print_rows,
@@ -32,16 +33,13 @@ from shardmq.ctlcommands import (
     vhost_option,
 )
 
-
-@click.command("purge_queue")
-@broker_options
-@vhost_option
-@click.argument("name")
-@click.pass_context
-def purge_queue(ctx: click.Context, vhost: str, name: str, **opts: Any) -> None:
-    """Remove the ready messages of queue NAME."""
-    click.echo(f"Purging queue '{name}' in vhost '{vhost}' ...")
-    request(ctx, opts, "purge_queue", vhost=vhost, name=name)
+purge_queue = action_command(
+    "purge_queue",
+    "Remove the ready messages of queue NAME.",
+    "Purging queue '{name}' in vhost '{vhost}' ...",
+    "name",
+    vhost=True,
+)
 
 
 @click.command("delete_queue")
@@ -228,16 +226,14 @@ def _listing(command: str) -> click.Command:
     return click.command(command)(fn)
 
 
-@click.command("close_connection")
-@broker_options
-@click.argument("name")
-@click.argument("reason")
-@click.pass_context
-def close_connection(ctx: click.Context, name: str, reason: str, **opts: Any) -> None:
-    """Close connection NAME (as list_connections names it) with REASON: the client
-    gets connection.close 320 CONNECTION_FORCED - REASON."""
-    click.echo(f"Closing connection {name}, reason: {reason}...")
-    request(ctx, opts, "close_connection", name=name, reason=reason)
+close_connection = action_command(
+    "close_connection",
+    "Close connection NAME (as list_connections names it) with REASON: the client "
+    "gets connection.close 320 CONNECTION_FORCED - REASON.",
+    "Closing connection {name}, reason: {reason}...",
+    "name",
+    "reason",
+)
 
 
 @click.command("export_definitions")

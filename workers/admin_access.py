@@ -208,34 +208,31 @@ async def clear_topic_permissions(ops: AdminOps, raw: dict[str, Any]) -> None:
     await submit(ops, md.ClearTopicPermissions(a.vhost, a.user, a.exchange))
 
 
-def _topic_row(tp: Any, first: str) -> dict[str, Any]:
-    return {first: getattr(tp, first), "exchange": tp.exchange, "write": tp.write, "read": tp.read}
+def _topic_rows(ops: AdminOps, side: int, name: str) -> list[dict[str, Any]]:
+    """Topic permissions whose key's SIDE (0: vhost, 1: user) is NAME, one row each,
+    led by the other side's column, sorted by it and the exchange."""
+    first = "user" if side == 0 else "vhost"
+    rows = [
+        {first: getattr(tp, first), "exchange": tp.exchange, "write": tp.write, "read": tp.read}
+        for key, topics in ops.metadata.access.topics.items()
+        if key[side] == name
+        for tp in topics.values()
+    ]
+    return sorted(rows, key=lambda r: (r[first], r["exchange"]))
 
 
 @command("list_topic_permissions")
 async def list_topic_permissions(ops: AdminOps, raw: dict[str, Any]) -> list[dict[str, Any]]:
     a: VHostArgs = parse_args(raw, VHostArgs)
     need_vhost(ops, a.vhost)
-    rows = [
-        _topic_row(tp, "user")
-        for (vh, _), topics in ops.metadata.access.topics.items()
-        if vh == a.vhost
-        for tp in topics.values()
-    ]
-    return sorted(rows, key=lambda r: (r["user"], r["exchange"]))
+    return _topic_rows(ops, 0, a.vhost)
 
 
 @command("list_user_topic_permissions")
 async def list_user_topic_permissions(ops: AdminOps, raw: dict[str, Any]) -> list[dict[str, Any]]:
     a: UserArgs = parse_args(raw, UserArgs)
     need_user(ops, a.name)
-    rows = [
-        _topic_row(tp, "vhost")
-        for (_, user), topics in ops.metadata.access.topics.items()
-        if user == a.name
-        for tp in topics.values()
-    ]
-    return sorted(rows, key=lambda r: (r["vhost"], r["exchange"]))
+    return _topic_rows(ops, 1, a.name)
 
 
 def _row(perm: Any, first: str) -> dict[str, Any]:

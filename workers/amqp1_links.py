@@ -3,9 +3,11 @@
 Owns: the markers (an empty file ``data_dir/status/amqp1-links/<digest>-<slot>`` while
 worker ``slot`` keeps deliveries parked under a key, ``digest`` a SHA-1 of the key:
 vhost, container-id, link name), ``install`` (the ``LinkRecovery.hooks`` of a worker of
-several: it writes and removes its markers and, when a link attaches here under a key
-parked elsewhere, asks that worker) and the op ``amqp1_release_link`` (the parked
-deliveries of a key go back to their queue now).
+several: it writes and removes its markers, says which other worker has a key parked
+(``where``) and asks that worker to release it (``reclaim``) for a link attached here)
+and the op ``amqp1_release_link`` (the client's outcomes applied to the parked
+deliveries of a key, the rest back to their queue now; the answer is their
+delivery-tags, in hex, for the new link's attach).
 
 Invariants:
 - Nothing is done per message or per attach beyond one ``stat`` per other worker for a
@@ -26,7 +28,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shardmq.adapter.amqp10_recovery import Key, recovery_of
+from shardmq.adapter.amqp10_recovery import Key, Reclaimed, recovery_of
 from workers.status import status_dir
 from workers.worker_ops import OpError, call_worker, op
 
@@ -64,25 +66,32 @@ class MarkerHooks:
         with contextlib.suppress(OSError):
             self._marker(key, self.slot).unlink()
 
-    def missed(self, key: Key) -> None:
+    def where(self, key: Key) -> int | None:
         for slot in range(self.workers):
-            if slot == self.slot:
-                continue
-            marker = self._marker(key, slot)
-            if marker.exists():
-                task = asyncio.ensure_future(self._release(slot, key, marker))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if slot != self.slot and self._marker(key, slot).exists():
+                return slot
+        return None
 
-    async def _release(self, slot: int, key: Key, marker: Path) -> None:
+    def reclaim(self, slot: int, key: Key, outcomes: dict[str, str], done: Reclaimed) -> None:
+        task = asyncio.ensure_future(self._release(slot, key, outcomes, done))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _release(
+        self, slot: int, key: Key, outcomes: dict[str, str], done: Reclaimed
+    ) -> None:
+        args = {"key": list(key), "outcomes": outcomes}
         try:
-            n = await call_worker(self.data_dir, slot, "amqp1_release_link", {"key": list(key)})
+            got = await call_worker(self.data_dir, slot, "amqp1_release_link", args)
         except OpError as exc:
             log.info("amqp1 link '%s': worker %d not asked to release: %s", key[2], slot, exc)
+            done(None)
             return
-        if not n:  # a marker of an incarnation that died: nothing behind it
+        tags = [bytes.fromhex(t) for t in got] if isinstance(got, list) else []
+        if not tags:  # a marker of an incarnation that died: nothing behind it
             with contextlib.suppress(OSError):
-                marker.unlink()
+                self._marker(key, slot).unlink()
+        done(tags)
 
 
 def install(broker: Broker, data_dir: str) -> None:
@@ -92,8 +101,15 @@ def install(broker: Broker, data_dir: str) -> None:
 
 
 @op("amqp1_release_link")
-def release_link(broker: Broker, args: dict[str, Any]) -> int:
+def release_link(broker: Broker, args: dict[str, Any]) -> list[str]:
     key = args.get("key")
     if not (isinstance(key, list) and len(key) == 3 and all(isinstance(k, str) for k in key)):
-        return 0
-    return recovery_of(broker).release((key[0], key[1], key[2]))
+        return []
+    raw = args.get("outcomes")
+    outcomes = (
+        {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
+        if isinstance(raw, dict)
+        else {}
+    )
+    tags = recovery_of(broker).release((key[0], key[1], key[2]), outcomes)
+    return [t.hex() for t in tags]

@@ -1,7 +1,7 @@
 """The management HTTP API's server: RabbitMQ's ``/api`` on one port (aiohttp).
 
-Owns: ``ManagementServer`` (``bind`` the port, ``start`` serving over an ``AdminOps``,
-``stop``), the request plumbing the endpoint modules share: HTTP basic auth against the
+Owns: ``ManagementServer`` (an ``http_endpoint.HttpEndpoint``: ``bind`` the port,
+``start`` serving over an ``AdminOps``, ``stop``), the request plumbing the endpoint modules share: HTTP basic auth against the
 broker's users with RabbitMQ's tag rules (``need_admin``, ``need_vhost``, ``queue_of``, ...), RabbitMQ's
 error JSON (``ApiError``), body parsing, pagination and sorting of lists (``listing``),
 and ``worker_reports`` (the live counts of every worker, through ``workers.status``,
@@ -32,7 +32,6 @@ import base64
 import binascii
 import json
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +45,7 @@ from shardmq.config import Config
 from shardmq.management import ManagementSettings
 from shardmq.net.tls_settings import TLSSettings
 from workers.admin import AdminOps, CommandError
+from workers.http_endpoint import HttpEndpoint
 from workers.mgmt_stats import StatsHistory, history_for
 from workers.startup import StartupError
 from workers.status import WorkerReport
@@ -345,7 +345,10 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 # ---------------------------------------------------------------------- the server
-class ManagementServer:
+class ManagementServer(HttpEndpoint):
+    setting = "management.port"
+    what = "management API"
+
     def __init__(
         self,
         settings: ManagementSettings,
@@ -362,22 +365,6 @@ class ManagementServer:
         self.history: StatsHistory = history_for(data_dir)  # counts and rates
         # connection name -> (time, recv_oct, send_oct, rates): ``mgmt_connections``
         self.octets: dict[str, tuple[float, int, int, float, float]] = {}
-        self._sock: socket.socket | None = None
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._sock is not None
-        return int(self._sock.getsockname()[1])
-
-    def bind(self) -> None:
-        """Claim host:port now (``StartupError`` when that cannot be done)."""
-        from workers.startup import http_listener
-
-        s = self.settings
-        self._sock = http_listener(
-            s.host or "", s.effective_port(), "management.port", "management API"
-        )
 
     async def start(self, ops: AdminOps) -> None:
         import workers.mgmt_static  # noqa: F401  (the web UI's files)
@@ -393,9 +380,6 @@ class ManagementServer:
             mgmt_objects,
             mgmt_publish,
         )
-
-        if self._sock is None:
-            self.bind()
         from workers.mgmt_origin import cross_site_guard  # CSRF: before authentication
 
         app = web.Application(middlewares=[cross_site_guard, _middleware], client_max_size=MAX_BODY)
@@ -403,22 +387,9 @@ class ManagementServer:
         app[SERVER] = self
         for method, path, fn in ROUTES:
             app.router.add_route(method, path, fn)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        assert self._sock is not None
-        await web.SockSite(self._runner, self._sock, ssl_context=self.ssl_context).start()
-        self.history.start()
+        await self.serve(app, self.ssl_context)
         scheme = "https" if self.ssl_context is not None else "http"
         log.info("management API on %s://%s:%d/api", scheme, self.settings.host, self.port)
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self.history.stop()
-            await self._runner.cleanup()
-            self._runner = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
 
 
 def management_tls(settings: ManagementSettings, tls: TLSSettings) -> ssl.SSLContext | None:

@@ -1,7 +1,8 @@
 """Prometheus metrics over HTTP (aiohttp), as RabbitMQ's ``rabbitmq_prometheus`` plugin.
 
-Owns: ``PrometheusServer`` (``bind`` the port, ``start``, ``stop``; one listener of its
-own beside the management API's, in the same process and loop) and ``render`` (the
+Owns: ``PrometheusServer`` (an ``http_endpoint.HttpEndpoint``: ``bind`` the port,
+``start``, ``stop``; one listener of its own beside the management API's, in the same
+process and loop) and ``render`` (the
 text exposition format 0.0.4). ``/metrics``: every series aggregated over the broker
 (RabbitMQ's names where one exists: ``rabbitmq_queue_messages_ready``,
 ``rabbitmq_global_messages_received_total``, ``rabbitmq_channel_messages_published_total``
@@ -22,7 +23,6 @@ import logging
 import os
 import platform
 import shutil
-import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ import msgspec
 from aiohttp import web
 
 from shardmq.prometheus import PrometheusSettings
+from workers.http_endpoint import HttpEndpoint
 from workers.mgmt_stats import QUEUE_INDEX, QUEUE_KEYS, StatsHistory, history_for
 from workers.status import WorkerReport
 
@@ -388,7 +389,10 @@ def render(
     return out.text()
 
 
-class PrometheusServer:
+class PrometheusServer(HttpEndpoint):
+    setting = "prometheus.port"
+    what = "prometheus metrics"
+
     def __init__(
         self,
         settings: PrometheusSettings,
@@ -406,24 +410,8 @@ class PrometheusServer:
         self.disk_free_limit = disk_free_limit
         self.supervisor = supervisor  # serving from a supervisor: its memory counts too
         self.history: StatsHistory = history_for(data_dir)
-        self._sock: socket.socket | None = None
-        self._runner: web.AppRunner | None = None
         # the last text of each endpoint, and the fetch it was rendered from
         self._rendered: dict[bool, tuple[tuple[float, bool], bytes]] = {}
-
-    @property
-    def port(self) -> int:
-        assert self._sock is not None
-        return int(self._sock.getsockname()[1])
-
-    def bind(self) -> None:
-        """Claim host:port now (``StartupError`` when that cannot be done)."""
-        from workers.startup import http_listener
-
-        s = self.settings
-        self._sock = http_listener(
-            s.host or "", s.effective_port(), "prometheus.port", "prometheus metrics"
-        )
 
     async def _metrics(self, request: web.Request, per_object: bool) -> web.Response:
         try:
@@ -456,26 +444,11 @@ class PrometheusServer:
         return await self._metrics(request, True)
 
     async def start(self) -> None:
-        if self._sock is None:
-            self.bind()
         app = web.Application()
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/metrics/per-object", self.per_object)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        assert self._sock is not None
-        await web.SockSite(self._runner, self._sock).start()
-        self.history.start()
+        await self.serve(app)
         log.info("prometheus metrics on http://%s:%d/metrics", self.settings.host, self.port)
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self.history.stop()
-            await self._runner.cleanup()
-            self._runner = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
 
 
 def prometheus_server(config: Config, *, supervisor: bool) -> PrometheusServer | None:

@@ -27,8 +27,8 @@ Invariants:
   released and modified = requeue, modified with undeliverable-here = reject. A closed
   link's or ended session's unsettled deliveries go back to their queue; a link lost
   without being closed parks them (``amqp10_recovery``) for a re-attach under its name
-  by the same container-id, which settles those the client's unsettled map gives an
-  outcome and sends the others again first (redelivered, on its own channel).
+  by the same container-id, on any worker (``amqp10_relink``: the client's unsettled
+  map applied, deliveries resumed under their delivery-tags or sent again first).
 """
 
 from __future__ import annotations
@@ -40,12 +40,15 @@ from collections.abc import Callable
 from time import monotonic, time
 from typing import TYPE_CHECKING, Any
 
+from shardmq.adapter import amqp10_relink as relink
 from shardmq.adapter.amqp10_recovery import Parked, recovery_of, requeue
+from shardmq.adapter.amqp10_relink import Resume
+from shardmq.adapter.amqp10_sources import attach_dynamic, attach_exchange
 from shardmq.adapter.iohooks import EngineIO, IOHooks
 from shardmq.amqp.codec import shortstr
 from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, HardError, SoftError
 from shardmq.amqp1 import types_gen as T
-from shardmq.amqp1.address import queue_address, source_queue, target_of
+from shardmq.amqp1.address import source_of, target_of
 from shardmq.amqp1.codec import DecodeError
 from shardmq.amqp1.convert import from_091_prefix, to_091_raw
 from shardmq.amqp1.engine import Delivery, Engine, Link, Session
@@ -78,7 +81,7 @@ _U64 = struct.Struct(">Q")  # a content header's body size
 class LinkConsumer(Consumer):
     """The consumer of a link the broker sends on: ready while the link has credit."""
 
-    __slots__ = ("link", "session", "waiting", "dynamic", "resume", "conv")
+    __slots__ = ("link", "session", "waiting", "dynamic", "resend", "resumes", "wire_tags", "conv")
 
     def __init__(self, link: Link, session: Session, ch: Channel, q: Any, settled: bool) -> None:
         tag = f"amqp1:{session.channel}:{link.name}"
@@ -87,9 +90,14 @@ class LinkConsumer(Consumer):
         self.session = session
         # deliveries that arrived beyond the link's credit: (tag, redelivered, message)
         self.waiting: deque[tuple[int, bool, Message]] = deque()
-        self.dynamic = ""  # the queue made for a dynamic source, deleted with the link
-        # link recovery: a lost link's deliveries to send again once attached
-        self.resume: Parked = []
+        self.dynamic = ""  # the queue made for the link (dynamic, exchange source)
+        # link recovery (``amqp10_relink``): a lost link's deliveries to send again as
+        # new ones once attached, those to resume under their delivery-tags first (a
+        # stack: the next one last), and the delivery-tags of the resumed ones by
+        # channel tag (made when the first is resumed)
+        self.resend: Parked = []
+        self.resumes: list[Resume] = []
+        self.wire_tags: dict[int, bytes] | None = None
         # the last delivery's conversion, kept while the next ones share it
         # (``_conversion``)
         self.conv: tuple[bytes, bytes, bool, int, bytes] | None = None
@@ -185,16 +193,15 @@ class SessionState:
         return ta, tb, tags
 
     def drop_link(self, link: Link) -> list[int]:
-        """The tags of ``link``'s unsettled deliveries, which leave."""
-        tags: list[int] = []
+        """The tags of ``link``'s unsettled deliveries, which leave, in the order they
+        were sent (``outgoing`` holds the ones before the run, in order)."""
+        out = self.outgoing
+        mine = [did for did, (_t, lk) in out.items() if lk is link]
+        tags = [out.pop(did)[0] for did in mine]
         if self.run_link is link:
             tags += range(self.run_tag, self.run_tag + self.run_n)
             self.run_n = 0
             self.run_link = None
-        out = self.outgoing
-        mine = [did for did, (_t, lk) in out.items() if lk is link]
-        for did in mine:
-            tags.append(out.pop(did)[0])
         return tags
 
 
@@ -388,14 +395,21 @@ class AMQP10Connection(EngineIO[Engine]):
         if not isinstance(source, T.Source):
             raise LinkError(T.AMQP_ERROR_INVALID_FIELD, "a receiving link needs a source")
         if source.dynamic:
-            self._dynamic_source(session, link, a)
+            attach_dynamic(self, session, link, a)
             return None  # answered once the queue is declared
         if source.address is None:
             raise LinkError(T.AMQP_ERROR_INVALID_FIELD, "the source has no address")
-        return self._consume(session, link, a, source_queue(str(source.address)), a.source)
+        src = source_of(str(source.address))
+        if src.queue is None:  # an exchange: a queue of the link's own, bound to it
+            attach_exchange(self, session, link, a, src.exchange, src.key)
+            return None  # answered once the queue is declared and bound
+        return self._consume(session, link, a, src.queue, a.source, recover=True)
 
-    def _consume(self, session: Session, link: Link, a: Any, name: str, source: Any) -> Any:
-        """The reply to the attach of a link consuming from queue ``name``."""
+    def _consume(
+        self, session: Session, link: Link, a: Any, name: str, source: Any, recover: bool = False
+    ) -> Any:
+        """The reply to the attach of a link consuming from queue ``name`` (with
+        ``recover``: what a lost link of its name left unsettled comes back to it)."""
         st: SessionState = session.user
         try:
             q = self.domain.queue_for(st.ch, name)
@@ -407,9 +421,31 @@ class AMQP10Connection(EngineIO[Engine]):
                 f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use",
             )
         settled = link.snd_settle_mode == T.SENDER_SETTLE_MODE_SETTLED
+        parked: Parked | None = None
+        if recover:
+            key = self._recovery_key(link)
+            registry = recovery_of(self.broker)
+            parked = registry.take(key)
+            slot = registry.elsewhere(key) if parked is None else None
+            if slot is not None:  # parked on another worker: answered once it let go
+
+                def answer(unsettled: dict[bytes, Any] | None, resumes: list[Resume]) -> None:
+                    st2: SessionState = session.user
+                    c = link.user = LinkConsumer(link, session, st2.ch, q, settled)
+                    relink.set_resumes(c, resumes)
+                    reply = self._consumer_attach(link, a, source, unsettled)
+                    self.engine.complete_attach(session, link, reply)
+
+                relink.reclaim(self, session, link, slot, key, answer)
+                return None
         c = link.user = LinkConsumer(link, session, st.ch, q, settled)
-        unsettled = self._recover(link, a, c) if not source.dynamic else None
-        return T.Attach(
+        unsettled = relink.recover(self, c, parked) if parked else None
+        return self._consumer_attach(link, a, source, unsettled)
+
+    def _consumer_attach(
+        self, link: Link, a: Any, source: Any, unsettled: dict[bytes, Any] | None
+    ) -> Any:
+        reply = T.Attach(
             name=a.name,
             handle=link.handle,
             role=False,
@@ -420,80 +456,10 @@ class AMQP10Connection(EngineIO[Engine]):
             unsettled=unsettled,
             initial_delivery_count=0,
         )
+        return relink.fit_attach(reply, self.engine.send_max_frame) if unsettled else reply
 
     def _recovery_key(self, link: Link) -> tuple[str, str, str]:
         return (self.domain.vhost.name, self.engine.remote_container_id, link.name)
-
-    def _recover(self, link: Link, a: Any, c: LinkConsumer) -> dict[bytes, Any] | None:
-        """Link recovery: the deliveries a lost link of this name left unsettled. The
-        reply's unsettled map lists them; those the client's map gives an outcome are
-        settled with it, the others are sent again once the link is attached."""
-        parked = recovery_of(self.broker).take(self._recovery_key(link), ask_others=True)
-        if not parked:
-            return None
-        theirs = a.unsettled if isinstance(a.unsettled, dict) else {}
-        for tag, queue, msg in parked:
-            state = theirs.get(tag)
-            if isinstance(state, T.Accepted):
-                queue.settle(msg)
-            elif isinstance(state, T.Rejected) or (
-                isinstance(state, T.Modified) and state.undeliverable_here
-            ):
-                queue.reject(msg)
-            elif isinstance(state, (T.Released, T.Modified)):
-                queue.requeue([msg])
-            else:
-                c.resume.append((tag, queue, msg))
-        log.info(
-            "connection %s: link '%s' recovered: %d unsettled, %d to send again",
-            self.peer,
-            link.name,
-            len(parked),
-            len(c.resume),
-        )
-        return {tag: None for tag, _q, _m in parked}
-
-    def _dynamic_source(self, session: Session, link: Link, a: Any) -> None:
-        """A dynamic receiver: a server-named exclusive queue, deleted with the link
-        (or the connection), for request/reply."""
-        domain = self.domain
-        name = md.server_named_queue()
-        op = md.DeclareQueue(
-            domain.vhost.name, name, False, False, True, False, b"", domain.gid, True
-        )
-        try:
-            domain.authz.check_op(op)
-        except SoftError as exc:
-            raise _link_error(exc) from None
-
-        def declared(err: AMQPError | None, _info: Any) -> None:
-            if link.detached or self._closed:
-                if err is None:
-                    self._delete_queue(name)
-                return
-            if err is not None:
-                self.engine.refuse_pending(session, link, a, _link_error(err))
-                return
-            domain.exclusive_queues.append(name)
-            source = T.Source(**{f.name: getattr(a.source, f.name) for f in T.Source.FIELDS})
-            source.address = queue_address(name)
-            try:
-                reply = self._consume(session, link, a, name, source)
-            except LinkError as exc:
-                self.engine.refuse_pending(session, link, a, exc)
-                return
-            link.user.dynamic = name
-            self.engine.complete_attach(session, link, reply)
-
-        sequencer = self.broker.sequencer
-        if sequencer.synchronous:
-            try:
-                result = sequencer.execute(op)
-            except AMQPError as exc:
-                raise _link_error(exc) from None
-            declared(None, result)
-        else:
-            sequencer.request(op, declared)
 
     def _delete_queue(self, name: str) -> None:
         domain = self.domain
@@ -508,18 +474,20 @@ class AMQP10Connection(EngineIO[Engine]):
         c: LinkConsumer = link.user
         st: SessionState = session.user
         st.ch.consumers[c.tag] = c
-        if c.resume and not c.no_ack:
+        if c.resumes:  # link recovery: resumed deliveries first, then the resent ones
+            relink.send_resumes(self, c)
+        if c.resend and not c.no_ack:
             # recovered deliveries go first, as redelivered, on this link's channel
             ch = st.ch
-            for _tag, queue, msg in c.resume:
+            for _tag, queue, msg in c.resend:
                 ch.next_tag += 1
                 ch.unacked[ch.next_tag] = (c, queue, msg)
                 c.unacked += 1
                 ch.consumer_unacked += 1
                 self.deliver(ch, c, ch.next_tag, True, msg)
-        elif c.resume:  # an at-most-once link now: they go back to the queue
-            requeue(c.resume)
-        c.resume = []
+        elif c.resend:  # an at-most-once link now: they go back to the queue
+            requeue(c.resend)
+        c.resend = []
         q = c.queue
         if isinstance(q, RemoteQueue):
 
@@ -552,9 +520,12 @@ class AMQP10Connection(EngineIO[Engine]):
             if c.dynamic:
                 self._delete_queue(c.dynamic)
         tags = st.drop_link(link)
+        held = relink.pending(c) if c.resumes else []  # resumes not sent yet
         if link.lost and not c.dynamic and self.settings.link_recovery_timeout > 0:
-            self._park(st.ch, c, tags)
+            self._park(st.ch, c, tags, held)
             tags = []
+        elif held:
+            requeue(held)
         tags += [tag for tag, _r, _m in c.waiting if not c.no_ack]
         c.waiting.clear()
         for tag in tags:
@@ -562,10 +533,12 @@ class AMQP10Connection(EngineIO[Engine]):
                 st.ch.reject(tag, 0, True)
         self.domain.qos.after_settle()
 
-    def _park(self, ch: Channel, c: LinkConsumer, tags: list[int]) -> None:
+    def _park(self, ch: Channel, c: LinkConsumer, tags: list[int], held: Parked) -> None:
         """Link recovery: the deliveries a lost link's client has not settled leave
-        the channel (closing it will not requeue them) and wait for a re-attach."""
+        the channel (closing it will not requeue them) and wait for a re-attach, under
+        the delivery-tags the client knows (``held``: resumes not sent yet)."""
         parked: Parked = []
+        wire = c.wire_tags or {}
         for tag in tags:
             entry = ch.unacked.pop(tag, None)
             if entry is None:
@@ -574,7 +547,8 @@ class AMQP10Connection(EngineIO[Engine]):
             if consumer is not None:
                 consumer.unacked -= 1
                 ch.consumer_unacked -= 1
-            parked.append((tag.to_bytes(8, "big"), queue, msg))
+            parked.append((wire.get(tag) or tag.to_bytes(8, "big"), queue, msg))
+        parked += held  # after the sent ones: resumes go first
         if parked:
             recovery_of(self.broker).park(self._recovery_key(c.link), parked)
 
@@ -583,6 +557,8 @@ class AMQP10Connection(EngineIO[Engine]):
         c = link.user
         if not isinstance(c, LinkConsumer):
             return
+        if c.resumes:  # link recovery: resumed deliveries go first
+            relink.send_resumes(self, c)
         self._send_waiting(c)
         q = c.queue
         if isinstance(q, Queue) and link.credit > 0:

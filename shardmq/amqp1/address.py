@@ -2,8 +2,9 @@
 
 Owns: ``target_of`` (where a sending link's messages go: an exchange and a routing key,
 either fixed by the address or taken from each message's subject or ``to``) and
-``source_queue`` (the queue a receiving link consumes from), plus ``queue_address``
-(the 0-9-1 reply-to name as a 1.0 address) and its inverse.
+``source_of`` (what a receiving link consumes from: a queue, or an exchange and a
+binding key for RabbitMQ 3's exchange sources), plus ``queue_address`` (the 0-9-1
+reply-to name as a 1.0 address) and its inverse.
 
 Invariants:
 - v2 addresses (RabbitMQ 4): ``/queues/NAME``, ``/exchanges/NAME``,
@@ -12,6 +13,12 @@ Invariants:
 - Legacy addresses (RabbitMQ 3): ``/queue/NAME``, ``/queue`` (key from the subject),
   ``/exchange/NAME/KEY``, ``/exchange/NAME`` (key from the subject), ``/topic/KEY``
   (amq.topic), ``/amq/queue/NAME``.
+- Sources: ``/queues/NAME``, ``/queue/NAME``, ``/amq/queue/NAME`` name a queue;
+  ``/exchange/NAME/KEY``, ``/exchange/NAME`` (key "") and ``/topic/KEY`` (amq.topic)
+  name an exchange and a binding key (RabbitMQ 3: the broker binds a queue of the
+  link's own; ``%2F`` in them is ``/``, as RabbitMQ unescapes). RabbitMQ 4 has no
+  exchange source: ``/exchanges/...`` as a source is refused as RabbitMQ 4 (and 3)
+  refuse it, ``amqp:invalid-field`` "Attach rejected: {unknown_destination,...}".
 - Anything else is ``amqp:invalid-field`` with the address in the text.
 """
 
@@ -24,6 +31,12 @@ from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.errors import LinkError
 
 SUBJECT = None  # routing key: each message's subject
+
+
+class Source(NamedTuple):
+    queue: str | None  # the queue consumed from, or None: a queue bound to ...
+    exchange: str  # ... this exchange
+    key: str  # ... with this binding key
 
 
 class Target(NamedTuple):
@@ -59,21 +72,30 @@ def target_of(address: str) -> Target:
     raise _invalid(address)
 
 
-def source_queue(address: str) -> str:
+def source_of(address: str) -> Source:
     parts = address.split("/")
     if address.startswith("/queues/") and len(parts) == 3 and parts[2]:
-        return unquote(parts[2])
+        return Source(unquote(parts[2]), "", "")
     if address.startswith("/queue/") and len(parts) == 3 and parts[2]:
-        return parts[2]
+        return Source(parts[2], "", "")
     if address.startswith("/amq/queue/") and len(parts) == 4 and parts[3]:
-        return parts[3]
-    if address.startswith(("/exchange/", "/topic/", "/exchanges/")):
+        return Source(parts[3], "", "")
+    if address.startswith("/exchange/") and len(parts) in (3, 4) and parts[2]:
+        key = _unescape(parts[3]) if len(parts) == 4 else ""
+        return Source(None, _unescape(parts[2]), key)
+    if address.startswith("/topic/") and len(parts) == 3 and parts[2]:
+        return Source(None, "amq.topic", _unescape(parts[2]))
+    if address.split("/", 2)[1:2] == ["exchanges"]:
+        # RabbitMQ 4 (and 3) have no such source; their text, from the address parser
         raise LinkError(
-            T.AMQP_ERROR_NOT_IMPLEMENTED,
-            f"consuming from exchange address '{address}' is not supported yet: "
-            "bind a queue and consume from /queues/NAME",
+            T.AMQP_ERROR_INVALID_FIELD, f'Attach rejected: {{unknown_destination,"{address}"}}'
         )
     raise _invalid(address)
+
+
+def _unescape(part: str) -> str:
+    """RabbitMQ 3's unescaping of a legacy address part: only ``%2F`` is ``/``."""
+    return part.replace("%2F", "/")
 
 
 def queue_address(name: str) -> str:

@@ -33,6 +33,7 @@ from shardmq.amqp1.engine import (
     Engine,
     Link,
     Session,
+    _is_tag,
 )
 from shardmq.amqp1.errors import ConnError
 from shardmq.amqp1.framing import HEADER_AMQP, HEADER_SASL, TYPE_SASL
@@ -208,10 +209,13 @@ class ClientEngine(Engine):
         address: str,
         settled: bool,
         user: Any = None,
+        unsettled: dict[bytes, Any] | None = None,
     ) -> Link:
         """Attach a link: ``receiver`` consumes from ``address`` (the source), else it
         sends to it (the target); ``settled``: sender settle mode settled, else
-        unsettled (receiver settle mode first)."""
+        unsettled (receiver settle mode first). ``unsettled``: this side's unsettled
+        map (delivery-tag -> state) for a link re-attached under its name (recovery);
+        the peer's comes back in ``Link.peer_unsettled``."""
         used = {lk.handle for lk in s.links.values()}
         used |= {lk.handle for (ch, _n), lk in self.pending_links.items() if ch == s.channel}
         handle = next(i for i in range(2**32) if i not in used)
@@ -232,6 +236,7 @@ class ClientEngine(Engine):
                 source=T.Source(address=address) if receiver else T.Source(),
                 target=T.Target() if receiver else T.Target(address=address),
                 initial_delivery_count=None if receiver else UInt(0),
+                unsettled=unsettled,
             ),
         )
         return link
@@ -241,6 +246,8 @@ class ClientEngine(Engine):
         if link is None:
             raise ConnError(T.AMQP_ERROR_NOT_IMPLEMENTED, "a client does not accept links")
         link.remote_handle = int(a.handle)
+        if isinstance(a.unsettled, dict):
+            link.peer_unsettled = {bytes(k): v for k, v in a.unsettled.items() if _is_tag(k)}
         s.links[link.remote_handle] = link
         s.by_name[link.name] = link
         refused = (a.source is None) if link.role else (a.target is None)

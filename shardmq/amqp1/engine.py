@@ -32,7 +32,9 @@ Invariants:
   handler, answered with the record's outcome. A link's records end with it.
 - A link that ends without being closed (the peer's detach with closed=false, or the
   connection lost without a close) has ``lost`` set before the handler's ``on_detach``:
-  the handler may keep its unsettled deliveries for a re-attach (link recovery).
+  the handler may keep its unsettled deliveries for a re-attach (link recovery). The
+  peer's attach keeps its ``unsettled`` map in ``Link.peer_unsettled``;
+  ``resume_transfer`` resumes a delivery under its old delivery-tag (resume=true).
 - Output goes to ``out``; ``wake`` is called once when it turns non-empty.
 - Transfers and accepted/released dispositions are written by ``shardmq.amqp1.transfer``
   (no performative object); a delivery in one frame skips the assembly list; a
@@ -76,6 +78,11 @@ log = logging.getLogger("shardmq.amqp1")
 # which the I/O layer compares against.
 AWAIT_HEADER, AWAIT_SASL_INIT, AWAIT_AMQP_HEADER, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(7)
 SEQ = 2**32  # sequence numbers (transfer, delivery, delivery-count) wrap here
+
+
+def _is_tag(key: object) -> bool:
+    """A delivery-tag of an unsettled map (binary; anything else is ignored)."""
+    return isinstance(key, (bytes, bytearray, memoryview))
 
 
 class Handler(Protocol):
@@ -133,6 +140,7 @@ class Link:
         "received",
         "lost",
         "thead",
+        "peer_unsettled",
     )
 
     def __init__(self, name: str, handle: int, remote_handle: int, role: bool) -> None:
@@ -161,6 +169,8 @@ class Link:
         # the fixed bytes of this link's one-frame transfers (``transfer.transfer_head``;
         # None until the first, b"" when the handle does not fit one octet)
         self.thead: bytes | None = None
+        # the peer's attach: its unsettled map (delivery-tag -> state), link recovery
+        self.peer_unsettled: dict[bytes, Any] | None = None
 
 
 class Received:
@@ -530,6 +540,8 @@ class Engine:
                 )
                 return
             link.delivery_count = int(a.initial_delivery_count)
+        if isinstance(a.unsettled, dict):
+            link.peer_unsettled = {bytes(k): v for k, v in a.unsettled.items() if _is_tag(k)}
         s.links[handle] = link
         s.by_name[link.name] = link
         try:
@@ -905,6 +917,60 @@ class Engine:
                     self.wake()
                 return did
         return self.send_transfer(s, link, tag.to_bytes(8, "big"), head + body, settled)
+
+    def resume_transfer(
+        self,
+        s: Session,
+        link: Link,
+        tag: bytes,
+        payload: bytes = b"",
+        *,
+        settled: bool = False,
+        state: Any = None,
+        aborted: bool = False,
+    ) -> int:
+        """Resume an unsettled delivery of a recovered link under its delivery-tag
+        (transfer with resume=true; spec 2.6.13): its message again (``payload``), or
+        no message with ``settled`` and the ``state`` both ends agree on, or
+        ``aborted`` (the peer discards it). Takes a credit, as a delivery (not when
+        aborted: as a receiving engine counts an aborted delivery); returns the
+        delivery-id it gets on this link."""
+        did = s.next_delivery_id
+        s.next_delivery_id = (did + 1) % SEQ
+        if not aborted:
+            link.credit -= 1
+            link.delivery_count = (link.delivery_count + 1) % SEQ
+        room = max(1, self.send_max_frame - 160 - len(tag))
+        pos = 0
+        first = True
+        while True:
+            chunk = payload[pos : pos + room]
+            pos += len(chunk)
+            more = pos < len(payload)
+            perf = (
+                T.Transfer(
+                    handle=UInt(link.handle),
+                    delivery_id=UInt(did),
+                    delivery_tag=tag,
+                    message_format=UInt(0),
+                    settled=settled or aborted,
+                    more=more,
+                    state=state,
+                    resume=True,
+                    aborted=aborted,
+                )
+                if first
+                else T.Transfer(handle=UInt(link.handle), more=more)
+            )
+            first = False
+            frame = bytearray()
+            write_frame(frame, s.channel, perf, chunk)
+            if s.out_queue or s.remote_incoming_window <= 0:
+                s.out_queue.append((link, bytes(frame)))
+            else:
+                self._emit(s, frame)
+            if not more:
+                return did
 
     def _emit(self, s: Session, frame: bytes | bytearray) -> None:
         self.out += frame

@@ -138,3 +138,45 @@ def test_refused_link_and_failed_login() -> None:
     client, crec, server, _srec = _pair(password="wrong")
     _pump(client, server)
     assert client.state == CLOSED and client.error is not None
+
+
+def test_link_recovery_unsettled_maps_and_resumed_transfers() -> None:
+    """Spec 2.6.13 between the two roles: the receiver re-attaches with its unsettled
+    map, the sender's attach answers with its own (both kept in ``peer_unsettled``);
+    the sender resumes under the old delivery-tags (``resume_transfer``): one with its
+    message (over several frames), one settled with the state both ends agree on,
+    without its message, one aborted (discarded by the receiver, no delivery); each
+    takes a credit and a delivery-id."""
+    client, crec, server, srec = _pair()
+    _pump(client, server)
+    s = client.begin()
+    _pump(client, server)
+    theirs = {b"tag-1": T.Accepted(), b"tag-2": None, b"tag-3": None}
+    rcv = client.attach(
+        s, "again", receiver=True, address="/queues/q", settled=False, unsettled=theirs
+    )
+    server_reply_map = {b"tag-1": None, b"tag-2": None, b"tag-3": None, b"tag-4": None}
+    orig = srec.on_attach
+
+    def on_attach(session: Session, link: Link, attach: Any) -> Any:
+        reply = orig(session, link, attach)
+        reply.unsettled = server_reply_map
+        return reply
+
+    srec.on_attach = on_attach  # type: ignore[method-assign]
+    _pump(client, server)
+    (ss,) = server.sessions.values()
+    slink = ss.by_name["again"]
+    assert slink.peer_unsettled == theirs  # the receiver's map, at the sender
+    assert rcv.peer_unsettled == server_reply_map  # the sender's map, at the receiver
+    client.grant(s, rcv, 5)
+    _pump(client, server)
+    big = bytes(range(256)) * 12  # over several 1024-byte frames
+    d2 = server.resume_transfer(ss, slink, b"tag-2", big)
+    d1 = server.resume_transfer(ss, slink, b"tag-1", settled=True, state=T.Accepted())
+    d3 = server.resume_transfer(ss, slink, b"tag-3", aborted=True)
+    _pump(client, server)
+    assert [d2, d1, d3] == [0, 1, 2] and slink.credit == 3 and slink.delivery_count == 2
+    got = [(d.tag, d.payload, d.settled) for d in crec.deliveries]
+    assert got == [(b"tag-2", big, False), (b"tag-1", b"", True)]  # tag-3: discarded
+    assert rcv.credit == 3 and rcv.delivery_count == 2  # both ends agree

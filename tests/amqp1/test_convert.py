@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from shardmq.amqp.methods import BasicProperties
 from shardmq.amqp1 import types_gen as T
-from shardmq.amqp1.address import Target, reply_to_name, source_queue, target_of
+from shardmq.amqp1.address import Source, Target, reply_to_name, source_of, target_of
 from shardmq.amqp1.codec import DecodeError, decode_all
 from shardmq.amqp1.convert import BODY_HEADER, from_091, parse, to_091
 from shardmq.amqp1.errors import LinkError
@@ -168,10 +168,21 @@ def test_bad_addresses(address: str) -> None:
 
 
 def test_source_addresses() -> None:
-    assert source_queue("/queues/a%20b") == "a b"
-    assert source_queue("/queue/q") == "q"
-    assert source_queue("/amq/queue/q") == "q"
+    assert source_of("/queues/a%20b") == Source("a b", "", "")
+    assert source_of("/queue/q") == Source("q", "", "")
+    assert source_of("/amq/queue/q") == Source("q", "", "")
+    # RabbitMQ 3's exchange sources: a queue of the link's own, bound with the key
+    assert source_of("/exchange/x/k") == Source(None, "x", "k")
+    assert source_of("/exchange/x") == Source(None, "x", "")
+    assert source_of("/exchange/x/a%2Fb") == Source(None, "x", "a/b")
+    assert source_of("/topic/a.*") == Source(None, "amq.topic", "a.*")
+    for bad in ("/exchange/", "/exchange/x/k/z", "/topic/", "/queue/", "q", "/queues/a/b"):
+        with pytest.raises(LinkError) as err:
+            source_of(bad)
+        assert err.value.condition == T.AMQP_ERROR_INVALID_FIELD
+    # no exchange source in RabbitMQ 4: refused with its condition and text
     with pytest.raises(LinkError) as err:
-        source_queue("/exchanges/x/k")
-    assert err.value.condition == T.AMQP_ERROR_NOT_IMPLEMENTED
+        source_of("/exchanges/x/k")
+    assert err.value.condition == T.AMQP_ERROR_INVALID_FIELD
+    assert err.value.description == 'Attach rejected: {unknown_destination,"/exchanges/x/k"}'
     assert reply_to_name("/queues/r") == "r" and reply_to_name("/exchanges/x/k") == "/exchanges/x/k"

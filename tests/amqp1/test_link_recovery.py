@@ -1,9 +1,11 @@
 """Link recovery against a real broker: a receiving link lost with unsettled deliveries
 (the connection dropped without a close) and re-attached under the same name by the
-same container-id gets them back, redelivered; the attach carries the broker's
-unsettled map, and what the client's map says it settled is not sent again. With raw
-frames (``wire.RawClient``) and Qpid Proton through a relay the test cuts, 1 and 3
-workers."""
+same container-id gets them back (spec 2.6.13 "Resuming Deliveries"): the attach
+carries the broker's unsettled map; what the client's map gives an outcome is settled
+with it and resumed settled, what it lists undecided is resumed (resume=true) under its
+delivery-tag, the rest is sent again as new deliveries; on another worker than the
+lost link's too. With raw frames (``wire.RawClient``) and Qpid Proton (which sends no
+unsettled map) through a relay the test cuts, 1 and 3 workers."""
 
 from __future__ import annotations
 
@@ -23,9 +25,11 @@ from proton.utils import BlockingConnection
 
 from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.convert import parse
-from shardmq.amqp1.values import UInt
+from shardmq.amqp1.values import UByte, UInt
 from tests.integration.conftest import Broker
 from tests.integration.helpers import unique
+from workers.amqp1_links import MARKERS
+from workers.status import status_dir
 
 from .wire import RawClient
 
@@ -49,7 +53,13 @@ def _count(b: Broker, q: str) -> int:
         conn.close()
 
 
-def _receiver(c: RawClient, q: str, unsettled: dict[bytes, Any] | None = None) -> T.Attach:
+def _receiver(
+    c: RawClient,
+    q: str,
+    unsettled: dict[bytes, Any] | None = None,
+    credit: int = 10,
+    settled: bool = False,
+) -> T.Attach:
     c.send(T.Begin(next_outgoing_id=UInt(0), incoming_window=UInt(100), outgoing_window=UInt(100)))
     c.read_until(T.Begin)
     c.send(
@@ -60,6 +70,7 @@ def _receiver(c: RawClient, q: str, unsettled: dict[bytes, Any] | None = None) -
             source=T.Source(address=f"/queues/{q}"),
             target=T.Target(),
             unsettled=unsettled,
+            snd_settle_mode=UByte(T.SENDER_SETTLE_MODE_SETTLED if settled else 2),
         )
     )
     attach = c.read_until(T.Attach)
@@ -71,7 +82,7 @@ def _receiver(c: RawClient, q: str, unsettled: dict[bytes, Any] | None = None) -
             outgoing_window=UInt(100),
             handle=UInt(0),
             delivery_count=UInt(0),
-            link_credit=UInt(10),
+            link_credit=UInt(credit),
         )
     )
     return attach
@@ -86,8 +97,30 @@ def _transfers(c: RawClient, n: int) -> list[tuple[int, bytes, Any]]:
     return got
 
 
-def test_raw_reattach_gets_unsettled_back(own_broker: Callable[..., Broker]) -> None:
-    # a time-out far beyond the test: what comes back comes through recovery
+def _frames(c: RawClient, n: int) -> list[tuple[Any, bytes]]:
+    """The next ``n`` transfers, whole (performative, payload)."""
+    got = []
+    while len(got) < n:
+        _ch, perf, payload = c.read_frame()
+        if isinstance(perf, T.Transfer):
+            got.append((perf, payload))
+    return got
+
+
+def _accept(c: RawClient, did: int) -> None:
+    c.send(T.Disposition(role=T.ROLE_RECEIVER, first=UInt(did), settled=True, state=T.Accepted()))
+
+
+def _body(payload: bytes) -> bytes:
+    return bytes(parse(payload).body[0].value)
+
+
+def test_raw_reattach_resumes_deliveries(own_broker: Callable[..., Broker]) -> None:
+    """Spec 2.6.13: the client's map says m1 accepted (its outcome never reached the
+    broker), m2 received but undecided, m3 is not in it. The broker's map lists all
+    three; m1 is settled with the client's outcome and resumed settled without its
+    message, m2 resumed with it under its delivery-tag (resume=true), m3 sent again as
+    a new delivery. The time-out is far beyond the test: this is recovery."""
     b = own_broker("[amqp1]\nlink_recovery_timeout = 600\n")
     q = unique("rec")
     _declare_with(b, q, [b"m1", b"m2", b"m3"])
@@ -98,27 +131,205 @@ def test_raw_reattach_gets_unsettled_back(own_broker: Callable[..., Broker]) -> 
     assert attach.unsettled is None
     first = _transfers(c, 3)
     assert [bytes(p.body[0].value) for _d, _t, p in first] == [b"m1", b"m2", b"m3"]
+    tags = [tag for _d, tag, _p in first]
     c.drop()  # no settlement, no close
-    # the client had accepted m1 (its outcome never reached the broker)
     c = RawClient(b.port)
     try:
         c.login(container_id=cid)
-        attach = _receiver(c, q, unsettled={first[0][1]: T.Accepted(), first[1][1]: None})
-        assert set(attach.unsettled) == {tag for _d, tag, _p in first}
-        again = _transfers(c, 2)
-        assert [bytes(p.body[0].value) for _d, _t, p in again] == [b"m2", b"m3"]
-        assert all(p.header.delivery_count == 1 for _d, _t, p in again)
-        for did, _tag, _p in again:
-            c.send(
-                T.Disposition(
-                    role=T.ROLE_RECEIVER, first=UInt(did), settled=True, state=T.Accepted()
-                )
-            )
+        attach = _receiver(c, q, unsettled={tags[0]: T.Accepted(), tags[1]: None})
+        assert attach.unsettled == {tags[0]: T.Accepted(), tags[1]: None, tags[2]: None}
+        (r1, p1), (r2, p2), (r3, p3) = _frames(c, 3)
+        assert r1.resume and r1.settled and bytes(r1.delivery_tag) == tags[0]
+        assert isinstance(r1.state, T.Accepted) and p1 == b""
+        assert r2.resume and not r2.settled and bytes(r2.delivery_tag) == tags[1]
+        assert _body(p2) == b"m2" and parse(p2).header.delivery_count == 1
+        assert not r3.resume and not r3.settled and _body(p3) == b"m3"
+        assert bytes(r3.delivery_tag) not in tags  # a new delivery: a tag of its own
+        assert parse(p3).header.delivery_count == 1
+        assert len({int(r1.delivery_id), int(r2.delivery_id), int(r3.delivery_id)}) == 3
+        _accept(c, int(r2.delivery_id))
+        _accept(c, int(r3.delivery_id))
         c.send(T.Close())
         c.read_until(T.Close)
     finally:
         c.close()
     assert _count(b, q) == 0  # m1 settled by the map, m2 and m3 accepted: nothing requeued
+
+
+def test_raw_resumed_deliveries_survive_another_loss(own_broker: Callable[..., Broker]) -> None:
+    """Lost again while resuming: one resumed delivery sent (credit 1) and unsettled,
+    two not sent yet; the next re-attach finds all three parked under the
+    delivery-tags the client knows, and resumes them with their messages."""
+    b = own_broker("[amqp1]\nlink_recovery_timeout = 600\n")
+    q = unique("rec")
+    _declare_with(b, q, [b"m1", b"m2", b"m3"])
+    cid = unique("container")
+    c = RawClient(b.port)
+    c.login(container_id=cid)
+    _receiver(c, q)
+    tags = [tag for _d, tag, _p in _transfers(c, 3)]
+    c.drop()
+    theirs: dict[bytes, Any] = dict.fromkeys(tags)
+    c = RawClient(b.port)
+    c.login(container_id=cid)
+    _receiver(c, q, unsettled=theirs, credit=1)
+    ((r1, p1),) = _frames(c, 1)
+    assert r1.resume and bytes(r1.delivery_tag) == tags[0] and _body(p1) == b"m1"
+    c.drop()
+    c = RawClient(b.port)
+    try:
+        c.login(container_id=cid)
+        attach = _receiver(c, q, unsettled=theirs)
+        assert attach.unsettled == theirs
+        got = _frames(c, 3)
+        assert [bytes(r.delivery_tag) for r, _p in got] == tags
+        assert all(r.resume and not r.settled for r, _p in got)
+        assert [_body(p) for _r, p in got] == [b"m1", b"m2", b"m3"]
+        for r, _p in got:
+            _accept(c, int(r.delivery_id))
+        c.send(T.Close())
+        c.read_until(T.Close)
+    finally:
+        c.close()
+    assert _count(b, q) == 0
+
+
+def test_raw_reattach_at_most_once(own_broker: Callable[..., Broker]) -> None:
+    """Re-attached with sender settle mode settled: nothing is resumed with its
+    message; m1 (accepted in the client's map) is settled, m2 (undecided) aborted, and
+    m2 and m3 come back from the queue, settled."""
+    b = own_broker("[amqp1]\nlink_recovery_timeout = 600\n")
+    q = unique("rec")
+    _declare_with(b, q, [b"m1", b"m2", b"m3"])
+    cid = unique("container")
+    c = RawClient(b.port)
+    c.login(container_id=cid)
+    _receiver(c, q)
+    tags = [tag for _d, tag, _p in _transfers(c, 3)]
+    c.drop()
+    c = RawClient(b.port)
+    try:
+        c.login(container_id=cid)
+        _receiver(c, q, unsettled={tags[0]: T.Accepted(), tags[1]: None}, settled=True)
+        (r1, p1), (r2, p2) = _frames(c, 2)
+        assert r1.resume and r1.settled and isinstance(r1.state, T.Accepted) and p1 == b""
+        assert r2.resume and r2.aborted and bytes(r2.delivery_tag) == tags[1]
+        again = _frames(c, 2)
+        assert sorted(_body(p) for _r, p in again) == [b"m2", b"m3"]
+        assert all(r.settled and not r.resume for r, _p in again)
+        c.send(T.Close())
+        c.read_until(T.Close)
+    finally:
+        c.close()
+    assert _count(b, q) == 0
+
+
+def test_raw_reattach_outcomes_of_the_map(own_broker: Callable[..., Broker]) -> None:
+    """Rejected (dead-lettered where configured: dropped here), released (back to the
+    queue), modified undeliverable-here (rejected): applied, not sent again."""
+    b = own_broker("[amqp1]\nlink_recovery_timeout = 600\n")
+    q = unique("rec")
+    _declare_with(b, q, [b"m1", b"m2", b"m3"])
+    cid = unique("container")
+    c = RawClient(b.port)
+    c.login(container_id=cid)
+    _receiver(c, q)
+    tags = [tag for _d, tag, _p in _transfers(c, 3)]
+    c.drop()
+    c = RawClient(b.port)
+    try:
+        c.login(container_id=cid)
+        theirs = {
+            tags[0]: T.Rejected(),
+            tags[1]: T.Released(),
+            tags[2]: T.Modified(delivery_failed=True, undeliverable_here=True),
+        }
+        attach = _receiver(c, q, unsettled=theirs)
+        assert set(attach.unsettled) == set(tags)
+        resumed = _frames(c, 4)  # three resumed settled, then m2 from the queue
+        for (perf, payload), tag in zip(resumed[:3], tags, strict=True):
+            assert perf.resume and perf.settled and bytes(perf.delivery_tag) == tag
+            assert type(perf.state) is type(theirs[tag]) and payload == b""
+        perf, payload = resumed[3]
+        assert not perf.resume and _body(payload) == b"m2"  # released: redelivered
+        _accept(c, int(perf.delivery_id))
+        c.send(T.Close())
+        c.read_until(T.Close)
+    finally:
+        c.close()
+    assert _count(b, q) == 0
+
+
+def _markers(b: Broker) -> list[str]:
+    assert b.data_dir is not None
+    d = status_dir(str(b.data_dir)) / MARKERS
+    return [p.name for p in d.iterdir()] if d.exists() else []
+
+
+def test_raw_reattach_on_any_worker(own_broker: Callable[..., Broker]) -> None:
+    """3 workers: the re-attach lands on the lost link's worker or on another (the
+    broker's open names its worker: ``shardmq-SLOT``); rounds until both were seen.
+    Same worker: as above (resumed with the message). Another worker: that worker has
+    the first release the link's deliveries, applying the client's map: the attach's
+    unsettled map lists the three (m1 with the client's outcome, the others released
+    to their queue), m1 is resumed settled, m2 (which the client holds undecided) is
+    resumed aborted, and m2 and m3 come back through the queue as new deliveries."""
+    b = own_broker("[amqp1]\nlink_recovery_timeout = 600\n", 3)
+    q = unique("rec")
+    _declare_with(b, q, [])
+    seen: set[bool] = set()
+    for _round in range(24):
+        if len(seen) == 2:
+            break
+        _declare_with(b, q, [b"m1", b"m2", b"m3"])
+        cid = unique("container")
+        c = RawClient(b.port)
+        lost_on = str(c.login(container_id=cid).container_id)
+        _receiver(c, q)
+        tags = [tag for _d, tag, _p in _transfers(c, 3)]
+        c.drop()
+        deadline = time.monotonic() + 10
+        while not _markers(b) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the lost link's worker has parked them
+        assert _markers(b)
+        c = RawClient(b.port)
+        try:
+            same = str(c.login(container_id=cid).container_id) == lost_on
+            seen.add(same)
+            attach = _receiver(c, q, unsettled={tags[0]: T.Accepted(), tags[1]: None})
+            r1, p1 = _frames(c, 1)[0]
+            assert r1.resume and r1.settled and bytes(r1.delivery_tag) == tags[0]
+            assert isinstance(r1.state, T.Accepted) and p1 == b""
+            if same:
+                assert attach.unsettled == {tags[0]: T.Accepted(), tags[1]: None, tags[2]: None}
+                (r2, p2), (r3, p3) = _frames(c, 2)
+                assert r2.resume and bytes(r2.delivery_tag) == tags[1] and _body(p2) == b"m2"
+                assert not r3.resume and _body(p3) == b"m3"
+                dids = [int(r2.delivery_id), int(r3.delivery_id)]
+            else:
+                assert attach.unsettled == {
+                    tags[0]: T.Accepted(),
+                    tags[1]: T.Released(),
+                    tags[2]: T.Released(),
+                }
+                r2, p2 = _frames(c, 1)[0]
+                assert r2.resume and r2.aborted and bytes(r2.delivery_tag) == tags[1]
+                again = _frames(c, 2)
+                assert sorted(_body(p) for _r, p in again) == [b"m2", b"m3"]
+                assert not any(r.resume for r, _p in again)
+                dids = [int(r.delivery_id) for r, _p in again]
+            for did in dids:
+                _accept(c, did)
+            c.send(T.Close())
+            c.read_until(T.Close)
+        finally:
+            c.close()
+        assert _count(b, q) == 0  # m1 settled by the map, none twice, none lost
+        deadline = time.monotonic() + 10
+        while _markers(b) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _markers(b)  # taken: no marker left behind
+    assert seen == {True, False}
 
 
 def test_closed_link_is_not_recovered(own_broker: Callable[..., Broker]) -> None:

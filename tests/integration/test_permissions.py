@@ -121,6 +121,12 @@ def test_topic_permissions_limit_routing_keys_on_topic_exchanges(broker: Broker)
             "write": "^{username}\\.",
             "read": "^r\\.",
         } in rows
+        # the same grant seen per user, as rabbitmqctl 3.10 prints it (no header row)
+        lines = ok(broker, "list_user_topic_permissions", user).splitlines()
+        assert lines == [
+            f'Listing topic permissions for user "{user}" ...',
+            "/\tamq.topic\t^{username}\\.\t^r\\.",
+        ]
         where = f"in exchange 'amq.topic' in vhost '/' refused for user '{user}'"
         allowed(broker, user, lambda ch: ch.basic_publish("amq.topic", f"{user}.x", b"1"))
         text = refused(broker, user, lambda ch: ch.basic_publish("amq.topic", "other.x", b"1"))
