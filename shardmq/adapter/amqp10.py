@@ -16,8 +16,17 @@ Invariants:
   client is answered with ``accepted`` once the broker has it (for a persistent message
   on a durable queue: once stored), ``rejected`` if it was refused; a settled one gets
   nothing; accepted publishes are settled in ranges. Messages are converted at this
-  edge (``shardmq.amqp1.convert``'s ``to_091_raw`` / ``from_091_raw``: bodies sliced,
-  the rest converted once per distinct bytes): queues hold the 0-9-1 form.
+  edge (``shardmq.amqp1.convert``'s ``to_091_raw`` / ``from_091_prefix``: bodies sliced,
+  the rest converted once per distinct bytes): queues hold the 0-9-1 form. A sending
+  link keeps its last conversion (``LinkConsumer.conv``) and reuses it while the next
+  message has the same properties, exchange, routing key, redelivered flag and body
+  size in one frame (one ``startswith``); a delivery is then the link's frame head, one
+  pack, the kept sections and the body slice (``Engine.send_transfer_q``).
+- Unsettled deliveries to the client: ``SessionState`` (a run of consecutive
+  delivery-ids under consecutive channel tags, the rest in a dict). A disposition over
+  the run's head settles the channel's oldest deliveries in one ``Channel.ack`` /
+  ``reject`` with ``multiple`` when nothing older is unsettled on the channel (channel
+  tags are handed out in order), else tag by tag.
 - A link the broker sends on is a consumer whose readiness is its link credit: a local
   queue delivers only while credit remains; deliveries that arrive beyond it (from
   another worker's queue, bounded by the consumer's prefetch ``LINK_WINDOW``) wait in
