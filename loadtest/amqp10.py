@@ -339,7 +339,6 @@ class Receiver:
         self.ack_every = max(1, min(plan.ack_every or self.credit // 4, self.credit // 2 or 1))
         self.size = plan.size
         self.consumed = 0
-        self.consumed_bytes = 0
         self.last_delivery_ns = 0
         self.record = False
         self.lat_v = array("q")
@@ -350,25 +349,30 @@ class Receiver:
         self.pending: dict[int, list[int]] = {}
         self.last_tag = 0
         self.acked_tag = 0
+        self.refill_at = self.credit // 2  # link credit topped up when down to this
         conn.receiver = self
+        conn.on_transfer = self.on_transfer  # type: ignore[method-assign]  # the engine calls it
+
+    @property
+    def consumed_bytes(self) -> int:
+        return self.consumed * self.size
 
     def on_transfer(self, session: Session, link: Link, d: Delivery) -> None:
-        payload = d.payload
-        now = monotonic_ns()
+        now = self.last_delivery_ns = monotonic_ns()
         self.consumed += 1
-        self.consumed_bytes += self.size
-        self.last_delivery_ns = now
-        if self.record and len(payload) >= self.size:
+        if self.record:
+            payload = d.payload
             start = len(payload) - self.size
-            ts = _U64.unpack_from(payload, start)[0]
-            if ts == self._run_ts:
-                self._run_n += 1
-            else:
-                if self._run_n:
-                    self.lat_v.append(now - self._run_ts)
-                    self.lat_n.append(self._run_n)
-                self._run_ts = ts
-                self._run_n = 1
+            if start >= 0:
+                ts = _U64.unpack_from(payload, start)[0]
+                if ts == self._run_ts:
+                    self._run_n += 1
+                else:
+                    if self._run_n:
+                        self.lat_v.append(now - self._run_ts)
+                        self.lat_n.append(self._run_n)
+                    self._run_ts = ts
+                    self._run_n = 1
         if not d.settled:
             self.last_tag += 1
             p = self.pending.get(link.handle)
@@ -382,7 +386,7 @@ class Receiver:
                 p[0] = p[1] = did
             if self.last_tag - self.acked_tag >= self.ack_every:
                 self.ack_pending()
-        if link.credit <= self.credit // 2:
+        if link.credit <= self.refill_at:
             self.conn.engine.grant(session, link, self.credit)
 
     def flush_latency(self) -> None:

@@ -16,8 +16,17 @@ Invariants:
   client is answered with ``accepted`` once the broker has it (for a persistent message
   on a durable queue: once stored), ``rejected`` if it was refused; a settled one gets
   nothing; accepted publishes are settled in ranges. Messages are converted at this
-  edge (``shardmq.amqp1.convert``'s ``to_091_raw`` / ``from_091_raw``: bodies sliced,
-  the rest converted once per distinct bytes): queues hold the 0-9-1 form.
+  edge (``shardmq.amqp1.convert``'s ``to_091_raw`` / ``from_091_prefix``: bodies sliced,
+  the rest converted once per distinct bytes): queues hold the 0-9-1 form. A sending
+  link keeps its last conversion (``LinkConsumer.conv``) and reuses it while the next
+  message has the same properties, exchange, routing key, redelivered flag and body
+  size in one frame (one ``startswith``); a delivery is then the link's frame head, one
+  pack, the kept sections and the body slice (``Engine.send_transfer_q``).
+- Unsettled deliveries to the client: ``SessionState`` (a run of consecutive
+  delivery-ids under consecutive channel tags, the rest in a dict). A disposition over
+  the run's head settles the channel's oldest deliveries in one ``Channel.ack`` /
+  ``reject`` with ``multiple`` when nothing older is unsettled on the channel (channel
+  tags are handed out in order), else tag by tag.
 - A link the broker sends on is a consumer whose readiness is its link credit: a local
   queue delivers only while credit remains; deliveries that arrive beyond it (from
   another worker's queue, bounded by the consumer's prefetch ``LINK_WINDOW``) wait in
@@ -50,9 +59,10 @@ from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, HardError,
 from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.address import source_of, target_of
 from shardmq.amqp1.codec import DecodeError
-from shardmq.amqp1.convert import from_091_raw, to_091_raw
+from shardmq.amqp1.convert import from_091_prefix, to_091_raw
 from shardmq.amqp1.engine import Delivery, Engine, Link, Session
 from shardmq.amqp1.errors import AmqpError, LinkError, SessionError
+from shardmq.amqp1.sections import data_header
 from shardmq.amqp1.values import Symbol
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import OUT_LIMIT, Channel
@@ -74,12 +84,13 @@ _HEADER_CLASS = (60).to_bytes(2, "big") + b"\x00\x00"  # basic, weight 0
 FRAME_MAX_091 = 131072
 _FRAME_HDR = struct.Struct(">BHI")  # a 0-9-1 frame's type, channel, size
 _FRAME_BODY_SEP = struct.Struct(">BBHI")  # frame-end, then the body frame's header
+_U64 = struct.Struct(">Q")  # a content header's body size
 
 
 class LinkConsumer(Consumer):
     """The consumer of a link the broker sends on: ready while the link has credit."""
 
-    __slots__ = ("link", "session", "waiting", "dynamic", "resend", "resumes", "wire_tags")
+    __slots__ = ("link", "session", "waiting", "dynamic", "resend", "resumes", "wire_tags", "conv")
 
     def __init__(self, link: Link, session: Session, ch: Channel, q: Any, settled: bool) -> None:
         tag = f"amqp1:{session.channel}:{link.name}"
@@ -96,6 +107,9 @@ class LinkConsumer(Consumer):
         self.resend: Parked = []
         self.resumes: list[Resume] = []
         self.wire_tags: dict[int, bytes] | None = None
+        # the last delivery's conversion, kept while the next ones share it
+        # (``_conversion``)
+        self.conv: tuple[bytes, bytes, bool, int, bytes] | None = None
 
     def ready(self) -> bool:
         return (
@@ -106,7 +120,13 @@ class LinkConsumer(Consumer):
 
 
 class SessionState:
-    __slots__ = ("ch", "confirms", "outgoing")
+    """A session's domain channel and its unsettled deliveries both ways. Unsettled
+    deliveries to the client are a run (consecutive delivery-ids on one link under
+    consecutive channel tags: ``run_did``, ``run_tag``, ``run_n``, ``run_link``, no
+    object per delivery) and ``outgoing`` for the others (a delivery that does not
+    continue the run spills it there)."""
+
+    __slots__ = ("ch", "confirms", "outgoing", "run_did", "run_tag", "run_n", "run_link")
 
     def __init__(self, ch: Channel) -> None:
         self.ch = ch
@@ -114,6 +134,84 @@ class SessionState:
         self.confirms: dict[int, tuple[Link, int]] = {}
         # delivery-id of an unsettled delivery to the client -> (channel tag, link)
         self.outgoing: dict[int, tuple[int, Link]] = {}
+        self.run_did = 0  # delivery-id of the run's first delivery
+        self.run_tag = 0  # its channel tag
+        self.run_n = 0  # deliveries in the run (0: none)
+        self.run_link: Link | None = None
+
+    def track(self, link: Link, did: int, tag: int) -> None:
+        """An unsettled delivery to the client."""
+        n = self.run_n
+        if n:
+            if (
+                self.run_link is link
+                and self.run_tag + n == tag
+                and self.run_did + n == did  # (a run never wraps: one at 2**32 - 1 ends it)
+            ):
+                self.run_n = n + 1
+                return
+            self.spill()
+        self.run_did = did
+        self.run_tag = tag
+        self.run_n = 1
+        self.run_link = link
+
+    def spill(self) -> None:
+        """The run's deliveries into ``outgoing``."""
+        did, tag, link = self.run_did, self.run_tag, self.run_link
+        assert link is not None
+        out = self.outgoing
+        for i in range(self.run_n):
+            out[did + i] = (tag + i, link)
+        self.run_n = 0
+        self.run_link = None
+
+    def take(self, first: int, last: int) -> tuple[int, int, list[int]]:
+        """The unsettled deliveries ``first..last`` leave: (first and last tag of the
+        run's part, the tags of the others); (0, -1, ...) when the run has none."""
+        ta, tb = 0, -1
+        n = self.run_n
+        if n:
+            rd = self.run_did
+            re = rd + n - 1
+            if first <= rd <= last:  # the run's head: consecutive tags, no lookups
+                k = min(last, re) - rd + 1
+                ta = self.run_tag
+                tb = ta + k - 1
+                if k == n:
+                    self.run_n = 0
+                    self.run_link = None
+                else:
+                    self.run_did = rd + k
+                    self.run_tag = tb + 1
+                    self.run_n = n - k
+            elif rd < first <= re:
+                self.spill()
+        tags: list[int] = []
+        out = self.outgoing
+        if out:
+            span = last - first + 1
+            if span <= len(out):
+                dids: Any = range(first, last + 1)
+            else:
+                dids = sorted(d for d in out if first <= d <= last)
+            for did in dids:
+                entry = out.pop(did, None)
+                if entry is not None:
+                    tags.append(entry[0])
+        return ta, tb, tags
+
+    def drop_link(self, link: Link) -> list[int]:
+        """The tags of ``link``'s unsettled deliveries, which leave, in the order they
+        were sent (``outgoing`` holds the ones before the run, in order)."""
+        out = self.outgoing
+        mine = [did for did, (_t, lk) in out.items() if lk is link]
+        tags = [out.pop(did)[0] for did in mine]
+        if self.run_link is link:
+            tags += range(self.run_tag, self.run_tag + self.run_n)
+            self.run_n = 0
+            self.run_link = None
+        return tags
 
 
 class LinkState:
@@ -430,9 +528,7 @@ class AMQP10Connection(EngineIO[Engine]):
             self.domain.remove_consumer(c)
             if c.dynamic:
                 self._delete_queue(c.dynamic)
-        tags = [tag for did, (tag, lk) in st.outgoing.items() if lk is link]
-        for did in [d for d, (_t, lk) in st.outgoing.items() if lk is link]:
-            del st.outgoing[did]
+        tags = st.drop_link(link)
         held = relink.pending(c) if c.resumes else []  # resumes not sent yet
         if link.lost and not c.dynamic and self.settings.link_recovery_timeout > 0:
             self._park(st.ch, c, tags, held)
@@ -625,15 +721,36 @@ class AMQP10Connection(EngineIO[Engine]):
 
     def _transfer(self, c: LinkConsumer, tag: int, redelivered: bool, msg: Message) -> None:
         raw = msg.raw
-        payload = from_091_raw(
-            raw[19 : 7 + msg.hsize], msg.properties, msg.body, msg.exrk, redelivered
-        )
-        session = c.session
-        did = self.engine.send_transfer(session, c.link, tag.to_bytes(8, "big"), payload, c.no_ack)
+        hsize = msg.hsize
+        n = len(raw) - 16 - hsize  # the body's size if it is in one frame
+        cc = c.conv
+        if (
+            cc is not None
+            and cc[3] == n
+            and cc[2] is redelivered
+            and len(cc[0]) == hsize - 4
+            and raw.startswith(cc[0], 11)  # body size n (so one body frame), properties
+            and msg.exrk == cc[1]
+        ):
+            body = raw[15 + hsize : -1]
+        else:
+            if n >= 0 and _U64.unpack_from(raw, 11)[0] == n:
+                body = raw[15 + hsize : -1]
+            else:
+                body = msg.body
+                n = len(body)
+            cc = c.conv = _conversion(msg, redelivered, n)
+        engine = self.engine
+        link = c.link
+        did = engine.send_transfer_q(c.session, link, tag, c.no_ack, cc[4], body)
         if not c.no_ack:
-            st: SessionState = session.user
-            st.outgoing[did] = (tag, c.link)
-        if len(self.engine.out) > OUT_LIMIT:
+            st = c.session.user
+            k = st.run_n
+            if k and st.run_link is link and st.run_tag + k == tag and st.run_did + k == did:
+                st.run_n = k + 1  # ``SessionState.track``'s common case
+            else:
+                st.track(link, did, tag)
+        if len(engine.out) > OUT_LIMIT:
             self.domain.out_full()
 
     def deliver_remote(self, ch: Channel, consumer: Consumer, record: bytes, pos: int) -> int:
@@ -675,26 +792,40 @@ class AMQP10Connection(EngineIO[Engine]):
         if not d.role:  # the client settles its own publishes (the engine's records)
             return
         state = d.state
+        if not d.settled and state is None:
+            return  # no outcome yet
         ch = st.ch
-        for did in range(first, last + 1):
-            entry = st.outgoing.get(did)
-            if entry is None:
-                continue
-            if not d.settled and state is None:
-                continue  # no outcome yet
-            del st.outgoing[did]
-            tag = entry[0]
-            if tag not in ch.unacked:
-                continue
-            if isinstance(state, T.Rejected):
-                ch.reject(tag, 0, False)
-            elif isinstance(state, T.Released):
-                ch.reject(tag, 0, True)
-            elif isinstance(state, T.Modified):
-                ch.reject(tag, 0, not state.undeliverable_here)
+        ta, tb, tags = st.take(first, last)
+        # None: accepted (or settled without an outcome) = ack; else reject, requeue or not
+        requeue: bool | None = None
+        if isinstance(state, T.Rejected):
+            requeue = False
+        elif isinstance(state, T.Released):
+            requeue = True
+        elif isinstance(state, T.Modified):
+            requeue = not state.undeliverable_here
+        unacked = ch.unacked
+        for tag in tags:
+            if tag in unacked:
+                if requeue is None:
+                    ch.ack(tag, 0)
+                else:
+                    ch.reject(tag, 0, requeue)
+        if ta <= tb:
+            if unacked and next(iter(unacked)) >= ta and tb in unacked:
+                # the channel's oldest unsettled deliveries, up to tb: one settle
+                if requeue is None:
+                    ch.ack(tb, 1)
+                else:
+                    ch.reject(tb, 1, requeue)
             else:
-                ch.ack(tag, 0)
-        if not d.settled and state is not None:
+                for tag in range(ta, tb + 1):
+                    if tag in unacked:
+                        if requeue is None:
+                            ch.ack(tag, 0)
+                        else:
+                            ch.reject(tag, 0, requeue)
+        if not d.settled:
             # receiver-settle-mode second: the broker settles after the outcome
             self.engine.disposition(session, first, last, True, state, role=False)
         self.domain.qos.after_settle()
@@ -726,6 +857,19 @@ class AMQP10Connection(EngineIO[Engine]):
     def confirms_waiting(self) -> None:
         self.confirms_due = True
         self.engine.wake_once()
+
+
+def _conversion(msg: Message, redelivered: bool, n: int) -> tuple[bytes, bytes, bool, int, bytes]:
+    """A ``LinkConsumer.conv`` for ``msg`` with an ``n``-byte body: (its content
+    header's body size and property bytes, exrk, redelivered, n, the sections before
+    the body); the first is ``n`` only when the body is one frame (the message's raw
+    frames are then its header, the size, those properties and the body frame)."""
+    raw = msg.raw
+    props_raw = raw[19 : 7 + msg.hsize]
+    prefix, raw_body = from_091_prefix(props_raw, msg.properties, msg.exrk, redelivered)
+    head = prefix if raw_body else prefix + data_header(n)
+    one_frame = len(raw) - 16 - msg.hsize == n
+    return (raw[11:19] + props_raw, msg.exrk, redelivered, n if one_frame else -1, head)
 
 
 def _link_error(exc: AMQPError) -> LinkError:

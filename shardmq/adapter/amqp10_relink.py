@@ -200,7 +200,7 @@ def send_resumes(conn: AMQP10Connection, c: LinkConsumer) -> None:
         raw = msg.raw
         payload = from_091_raw(raw[19 : 7 + msg.hsize], msg.properties, msg.body, msg.exrk, True)
         did = engine.resume_transfer(session, link, r.tag, payload)
-        st.outgoing[did] = (tag, link)
+        st.track(link, did, tag)
 
 
 def pending(c: LinkConsumer) -> Parked:

@@ -9,7 +9,9 @@ expiration, message-id / correlation-id (strings of up to 255 bytes; other types
 timestamp (ms <-> s), application-properties <-> headers, ``x-`` message annotations
 <-> ``x-`` headers; a single data section <-> the body. ``to_091_raw`` and
 ``from_091_raw`` are the broker's hot path: the body is sliced, never decoded, and the
-other sections are converted once per distinct bytes (a bounded cache).
+other sections are converted once per distinct bytes (a bounded cache);
+``from_091_prefix`` is that conversion alone (the sections before the body), which the
+broker's sending link keeps for as long as its messages share it.
 
 Invariants:
 - A body that is not one data section (amqp-value, amqp-sequence, several data) is
@@ -362,6 +364,25 @@ def to_091_raw(payload: bytes) -> tuple[Incoming, bytes]:
     return _incoming(p, props), body
 
 
+def from_091_prefix(
+    props_raw: bytes, props: Callable[[], BasicProperties], exrk: bytes, redelivered: bool
+) -> tuple[bytes, bool]:
+    """The sections of a queued message before its body: (prefix, raw_body). With
+    ``raw_body`` the body is already its encoded sections (``x-amqp-1.0-body``) and
+    follows the prefix as is; else it goes in one data section (``data_header``).
+    Cached per distinct (``props_raw``, ``exrk``, ``redelivered``); ``props`` decodes
+    the properties on a miss."""
+    key = (props_raw, exrk, redelivered)
+    hit = _out_cache.get(key)
+    if hit is None:
+        ex, rk = exrk_names(exrk)
+        hit = _prefix(props(), ex, rk, redelivered)
+        if len(_out_cache) >= CACHE_MAX:
+            _out_cache.clear()
+        _out_cache[key] = hit
+    return hit
+
+
 def from_091_raw(
     props_raw: bytes,
     props: Callable[[], BasicProperties],
@@ -371,15 +392,7 @@ def from_091_raw(
 ) -> bytes:
     """``from_091`` for a queued message given as its raw property bytes (the cache
     key; ``props`` decodes them on a miss) and its ``exrk`` wire bytes."""
-    key = (props_raw, exrk, redelivered)
-    hit = _out_cache.get(key)
-    if hit is None:
-        ex, rk = exrk_names(exrk)
-        hit = _prefix(props(), ex, rk, redelivered)
-        if len(_out_cache) >= CACHE_MAX:
-            _out_cache.clear()
-        _out_cache[key] = hit
-    prefix, raw_body = hit
+    prefix, raw_body = from_091_prefix(props_raw, props, exrk, redelivered)
     if raw_body:
         return prefix + body
     n = len(body)

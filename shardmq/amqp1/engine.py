@@ -37,7 +37,9 @@ Invariants:
   ``resume_transfer`` resumes a delivery under its old delivery-tag (resume=true).
 - Output goes to ``out``; ``wake`` is called once when it turns non-empty.
 - Transfers and accepted/released dispositions are written by ``shardmq.amqp1.transfer``
-  (no performative object); a delivery in one frame skips the assembly list.
+  (no performative object); a delivery in one frame skips the assembly list; a
+  one-frame delivery sent with ``send_transfer_q`` is the link's fixed frame head
+  (``Link.thead``: channel and handle, computed once) and one pack.
 """
 
 from __future__ import annotations
@@ -61,7 +63,13 @@ from shardmq.amqp1.framing import (
     parse_frame,
     write_frame,
 )
-from shardmq.amqp1.transfer import outcome_bytes, write_disposition, write_transfer
+from shardmq.amqp1.transfer import (
+    outcome_bytes,
+    pack_transfer_q,
+    transfer_head,
+    write_disposition,
+    write_transfer,
+)
 from shardmq.amqp1.values import Symbol, UInt
 
 log = logging.getLogger("shardmq.amqp1")
@@ -131,6 +139,7 @@ class Link:
         "detached",
         "received",
         "lost",
+        "thead",
         "peer_unsettled",
     )
 
@@ -157,6 +166,9 @@ class Link:
         # the link ended without being closed (connection lost, detach closed=false):
         # it may be resumed (the handler decides)
         self.lost = False
+        # the fixed bytes of this link's one-frame transfers (``transfer.transfer_head``;
+        # None until the first, b"" when the handle does not fit one octet)
+        self.thead: bytes | None = None
         # the peer's attach: its unsettled map (delivery-tag -> state), link recovery
         self.peer_unsettled: dict[bytes, Any] | None = None
 
@@ -877,6 +889,34 @@ class Engine:
             if not more:
                 break
         return did
+
+    def send_transfer_q(
+        self, s: Session, link: Link, tag: int, settled: bool, head: bytes, body: bytes
+    ) -> int:
+        """``send_transfer`` with the delivery-tag as an 8-byte number and the payload
+        in two pieces (``head + body``, not joined here): a delivery that fits one
+        frame is one ``struct.pack`` after the link's fixed frame head."""
+        th = link.thead
+        if th is None:
+            th = link.thead = transfer_head(s.channel, link.handle)
+        n = len(head) + len(body)
+        if th and n <= self.send_max_frame - 72 and s.remote_incoming_window > 0:
+            if not s.out_queue:
+                did = s.next_delivery_id
+                s.next_delivery_id = (did + 1) % SEQ
+                link.credit -= 1
+                link.delivery_count = (link.delivery_count + 1) % SEQ
+                out = self.out
+                out += pack_transfer_q(33 + n, th, did, 0xA008, tag, 0x4341 if settled else 0x4342)
+                out += head
+                out += body
+                s.next_outgoing_id = (s.next_outgoing_id + 1) % SEQ
+                s.remote_incoming_window -= 1
+                if not self._woken:
+                    self._woken = True
+                    self.wake()
+                return did
+        return self.send_transfer(s, link, tag.to_bytes(8, "big"), head + body, settled)
 
     def resume_transfer(
         self,

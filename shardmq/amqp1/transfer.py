@@ -4,14 +4,17 @@ Owns: ``write_transfer`` (one transfer frame: handle, delivery-id, delivery-tag,
 message-format 0, settled, more, then the payload) and ``read_transfer`` (a transfer
 performative in its common shape -> a ``types_gen.Transfer``), both used by the engine
 for every delivery in either direction, and ``write_disposition`` (a receiver's or
-sender's settlement of a range with a terminal outcome of no fields).
+sender's settlement of a range with a terminal outcome of no fields); ``transfer_head``
+and ``pack_transfer_q``, the same one-frame transfer as the link's fixed bytes and one
+pack (the broker's delivery path, ``Engine.send_transfer_q``).
 
 Invariants:
 - ``write_transfer`` and ``write_disposition`` write the performative the generic
   encoder writes for the same fields, without the trailing fields that hold their
   default (the spec reads an absent field as its default); a one-frame delivery with an
   8-byte tag has a fixed layout (delivery-id as a full uint) that ``read_transfer``
-  recognises with one unpack; tests decode both with the generic decoder.
+  recognises with one unpack (``pack_transfer_q`` writes that same layout); tests
+  decode both with the generic decoder.
 - ``read_transfer`` only takes the shapes it fully understands (a list8 of up to 11
   fields, each null or in the encodings the spec allows for its type); anything else
   returns None and the caller decodes generically, so malformed input still gets the
@@ -49,6 +52,25 @@ _SMALL_UINT = [_uint(i) for i in range(256)]
 
 def uint_bytes(v: int) -> bytes:
     return _SMALL_UINT[v] if v < 256 else b"\x70" + _I.pack(v)
+
+
+# ``send_transfer_q``'s one-frame transfer: size, the link's fixed head (frame type,
+# channel, 00 53 14, list8 of 5, handle, the uint code), delivery-id, 0xA0 08 (binary8
+# of 8), the tag as a number, 0x43 (message-format 0) and settled (0x41 / 0x42)
+pack_transfer_q = struct.Struct(">I13sIHQH").pack
+
+
+def transfer_head(channel: int, handle: int) -> bytes:
+    """The 13 bytes of a one-frame transfer on ``channel`` and ``handle`` that
+    ``pack_transfer_q`` puts between the frame size and the delivery-id (the layout of
+    ``write_transfer``'s hot path); b"" when the handle does not fit one octet."""
+    if handle >= 256:
+        return b""
+    return (
+        bytes((2, 0))
+        + channel.to_bytes(2, "big")
+        + bytes((0, 0x53, 0x14, 0xC0, 20, 5, 0x52, handle, 0x70))
+    )
 
 
 def write_transfer(

@@ -329,6 +329,56 @@ def test_outgoing_credit_drain_split_and_window() -> None:
     assert flow.link_credit == 0 and flow.delivery_count == 3
 
 
+def test_send_transfer_q_one_frame_and_the_general_path() -> None:
+    p = Peer()
+    p.open()
+    p.begin(window=2)
+    p.attach("sub", T.ROLE_RECEIVER)
+    s = p.e.sessions[0]
+    link = s.links[0]
+    p.send(
+        T.Flow(
+            next_incoming_id=UInt(0),
+            incoming_window=UInt(2),
+            next_outgoing_id=UInt(0),
+            outgoing_window=UInt(100),
+            handle=UInt(0),
+            delivery_count=UInt(0),
+            link_credit=UInt(10),
+        )
+    )
+    # one frame: the link's head and one pack; the payload is head + body
+    assert p.e.send_transfer_q(s, link, 7, True, b"\x00\x53\x75\xa0\x02", b"hi") == 0
+    ((ch, t, payload),) = p.frames()
+    assert (t.delivery_id, t.delivery_tag, t.settled, t.more) == (
+        0,
+        (7).to_bytes(8, "big"),
+        True,
+        False,
+    )
+    assert payload == b"\x00\x53\x75\xa0\x02hi" and link.thead
+    # larger than a frame: split by the general path, the window holds the rest back
+    assert p.e.send_transfer_q(s, link, 8, False, b"", b"z" * 5000) == 1
+    frames = p.frames()
+    assert len(frames) == 1 and frames[0][1].more and frames[0][1].settled is False
+    assert p.e.session_blocked(s)
+    # while frames wait for the window, a small delivery waits behind them
+    assert p.e.send_transfer_q(s, link, 9, False, b"", b"x") == 2
+    assert p.frames() == []
+    p.send(
+        T.Flow(
+            next_incoming_id=UInt(2),
+            incoming_window=UInt(10),
+            next_outgoing_id=UInt(0),
+            outgoing_window=UInt(100),
+        )  # fmt: skip
+    )
+    rest = p.frames()
+    assert [f[1].delivery_id for f in rest] == [None, 2]
+    assert frames[0][2] + rest[0][2] == b"z" * 5000 and rest[1][2] == b"x"
+    assert link.credit == 7 and link.delivery_count == 3 and s.next_delivery_id == 3
+
+
 def test_dispositions_and_detach_reach_the_handler() -> None:
     p = Peer()
     p.open()

@@ -17,7 +17,13 @@ from shardmq.amqp1.codec import DecodeError, decode
 from shardmq.amqp1.convert import from_091, from_091_raw, parse, to_091, to_091_raw
 from shardmq.amqp1.framing import parse_frame, write_frame
 from shardmq.amqp1.sections import split
-from shardmq.amqp1.transfer import read_transfer, write_disposition, write_transfer
+from shardmq.amqp1.transfer import (
+    pack_transfer_q,
+    read_transfer,
+    transfer_head,
+    write_disposition,
+    write_transfer,
+)
 from shardmq.amqp1.values import Symbol, UByte, UInt
 
 uints = st.integers(0, 2**32 - 1)
@@ -61,6 +67,38 @@ def test_write_transfer_decodes_as_the_generic_transfer(
     assert perf == want
     generic, _ = decode(out, 8)  # the generic decoder reads the same performative
     assert generic == want
+
+
+@given(
+    channel=st.integers(0, 65535),
+    handle=st.integers(0, 255),
+    did=uints,
+    tag=st.integers(0, 2**64 - 1),
+    settled=st.booleans(),
+    payload=st.binary(max_size=40),
+)
+def test_pack_transfer_q_is_write_transfers_one_frame_layout(
+    channel: int, handle: int, did: int, tag: int, settled: bool, payload: bytes
+) -> None:
+    head = transfer_head(channel, handle)
+    got = pack_transfer_q(33 + len(payload), head, did, 0xA008, tag, 0x4341 if settled else 0x4342)
+    got += payload
+    want = bytearray()
+    write_transfer(want, channel, handle, did, tag.to_bytes(8, "big"), settled, False, payload)
+    assert got == want
+    t, end = read_transfer(got, 11, len(got))  # type: ignore[misc]
+    assert (t.handle, t.delivery_id, t.delivery_tag, t.settled, end) == (
+        handle,
+        did,
+        tag.to_bytes(8, "big"),
+        settled,
+        33,
+    )
+
+
+def test_transfer_head_only_for_a_one_octet_handle() -> None:
+    assert transfer_head(1, 256) == b""
+    assert len(transfer_head(65535, 255)) == 13
 
 
 @given(
