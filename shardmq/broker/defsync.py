@@ -56,10 +56,11 @@ def publish_log(keeper: DefinitionsKeeper, control: ControlBlock) -> None:
     store = keeper.store
 
     def publish() -> None:
-        control.publish_definitions(store.generation, store.appends, store.appends_synced)
+        if not control.closed:  # a sync completing during shutdown
+            control.publish_definitions(store.generation, store.appends, store.appends_synced)
 
     def elsewhere(upto: int) -> bool:
-        return control.definitions_synced_upto >= upto
+        return not control.closed and control.definitions_synced_upto >= upto
 
     keeper.on_log = publish
     keeper.synced_elsewhere = elsewhere
@@ -80,6 +81,8 @@ class WorkerLogSync:
     def queue_sync(self) -> None:
         """First in every ``WorkerStorage.flush``: a log sync job ahead of the stores'
         when an append is not known synced and no queued job covers it."""
+        if self.control.closed:
+            return  # shutting down, after the mesh: the supervisor syncs at its stop
         due = self.control.definitions_due()
         if due is None:
             return
@@ -94,6 +97,8 @@ class WorkerLogSync:
     def sync_now(self) -> None:
         """fdatasync the log now if it is behind (the delayed-message store, before its
         own fdatasync). Raises ``OSError``."""
+        if self.control.closed:
+            return
         due = self.control.definitions_due()
         if due is None:
             return
@@ -116,4 +121,5 @@ class WorkerLogSync:
             log.error("cannot sync the definitions log: %s", exc)
             self._submitted = 0
             return
-        self.control.definitions_synced(written)
+        if not self.control.closed:
+            self.control.definitions_synced(written)

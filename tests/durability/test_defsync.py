@@ -191,3 +191,29 @@ def test_sync_now_fdatasyncs_the_log_by_path(
     assert control.definitions_due() is None
     wsync.sync_now()  # nothing due: no second fdatasync
     assert len(synced) == 1
+
+
+def test_nothing_touches_a_closed_control_block(
+    tmp_path: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Shutdown: a sync completing after the mesh closed neither fails nor writes."""
+    ctl = ControlBlock.create(f"/shardmq.test{os.getpid()}.defsync2.ctl", 2)
+    try:
+        keeper = _keeper(tmp_path)
+        sup = HeldCommitter()
+        keeper.sync_through(sup, loop)  # type: ignore[arg-type]
+        publish_log(keeper, ctl)
+        _declare(keeper, "q1")
+        worker = HeldCommitter()
+        wsync = WorkerLogSync(ctl, str(tmp_path), worker)  # type: ignore[arg-type]
+        wsync.queue_sync()
+        keeper.queue_sync()
+    finally:
+        ctl.close()
+        ctl.unlink()
+    worker.complete()
+    sup.complete()
+    wsync.queue_sync()
+    wsync.sync_now()
+    keeper.close()
+    assert keeper.store.appends_synced == 1
