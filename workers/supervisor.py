@@ -814,6 +814,8 @@ class Supervisor:
             raise
         finally:
             self._kill_leftovers()
+            if seq.keeper is not None:
+                seq.keeper.close()  # the definitions log's last fdatasync
             self._cleanup()
             if self.prometheus is not None:
                 await self.prometheus.stop()

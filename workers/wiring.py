@@ -22,10 +22,12 @@ import msgspec
 
 from shardmq.auth.seed import seed
 from shardmq.broker.broker import Broker
+from shardmq.broker.defsync import WorkerLogSync, publish_log
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.broker.sequencer import Sequencer, WorkerMeta
 from shardmq.broker.shards import ShardRouter
 from shardmq.ipc.counts import SharedCounts, counts_name
+from shardmq.store.commit import ThreadCommitter
 from shardmq.store.definitions import DefinitionsStore
 
 if TYPE_CHECKING:
@@ -64,6 +66,13 @@ def wire_worker(worker: Worker, broker: Broker, loop: asyncio.AbstractEventLoop)
 
     meta.before_ask = drain_rings
     broker.join_workers(router, meta)
+    storage = broker.storage
+    if storage is not None and mesh.control is not None:
+        # the supervisor's definitions log is synced before any commit round of this
+        # worker's stores that could confirm something depending on a declaration
+        log_sync = WorkerLogSync(mesh.control, storage.data_dir, storage.committer)
+        storage.before_flush = log_sync.queue_sync
+        broker.definitions_sync = log_sync.sync_now
 
     def on_message(payload: bytes) -> None:
         meta.on_message(_decode(payload))
@@ -88,6 +97,13 @@ def wire_supervisor(sup: Supervisor) -> Sequencer:
     seq.keeper = keeper
     if seed(seq.metadata, sup.config, keeper):  # users from the config on a fresh data dir
         log.info("users seeded from the config (no users stored)")
+    control = sup.mesh.control if sup.mesh is not None else None
+    if control is not None:
+        # -ok once a change is written; the log's fdatasync is batched on a thread of
+        # the supervisor, or done first by a worker whose commit round needs it
+        loop = asyncio.get_running_loop()
+        keeper.sync_through(ThreadCommitter.from_settings(sup.config.store, loop), loop)
+        publish_log(keeper, control)
 
     def on_worker_message(slot: int, payload: bytes) -> None:
         seq.on_message(slot, _decode(payload))

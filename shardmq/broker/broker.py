@@ -227,6 +227,9 @@ class Broker:
         self.vhosts = self.metadata.vhosts
         self.storage: WorkerStorage | None = None
         self.definitions: DefinitionsKeeper | None = None
+        # several workers: fdatasync the supervisor's definitions log if it is behind
+        # (``defsync.WorkerLogSync.sync_now``, set by the wiring)
+        self.definitions_sync: Callable[[], None] | None = None
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -358,12 +361,14 @@ class Broker:
 
     def sync_definitions(self) -> None:
         """Write and fdatasync every definitions change made so far, now (one worker;
-        nothing with several: the supervisor syncs each change before it is applied).
+        with several: the supervisor's log, if it is behind: ``definitions_sync``).
         Raises ``OSError``."""
         if isinstance(self.sequencer, LocalSequencer):
             self.sequencer.flush()
         if self.definitions is not None:
             self.definitions.store.sync()
+        if self.definitions_sync is not None:
+            self.definitions_sync()
 
     def _before_store_flush(self) -> None:
         """First in every ``WorkerStorage.flush``: this turn's definitions changes are

@@ -5,10 +5,13 @@ start-up (``load`` / ``ops``) and, after each op, records what it changed in the
 exchanges, queues and bindings as puts and deletes in the ``DefinitionsStore``
 (``record``), made durable by ``commit`` (one log append + fdatasync for every change
 recorded since the last one: group commit). ``after(op)`` is both. With
-``sync_through(committer, loop)`` (one worker) ``commit`` only writes, and the
-fdatasync is a batched job of the queue stores' committer (``_DeferredSync``):
-submitted within ``SYNC_DELAY`` or by ``queue_sync``, which the worker calls before any
-store job of the turn. It works on any
+``sync_through(committer, loop)`` ``commit`` only writes, and the fdatasync is a
+batched job of a committer (``_DeferredSync``): submitted within ``SYNC_DELAY`` or by
+``queue_sync``. One worker: the queue stores' committer, ``queue_sync`` called before
+any store job of the turn. Several: the supervisor's own committer; the workers see
+the log's state through ``on_log`` and sync it themselves when a commit round of
+theirs needs it (``defsync.py``; ``synced_elsewhere`` then spares the supervisor's
+sync). It works on any
 ``Metadata``: a worker's own (one worker, real ``Queue`` objects) or the sequencer's
 replica in the supervisor (``RemoteQueue`` placeholders): it only reads ``durable`` /
 ``exclusive`` / ``auto_delete`` / ``arguments`` of queues and never touches messages.
@@ -28,7 +31,8 @@ Invariants:
   auto-delete exchanges of the vhost (a removal can delete those, in cascade).
 - Deferred: a committer round that completes a store job submitted after
   ``queue_sync`` has synced the log (rounds go in submission order and complete after
-  all their files), so nothing confirmed can depend on an unsynced declaration.
+  all their files), so nothing confirmed can depend on an unsynced declaration (with
+  several workers: see ``defsync.py``).
 - Definitions for vhosts this metadata does not have are kept in the store as they are
   (a vhost missing from the config does not lose its definitions).
 - A stored definition that fails to apply at start-up is logged and skipped; the
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TypeVar
 
 from shardmq.amqp.errors import AMQPError
@@ -89,6 +94,12 @@ class DefinitionsKeeper:
         self._vhosts_saved = False
         self._loading = False
         self._deferred: _DeferredSync | None = None
+        # called after every commit that wrote and every deferred sync that returned
+        # (the supervisor publishes the log's state to the workers: ``defsync.py``)
+        self.on_log: Callable[[], None] | None = None
+        # asked before a deferred sync is done: True = the appends up to n are on disk
+        # already (another process synced the log); the sync is then skipped
+        self.synced_elsewhere: Callable[[int], bool] | None = None
 
     # ------------------------------------------------------------ start-up
     def ops(self) -> list[md.Op]:
@@ -241,6 +252,8 @@ class DefinitionsKeeper:
         self.store.version = self.metadata.version
         if self.store.commit():
             self.saves += 1
+            if self.on_log is not None:
+                self.on_log()
             return True
         return False
 
@@ -260,13 +273,27 @@ class DefinitionsKeeper:
         its jobs only after syncing every file of the round, and rounds go in
         submission order, so no confirm is reported durable before the declaration it
         needs is on disk."""
-        self._deferred = _DeferredSync(self.store, committer, loop)
+        self._deferred = _DeferredSync(self, committer, loop)
         self.store.defer_sync = self._deferred.written
 
     def queue_sync(self) -> None:
         """Submit the log's fdatasync now if a commit is waiting for one."""
         if self._deferred is not None:
             self._deferred.submit()
+
+    def close(self) -> None:
+        """Clean stop: close the store, which fdatasyncs whatever no committer round
+        synced (a deferred sync still due is not submitted)."""
+        if self._deferred is not None:
+            self._deferred.cancel()
+        self.store.close()
+        if self.on_log is not None:
+            self.on_log()
+
+    def _synced(self, upto: int, exc: OSError | None) -> None:
+        self.store.synced(upto, exc)
+        if self.on_log is not None:
+            self.on_log()
 
     def _durable_binding(self, op: md.Bind) -> BindKey | None:
         vh = self.metadata.vhosts.get(op.vhost)
@@ -511,13 +538,16 @@ def _binding_def(key: BindKey, arguments: bytes) -> BindingDef:
 
 
 class _DeferredSync:
-    """The definitions log's fdatasync as a job of the queue stores' committer, batched:
-    at most one submitted per ``SYNC_DELAY`` unless ``submit`` is called earlier."""
+    """The definitions log's fdatasync as a job of a committer (the worker's, or the
+    supervisor's own), batched: at most one submitted per ``SYNC_DELAY`` unless
+    ``submit`` is called earlier; none when another process synced the log meanwhile
+    (``DefinitionsKeeper.synced_elsewhere``)."""
 
     def __init__(
-        self, store: DefinitionsStore, committer: Committer, loop: asyncio.AbstractEventLoop
+        self, keeper: DefinitionsKeeper, committer: Committer, loop: asyncio.AbstractEventLoop
     ) -> None:
-        self.store = store
+        self.keeper = keeper
+        self.store = keeper.store
         self.committer = committer
         self.loop = loop
         self._due: tuple[str, int] | None = None  # (log path, last append) to sync
@@ -532,6 +562,13 @@ class _DeferredSync:
             self._timer = self.loop.call_later(SYNC_DELAY, self.submit)
         return True
 
+    def cancel(self) -> None:
+        """Forget a sync still due (the owner syncs the store itself)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._due = None
+
     def submit(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
@@ -539,12 +576,17 @@ class _DeferredSync:
         due, self._due = self._due, None
         if due is None:
             return
+        elsewhere = self.keeper.synced_elsewhere
+        if elsewhere is not None and elsewhere(due[1]):
+            self.keeper._synced(due[1], None)
+            return
         if getattr(self.committer, "closing", False):
             self.store.sync()
+            self.keeper._synced(due[1], None)
             return
         self.committer.submit(CommitJob(self, [due[1]], [due[0]], [], [], []))
 
     def _committed(self, job: CommitJob, exc: OSError | None) -> None:
         n = job.tokens[0]
         assert isinstance(n, int)
-        self.store.synced(n, exc)
+        self.keeper._synced(n, exc)

@@ -148,8 +148,8 @@ class Sequencer:
         self._queue: deque[tuple[int, int, md.AnyOp]] = deque()
         self._tokens = itertools.count(1)
         self._current: _Current | None = None
-        # durable definitions, saved after each op the replica applied and before any
-        # worker (or client) hears of it
+        # durable definitions, written after each op the replica applied and before any
+        # worker (or client) hears of it (synced in the background: ``defsync.py``)
         self.keeper: DefinitionsKeeper | None = None
         # ops asked for in this process (the control socket): request id -> callback
         self._local: dict[int, Callable[[AMQPError | None, Any], None]] = {}

@@ -1,11 +1,16 @@
 """Control block: the small shared-memory segment the supervisor and workers share.
 
-Owns: per-slot liveness (incarnation, pid, heartbeat, ready, load) and the table of
-ring serials that names the current ring of each ordered worker pair.
+Owns: per-slot liveness (incarnation, pid, heartbeat, ready, load), the table of
+ring serials that names the current ring of each ordered worker pair, and the sync
+state of the supervisor's definitions log (``shardmq.broker.defsync``).
 
 Layout (native unsigned 64-bit words)::
 
-    0            header: magic, version, n, seq
+    0            header: magic, version, n, seq,
+                 defs_written  supervisor: appends written to the definitions log
+                 defs_gen      supervisor: generation of the log being appended to
+                 defs_synced   any process: appends known to be fdatasynced (a max:
+                               raised by whoever synced the log, see below)
     64 + 64*s    slot s (one cache line):
                    gen        supervisor: incarnation of the slot, bumped at every spawn
                    pid        supervisor: pid of the current incarnation
@@ -19,7 +24,13 @@ Layout (native unsigned 64-bit words)::
                               (``shardmq.net.limits.Admission``)
     64 + 64*n    ring table: n*n words, serial of ring i -> j at [i*n + j] (0 on i == j)
 
-Invariants: every word has exactly one writer (noted above). The supervisor changes
+Invariants: every word has exactly one writer (noted above), except ``defs_synced``:
+each writer only ever stores a count whose appends it saw synced (its own fdatasync,
+or a compaction), read-compare-store without a lock, so a lost race can move it back
+(an extra fdatasync later), never past what is on disk. ``defs_gen`` is stored before
+the ``defs_written`` of the first append to that generation's log, and a reader loads
+``defs_written`` first: the generation it then reads names a log holding every append
+it counts, or a later one (after a compaction, which synced them all). The supervisor changes
 ``gen`` and the ring table under a seqlock (``seq`` odd while it writes), so a worker
 reads a consistent table with ``table()``. Ring i -> j of serial k is the POSIX shared
 memory segment ``ring_name(instance, i, j, k)``. ``gen`` of a slot is set before its
@@ -37,10 +48,13 @@ from shardmq.ipc.ring import fence
 from shardmq.ipc.segment import WordSegment
 
 MAGIC = 0x4C5443514D4853  # b"SHMQCTL"
-VERSION = 1
+VERSION = 2  # 2: the definitions log's words in the header
 _SLOT0 = 8  # word index of slot 0
 _SLOT_WORDS = 8
 _W_SEQ = 3
+_W_DEFS_WRITTEN = 4
+_W_DEFS_GEN = 5
+_W_DEFS_SYNCED = 6
 
 F_GEN, F_PID, F_HEARTBEAT, F_READY, F_CONNS, F_ACCEPTED, F_RSS, F_FD_ALARM = range(8)
 
@@ -100,6 +114,39 @@ class ControlBlock(WordSegment):
     def is_ready(self, slot: int) -> bool:
         gen = self.get(slot, F_GEN)
         return gen != 0 and self.get(slot, F_READY) == gen
+
+    # ------------------------------------------------------------------ definitions log
+    def publish_definitions(self, generation: int, written: int, synced: int) -> None:
+        """Supervisor: the log ``generation`` is being appended to, ``written`` appends
+        so far (each whole in the kernel), ``synced`` of them known on disk. Call it
+        before anyone hears of the last append."""
+        w = self._w
+        w[_W_DEFS_GEN] = generation
+        fence()
+        w[_W_DEFS_WRITTEN] = written
+        self.definitions_synced(synced)
+
+    def definitions_due(self) -> tuple[int, int] | None:
+        """``(written, generation)`` when some append is not known synced, else None:
+        an fdatasync of log ``generation`` then makes every append up to ``written``
+        durable (or a compaction already did)."""
+        w = self._w
+        written = w[_W_DEFS_WRITTEN]
+        if written <= w[_W_DEFS_SYNCED]:
+            return None
+        fence()
+        return written, w[_W_DEFS_GEN]
+
+    @property
+    def definitions_synced_upto(self) -> int:
+        """Appends known to be fdatasynced."""
+        return self._w[_W_DEFS_SYNCED]
+
+    def definitions_synced(self, upto: int) -> None:
+        """Any process: appends ``<= upto`` are on disk (it synced the log)."""
+        w = self._w
+        if w[_W_DEFS_SYNCED] < upto:
+            w[_W_DEFS_SYNCED] = upto
 
     # ------------------------------------------------------------------ seqlock
     @property

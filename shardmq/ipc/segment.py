@@ -62,6 +62,11 @@ class WordSegment:
             shm.close_fd()
         return cls(name, mm)
 
+    @property
+    def closed(self) -> bool:
+        """``close`` was called: the words can no longer be read or written."""
+        return bool(self._mm.closed)
+
     def close(self) -> None:
         if not self._mm.closed:
             self._w.release()

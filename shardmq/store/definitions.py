@@ -332,6 +332,16 @@ class DefinitionsStore:
         return bool(self._buf) or self._broken
 
     @property
+    def appends(self) -> int:
+        """Appends written to the log so far (by this process; a count, not bytes)."""
+        return self._written
+
+    @property
+    def appends_synced(self) -> int:
+        """Appends known to be on disk (a compaction counts every earlier one)."""
+        return self._synced
+
+    @property
     def unsynced(self) -> bool:
         """Some committed change is written to the log but not fdatasynced yet."""
         return self._synced < self._written

@@ -5,7 +5,9 @@ single-file format 1) served as it was."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -14,6 +16,8 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
+
+from tests.support.procs import descendants, running
 
 from .conftest import DurableBroker
 
@@ -62,7 +66,7 @@ def _burst(
         return  # the broker was killed
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [1, 2, 3])
 def test_kill9_during_declare_burst_keeps_every_acknowledged_change(
     make_durable: Any, workers: int
 ) -> None:
@@ -134,19 +138,53 @@ def test_previous_versions_data_dir_is_served(make_durable: Any) -> None:
     assert present == {"v1.q", "new-after-upgrade"}
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_kill9_right_after_declare_oks_keeps_every_queue(make_durable: Any, workers: int) -> None:
-    """1,000 durable declares answered, kill -9 of the broker at once (no clean stop, no
-    time for a background fdatasync to matter: written is what must survive a process
-    crash), restart: every queue is there."""
+@pytest.mark.parametrize(
+    ("workers", "killed"),
+    [(1, "all"), (2, "all"), (3, "all"), (3, "supervisor"), (3, "worker")],
+)
+def test_kill9_right_after_declare_oks_keeps_every_definition(
+    make_durable: Any, workers: int, killed: str
+) -> None:
+    """Durable exchanges, queues and bindings answered, then at once kill -9 of every
+    process, of the supervisor alone (its workers follow it) or of one worker (the
+    supervisor respawns it; then every process): no clean stop, no time for a
+    background fdatasync to matter (written is what must survive a process crash).
+    After the restart every one is there, bindings included."""
     broker: DurableBroker = make_durable(workers=workers)
-    names = [f"answered-{i}" for i in range(1000)]
+    count = 1000 if killed == "all" and workers < 3 else 300
+    names = [f"answered-{i}" for i in range(count)]
     conn = broker.connect()
     ch = conn.channel()
     for name in names:
+        ch.exchange_declare(f"x.{name}", "direct", durable=True)
         ch.queue_declare(name, durable=True)
-    broker.kill()
+        ch.queue_bind(name, f"x.{name}", "rk")
+    assert broker.process is not None
+    if killed == "supervisor":
+        sup = broker.process.pid
+        workers_pids = descendants(sup)
+        os.kill(sup, signal.SIGKILL)
+        broker.process.wait()
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in workers_pids):
+            assert time.monotonic() < deadline, "workers outlived their supervisor"
+            time.sleep(0.01)
+    else:
+        if killed == "worker":
+            os.kill(descendants(broker.process.pid)[0], signal.SIGKILL)
+        broker.kill()
     broker.start()
     present = _exists(broker, names)
     missing = [n for n in names if n not in present]
     assert not missing, f"declare-ok'd but gone after kill -9: {missing[:10]}"
+    conn = broker.connect()
+    ch = conn.channel()
+    ch.confirm_delivery()
+    unrouted = []
+    for name in names:
+        try:
+            ch.basic_publish(f"x.{name}", "rk", b"routed", mandatory=True)
+        except pika.exceptions.UnroutableError:
+            unrouted.append(name)
+    assert not unrouted, f"bind-ok'd but gone after kill -9: {unrouted[:10]}"
+    conn.close()
