@@ -28,8 +28,10 @@ Invariants:
 - The synced count in the control block never exceeds what is on disk: a process
   raises it only to a count it read before an fdatasync of the log that returned
   (a log file gone was deleted by a compaction, which synced every append first).
-- A failed fdatasync of the log is logged; the count is not raised (the next round
-  tries again).
+- A failed fdatasync of the log is logged and fails every store job of its commit
+  round, and of every later round until a retry syncs it (the sync job is a
+  ``barrier``: ``shardmq.store.commit``): no confirm goes out meanwhile (the stores
+  nack them); the count is not raised.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ class WorkerLogSync:
         self._submitted = written
         self.syncs += 1
         path = log_path(self.data_dir, generation)
-        self.committer.submit(CommitJob(self, [written], [path], [], [], []))
+        self.committer.submit(CommitJob(self, [written], [path], [], [], [], barrier=True))
 
     def sync_now(self) -> None:
         """fdatasync the log now if it is behind (the delayed-message store, before its

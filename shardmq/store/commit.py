@@ -27,6 +27,10 @@ Invariants:
   its tokens count as durable.
 - A job's completion runs on the loop thread, in submission order, exactly once; it
   reports an OSError when one of the job's data files or directories failed to sync.
+- A *barrier* job (``barrier=True``: the definitions log that later confirms depend on,
+  ``shardmq.broker.defsync``) that fails to sync fails every job of its round, and its
+  files are synced again first in every later round, failing each round's jobs, until
+  they sync: no confirm goes out between a failed barrier and its successful retry.
 - Index files (acks, delivered markers) are synced at most every ``index_sync_ms``,
   after the round's confirms were posted: they never delay a confirm.
 - Unlinks (fully acked segments) happen on the committer thread, after the round.
@@ -59,7 +63,7 @@ class JobOwner(Protocol):
 
 
 class CommitJob:
-    __slots__ = ("owner", "tokens", "data", "index", "dirs", "unlinks", "rmtree")
+    __slots__ = ("owner", "tokens", "data", "index", "dirs", "unlinks", "rmtree", "barrier")
 
     def __init__(
         self,
@@ -70,6 +74,8 @@ class CommitJob:
         dirs: list[str],
         unlinks: list[str],
         rmtree: str | None = None,
+        *,
+        barrier: bool = False,
     ) -> None:
         self.owner = owner
         self.tokens = tokens
@@ -78,6 +84,24 @@ class CommitJob:
         self.dirs = dirs  # directories with new entries (synced with the data)
         self.unlinks = unlinks  # files to delete after the round
         self.rmtree = rmtree  # a whole queue directory to remove (queue.delete)
+        self.barrier = barrier  # every later completion depends on ``data`` (module doc)
+
+
+def _barrier_error(
+    failed: dict[str, None], paths: list[str], sync: Callable[[str], OSError | None]
+) -> OSError | None:
+    """Sync the barrier files that failed before and ``paths``; keep in ``failed`` those
+    that fail again, forget those that sync; the first error, or None."""
+    first: OSError | None = None
+    for path in (*failed, *paths):
+        err = sync(path)
+        if err is None:
+            failed.pop(path, None)
+        else:
+            failed[path] = None
+            if first is None:
+                first = err
+    return first
 
 
 def _sync_file(path: str) -> None:
@@ -137,6 +161,7 @@ class InlineCommitter:
         self.stats = _Stats()
         self._index: dict[str, None] = {}
         self._index_at = 0.0
+        self._barriers: dict[str, None] = {}  # barrier files whose sync failed
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> InlineCommitter:
@@ -145,7 +170,9 @@ class InlineCommitter:
     def submit(self, job: CommitJob) -> None:
         st = self.stats
         exc: OSError | None = None
-        if self.policy != "off" and (job.data or job.dirs):
+        if self.policy != "off" and (self._barriers or job.barrier):
+            exc = _barrier_error(self._barriers, job.data if job.barrier else [], _try_sync)
+        if self.policy != "off" and (job.data or job.dirs) and exc is None:
             st.rounds += 1
             try:
                 for path in dict.fromkeys(job.data):
@@ -207,6 +234,7 @@ class ThreadCommitter:
         self._outstanding = 0  # loop thread only
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._pool = ThreadPoolExecutor(sync_threads) if sync_threads > 1 else None
+        self._barriers: dict[str, None] = {}  # committer thread: barrier files that failed
         self._thread = threading.Thread(target=self._run, name="shardmq-fsync", daemon=True)
         self._thread.start()
 
@@ -343,6 +371,12 @@ class ThreadCommitter:
             data.update(dict.fromkeys(job.data))
             dirs.update(dict.fromkeys(job.dirs))
         errors: dict[str, OSError] = {}
+        barrier = [p for job in jobs if job.barrier for p in job.data]
+        failed: OSError | None = None
+        if barrier or self._barriers:
+            failed = _barrier_error(self._barriers, barrier, _try_sync)
+            for p in barrier:
+                data.pop(p, None)  # synced just now
         if data or dirs:
             st.rounds += 1
             paths = list(data)
@@ -364,8 +398,8 @@ class ThreadCommitter:
             st.dir_syncs += len(dirs)
         results: list[tuple[CommitJob, OSError | None]] = []
         for job in jobs:
-            exc = None
-            if errors:
+            exc = failed
+            if errors and exc is None:
                 for path in (*job.data, *job.dirs):
                     if path in errors:
                         exc = errors[path]
