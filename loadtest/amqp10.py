@@ -4,10 +4,12 @@ Owns: what one spawned producer or consumer process does when the run speaks AMQ
 — ``Conn`` (an asyncio protocol around the project's sans-IO engine in its client role,
 ``shardmq.amqp1.client.ClientEngine``: one write per loop turn), the publishing loop
 (``Sender``: transfers to ``/exchange/X/KEY``, or ``/queue/NAME`` on the default
-exchange, RabbitMQ 3's addresses, which shardmq also takes) and the consuming link
-(``Receiver``: ``/queue/NAME`` with link credit), and ``amqp10_worker_main``, which talks to
-the parent exactly as ``loadtest.worker.worker_main`` does (same messages, same result
-fields), so the parent, the report and ``--vs`` need no change.
+exchange, RabbitMQ 3's addresses, which shardmq also takes; a batch of pre-encoded
+frames per write, ``ClientEngine.send_batch``, as the 0-9-1 producer's one join) and
+the consuming link (``Receiver``: ``/queue/NAME`` with link credit), and
+``amqp10_worker_main``, which talks to the parent exactly as
+``loadtest.worker.worker_main`` does (same messages, same result fields), so the
+parent, the report and ``--vs`` need no change.
 
 The 0-9-1 options map onto the 1.0 flow: ``--confirm N`` -> unsettled transfers, at most
 N unsettled (the broker's ``accepted`` is the confirm; without it settled transfers);
@@ -265,7 +267,7 @@ class Sender:
         engine = conn.engine
         session = self.session
         link = self.link
-        send = engine.send_transfer
+        send = engine.send_batch
         pack = _U64.pack
         prefix, pad = self.prefix, self.pad
         settled = self.settled
@@ -306,13 +308,9 @@ class Sender:
                 if left <= 0:
                     break
                 n = min(n, left)
-            payload = prefix + pack(now) + pad
-            first = -1
-            for _ in range(n):
-                did = send(session, link, self.sent.to_bytes(8, "big"), payload, settled)
-                if first < 0:
-                    first = did
-                self.sent += 1
+            # n pre-encoded transfers in one write: tags are the send counter
+            first = send(session, link, self.sent, prefix + pack(now) + pad, n, settled)
+            self.sent += n
             if not settled:
                 self.batches.append([first, first + n - 1, now])
             await sleep(0)
