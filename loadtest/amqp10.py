@@ -81,6 +81,8 @@ class Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.engine.feed(data)
+        if self.sender is not None and self.sender.window_shut:
+            self.sender.credit_event.set()  # a session flow may have opened it
         if self.engine.state >= CLOSED:  # the peer's close (or a protocol error)
             self._flush()
             if not self.closed.done():
@@ -230,6 +232,7 @@ class Sender:
         self.sent = 0
         self.confirmed = 0
         self.credit_event = asyncio.Event()
+        self.window_shut = False  # waiting for the broker's session window, not credit
         self.batches: deque[list[int]] = deque()  # [first_id, last_id, ts_ns]
         self.conf_v: list[int] = []
         self.conf_n: list[int] = []
@@ -283,15 +286,20 @@ class Sender:
                 continue
             if monotonic_ns() >= t_stop:
                 break
-            n = min(self.batch, link.credit)
+            # no more than the credit and the broker's session window (one write of
+            # pre-encoded frames: nothing waits in the engine's queue)
+            room = session.remote_incoming_window
+            n = min(self.batch, link.credit, room)
             if window:
                 n = min(n, window - (self.sent - self.confirmed))
             if n <= 0:
+                self.window_shut = room <= 0
                 self.credit_event.clear()
                 try:
                     await asyncio.wait_for(self.credit_event.wait(), 1.0)
                 except TimeoutError:
                     pass
+                self.window_shut = False
                 continue
             now = monotonic_ns()
             if now >= t_stop:
