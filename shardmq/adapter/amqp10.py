@@ -5,10 +5,11 @@ frames, SASL, sessions, links, credit) with a ``BrokerConnection`` (login, vhost
 routing, consumers), and implements the engine's ``Handler`` (SASL PLAIN / ANONYMOUS /
 EXTERNAL against the broker's users, PLAIN and EXTERNAL as ``[auth] mechanisms`` allow,
 EXTERNAL only with a verified client certificate, the vhost from ``open.hostname`` ``vhost:NAME``,
-a domain ``Channel`` per session, links to queues and exchanges, publishes, settlements),
-the domain's ``ClientLink`` and ``ChannelSink`` (deliveries as transfers, confirms as
-dispositions), and the I/O layer's connection interface (as ``AMQP091Connection``, its
-forwarding part in ``shardmq.adapter.iohooks.EngineIO``).
+a domain ``Channel`` per session, links to queues and exchanges, settlements; publishes
+are its ``Publishing`` part, ``shardmq.adapter.amqp10_publish``), the domain's
+``ClientLink`` and ``ChannelSink`` (deliveries as transfers; confirms as dispositions:
+``Publishing.confirm``), and the I/O layer's connection interface (as
+``AMQP091Connection``, its forwarding part in ``shardmq.adapter.iohooks.EngineIO``).
 ``LinkConsumer`` is the domain consumer of a link the broker sends on.
 
 Invariants:
@@ -16,8 +17,9 @@ Invariants:
   client is answered with ``accepted`` once the broker has it (for a persistent message
   on a durable queue: once stored), ``rejected`` if it was refused; a settled one gets
   nothing; accepted publishes are settled in ranges. Messages are converted at this
-  edge (``shardmq.amqp1.convert``'s ``to_091_raw`` / ``from_091_prefix``: bodies sliced,
-  the rest converted once per distinct bytes): queues hold the 0-9-1 form. A sending
+  edge (``shardmq.amqp1.convert``'s ``to_091_cut`` / ``from_091_prefix``: bodies sliced,
+  the rest converted once per distinct bytes, a publishing link's last message shape
+  kept: ``amqp10_publish``): queues hold the 0-9-1 form. A sending
   link keeps its last conversion (``LinkConsumer.conv``) and reuses it while the next
   message has the same properties, exchange, routing key, redelivered flag and body
   size in one frame (one ``startswith``); a delivery is then the link's frame head, one
@@ -50,27 +52,27 @@ from time import monotonic, time
 from typing import TYPE_CHECKING, Any
 
 from shardmq.adapter import amqp10_relink as relink
+from shardmq.adapter.amqp10_publish import LinkState, Publishing
+from shardmq.adapter.amqp10_publish import link_error as _link_error
 from shardmq.adapter.amqp10_recovery import Parked, recovery_of, requeue
 from shardmq.adapter.amqp10_relink import Resume
 from shardmq.adapter.amqp10_sources import attach_dynamic, attach_exchange
 from shardmq.adapter.iohooks import EngineIO, IOHooks
 from shardmq.amqp.codec import shortstr
-from shardmq.amqp.errors import ACCESS_REFUSED, NOT_FOUND, AMQPError, HardError, SoftError
+from shardmq.amqp.errors import AMQPError, HardError, SoftError
 from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.address import source_of, target_of
-from shardmq.amqp1.codec import DecodeError
-from shardmq.amqp1.convert import from_091_prefix, to_091_raw
-from shardmq.amqp1.engine import Delivery, Engine, Link, Session
+from shardmq.amqp1.convert import from_091_prefix
+from shardmq.amqp1.engine import Engine, Link, Session
 from shardmq.amqp1.errors import AmqpError, LinkError, SessionError
 from shardmq.amqp1.sections import data_header
-from shardmq.amqp1.values import Symbol
 from shardmq.broker import metadata as md
 from shardmq.broker.channel import OUT_LIMIT, Channel
 from shardmq.broker.connection import BrokerConnection, peer_host
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import RemoteQueue
 from shardmq.broker.xshard.records import DELIVER_ITEM
-from shardmq.message import Message, next_seq
+from shardmq.message import Message
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
@@ -80,10 +82,6 @@ log = logging.getLogger("shardmq.amqp1")
 
 LINK_WINDOW = 256  # unsettled + waiting deliveries per sending link (its prefetch)
 MAX_LINK_WINDOW = 4096  # ... raised up to this by the credit a local queue's link gets
-_HEADER_CLASS = (60).to_bytes(2, "big") + b"\x00\x00"  # basic, weight 0
-FRAME_MAX_091 = 131072
-_FRAME_HDR = struct.Struct(">BHI")  # a 0-9-1 frame's type, channel, size
-_FRAME_BODY_SEP = struct.Struct(">BBHI")  # frame-end, then the body frame's header
 _U64 = struct.Struct(">Q")  # a content header's body size
 
 
@@ -214,25 +212,7 @@ class SessionState:
         return tags
 
 
-class LinkState:
-    """A link the client publishes on."""
-
-    __slots__ = ("exchange", "key", "anonymous", "exrk")
-
-    def __init__(self, exchange: str, key: str | None, anonymous: bool) -> None:
-        self.exchange = exchange
-        self.key = key
-        self.anonymous = anonymous
-        # the wire bytes of a fixed exchange and key (b"": not fixed, or too long)
-        self.exrk = b""
-        if key is not None and not anonymous:
-            try:
-                self.exrk = shortstr(exchange) + shortstr(key)
-            except (ValueError, UnicodeEncodeError):
-                pass
-
-
-class AMQP10Connection(EngineIO[Engine]):
+class AMQP10Connection(Publishing, EngineIO[Engine]):
     """One AMQP 1.0 client connection (see the module block)."""
 
     def __init__(
@@ -590,117 +570,6 @@ class AMQP10Connection(EngineIO[Engine]):
             due = self.domain.credit_due
             due[c] = due.get(c, 0) + sent
 
-    # ------------------------------------------------------------ publishing
-    def on_transfer(self, session: Session, link: Link, d: Delivery) -> None:
-        st: SessionState = session.user
-        ls: LinkState = link.user
-        ch = st.ch
-        try:
-            conv, body = to_091_raw(d.payload)
-        except DecodeError as exc:
-            raise LinkError(T.AMQP_ERROR_DECODE_ERROR, f"message: {exc}") from None
-        if conv.user_id is not None and conv.user_id != self.domain.user:
-            text = (
-                f"user_id property set to '{conv.user_id}' but authenticated user was "
-                f"'{self.domain.user}'"
-            )
-            self._refuse(session, link, d, T.AMQP_ERROR_UNAUTHORIZED_ACCESS, text)
-            return
-        exchange, key = ls.exchange, ls.key
-        if ls.anonymous:
-            if conv.to is None:
-                self._refuse(session, link, d, T.AMQP_ERROR_PRECONDITION_FAILED, "no 'to' address")
-                return
-            try:
-                t = target_of(conv.to)
-            except LinkError as exc:
-                self._refuse(session, link, d, exc.condition, exc.description)
-                return
-            exchange, key = t.exchange, t.key
-        if key is None:
-            key = conv.subject or ""
-        exrk = ls.exrk if key is ls.key and ls.exrk else None
-        if exrk is None:
-            try:
-                exrk = shortstr(exchange) + shortstr(key)
-            except (ValueError, UnicodeEncodeError):
-                self._refuse(session, link, d, T.AMQP_ERROR_INVALID_FIELD, "routing key too long")
-                return
-        n = len(body)
-        hsize = 12 + len(conv.props)
-        if 0 < n <= FRAME_MAX_091 - 8:  # one body frame: the raw frames in one join
-            raw = b"".join(
-                (
-                    _FRAME_HDR.pack(2, ch.number, hsize),
-                    _HEADER_CLASS,
-                    n.to_bytes(8, "big"),
-                    conv.props,
-                    _FRAME_BODY_SEP.pack(0xCE, 3, ch.number, n),
-                    body,
-                    b"\xce",
-                )
-            )
-            msg = Message(exrk, raw, ch.number, hsize, max(hsize, n), next_seq())
-        else:
-            header = _HEADER_CLASS + n.to_bytes(8, "big") + conv.props
-            msg = Message.from_parts(exrk, header, body, next_seq(), ch.number, FRAME_MAX_091)
-        before = ch.confirm_seq
-        try:
-            self.domain.publish(ch, msg, len(exchange.encode("utf-8")) + 1, 0)
-        except SoftError as exc:
-            self._refuse(session, link, d, _link_error(exc).condition, exc.text)
-            return
-        if not d.settled:
-            if ch.confirm_seq != before:
-                st.confirms[ch.confirm_seq] = (link, d.delivery_id)
-            else:  # nothing to wait for
-                self._settle_publish(session, link, d.delivery_id, T.Accepted())
-        if link.credit <= self.settings.link_credit // 2 and not link.detached:
-            self.engine.grant(session, link, self.settings.link_credit)
-
-    def _refuse(self, session: Session, link: Link, d: Delivery, cond: str, text: str) -> None:
-        log.warning("connection %s: publish on link '%s' refused: %s", self.peer, link.name, text)
-        if not d.settled:
-            err = T.Error(condition=Symbol(cond), description=text)
-            self._settle_publish(session, link, d.delivery_id, T.Rejected(error=err))
-
-    def _settle_publish(self, session: Session, link: Link, did: int, state: Any) -> None:
-        # receiver-settle-mode second: the engine keeps the record until the client settles
-        self.engine.settle_received(session, link, did, state)
-
-    # ------------------------------------------------------------ ChannelSink
-    def confirm(self, ch: Channel, seq: int, multiple: bool, ack: bool) -> None:
-        session = self._session_of(ch)
-        if session is None:
-            return
-        st: SessionState = session.user
-        if multiple:
-            seqs = sorted(s for s in st.confirms if s <= seq)
-        else:
-            seqs = [seq] if seq in st.confirms else []
-        state: Any = (
-            T.Accepted()
-            if ack
-            else T.Rejected(
-                error=T.Error(condition=T.AMQP_ERROR_INTERNAL_ERROR, description="not stored")
-            )
-        )
-        run: list[Any] = []  # [link, first, last]: consecutive ids settle as one range
-        for s in seqs:
-            link, did = st.confirms.pop(s)
-            if link.detached:
-                continue
-            if link.rcv_settle_mode == T.RECEIVER_SETTLE_MODE_SECOND or did in session.received_ids:
-                self._settle_publish(session, link, did, state)  # kept until the peer settles
-            elif run and run[0] is link and run[2] + 1 == did:
-                run[2] = did
-            else:
-                if run:
-                    self.engine.disposition(session, run[1], run[2], True, state)
-                run = [link, did, did]
-        if run:
-            self.engine.disposition(session, run[1], run[2], True, state)
-
     def _session_of(self, ch: Channel) -> Session | None:
         for s in self.engine.sessions.values():
             st = s.user
@@ -870,11 +739,3 @@ def _conversion(msg: Message, redelivered: bool, n: int) -> tuple[bytes, bytes, 
     head = prefix if raw_body else prefix + data_header(n)
     one_frame = len(raw) - 16 - msg.hsize == n
     return (raw[11:19] + props_raw, msg.exrk, redelivered, n if one_frame else -1, head)
-
-
-def _link_error(exc: AMQPError) -> LinkError:
-    if exc.reply_code == NOT_FOUND:
-        return LinkError(T.AMQP_ERROR_NOT_FOUND, exc.text)
-    if exc.reply_code == ACCESS_REFUSED:
-        return LinkError(T.AMQP_ERROR_UNAUTHORIZED_ACCESS, exc.text)
-    return LinkError(T.AMQP_ERROR_PRECONDITION_FAILED, exc.text)

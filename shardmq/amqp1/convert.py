@@ -9,9 +9,11 @@ expiration, message-id / correlation-id (strings of up to 255 bytes; other types
 timestamp (ms <-> s), application-properties <-> headers, ``x-`` message annotations
 <-> ``x-`` headers; a single data section <-> the body. ``to_091_raw`` and
 ``from_091_raw`` are the broker's hot path: the body is sliced, never decoded, and the
-other sections are converted once per distinct bytes (a bounded cache);
-``from_091_prefix`` is that conversion alone (the sections before the body), which the
-broker's sending link keeps for as long as its messages share it.
+other sections are converted once per distinct bytes (a bounded cache); ``to_091_cut``
+also tells where the body starts, so that a publishing link can recognise the next
+message of the same shape by its leading bytes (``shardmq.adapter.amqp10_publish``);
+``from_091_prefix`` is the outgoing conversion alone (the sections before the body),
+which the broker's sending link keeps for as long as its messages share it.
 
 Invariants:
 - A body that is not one data section (amqp-value, amqp-sequence, several data) is
@@ -328,10 +330,18 @@ def to_091_raw(payload: bytes) -> tuple[Incoming, bytes]:
     A message whose body is one data section is sliced, not decoded: its other sections
     are converted once per distinct bytes (cached); anything else goes the generic way.
     Raises ``DecodeError`` on malformed sections, as ``parse`` does."""
+    conv, body, _cut = to_091_cut(payload)
+    return conv, body
+
+
+def to_091_cut(payload: bytes) -> tuple[Incoming, bytes, int]:
+    """``to_091_raw``, and where the body starts in ``payload`` when the message is
+    its sections then one data section that ends it (-1 otherwise): every payload with
+    the same bytes before that position and the same length converts the same."""
     if payload[:4] == _DATA8 and len(payload) == 5 + payload[4]:  # a data section only
         hit = _in_cache.get(b"")
         if hit is not None:
-            return hit, payload[5:]
+            return hit, payload[5:], 5
     secs = split(payload)
     if secs is not None:
         body_at = body_end = -1
@@ -358,10 +368,11 @@ def to_091_raw(payload: bytes) -> tuple[Incoming, bytes]:
                 if len(_in_cache) >= CACHE_MAX:
                     _in_cache.clear()
                 _in_cache[key] = hit
-            return hit, body
+            cut = body_end - len(body) if body_end == len(payload) else -1
+            return hit, body, cut
     p = parse(payload)
     props, body = to_091(p)
-    return _incoming(p, props), body
+    return _incoming(p, props), body, -1
 
 
 def from_091_prefix(

@@ -40,6 +40,11 @@ Invariants:
   (no performative object); a delivery in one frame skips the assembly list; a
   one-frame delivery sent with ``send_transfer_q`` is the link's fixed frame head
   (``Link.thead``: channel and handle, computed once) and one pack.
+- While open, a read's one-frame transfers in the layout ``write_transfer`` writes are
+  taken by the hot loop ``shardmq.amqp1.inbound.transfers_in`` (the same bookkeeping,
+  no ``Transfer`` or ``Delivery`` object: the handler's optional ``on_message``); any
+  other frame, or one that gets an error, goes through ``_frame``. A read is parsed in
+  place unless the start of a frame is left over from the previous one.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from shardmq.amqp1.framing import (
     parse_frame,
     write_frame,
 )
+from shardmq.amqp1.inbound import transfers_in
 from shardmq.amqp1.transfer import (
     outcome_bytes,
     pack_transfer_q,
@@ -99,6 +105,14 @@ class Handler(Protocol):
     def on_detach(self, session: Session, link: Link, error: Any) -> None: ...
     def on_flow(self, session: Session, link: Link, drain: bool) -> None: ...
     def on_transfer(self, session: Session, link: Link, delivery: Delivery) -> None: ...
+    def on_message(
+        self, session: Session, link: Link, delivery_id: int, settled: bool, payload: bytes
+    ) -> None:
+        """A complete delivery, as ``on_transfer`` without the ``Delivery`` (the hot
+        path). Optional: without it the engine builds a ``Delivery`` for
+        ``on_transfer``; deliveries that need their tag (receiver-settle-mode second)
+        always come through ``on_transfer``."""
+
     def on_disposition(self, session: Session, d: Any) -> None: ...
     def on_close(self) -> None: ...
 
@@ -263,6 +277,10 @@ class Engine:
         self.input_held = False
         self.user: str | None = None  # authenticated user (the handler sets it)
         self.remote_container_id = ""  # the peer's, from its open
+        # the handler's hot-path entry for a complete delivery, if it has one
+        self.on_message: Callable[[Session, Link, int, bool, bytes], None] | None = getattr(
+            handler, "on_message", None
+        )
 
     # ------------------------------------------------------------ output
     def wake_once(self) -> None:
@@ -292,13 +310,29 @@ class Engine:
         self.recv_activity = True
         if self.state >= CLOSED:
             return
-        if data:
-            self._buf += data
-        buf = self._buf
-        pos = 0
+        kept = self._buf
+        if kept:  # the start of a frame waits for its end
+            kept += data
+            buf: bytes | bytearray = kept
+        else:
+            buf = data
         try:
             pos = self._parse(buf)
-        except (DecodeError, FramingError) as exc:
+        except Exception as exc:
+            if buf is not kept:
+                self._buf = bytearray(buf)  # kept whole, as a buffered read would be
+            self._parse_failed(exc)
+            return
+        if pos >= len(buf):
+            if kept:
+                self._buf = bytearray()
+        elif buf is kept:
+            del kept[:pos]
+        else:
+            self._buf = bytearray(buf[pos:])
+
+    def _parse_failed(self, exc: Exception) -> None:
+        if isinstance(exc, DecodeError | FramingError):
             cond = (
                 T.AMQP_ERROR_DECODE_ERROR
                 if isinstance(exc, DecodeError)
@@ -307,26 +341,24 @@ class Engine:
             # the byte stream cannot be read further: close, then the socket at once
             self.connection_error(ConnError(cond, str(exc)))
             self._finish()
-            return
-        except ConnError as exc:
+        elif isinstance(exc, ConnError):
             self.connection_error(exc)
-            return
-        except AmqpError as exc:  # a session or link error outside a session: the connection
+        elif isinstance(exc, AmqpError):  # a session or link error outside a session
             self.connection_error(ConnError(exc.condition, exc.description))
-            return
-        except Exception as exc:  # a bug: never let it kill the worker
+        else:  # a bug: never let it kill the worker
             from shardmq.amqp.connection import log_internal_error
 
             log_internal_error(log, f"amqp1 connection {self.peer}: internal error", exc)
             self.connection_error(ConnError(T.AMQP_ERROR_INTERNAL_ERROR, "internal error"))
-            return
-        if pos:
-            del self._buf[:pos]
 
-    def _parse(self, buf: bytearray) -> int:
+    def _parse(self, buf: bytes | bytearray) -> int:
         pos = 0
         while self.state < CLOSED:
-            if self.state in (AWAIT_HEADER, AWAIT_AMQP_HEADER):
+            if self.state == OPEN:
+                pos = transfers_in(self, buf, pos)  # the hot loop: one-frame transfers
+                if self.state != OPEN:
+                    continue
+            elif self.state in (AWAIT_HEADER, AWAIT_AMQP_HEADER):
                 if len(buf) - pos < 8:
                     return pos
                 header = bytes(buf[pos : pos + 8])
@@ -788,6 +820,13 @@ class Engine:
         )
         d.rcv_settle_mode = None if t.rcv_settle_mode is None else int(t.rcv_settle_mode)
         self._deliver(s, link, d)
+
+    def deliver_one(
+        self, s: Session, link: Link, did: int, tag: bytes, settled: bool, payload: bytes
+    ) -> None:
+        """A complete one-frame delivery from the hot loop (``inbound``) that needs a
+        ``Delivery``: to ``_deliver``."""
+        self._deliver(s, link, Delivery(did, tag, settled, payload))
 
     def _deliver(self, s: Session, link: Link, d: Delivery) -> None:
         """A complete incoming delivery to the handler, unless it is a duplicate (every

@@ -1,7 +1,9 @@
 """The transfer and disposition frames on the hot path, without the generic codec.
 
 Owns: ``write_transfer`` (one transfer frame: handle, delivery-id, delivery-tag,
-message-format 0, settled, more, then the payload) and ``read_transfer`` (a transfer
+message-format 0, settled, more, then the payload), ``write_transfers`` (many one-frame
+deliveries of the same payload in one join: the load generator's producer) and
+``read_transfer`` (a transfer
 performative in its common shape -> a ``types_gen.Transfer``), both used by the engine
 for every delivery in either direction, and ``write_disposition`` (a receiver's or
 sender's settlement of a range with a terminal outcome of no fields); ``transfer_head``
@@ -24,7 +26,8 @@ Invariants:
 from __future__ import annotations
 
 import struct
-from typing import Any
+from itertools import repeat
+from typing import Any, Literal
 
 from shardmq.amqp1 import types_gen as T
 
@@ -140,6 +143,35 @@ def write_transfer(
     out += _FH.pack(8 + len(perf) + len(payload), 2, 0, channel)
     out += perf
     out += payload
+
+
+_PERF_TO_HANDLE = b"\x00\x53\x14\xc0\x14\x05\x52"  # transfer, list8 (20, 5 items), smalluint
+_STEP = (1 << 80) + 1  # the next delivery-id and the next tag, as one 14-byte integer
+_BIG: Literal["big"] = "big"
+
+
+def write_transfers(
+    out: bytearray,
+    channel: int,
+    handle: int,
+    first_id: int,
+    first_tag: int,
+    settled: bool,
+    payload: bytes,
+    n: int,
+) -> None:
+    """Append ``n`` (>= 1) one-frame transfers of ``payload``, byte for byte what ``n``
+    calls of ``write_transfer`` write for delivery-ids ``first_id``.. and 8-byte tags
+    ``first_tag``.. (big-endian integers), in one join. The caller keeps ``handle``
+    below 256, and the ids and tags from wrapping."""
+    pre = _FH.pack(33 + len(payload), 2, 0, channel) + _PERF_TO_HANDLE + bytes((handle, 0x70))
+    post = (b"\x43\x41" if settled else b"\x43\x42") + payload
+    # what varies is delivery-id, A0 08, tag: 14 bytes, one more by _STEP per frame
+    x0 = (first_id << 80) | (0xA008 << 64) | first_tag
+    ids = map(int.to_bytes, range(x0, x0 + n * _STEP, _STEP), repeat(14, n), repeat(_BIG, n))
+    out += pre
+    out += (post + pre).join(ids)
+    out += post
 
 
 def read_transfer(buf: Any, pos: int, end: int) -> tuple[Any, int] | None:
