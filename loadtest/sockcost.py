@@ -1,17 +1,27 @@
-"""Instructions per message of a real broker process, through real sockets.
+"""Instructions (or Python bytecodes, or CPU) per message of a real broker process,
+through real sockets.
 
 Owns: ``python -m loadtest.sockcost``: starts a one-worker broker of a given source tree
-under ``valgrind --tool=callgrind``,
-declares one of the plain-path scenarios of the suite (``1-1``: direct exchange, one
-queue, one no-ack consumer; ``fanout-4``: fanout exchange, 4 queues, 4 no-ack
-consumers, one connection each; ``topic-100``: topic exchange, one queue bound with 100
-patterns, keys cycling over them), then for each of ``--messages`` (e.g. 20000 40000)
-zeroes the counters, pushes that many 16-byte messages in lock-step batches of
-``--batch`` (one write of ``batch`` publishes, then wait until every consumer has them
-all: so every tree sees the same reads and writes) and dumps the counters. Prints the
-instructions of each phase and ``(last - first) / (difference in messages)``: the
-per-message cost with start-up, connection set-up and anything per phase cancelled.
-The dumps stay in ``--out`` for ``callgrind_annotate`` (``--inclusive=yes``).
+(``--tree``, its PYTHONPATH; management and Prometheus on free ports) under ``valgrind
+--tool=callgrind``, declares one of the plain-path scenarios of the suite (``1-1``:
+direct exchange, one queue, one no-ack consumer; ``fanout-4``: fanout exchange, 4
+queues, 4 no-ack consumers, one connection each; ``topic-100``: topic exchange, one
+queue bound with 100 patterns, keys cycling over them), then for each of
+``--messages`` (e.g. 10000 20000) zeroes the counters, pushes that many 16-byte
+messages and dumps the counters. Prints the instructions of each phase and
+``(last - first) / (difference in messages)``: the per-message cost with start-up,
+connection set-up and anything per phase cancelled. The dumps stay in ``--out`` for
+``callgrind_annotate``.
+
+How the messages go: by default in lock-step batches of ``--batch`` (one write of
+``batch`` publishes, then wait until every consumer has them all: each message goes
+straight to a consumer); with ``--flood`` as the suite's publisher does (512 per
+write, as fast as the socket takes them: the broker reads 256 KiB at a time and the
+queue builds a backlog, so messages take the store path and the publisher is
+throttled now and then; the counts then vary by a few percent run to run).
+``--trace`` counts Python bytecodes per function instead (``loadtest.optrace``, files
+``optrace.<tag>.<scenario>...``), ``--cpu N`` runs the broker natively and prints its
+user and system CPU per message N times.
 
 What it does not measure: time-based work (timers, samplers) is counted in proportion
 to the wall time of a phase, which callgrind stretches ~50x; read those functions off
@@ -83,7 +93,7 @@ def control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
 
 
-async def wait_port(port: int, timeout: float = 120.0) -> None:
+async def wait_port(port: int, timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
