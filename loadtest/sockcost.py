@@ -93,13 +93,18 @@ def control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True)
 
 
-async def wait_port(port: int, timeout: float = 600.0) -> None:
+async def wait_port(port: int, broker: subprocess.Popen[bytes], timeout: float = 600.0) -> None:
+    """Until the broker listens; raises if it exited first (a start-up error: the port
+    taken meanwhile), so that nothing talks to another process on that port."""
     deadline = time.monotonic() + timeout
     while True:
+        if broker.poll() is not None:
+            raise RuntimeError(f"broker exited with {broker.returncode} (see its log)")
         try:
             _, w = await asyncio.open_connection("127.0.0.1", port)
             w.close()
-            return
+            if broker.poll() is None:
+                return
         except OSError:
             if time.monotonic() > deadline:
                 raise
@@ -191,7 +196,7 @@ async def run(args: argparse.Namespace) -> int:
     tag = args.tag or Path(args.tree).name
     broker = start_broker(Path(args.tree).resolve(), port, out, tag, args.cpu > 0, args.trace)
     try:
-        await wait_port(port)
+        await wait_port(port, broker)
         uri = f"amqp://guest:guest@127.0.0.1:{port}/"
         pub, consumers, tmpl = await setup(uri, args.scenario)
         await push(pub, consumers, tmpl, 2 * args.batch, args.batch)  # warm-up
