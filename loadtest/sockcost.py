@@ -85,7 +85,7 @@ def start_broker(
         "--data-dir",
         str(data),
     ]
-    log = open(out / f"broker.{tag}.log", "wb")  # noqa: SIM115 (lives with the process)
+    log = open(out / f"broker.{tag}.{port}.log", "wb")  # noqa: SIM115 (lives with the process)
     return subprocess.Popen(cmd, cwd=str(tree), env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
