@@ -352,8 +352,15 @@ class BrokerConnection:
         for q in local:
             q.publish(msg, target)  # a durable queue takes a token (persistent msg)
             # (an empty store is never backed up: no call when the message went
-            # straight to a consumer)
-            if q.store and q.consumers and q.backed_up(msg.fmax) and not self.consumes():
+            # straight to a consumer; the rest of a read past the mark, already
+            # throttled, skips the channel scan)
+            if (
+                q.store
+                and q.consumers
+                and q.backed_up(msg.fmax)
+                and self not in q.throttled
+                and not self.consumes()
+            ):
                 # Connections that also consume are never throttled: their acks
                 # must keep flowing (the memory alarm still bounds them).
                 q.throttle(self)

@@ -10,8 +10,12 @@ Invariants:
 - A message is either in ``store`` (ready) or held by exactly one channel as unacked
   (or was delivered no-ack and is gone). ``redelivered`` flags messages that went back
   to ``store`` after a delivery.
-- Dispatch happens whenever readiness can have changed: a publish, an ack that returned
-  credit, a new consumer, a qos change, a writable socket, channel.flow on.
+- Dispatch happens whenever readiness can have changed: an ack that returned credit, a
+  new consumer, a qos change, a writable socket, channel.flow on (and a consumer's
+  own events: credit from another worker, a ring that drained). So a non-empty store
+  means no consumer had room: a plain publish into it only appends (no dispatch
+  attempt per message of a backlog), and a publish into an empty one goes to the next
+  consumer with room or, without one, to the store.
 - Round robin: consumers are tried in turn starting after the last one served, unless
   the queue has a single active consumer or consumers with priorities: then ``order``
   (``consumer_order.ConsumerOrder``) picks, kept current on every consumer change.
@@ -329,14 +333,15 @@ class Queue:
                 qfeatures.publish(self, msg, conf)
             return
         store = self.store
-        if self.consumers and not store:
+        if store:  # a backlog: no consumer had room when readiness last changed
+            store.push(msg)
+            return
+        if self.consumers:
             c = self._next_consumer()
             if c is not None:
                 c.channel.deliver(c, self, msg, False)
                 return
-        store.push(msg)
-        if self.consumers:
-            self.dispatch()
+        store.push(msg)  # (no consumer with room: nothing to dispatch)
 
     def dispatch(self) -> None:
         """Deliver ready messages while some consumer has credit."""
@@ -584,9 +589,7 @@ class DurableQueue(Queue):
                 disk.push_taken(msg, token)  # before deliver: a no-ack delivery acks it
                 c.channel.deliver(c, self, msg, False)
                 return
-        disk.push(msg, token)
-        if self.consumers:
-            self.dispatch()
+        disk.push(msg, token)  # (a backlog, or no consumer with room: see Queue.publish)
 
     def purge(self) -> int:
         if self.deleted:  # being deleted: the store is destroyed right after
