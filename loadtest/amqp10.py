@@ -358,16 +358,21 @@ class Receiver:
         self.refill_at = self.credit // 2  # link credit topped up when down to this
         conn.receiver = self
         conn.on_transfer = self.on_transfer  # type: ignore[method-assign]  # the engine calls it
+        conn.engine.on_message = self.on_message  # the hot path: no Delivery per message
 
     @property
     def consumed_bytes(self) -> int:
         return self.consumed * self.size
 
     def on_transfer(self, session: Session, link: Link, d: Delivery) -> None:
+        self.on_message(session, link, d.delivery_id, d.settled, d.payload)
+
+    def on_message(
+        self, session: Session, link: Link, did: int, settled: bool, payload: bytes
+    ) -> None:
         now = self.last_delivery_ns = monotonic_ns()
         self.consumed += 1
         if self.record:
-            payload = d.payload
             start = len(payload) - self.size
             if start >= 0:
                 ts = _U64.unpack_from(payload, start)[0]
@@ -379,10 +384,9 @@ class Receiver:
                         self.lat_n.append(self._run_n)
                     self._run_ts = ts
                     self._run_n = 1
-        if not d.settled:
+        if not settled:
             self.last_tag += 1
             p = self.pending.get(link.handle)
-            did = d.delivery_id
             if p is None:
                 self.pending[link.handle] = [did, did]
             elif did == p[1] + 1:
