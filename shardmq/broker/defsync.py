@@ -41,7 +41,7 @@ import os
 
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.ipc.control import ControlBlock
-from shardmq.store.commit import CommitJob, Committer
+from shardmq.store.commit import CommitJob, Committer, sync_file
 
 log = logging.getLogger("shardmq.definitions")
 
@@ -105,14 +105,8 @@ class WorkerLogSync:
         if due is None:
             return
         written, generation = due
-        try:
-            fd = os.open(log_path(self.data_dir, generation), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return  # compacted: the compaction synced every append before
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
+        # (a log that is gone was compacted: the compaction synced every append first)
+        sync_file(log_path(self.data_dir, generation))
         self.syncs += 1
         self.control.definitions_synced(written)
 
