@@ -175,12 +175,15 @@ class InlineCommitter:
     def submit(self, job: CommitJob) -> None:
         st = self.stats
         exc: OSError | None = None
+        data = job.data
         if self.policy != "off" and (self._barriers or job.barrier):
-            exc = _barrier_error(self._barriers, job.data if job.barrier else [], _try_sync)
-        if self.policy != "off" and (job.data or job.dirs) and exc is None:
+            exc = _barrier_error(self._barriers, data if job.barrier else [], _try_sync)
+            if job.barrier:
+                data = []  # synced just now
+        if self.policy != "off" and (data or job.dirs) and exc is None:
             st.rounds += 1
             try:
-                for path in dict.fromkeys(job.data):
+                for path in dict.fromkeys(data):
                     _sync_file(path)
                     st.data_syncs += 1
                 for path in dict.fromkeys(job.dirs):
