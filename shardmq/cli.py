@@ -79,6 +79,9 @@ def serve(
         )
     except ConfigError as exc:
         fail(str(exc))
+    from shardmq import allocator
+
+    allocator.ensure(config.server.allocator)  # may start this process again, same pid
     from workers.supervisor import run
 
     overrides = {

@@ -29,6 +29,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("[amqp]\nframe_max = 100\n", "frame_max"),
         ("[server]\nbogus = 1\n", "bogus"),
         ("[server]\nlog_level = 'loud'\n", "log_level"),
+        ("[server]\nallocator = 'jemalloc'\n", "allocator"),
         ("[server\n", "invalid TOML"),
     ],
 )

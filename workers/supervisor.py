@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from shardmq import allocator
 from shardmq.config import Config, ConfigError, load_config
 from shardmq.ipc.control import F_ACCEPTED, F_CONNS
 from shardmq.ipc.mesh import MeshError, MeshHost
@@ -172,6 +173,7 @@ def run(
     """
     setup_logging(config.server.log_level, fmt=config.server.log_format)
     cfg = config.server
+    log.info(allocator.describe(cfg.allocator))
     try:
         tls = tls_server(config)
         claim = claim_broker(

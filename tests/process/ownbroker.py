@@ -86,9 +86,11 @@ def start_own(
     settings: dict[str, dict[str, object]] | None = None,
     *,
     nofile: int | tuple[int, int] | None = None,
+    env: dict[str, str] | None = None,
 ) -> OwnBroker:
     """Start ``shardmq serve`` with ``settings`` ({section: {key: value}}); with
-    ``nofile`` (one limit, or soft and hard), its RLIMIT_NOFILE is lowered to that first."""
+    ``nofile`` (one limit, or soft and hard), its RLIMIT_NOFILE is lowered to that first;
+    ``env``: its environment (default: this process's)."""
     port = free_port()
     data_dir = tmp / f"data-{port}"
     cfg = tmp / f"shardmq-{port}.toml"
@@ -103,7 +105,7 @@ def start_own(
         # python -m tests.process.ownbroker NOFILE -- args: lowers the limit, then execs
         soft, hard = nofile if isinstance(nofile, tuple) else (nofile, nofile)
         args = ["tests.process.ownbroker", f"{soft}:{hard}", "--", sys.executable, "-m", *args]
-    proc = spawn(args, log_path)
+    proc = spawn(args, log_path, env=env)
     b = OwnBroker(proc=proc, port=port, workers=workers, log_path=log_path)
     wait_answering(proc, port, b.log, b.stop)
     return b
