@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import pytest
+
 from shardmq.net import memtrim
 from shardmq.net.memtrim import MemoryTrimmer, shrink_dict, shrink_set
 
@@ -57,3 +59,67 @@ def test_malloc_trim_is_found_on_glibc_or_absent() -> None:
     if memtrim.malloc_trim is not None:
         assert memtrim.malloc_trim(0) in (0, 1)
     assert memtrim.rss_bytes() > 0
+
+
+MIB = 2**20
+
+
+def test_heap_watch_due_when_free_memory_stood_high_for_two_checks() -> None:
+    w = memtrim.HeapWatch()
+    total = 200 * MIB
+    assert not w.due(10 * MIB, total)  # first look: the low point
+    assert not w.due(5 * MIB, total)  # lower: the new low point
+    assert not w.due(5 * MIB + 40 * MIB, total)  # 40 MiB freed: once is not enough
+    assert not w.due(5 * MIB, total)  # taken again at once (a churning backlog)
+    assert not w.due(5 * MIB + 60 * MIB, total)
+    assert w.due(5 * MIB + 60 * MIB, total)  # still free at the next check: trim
+    w.reset(8 * MIB)
+    assert not w.due(8 * MIB + 60 * MIB, total) and w.due(8 * MIB + 60 * MIB, total)
+
+
+def test_heap_watch_needs_a_share_of_the_heap_not_only_bytes() -> None:
+    w = memtrim.HeapWatch()
+    total = 1000 * MIB  # a quarter of it is 250 MiB
+    w.due(0, total)
+    for _ in range(3):
+        assert not w.due(200 * MIB, total)
+    assert not w.due(memtrim.HEAP_FREED - 1, 10 * MIB) and not w.due(memtrim.HEAP_FREED - 1, 0)
+
+
+def test_heap_trim_runs_on_the_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    frees = iter([MIB, 100 * MIB, 100 * MIB])
+    trimmed: list[int] = []
+    monkeypatch.setattr(memtrim, "heap_info", lambda: (next(frees, 2 * MIB), 200 * MIB))
+    monkeypatch.setattr(memtrim, "malloc_trim", lambda pad: trimmed.append(pad) or 1)
+    loop = asyncio.new_event_loop()
+    t = MemoryTrimmer(loop, lambda: 0, interval=0.01)
+    t.start()
+    loop.run_until_complete(asyncio.sleep(0.2))
+    t.stop()
+    loop.close()
+    assert trimmed == [0] and t.trims == 1 and t.heap.low == 2 * MIB
+
+
+def test_heap_info_on_glibc_or_absent() -> None:
+    info = memtrim.heap_info()
+    if info is not None:
+        free, total = info
+        assert 0 <= free <= total and total > 0
+
+
+def test_connection_counter_rebuilds_its_set_after_a_flood() -> None:
+    from workers.worker import ConnectionCounter
+
+    class Proto(asyncio.Protocol):
+        transport = None
+
+    counter = ConnectionCounter()
+    make = counter.wrap(Proto)
+    protos = [make() for _ in range(4000)]
+    assert counter.count() == 0 and counter.peak == 4000  # none has a transport
+    big = counter.live
+    del protos[100:]
+    counter.count()
+    assert counter.live is not big and len(counter.live) == 100 and counter.peak == 100
+    protos.append(make())  # the wrapper adds to the set in use now
+    assert len(counter.live) == 101

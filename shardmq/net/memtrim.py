@@ -1,28 +1,38 @@
-"""Give memory back to the system once many connections have gone (a flood is over).
+"""Give memory back to the system once a burst is over: a connection flood, a backlog.
 
 Owns: ``MemoryTrimmer`` (one per broker process: a timer that watches this process's
-open-connection count and, after a large drop, shrinks the containers that held
-per-connection objects, collects garbage and calls glibc's ``malloc_trim(0)``),
-``malloc_trim`` (ctypes, None where libc has no such function) and ``rss_bytes``.
+open-connection count and the free memory in glibc's heap; after a large drop of the
+first it shrinks the containers that held per-connection objects, collects garbage and
+calls glibc's ``malloc_trim(0)``; after a large rise of the second, e.g. a drained or
+purged backlog, it calls ``malloc_trim(0)``), ``HeapWatch`` (that second trigger),
+``malloc_trim`` and ``heap_info`` (ctypes, None where libc has no such function) and
+``rss_bytes``.
 
-Why: CPython frees its small-object arenas only when they are completely empty and
-glibc keeps freed heap pages, so after 20,000 idle connections closed the memory was
-reused by the next flood but never returned; hash tables (sets, dicts) keep the size
-of their largest population after mass deletion.
+Why: glibc keeps freed heap pages (only ``malloc_trim`` gives back free pages in the
+middle of the heap), CPython frees its small-object arenas only when they are
+completely empty (see ``shardmq.allocator``: the broker runs on glibc's malloc by
+default for that reason), and hash tables (sets, dicts) keep the size of their largest
+population after mass deletion. Without the trims the RSS stayed at the high-water mark
+of the largest burst for good.
 
 Invariants:
-- Never on the message path: a check every ``CHECK_INTERVAL`` seconds reads one
-  integer (the count); the trim itself (gc, the shrinks, ``malloc_trim``) runs only
-  after the count dropped by ``DROP_ABS`` or to ``DROP_FRACTION`` of its peak since
-  the last trim (and by at least ``DROP_MIN``), so at most once per drop; a steady
+- Never on the message path: a check every ``CHECK_INTERVAL`` seconds reads one integer
+  (the count) and glibc's ``mallinfo2`` (a walk of its free lists: microseconds to about
+  a millisecond); the connection trim (gc, the shrinks, ``malloc_trim``) runs only after
+  the count dropped by ``DROP_ABS`` or to ``DROP_FRACTION`` of its peak since the last
+  trim (and by at least ``DROP_MIN``), so at most once per drop; the heap trim only when
+  the heap's free bytes stood at least ``HEAP_FREED`` (and ``HEAP_FRACTION`` of the
+  heap) above their low point since the last trim on two checks in a row, so memory
+  that a churning backlog frees and takes again within a check is left alone. A steady
   or growing broker never trims.
-- The trim runs on the event loop: a full ``gc.collect()`` (its cost grows with the
-  number of live objects, e.g. messages held in memory) and ``malloc_trim``; it pauses
-  this process's traffic for that long, which is why it happens only after such drops.
+- A trim runs on the event loop: the connection trim's full ``gc.collect()`` (its cost
+  grows with the number of live objects, e.g. messages held in memory) and
+  ``malloc_trim`` (a walk of the heap) pause this process's traffic for that long,
+  which is why they happen only after such drops.
 - A shrink callback rebuilds a container in place (same object: nobody's reference
   goes stale), e.g. ``shrink_set`` / ``shrink_dict``.
-- One INFO log line per trim (connections, RSS before and after); a missing
-  ``malloc_trim`` (non-glibc) only skips that step.
+- One INFO log line per trim (what set it off, RSS before and after); a missing
+  ``malloc_trim`` or ``mallinfo2`` (non-glibc, glibc < 2.33) only skips that step.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import ctypes.util
 import gc
 import logging
 import os
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 log = logging.getLogger("shardmq.net")
@@ -42,6 +52,8 @@ CHECK_INTERVAL = 2.0
 DROP_ABS = 1000  # connections closed since the peak that warrant a trim
 DROP_FRACTION = 0.5  # or: the count fell to this fraction of the peak ...
 DROP_MIN = 200  # ... and by at least this many
+HEAP_FREED = 16 * 2**20  # free heap bytes above their low point that warrant a trim ...
+HEAP_FRACTION = 0.25  # ... and at least this fraction of the heap's size
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -62,6 +74,46 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
 malloc_trim = _load_malloc_trim()
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",  # bytes the heap took from the system (brk and arenas)
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",  # bytes free in the heap (its free chunks and its top)
+            "keepcost",
+        )
+    ]
+
+
+def _load_mallinfo2() -> Callable[[], _MallInfo2] | None:
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
+    except (OSError, AttributeError, TypeError):
+        return None
+    fn.argtypes = []
+    fn.restype = _MallInfo2
+    info: Callable[[], _MallInfo2] = fn
+    return info
+
+
+_mallinfo2 = _load_mallinfo2()
+
+
+def heap_info() -> tuple[int, int] | None:
+    """(free bytes, total bytes) of glibc's heap, None where it cannot say."""
+    if _mallinfo2 is None:
+        return None
+    m = _mallinfo2()
+    return int(m.fordblks), int(m.arena)
+
+
 def rss_bytes() -> int:
     """This process's resident set size (0 where /proc is missing)."""
     try:
@@ -78,7 +130,7 @@ def shrink_set(s: set[Any]) -> None:
     s.update(keep)
 
 
-def shrink_dict(d: dict[Hashable, Any]) -> None:
+def shrink_dict(d: dict[Any, Any]) -> None:
     """Rebuild ``d`` in place (same order) so its table fits its population."""
     keep = list(d.items())
     d.clear()
@@ -97,8 +149,37 @@ def trim_now(shrinks: Iterable[Callable[[], None]] = ()) -> None:
         malloc_trim(0)
 
 
+class HeapWatch:
+    """When the heap's free bytes have stood well above their low point since the last
+    trim (``due``) for two checks in a row (see the module doc)."""
+
+    def __init__(self) -> None:
+        self.low: int | None = None
+        self.pending = False
+
+    def due(self, free: int, total: int) -> bool:
+        """Record the heap's ``free`` and ``total`` bytes now; True when a trim is due."""
+        if self.low is None or free < self.low:
+            self.low = free
+            self.pending = False
+            return False
+        if free - self.low < max(HEAP_FREED, total * HEAP_FRACTION):
+            self.pending = False
+            return False
+        if self.pending:
+            return True
+        self.pending = True
+        return False
+
+    def reset(self, free: int | None) -> None:
+        """After a trim: the heap's free bytes now are the new low point."""
+        self.low = free
+        self.pending = False
+
+
 class MemoryTrimmer:
-    """Trim once the open-connection count has dropped a lot (see the module doc)."""
+    """Trim once the open-connection count has dropped a lot, or the heap holds a lot
+    more free memory than it did (see the module doc)."""
 
     def __init__(
         self,
@@ -114,6 +195,7 @@ class MemoryTrimmer:
         self.interval = interval
         self.peak = 0
         self.trims = 0
+        self.heap = HeapWatch()
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -136,16 +218,34 @@ class MemoryTrimmer:
     def _tick(self) -> None:
         self._handle = self.loop.call_later(self.interval, self._tick)
         n = self.count()
-        if not self.due(n):
+        if self.due(n):
+            before = rss_bytes()
+            trim_now(self.shrinks)
+            self.trims += 1
+            log.info(
+                "memory trimmed: %d connection(s) now (peak %d); RSS %.1f -> %.1f MiB",
+                n,
+                self.peak,
+                before / 2**20,
+                rss_bytes() / 2**20,
+            )
+            self.peak = n
+            self._heap_trimmed()
+            return
+        heap = heap_info()
+        if heap is None or malloc_trim is None or not self.heap.due(*heap):
             return
         before = rss_bytes()
-        trim_now(self.shrinks)
+        malloc_trim(0)
         self.trims += 1
         log.info(
-            "memory trimmed: %d connection(s) now (peak %d); RSS %.1f -> %.1f MiB",
-            n,
-            self.peak,
+            "memory trimmed: %.1f MiB freed in the heap; RSS %.1f -> %.1f MiB",
+            (heap[0] - (self.heap.low or 0)) / 2**20,
             before / 2**20,
             rss_bytes() / 2**20,
         )
-        self.peak = n
+        self._heap_trimmed()
+
+    def _heap_trimmed(self) -> None:
+        heap = heap_info()
+        self.heap.reset(None if heap is None else heap[0])
