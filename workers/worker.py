@@ -122,27 +122,37 @@ def adopt_socket(
 
 
 class ConnectionCounter:
-    """Wraps a protocol factory to count the live connections (for load reporting)."""
+    """Wraps a protocol factory to count the live connections (for load reporting).
+
+    Its set is rebuilt once its population fell to a quarter of its peak (a flood is
+    over), so that its table does not keep the flood's size (``net.memtrim``)."""
+
+    SHRINK_FROM = 1024  # peaks below this are not worth a rebuild
 
     def __init__(self) -> None:
         self.live: weakref.WeakSet[asyncio.BaseProtocol] = weakref.WeakSet()
+        self.peak = 0
 
     def wrap(self, factory: ProtocolFactory) -> ProtocolFactory:
-        live = self.live
-
         def make() -> asyncio.BaseProtocol:
             proto = factory()
-            live.add(proto)
+            self.live.add(proto)
             return proto
 
         return make
 
     def count(self) -> int:
         n = 0
-        for proto in list(self.live):
+        protos = list(self.live)
+        for proto in protos:
             transport = getattr(proto, "transport", None)
             if transport is not None and not transport.is_closing():
                 n += 1
+        if len(protos) > self.peak:
+            self.peak = len(protos)
+        elif self.peak >= self.SHRINK_FROM and len(protos) * 4 <= self.peak:
+            self.live = weakref.WeakSet(protos)
+            self.peak = len(protos)
         return n
 
 

@@ -101,6 +101,11 @@ class Access:
         weakly: a closed connection's ``Authorizer`` just goes)."""
         self._watchers.add(watcher)
 
+    def shrink_watchers(self) -> None:
+        """Rebuild the watcher set so its table fits what is left (after a flood of
+        connections, ``net.memtrim``)."""
+        self._watchers = weakref.WeakSet(list(self._watchers))
+
     def _changed(self) -> None:
         self.version += 1
         for w in list(self._watchers):

@@ -60,7 +60,7 @@ from shardmq.config import Config
 from shardmq.ipc.control import F_CONNS, ControlBlock
 from shardmq.ipc.mesh import Mesh
 from shardmq.net.limits import Admission, raise_fd_limit
-from shardmq.net.memtrim import MemoryTrimmer, shrink_set
+from shardmq.net.memtrim import MemoryTrimmer, shrink_dict, shrink_set
 from shardmq.net.tls import TLSPeer, TLSServer, tls_peer
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
@@ -420,6 +420,8 @@ def _shrinks(hub: IOHub, broker: Broker) -> list[Callable[[], None]]:
     return [
         lambda: shrink_set(hub.protocols),
         lambda: shrink_set(broker.connections),
+        lambda: shrink_dict(broker.conns_by_gid),
+        broker.metadata.access.shrink_watchers,
     ]
 
 

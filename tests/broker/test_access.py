@@ -108,3 +108,23 @@ def test_loopback_users_may_only_log_in_over_loopback() -> None:
     config.auth.loopback_users = []
     open_broker = Broker(config)
     assert new_connection(open_broker, "10.1.2.3:5000").domain.login("guest", "guest")
+
+
+def test_watchers_still_told_after_their_set_is_rebuilt() -> None:
+    access = Access()
+
+    class Watcher:
+        told = 0
+
+        def stale(self) -> None:
+            self.told += 1
+
+    kept = [Watcher() for _ in range(3)]
+    gone = [Watcher() for _ in range(2000)]
+    for w in kept + gone:
+        access.watch(w)
+    del gone, w
+    access.shrink_watchers()
+    assert len(access._watchers) == 3
+    access.put_user(User("u", hash_password("pw")))
+    assert [w.told for w in kept] == [1, 1, 1]
