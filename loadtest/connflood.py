@@ -5,7 +5,8 @@ Owns: ``main`` (``python -m loadtest.connflood``): starts ``shardmq serve`` on a
 ``--connections`` connections from ``--procs`` client processes, each completing the
 handshake (header, start-ok PLAIN guest/guest, tune-ok with heartbeat 0, open, open-ok)
 and then idle, and reports the broker's RSS (every broker process: /proc/<pid>/status)
-before, with them all held, and after closing them all.
+before, with them all held, and after closing them all. ``start_broker`` /
+``stop_broker`` are shared with ``loadtest.backlogmem``.
 
 Invariants: only ever connects to 127.0.0.1; never a pass/fail gate (numbers for
 BENCHMARKS.md); each client process opens at most ``--in-flight`` handshakes at once, so
@@ -157,6 +158,42 @@ def _answers(port: int) -> bool:
         return False
 
 
+def start_broker(
+    workers: int, data: str, allocator: str | None = None
+) -> tuple[subprocess.Popen[bytes], int, list[int]] | None:
+    """``shardmq serve`` on a free 127.0.0.1 port with its data (and config) under
+    ``data``, ``[server] allocator`` set when given; (process, port, every broker pid)
+    once it answers, None if it did not start."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "shardmq", "serve", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--workers", str(workers)]
+    cmd += ["--data-dir", os.path.join(data, "data"), "--log-level", "warning"]
+    if allocator is not None:
+        cfg = Path(data, "shardmq.toml")
+        cfg.write_text(f'[server]\nallocator = "{allocator}"\n')
+        cmd += ["--config", str(cfg)]
+    env = quiet_ports_env()
+    env.pop("PYTHONMALLOC", None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 30
+    while not _answers(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            return None
+        time.sleep(0.2)
+    return proc, port, [proc.pid, *_children(proc.pid)]
+
+
+def stop_broker(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loadtest.connflood", description=__doc__)
     ap.add_argument("--connections", type=int, default=20000)
@@ -166,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=0, help="a running broker (with --pid)")
     ap.add_argument("--pid", type=int, action="append", default=[], help="its processes")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds before each reading")
+    ap.add_argument(
+        "--allocator", choices=("malloc", "pymalloc"), help="[server] allocator of the broker"
+    )
     args = ap.parse_args(argv)
 
     proc: subprocess.Popen[bytes] | None = None
@@ -173,22 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     pids = list(args.pid)
     tmp = tempfile.TemporaryDirectory(prefix="connflood-")
     if not port:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [sys.executable, "-m", "shardmq", "serve", "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--workers", str(args.workers)]
-        cmd += ["--data-dir", os.path.join(tmp.name, "data"), "--log-level", "warning"]
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=quiet_ports_env()
-        )
-        deadline = time.monotonic() + 30
-        while not _answers(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                print("the broker did not start", file=sys.stderr)
-                return 2
-            time.sleep(0.2)
-        pids = [proc.pid, *_children(proc.pid)]
+        started = start_broker(args.workers, tmp.name, args.allocator)
+        if started is None:
+            print("the broker did not start", file=sys.stderr)
+            return 2
+        proc, port, pids = started
     try:
         time.sleep(args.settle)
         before = rss(pids)
@@ -229,11 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_broker(proc)
         tmp.cleanup()
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 
 import pytest
 
@@ -64,30 +65,36 @@ def test_malloc_trim_is_found_on_glibc_or_absent() -> None:
 MIB = 2**20
 
 
-def test_heap_watch_due_when_free_memory_stood_high_for_two_checks() -> None:
+def test_heap_watch_due_when_much_was_freed_and_it_settled() -> None:
     w = memtrim.HeapWatch()
-    total = 200 * MIB
+    total = 200 * MIB  # a tenth of it is 20 MiB
     assert not w.due(10 * MIB, total)  # first look: the low point
     assert not w.due(5 * MIB, total)  # lower: the new low point
-    assert not w.due(5 * MIB + 40 * MIB, total)  # 40 MiB freed: once is not enough
+    assert not w.due(45 * MIB, total)  # 40 MiB freed, still moving (a drain)
     assert not w.due(5 * MIB, total)  # taken again at once (a churning backlog)
-    assert not w.due(5 * MIB + 60 * MIB, total)
-    assert w.due(5 * MIB + 60 * MIB, total)  # still free at the next check: trim
-    w.reset(8 * MIB)
-    assert not w.due(8 * MIB + 60 * MIB, total) and w.due(8 * MIB + 60 * MIB, total)
+    assert not w.due(60 * MIB, total)
+    assert not w.due(90 * MIB, total)  # still draining
+    assert w.due(91 * MIB, total)  # settled 86 MiB above the low point: trim
+    w.reset(91 * MIB)
+    assert not w.due(95 * MIB, total)  # too little freed since the trim
+    assert not w.due(30 * MIB, total)  # reused: the new low point
+    assert not w.due(60 * MIB, total) and w.due(60 * MIB, total)
 
 
 def test_heap_watch_needs_a_share_of_the_heap_not_only_bytes() -> None:
     w = memtrim.HeapWatch()
-    total = 1000 * MIB  # a quarter of it is 250 MiB
+    total = 1000 * MIB  # a tenth of it is 100 MiB
     w.due(0, total)
     for _ in range(3):
-        assert not w.due(200 * MIB, total)
-    assert not w.due(memtrim.HEAP_FREED - 1, 10 * MIB) and not w.due(memtrim.HEAP_FREED - 1, 0)
+        assert not w.due(90 * MIB, total)
+    w = memtrim.HeapWatch()
+    w.due(0, 10 * MIB)
+    for _ in range(3):  # a small heap: HEAP_FREED is the floor
+        assert not w.due(memtrim.HEAP_FREED - 1, 10 * MIB)
 
 
 def test_heap_trim_runs_on_the_timer(monkeypatch: pytest.MonkeyPatch) -> None:
-    frees = iter([MIB, 100 * MIB, 100 * MIB])
+    frees = iter([MIB, 100 * MIB, 100 * MIB])  # low point, freed, settled
     trimmed: list[int] = []
     monkeypatch.setattr(memtrim, "heap_info", lambda: (next(frees, 2 * MIB), 200 * MIB))
     monkeypatch.setattr(memtrim, "malloc_trim", lambda pad: trimmed.append(pad) or 1)
@@ -123,3 +130,24 @@ def test_connection_counter_rebuilds_its_set_after_a_flood() -> None:
     assert counter.live is not big and len(counter.live) == 100 and counter.peak == 100
     protos.append(make())  # the wrapper adds to the set in use now
     assert len(counter.live) == 101
+
+
+def test_a_slow_heap_check_is_spaced_by_its_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+
+    def slow_heap_info() -> tuple[int, int]:
+        calls.append(time.monotonic())
+        time.sleep(0.005)  # a fragmented heap's walk
+        return MIB, 200 * MIB
+
+    monkeypatch.setattr(memtrim, "heap_info", slow_heap_info)
+    monkeypatch.setattr(memtrim, "malloc_trim", lambda pad: 1)
+    loop = asyncio.new_event_loop()
+    t = MemoryTrimmer(loop, lambda: 0, interval=0.01)
+    t.start()
+    loop.run_until_complete(asyncio.sleep(0.3))
+    t.stop()
+    # 5 ms of walk -> the next walk no sooner than 5 s later (HEAP_COST_FACTOR 1000)
+    assert len(calls) == 1
+    assert t.heap_next - loop.time() > 0.005 * memtrim.HEAP_COST_FACTOR - 0.5
+    loop.close()

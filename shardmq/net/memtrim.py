@@ -17,14 +17,19 @@ of the largest burst for good.
 
 Invariants:
 - Never on the message path: a check every ``CHECK_INTERVAL`` seconds reads one integer
-  (the count) and glibc's ``mallinfo2`` (a walk of its free lists: microseconds to about
-  a millisecond); the connection trim (gc, the shrinks, ``malloc_trim``) runs only after
+  (the count); the connection trim (gc, the shrinks, ``malloc_trim``) runs only after
   the count dropped by ``DROP_ABS`` or to ``DROP_FRACTION`` of its peak since the last
-  trim (and by at least ``DROP_MIN``), so at most once per drop; the heap trim only when
-  the heap's free bytes stood at least ``HEAP_FREED`` (and ``HEAP_FRACTION`` of the
-  heap) above their low point since the last trim on two checks in a row, so memory
-  that a churning backlog frees and takes again within a check is left alone. A steady
-  or growing broker never trims.
+  trim (and by at least ``DROP_MIN``), so at most once per drop. A steady or growing
+  broker never trims.
+- The heap check reads glibc's ``mallinfo2``, a walk of the heap's free lists under its
+  lock: microseconds when freed memory coalesced, tens of milliseconds when hundreds of
+  thousands of free chunks lie between live ones. So it runs at most every
+  ``HEAP_COST_FACTOR`` times its own last duration (at most 0.1 % of the process's time),
+  and at least ``CHECK_INTERVAL`` apart. The heap trim runs when the heap's free bytes
+  stand at least ``HEAP_FREED`` (and ``HEAP_FRACTION`` of the heap) above their low
+  point since the last trim and have settled (moved less than ``HEAP_FREED / 4`` since
+  the check before): not in the middle of a drain, and not for memory that a churning
+  backlog frees and takes again between two checks.
 - A trim runs on the event loop: the connection trim's full ``gc.collect()`` (its cost
   grows with the number of live objects, e.g. messages held in memory) and
   ``malloc_trim`` (a walk of the heap) pause this process's traffic for that long,
@@ -43,6 +48,7 @@ import ctypes.util
 import gc
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -53,7 +59,8 @@ DROP_ABS = 1000  # connections closed since the peak that warrant a trim
 DROP_FRACTION = 0.5  # or: the count fell to this fraction of the peak ...
 DROP_MIN = 200  # ... and by at least this many
 HEAP_FREED = 16 * 2**20  # free heap bytes above their low point that warrant a trim ...
-HEAP_FRACTION = 0.25  # ... and at least this fraction of the heap's size
+HEAP_FRACTION = 0.1  # ... and at least this fraction of the heap's size
+HEAP_COST_FACTOR = 1000  # the heap check's spacing, in multiples of its own duration
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -150,31 +157,26 @@ def trim_now(shrinks: Iterable[Callable[[], None]] = ()) -> None:
 
 
 class HeapWatch:
-    """When the heap's free bytes have stood well above their low point since the last
-    trim (``due``) for two checks in a row (see the module doc)."""
+    """When the heap's free bytes stand well above their low point since the last trim
+    and have settled (``due``; see the module doc)."""
 
     def __init__(self) -> None:
         self.low: int | None = None
-        self.pending = False
+        self.prev: int | None = None
 
     def due(self, free: int, total: int) -> bool:
         """Record the heap's ``free`` and ``total`` bytes now; True when a trim is due."""
+        prev, self.prev = self.prev, free
         if self.low is None or free < self.low:
             self.low = free
-            self.pending = False
             return False
         if free - self.low < max(HEAP_FREED, total * HEAP_FRACTION):
-            self.pending = False
             return False
-        if self.pending:
-            return True
-        self.pending = True
-        return False
+        return prev is not None and abs(free - prev) < HEAP_FREED / 4
 
     def reset(self, free: int | None) -> None:
         """After a trim: the heap's free bytes now are the new low point."""
-        self.low = free
-        self.pending = False
+        self.low = self.prev = free
 
 
 class MemoryTrimmer:
@@ -196,6 +198,7 @@ class MemoryTrimmer:
         self.peak = 0
         self.trims = 0
         self.heap = HeapWatch()
+        self.heap_next = 0.0  # loop time of the next heap check
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -232,8 +235,13 @@ class MemoryTrimmer:
             self.peak = n
             self._heap_trimmed()
             return
+        now = self.loop.time()
+        if malloc_trim is None or now < self.heap_next:
+            return
+        t0 = time.perf_counter()
         heap = heap_info()
-        if heap is None or malloc_trim is None or not self.heap.due(*heap):
+        self.heap_next = now + max(self.interval, (time.perf_counter() - t0) * HEAP_COST_FACTOR)
+        if heap is None or not self.heap.due(*heap):
             return
         before = rss_bytes()
         malloc_trim(0)
