@@ -124,6 +124,11 @@ def test_rss_returns_after_a_backlog_is_consumed(tmp_path: Path, workers: int) -
         timer.cancel()
         assert got == BACKLOG
         _wait_trims(b, 1, line=HEAP_TRIM_LINE)
+        # a slow drain (a loaded machine) may be trimmed in steps, each once the freed
+        # memory settled: wait (bounded) until the RSS is back or the time is up
+        deadline = time.monotonic() + 30
+        while b.rss() - base > MARGIN * (peak - base) and time.monotonic() < deadline:
+            time.sleep(0.5)
         _assert_returned(b, base, peak, b.rss(), f"consuming {BACKLOG} messages")
         c.close()
     finally:
