@@ -58,7 +58,7 @@ from shardmq.broker.qargs import parse_expiration
 from shardmq.broker.queue import Consumer
 from shardmq.broker.replyto import NEEDLE as REPLY_NEEDLE
 from shardmq.broker.xshard.records import DELIVER_ITEM
-from shardmq.message import Message, next_seq
+from shardmq.message import Message, new_message, next_seq
 from shardmq.oplog import event
 
 if TYPE_CHECKING:
@@ -224,7 +224,7 @@ class AMQP091Connection(EngineIO["AMQPConnection[Channel]"]):
         if flags & 2:
             raise HardError(NOT_IMPLEMENTED, "immediate=true", 60, 40)
         domain = self.domain
-        msg = Message(exrk, raw, ch.number, hsize, fmax, next_seq())
+        msg = new_message(exrk, raw, ch.number, hsize, fmax, next_seq())
         if raw[20] & 0x10:  # user_id property present: RabbitMQ validates it
             user_id = msg.properties().user_id
             if user_id != domain.user:
@@ -283,17 +283,17 @@ class AMQP091Connection(EngineIO["AMQPConnection[Channel]"]):
         tag = first = ch.next_tag
         while pos < end:
             _r, flags, exlen, rawch, hsize, fmax, rlen = unpack_item(record, pos)
-            pos += isize
             tag += 1
-            nxt = pos + exlen + 1 + rlen
+            # item sizes summed small first: one new int object per position
+            at = pos + isize
+            pos = at + (exlen + 1 + rlen)
             if rawch == number and fmax <= fits:
                 out += pack_start(FRAME_METHOD, number, size0 + exlen, ids_ctag, tag, flags & 1)
-                out += view[pos:nxt]
+                out += view[at:pos]
             else:  # another channel number or a smaller frame_max: re-framed
-                exrk = record[pos : pos + exlen]
-                msg = Message(exrk, record[pos + exlen + 1 : nxt], rawch, hsize, fmax)
+                exrk = record[at : at + exlen]
+                msg = Message(exrk, record[at + exlen + 1 : pos], rawch, hsize, fmax)
                 write_deliver(out, number, ctag, tag, bool(flags & 1), exrk, msg, frame_max)
-            pos = nxt
         ch.next_tag = tag
         view.release()
         if len(out) > OUT_LIMIT:

@@ -40,6 +40,11 @@ U64 = struct.Struct(">Q")
 U64_BIT = struct.Struct(">QB")
 
 _end_hdr = struct.Struct(">BBHI")  # frame-end of previous frame + next frame header
+END_HDR = _end_hdr
+# frame header + class id + method id: a method frame's start in one unpack
+FRAME_HDR_IDS = struct.Struct(">BHIHH")
+# frame header + class id, weight, body size: a content header frame's start
+CONTENT_HDR = struct.Struct(">BHIHHQ")
 _pack_hdr = FRAME_HDR.pack
 _pack_end_hdr = _end_hdr.pack
 _pack_qb = U64_BIT.pack
@@ -150,16 +155,34 @@ def write_deliver(
     frame_max: int,
 ) -> None:
     """basic.deliver + content. ``ctag`` is the consumer tag as an encoded shortstr."""
-    out += _pack_hdr(FRAME_METHOD, channel, 13 + len(ctag) + len(exrk))
-    out += _DELIVER_IDS
-    out += ctag
-    out += _pack_qb(delivery_tag, redelivered)
+    # everything before exrk in one pack (one bytes object per delivery); ``fmax + 8``
+    # stays a cached small int for small messages where ``frame_max - 8`` never does
+    pack = _DELIVER_HEADS.get(len(ctag)) or _deliver_head(len(ctag))
+    out += pack(
+        FRAME_METHOD,
+        channel,
+        13 + len(ctag) + len(exrk),
+        _DELIVER_IDS,
+        ctag,
+        delivery_tag,
+        redelivered,
+    )
     out += exrk
-    if msg.ch == channel and msg.fmax <= frame_max - 8:
+    if msg.ch == channel and msg.fmax + 8 <= frame_max:
         out += FRAME_END_BYTES
         out += msg.raw
     else:
         write_raw_content(out, channel, msg, frame_max)
+
+
+# ``write_deliver``'s packs of frame header, ids, consumer tag (a shortstr of that
+# length), delivery tag and redelivered, by the length of the encoded consumer tag
+_DELIVER_HEADS: dict[int, Callable[..., bytes]] = {}
+
+
+def _deliver_head(ctag_len: int) -> Callable[..., bytes]:
+    pack = _DELIVER_HEADS[ctag_len] = struct.Struct(f">BHI4s{ctag_len}sQB").pack
+    return pack
 
 
 # basic.deliver method frame starts (frame header, ids, consumer tag, delivery tag,

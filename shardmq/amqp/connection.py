@@ -38,10 +38,13 @@ from shardmq.amqp import methods as M
 from shardmq.amqp.codec import (
     BASIC_ACK,
     BASIC_PUBLISH,
+    CONTENT_HDR,
+    END_HDR,
     FRAME_BODY,
     FRAME_END,
     FRAME_END_BYTES,
     FRAME_HDR,
+    FRAME_HDR_IDS,
     FRAME_HEADER,
     FRAME_HEARTBEAT,
     FRAME_METHOD,
@@ -96,6 +99,9 @@ def log_internal_error(logger: logging.Logger, what: str, exc: BaseException) ->
 
 
 _unpack_hdr = FRAME_HDR.unpack_from
+_unpack_hdr_ids = FRAME_HDR_IDS.unpack_from
+_unpack_content_hdr = CONTENT_HDR.unpack_from
+_unpack_end_hdr = END_HDR.unpack_from
 _unpack_u32 = U32.unpack_from
 _unpack_u64 = U64.unpack_from
 _unpack_qb = U64_BIT.unpack_from
@@ -342,23 +348,39 @@ class AMQPConnection(Generic[U]):
     def _parse_frames(self, buf: bytes | bytearray, pos: int) -> int:
         """Parse whole frames from ``pos``; returns where the first incomplete one
         starts. Publish (method + header + body in this buffer) and ack are handled
-        inline; every other frame goes to its handler."""
+        inline; every other frame goes to its handler.
+
+        Shaped for few objects per message: a position past 256 is a new int object
+        at every ``+``, so offsets are summed small first (``pos + (size + 7)``) and
+        each position is computed once; fixed fields come in one unpack (a tuple of
+        small ints); a publish whose header and single body frame follow whole is
+        taken in one step."""
         # Content is copied out of ``buf`` once: slicing a bytearray copies, and bytes()
         # of that copy copies again, so take bytearray slices through a memoryview (it
-        # dies with this frame, before ``feed`` resizes the buffer).
-        view: bytes | memoryview = memoryview(buf) if buf.__class__ is bytearray else buf  # type: ignore[assignment]
+        # dies with this frame, before ``feed`` resizes the buffer). A bytes buffer is
+        # sliced as is (bytes() of a bytes slice would only add a call).
+        is_bytes = buf.__class__ is bytes
+        view: Any = buf if is_bytes else memoryview(buf)
         n = len(buf)
+        last = n - 7  # a frame header starts at or before this
+        last_ids = n - 11  # ... and the class and method ids too
+        last_whole = n - 31  # a content header (22 bytes or more) and body frame (9 or more)
+        last_body = n - 8  # a frame end octet and the next frame's header fit before this
         limit = self.frame_max - 8
         channels = self.channels
         handler = self.handler
-        while n - pos >= 7:
-            ftype, chnum, size = _unpack_hdr(buf, pos)
+        while pos <= last:
+            if pos <= last_ids:
+                ftype, chnum, size, cid, mid = _unpack_hdr_ids(buf, pos)
+            else:  # no complete method frame with its ids starts here
+                ftype, chnum, size = _unpack_hdr(buf, pos)
+                cid = mid = 0
             if size > limit:
                 raise HardError(
                     FRAME_ERROR,
                     f"frame size {size + 8} larger than negotiated frame_max {self.frame_max}",
                 )
-            end = pos + 7 + size
+            end = pos + (size + 7)
             if end >= n:
                 break
             if buf[end] != FRAME_END:
@@ -378,35 +400,78 @@ class AMQPConnection(Generic[U]):
                     )
                 if size < 4:
                     raise HardError(FRAME_ERROR, "method frame too short")
-                idx = _unpack_u32(buf, pos + 7)[0]
-                if idx == BASIC_PUBLISH:
-                    # reserved-1 short, exchange shortstr, routing-key shortstr, bits
+                if mid == 40 and cid == 60:  # basic.publish
+                    # reserved-1 short, exchange shortstr, routing-key shortstr, bits;
+                    # offsets from p are small ints (the frame end octet is at p + room)
                     p = pos + 13
                     el = buf[p]
-                    q = p + 1 + el
-                    if q >= end:
+                    room = size - 6
+                    r = el + 1
+                    if r >= room:
                         raise HardError(FRAME_ERROR, "malformed basic.publish")
-                    q = q + 1 + buf[q]
-                    if q >= end:
+                    r = r + 1 + buf[p + r]
+                    if r >= room:
                         raise HardError(FRAME_ERROR, "malformed basic.publish")
-                    ch.asm_exrk = bytes(view[p:q])
+                    q = p + r
+                    exrk: bytes = view[p:q] if is_bytes else bytes(view[p:q])
+                    flags = buf[q]
+                    pos = end + 1
+                    # In one step when the content header and one body frame follow
+                    # whole and pass every check the frame-by-frame path makes (which
+                    # would then publish exactly this); else that path takes them.
+                    if pos <= last_whole:
+                        t1, c1, hsize, cls, _w, bsize = _unpack_content_hdr(buf, pos)
+                        hend = pos + (hsize + 7)  # the header's frame end, then the body
+                        if (
+                            t1 == FRAME_HEADER
+                            and c1 == chnum
+                            and cls == 60
+                            and 14 <= hsize <= limit
+                            and 0 < bsize <= limit
+                            and bsize <= self.max_message_size
+                            and hend < last_body
+                        ):
+                            fend, t2, c2, s2 = _unpack_end_hdr(buf, hend)
+                            e2 = hend + (s2 + 8)
+                            if (
+                                fend == FRAME_END
+                                and t2 == FRAME_BODY
+                                and c2 == chnum
+                                and s2 == bsize
+                                and e2 < n
+                                and buf[e2] == FRAME_END
+                            ):
+                                nxt = e2 + 1
+                                raw = view[pos:nxt] if is_bytes else bytes(view[pos:nxt])
+                                fmax = hsize if hsize > s2 else s2
+                                try:
+                                    handler.on_publish(ch.user, exrk, el, flags, raw, hsize, fmax)
+                                except SoftError as exc:
+                                    self.channel_error(ch, exc, BASIC_PUBLISH)
+                                pos = nxt
+                                if self.state >= CLOSED:
+                                    return n
+                                continue
+                    ch.asm_exrk = exrk
                     ch.asm_exlen = el
-                    ch.asm_flags = buf[q]
+                    ch.asm_flags = flags
                     ch.expect = EXPECT_HEADER
-                elif idx == BASIC_ACK:
+                    continue
+                elif mid == 80 and cid == 60:  # basic.ack
                     if size < 13:
                         raise HardError(FRAME_ERROR, "malformed basic.ack")
                     tag, bits = _unpack_qb(buf, pos + 11)
                     try:
                         handler.on_ack(ch.user, tag, bits & 1)
                     except SoftError as exc:
-                        self.channel_error(ch, exc, idx)
+                        self.channel_error(ch, exc, BASIC_ACK)
+                    pos = end + 1
                 else:
-                    self._channel_method(ch, idx, buf, pos + 11)
+                    self._channel_method(ch, (cid << 16) | mid, buf, pos + 11)
                     if self.out_hold and len(self.out) > self.out_hold:
                         self._stopped = True  # replies pile up: the rest once written
                         return end + 1
-                pos = end + 1
+                    pos = end + 1
             elif ftype == FRAME_HEADER:
                 if ch.expect != EXPECT_HEADER:
                     raise HardError(
@@ -426,7 +491,7 @@ class AMQPConnection(Generic[U]):
                     # Fast path: the whole body follows as one frame in this buffer;
                     # keep header + body frames as one slice, as they will go out.
                     t2, c2, s2 = _unpack_hdr(buf, p2)
-                    e2 = p2 + 7 + s2
+                    e2 = p2 + (s2 + 7)
                     if (
                         t2 == FRAME_BODY
                         and c2 == chnum
@@ -436,8 +501,10 @@ class AMQPConnection(Generic[U]):
                         and bsize <= self.max_message_size
                     ):
                         ch.expect = EXPECT_METHOD
-                        self._publish(ch, bytes(view[pos : e2 + 1]), size, max(size, s2))
-                        pos = e2 + 1
+                        nxt = e2 + 1
+                        raw = view[pos:nxt] if is_bytes else bytes(view[pos:nxt])
+                        self._publish(ch, raw, size, size if size > s2 else s2)
+                        pos = nxt
                         if self.state >= CLOSED:
                             return n
                         continue

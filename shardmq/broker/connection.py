@@ -349,21 +349,22 @@ class BrokerConnection:
             # a reply to a direct reply-to address?
             local, remote = self.broker.replies.route(msg.exrk, self.vhost.name)
         target: Channel | ConfirmWaiter | None = ch if ch.confirm else conf
-        for q in local:
-            q.publish(msg, target)  # a durable queue takes a token (persistent msg)
-            # (an empty store is never backed up: no call when the message went
-            # straight to a consumer; the rest of a read past the mark, already
-            # throttled, skips the channel scan)
-            if (
-                q.store
-                and q.consumers
-                and q.backed_up(msg.fmax)
-                and self not in q.throttled
-                and not self.consumes()
-            ):
-                # Connections that also consume are never throttled: their acks
-                # must keep flowing (the memory alarm still bounds them).
-                q.throttle(self)
+        if local:  # (an iterator is an object: none when all queues are remote)
+            for q in local:
+                q.publish(msg, target)  # a durable queue takes a token (persistent msg)
+                # (an empty store is never backed up: no call when the message went
+                # straight to a consumer; the rest of a read past the mark, already
+                # throttled, skips the channel scan)
+                if (
+                    q.store
+                    and q.consumers
+                    and q.backed_up(msg.fmax)
+                    and self not in q.throttled
+                    and not self.consumes()
+                ):
+                    # Connections that also consume are never throttled: their acks
+                    # must keep flowing (the memory alarm still bounds them).
+                    q.throttle(self)
         stored = ch.store_pending
         if stored:  # confirm after those local stores fsynced (and remote shards answered)
             ch.store_pending = 0

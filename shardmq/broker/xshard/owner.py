@@ -47,7 +47,7 @@ from shardmq.broker.xshard.records import (
     pack_deliver_item,
     unpack_enqueue_item,
 )
-from shardmq.message import Message
+from shardmq.message import Message, new_message
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
@@ -279,11 +279,11 @@ class OwnerSide:
         single = queues[0] if len(queues) == 1 else None
         while pos < end:
             seq, exlen, rawch, hsize, fmax, rlen = unpack_item(data, pos)
-            pos += isize
-            exrk = data[pos : pos + exlen]
-            pos += exlen
-            msg = Message(exrk, data[pos : pos + rlen], rawch, hsize, fmax, next(refs))
-            pos += rlen
+            # each position summed once (past 256 every sum is a new int object)
+            at = pos + isize
+            rat = at + exlen
+            pos = rat + rlen
+            msg = new_message(data[at:rat], data[rat:pos], rawch, hsize, fmax, next(refs))
             # (an empty queue is not backed up: most publishes to a consumed queue go
             # straight out)
             if not seq and single is not None:  # the common case, spelled out
