@@ -117,3 +117,13 @@ def test_get_ok_return_and_confirm_match_the_method_table() -> None:
 def test_exrk_round_trip_with_utf8() -> None:
     exrk = make_exrk("échange", "clé.#")
     assert exrk_names(exrk) == ("échange", "clé.#")
+
+
+def test_new_message_sets_what_the_class_sets() -> None:
+    from shardmq.message import Message, new_message
+
+    args = (b"\x01x\x01k", b"raw-frames", 3, 20, 300, 77)
+    by_class, by_fn = Message(*args), new_message(*args)
+    assert type(by_fn) is Message
+    for slot in Message.__slots__:  # an unset slot raises here
+        assert getattr(by_fn, slot) == getattr(by_class, slot), slot
