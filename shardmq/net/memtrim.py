@@ -233,7 +233,8 @@ class MemoryTrimmer:
                 rss_bytes() / 2**20,
             )
             self.peak = n
-            self._heap_trimmed()
+            heap_now = heap_info()  # the collection freed more: a fresh low point
+            self.heap.reset(None if heap_now is None else heap_now[0])
             return
         now = self.loop.time()
         if malloc_trim is None or now < self.heap_next:
@@ -252,8 +253,6 @@ class MemoryTrimmer:
             before / 2**20,
             rss_bytes() / 2**20,
         )
-        self._heap_trimmed()
-
-    def _heap_trimmed(self) -> None:
-        heap = heap_info()
-        self.heap.reset(None if heap is None else heap[0])
+        # the trim gives pages back but leaves the free chunks free: what was free is
+        # the new low point (no second walk of a heap that may be slow to walk)
+        self.heap.reset(heap[0])
