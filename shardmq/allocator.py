@@ -53,7 +53,7 @@ def current() -> str | None:
 def reexec_needed(choice: str, environ: dict[str, str] | None = None) -> bool:
     """True when ``serve`` should start again under ``choice``."""
     env = os.environ if environ is None else environ
-    if ENV in env or sys.flags.ignore_environment:
+    if env.get(ENV) or sys.flags.ignore_environment:  # empty: Python ignores it too
         return False
     now = current()
     if now is None or now == choice:
@@ -77,6 +77,6 @@ def describe(choice: str) -> str:
     now = current() or "unknown"
     if now == choice:
         return f"memory allocator: {now}"
-    if ENV in os.environ:
+    if os.environ.get(ENV):
         return f"memory allocator: {now} ({ENV}={os.environ[ENV]} in the environment wins)"
     return f"memory allocator: {now} (allocator = {choice!r} could not be applied)"

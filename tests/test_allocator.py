@@ -37,3 +37,9 @@ def test_reexec_only_when_the_choice_is_not_in_effect(choice: str) -> None:
 def test_an_allocator_in_the_environment_wins_and_stops_a_second_reexec(choice: str) -> None:
     env = dict(os.environ, PYTHONMALLOC="pymalloc_debug")
     assert not allocator.reexec_needed(choice, env)
+
+
+def test_an_empty_pythonmalloc_is_unset() -> None:
+    env = dict(os.environ, PYTHONMALLOC="")
+    other = "pymalloc" if allocator.current() == "malloc" else "malloc"
+    assert allocator.reexec_needed(other, env)
