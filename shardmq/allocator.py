@@ -69,7 +69,10 @@ def ensure(choice: str) -> None:
     env[ENV] = choice
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os.execve(sys.executable, list(sys.orig_argv), env)
+    try:
+        os.execve(sys.executable, list(sys.orig_argv), env)
+    except OSError as exc:  # e.g. a sandbox without execve: run on as started
+        sys.stderr.write(f"shardmq: cannot start again with {ENV}={choice}: {exc}\n")
 
 
 def describe(choice: str) -> str:

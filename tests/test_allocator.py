@@ -43,3 +43,15 @@ def test_an_empty_pythonmalloc_is_unset() -> None:
     env = dict(os.environ, PYTHONMALLOC="")
     other = "pymalloc" if allocator.current() == "malloc" else "malloc"
     assert allocator.reexec_needed(other, env)
+
+
+def test_a_failed_reexec_runs_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refuse(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(allocator, "reexec_needed", lambda choice: True)
+    monkeypatch.setattr(allocator.os, "execve", refuse)
+    allocator.ensure("malloc")  # returns: the broker starts as it was started
+    assert "cannot start again with PYTHONMALLOC=malloc" in capsys.readouterr().err
