@@ -115,6 +115,19 @@ def _body(payload: bytes) -> bytes:
     return bytes(parse(payload).body[0].value)
 
 
+def _lost_receiver(b: Broker, q: str) -> tuple[str, list[bytes]]:
+    """m1..m3 in ``q``, sent to a receiver of a new container whose connection is then
+    lost (no settlement, no close): (the container id, the three delivery tags)."""
+    _declare_with(b, q, [b"m1", b"m2", b"m3"])
+    cid = unique("container")
+    c = RawClient(b.port)
+    c.login(container_id=cid)
+    _receiver(c, q)
+    tags = [tag for _d, tag, _p in _transfers(c, 3)]
+    c.drop()
+    return cid, tags
+
+
 def test_raw_reattach_resumes_deliveries(own_broker: Callable[..., Broker]) -> None:
     """Spec 2.6.13: the client's map says m1 accepted (its outcome never reached the
     broker), m2 received but undecided, m3 is not in it. The broker's map lists all
@@ -162,13 +175,7 @@ def test_raw_resumed_deliveries_survive_another_loss(own_broker: Callable[..., B
     delivery-tags the client knows, and resumes them with their messages."""
     b = own_broker("[amqp1]\nlink_recovery_timeout = 600\n")
     q = unique("rec")
-    _declare_with(b, q, [b"m1", b"m2", b"m3"])
-    cid = unique("container")
-    c = RawClient(b.port)
-    c.login(container_id=cid)
-    _receiver(c, q)
-    tags = [tag for _d, tag, _p in _transfers(c, 3)]
-    c.drop()
+    cid, tags = _lost_receiver(b, q)
     theirs: dict[bytes, Any] = dict.fromkeys(tags)
     c = RawClient(b.port)
     c.login(container_id=cid)
@@ -200,13 +207,7 @@ def test_raw_reattach_at_most_once(own_broker: Callable[..., Broker]) -> None:
     m2 and m3 come back from the queue, settled."""
     b = own_broker("[amqp1]\nlink_recovery_timeout = 600\n")
     q = unique("rec")
-    _declare_with(b, q, [b"m1", b"m2", b"m3"])
-    cid = unique("container")
-    c = RawClient(b.port)
-    c.login(container_id=cid)
-    _receiver(c, q)
-    tags = [tag for _d, tag, _p in _transfers(c, 3)]
-    c.drop()
+    cid, tags = _lost_receiver(b, q)
     c = RawClient(b.port)
     try:
         c.login(container_id=cid)
@@ -229,13 +230,7 @@ def test_raw_reattach_outcomes_of_the_map(own_broker: Callable[..., Broker]) -> 
     queue), modified undeliverable-here (rejected): applied, not sent again."""
     b = own_broker("[amqp1]\nlink_recovery_timeout = 600\n")
     q = unique("rec")
-    _declare_with(b, q, [b"m1", b"m2", b"m3"])
-    cid = unique("container")
-    c = RawClient(b.port)
-    c.login(container_id=cid)
-    _receiver(c, q)
-    tags = [tag for _d, tag, _p in _transfers(c, 3)]
-    c.drop()
+    cid, tags = _lost_receiver(b, q)
     c = RawClient(b.port)
     try:
         c.login(container_id=cid)

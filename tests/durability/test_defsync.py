@@ -71,6 +71,18 @@ def _keeper(tmp_path: Path, **store: Any) -> DefinitionsKeeper:
     )
 
 
+def _published(
+    tmp_path: Path, control: ControlBlock, loop: asyncio.AbstractEventLoop, **store: Any
+) -> tuple[DefinitionsKeeper, HeldCommitter]:
+    """A keeper whose syncs go through a held supervisor committer (returned), its log
+    published in ``control`` as the supervisor publishes it."""
+    keeper = _keeper(tmp_path, **store)
+    sup = HeldCommitter()
+    keeper.sync_through(sup, loop)  # type: ignore[arg-type]
+    publish_log(keeper, control)
+    return keeper, sup
+
+
 def _declare(keeper: DefinitionsKeeper, name: str) -> None:
     keeper.store.put(QueueDef(vhost="/", name=name))
     keeper.commit()
@@ -95,10 +107,7 @@ def test_control_block_words(control: ControlBlock) -> None:
 def test_declare_is_published_written_and_a_worker_syncs_it_first(
     tmp_path: Path, control: ControlBlock, loop: asyncio.AbstractEventLoop
 ) -> None:
-    keeper = _keeper(tmp_path)
-    sup = HeldCommitter()
-    keeper.sync_through(sup, loop)  # type: ignore[arg-type]
-    publish_log(keeper, control)
+    keeper, sup = _published(tmp_path, control, loop)
     _declare(keeper, "q1")
     # written (the -ok may go out), not synced: a worker's round must sync it first
     assert keeper.store.appends == 1 and keeper.store.appends_synced == 0
@@ -123,10 +132,7 @@ def test_declare_is_published_written_and_a_worker_syncs_it_first(
 def test_supervisor_syncs_when_no_worker_did(
     tmp_path: Path, control: ControlBlock, loop: asyncio.AbstractEventLoop
 ) -> None:
-    keeper = _keeper(tmp_path)
-    sup = HeldCommitter()
-    keeper.sync_through(sup, loop)  # type: ignore[arg-type]
-    publish_log(keeper, control)
+    keeper, sup = _published(tmp_path, control, loop)
     _declare(keeper, "q1")
     _declare(keeper, "q2")
     keeper.queue_sync()
@@ -140,9 +146,7 @@ def test_supervisor_syncs_when_no_worker_did(
 def test_failed_worker_sync_is_tried_again(
     tmp_path: Path, control: ControlBlock, loop: asyncio.AbstractEventLoop
 ) -> None:
-    keeper = _keeper(tmp_path)
-    keeper.sync_through(HeldCommitter(), loop)  # type: ignore[arg-type]
-    publish_log(keeper, control)
+    keeper, _sup = _published(tmp_path, control, loop)
     _declare(keeper, "q1")
     worker = HeldCommitter()
     wsync = WorkerLogSync(control, str(tmp_path), worker)  # type: ignore[arg-type]
@@ -158,9 +162,7 @@ def test_failed_worker_sync_is_tried_again(
 def test_compaction_publishes_the_new_generation_synced(
     tmp_path: Path, control: ControlBlock, loop: asyncio.AbstractEventLoop
 ) -> None:
-    keeper = _keeper(tmp_path, compact_min=1, compact_ratio=0.0)
-    keeper.sync_through(HeldCommitter(), loop)  # type: ignore[arg-type]
-    publish_log(keeper, control)
+    keeper, _sup = _published(tmp_path, control, loop, compact_min=1, compact_ratio=0.0)
     generation = keeper.store.generation
     _declare(keeper, "q1")  # appended, synced at once, compacted
     assert keeper.store.generation > generation
@@ -173,9 +175,7 @@ def test_sync_now_fdatasyncs_the_log_by_path(
     loop: asyncio.AbstractEventLoop,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    keeper = _keeper(tmp_path)
-    keeper.sync_through(HeldCommitter(), loop)  # type: ignore[arg-type]
-    publish_log(keeper, control)
+    keeper, _sup = _published(tmp_path, control, loop)
     _declare(keeper, "q1")
     synced: list[str] = []
     real = os.fdatasync
@@ -199,10 +199,7 @@ def test_nothing_touches_a_closed_control_block(
     """Shutdown: a sync completing after the mesh closed neither fails nor writes."""
     ctl = ControlBlock.create(f"/shardmq.test{os.getpid()}.defsync2.ctl", 2)
     try:
-        keeper = _keeper(tmp_path)
-        sup = HeldCommitter()
-        keeper.sync_through(sup, loop)  # type: ignore[arg-type]
-        publish_log(keeper, ctl)
+        keeper, sup = _published(tmp_path, ctl, loop)
         _declare(keeper, "q1")
         worker = HeldCommitter()
         wsync = WorkerLogSync(ctl, str(tmp_path), worker)  # type: ignore[arg-type]
