@@ -80,10 +80,7 @@ def test_duplicate_tag_with_raw_frames(broker: Broker, queue: str) -> None:
     c = RawClient(broker.port)
     try:
         c.login()
-        c.send(
-            T.Begin(next_outgoing_id=UInt(0), incoming_window=UInt(100), outgoing_window=UInt(100))
-        )
-        c.read_until(T.Begin)
+        c.begin()
         c.send(
             T.Attach(
                 name="pub2",

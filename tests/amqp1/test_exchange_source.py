@@ -151,10 +151,7 @@ def test_bad_exchange_sources_are_refused(
     c = RawClient(ops.m.amqp_port)
     try:
         c.login(container_id=_name("bad-source"))
-        c.send(
-            T.Begin(next_outgoing_id=UInt(0), incoming_window=UInt(10), outgoing_window=UInt(10))
-        )
-        c.read_until(T.Begin)
+        c.begin(window=10)
         c.send(
             T.Attach(
                 name="bad",
@@ -202,10 +199,7 @@ def test_exchange_source_needs_declare_and_bind_permissions(
     c = RawClient(m.amqp_port)
     try:
         c.login(user=user, password="pw", container_id=_name("perm"))
-        c.send(
-            T.Begin(next_outgoing_id=UInt(0), incoming_window=UInt(10), outgoing_window=UInt(10))
-        )
-        c.read_until(T.Begin)
+        c.begin(window=10)
         c.send(
             T.Attach(
                 name="no",

@@ -60,8 +60,7 @@ def _receiver(
     credit: int = 10,
     settled: bool = False,
 ) -> T.Attach:
-    c.send(T.Begin(next_outgoing_id=UInt(0), incoming_window=UInt(100), outgoing_window=UInt(100)))
-    c.read_until(T.Begin)
+    c.begin()
     c.send(
         T.Attach(
             name="recovered-link",

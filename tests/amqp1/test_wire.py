@@ -134,20 +134,12 @@ def test_garbage_frame_is_decode_error(broker: Broker) -> None:
         c.close()
 
 
-def _begin(c: RawClient, channel: int = 0, window: int = 100) -> T.Begin:
-    c.send(
-        T.Begin(next_outgoing_id=UInt(0), incoming_window=UInt(window), outgoing_window=UInt(100)),
-        channel=channel,
-    )
-    return c.read_until(T.Begin)
-
-
 def test_sessions_and_unattached_handle(broker: Broker) -> None:
     c = RawClient(broker.port)
     try:
         c.login()
-        b1 = _begin(c, 0)
-        b2 = _begin(c, 1)
+        b1 = c.begin(0)
+        b2 = c.begin(1)
         assert (b1.remote_channel, b2.remote_channel) == (0, 1)
         # a flow on a handle never attached ends that session only
         c.send(
@@ -193,7 +185,7 @@ def test_window_violation_ends_the_session(broker: Broker, env: object) -> None:
     c = RawClient(broker.port)
     try:
         c.login()
-        begin = _begin(c)
+        begin = c.begin()
         window = int(begin.incoming_window)
         c.send(
             T.Attach(

@@ -2,7 +2,8 @@
 broker's own codec (``shardmq.amqp1``), nothing hidden.
 
 Owns: ``RawClient`` (a socket to 127.0.0.1, send a header or a performative, read the
-next header or frame with a timeout, SASL PLAIN and open in one call).
+next header or frame with a timeout, SASL PLAIN and open in one call, a session's
+begin).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.framing import HEADER_AMQP, HEADER_SASL, TYPE_SASL, parse_frame, write_frame
-from shardmq.amqp1.values import Symbol
+from shardmq.amqp1.values import Symbol, UInt
 
 
 class RawClient:
@@ -117,3 +118,14 @@ class RawClient:
         _c, opened, _p = self.read_frame()
         assert isinstance(opened, T.Open), opened
         return opened
+
+    def begin(self, channel: int = 0, window: int = 100) -> T.Begin:
+        """Begin a session on ``channel`` (incoming window ``window``); the peer's begin."""
+        self.send(
+            T.Begin(
+                next_outgoing_id=UInt(0), incoming_window=UInt(window), outgoing_window=UInt(100)
+            ),
+            channel=channel,
+        )
+        begun: T.Begin = self.read_until(T.Begin)
+        return begun
