@@ -37,7 +37,8 @@ from shardmq.amqp1.convert import to_091_cut
 from shardmq.amqp1.engine import Delivery, Engine, Link, Session
 from shardmq.amqp1.errors import LinkError
 from shardmq.amqp1.values import Symbol
-from shardmq.message import Message, next_seq
+from shardmq.message import Message, new_message, next_seq
+from shardmq.oplog import event
 
 if TYPE_CHECKING:
     from shardmq.amqp1.settings import AMQP1Settings
@@ -193,7 +194,8 @@ class Publishing:
             if cut >= 0:
                 sh = Shape(payload[:cut], len(payload), head, exrk, exlen, hsize, n)
                 ls.shape = sh
-            msg = Message(exrk, head + body + _CE, ch.number, hsize, max(hsize, n), next_seq())
+            fmax = hsize if hsize > n else n
+            msg = new_message(exrk, head + body + _CE, ch.number, hsize, fmax, next_seq())
         else:
             header = _HEADER_CLASS + n.to_bytes(8, "big") + conv.props
             msg = Message.from_parts(exrk, header, body, next_seq(), ch.number, FRAME_MAX_091)
@@ -202,7 +204,15 @@ class Publishing:
     def _refuse(
         self, session: Session, link: Link, did: int, settled: bool, cond: str, text: str
     ) -> None:
-        log.warning("connection %s: publish on link '%s' refused: %s", self.peer, link.name, text)
+        # a client can repeat this at will: a bounded operator event, not a line each
+        event(
+            log,
+            logging.WARNING,
+            "publish_refused",
+            f"connection {self.peer}: publish on link '{link.name}' refused: {text}",
+            peer=self.peer,
+            link=link.name,
+        )
         if not settled:
             err = T.Error(condition=Symbol(cond), description=text)
             self._settle_publish(session, link, did, T.Rejected(error=err))

@@ -6,9 +6,13 @@ number; unsettled ones are accepted in ranges."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
+
 from loadtest.inproc import Client, FakeIO, connect, make_broker
+from shardmq import oplog
 from shardmq.adapter.amqp10 import AMQP10Connection
 from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.client import ClientEngine
@@ -193,3 +197,20 @@ def test_refused_messages_are_refused_every_time_and_make_no_shape() -> None:
         4: "Rejected",
         5: "Accepted",
     }
+
+
+def test_refusals_a_client_repeats_are_logged_bounded(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(oplog, "BUDGET", oplog.Budget(burst=5, rate=0.001))
+    p = Pair()
+    anon = p.link("a", None, settled=False)
+    no_to = _msg(b"x", T.Properties(subject="s"))
+    with caplog.at_level(logging.WARNING, logger="shardmq.amqp1"):
+        for i in range(200):
+            anon.credit = 10
+            p.send(anon, i, no_to, settled=False)
+    lines = [r for r in caplog.records if "refused: no 'to' address" in r.getMessage()]
+    assert len(lines) == 5  # the burst; the other 195 left out, each still rejected
+    rejected = {i for f, last, s in p.rec.settled if s == "Rejected" for i in range(f, last + 1)}
+    assert rejected == set(range(200))
