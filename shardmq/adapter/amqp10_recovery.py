@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from weakref import WeakKeyDictionary
 
 from shardmq.amqp1 import types_gen as T
+from shardmq.oplog import event
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
@@ -121,13 +122,13 @@ class LinkRecovery:
             else:
                 apply_outcome(entry[1], entry[2], name)
         if entries:
-            log.info(
-                "amqp1 link '%s' of container '%s' re-attached on another worker: "
-                "%d deliveries settled by its unsettled map, %d requeued",
-                key[2],
-                key[1],
-                len(entries) - len(rest),
-                len(rest),
+            event(
+                log,
+                logging.INFO,
+                "link_recovered",
+                f"amqp1 link '{key[2]}' of container '{key[1]}' re-attached on another "
+                f"worker: {len(entries) - len(rest)} deliveries settled by its unsettled "
+                f"map, {len(rest)} requeued",
             )
             requeue(rest)
         return [tag for tag, _q, _m in entries]
@@ -138,14 +139,12 @@ class LinkRecovery:
         if entries is not None and self.hooks is not None:
             self.hooks.unparked(key)
         if entries:
-            log.info(
-                "amqp1 link '%s' of container '%s' (vhost '%s') not recovered within %g s: "
-                "%d deliveries requeued",
-                key[2],
-                key[1],
-                key[0],
-                self.timeout,
-                len(entries),
+            event(
+                log,
+                logging.INFO,
+                "link_not_recovered",
+                f"amqp1 link '{key[2]}' of container '{key[1]}' (vhost '{key[0]}') not "
+                f"recovered within {self.timeout:g} s: {len(entries)} deliveries requeued",
             )
             requeue(entries)
 

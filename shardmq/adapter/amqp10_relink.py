@@ -44,6 +44,7 @@ from shardmq.adapter.amqp10_recovery import (
 from shardmq.amqp1 import types_gen as T
 from shardmq.amqp1.convert import from_091_raw
 from shardmq.amqp1.framing import write_frame
+from shardmq.oplog import event
 
 if TYPE_CHECKING:
     from shardmq.adapter.amqp10 import AMQP10Connection, LinkConsumer
@@ -99,15 +100,13 @@ def recover(conn: AMQP10Connection, c: LinkConsumer, parked: Parked) -> dict[byt
         resumes += [Resume(tag, q, m, None) for tag, q, m in p.resumed]
         c.resend = p.resent
     set_resumes(c, resumes)
-    log.info(
-        "connection %s: link '%s' recovered: %d unsettled, %d settled by the client's "
-        "map, %d resumed, %d sent again",
-        conn.peer,
-        link.name,
-        len(parked),
-        len(p.settled),
-        len(p.resumed),
-        len(p.resent),
+    event(
+        log,
+        logging.INFO,
+        "link_recovered",
+        f"connection {conn.peer}: link '{link.name}' recovered: {len(parked)} unsettled, "
+        f"{len(p.settled)} settled by the client's map, {len(p.resumed)} resumed, "
+        f"{len(p.resent)} sent again",
     )
     return p.unsettled
 
@@ -143,14 +142,14 @@ def reclaim(
                     unsettled[tag] = T.Released()  # back in its queue
                     if tag in theirs:  # the client holds it: it discards it
                         resumes.append(Resume(tag, None, None, ABORT))
-            log.info(
-                "connection %s: link '%s' recovered from worker %d: %d unsettled, "
-                "%d settled by the client's map, the others requeued",
-                conn.peer,
-                link.name,
-                slot,
-                len(tags),
-                sum(1 for r in resumes if r.state is not ABORT),
+            settled = sum(1 for r in resumes if r.state is not ABORT)
+            event(
+                log,
+                logging.INFO,
+                "link_recovered",
+                f"connection {conn.peer}: link '{link.name}' recovered from worker {slot}: "
+                f"{len(tags)} unsettled, {settled} settled by the client's map, the others "
+                "requeued",
             )
         answer(unsettled, resumes)
 
