@@ -72,7 +72,7 @@ from shardmq.broker.connection import BrokerConnection, peer_host
 from shardmq.broker.queue import Consumer, Queue
 from shardmq.broker.remote import RemoteQueue
 from shardmq.broker.xshard.records import DELIVER_ITEM
-from shardmq.message import Message
+from shardmq.message import Message, new_message
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
@@ -636,9 +636,8 @@ class AMQP10Connection(Publishing, EngineIO[Engine]):
             pos += exlen + 1 + rlen
             ch.next_tag += 1
             before = len(waiting) if waiting is not None else 0
-            self.deliver(
-                ch, consumer, ch.next_tag, bool(flags & 1), Message(exrk, raw, rawch, hsize, fmax)
-            )
+            msg = new_message(exrk, raw, rawch, hsize, fmax, 0)
+            self.deliver(ch, consumer, ch.next_tag, bool(flags & 1), msg)
             if waiting is None or len(waiting) == before:
                 n += 1  # sent: its credit returns to the owner (held ones: when sent)
         return n

@@ -115,7 +115,7 @@ class Publishing:
         sh = link.user.shape
         if sh is not None and len(payload) == sh.size and payload.startswith(sh.lead):
             raw = b"".join((sh.head, payload[sh.cut :], _CE))
-            msg = Message(sh.exrk, raw, ch.number, sh.hsize, sh.fmax, next_seq())
+            msg = new_message(sh.exrk, raw, ch.number, sh.hsize, sh.fmax, next_seq())
             exlen = sh.exlen
         else:
             got = self._convert(session, link, ch, did, settled, payload)

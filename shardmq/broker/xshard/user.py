@@ -39,7 +39,7 @@ from shardmq.broker.xshard.records import (
     pack_enqueue_item,
     unpack_deliver_item,
 )
-from shardmq.message import Message
+from shardmq.message import Message, new_message
 
 if TYPE_CHECKING:
     from shardmq.broker.broker import Broker
@@ -348,7 +348,7 @@ class UserSide:
             pos += isize
             exrk = data[pos : pos + exlen]
             pos += exlen + 1
-            msg = Message(exrk, data[pos : pos + rlen], rawch, hsize, fmax, ref)
+            msg = new_message(exrk, data[pos : pos + rlen], rawch, hsize, fmax, ref)
             pos += rlen
             if shared:
                 gq[consumer] = max(0, gq[consumer] - 1)
