@@ -42,13 +42,9 @@ import os
 from shardmq.broker.durable import DefinitionsKeeper
 from shardmq.ipc.control import ControlBlock
 from shardmq.store.commit import CommitJob, Committer, sync_file
+from shardmq.store.definitions import log_path
 
 log = logging.getLogger("shardmq.definitions")
-
-
-def log_path(data_dir: str, generation: int) -> str:
-    """The definitions log of ``generation`` (as ``DefinitionsStore.log_path``)."""
-    return os.path.join(data_dir, f"definitions.{generation}.log")
 
 
 def publish_log(keeper: DefinitionsKeeper, control: ControlBlock) -> None:

@@ -79,6 +79,14 @@ from shardmq.store.segments import fsync_dir
 log = logging.getLogger("shardmq.store")
 
 FILE_NAME = "definitions.json"
+
+
+def log_path(data_dir: str, generation: int) -> str:
+    """The changes log after snapshot ``generation`` in ``data_dir`` (also read by the
+    workers' ``broker.defsync``, which has no store of its own)."""
+    return os.path.join(data_dir, f"definitions.{generation}.log")
+
+
 MAGIC = b"SHARDMQ-DEFINITIONS"
 FORMAT = 2
 READABLE_FORMATS = (1, 2)
@@ -317,7 +325,7 @@ class DefinitionsStore:
         self.crash_point: Callable[[str], None] = _no_crash
 
     def log_path(self, generation: int) -> str:
-        return os.path.join(self.data_dir, f"definitions.{generation}.log")
+        return log_path(self.data_dir, generation)
 
     @property
     def log_bytes(self) -> int:
